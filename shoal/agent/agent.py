@@ -1,0 +1,192 @@
+"""The agent: this node's side of the session with the leader's dispatcher.
+
+It keeps one WebSocket open to a manager (mutual TLS with the node certificate), sends heartbeats and task
+status, receives assignments and hands them to the worker. When the session drops it reconnects — to the
+leader a follower names, or to the next manager it knows — while the tasks keep running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+
+from shoal.agent.executor.base import Executor
+from shoal.agent.worker import Worker
+from shoal.clock import Clock
+from shoal.protocol import SESSION_PATH
+from shoal.supervise import Supervisor
+from shoal.types import Doc
+
+log = logging.getLogger(__name__)
+
+STATUS_BATCH_INTERVAL = 0.05
+
+
+class Agent:
+    def __init__(self, node_id: str, managers: list[str], ssl_context: ssl.SSLContext, state_dir: Path,
+                 executor: Executor, clock: Clock, description: Callable[[], Doc],
+                 on_managers: Callable[[list[str]], None]) -> None:
+        self.node_id = node_id
+        self.managers = list(managers)
+        self.ssl_context = ssl_context
+        self.executor = executor
+        self.clock = clock
+        self.description = description
+        self.on_managers = on_managers
+        self.worker = Worker(state_dir, executor, self._report, clock)
+        self.loops = Supervisor("agent")
+        self.connected = asyncio.Event()
+        self.current_manager: str | None = None
+        self.heartbeat_period = 1.0
+        self._status: dict[str, Doc] = {}
+        self._status_ready = asyncio.Event()
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._log_streams: dict[int, asyncio.Task[None]] = {}
+        self._preferred: str | None = None
+
+    async def start(self) -> None:
+        await self.worker.start()
+        self.loops.start("session", self._session_loop)
+
+    async def stop(self, kill_tasks: bool = False) -> None:
+        await self.loops.stop()
+        for task in self._log_streams.values():
+            task.cancel()
+        await self.worker.stop(kill_tasks=kill_tasks)
+
+    def _report(self, task_id: str, status: Doc) -> None:
+        self._status[task_id] = status
+        self._status_ready.set()
+
+    # ---- the session ------------------------------------------------------------------------------------
+
+    def _candidates(self) -> list[str]:
+        order = list(self.managers)
+        if self._preferred in order:
+            order.remove(self._preferred)
+            order.insert(0, self._preferred)
+        return order
+
+    async def _session_loop(self) -> None:
+        backoff = 0.1
+        while True:
+            for addr in self._candidates():
+                try:
+                    await self._run_session(addr)
+                    backoff = 0.1
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.info("session with %s ended: %s", addr, exc or type(exc).__name__)
+                finally:
+                    self.connected.clear()
+                    self._ws = None
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    async def _run_session(self, addr: str) -> None:
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=3)
+        async with aiohttp.ClientSession(timeout=timeout) as http, http.ws_connect(
+                f"https://{addr}{SESSION_PATH}", ssl=self.ssl_context, max_msg_size=64 * 1024 * 1024,
+                autoping=True) as ws:
+            self._ws = ws
+            await ws.send_str(json.dumps({"type": "hello", "description": self.description()}))
+            sender = asyncio.create_task(self._send_loop(ws), name="agent-send")
+            try:
+                async for msg in ws:
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        break
+                    if await self._handle(json.loads(msg.data), addr) is False:
+                        break
+            finally:
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await sender
+
+    async def _handle(self, message: Doc, addr: str) -> bool:
+        kind = message.get("type")
+        if kind == "welcome":
+            self.heartbeat_period = float(message.get("heartbeat_period") or 1.0)
+            self.current_manager = addr
+            self._set_managers(message.get("managers") or [])
+            self.connected.set()
+            log.info("session open with manager %s", addr)
+        elif kind == "assignments":
+            await self.worker.assign(message.get("tasks") or [], full=bool(message.get("full")))
+            for task_id in message.get("remove") or []:
+                await self.worker.forget(task_id)
+        elif kind == "managers":
+            self._set_managers(message.get("managers") or [])
+        elif kind == "redirect":
+            self._preferred = message.get("leader") or None
+            return False
+        elif kind == "rejected":
+            log.error("the manager refused this node: %s", message.get("message"))
+            await asyncio.sleep(2)
+            return False
+        elif kind == "logs":
+            req = int(message["req"])
+            self._log_streams[req] = asyncio.create_task(self._stream_logs(req, message), name=f"logs:{req}")
+        elif kind == "logs_cancel":
+            stream = self._log_streams.pop(int(message["req"]), None)
+            if stream is not None:
+                stream.cancel()
+        return True
+
+    def _set_managers(self, managers: list[str]) -> None:
+        if managers and sorted(managers) != sorted(self.managers):
+            self.managers = list(managers)
+            self.on_managers(self.managers)
+
+    async def _send_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Heartbeats every period; task status batched every few tens of milliseconds."""
+        loop = asyncio.get_running_loop()
+        next_heartbeat = 0.0
+        # Everything the worker knows is sent once per session, so a new leader hears the current states.
+        self._status.update(self.worker.current_statuses())
+        self._status_ready.set()
+        while True:
+            now = loop.time()
+            if now >= next_heartbeat:
+                await ws.send_str('{"type":"heartbeat"}')
+                next_heartbeat = now + self.heartbeat_period
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._status_ready.wait(), max(0.0, next_heartbeat - loop.time()))
+            if self._status:
+                await asyncio.sleep(STATUS_BATCH_INTERVAL)
+                updates, self._status = self._status, {}
+                self._status_ready.clear()
+                await ws.send_str(json.dumps({"type": "status", "updates": [
+                    {"TaskID": task_id, "Status": status} for task_id, status in updates.items()]}))
+            else:
+                self._status_ready.clear()
+
+    async def _stream_logs(self, req: int, message: Doc) -> None:
+        ws = self._ws
+        try:
+            tail = int(message.get("tail", -1))
+            follow = bool(message.get("follow"))
+            streams = [self._one_task_logs(ws, req, task_id, None if tail < 0 else tail, follow)
+                       for task_id in message.get("tasks") or []]
+            await asyncio.gather(*streams)
+        finally:
+            self._log_streams.pop(req, None)
+            if ws is not None and not ws.closed:
+                with contextlib.suppress(Exception):
+                    await ws.send_str(json.dumps({"type": "log_end", "req": req}))
+
+    async def _one_task_logs(self, ws: aiohttp.ClientWebSocketResponse | None, req: int, task_id: str,
+                             tail: int | None, follow: bool) -> None:
+        if ws is None:
+            return
+        async for stream, ts, line in self.worker.logs(task_id, tail, follow):
+            await ws.send_str(json.dumps({"type": "log", "req": req, "task": task_id,
+                                          "stream": 1 if stream == "stdout" else 2, "ts": ts,
+                                          "line": line.decode(errors="replace")}))

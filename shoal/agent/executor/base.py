@@ -1,0 +1,89 @@
+"""The executor interface: how the agent's worker runs one task, whatever runs it (host process, container).
+
+A `Controller` drives one task through its life one step at a time (prepare, start, wait, shutdown, remove),
+as swarmkit's `exec.Controller` does; the worker decides the order and reports each state. A controller can
+describe itself as a small JSON `handle` that the worker saves on disk, and `Executor.recover` re-attaches to
+the running task from that handle after an agent restart (nomad's `RecoverTask`), so a restarted agent adopts
+its tasks instead of starting second copies.
+
+Errors: `ExecutorError` is temporary (the step may be retried); `TaskRejected` is fatal (the task can never
+run here: it is reported as rejected); `ExitStatusUnknown` means the task's process is gone and its exit status
+cannot be known (it was not our child any more).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol
+
+from shoal.types import Doc
+
+# One line of task output: (stream "stdout" | "stderr", unix timestamp, the line's bytes with its newline).
+LogLine = tuple[str, float, bytes]
+
+
+class ExecutorError(Exception):
+    """A step failed for a reason that may pass (retry the step)."""
+
+
+class TaskRejected(ExecutorError):
+    """The task cannot run on this node (bad command, missing program, unknown user): never retried."""
+
+
+class ExitStatusUnknown(ExecutorError):
+    """The task's process went away and its exit status cannot be known (e.g. adopted after a restart)."""
+
+
+class Controller(Protocol):
+    """Runs one task. Each step is called at most once, in order, by one asyncio task of the worker."""
+
+    async def prepare(self) -> None:
+        """Check and set up what the task needs; raise TaskRejected if it can never start."""
+        ...
+
+    async def start(self) -> None:
+        """Start the task; after it returns, `handle()` identifies the running task."""
+        ...
+
+    async def wait(self) -> int:
+        """Wait until the task ends and return its exit code (raise ExitStatusUnknown if it cannot be known)."""
+        ...
+
+    async def shutdown(self, grace_seconds: float, signal_name: str) -> None:
+        """Stop the task: `signal_name` first, a kill after `grace_seconds`. Returns once it has ended."""
+        ...
+
+    async def remove(self) -> None:
+        """Delete what the task left on the node (scratch directory, logs). The task must have ended."""
+        ...
+
+    def handle(self) -> Doc:
+        """What to save on disk so that `Executor.recover` can re-attach to the running task."""
+        ...
+
+    def pid(self) -> int:
+        """The task's main process id (0 when there is none), reported in ContainerStatus.PID."""
+        ...
+
+
+class Executor(Protocol):
+    def describe(self) -> Doc:
+        """This node's description pieces: {"Engine", "Platform", "Resources"} in Docker's NodeDescription shape."""
+        ...
+
+    def controller(self, task: Doc) -> Controller:
+        """A controller for a task that has not been started yet."""
+        ...
+
+    def recover(self, task: Doc, handle: Doc) -> Controller:
+        """Re-attach to a task started earlier (maybe by a previous agent process) from its saved handle.
+
+        Raises ExitStatusUnknown when the task is no longer running.
+        """
+        ...
+
+    def logs(self, task_id: str, tail: int | None, follow: bool, ended: Callable[[], bool],
+             now: Callable[[], float]) -> AsyncIterator[LogLine]:
+        """The task's output lines; `tail` counts lines of the whole task; with `follow`, keep yielding new lines
+        until `ended()` is true and everything written has been yielded."""
+        ...

@@ -1,0 +1,502 @@
+"""The process executor: each task runs as a host process. It is shoal's default and needs nothing but Python.
+
+Conventions (a process has no image, so the task document is read this way):
+
+- argv is `ContainerSpec.Command + ContainerSpec.Args` when either is non-empty. Otherwise the image names the
+  program: `Image` with its registry path, ":tag" and "@digest" removed ("docker.io/library/nginx:1.11" runs
+  `nginx`); an image that is an absolute path ("/usr/bin/top") is run as that path.
+- The process runs in its own session and process group, so signals reach everything it started and it keeps
+  running when the agent dies. Its stdin is /dev/null; its stdout and stderr are written by the child itself to
+  `<state_dir>/logs/<task_id>/stdout.log` and `stderr.log` (files, not pipes: no agent needed to keep them open).
+- Environment: PATH and HOME, then `ContainerSpec.Env`, then SHOAL_TASK_ID, SHOAL_SERVICE_NAME and SHOAL_TASK_SLOT.
+- Working directory: `ContainerSpec.Dir`, which must exist; else a scratch directory `<state_dir>/scratch/<task_id>`.
+- `ContainerSpec.User` ("name", "uid", "name:group" or "uid:gid") needs the agent to run as root.
+- Stop: the StopSignal (default SIGTERM) to the process group, SIGKILL to the group after the grace period. When
+  the main process ends, what is left of its group is killed, as a container's processes end with its init.
+- Exit code: from waiting on the child; a signal death is reported as 128 + signal number (Docker's convention).
+  A process adopted after an agent restart is not our child: we watch its pid (checking its start time in
+  /proc/<pid>/stat, so a reused pid is never taken for it), and its exit status is unknown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import grp
+import logging
+import os
+import platform
+import pwd
+import re
+import shutil
+import signal
+import subprocess
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shoal import __version__
+from shoal.agent.executor.base import (
+    Controller,
+    ExecutorError,
+    ExitStatusUnknown,
+    LogLine,
+    TaskRejected,
+)
+from shoal.types import Doc, task_slot
+
+log = logging.getLogger(__name__)
+
+EXECUTOR_NAME = "process"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_STOP_SIGNAL = "SIGTERM"
+# After SIGKILL a process normally ends at once; one stuck in the kernel (D state) may not.
+KILL_WAIT_SECONDS = 30.0
+# Only used where pidfd_open is missing (Linux < 5.3), and for following log files.
+POLL_SECONDS = 0.1
+LOG_STREAMS = ("stdout", "stderr")
+_SAFE_TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+# Every child this agent process spawned and has not reaped yet. A controller may be dropped while its process
+# runs (the worker stopped without killing tasks, and a new worker in this same process adopts the task): the
+# child is still ours to reap, which `_reap_finished` does, so it never lingers as a zombie.
+_UNREAPED: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _reap_finished() -> None:
+    for pid, child in list(_UNREAPED.items()):
+        if child.poll() is not None:
+            _UNREAPED.pop(pid, None)
+
+
+# ---- reading the task document ----------------------------------------------------------------------------
+
+def image_program(image: str) -> str:
+    """The program an image names: "registry:5000/library/nginx:1.11@sha256:…" → "nginx"."""
+    name = image.split("@", 1)[0]
+    if name.startswith("/"):
+        return name
+    last = name.rsplit("/", 1)[-1]
+    return last.split(":", 1)[0]
+
+
+def task_argv(container_spec: Doc) -> list[str]:
+    """Command + Args when either is given, else the program named by the image."""
+    argv = [str(a) for a in (container_spec.get("Command") or [])]
+    argv += [str(a) for a in (container_spec.get("Args") or [])]
+    if argv:
+        return argv
+    program = image_program(str(container_spec.get("Image") or ""))
+    if not program:
+        raise TaskRejected("no command given and the image names no program")
+    return [program]
+
+
+def task_environment(task: Doc, base: dict[str, str]) -> dict[str, str]:
+    """`base` (PATH, HOME), the spec's "K=V" entries, then shoal's own variables (which cannot be overridden)."""
+    env = dict(base)
+    spec = ((task.get("Spec") or {}).get("ContainerSpec")) or {}
+    for entry in spec.get("Env") or []:
+        key, sep, value = str(entry).partition("=")
+        if sep and key:
+            env[key] = value
+    env["SHOAL_TASK_ID"] = str(task["ID"])
+    env["SHOAL_SERVICE_NAME"] = str(((task.get("ServiceAnnotations") or {}).get("Name")) or "")
+    env["SHOAL_TASK_SLOT"] = str(task_slot(task))
+    return env
+
+
+def parse_signal(name: str) -> signal.Signals:
+    """"SIGTERM", "TERM", "term" or "15" → signal.SIGTERM; raises ValueError for anything else."""
+    text = name.strip()
+    if text.isdigit():
+        return signal.Signals(int(text))
+    text = text.upper()
+    if not text.startswith("SIG"):
+        text = "SIG" + text
+    try:
+        return signal.Signals[text]
+    except KeyError:
+        raise ValueError(f"unknown signal {name!r}") from None
+
+
+@dataclass
+class RunAs:
+    """Whom the process runs as (None: as the agent)."""
+
+    uid: int
+    gid: int
+    extra_groups: list[int] = field(default_factory=list)
+    home: str = "/"
+
+
+def resolve_user(user: str) -> RunAs | None:
+    """ContainerSpec.User ("name", "uid", "name:group", "uid:gid") → ids; None when empty."""
+    if not user:
+        return None
+    user_part, _, group_part = user.partition(":")
+    try:
+        entry = pwd.getpwuid(int(user_part)) if user_part.isdigit() else pwd.getpwnam(user_part)
+    except KeyError:
+        if not user_part.isdigit():
+            raise TaskRejected(f"unable to find user {user_part}") from None
+        entry = None
+    uid = entry.pw_uid if entry else int(user_part)
+    gid = entry.pw_gid if entry else uid
+    if group_part:
+        try:
+            gid = int(group_part) if group_part.isdigit() else grp.getgrnam(group_part).gr_gid
+        except KeyError:
+            raise TaskRejected(f"unable to find group {group_part}") from None
+    extra = os.getgrouplist(entry.pw_name, gid) if entry else []
+    if uid != os.geteuid() and os.geteuid() != 0:
+        raise TaskRejected(f"cannot run as user {user}: the agent is not running as root")
+    return RunAs(uid=uid, gid=gid, extra_groups=extra, home=entry.pw_dir if entry else "/")
+
+
+# ---- watching processes through /proc ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ProcStat:
+    state: str        # R, S, D, Z (zombie: it has exited), X, …
+    start_ticks: int  # start time in clock ticks since boot: tells a reused pid apart
+
+
+def read_proc_stat(pid: int) -> ProcStat | None:
+    """The process's state and start time from /proc/<pid>/stat, or None when there is no such process."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name (field 2) is in parentheses and may itself contain spaces and ')'.
+    fields = text[text.rindex(")") + 2:].split()
+    return ProcStat(state=fields[0], start_ticks=int(fields[19]))
+
+
+def process_alive(pid: int, start_ticks: int) -> bool:
+    """True while the process we started (same pid and start time) exists and has not exited."""
+    stat = read_proc_stat(pid)
+    return stat is not None and stat.start_ticks == start_ticks and stat.state not in ("Z", "X")
+
+
+def boot_id() -> str:
+    """Changes at every boot: a saved (pid, start time) is meaningless after a reboot."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+async def until_exited(pid: int, start_ticks: int) -> None:
+    """Return once the process has exited (it may remain a zombie until its parent reaps it)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        pidfd = -1
+    try:
+        # Checked after opening the pidfd: if the process is ours now, the pidfd refers to it.
+        if not process_alive(pid, start_ticks):
+            return
+        if pidfd < 0:
+            while process_alive(pid, start_ticks):
+                await asyncio.sleep(POLL_SECONDS)
+            return
+        loop = asyncio.get_running_loop()
+        exited: asyncio.Future[None] = loop.create_future()
+
+        def on_exit() -> None:
+            if not exited.done():
+                exited.set_result(None)
+
+        loop.add_reader(pidfd, on_exit)
+        try:
+            await exited
+        finally:
+            loop.remove_reader(pidfd)
+    finally:
+        if pidfd >= 0:
+            os.close(pidfd)
+
+
+def signal_group(pgid: int, sig: int) -> None:
+    """Signal a whole process group; a group that is already gone is not an error."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+# ---- the executor -----------------------------------------------------------------------------------------
+
+class ProcessExecutor:
+    """Runs tasks as host processes; files live under `state_dir` (logs/, scratch/)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = Path(state_dir)
+
+    def describe(self) -> Doc:
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except AttributeError:
+            cpus = os.cpu_count() or 1
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return {
+            "Engine": {"EngineVersion": f"shoal-{EXECUTOR_NAME}/{__version__}", "Labels": {}},
+            "Platform": {"Architecture": platform.machine(), "OS": platform.system().lower()},
+            "Resources": {"NanoCPUs": cpus * 1_000_000_000, "MemoryBytes": memory},
+        }
+
+    def log_dir(self, task_id: str) -> Path:
+        return self.state_dir / "logs" / _checked_task_id(task_id)
+
+    def scratch_dir(self, task_id: str) -> Path:
+        return self.state_dir / "scratch" / _checked_task_id(task_id)
+
+    def controller(self, task: Doc) -> ProcessController:
+        return ProcessController(self, task)
+
+    def recover(self, task: Doc, handle: Doc) -> ProcessController:
+        pid = int(handle.get("PID") or 0)
+        start_ticks = int(handle.get("StartTime") or -1)
+        if (handle.get("Executor") != EXECUTOR_NAME or pid <= 0 or handle.get("BootID") != boot_id()
+                or not process_alive(pid, start_ticks)):
+            raise ExitStatusUnknown(f"process {pid} of task {task['ID']} is gone")
+        controller = ProcessController(self, task)
+        controller.adopt(pid, start_ticks)
+        return controller
+
+    async def logs(self, task_id: str, tail: int | None, follow: bool, ended: Callable[[], bool],
+                   now: Callable[[], float]) -> AsyncIterator[LogLine]:
+        folder = self.log_dir(task_id)
+        files = [(stream, folder / f"{stream}.log") for stream in LOG_STREAMS]
+        async for line in read_log_files(files, tail, follow, ended, now):
+            yield line
+
+
+def _checked_task_id(task_id: str) -> str:
+    # The id becomes a path component: refuse anything that could leave the state directory.
+    if not _SAFE_TASK_ID.fullmatch(task_id):
+        raise TaskRejected(f"invalid task id {task_id!r}")
+    return task_id
+
+
+class ProcessController(Controller):
+    """One task's host process: started by us, or adopted from a saved handle after an agent restart."""
+
+    def __init__(self, executor: ProcessExecutor, task: Doc) -> None:
+        self._executor = executor
+        self._task = task
+        self._task_id = _checked_task_id(str(task["ID"]))
+        self._spec: Doc = ((task.get("Spec") or {}).get("ContainerSpec")) or {}
+        self._argv: list[str] = []
+        self._env: dict[str, str] = {}
+        self._cwd: Path | None = None
+        self._run_as: RunAs | None = None
+        self._popen: subprocess.Popen[bytes] | None = None  # None for an adopted process
+        self._pid = 0
+        self._start_ticks = -1
+
+    # -- steps --
+
+    async def prepare(self) -> None:
+        self._argv = task_argv(self._spec)
+        self._run_as = resolve_user(str(self._spec.get("User") or ""))
+        base = {"PATH": os.environ.get("PATH") or DEFAULT_PATH,
+                "HOME": self._run_as.home if self._run_as else os.environ.get("HOME", "/")}
+        self._env = task_environment(self._task, base)
+        work_dir = str(self._spec.get("Dir") or "")
+        if work_dir:
+            self._cwd = Path(work_dir)
+            if not self._cwd.is_dir():
+                raise TaskRejected(f"working directory {work_dir} does not exist")
+        else:
+            self._cwd = self._executor.scratch_dir(self._task_id)
+            self._mkdir(self._cwd)
+        self._find_program()
+        self._mkdir(self._executor.log_dir(self._task_id))
+
+    async def start(self) -> None:
+        if not self._argv:
+            await self.prepare()
+        log_dir = self._executor.log_dir(self._task_id)
+        _reap_finished()
+        try:
+            with open(log_dir / "stdout.log", "ab") as stdout, open(log_dir / "stderr.log", "ab") as stderr:
+                run_as = self._run_as
+                self._popen = subprocess.Popen(
+                    self._argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, cwd=self._cwd,
+                    env=self._env, start_new_session=True, close_fds=True,
+                    user=run_as.uid if run_as else None, group=run_as.gid if run_as else None,
+                    extra_groups=run_as.extra_groups if run_as else None,
+                )
+        except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
+            raise TaskRejected(f"{self._argv[0]}: {exc.strerror or exc}") from exc
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE):
+                raise ExecutorError(f"cannot start {self._argv[0]} now: {exc}") from exc
+            raise TaskRejected(f"{self._argv[0]}: {exc}") from exc
+        self._pid = self._popen.pid
+        _UNREAPED[self._pid] = self._popen
+        stat = read_proc_stat(self._pid)
+        self._start_ticks = stat.start_ticks if stat else -1
+
+    async def wait(self) -> int:
+        await until_exited(self._pid, self._start_ticks)
+        # The main process has ended (a zombie still holds its pid, so the group id cannot be reused yet).
+        signal_group(self._pid, signal.SIGKILL)
+        if self._popen is None:
+            raise ExitStatusUnknown(f"process {self._pid} was adopted after an agent restart")
+        code = self._popen.wait()  # at once: it has exited (its status may even be cached already)
+        _UNREAPED.pop(self._pid, None)
+        return 128 - code if code < 0 else code
+
+    async def shutdown(self, grace_seconds: float, signal_name: str) -> None:
+        if not self.running():
+            return
+        try:
+            first = parse_signal(signal_name or DEFAULT_STOP_SIGNAL)
+        except ValueError:
+            log.warning("task %s: unknown stop signal %r, using SIGTERM", self._task_id, signal_name)
+            first = signal.SIGTERM
+        signal_group(self._pid, first)
+        try:
+            await asyncio.wait_for(until_exited(self._pid, self._start_ticks), timeout=max(grace_seconds, 0))
+            return
+        except TimeoutError:
+            log.info("task %s did not stop within %.1fs of %s: killing it", self._task_id, grace_seconds,
+                     first.name)
+        signal_group(self._pid, signal.SIGKILL)
+        try:
+            await asyncio.wait_for(until_exited(self._pid, self._start_ticks), timeout=KILL_WAIT_SECONDS)
+        except TimeoutError:
+            raise ExecutorError(f"process {self._pid} survived SIGKILL for {KILL_WAIT_SECONDS:.0f}s") from None
+
+    async def remove(self) -> None:
+        if self.running():
+            raise ExecutorError(f"task {self._task_id} is still running")
+        for folder in (self._executor.scratch_dir(self._task_id), self._executor.log_dir(self._task_id)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def handle(self) -> Doc:
+        return {"Executor": EXECUTOR_NAME, "PID": self._pid, "StartTime": self._start_ticks, "BootID": boot_id()}
+
+    def pid(self) -> int:
+        return self._pid
+
+    # -- helpers --
+
+    def adopt(self, pid: int, start_ticks: int) -> None:
+        """Watch a process started by an earlier agent (not our child: its exit status will be unknown)."""
+        self._pid = pid
+        self._start_ticks = start_ticks
+
+    def running(self) -> bool:
+        return self._pid > 0 and process_alive(self._pid, self._start_ticks)
+
+    def _find_program(self) -> None:
+        program = self._argv[0]
+        if "/" in program:
+            path = Path(program) if program.startswith("/") else (self._cwd or Path.cwd()) / program
+            if not path.is_file() or not os.access(path, os.X_OK):
+                raise TaskRejected(f'exec: "{program}": no such executable file')
+        elif shutil.which(program, path=self._env.get("PATH")) is None:
+            raise TaskRejected(f'exec: "{program}": executable file not found in $PATH')
+
+    def _mkdir(self, folder: Path) -> None:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ExecutorError(f"cannot create {folder}: {exc}") from exc
+
+
+# ---- logs ---------------------------------------------------------------------------------------------------
+
+@dataclass
+class _LogFile:
+    stream: str
+    path: Path
+    offset: int = 0
+    partial: bytes = b""  # the start of a line whose newline has not been written yet
+
+    def read_new(self) -> list[bytes]:
+        """Complete lines written since the last read."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        self.offset += len(data)
+        return self.split(data)
+
+    def flush(self) -> list[bytes]:
+        line, self.partial = self.partial, b""
+        return [line] if line else []
+
+    def split(self, data: bytes) -> list[bytes]:
+        lines = (self.partial + data).splitlines(keepends=True)
+        self.partial = lines.pop() if lines and not lines[-1].endswith(b"\n") else b""
+        return lines
+
+
+def _last_lines(path: Path, count: int, block: int = 65536) -> tuple[bytes, int]:
+    """The bytes of (at least) the last `count` lines of a file and the file size they end at."""
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        start, data = size, b""
+        while start > 0 and data.count(b"\n") <= count:
+            start = max(0, start - block)
+            f.seek(start)
+            data = f.read(size - start)
+    if start > 0:
+        # Starts mid-line: drop that fragment (there are more than `count` newlines after it).
+        data = data[data.index(b"\n") + 1:]
+    return data, size
+
+
+async def read_log_files(files: list[tuple[str, Path]], tail: int | None, follow: bool,
+                         ended: Callable[[], bool], now: Callable[[], float]) -> AsyncIterator[LogLine]:
+    """Lines of a task's log files, oldest first, as (stream, timestamp, line).
+
+    Lines already written carry their file's modification time (nothing finer is recorded); lines read while
+    following carry the time they were read. `tail` counts lines over all streams. A last line without its
+    newline is yielded when not following, or once the task has ended.
+    """
+    readers = [_LogFile(stream, path) for stream, path in files]
+    task_ended = ended()
+    backlog: list[tuple[float, int, LogLine]] = []
+    for index, reader in enumerate(readers):
+        try:
+            mtime = reader.path.stat().st_mtime
+            if tail is None:
+                lines = reader.read_new()
+            else:
+                data, reader.offset = _last_lines(reader.path, tail)
+                lines = reader.split(data)
+        except FileNotFoundError:
+            continue
+        if not follow or task_ended:
+            lines += reader.flush()
+        if tail is not None:
+            lines = lines[-tail:] if tail > 0 else []
+        backlog += [(mtime, index, (reader.stream, mtime, line)) for line in lines]
+    backlog.sort(key=lambda entry: (entry[0], entry[1]))  # stable: each file's lines keep their order
+    if tail is not None:
+        backlog = backlog[-tail:] if tail > 0 else []
+    for _, _, old_line in backlog:
+        yield old_line
+    if not follow or task_ended:
+        return
+    while True:
+        # Checked before reading: whatever the task wrote before it ended is read in this round.
+        finished = ended()
+        got_any = False
+        for reader in readers:
+            fresh = reader.read_new() + (reader.flush() if finished else [])
+            got_any = got_any or bool(fresh)
+            stamp = now()
+            for line in fresh:
+                yield (reader.stream, stamp, line)
+        if finished:
+            return
+        if not got_any:
+            await asyncio.sleep(POLL_SECONDS)

@@ -1,0 +1,408 @@
+"""The worker: runs the tasks the dispatcher assigned to this node and reports their status.
+
+Each task is driven by its own named asyncio task (its *runner*) through the executor's controller steps —
+accepted → preparing → starting → running → complete | failed | shutdown | rejected — reporting each state as
+it is reached. States only move forward: a report that would move a task backwards is dropped here. A task
+whose state is already terminal is never started again; restarting is the manager's decision (it creates a
+new task).
+
+Every task is recorded on disk (`TaskDB`) before anything is reported for it, together with the executor's
+handle once it runs. A restarted agent (`start()`) re-adopts the processes that are still alive and reports
+failed for those that ended while it was away: it never starts a second copy of a task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shoal.agent.executor.base import (
+    Controller,
+    Executor,
+    ExecutorError,
+    ExitStatusUnknown,
+    LogLine,
+    TaskRejected,
+)
+from shoal.agent.taskdb import TaskDB, TaskRecord
+from shoal.clock import Clock
+from shoal.errors import NotFound
+from shoal.timefmt import SECOND, to_rfc3339
+from shoal.types import Doc, TaskState
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STOP_GRACE_NS = 10 * SECOND
+DEFAULT_STOP_SIGNAL = "SIGTERM"
+EXIT_UNKNOWN_AFTER_RESTART = "task exit status unknown: the agent restarted while it ran"
+EXIT_UNKNOWN_NO_RECORD = "task exit status unknown: this node has no record of the task"
+# Temporary executor errors are retried with a backoff growing up to this.
+MAX_RETRY_DELAY = 5.0
+FIRST_RETRY_DELAY = 0.1
+
+Reporter = Callable[[str, Doc], None]
+
+
+def status_doc(now: float, state: TaskState, message: str, err: str = "", pid: int = 0,
+               exit_code: int = 0) -> Doc:
+    """A task status in Docker's TaskStatus shape, as the agent reports it."""
+    return {"Timestamp": to_rfc3339(now), "State": state.wire, "Message": message, "Err": err,
+            "ContainerStatus": {"ContainerID": "", "PID": pid, "ExitCode": exit_code}}
+
+
+def _container_spec(task: Doc) -> Doc:
+    return ((task.get("Spec") or {}).get("ContainerSpec")) or {}
+
+
+def stop_grace_seconds(task: Doc) -> float:
+    grace = _container_spec(task).get("StopGracePeriod")
+    return (DEFAULT_STOP_GRACE_NS if grace is None else int(grace)) / SECOND
+
+
+def _parse_state(text: object, default: TaskState) -> TaskState:
+    try:
+        return TaskState.parse(str(text)) if text else default
+    except ValueError:
+        return default
+
+
+def _desired(task: Doc) -> TaskState:
+    return _parse_state(task.get("DesiredState"), TaskState.RUNNING)
+
+
+@dataclass
+class _TaskRun:
+    """A task this worker knows: its record on disk plus what lives only in this process."""
+
+    record: TaskRecord
+    controller: Controller | None = None
+    runner: asyncio.Task[None] | None = None
+    stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def task_id(self) -> str:
+        return self.record.task_id
+
+    @property
+    def state(self) -> TaskState:
+        """The last state this agent reported (or, before any report, the one the manager's document shows)."""
+        if self.record.status is not None:
+            return _parse_state(self.record.status.get("State"), TaskState.NEW)
+        return _parse_state((self.record.task.get("Status") or {}).get("State"), TaskState.NEW)
+
+
+class Worker:
+    """Runs assigned tasks through an Executor, reports their status and serves their logs."""
+
+    def __init__(self, state_dir: Path, executor: Executor, report: Reporter, clock: Clock) -> None:
+        self.state_dir = Path(state_dir)
+        self._executor = executor
+        self._report_cb = report
+        self._clock = clock
+        self._db = TaskDB(self.state_dir / "tasks.json")
+        self._runs: dict[str, _TaskRun] = {}
+        self._forgetting: dict[str, asyncio.Task[None]] = {}
+        self._started = False
+
+    # ---- lifecycle of the worker --------------------------------------------------------------------------
+
+    async def start(self) -> str:
+        """Load the task record; re-adopt live processes, report failed for the ones that died meanwhile."""
+        if self._started:
+            return "already started"
+        self._started = True
+        adopted = lost = resumed = 0
+        for record in self._db.load().values():
+            run = _TaskRun(record)
+            self._runs[run.task_id] = run
+            if record.stopping or _desired(record.task) > TaskState.RUNNING:
+                run.stop_requested.set()
+            if run.state.terminal:
+                # The last report may not have reached the manager before the agent stopped: send it again.
+                if record.status is not None:
+                    self._send(run.task_id, record.status)
+            elif record.handle is not None:
+                try:
+                    run.controller = self._executor.recover(record.task, record.handle)
+                except ExitStatusUnknown:
+                    lost += 1
+                    self._finish_unknown(run, EXIT_UNKNOWN_AFTER_RESTART)
+                    continue
+                adopted += 1
+                self._report(run, TaskState.RUNNING, "re-adopted after an agent restart")
+                self._spawn_runner(run)
+            elif run.state < TaskState.STARTING:
+                # Nothing was started yet: carry on from where it was (prepare can be repeated).
+                resumed += 1
+                self._spawn_runner(run)
+            else:
+                # It was being started when the agent stopped: a process may exist that we cannot identify.
+                lost += 1
+                self._finish_unknown(run, EXIT_UNKNOWN_AFTER_RESTART)
+        summary = f"re-adopted {adopted}, lost {lost}, resumed {resumed}"
+        log.info("worker started: %s", summary)
+        return summary
+
+    async def stop(self, kill_tasks: bool = False) -> None:
+        """Stop supervising. Tasks keep running (a restarted agent re-adopts them) unless `kill_tasks`, which
+        stops every task, deletes what it left, and forgets them all (used by `swarm leave`)."""
+        if not self._started:
+            return
+        self._started = False
+        runs = list(self._runs.values())
+        if kill_tasks:
+            for run in runs:
+                if not run.state.terminal:
+                    self._request_stop(run)
+            await self._settle([run.runner for run in runs if run.runner] + list(self._forgetting.values()))
+            for run in runs:
+                await self._remove_files(run)
+            self._db.clear()
+        else:
+            pending = [run.runner for run in runs if run.runner] + list(self._forgetting.values())
+            for task in pending:
+                task.cancel()
+            await self._settle(pending)
+        self._runs.clear()
+        self._forgetting.clear()
+
+    # ---- assignments --------------------------------------------------------------------------------------
+
+    async def assign(self, tasks: list[Doc], full: bool) -> str:
+        """Apply an assignment: all of this node's tasks (`full`) or the changed ones. Returns what it did."""
+        if not self._started:
+            raise RuntimeError("Worker.start() must be called before assign()")
+        started = stopping = forgotten = 0
+        assigned: set[str] = set()
+        for task in tasks:
+            task_id = str(task["ID"])
+            assigned.add(task_id)
+            if task_id in self._forgetting:
+                await self._settle([self._forgetting[task_id]])
+            run = self._runs.get(task_id)
+            if run is None:
+                started += self._admit(task)
+                continue
+            if run.record.task != task:
+                run.record.task = task
+                self._db.put(run.record)
+            if (_desired(task) > TaskState.RUNNING and not run.state.terminal
+                    and not run.stop_requested.is_set()):
+                stopping += 1
+                self._request_stop(run)
+        if full:
+            for task_id in set(self._runs) - assigned:
+                forgotten += 1
+                self._forget(task_id)
+        summary = f"started {started}, stopping {stopping}, forgetting {forgotten}"
+        if started or stopping or forgotten:
+            log.info("assignment (%s): %s", "full" if full else "incremental", summary)
+        return summary
+
+    def _admit(self, task: Doc) -> int:
+        """Take on a task this worker has no record of; 1 if a runner was started for it."""
+        observed = _parse_state((task.get("Status") or {}).get("State"), TaskState.NEW)
+        if observed.terminal:
+            return 0  # it ended already; running it again is the manager's call, with a new task
+        run = _TaskRun(TaskRecord(task=task))
+        self._runs[run.task_id] = run
+        if _desired(task) > TaskState.RUNNING:
+            self._report(run, TaskState.SHUTDOWN, "shutdown")  # never started here: nothing to stop
+            return 0
+        if observed >= TaskState.STARTING:
+            self._finish_unknown(run, EXIT_UNKNOWN_NO_RECORD)
+            return 0
+        self._db.put(run.record)
+        self._spawn_runner(run)
+        return 1
+
+    async def forget(self, task_id: str) -> None:
+        """The manager removed this task from the node: stop it if it runs, delete its files, drop its record.
+        Returns at once; the stop (up to the task's grace period) goes on in the background."""
+        if task_id in self._runs:
+            self._forget(task_id)
+
+    def _forget(self, task_id: str) -> None:
+        run = self._runs.pop(task_id)
+        self._forgetting[task_id] = asyncio.create_task(self._stop_and_forget(run), name=f"forget:{task_id}")
+
+    async def _stop_and_forget(self, run: _TaskRun) -> None:
+        try:
+            if run.runner is not None and not run.runner.done():
+                self._request_stop(run)
+                await self._settle([run.runner])
+            await self._remove_files(run)
+            self._db.remove(run.task_id)
+        finally:
+            self._forgetting.pop(run.task_id, None)
+
+    # ---- queries -----------------------------------------------------------------------------------------
+
+    def running_task_ids(self) -> set[str]:
+        return {task_id for task_id, run in self._runs.items() if run.state == TaskState.RUNNING}
+
+    def current_statuses(self) -> dict[str, Doc]:
+        """The last status reported for every task this worker knows (re-sent when a session opens)."""
+        return {task_id: run.record.status for task_id, run in self._runs.items() if run.record.status}
+
+    def task_status(self, task_id: str) -> Doc | None:
+        """The last status reported for a task this worker knows, or None."""
+        run = self._runs.get(task_id)
+        return run.record.status if run else None
+
+    def logs(self, task_id: str, tail: int | None = None, follow: bool = False) -> AsyncIterator[LogLine]:
+        """The task's output as (stream, timestamp, line); `tail` counts lines of the whole task. With
+        `follow`, new lines keep coming until the consumer stops or the task has ended and all is read."""
+        if task_id not in self._runs:
+            raise NotFound(f"task {task_id} is not on this node")
+
+        def ended() -> bool:
+            run = self._runs.get(task_id)
+            return not self._started or run is None or run.state.terminal
+
+        return self._executor.logs(task_id, tail, follow, ended, self._clock.now)
+
+    # ---- one task's runner --------------------------------------------------------------------------------
+
+    def _spawn_runner(self, run: _TaskRun) -> None:
+        run.runner = asyncio.create_task(self._supervise(run), name=f"task-runner:{run.task_id}")
+
+    async def _supervise(self, run: _TaskRun) -> None:
+        """A crash of one runner is logged and reported as that task's failure; the worker carries on."""
+        try:
+            if run.controller is None and not await self._start_task(run):
+                return
+            await self._watch(run)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("task %s: runner crashed", run.task_id)
+            self._report(run, TaskState.FAILED, "agent error", err=f"agent error: {exc}")
+
+    async def _start_task(self, run: _TaskRun) -> bool:
+        """accepted → preparing → starting → running; False when the task ended before running."""
+        self._advance(run, TaskState.ACCEPTED, "accepted")
+        try:
+            if run.stop_requested.is_set():
+                self._report(run, TaskState.SHUTDOWN, "shutdown")
+                return False
+            controller = run.controller = self._executor.controller(run.record.task)
+            self._advance(run, TaskState.PREPARING, "preparing")
+            if not await self._retrying(run, controller.prepare) or run.stop_requested.is_set():
+                self._report(run, TaskState.SHUTDOWN, "shutdown")
+                return False
+            self._advance(run, TaskState.STARTING, "starting")
+            if not await self._retrying(run, controller.start):
+                self._report(run, TaskState.SHUTDOWN, "shutdown")
+                return False
+            # A stop asked for during start is handled by _watch, which stops the process it finds running.
+        except TaskRejected as exc:
+            self._report(run, TaskState.REJECTED, "rejected", err=f"starting task: {exc}")
+            return False
+        run.record.handle = controller.handle()
+        self._report(run, TaskState.RUNNING, "started")
+        return True
+
+    async def _retrying(self, run: _TaskRun, step: Callable[[], Awaitable[None]]) -> bool:
+        """Run a controller step, retrying temporary errors with backoff; False if a stop came meanwhile."""
+        delay = FIRST_RETRY_DELAY
+        while True:
+            try:
+                await step()
+                return True
+            except TaskRejected:
+                raise
+            except ExecutorError as exc:
+                log.warning("task %s: %s; retrying in %.1fs", run.task_id, exc, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(run.stop_requested.wait(), timeout=delay)
+                return False
+            delay = min(delay * 2, MAX_RETRY_DELAY)
+
+    async def _watch(self, run: _TaskRun) -> None:
+        """Wait for the running task to end, stopping it first if asked to; report how it ended."""
+        controller = run.controller
+        assert controller is not None
+        exited = asyncio.ensure_future(controller.wait())
+        stop = asyncio.ensure_future(run.stop_requested.wait())
+        try:
+            await asyncio.wait({exited, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not exited.done():
+                spec = _container_spec(run.record.task)
+                await controller.shutdown(stop_grace_seconds(run.record.task),
+                                          str(spec.get("StopSignal") or DEFAULT_STOP_SIGNAL))
+                await asyncio.wait({exited})
+        finally:
+            for waiter in (exited, stop):
+                waiter.cancel()
+            await self._settle([exited, stop])
+        try:
+            code: int | None = exited.result()
+        except ExitStatusUnknown:
+            code = None
+        run.record.handle = None
+        if run.stop_requested.is_set():
+            self._report(run, TaskState.SHUTDOWN, "shutdown", exit_code=code or 0)
+        elif code is None:
+            self._report(run, TaskState.FAILED, "finished", err=EXIT_UNKNOWN_AFTER_RESTART)
+        elif code == 0:
+            self._report(run, TaskState.COMPLETE, "finished")
+        else:
+            self._report(run, TaskState.FAILED, "finished", err=f"task: non-zero exit ({code})", exit_code=code)
+
+    # ---- helpers ------------------------------------------------------------------------------------------
+
+    def _request_stop(self, run: _TaskRun) -> None:
+        if not run.record.stopping:
+            run.record.stopping = True
+            self._db.put(run.record)
+        run.stop_requested.set()
+
+    def _finish_unknown(self, run: _TaskRun, err: str) -> None:
+        """The task's process is gone (or unknowable) and nobody saw how it ended."""
+        run.record.handle = None
+        if run.record.stopping:
+            self._report(run, TaskState.SHUTDOWN, "shutdown")
+        else:
+            self._report(run, TaskState.FAILED, "exit status unknown", err=err)
+
+    def _advance(self, run: _TaskRun, state: TaskState, message: str) -> None:
+        """Report a lifecycle step unless the task is already past it (a runner resumed after a restart)."""
+        if run.record.status is None or state > run.state:
+            self._report(run, state, message)
+
+    def _report(self, run: _TaskRun, state: TaskState, message: str, err: str = "", exit_code: int = 0) -> None:
+        """Record the new state on disk, then report it; a backward move (or leaving a terminal state) is
+        dropped."""
+        current = run.state if run.record.status is not None else None
+        if current is not None and (state < current or (current.terminal and state != current)):
+            log.warning("task %s: not moving from %s back to %s", run.task_id, current.wire, state.wire)
+            return
+        pid = run.controller.pid() if run.controller and state <= TaskState.RUNNING else 0
+        run.record.status = status_doc(self._clock.now(), state, message, err=err, pid=pid, exit_code=exit_code)
+        self._db.put(run.record)
+        self._send(run.task_id, run.record.status)
+
+    def _send(self, task_id: str, status: Doc) -> None:
+        try:
+            self._report_cb(task_id, status)
+        except Exception:
+            log.exception("task %s: reporting status %s failed", task_id, status.get("State"))
+
+    async def _remove_files(self, run: _TaskRun) -> None:
+        try:
+            controller = run.controller or self._executor.controller(run.record.task)
+            await controller.remove()
+        except ExecutorError as exc:
+            log.warning("task %s: could not remove its files: %s", run.task_id, exc)
+
+    @staticmethod
+    async def _settle(tasks: Sequence[asyncio.Future[Any]]) -> None:
+        """Wait for tasks to finish, whatever their outcome (their errors were logged where they happened)."""
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,393 @@
+"""The HTTP API, in the Docker Engine API's routes and shapes, so the shoal CLI, the docker CLI and docker-py
+can all drive a swarm. Every route is served both unversioned and under `/v1.NN/`.
+
+The same application serves the local unix socket and, on managers, the TLS swarm port; there it also carries
+the join endpoint and the agent sessions, and API routes require a manager's client certificate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import re
+import struct
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from aiohttp import web
+
+from shoal import __version__
+from shoal.certs import identity_from_peercert
+from shoal.errors import InvalidArgument, NotAManager, ShoalError
+from shoal.manager.join import handle_join
+from shoal.protocol import CA_PATH, JOIN_PATH, SESSION_PATH
+from shoal.timefmt import to_rfc3339
+
+if TYPE_CHECKING:
+    from shoal.daemon import Daemon
+
+log = logging.getLogger(__name__)
+
+MAX_API_VERSION = "1.47"
+MIN_API_VERSION = "1.24"
+DAEMON = web.AppKey("daemon", object)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split(".") if p.isdigit())
+
+
+def query_bool(request: web.Request, name: str) -> bool:
+    """moby's rule: "", 0, no, false, none (any case) are false; anything else is true."""
+    value = request.query.get(name)
+    if value is None:
+        return False
+    return value.strip().lower() not in ("", "0", "no", "false", "none")
+
+
+def query_int(request: web.Request, name: str, default: int = 0) -> int:
+    value = request.query.get(name)
+    if value in (None, ""):
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidArgument(f"invalid value for {name}: {value!r} is not a number") from None
+
+
+async def json_body(request: web.Request) -> Any:
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidArgument(f"malformed JSON body: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+
+
+def reply(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, separators=(",", ":")))
+
+
+def daemon_of(request: web.Request) -> Daemon:
+    return request.app[DAEMON]  # type: ignore[return-value]
+
+
+# ---- middleware ---------------------------------------------------------------------------------------
+
+_VERSIONED = re.compile(r"^/v(\d+(?:\.\d+)*)(/.*)$")
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        response = await handler(request)
+    except ShoalError as exc:
+        response = reply({"message": exc.message}, exc.status)
+    except web.HTTPException as exc:
+        if exc.status >= 400 and exc.content_type != "application/json":
+            text = exc.text or exc.reason
+            if exc.status == 404:
+                text = f"page not found: shoal does not serve {request.method} {request.path}"
+            response = reply({"message": text}, exc.status)
+        else:
+            raise
+    except Exception as exc:
+        log.exception("internal error in %s %s", request.method, request.path)
+        response = reply({"message": f"internal error: {type(exc).__name__}: {exc}"}, 500)
+    if not response.prepared:
+        response.headers["Api-Version"] = MAX_API_VERSION
+        response.headers["Server"] = f"shoal/{__version__} (linux)"
+        response.headers["Ostype"] = "linux"
+        response.headers["Docker-Experimental"] = "false"
+    return response
+
+
+@web.middleware
+async def version_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    match = _VERSIONED.match(request.path)
+    if match and _version_tuple(match.group(1)) > _version_tuple(MAX_API_VERSION):
+        raise InvalidArgument(f"client version {match.group(1)} is too new. Maximum supported API version is "
+                              f"{MAX_API_VERSION}")
+    return await handler(request)
+
+
+def remote_auth_middleware() -> Any:
+    """On the swarm port, API routes need a manager certificate; join and session do their own checks."""
+    open_paths = {CA_PATH, JOIN_PATH, SESSION_PATH, "/_ping"}
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in open_paths:
+            peercert = request.transport.get_extra_info("peercert") if request.transport else None
+            if not peercert:
+                raise web.HTTPForbidden(text="a client certificate from this swarm's CA is required")
+            if identity_from_peercert(peercert).role != "manager":
+                raise web.HTTPForbidden(text="only manager certificates may use the API remotely")
+        return await handler(request)
+
+    return middleware
+
+
+# ---- system -------------------------------------------------------------------------------------------
+
+def swarm_header(daemon: Daemon) -> str:
+    if daemon.record is None:
+        return "inactive"
+    return "active/manager" if daemon.control is not None else "active/worker"
+
+
+async def ping(request: web.Request) -> web.StreamResponse:
+    daemon = daemon_of(request)
+    response = web.Response(text="OK" if request.method == "GET" else "", content_type="text/plain")
+    response.headers["Swarm"] = swarm_header(daemon)
+    response.headers["Builder-Version"] = "1"
+    response.headers["Cache-Control"] = "no-cache, no-store, must-revalidate"
+    response.headers["Pragma"] = "no-cache"
+    return response
+
+
+async def version(request: web.Request) -> web.StreamResponse:
+    return reply({
+        "Platform": {"Name": "shoal"},
+        "Components": [{"Name": "shoal", "Version": __version__, "Details": {}}],
+        "Version": __version__, "ApiVersion": MAX_API_VERSION, "MinAPIVersion": MIN_API_VERSION,
+        "GitCommit": "", "GoVersion": "", "Os": "linux", "Arch": platform.machine(),
+        "KernelVersion": platform.release(), "BuildTime": "",
+    })
+
+
+async def info(request: web.Request) -> web.StreamResponse:
+    daemon = daemon_of(request)
+    return reply({
+        "ID": daemon.record.node_id if daemon.record else "", "Name": daemon.hostname,
+        "ServerVersion": __version__, "OSType": "linux", "Architecture": platform.machine(),
+        "OperatingSystem": "shoal", "KernelVersion": platform.release(), "NCPU": _ncpu(), "MemTotal": 0,
+        "Containers": 0, "ContainersRunning": 0, "ContainersPaused": 0, "ContainersStopped": 0, "Images": 0,
+        "Driver": "", "DockerRootDir": str(daemon.state_dir), "Swarm": daemon.swarm_info(),
+        "Labels": [], "ExperimentalBuild": False, "Debug": False, "LiveRestoreEnabled": True,
+    })
+
+
+def _ncpu() -> int:
+    import os
+
+    return os.cpu_count() or 1
+
+
+# ---- swarm --------------------------------------------------------------------------------------------
+
+async def swarm_inspect(request: web.Request) -> web.StreamResponse:
+    return reply(daemon_of(request).require_control().get_swarm())
+
+
+async def swarm_init(request: web.Request) -> web.StreamResponse:
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise InvalidArgument("the init request must be a JSON object")
+    node_id = await daemon_of(request).init_swarm(body)
+    return reply(node_id)
+
+
+async def swarm_join(request: web.Request) -> web.StreamResponse:
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise InvalidArgument("the join request must be a JSON object")
+    await daemon_of(request).join_swarm(body)
+    return web.Response(status=200)
+
+
+async def swarm_leave(request: web.Request) -> web.StreamResponse:
+    await daemon_of(request).leave_swarm(query_bool(request, "force"))
+    return web.Response(status=200)
+
+
+async def swarm_update(request: web.Request) -> web.StreamResponse:
+    control = daemon_of(request).require_control()
+    await control.update_swarm(query_int(request, "version"), await json_body(request),
+                               query_bool(request, "rotateWorkerToken"), query_bool(request, "rotateManagerToken"))
+    return web.Response(status=200)
+
+
+async def swarm_unlockkey(request: web.Request) -> web.StreamResponse:
+    daemon_of(request).require_control()
+    return reply({"UnlockKey": ""})
+
+
+# ---- nodes --------------------------------------------------------------------------------------------
+
+async def node_list(request: web.Request) -> web.StreamResponse:
+    return reply(daemon_of(request).require_control().list_nodes(request.query.get("filters")))
+
+
+async def node_inspect(request: web.Request) -> web.StreamResponse:
+    return reply(daemon_of(request).require_control().get_node(request.match_info["id"]))
+
+
+async def node_update(request: web.Request) -> web.StreamResponse:
+    control = daemon_of(request).require_control()
+    await control.update_node(request.match_info["id"], query_int(request, "version"), await json_body(request))
+    return web.Response(status=200)
+
+
+async def node_delete(request: web.Request) -> web.StreamResponse:
+    await daemon_of(request).require_control().remove_node(request.match_info["id"], query_bool(request, "force"))
+    return web.Response(status=200)
+
+
+# ---- services -----------------------------------------------------------------------------------------
+
+async def service_list(request: web.Request) -> web.StreamResponse:
+    control = daemon_of(request).require_control()
+    return reply(control.list_services(request.query.get("filters"), query_bool(request, "status")))
+
+
+async def service_create(request: web.Request) -> web.StreamResponse:
+    control = daemon_of(request).require_control()
+    service_id = await control.create_service(await json_body(request))
+    return reply({"ID": service_id, "Warnings": None}, 201)
+
+
+async def service_inspect(request: web.Request) -> web.StreamResponse:
+    control = daemon_of(request).require_control()
+    return reply(control.get_service(request.match_info["id"], query_bool(request, "insertDefaults")))
+
+
+async def service_update(request: web.Request) -> web.StreamResponse:
+    control = daemon_of(request).require_control()
+    rollback = request.query.get("rollback") == "previous"
+    await control.update_service(request.match_info["id"], query_int(request, "version"), await json_body(request),
+                                 rollback)
+    return reply({"Warnings": None})
+
+
+async def service_delete(request: web.Request) -> web.StreamResponse:
+    await daemon_of(request).require_control().remove_service(request.match_info["id"])
+    return web.Response(status=200)
+
+
+# ---- tasks --------------------------------------------------------------------------------------------
+
+async def task_list(request: web.Request) -> web.StreamResponse:
+    return reply(daemon_of(request).require_control().list_tasks(request.query.get("filters")))
+
+
+async def task_inspect(request: web.Request) -> web.StreamResponse:
+    return reply(daemon_of(request).require_control().get_task(request.match_info["id"]))
+
+
+# ---- logs ---------------------------------------------------------------------------------------------
+
+def frame(stream: int, payload: bytes) -> bytes:
+    """One frame of Docker's multiplexed stream: [stream, 0, 0, 0, big-endian length] + payload."""
+    return struct.pack(">BxxxL", stream, len(payload)) + payload
+
+
+async def logs(request: web.Request) -> web.StreamResponse:
+    daemon = daemon_of(request)
+    control = daemon.require_control()
+    manager = daemon.manager
+    assert manager is not None
+    tasks = control.tasks_for_logs(request.match_info["id"])
+    want_stdout = query_bool(request, "stdout")
+    want_stderr = query_bool(request, "stderr")
+    if not (want_stdout or want_stderr):
+        raise InvalidArgument("you must choose at least one stream: stdout=1 and/or stderr=1")
+    details = query_bool(request, "details")
+    timestamps = query_bool(request, "timestamps")
+    follow = query_bool(request, "follow")
+    tail_text = request.query.get("tail", "all")
+    tail = -1 if tail_text in ("", "all") else query_int(request, "tail")
+    by_id = {t["ID"]: t for t in tasks}
+    response = web.StreamResponse(status=200)
+    response.content_type = "application/vnd.docker.multiplexed-stream"
+    response.headers["Api-Version"] = MAX_API_VERSION
+    await response.prepare(request)
+    if manager.dispatcher is None or not manager.is_leader:
+        return response
+    async for item in manager.dispatcher.logs(tasks, tail, follow):
+        stream = int(item["stream"])
+        if (stream == 1 and not want_stdout) or (stream == 2 and not want_stderr):
+            continue
+        task = by_id.get(item["task"], {})
+        line = item["line"].rstrip("\n")
+        prefix = ""
+        if timestamps:
+            prefix += to_rfc3339(float(item["ts"])) + " "
+        if details:
+            attrs = {
+                "com.docker.swarm.node.id": task.get("NodeID", ""),
+                "com.docker.swarm.service.id": task.get("ServiceID", ""),
+                "com.docker.swarm.task.id": task.get("ID", ""),
+            }
+            prefix += ",".join(f"{quote(k)}={quote(v)}" for k, v in sorted(attrs.items())) + " "
+        await response.write(frame(stream, (prefix + line + "\n").encode()))
+    return response
+
+
+# ---- the swarm port: join, CA and agent sessions -------------------------------------------------------
+
+async def ca_cert(request: web.Request) -> web.StreamResponse:
+    daemon = daemon_of(request)
+    return web.Response(body=daemon.tls.ca.read_bytes(), content_type="application/x-pem-file")
+
+
+async def join(request: web.Request) -> web.StreamResponse:
+    daemon = daemon_of(request)
+    manager = daemon.manager
+    if manager is None or daemon.record is None:
+        raise NotAManager()
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise InvalidArgument("the join request must be a JSON object")
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    answer = await handle_join(manager, daemon.clock, body, peer[0] if peer else "", daemon.record.port)
+    return reply(answer)
+
+
+async def session(request: web.Request) -> web.StreamResponse:
+    daemon = daemon_of(request)
+    manager = daemon.manager
+    if manager is None or manager.dispatcher is None:
+        raise NotAManager()
+    return await manager.dispatcher.handle_session(request, manager.leader_addr())
+
+
+# ---- the application ----------------------------------------------------------------------------------
+
+ROUTES: list[tuple[str, str, Handler]] = [
+    ("GET", "/_ping", ping), ("HEAD", "/_ping", ping),
+    ("GET", "/version", version), ("GET", "/info", info),
+    ("GET", "/swarm", swarm_inspect), ("POST", "/swarm/init", swarm_init), ("POST", "/swarm/join", swarm_join),
+    ("POST", "/swarm/leave", swarm_leave), ("POST", "/swarm/update", swarm_update),
+    ("GET", "/swarm/unlockkey", swarm_unlockkey),
+    ("GET", "/nodes", node_list), ("GET", "/nodes/{id}", node_inspect), ("DELETE", "/nodes/{id}", node_delete),
+    ("POST", "/nodes/{id}/update", node_update),
+    ("GET", "/services", service_list), ("POST", "/services/create", service_create),
+    ("GET", "/services/{id}", service_inspect), ("DELETE", "/services/{id}", service_delete),
+    ("POST", "/services/{id}/update", service_update), ("GET", "/services/{id}/logs", logs),
+    ("GET", "/tasks", task_list), ("GET", "/tasks/{id}", task_inspect), ("GET", "/tasks/{id}/logs", logs),
+]
+
+
+def make_app(daemon: Daemon, remote: bool) -> web.Application:
+    middlewares = [errors_middleware, version_middleware]
+    if remote:
+        middlewares.append(remote_auth_middleware())
+    app = web.Application(middlewares=middlewares, client_max_size=64 * 1024 * 1024)
+    app[DAEMON] = daemon
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, handler)
+        app.router.add_route(method, "/v{api_version:[0-9.]+}" + path, handler)
+    if remote:
+        app.router.add_get(CA_PATH, ca_cert)
+        app.router.add_post(JOIN_PATH, join)
+        app.router.add_get(SESSION_PATH, session)
+    return app
+
+
+__all__ = ["make_app", "frame"]

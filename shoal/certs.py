@@ -1,0 +1,185 @@
+"""Node-side certificate helpers and the TLS contexts every shoal connection uses.
+
+A node certificate names its owner the way swarmkit does: CN is the node ID, OU is the role
+("swarm-manager" or "swarm-worker"), O is the cluster ID. Whoever holds a certificate signed by the cluster
+CA is that node, so servers read the identity from the peer certificate rather than from the request.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from shoal.errors import InvalidArgument
+
+StrPath = str | os.PathLike[str]
+
+MANAGER_OU = "swarm-manager"
+WORKER_OU = "swarm-worker"
+ROLE_BY_OU = {MANAGER_OU: "manager", WORKER_OU: "worker"}
+OU_BY_ROLE = {role: ou for ou, role in ROLE_BY_OU.items()}
+
+
+def make_key_and_csr() -> tuple[bytes, bytes]:
+    """A fresh ECDSA P-256 key (PKCS#8 PEM) and a CSR for it; the CA decides the subject, so the CSR names none."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return key_pem, csr.public_bytes(serialization.Encoding.PEM)
+
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    node_id: str
+    role: str  # "manager" | "worker"
+    cluster_id: str
+
+
+def _identity(node_id: str | None, ou: str | None, cluster_id: str | None) -> NodeIdentity:
+    if not node_id or not cluster_id or ou is None:
+        raise InvalidArgument(
+            "the certificate is not a shoal node certificate: its subject needs CN (node ID), "
+            "OU (swarm-manager or swarm-worker) and O (cluster ID)"
+        )
+    role = ROLE_BY_OU.get(ou)
+    if role is None:
+        raise InvalidArgument(
+            f"the certificate's OU {ou!r} is not a node role: expected {MANAGER_OU!r} or {WORKER_OU!r}"
+        )
+    return NodeIdentity(node_id=node_id, role=role, cluster_id=cluster_id)
+
+
+def load_certificate(cert_pem: bytes) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(cert_pem)
+    except ValueError as error:
+        raise InvalidArgument(f"not a valid PEM certificate: {error}") from None
+
+
+def identity_from_cert(cert_pem: bytes) -> NodeIdentity:
+    """Who a node certificate (PEM) belongs to."""
+    subject = load_certificate(cert_pem).subject
+
+    def first(oid: x509.ObjectIdentifier) -> str | None:
+        attributes = subject.get_attributes_for_oid(oid)
+        return str(attributes[0].value) if attributes else None
+
+    return _identity(
+        first(NameOID.COMMON_NAME), first(NameOID.ORGANIZATIONAL_UNIT_NAME), first(NameOID.ORGANIZATION_NAME)
+    )
+
+
+def identity_from_peercert(peercert: Mapping[str, Any] | None) -> NodeIdentity:
+    """Who the peer of a TLS connection is, from `ssl.SSLSocket.getpeercert()` (aiohttp: extra info "peercert").
+
+    The dict is only filled in for a certificate the context verified, so a non-empty one is from the cluster CA.
+    """
+    if not peercert:
+        raise InvalidArgument("the connection presented no verified client certificate")
+    fields: dict[str, str] = {}
+    # "subject" is a tuple of relative distinguished names, each a tuple of (name, value) pairs.
+    for rdn in peercert.get("subject", ()):
+        for name, value in rdn:
+            fields.setdefault(name, value)
+    return _identity(
+        fields.get("commonName"), fields.get("organizationalUnitName"), fields.get("organizationName")
+    )
+
+
+def cert_not_after(cert_pem: bytes) -> datetime:
+    """When the certificate expires (timezone-aware UTC), so the agent can renew it in time."""
+    return load_certificate(cert_pem).not_valid_after_utc
+
+
+def check_issued_by(cert_pem: bytes, ca_cert_pem: bytes) -> None:
+    """Raise InvalidArgument unless `cert_pem` was signed by the CA `ca_cert_pem` (e.g. a cert a manager sent back)."""
+    cert, ca_cert = load_certificate(cert_pem), load_certificate(ca_cert_pem)
+    try:
+        cert.verify_directly_issued_by(ca_cert)
+    except InvalidSignature:
+        raise InvalidArgument(
+            "the certificate was not issued by the cluster CA: its signature does not verify"
+        ) from None
+    except (ValueError, TypeError) as error:
+        raise InvalidArgument(f"the certificate was not issued by the cluster CA: {error}") from None
+
+
+def server_ssl_context(ca_pem_path: StrPath, cert_path: StrPath, key_path: StrPath) -> ssl.SSLContext:
+    """TLS server context for a node's port.
+
+    Client certificates are optional but, when presented, must chain to the cluster CA: the join endpoint
+    serves nodes that have no certificate yet, and the handlers of the session and API check the peer.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert_path, key_path)
+    context.load_verify_locations(cafile=ca_pem_path)
+    context.verify_mode = ssl.CERT_OPTIONAL
+    return context
+
+
+def client_ssl_context(
+    ca_pem_path: StrPath, cert_path: StrPath | None = None, key_path: StrPath | None = None
+) -> ssl.SSLContext:
+    """TLS client context that trusts only the cluster CA, presenting the node certificate when given.
+
+    Host names are not checked: the CA is private to the cluster and signs only its nodes, and the handler
+    checks the peer's role from its certificate.
+    """
+    if (cert_path is None) != (key_path is None):
+        raise InvalidArgument("a client certificate needs both the certificate and the key file")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(cafile=ca_pem_path)
+    if cert_path is not None and key_path is not None:
+        context.load_cert_chain(cert_path, key_path)
+    return context
+
+
+def insecure_probe_context() -> ssl.SSLContext:
+    """A client context that verifies nothing.
+
+    Only for fetching the CA certificate at join time; the caller must check it against the token's digest
+    (tokens.check_ca) before trusting anything received over this connection.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a file only its owner can read (keys, certificates), creating parent directories.
+
+    The data goes to a temporary file in the same directory first and is renamed into place, so a reader
+    (or a crash) never sees a half-written key when a certificate is renewed.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as file:  # mkstemp creates the file with mode 0600
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, 0o600)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,1 @@
+"""The `shoal` command-line client: a client of shoal's Docker-compatible Engine API."""

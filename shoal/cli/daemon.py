@@ -1,0 +1,52 @@
+"""`shoal daemon`: run this machine's shoal daemon in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from shoal import config
+from shoal.cli.common import CliContext, CliError
+
+
+def register(commands: Any) -> None:
+    daemon = commands.add_parser("daemon", help="Run the shoal daemon (shoald) in the foreground")
+    daemon.add_argument("--state-dir", default=None, help=f"State directory (default {config.DEFAULT_STATE_DIR})")
+    daemon.add_argument("--socket", default=None, help=f"API socket path (default {config.DEFAULT_SOCKET})")
+    daemon.add_argument("--hostname", help="Node name shown by `node ls` (default: this machine's hostname)")
+    daemon.add_argument("--executor", choices=("process", "docker", "sim"), default="process",
+                        help="How tasks run: host processes or docker containers (default process)")
+    daemon.add_argument("--etcd-endpoints", metavar="URL,URL", help="Use an external etcd cluster")
+    daemon.add_argument("--etcd-cacert", metavar="FILE", help="CA certificate of the external etcd")
+    daemon.add_argument("--etcd-cert", metavar="FILE", help="Client certificate for the external etcd")
+    daemon.add_argument("--etcd-key", metavar="FILE", help="Client key for the external etcd")
+    daemon.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                        help="Log level (default info)")
+    daemon.set_defaults(handler=run_daemon)
+
+
+def daemon_config(args: argparse.Namespace) -> config.DaemonConfig:
+    external = None
+    if args.etcd_endpoints:
+        urls = [u.strip() for u in args.etcd_endpoints.split(",") if u.strip()]
+        if not urls:
+            raise CliError("--etcd-endpoints needs at least one URL")
+        external = config.EtcdEndpoints(urls=urls, cacert=args.etcd_cacert, cert=args.etcd_cert, key=args.etcd_key)
+    elif args.etcd_cacert or args.etcd_cert or args.etcd_key:
+        raise CliError("--etcd-cacert/--etcd-cert/--etcd-key need --etcd-endpoints")
+    return config.DaemonConfig(
+        state_dir=Path(args.state_dir) if args.state_dir else config.DEFAULT_STATE_DIR,
+        socket=Path(args.socket) if args.socket else config.DEFAULT_SOCKET,
+        hostname=args.hostname,
+        executor=args.executor,
+        external_etcd=external,
+        log_level=args.log_level,
+    )
+
+
+def run_daemon(ctx: CliContext, args: argparse.Namespace) -> int:
+    cfg = daemon_config(args)
+    from shoal import daemon
+
+    return int(daemon.run(cfg) or 0)

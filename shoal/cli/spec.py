@@ -1,0 +1,504 @@
+"""Turning `service create` / `service update` flags into a ServiceSpec, exactly as the docker CLI does.
+
+Pure: parsed arguments in, a JSON document out. Every bad value raises CliError naming its flag, before
+anything is sent to the daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import re
+import shlex
+from typing import Any
+
+from shoal.cli.common import CliError
+from shoal.errors import InvalidArgument
+from shoal.timefmt import SECOND, parse_duration
+from shoal.types import Doc
+
+PROTOCOLS = ("tcp", "udp", "sctp")
+PUBLISH_MODES = ("ingress", "host")
+RESTART_CONDITIONS = ("none", "on-failure", "any")
+UPDATE_FAILURE_ACTIONS = ("pause", "continue", "rollback")
+ROLLBACK_FAILURE_ACTIONS = ("pause", "continue")
+ORDERS = ("stop-first", "start-first")
+
+
+def _bad(flag: str, value: str, why: str) -> CliError:
+    return CliError(f'invalid argument "{value}" for "{flag}" flag: {why}')
+
+
+# ---- flag registration ----------------------------------------------------------------------------------
+
+def add_common_service_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags `service create` and `service update` share (docker's addServiceFlags)."""
+    parser.add_argument("-d", "--detach", action="store_true",
+                        help="Exit immediately instead of waiting for the service to converge")
+    parser.add_argument("-q", "--quiet", action="store_true", help="Suppress progress output")
+    parser.add_argument("-w", "--workdir", help="Working directory inside the container")
+    parser.add_argument("-u", "--user", help="Username or UID (format: <name|uid>[:<group|gid>])")
+    parser.add_argument("--entrypoint", help="Overwrite the default ENTRYPOINT of the image")
+    parser.add_argument("--stop-grace-period", metavar="DURATION",
+                        help="Time to wait before force killing a container (ns|us|ms|s|m|h) (default 10s)")
+    parser.add_argument("--stop-signal", help="Signal to stop the container")
+    parser.add_argument("--replicas", metavar="N", help="Number of tasks")
+    parser.add_argument("--restart-condition", metavar="CONDITION",
+                        help='Restart when condition is met ("none", "on-failure", "any") (default "any")')
+    parser.add_argument("--restart-delay", metavar="DURATION",
+                        help="Delay between restart attempts (ns|us|ms|s|m|h) (default 5s)")
+    parser.add_argument("--restart-max-attempts", metavar="N", help="Maximum number of restarts before giving up")
+    parser.add_argument("--restart-window", metavar="DURATION",
+                        help="Window used to evaluate the restart policy (ns|us|ms|s|m|h)")
+    for kind, what in (("update", "updated"), ("rollback", "rolled back")):
+        parser.add_argument(f"--{kind}-delay", metavar="DURATION",
+                            help=f"Delay between task {kind}s (ns|us|ms|s|m|h) (default 0s)")
+        parser.add_argument(f"--{kind}-parallelism", metavar="N",
+                            help=f"Maximum number of tasks {what} simultaneously (0 for all at once) (default 1)")
+        parser.add_argument(f"--{kind}-failure-action", metavar="ACTION",
+                            help=f'Action on {kind} failure ("pause", "continue"'
+                                 + (', "rollback"' if kind == "update" else "") + ') (default "pause")')
+        parser.add_argument(f"--{kind}-monitor", metavar="DURATION",
+                            help=f"Duration after each task {kind} to monitor for failure (default 5s)")
+        parser.add_argument(f"--{kind}-max-failure-ratio", metavar="RATIO",
+                            help=f"Failure rate to tolerate during a {kind} (default 0)")
+        parser.add_argument(f"--{kind}-order", metavar="ORDER",
+                            help=f'{kind.capitalize()} order ("start-first", "stop-first") (default "stop-first")')
+    parser.add_argument("--health-cmd", metavar="CMD", help="Command to run to check health")
+    parser.add_argument("--health-interval", metavar="DURATION", help="Time between running the check")
+    parser.add_argument("--health-timeout", metavar="DURATION", help="Maximum time to allow one check to run")
+    parser.add_argument("--health-retries", metavar="N", help="Consecutive failures needed to report unhealthy")
+    parser.add_argument("--health-start-period", metavar="DURATION",
+                        help="Start period for the container to initialize before counting retries")
+    parser.add_argument("--no-healthcheck", action="store_true", help="Disable any container-specified HEALTHCHECK")
+
+
+def add_create_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", help="Service name")
+    parser.add_argument("--mode", help='Service mode ("replicated" or "global") (default "replicated")')
+    parser.add_argument("-p", "--publish", action="append", metavar="PORT", help="Publish a port as a node port")
+    parser.add_argument("-e", "--env", action="append", metavar="K=V", help="Set environment variables")
+    parser.add_argument("-l", "--label", action="append", metavar="K=V", help="Service labels")
+    parser.add_argument("--constraint", action="append", metavar="EXPR", help="Placement constraints")
+    add_common_service_flags(parser)
+    parser.add_argument("image", metavar="IMAGE")
+    command = parser.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
+    command.required = False  # an image alone is a whole service
+
+
+def add_update_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image", help="Service image tag")
+    parser.add_argument("--args", metavar="COMMAND", help="Service command args")
+    parser.add_argument("--env-add", action="append", metavar="K=V", help="Add or update an environment variable")
+    parser.add_argument("--env-rm", action="append", metavar="K", help="Remove an environment variable")
+    parser.add_argument("--constraint-add", action="append", metavar="EXPR", help="Add or update a placement constraint")
+    parser.add_argument("--constraint-rm", action="append", metavar="EXPR", help="Remove a constraint")
+    parser.add_argument("--publish-add", action="append", metavar="PORT", help="Add or update a published port")
+    parser.add_argument("--publish-rm", action="append", metavar="PORT", help="Remove a published port by its target port")
+    parser.add_argument("--label-add", action="append", metavar="K=V", help="Add or update a service label")
+    parser.add_argument("--label-rm", action="append", metavar="K", help="Remove a label by its key")
+    parser.add_argument("--force", action="store_true", help="Force update even if no changes require it")
+    add_common_service_flags(parser)
+    parser.add_argument("service", metavar="SERVICE")
+
+
+# ---- value parsers --------------------------------------------------------------------------------------
+
+def duration_flag(flag: str, value: str) -> int:
+    try:
+        return parse_duration(value)
+    except InvalidArgument as exc:
+        raise _bad(flag, value, exc.message) from None
+
+
+def uint_flag(flag: str, value: str) -> int:
+    text = value.strip()
+    if not re.fullmatch(r"\d+", text):
+        raise _bad(flag, value, "must be a non-negative integer")
+    return int(text)
+
+
+def float_flag(flag: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise _bad(flag, value, "must be a number") from None
+    if not 0 <= number <= 1:
+        raise _bad(flag, value, "must be between 0 and 1")
+    return number
+
+
+def choice_flag(flag: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise _bad(flag, value, "must be one of " + ", ".join(f'"{c}"' for c in choices))
+    return value
+
+
+def env_entry(value: str) -> str:
+    """docker's ValidateEnv: "K=V" as is; a bare "K" takes its value from this shell if set."""
+    if "=" in value:
+        if value.startswith("="):
+            raise CliError(f"invalid environment variable: {value}")
+        return value
+    return f"{value}={os.environ[value]}" if value in os.environ else value
+
+
+def labels_map(values: list[str] | None, flag: str = "--label") -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for value in values or []:
+        key, _, val = value.partition("=")
+        if not key:
+            raise _bad(flag, value, "label key is empty")
+        labels[key] = val
+    return labels
+
+
+def _port_range(flag: str, spec: str, text: str, what: str, allow_zero: bool) -> list[int]:
+    m = re.fullmatch(r"(\d+)(?:-(\d+))?", text)
+    if not m:
+        raise _bad(flag, spec, f"invalid {what}: {text}")
+    start = int(m.group(1))
+    end = int(m.group(2)) if m.group(2) else start
+    low = 0 if allow_zero else 1
+    if not (low <= start <= 65535 and low <= end <= 65535) or end < start:
+        raise _bad(flag, spec, f"invalid {what}: {text}")
+    return list(range(start, end + 1))
+
+
+def _port(protocol: str, target: int, published: int, mode: str = "ingress") -> Doc:
+    return {"Protocol": protocol, "TargetPort": target, "PublishedPort": published, "PublishMode": mode}
+
+
+def parse_publish(value: str, flag: str = "-p, --publish") -> list[Doc]:
+    """`8080:80`, `80`, `8080:80/udp`, `8080-8081:80-81`, or `published=8080,target=80,protocol=tcp,mode=host`."""
+    if re.search(r"\w+=\w+", value):
+        return [_parse_long_publish(value, flag)]
+    text, _, protocol = value.partition("/")
+    protocol = protocol.lower() or "tcp"
+    if protocol not in PROTOCOLS:
+        raise _bad(flag, value, f"invalid proto: {protocol}")
+    parts = text.split(":")
+    if len(parts) == 3:
+        if parts[0]:
+            raise _bad(flag, value, "hostip is not supported")
+        parts = parts[1:]
+    if len(parts) > 2 or not parts[-1]:
+        raise _bad(flag, value, "invalid port format, use [published:]target[/protocol]")
+    targets = _port_range(flag, value, parts[-1], "containerPort", allow_zero=False)
+    published_text = parts[0] if len(parts) == 2 else ""
+    if not published_text:
+        return [_port(protocol, t, 0) for t in targets]
+    published = _port_range(flag, value, published_text, "hostPort", allow_zero=True)
+    if len(targets) == len(published):
+        return [_port(protocol, t, p) for t, p in zip(targets, published, strict=True)]
+    if len(targets) == 1:
+        return [_port(protocol, targets[0], p) for p in published]
+    raise _bad(flag, value, f"invalid ranges specified for container and host Ports: {parts[-1]} and {published_text}")
+
+
+def _parse_long_publish(value: str, flag: str) -> Doc:
+    port: Doc = {"Protocol": "", "TargetPort": 0, "PublishedPort": 0, "PublishMode": ""}
+    for field in value.split(","):
+        key, sep, val = field.partition("=")
+        if not sep or not key:
+            raise _bad(flag, value, f"invalid field: {field}")
+        key = key.lower()
+        if key == "protocol":
+            if val not in PROTOCOLS:
+                raise _bad(flag, value, f"invalid protocol value '{val}'")
+            port["Protocol"] = val
+        elif key == "mode":
+            if val not in PUBLISH_MODES:
+                raise _bad(flag, value, f"invalid publish mode value ({val}): must be either 'ingress' or 'host'")
+            port["PublishMode"] = val
+        elif key == "target":
+            port["TargetPort"] = _single_port(flag, value, val)
+        elif key == "published":
+            port["PublishedPort"] = _single_port(flag, value, val)
+        else:
+            raise _bad(flag, value, f"invalid field key: {key}")
+    if not port["TargetPort"]:
+        raise _bad(flag, value, "missing mandatory field 'target'")
+    port["Protocol"] = port["Protocol"] or "tcp"
+    port["PublishMode"] = port["PublishMode"] or "ingress"
+    return port
+
+
+def _single_port(flag: str, spec: str, text: str) -> int:
+    if not re.fullmatch(r"\d+", text) or int(text) > 65535:
+        raise _bad(flag, spec, f"invalid port value: {text}")
+    return int(text)
+
+
+# ---- spec pieces ----------------------------------------------------------------------------------------
+
+def _flag(args: argparse.Namespace, name: str) -> Any:
+    return getattr(args, name, None)
+
+
+def default_update_config() -> Doc:
+    """swarmkit's defaults, which docker fills in before applying any update/rollback flag."""
+    return {"Parallelism": 1, "Delay": 0, "FailureAction": "pause", "Monitor": 5 * SECOND,
+            "MaxFailureRatio": 0, "Order": "stop-first"}
+
+
+def _update_flags_set(args: argparse.Namespace, kind: str) -> bool:
+    return any(_flag(args, f"{kind}_{name}") is not None
+               for name in ("parallelism", "delay", "monitor", "failure_action", "max_failure_ratio", "order"))
+
+
+def apply_update_config(args: argparse.Namespace, kind: str, current: Doc | None) -> Doc | None:
+    """UpdateConfig (kind "update") or RollbackConfig (kind "rollback") with the flags applied."""
+    if not _update_flags_set(args, kind):
+        return current
+    config = copy.deepcopy(current) if current else default_update_config()
+    value = _flag(args, f"{kind}_parallelism")
+    if value is not None:
+        config["Parallelism"] = uint_flag(f"--{kind}-parallelism", value)
+    value = _flag(args, f"{kind}_delay")
+    if value is not None:
+        config["Delay"] = duration_flag(f"--{kind}-delay", value)
+    value = _flag(args, f"{kind}_failure_action")
+    if value is not None:
+        actions = UPDATE_FAILURE_ACTIONS if kind == "update" else ROLLBACK_FAILURE_ACTIONS
+        config["FailureAction"] = choice_flag(f"--{kind}-failure-action", value, actions)
+    value = _flag(args, f"{kind}_monitor")
+    if value is not None:
+        config["Monitor"] = duration_flag(f"--{kind}-monitor", value)
+    value = _flag(args, f"{kind}_max_failure_ratio")
+    if value is not None:
+        config["MaxFailureRatio"] = float_flag(f"--{kind}-max-failure-ratio", value)
+    value = _flag(args, f"{kind}_order")
+    if value is not None:
+        config["Order"] = choice_flag(f"--{kind}-order", value, ORDERS)
+    return config
+
+
+def apply_restart_policy(args: argparse.Namespace, current: Doc | None) -> Doc | None:
+    names = ("restart_condition", "restart_delay", "restart_max_attempts", "restart_window")
+    if all(_flag(args, n) is None for n in names):
+        return current
+    policy = copy.deepcopy(current) if current else {"Condition": "any", "Delay": 5 * SECOND, "MaxAttempts": 0}
+    if args.restart_condition is not None:
+        policy["Condition"] = choice_flag("--restart-condition", args.restart_condition, RESTART_CONDITIONS)
+    if args.restart_delay is not None:
+        policy["Delay"] = duration_flag("--restart-delay", args.restart_delay)
+    if args.restart_max_attempts is not None:
+        policy["MaxAttempts"] = uint_flag("--restart-max-attempts", args.restart_max_attempts)
+    if args.restart_window is not None:
+        policy["Window"] = duration_flag("--restart-window", args.restart_window)
+    return policy
+
+
+def apply_healthcheck(args: argparse.Namespace, current: Doc | None) -> Doc | None:
+    settings = ("health_cmd", "health_interval", "health_timeout", "health_retries", "health_start_period")
+    have_settings = any(_flag(args, n) is not None for n in settings)
+    if args.no_healthcheck:
+        if have_settings:
+            raise CliError("--no-healthcheck conflicts with --health-* options")
+        return {"Test": ["NONE"]}
+    if not have_settings:
+        return current
+    health = copy.deepcopy(current) if current else {}
+    if health.get("Test") and health["Test"][0] == "NONE":
+        health.pop("Test")
+    if args.health_cmd is not None:
+        if args.health_cmd:
+            health["Test"] = ["CMD-SHELL", args.health_cmd]
+        else:
+            health.pop("Test", None)
+    for name, key in (("interval", "Interval"), ("timeout", "Timeout"), ("start_period", "StartPeriod")):
+        value = _flag(args, f"health_{name}")
+        if value is not None:
+            health[key] = duration_flag(f"--health-{name.replace('_', '-')}", value)
+    if args.health_retries is not None:
+        health["Retries"] = uint_flag("--health-retries", args.health_retries)
+    # docker omits zero fields of HealthConfig.
+    return {k: v for k, v in health.items() if v not in (0, None, [])}
+
+
+def _apply_container_flags(args: argparse.Namespace, container: Doc) -> None:
+    if args.entrypoint is not None:
+        container["Command"] = _shell_words("--entrypoint", args.entrypoint)
+    if args.workdir is not None:
+        container["Dir"] = args.workdir
+    if args.user is not None:
+        container["User"] = args.user
+    if args.stop_signal is not None:
+        container["StopSignal"] = args.stop_signal
+    if args.stop_grace_period is not None:
+        container["StopGracePeriod"] = duration_flag("--stop-grace-period", args.stop_grace_period)
+    health = apply_healthcheck(args, container.get("Healthcheck"))
+    if health is not None:
+        container["Healthcheck"] = health
+
+
+def _shell_words(flag: str, value: str) -> list[str]:
+    try:
+        return shlex.split(value)
+    except ValueError as exc:
+        raise _bad(flag, value, str(exc)) from None
+
+
+_CONTAINER_ORDER = ("Image", "Labels", "Command", "Args", "Hostname", "Env", "Dir", "User", "Groups",
+                    "Privileges", "Init", "StopSignal", "TTY", "OpenStdin", "ReadOnly", "Mounts",
+                    "StopGracePeriod", "Healthcheck", "Hosts", "DNSConfig")
+
+
+def _ordered(doc: Doc, order: tuple[str, ...]) -> Doc:
+    """Keys in the Go struct's order (as docker sends them), unknown keys last."""
+    known = {k: doc[k] for k in order if k in doc}
+    return known | {k: v for k, v in doc.items() if k not in known}
+
+
+# ---- create ---------------------------------------------------------------------------------------------
+
+def build_service_spec(args: argparse.Namespace) -> Doc:
+    """The ServiceSpec `service create` sends (docker's ToService), validating every flag first."""
+    mode_name = args.mode or "replicated"
+    if mode_name == "global":
+        if args.replicas is not None:
+            raise CliError("replicas can only be used with replicated mode")
+        mode: Doc = {"Global": {}}
+    elif mode_name == "replicated":
+        mode = {"Replicated": {}}
+        if args.replicas is not None:
+            mode["Replicated"]["Replicas"] = uint_flag("--replicas", args.replicas)
+    else:
+        raise CliError(f"Unknown mode: {mode_name}, only replicated and global supported")
+
+    ports = [port for value in args.publish or [] for port in parse_publish(value)]
+    env: list[str] = []
+    for value in args.env or []:
+        entry = env_entry(value)
+        key = entry.split("=", 1)[0]
+        env = [e for e in env if e.split("=", 1)[0] != key] + [entry]
+
+    container: Doc = {"Image": args.image}
+    if args.command:
+        container["Args"] = list(args.command)
+    if env:
+        container["Env"] = env
+    container["Init"] = False
+    container["DNSConfig"] = {}
+    _apply_container_flags(args, container)
+
+    task: Doc = {"ContainerSpec": _ordered(container, _CONTAINER_ORDER),
+                 "Resources": {"Limits": {}, "Reservations": {}}}
+    restart = apply_restart_policy(args, None)
+    if restart is not None:
+        task["RestartPolicy"] = restart
+    task["Placement"] = {"Constraints": list(args.constraint)} if args.constraint else {}
+    task["ForceUpdate"] = 0
+
+    spec: Doc = {}
+    if args.name:
+        spec["Name"] = args.name
+    spec["Labels"] = labels_map(args.label)
+    spec["TaskTemplate"] = task
+    spec["Mode"] = mode
+    update_config = apply_update_config(args, "update", None)
+    if update_config is not None:
+        spec["UpdateConfig"] = update_config
+    rollback_config = apply_update_config(args, "rollback", None)
+    if rollback_config is not None:
+        spec["RollbackConfig"] = rollback_config
+    endpoint: Doc = {"Mode": "vip"}
+    if ports:
+        endpoint["Ports"] = ports
+    spec["EndpointSpec"] = endpoint
+    return spec
+
+
+# ---- update ---------------------------------------------------------------------------------------------
+
+def _port_key(port: Doc) -> str:
+    return (f"{port.get('PublishedPort', 0)}:{port.get('TargetPort', 0)}/"
+            f"{port.get('Protocol') or 'tcp'}/{port.get('PublishMode') or 'ingress'}")
+
+
+def _update_ports(current: list[Doc], add: list[str] | None, remove: list[str] | None) -> list[Doc]:
+    by_key: dict[str, Doc] = {}
+    for port in current:
+        by_key.setdefault(_port_key(port), port)
+    to_remove = [p for value in remove or [] for p in parse_publish(value, "--publish-rm")]
+    kept = [
+        port for port in by_key.values()
+        if not any((port.get("Protocol") or "tcp") == r["Protocol"] and port.get("TargetPort") == r["TargetPort"]
+                   and (port.get("PublishMode") or "ingress") == r["PublishMode"] for r in to_remove)
+    ]
+    for value in add or []:
+        for port in parse_publish(value, "--publish-add"):
+            if _port_key(port) not in by_key:
+                kept.append(port)
+    return sorted(kept, key=_port_key)
+
+
+def apply_service_update(spec: Doc, args: argparse.Namespace) -> Doc:
+    """The spec `service update` sends: the current one with every given flag applied (docker's updateService)."""
+    spec = copy.deepcopy(spec)
+    task = spec.setdefault("TaskTemplate", {})
+    container = task.setdefault("ContainerSpec", {})
+
+    if args.image is not None:
+        container["Image"] = args.image
+    if args.args is not None:
+        container["Args"] = _shell_words("--args", args.args)
+    if args.env_rm or args.env_add:
+        removed = set(args.env_rm or [])
+        env = [e for e in container.get("Env") or [] if e.split("=", 1)[0] not in removed]
+        for value in args.env_add or []:
+            entry = env_entry(value)
+            key = entry.split("=", 1)[0]
+            replaced = False
+            for i, existing in enumerate(env):
+                if existing.split("=", 1)[0] == key:
+                    env[i] = entry
+                    replaced = True
+            if not replaced:
+                env.append(entry)
+        container["Env"] = env
+    _apply_container_flags(args, container)
+
+    if args.replicas is not None:
+        replicas = uint_flag("--replicas", args.replicas)
+        mode = spec.get("Mode") or {}
+        if mode.get("Replicated") is not None:
+            mode["Replicated"]["Replicas"] = replicas
+        elif mode.get("ReplicatedJob") is not None:
+            mode["ReplicatedJob"]["TotalCompletions"] = replicas
+        else:
+            raise CliError("replicas can only be used with replicated or replicated-job mode")
+
+    if args.constraint_add or args.constraint_rm:
+        placement = task.get("Placement") or {}
+        removed = set(args.constraint_rm or [])
+        constraints = list(placement.get("Constraints") or []) + list(args.constraint_add or [])
+        placement["Constraints"] = sorted(c for c in constraints if c not in removed)
+        task["Placement"] = placement
+
+    if args.publish_add or args.publish_rm:
+        endpoint = spec.get("EndpointSpec") or {"Mode": "vip"}
+        endpoint["Ports"] = _update_ports(list(endpoint.get("Ports") or []), args.publish_add, args.publish_rm)
+        spec["EndpointSpec"] = endpoint
+
+    if args.label_rm and spec.get("Labels"):
+        for key in args.label_rm:
+            spec["Labels"].pop(key, None)
+    if args.label_add:
+        spec["Labels"] = (spec.get("Labels") or {}) | labels_map(args.label_add, "--label-add")
+
+    restart = apply_restart_policy(args, task.get("RestartPolicy"))
+    if restart is not None:
+        task["RestartPolicy"] = restart
+    update_config = apply_update_config(args, "update", spec.get("UpdateConfig"))
+    if update_config is not None:
+        spec["UpdateConfig"] = update_config
+    rollback_config = apply_update_config(args, "rollback", spec.get("RollbackConfig"))
+    if rollback_config is not None:
+        spec["RollbackConfig"] = rollback_config
+
+    if args.force:
+        task["ForceUpdate"] = int(task.get("ForceUpdate") or 0) + 1
+    return spec

@@ -1,0 +1,197 @@
+"""`shoal swarm init|join|join-token|leave|update|inspect`."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from shoal import config
+from shoal.api.client import ApiError
+from shoal.cli.autostart import ensure_local_daemon
+from shoal.cli.common import CliContext, CliError, print_json
+from shoal.cli.spec import uint_flag
+
+
+def register(commands: Any) -> None:
+    swarm = commands.add_parser("swarm", help="Manage the swarm")
+    swarm.set_defaults(handler=None)
+    sub = swarm.add_subparsers(title="commands", metavar="COMMAND")
+
+    init = sub.add_parser("init", help="Initialize a swarm")
+    init.add_argument("--advertise-addr", metavar="IP", help="Advertised address (format: <ip|interface>[:port])")
+    init.add_argument("--listen-addr", metavar="IP:PORT",
+                      help="Listen address (default: the advertised address, port 2377)")
+    init.add_argument("--force-new-cluster", action="store_true", help="Force create a new cluster from current state")
+    init.add_argument("--task-history-limit", metavar="N", help="Task history retention limit (default 5)")
+    init.add_argument("--state-dir", help="State directory of a daemon started for this command")
+    init.set_defaults(handler=run_init)
+
+    join = sub.add_parser("join", help="Join a swarm as a node and/or manager")
+    join.add_argument("--token", required=True, help="Token for entry into the swarm")
+    join.add_argument("--advertise-addr", metavar="IP", help="Advertised address (format: <ip|interface>[:port])")
+    join.add_argument("--listen-addr", metavar="IP:PORT",
+                      help="Listen address (default: the advertised address, port 2377)")
+    join.add_argument("--state-dir", help="State directory of a daemon started for this command")
+    join.add_argument("remote", metavar="HOST:PORT")
+    join.set_defaults(handler=run_join)
+
+    token = sub.add_parser("join-token", help="Manage join tokens")
+    token.add_argument("-q", "--quiet", action="store_true", help="Only display token")
+    token.add_argument("--rotate", action="store_true", help="Rotate join token")
+    token.add_argument("role", metavar="(worker|manager)")
+    token.set_defaults(handler=run_join_token)
+
+    leave = sub.add_parser("leave", help="Leave the swarm")
+    leave.add_argument("-f", "--force", action="store_true",
+                       help="Force this node to leave the swarm, ignoring warnings")
+    leave.set_defaults(handler=run_leave)
+
+    update = sub.add_parser("update", help="Update the swarm")
+    update.add_argument("--task-history-limit", metavar="N", help="Task history retention limit")
+    update.set_defaults(handler=run_update)
+
+    inspect = sub.add_parser("inspect", help="Display the swarm's details")
+    inspect.set_defaults(handler=run_inspect)
+
+
+def default_listen_addr(advertise: str | None) -> str:
+    """The advertised address on port 2377, so several nodes can share one machine (docker: 0.0.0.0:2377)."""
+    if not advertise:
+        return f"0.0.0.0:{config.DEFAULT_PORT}"
+    if advertise.startswith("["):  # [v6]:port or [v6]
+        return advertise if "]:" in advertise else f"{advertise}:{config.DEFAULT_PORT}"
+    if advertise.count(":") == 1:
+        return advertise
+    if ":" in advertise:  # bare IPv6 address
+        return f"[{advertise}]:{config.DEFAULT_PORT}"
+    return f"{advertise}:{config.DEFAULT_PORT}"
+
+
+def init_request(args: argparse.Namespace) -> dict[str, Any]:
+    orchestration: dict[str, Any] = {}
+    if args.task_history_limit is not None:
+        orchestration["TaskHistoryRetentionLimit"] = uint_flag("--task-history-limit", args.task_history_limit)
+    return {
+        "ListenAddr": args.listen_addr or default_listen_addr(args.advertise_addr),
+        "AdvertiseAddr": args.advertise_addr or "",
+        "DataPathAddr": "",
+        "DataPathPort": 0,
+        "ForceNewCluster": bool(args.force_new_cluster),
+        "Spec": {
+            "Labels": None,
+            "Orchestration": orchestration,
+            "Raft": {"ElectionTick": 0, "HeartbeatTick": 0},
+            "Dispatcher": {},
+            "CAConfig": {},
+            "TaskDefaults": {},
+            "EncryptionConfig": {"AutoLockManagers": False},
+        },
+        "AutoLockManagers": False,
+        "Availability": "",
+        "DefaultAddrPool": [],
+        "SubnetSize": 24,
+    }
+
+
+def join_request(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "ListenAddr": args.listen_addr or default_listen_addr(args.advertise_addr),
+        "AdvertiseAddr": args.advertise_addr or "",
+        "DataPathAddr": "",
+        "RemoteAddrs": [args.remote],
+        "JoinToken": args.token,
+        "Availability": "",
+    }
+
+
+def print_join_command(ctx: CliContext, node_id: str, worker: bool, manager: bool) -> None:
+    client = ctx.client()
+    node = client.get(f"/nodes/{node_id}")
+    swarm = client.get("/swarm")
+    manager_status = node.get("ManagerStatus")
+    if not manager_status:
+        return
+    address = manager_status.get("Addr", "")
+    tokens = swarm.get("JoinTokens") or {}
+    for role, wanted in (("worker", worker), ("manager", manager)):
+        if wanted:
+            ctx.print(f"To add a {role} to this swarm, run the following command:\n\n"
+                      f"    shoal swarm join --token {tokens.get(role.capitalize(), '')} {address}\n")
+
+
+def run_init(ctx: CliContext, args: argparse.Namespace) -> int:
+    body = init_request(args)
+    ensure_local_daemon(ctx, args.state_dir)
+    try:
+        node_id = ctx.client().post("/swarm/init", json=body)
+    except ApiError as exc:
+        if "could not choose an IP address to advertise" in exc.message:
+            exc.message += " - specify one with --advertise-addr"
+        raise
+    ctx.print(f"Swarm initialized: current node ({node_id}) is now a manager.\n")
+    print_join_command(ctx, str(node_id), worker=True, manager=False)
+    ctx.print("To add a manager to this swarm, run 'shoal swarm join-token manager' and follow the instructions.\n")
+    return 0
+
+
+def run_join(ctx: CliContext, args: argparse.Namespace) -> int:
+    body = join_request(args)
+    ensure_local_daemon(ctx, args.state_dir)
+    client = ctx.client()
+    client.post("/swarm/join", json=body)
+    info = client.get("/info") or {}
+    role = "manager" if (info.get("Swarm") or {}).get("ControlAvailable") else "worker"
+    ctx.print(f"This node joined a swarm as a {role}.")
+    return 0
+
+
+def run_join_token(ctx: CliContext, args: argparse.Namespace) -> int:
+    role = args.role
+    if role not in ("worker", "manager"):
+        raise CliError(f"unknown role {role}")
+    client = ctx.client()
+    if args.rotate:
+        swarm = client.get("/swarm")
+        params = {
+            "rotateManagerToken": "true" if role == "manager" else "false",
+            "rotateManagerUnlockKey": "false",
+            "rotateWorkerToken": "true" if role == "worker" else "false",
+            "version": swarm["Version"]["Index"],
+        }
+        client.post("/swarm/update", params=params, json=swarm["Spec"])
+        if not args.quiet:
+            ctx.print(f"Successfully rotated {role} join token.\n")
+    swarm = client.get("/swarm")
+    if args.quiet:
+        ctx.print(str((swarm.get("JoinTokens") or {}).get(role.capitalize(), "")))
+        return 0
+    info = client.get("/info") or {}
+    print_join_command(ctx, str((info.get("Swarm") or {}).get("NodeID") or ""),
+                       worker=role == "worker", manager=role == "manager")
+    return 0
+
+
+def run_leave(ctx: CliContext, args: argparse.Namespace) -> int:
+    ctx.client().post("/swarm/leave", params={"force": "1"} if args.force else None)
+    ctx.print("Node left the swarm.")
+    return 0
+
+
+def run_update(ctx: CliContext, args: argparse.Namespace) -> int:
+    if args.task_history_limit is None:
+        raise CliError("nothing to update: use --task-history-limit N")
+    limit = uint_flag("--task-history-limit", args.task_history_limit)
+    client = ctx.client()
+    swarm = client.get("/swarm")
+    spec = swarm["Spec"]
+    spec.setdefault("Orchestration", {})["TaskHistoryRetentionLimit"] = limit
+    params = {"rotateManagerToken": "false", "rotateManagerUnlockKey": "false", "rotateWorkerToken": "false",
+              "version": swarm["Version"]["Index"]}
+    client.post("/swarm/update", params=params, json=spec)
+    ctx.print("Swarm updated.")
+    return 0
+
+
+def run_inspect(ctx: CliContext, args: argparse.Namespace) -> int:
+    print_json(ctx, ctx.client().get("/swarm"))
+    return 0

@@ -1,0 +1,35 @@
+"""Where a node keeps its state and how its daemon is reached."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_STATE_DIR = Path(os.environ.get("SHOAL_STATE_DIR", "/var/lib/shoal"))
+DEFAULT_SOCKET = Path(os.environ.get("SHOAL_SOCKET", "/run/shoal/shoal.sock"))
+DEFAULT_PORT = 2377
+PLAYGROUND_DIR = Path(os.environ.get("SHOAL_PLAYGROUND_DIR", "/tmp/shoal-playground"))
+
+
+@dataclass
+class EtcdEndpoints:
+    """An external etcd cluster the managers use instead of running their own members."""
+
+    urls: list[str]
+    cacert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+
+@dataclass
+class DaemonConfig:
+    state_dir: Path = DEFAULT_STATE_DIR
+    socket: Path = DEFAULT_SOCKET
+    # The node's name (HOSTNAME in `node ls`); defaults to the machine's hostname.
+    hostname: str | None = None
+    executor: str = "process"
+    external_etcd: EtcdEndpoints | None = None
+    log_level: str = "info"
+    # Engine labels reported in the node description (constraint `engine.labels.X`).
+    engine_labels: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,436 @@
+"""shoald: the one daemon per machine. Its role follows the node's membership: not in a swarm, worker, or
+manager (a manager also runs an agent, as in Docker swarm mode).
+
+It always serves the Docker-shaped API on a unix socket for the local CLI. A manager also listens on its
+swarm address (default port 2377) with TLS for joins, agent sessions and remote API use (mutual TLS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import platform
+import shutil
+import signal
+import socket
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from shoal import __version__
+from shoal.agent.agent import Agent
+from shoal.agent.executor.base import Executor
+from shoal.agent.join import join as join_cluster
+from shoal.certs import client_ssl_context, server_ssl_context, write_private
+from shoal.clock import Clock, SystemClock
+from shoal.config import DEFAULT_PORT, DaemonConfig
+from shoal.errors import AlreadyInSwarm, InvalidArgument, NotAManager, NotInSwarm, ShoalError, Unavailable
+from shoal.ids import new_id
+from shoal.manager.ca import RootCA
+from shoal.manager.control import ControlAPI
+from shoal.manager.controlapi.swarm import default_swarm_spec, merge_swarm_spec
+from shoal.manager.join import new_node
+from shoal.manager.manager import Manager, TLSFiles
+from shoal.timefmt import to_rfc3339
+from shoal.tokens import make_token
+from shoal.types import Doc, Role
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class NodeRecord:
+    """What a node remembers of its membership across restarts (state.json)."""
+
+    node_id: str
+    cluster_id: str
+    role: str
+    advertise_addr: str  # IP address
+    listen_addr: str  # "ip:port" the manager listens on
+    hostname: str
+    managers: list[str] = field(default_factory=list)
+
+    @property
+    def port(self) -> int:
+        return int(self.listen_addr.rsplit(":", 1)[1])
+
+    @property
+    def manager_addr(self) -> str:
+        return f"{self.advertise_addr}:{self.port}"
+
+
+def split_addr(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """"ip", "ip:port" or "[v6]:port" → (ip, port); InvalidArgument for anything else."""
+    host, port = text.strip(), default_port
+    if host.startswith("["):
+        inner, _, rest = host[1:].partition("]")
+        host, port = inner, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else default_port
+    elif host.count(":") == 1:
+        host, _, port_text = host.partition(":")
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise InvalidArgument(f"invalid address {text!r}: the port must be a number from 1 to 65535")
+        port = int(port_text)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise InvalidArgument(
+            f"invalid address {text!r}: give an IP address, optionally with a port (e.g. 192.168.0.10:2377)"
+        ) from None
+    return host, port
+
+
+def local_ip_towards(remote_ip: str) -> str:
+    """The local address the kernel would use to reach `remote_ip` (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect((remote_ip, 9))
+        return str(probe.getsockname()[0])
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.state_dir = config.state_dir
+        self.hostname = config.hostname or socket.gethostname()
+        self.record: NodeRecord | None = None
+        self.manager: Manager | None = None
+        self.control: ControlAPI | None = None
+        self.agent: Agent | None = None
+        self._cluster_site: web.TCPSite | None = None
+        self._cluster_runner: web.AppRunner | None = None
+        self._api_runner: web.AppRunner | None = None
+        self._membership = asyncio.Lock()
+        self.stopped = asyncio.Event()
+        self.error = ""
+
+    # ---- paths ------------------------------------------------------------------------------------------
+
+    @property
+    def record_path(self) -> Path:
+        return self.state_dir / "state.json"
+
+    @property
+    def tls(self) -> TLSFiles:
+        certs = self.state_dir / "certs"
+        return TLSFiles(ca=certs / "ca.pem", cert=certs / "node.pem", key=certs / "node-key.pem")
+
+    def _save_record(self) -> None:
+        assert self.record is not None
+        tmp = self.record_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self.record), indent=2))
+        os.replace(tmp, self.record_path)
+
+    def _load_record(self) -> NodeRecord | None:
+        try:
+            return NodeRecord(**json.loads(self.record_path.read_text()))
+        except FileNotFoundError:
+            return None
+
+    def _wipe_state(self) -> None:
+        for name in ("state.json", "certs", "etcd", "etcd.log", "agent"):
+            path = self.state_dir / name
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+    # ---- lifecycle --------------------------------------------------------------------------------------
+
+    def make_executor(self) -> Executor:
+        if self.config.executor != "process":
+            raise InvalidArgument(f"executor {self.config.executor!r} is not available yet: use --executor process")
+        from shoal.agent.executor.process import ProcessExecutor
+
+        return ProcessExecutor(self.state_dir / "agent")
+
+    def describe(self) -> Doc:
+        executor_desc = self._executor.describe()
+        engine = dict(executor_desc.get("Engine") or {})
+        engine["Labels"] = {**(engine.get("Labels") or {}), **self.config.engine_labels}
+        return {
+            "Hostname": self.hostname,
+            "Platform": executor_desc.get("Platform") or {"Architecture": platform.machine(), "OS": "linux"},
+            "Resources": executor_desc.get("Resources") or {},
+            "Engine": engine,
+        }
+
+    async def start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._executor = self.make_executor()
+        self.record = self._load_record()
+        if self.record is not None:
+            log.info("resuming as %s %s in swarm %s", self.record.role, self.record.node_id, self.record.cluster_id)
+            try:
+                await self._activate()
+            except ShoalError as exc:
+                # Keep serving the local API so the node can still be inspected or made to leave.
+                self.error = exc.message
+                log.error("could not resume swarm membership: %s", exc.message)
+        from shoal.api.server import make_app
+
+        self._api_runner = web.AppRunner(make_app(self, remote=False), handle_signals=False, access_log=None)
+        await self._api_runner.setup()
+        self.config.socket.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.config.socket.unlink()
+        await web.UnixSite(self._api_runner, str(self.config.socket)).start()
+        os.chmod(self.config.socket, 0o660)
+        log.info("API listening on unix://%s", self.config.socket)
+
+    async def stop(self) -> None:
+        await self._deactivate(kill_tasks=False)
+        if self._api_runner is not None:
+            await self._api_runner.cleanup()
+            self._api_runner = None
+        with contextlib.suppress(FileNotFoundError):
+            self.config.socket.unlink()
+        self.stopped.set()
+
+    async def _activate(self, initial_cluster: str | None = None, initial_state: str = "new") -> None:
+        """Start the manager (if this node is one) and the agent for the current record."""
+        record = self.record
+        assert record is not None
+        if record.role == Role.MANAGER.value:
+            self.manager = Manager(record.node_id, record.advertise_addr, record.manager_addr, self.state_dir,
+                                   self.tls, self.clock, self.config.external_etcd)
+            await self.manager.start(record.cluster_id, initial_cluster, initial_state)
+            self.control = ControlAPI(self.manager, self.clock)
+            await self._start_cluster_server(record)
+        context = client_ssl_context(self.tls.ca, self.tls.cert, self.tls.key)
+        managers = record.managers or [record.manager_addr]
+        if record.role == Role.MANAGER.value and record.manager_addr not in managers:
+            managers = [record.manager_addr, *managers]
+        self.agent = Agent(record.node_id, managers, context, self.state_dir / "agent", self._executor,
+                           self.clock, self.describe, self._remember_managers)
+        await self.agent.start()
+
+    def _remember_managers(self, managers: list[str]) -> None:
+        if self.record is not None and managers != self.record.managers:
+            self.record.managers = list(managers)
+            self._save_record()
+
+    async def _start_cluster_server(self, record: NodeRecord) -> None:
+        from shoal.api.server import make_app
+
+        host, port = split_addr(record.listen_addr)
+        context = server_ssl_context(self.tls.ca, self.tls.cert, self.tls.key)
+        self._cluster_runner = web.AppRunner(make_app(self, remote=True), handle_signals=False, access_log=None)
+        await self._cluster_runner.setup()
+        self._cluster_site = web.TCPSite(self._cluster_runner, host, port, ssl_context=context, reuse_address=True)
+        try:
+            await self._cluster_site.start()
+        except OSError as exc:
+            raise Unavailable(f"cannot listen on {record.listen_addr}: {exc.strerror}; choose another "
+                              "--listen-addr") from exc
+        log.info("swarm port listening on %s (TLS)", record.listen_addr)
+
+    async def _deactivate(self, kill_tasks: bool) -> None:
+        # Leader loops go first: a manager shutting down must not mark the nodes whose sessions it is
+        # closing as down, nor act on its own agent going away.
+        if self.manager is not None:
+            await self.manager.stop_leading()
+        if self._cluster_runner is not None:
+            await self._cluster_runner.cleanup()
+            self._cluster_runner = None
+        if self.agent is not None:
+            await self.agent.stop(kill_tasks=kill_tasks)
+            self.agent = None
+        if self.manager is not None:
+            await self.manager.stop()
+            self.manager = None
+            self.control = None
+
+    # ---- membership -------------------------------------------------------------------------------------
+
+    def require_control(self) -> ControlAPI:
+        if self.control is None:
+            raise NotAManager(worker=self.record is not None)
+        return self.control
+
+    async def init_swarm(self, body: Doc) -> str:
+        async with self._membership:
+            if self.record is not None:
+                raise AlreadyInSwarm()
+            listen = str(body.get("ListenAddr") or f"0.0.0.0:{DEFAULT_PORT}")
+            listen_host, listen_port = split_addr(listen)
+            advertise_text = str(body.get("AdvertiseAddr") or "")
+            if advertise_text:
+                advertise_ip, _ = split_addr(advertise_text, listen_port)
+            elif listen_host not in ("0.0.0.0", "::"):
+                advertise_ip = listen_host
+            else:
+                raise InvalidArgument("could not choose an IP address to advertise since this system has multiple "
+                                      "addresses - specify one with --advertise-addr")
+            if body.get("ForceNewCluster"):
+                raise InvalidArgument("--force-new-cluster needs an existing swarm state on this node; none is here")
+            cluster_id, node_id = new_id(), new_id()
+            now = self.clock.now()
+            ca = RootCA.create(cluster_id)
+            cert, key = ca.issue_node_cert(node_id, Role.MANAGER.value, cluster_id, [advertise_ip, "127.0.0.1"])
+            tls = self.tls
+            write_private(tls.ca, ca.cert_pem)
+            write_private(tls.cert, cert)
+            write_private(tls.key, key)
+            spec = merge_swarm_spec(default_swarm_spec(), body.get("Spec") or {})
+            timestamp = to_rfc3339(now)
+            cluster: Doc = {
+                "ID": cluster_id, "CreatedAt": timestamp, "UpdatedAt": timestamp, "Spec": spec,
+                "TLSInfo": {"TrustRoot": ca.cert_pem.decode(), "CertIssuerSubject": "", "CertIssuerPublicKey": ""},
+                "RootRotationInProgress": False, "DefaultAddrPool": ["10.0.0.0/8"], "SubnetSize": 24,
+                "DataPathPort": 4789,
+                "JoinTokens": {"Worker": make_token(ca.cert_pem), "Manager": make_token(ca.cert_pem)},
+            }
+            node = new_node(node_id, Role.MANAGER, self.hostname, advertise_ip, listen_port, now)
+            node["Description"] = self.describe()
+            if body.get("Availability") in ("active", "pause", "drain"):
+                node["Spec"]["Availability"] = body["Availability"]
+            self.record = NodeRecord(node_id, cluster_id, Role.MANAGER.value, advertise_ip,
+                                     f"{listen_host}:{listen_port}", self.hostname)
+            try:
+                self.manager = Manager(node_id, advertise_ip, self.record.manager_addr, self.state_dir, tls,
+                                       self.clock, self.config.external_etcd)
+                await self.manager.start(cluster_id)
+                await self.manager.bootstrap(cluster, ca, node)
+                self.control = ControlAPI(self.manager, self.clock)
+                await self._start_cluster_server(self.record)
+                self._save_record()
+                context = client_ssl_context(tls.ca, tls.cert, tls.key)
+                self.agent = Agent(node_id, [self.record.manager_addr], context, self.state_dir / "agent",
+                                   self._executor, self.clock, self.describe, self._remember_managers)
+                await self.agent.start()
+            except BaseException:
+                await self._deactivate(kill_tasks=True)
+                self.record = None
+                self._wipe_state()
+                raise
+            log.info("swarm %s initialised; this node %s is its first manager", cluster_id, node_id)
+            return node_id
+
+    async def join_swarm(self, body: Doc) -> None:
+        async with self._membership:
+            if self.record is not None:
+                raise AlreadyInSwarm()
+            remotes = body.get("RemoteAddrs") or []
+            if not remotes or not isinstance(remotes, list):
+                raise InvalidArgument("give the address of a manager to join, e.g. 192.168.0.10:2377")
+            remote_ip, remote_port = split_addr(str(remotes[0]))
+            listen = str(body.get("ListenAddr") or f"0.0.0.0:{DEFAULT_PORT}")
+            listen_host, listen_port = split_addr(listen)
+            advertise_text = str(body.get("AdvertiseAddr") or "")
+            if advertise_text:
+                advertise_ip, _ = split_addr(advertise_text, listen_port)
+            elif listen_host not in ("0.0.0.0", "::"):
+                advertise_ip = listen_host
+            else:
+                advertise_ip = local_ip_towards(remote_ip)
+            result = await join_cluster(f"{remote_ip}:{remote_port}", str(body.get("JoinToken") or ""),
+                                        self.hostname, advertise_ip, listen_port)
+            tls = self.tls
+            write_private(tls.ca, result.ca_pem)
+            write_private(tls.cert, result.cert_pem)
+            write_private(tls.key, result.key_pem)
+            managers = result.managers or [f"{remote_ip}:{remote_port}"]
+            self.record = NodeRecord(result.node_id, result.cluster_id, result.role, advertise_ip,
+                                     f"{listen_host}:{listen_port}", self.hostname, managers)
+            try:
+                await self._activate(result.etcd_initial_cluster, "existing")
+                self._save_record()
+            except BaseException:
+                await self._deactivate(kill_tasks=True)
+                self.record = None
+                self._wipe_state()
+                raise
+
+    async def leave_swarm(self, force: bool) -> None:
+        async with self._membership:
+            if self.record is None:
+                raise NotInSwarm()
+            if self.record.role == Role.MANAGER.value and not force:
+                others = [a for a in (self.manager.manager_addrs() if self.manager else [])
+                          if a != self.record.manager_addr]
+                if not others:
+                    raise Unavailable(
+                        "You are attempting to leave the swarm on a node that is participating as a manager. "
+                        "Removing the last manager erases all current state of the swarm. Use `--force` to ignore "
+                        "this message.")
+                raise Unavailable(
+                    "You are attempting to leave the swarm on a node that is participating as a manager. "
+                    f"Removing this node leaves {len(others)} managers out of {len(others) + 1}. "
+                    "Demote it first with \"shoal node demote\", or use `--force` to ignore this message.")
+            if self.manager is not None and self.manager.client is not None and self.manager.external_etcd is None:
+                await self._remove_own_member()
+            await self._deactivate(kill_tasks=True)
+            self.record = None
+            self._wipe_state()
+
+    async def _remove_own_member(self) -> None:
+        """Leave the etcd cluster cleanly when other members remain."""
+        assert self.manager is not None and self.manager.client is not None and self.record is not None
+        try:
+            members = [m async for m in self.manager.client.members()]
+            mine = [m for m in members if m.name == self.record.node_id]
+            if mine and len(members) > 1:
+                await self.manager.client.remove_member(mine[0].id)
+        except Exception as exc:
+            log.warning("could not remove this node's etcd member: %s", exc)
+
+    # ---- what /info reports -----------------------------------------------------------------------------
+
+    def swarm_info(self) -> Doc:
+        if self.record is None:
+            return {"NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive", "ControlAvailable": False,
+                    "Error": self.error, "RemoteManagers": None}
+        info: Doc = {
+            "NodeID": self.record.node_id, "NodeAddr": self.record.advertise_addr, "LocalNodeState": "active",
+            "ControlAvailable": self.control is not None, "Error": self.error,
+            "RemoteManagers": [{"NodeID": "", "Addr": a} for a in
+                               (self.agent.managers if self.agent else self.record.managers)],
+        }
+        if self.control is not None:
+            nodes = self.control.cache.nodes()
+            info["Nodes"] = len(nodes)
+            info["Managers"] = sum(1 for n in nodes.values() if n["Spec"].get("Role") == "manager")
+            with contextlib.suppress(ShoalError):
+                info["Cluster"] = self.control.get_swarm()
+                info["Cluster"].pop("JoinTokens", None)
+        return info
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("aiohttp.access", "grpc", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+async def serve(config: DaemonConfig) -> int:
+    daemon = Daemon(config)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await daemon.start()
+    except ShoalError as exc:
+        log.error("%s", exc.message)
+        await daemon.stop()
+        return 1
+    log.info("shoal daemon %s ready (state %s)", __version__, config.state_dir)
+    await stop.wait()
+    log.info("shutting down")
+    await daemon.stop()
+    return 0
+
+
+def run(config: DaemonConfig) -> int:
+    setup_logging(config.log_level)
+    try:
+        return asyncio.run(serve(config))
+    except KeyboardInterrupt:
+        return 0

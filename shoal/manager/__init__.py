@@ -1,0 +1,1 @@
+"""The manager: control API, store, leader-only control loops, dispatcher and CA."""

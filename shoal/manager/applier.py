@@ -1,0 +1,74 @@
+"""The one place leader decisions are written: plans become fenced, version-checked store batches.
+
+A plan is written in chunks (etcd caps operations per transaction). When a chunk fails on a stale version,
+its operations are retried one by one so a single conflicting task does not hold back the others; conflicts
+are counted and the loop that made the plan decides again from the fresh cache.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from shoal.errors import Conflict, NotLeader
+from shoal.manager.store.base import Batch, Store
+from shoal.types import TASKS, Plan
+
+log = logging.getLogger(__name__)
+
+CHUNK = 100
+
+
+@dataclass
+class ApplyResult:
+    written: int = 0
+    conflicts: int = 0
+    revision: int = 0  # the store revision of the last write, to wait for in the cache
+    failed_keys: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return f"written={self.written} conflicts={self.conflicts}"
+
+
+class Applier:
+    def __init__(self, store: Store, fence: Callable[[], str | None]) -> None:
+        self.store = store
+        self.fence = fence
+
+    async def apply(self, plan: Plan, kind: str = TASKS) -> ApplyResult:
+        batch = Batch()
+        for doc in plan.create:
+            batch.create(kind, doc)
+        for doc in plan.update:
+            batch.update(kind, doc)
+        for doc in plan.delete:
+            batch.delete(kind, doc)
+        return await self.write(batch)
+
+    async def write(self, batch: Batch) -> ApplyResult:
+        result = ApplyResult()
+        fence = self.fence()
+        for start in range(0, len(batch.ops), CHUNK):
+            chunk = Batch(batch.ops[start:start + CHUNK])
+            try:
+                result.revision = await self.store.commit(chunk, fence=fence)
+                result.written += len(chunk)
+                continue
+            except NotLeader:
+                raise
+            except Conflict:
+                pass
+            for op in chunk.ops:
+                try:
+                    result.revision = await self.store.commit(Batch([op]), fence=fence)
+                    result.written += 1
+                except NotLeader:
+                    raise
+                except Conflict as exc:
+                    result.conflicts += 1
+                    result.failed_keys.append(op.key)
+                    log.debug("applier: %s on %s", exc.message, op.key)
+        return result
+
+

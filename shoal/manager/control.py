@@ -1,0 +1,219 @@
+"""The control API's operations: read from the cache, validate with the pure controlapi functions, write the
+store with the version the client read. Any manager serves these; none needs to be the leader.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from shoal.clock import Clock
+from shoal.errors import Conflict, InvalidArgument, NotFound, SequenceConflict
+from shoal.ids import generated_name, new_id
+from shoal.manager.controlapi import filters as flt
+from shoal.manager.controlapi.node import node_view, validate_node_spec_update
+from shoal.manager.controlapi.resolve import node_names, resolve, service_name, task_name_of
+from shoal.manager.controlapi.service import (
+    ingress_ports_in_use,
+    new_service,
+    service_status,
+    service_view,
+    updated_service,
+    validate_service_spec,
+)
+from shoal.manager.controlapi.swarm import swarm_view, validate_swarm_spec_update
+from shoal.manager.controlapi.task import task_view
+from shoal.manager.manager import Manager
+from shoal.manager.store.base import Batch
+from shoal.manager.store.etcd import EtcdStore
+from shoal.timefmt import to_rfc3339
+from shoal.tokens import make_token
+from shoal.types import (
+    CLUSTERS,
+    NODES,
+    SERVICES,
+    Doc,
+    NodeState,
+    Role,
+    TaskState,
+    desired_state,
+    node_state,
+    task_state,
+    version_of,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ControlAPI:
+    def __init__(self, manager: Manager, clock: Clock) -> None:
+        self.manager = manager
+        self.cache = manager.cache
+        self.clock = clock
+
+    @property
+    def store(self) -> EtcdStore:
+        assert self.manager.store is not None
+        return self.manager.store
+
+    async def _commit(self, batch: Batch) -> int:
+        rev = await self.store.commit(batch)
+        # Read-your-writes: the next GET (served from the cache) sees this write.
+        await self.cache.wait_for_revision(rev)
+        return rev
+
+    # ---- swarm ------------------------------------------------------------------------------------------
+
+    def cluster(self) -> Doc:
+        cluster = self.cache.cluster()
+        if cluster is None:
+            raise NotFound("swarm not found")
+        return cluster
+
+    def get_swarm(self) -> Doc:
+        return swarm_view(self.cluster())
+
+    async def update_swarm(self, version: int, spec: object, rotate_worker: bool, rotate_manager: bool) -> None:
+        cluster = self.cluster()
+        if version != version_of(cluster):
+            raise SequenceConflict()
+        new = dict(cluster)
+        new["Spec"] = validate_swarm_spec_update(spec)
+        tokens = dict(cluster["JoinTokens"])
+        if rotate_worker or rotate_manager:
+            ca = await self.manager.root_ca()
+            if rotate_worker:
+                tokens["Worker"] = make_token(ca.cert_pem)
+            if rotate_manager:
+                tokens["Manager"] = make_token(ca.cert_pem)
+        new["JoinTokens"] = tokens
+        new["UpdatedAt"] = to_rfc3339(self.clock.now())
+        await self._commit(Batch().update(CLUSTERS, new))
+
+    # ---- nodes ------------------------------------------------------------------------------------------
+
+    def _node_view(self, node: Doc) -> Doc:
+        reachable = node_state(node) == NodeState.READY
+        return node_view(node, self.manager.leader_id, reachable)
+
+    def find_node(self, ref: str) -> Doc:
+        return resolve(list(self.cache.nodes().values()), ref, "node", node_names)
+
+    def list_nodes(self, raw_filters: str | None) -> list[Doc]:
+        filters = flt.parse_filters(raw_filters)
+        return [self._node_view(n) for n in self.cache.nodes().values()
+                if flt.match_node(n, filters, self.manager.node_id)]
+
+    def get_node(self, ref: str) -> Doc:
+        return self._node_view(self.find_node(ref))
+
+    async def update_node(self, ref: str, version: int, spec: object) -> None:
+        node = self.find_node(ref)
+        if version != version_of(node):
+            raise SequenceConflict()
+        new_spec = validate_node_spec_update(node, spec)
+        old_role = node["Spec"].get("Role")
+        if old_role == Role.MANAGER.value and new_spec["Role"] == Role.WORKER.value:
+            managers = [n for n in self.cache.nodes().values() if n["Spec"].get("Role") == Role.MANAGER.value]
+            if len(managers) <= 1:
+                raise InvalidArgument(
+                    f"rpc error: code = FailedPrecondition desc = attempting to demote the last manager of the swarm "
+                    f"(node {node['ID']}): promote another node first")
+        new = dict(node)
+        new["Spec"] = new_spec
+        new["UpdatedAt"] = to_rfc3339(self.clock.now())
+        await self._commit(Batch().update(NODES, new))
+
+    async def remove_node(self, ref: str, force: bool) -> None:
+        node = self.find_node(ref)
+        if node["ID"] == self.manager.node_id:
+            raise InvalidArgument(
+                f"rpc error: code = FailedPrecondition desc = node {node['ID']} is the manager you are talking to: "
+                "use \"shoal swarm leave --force\" on it instead")
+        if node["Spec"].get("Role") == Role.MANAGER.value:
+            raise InvalidArgument(
+                f"rpc error: code = FailedPrecondition desc = node {node['ID']} is a cluster manager and is a member "
+                "of the raft cluster. It must be demoted to worker before removal")
+        if node_state(node) != NodeState.DOWN and not force:
+            raise InvalidArgument(
+                f"rpc error: code = FailedPrecondition desc = node {node['ID']} is not down and can't be removed: "
+                "stop it first or use --force")
+        batch = Batch().delete(NODES, node)
+        await self._commit(batch)
+        if self.manager.dispatcher is not None:
+            await self.manager.dispatcher.disconnect(node["ID"], "node removed from the swarm")
+
+    # ---- services ---------------------------------------------------------------------------------------
+
+    def find_service(self, ref: str) -> Doc:
+        return resolve(list(self.cache.services().values()), ref, "service", service_name)
+
+    def _status(self, service: Doc) -> Doc:
+        return service_status(service, self.cache.tasks_of_service(service["ID"]), self.cache.nodes())
+
+    def list_services(self, raw_filters: str | None, status: bool) -> list[Doc]:
+        filters = flt.parse_filters(raw_filters)
+        return [
+            service_view(s, status=self._status(s) if status else None)
+            for s in self.cache.services().values() if flt.match_service(s, filters)
+        ]
+
+    def get_service(self, ref: str, insert_defaults: bool) -> Doc:
+        return service_view(self.find_service(ref), with_defaults=insert_defaults)
+
+    async def create_service(self, body: object) -> str:
+        spec = validate_service_spec(body)
+        if not spec.get("Name"):
+            spec["Name"] = generated_name(set(self.cache.service_by_name))
+        if spec["Name"] in self.cache.service_by_name:
+            raise Conflict(f"rpc error: code = AlreadyExists desc = name conflicts with an existing object: "
+                           f"service {spec['Name']} already exists")
+        service_id = new_id()
+        used = ingress_ports_in_use(self.cache.services().values())
+        service = new_service(spec, service_id, self.clock.now(), used)
+        await self._commit(Batch().create(SERVICES, service, unique_name=spec["Name"]))
+        return service_id
+
+    async def update_service(self, ref: str, version: int, body: object, rollback: bool) -> None:
+        service = self.find_service(ref)
+        if version != version_of(service):
+            raise SequenceConflict()
+        spec = validate_service_spec(body) if not rollback else service["Spec"]
+        used = ingress_ports_in_use(self.cache.services().values(), except_service_id=service["ID"])
+        new = updated_service(service, spec, self.clock.now(), used, rollback=rollback)
+        await self._commit(Batch().update(SERVICES, new))
+
+    async def remove_service(self, ref: str) -> None:
+        service = self.find_service(ref)
+        await self._commit(Batch().delete(SERVICES, service, unique_name=service["Spec"]["Name"],
+                                          check_version=False))
+
+    # ---- tasks ------------------------------------------------------------------------------------------
+
+    def list_tasks(self, raw_filters: str | None) -> list[Doc]:
+        filters = flt.parse_filters(raw_filters)
+        services = self.cache.services()
+        nodes = self.cache.nodes()
+        candidates: list[Doc]
+        wanted_services = filters.get("service")
+        if wanted_services and all(s in services for s in wanted_services):
+            candidates = [t for s in wanted_services for t in self.cache.tasks_of_service(s)]
+        else:
+            candidates = list(self.cache.tasks().values())
+        return [task_view(t) for t in candidates
+                if flt.match_task(t, filters, services, nodes, self.manager.node_id)]
+
+    def find_task(self, ref: str) -> Doc:
+        return resolve(list(self.cache.tasks().values()), ref, "task", task_name_of)
+
+    def get_task(self, ref: str) -> Doc:
+        return task_view(self.find_task(ref))
+
+    def tasks_for_logs(self, ref: str) -> list[Doc]:
+        """A service's tasks (oldest first), or the one task `ref` names."""
+        try:
+            service = self.find_service(ref)
+        except NotFound:
+            return [self.find_task(ref)]
+        tasks = self.cache.tasks_of_service(service["ID"])
+        tasks = [t for t in tasks if task_state(t) >= TaskState.ASSIGNED or desired_state(t) <= TaskState.RUNNING]
+        return sorted(tasks, key=lambda t: (t.get("CreatedAt", ""), t["ID"]))

@@ -1,0 +1,570 @@
+"""Services as the control API sees them: the spec checked and normalised, defaults, create/update/rollback.
+
+`validate_service_spec` turns a client's JSON body (docker CLI, docker-py, shoal CLI) into the normalised
+spec that is stored; `new_service` and `updated_service` build the stored Service document around it;
+`service_status` and `is_up_to_date` derive what `service ls` and the CLI's progress loop read.
+Behaviour follows swarmkit's `manager/controlapi/service.go` and `api/defaults/service.go`.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterable, Mapping
+from typing import NamedTuple
+
+from shoal.errors import InvalidArgument
+from shoal.manager.controlapi import (
+    field_path,
+    optional_bool,
+    optional_duration,
+    optional_int,
+    optional_number,
+    optional_object,
+    optional_object_list,
+    optional_str,
+    optional_str_list,
+    optional_str_map,
+    shown,
+    without_private_fields,
+)
+from shoal.timefmt import SECOND, to_rfc3339
+from shoal.types import Doc, NodeState, TaskState, clone, is_global, node_state, replicas
+
+# ---- names and enums of the wire format ------------------------------------------------------------------
+
+SERVICE_NAME_PATTERN = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
+SERVICE_NAME_MAX_LENGTH = 63
+
+REPLICATED = "Replicated"
+GLOBAL = "Global"
+JOB_MODES = ("ReplicatedJob", "GlobalJob")
+
+RESTART_CONDITIONS = ("none", "on-failure", "any")
+UPDATE_FAILURE_ACTIONS = ("pause", "continue", "rollback")
+ROLLBACK_FAILURE_ACTIONS = ("pause", "continue")
+UPDATE_ORDERS = ("stop-first", "start-first")
+ENDPOINT_MODES = ("vip", "dnsrr")
+PORT_PROTOCOLS = ("tcp", "udp", "sctp")
+PUBLISH_MODES = ("ingress", "host")
+
+# Published ports swarm hands out when a port is published as 0 (swarmkit's dynamic range).
+DYNAMIC_PORT_FIRST = 30000
+DYNAMIC_PORT_LAST = 32767
+
+# swarmkit's minimums for resource values that are set at all.
+MIN_NANO_CPUS = 1_000_000
+MIN_MEMORY_BYTES = 4 * 1024 * 1024
+
+# swarmkit `api/defaults/service.go`.
+DEFAULT_STOP_GRACE_PERIOD = 10 * SECOND
+DEFAULT_RESTART_DELAY = 5 * SECOND
+DEFAULT_UPDATE_CONFIG: Doc = {
+    "Parallelism": 1,
+    "FailureAction": "pause",
+    "Monitor": 5 * SECOND,
+    "MaxFailureRatio": 0,
+    "Order": "stop-first",
+}
+
+IngressPort = tuple[int, str]  # (published port, protocol), as held by the routing mesh
+
+
+# ---- placement constraints ------------------------------------------------------------------------------
+
+CONSTRAINT_KEYS = ("node.id", "node.hostname", "node.role", "node.platform.os", "node.platform.arch")
+CONSTRAINT_LABEL_PREFIXES = ("node.labels.", "engine.labels.")
+
+
+class Constraint(NamedTuple):
+    """One placement constraint: `key op value`, op being "==" or "!="."""
+
+    key: str
+    operator: str
+    value: str
+
+
+def parse_constraint(text: str) -> Constraint:
+    """Parse `KEY==VALUE` or `KEY!=VALUE`; keys are those swarm's scheduler knows."""
+    for operator in ("==", "!="):
+        key, found, value = text.partition(operator)
+        if found:
+            key, value = key.strip(), value.strip()
+            break
+    else:
+        raise InvalidArgument(f'invalid constraint "{text}": use KEY==VALUE or KEY!=VALUE, e.g. node.role==manager')
+    if not value or "==" in value or "!=" in value:
+        raise InvalidArgument(f'invalid constraint "{text}": use KEY==VALUE or KEY!=VALUE, e.g. node.role==manager')
+    label_key = next((prefix for prefix in CONSTRAINT_LABEL_PREFIXES if key.startswith(prefix)), None)
+    if key not in CONSTRAINT_KEYS and (label_key is None or len(key) == len(label_key)):
+        raise InvalidArgument(
+            f'invalid constraint "{text}": unknown key "{key}"; use one of {", ".join(CONSTRAINT_KEYS)}, '
+            "node.labels.<name> or engine.labels.<name>"
+        )
+    return Constraint(key, operator, value)
+
+
+# ---- validation -----------------------------------------------------------------------------------------
+
+def validate_service_spec(spec: object) -> Doc:
+    """Check a ServiceSpec body and return a normalised copy, or raise InvalidArgument naming the field.
+
+    Normalising fills what Docker would report back anyway: Mode (Replicated with 1 replica), Replicas,
+    Labels {}, EndpointSpec.Mode "vip", each port's Protocol/PublishMode/PublishedPort, and "" in the
+    update configs' FailureAction/Order (Docker stores those as enums whose zero value is the default).
+    Fields shoal does not know are kept as sent; the image is kept as sent, digest included.
+    A missing Name stays "": the caller gives the service a generated name.
+    """
+    if not isinstance(spec, dict):
+        raise InvalidArgument(
+            'the service spec must be a JSON object such as {"Name": "web", "TaskTemplate": '
+            f'{{"ContainerSpec": {{"Image": "nginx"}}}}}} (got {shown(spec)})'
+        )
+    out = copy.deepcopy(spec)
+    name = optional_str(out, "Name", "") or ""
+    if name:
+        check_service_name(name)
+    out["Name"] = name
+    out["Labels"] = optional_str_map(out, "Labels", "") or {}
+    out["TaskTemplate"] = _normalised_task_template(out.get("TaskTemplate"))
+    out["Mode"] = _normalised_mode(out.get("Mode"))
+    for key, actions in (("UpdateConfig", UPDATE_FAILURE_ACTIONS), ("RollbackConfig", ROLLBACK_FAILURE_ACTIONS)):
+        config = optional_object(out, key, "")
+        if config is None:
+            out.pop(key, None)
+        else:
+            _check_update_config(config, key, actions)
+    out["EndpointSpec"] = _normalised_endpoint_spec(out.get("EndpointSpec"))
+    _check_network_attachments(out, "")
+    return out
+
+
+def check_service_name(name: str) -> None:
+    """Docker's rule for service names: a DNS-label-like name of at most 63 characters."""
+    if len(name) > SERVICE_NAME_MAX_LENGTH:
+        raise InvalidArgument(
+            f'invalid service name "{name}": use at most {SERVICE_NAME_MAX_LENGTH} characters'
+        )
+    if not SERVICE_NAME_PATTERN.fullmatch(name):
+        raise InvalidArgument(
+            f'invalid service name "{name}": use letters, digits, "_", "." or "-", starting with a letter or digit'
+        )
+
+
+def _normalised_task_template(template: object) -> Doc:
+    if template is None:
+        raise InvalidArgument(
+            'TaskTemplate is required: give at least the image, e.g. {"TaskTemplate": {"ContainerSpec": '
+            '{"Image": "nginx"}}}'
+        )
+    if not isinstance(template, dict):
+        raise InvalidArgument(f"TaskTemplate must be a JSON object (got {shown(template)})")
+    path = "TaskTemplate"
+    for other_runtime in ("PluginSpec", "NetworkAttachmentSpec"):
+        if template.get(other_runtime) is not None:
+            raise InvalidArgument(
+                f"{path}.{other_runtime} is not supported by shoal: give a {path}.ContainerSpec instead"
+            )
+    _check_container_spec(template.get("ContainerSpec"), field_path(path, "ContainerSpec"))
+    _check_resources(template, path)
+    _check_restart_policy(template, path)
+    _check_placement(template, path)
+    optional_int(template, "ForceUpdate", path)
+    optional_str(template, "Runtime", path)
+    _check_network_attachments(template, path)
+    log_driver = optional_object(template, "LogDriver", path)
+    if log_driver is not None:
+        optional_str(log_driver, "Name", field_path(path, "LogDriver"))
+        optional_str_map(log_driver, "Options", field_path(path, "LogDriver"))
+    return template
+
+
+def _check_container_spec(container: object, path: str) -> None:
+    if container is None:
+        raise InvalidArgument(f'{path} is required: give the image to run, e.g. {{"Image": "nginx"}}')
+    if not isinstance(container, dict):
+        raise InvalidArgument(f"{path} must be a JSON object (got {shown(container)})")
+    image = container.get("Image")
+    if not isinstance(image, str) or not image.strip():
+        raise InvalidArgument(f'{path}.Image must name the image to run, e.g. "nginx:1.25" (got {shown(image)})')
+    optional_str_map(container, "Labels", path)
+    optional_str_list(container, "Command", path, '["nginx", "-g", "daemon off;"]')
+    optional_str_list(container, "Args", path, '["-g", "daemon off;"]')
+    optional_str_list(container, "Env", path, '["KEY=value"]')
+    optional_str_list(container, "Groups", path)
+    optional_str_list(container, "Hosts", path, '["10.0.0.1 db"]')
+    optional_str_list(container, "CapabilityAdd", path, '["CAP_NET_ADMIN"]')
+    optional_str_list(container, "CapabilityDrop", path, '["CAP_NET_RAW"]')
+    for key in ("Hostname", "Dir", "User", "StopSignal", "Isolation"):
+        optional_str(container, key, path)
+    for key in ("TTY", "OpenStdin", "ReadOnly", "Init"):
+        optional_bool(container, key, path)
+    optional_duration(container, "StopGracePeriod", path)
+    optional_int(container, "OomScoreAdj", path, minimum=-1000, maximum=1000)
+    optional_str_map(container, "Sysctls", path)
+    optional_object(container, "Privileges", path)
+    optional_object_list(container, "Secrets", path)
+    optional_object_list(container, "Configs", path)
+    optional_object_list(container, "Ulimits", path)
+    dns = optional_object(container, "DNSConfig", path)
+    if dns is not None:
+        for key in ("Nameservers", "Search", "Options"):
+            optional_str_list(dns, key, field_path(path, "DNSConfig"))
+    mounts = optional_object_list(container, "Mounts", path) or []
+    targets: set[str] = set()
+    for index, mount in enumerate(mounts):
+        mount_path = f"{path}.Mounts[{index}]"
+        target = optional_str(mount, "Target", mount_path)
+        if not target:
+            raise InvalidArgument(f'{mount_path}.Target must be the path inside the task, e.g. "/data"')
+        if target in targets:
+            raise InvalidArgument(f'{mount_path}.Target "{target}" is mounted twice: use each mount point once')
+        targets.add(target)
+    health = optional_object(container, "Healthcheck", path)
+    if health is not None:
+        health_path = field_path(path, "Healthcheck")
+        optional_str_list(health, "Test", health_path, '["CMD", "curl", "-f", "http://localhost/"]')
+        for key in ("Interval", "Timeout", "StartPeriod", "StartInterval"):
+            optional_duration(health, key, health_path)
+        optional_int(health, "Retries", health_path)
+
+
+def _check_resources(template: Doc, path: str) -> None:
+    resources = optional_object(template, "Resources", path)
+    if resources is None:
+        return
+    for part in ("Limits", "Reservations"):
+        part_path = field_path(field_path(path, "Resources"), part)
+        values = optional_object(resources, part, field_path(path, "Resources"))
+        if values is None:
+            continue
+        cpus = optional_int(values, "NanoCPUs", part_path)
+        if cpus and cpus < MIN_NANO_CPUS:
+            raise InvalidArgument(f"{part_path}.NanoCPUs must be at least {MIN_NANO_CPUS} (0.001 CPU) or 0 "
+                                  f"(got {cpus})")
+        memory = optional_int(values, "MemoryBytes", part_path)
+        if memory and memory < MIN_MEMORY_BYTES:
+            raise InvalidArgument(f"{part_path}.MemoryBytes must be at least 4MiB ({MIN_MEMORY_BYTES}) or 0 "
+                                  f"(got {memory})")
+        optional_int(values, "Pids", part_path)
+        optional_object_list(values, "GenericResources", part_path)
+
+
+def _check_restart_policy(template: Doc, path: str) -> None:
+    policy = optional_object(template, "RestartPolicy", path)
+    if policy is None:
+        return
+    policy_path = field_path(path, "RestartPolicy")
+    optional_str(policy, "Condition", policy_path, RESTART_CONDITIONS)
+    optional_duration(policy, "Delay", policy_path)
+    optional_int(policy, "MaxAttempts", policy_path)
+    optional_duration(policy, "Window", policy_path)
+
+
+def _check_placement(template: Doc, path: str) -> None:
+    placement = optional_object(template, "Placement", path)
+    if placement is None:
+        return
+    placement_path = field_path(path, "Placement")
+    for constraint in optional_str_list(placement, "Constraints", placement_path, '["node.role==manager"]') or []:
+        parse_constraint(constraint)
+    optional_object_list(placement, "Preferences", placement_path)
+    optional_int(placement, "MaxReplicas", placement_path)
+    optional_object_list(placement, "Platforms", placement_path)
+
+
+def _check_network_attachments(doc: Doc, path: str) -> None:
+    for index, network in enumerate(optional_object_list(doc, "Networks", path) or []):
+        network_path = f"{field_path(path, 'Networks')}[{index}]"
+        if not optional_str(network, "Target", network_path):
+            raise InvalidArgument(f"{network_path}.Target must name the network to attach (got "
+                                  f"{shown(network.get('Target'))})")
+        optional_str_list(network, "Aliases", network_path)
+        optional_str_map(network, "DriverOpts", network_path)
+
+
+def _normalised_mode(mode: object) -> Doc:
+    if mode is None:
+        return {REPLICATED: {"Replicas": 1}}
+    if not isinstance(mode, dict):
+        raise InvalidArgument(f'Mode must be a JSON object such as {{"Replicated": {{"Replicas": 2}}}} '
+                              f"or {{\"Global\": {{}}}} (got {shown(mode)})")
+    for job_mode in JOB_MODES:
+        if mode.get(job_mode) is not None:
+            raise InvalidArgument(
+                f"job mode services are not supported by shoal yet (Mode.{job_mode}): use Replicated or Global"
+            )
+    out = {key: value for key, value in mode.items() if not (key in JOB_MODES and value is None)}
+    chosen = [key for key in (REPLICATED, GLOBAL) if out.get(key) is not None]
+    if len(chosen) > 1:
+        raise InvalidArgument("Mode must set one of Replicated or Global, not both")
+    for key in (REPLICATED, GLOBAL):
+        if out.get(key) is None:
+            out.pop(key, None)
+        else:
+            optional_object(out, key, "Mode")
+    if GLOBAL in out:
+        return out
+    replicated = out.setdefault(REPLICATED, {})
+    count = optional_int(replicated, "Replicas", "Mode.Replicated")
+    replicated["Replicas"] = 1 if count is None else count
+    return out
+
+
+def _check_update_config(config: Doc, path: str, failure_actions: tuple[str, ...]) -> None:
+    optional_int(config, "Parallelism", path)
+    optional_duration(config, "Delay", path)
+    optional_duration(config, "Monitor", path)
+    optional_number(config, "MaxFailureRatio", path, 0.0, 1.0)
+    # "" is how Docker's enums say "default"; store the default itself, as Docker reports it.
+    if optional_str(config, "FailureAction", path, failure_actions) == "":
+        config["FailureAction"] = DEFAULT_UPDATE_CONFIG["FailureAction"]
+    if optional_str(config, "Order", path, UPDATE_ORDERS) == "":
+        config["Order"] = DEFAULT_UPDATE_CONFIG["Order"]
+
+
+def _normalised_endpoint_spec(endpoint: object) -> Doc:
+    if endpoint is None:
+        endpoint = {}
+    if not isinstance(endpoint, dict):
+        raise InvalidArgument(f'EndpointSpec must be a JSON object such as {{"Mode": "vip"}} (got {shown(endpoint)})')
+    mode = optional_str(endpoint, "Mode", "EndpointSpec", ENDPOINT_MODES) or "vip"
+    endpoint["Mode"] = mode
+    ports = optional_object_list(endpoint, "Ports", "EndpointSpec")
+    if ports is None:
+        endpoint.pop("Ports", None)
+        return endpoint
+    published: set[IngressPort] = set()
+    for index, port in enumerate(ports):
+        port_path = f"EndpointSpec.Ports[{index}]"
+        optional_str(port, "Name", port_path)
+        protocol = optional_str(port, "Protocol", port_path, PORT_PROTOCOLS) or "tcp"
+        publish_mode = optional_str(port, "PublishMode", port_path, PUBLISH_MODES) or "ingress"
+        target = optional_int(port, "TargetPort", port_path, minimum=1, maximum=65535)
+        if target is None:
+            raise InvalidArgument(f"{port_path}.TargetPort must be the port the task listens on, from 1 to 65535")
+        public = optional_int(port, "PublishedPort", port_path, minimum=0, maximum=65535) or 0
+        if mode == "dnsrr" and publish_mode == "ingress":
+            raise InvalidArgument(
+                f'{port_path}: ports published in ingress mode cannot be used with EndpointSpec.Mode "dnsrr": '
+                'use Mode "vip" or PublishMode "host"'
+            )
+        if public and (public, protocol) in published:
+            raise InvalidArgument(
+                f"{port_path}: published port {public}/{protocol} is given twice: publish each port once"
+            )
+        if public:
+            published.add((public, protocol))
+        port.update(Protocol=protocol, TargetPort=target, PublishedPort=public, PublishMode=publish_mode)
+    return endpoint
+
+
+# ---- defaults (GET /services/{id}?insertDefaults=true) ----------------------------------------------------
+
+def effective_update_config(spec: Doc, rollback: bool = False) -> Doc:
+    """The spec's UpdateConfig (or RollbackConfig) with swarmkit's defaults for anything not sent."""
+    sent = spec.get("RollbackConfig" if rollback else "UpdateConfig") or {}
+    config = dict(sent)
+    for key, default in DEFAULT_UPDATE_CONFIG.items():
+        if config.get(key) in (None, ""):
+            config[key] = default
+    return config
+
+
+def insert_defaults(spec: Doc) -> Doc:
+    """A copy of a normalised ServiceSpec with swarmkit's defaults filled in (`?insertDefaults=true`)."""
+    out = clone(spec)
+    template = out.setdefault("TaskTemplate", {})
+    container = template.get("ContainerSpec")
+    if isinstance(container, dict):
+        if container.get("StopGracePeriod") is None:
+            container["StopGracePeriod"] = DEFAULT_STOP_GRACE_PERIOD
+        if container.get("DNSConfig") is None:
+            container["DNSConfig"] = {}
+    resources = template.get("Resources") or {}
+    for part in ("Limits", "Reservations"):
+        if resources.get(part) is None:
+            resources[part] = {}
+    template["Resources"] = resources
+    policy = template.get("RestartPolicy") or {}
+    if not policy.get("Condition"):
+        policy["Condition"] = "any"
+    if policy.get("Delay") is None:
+        policy["Delay"] = DEFAULT_RESTART_DELAY
+    if policy.get("MaxAttempts") is None:
+        policy["MaxAttempts"] = 0
+    template["RestartPolicy"] = policy
+    if template.get("Placement") is None:
+        template["Placement"] = {}
+    out["UpdateConfig"] = effective_update_config(out)
+    out["RollbackConfig"] = effective_update_config(out, rollback=True)
+    return out
+
+
+# ---- the stored Service document ----------------------------------------------------------------------
+
+def mode_kind(spec: Doc) -> str:
+    """The spec's mode, GLOBAL or REPLICATED (a normalised spec has exactly one)."""
+    return GLOBAL if (spec.get("Mode") or {}).get(GLOBAL) is not None else REPLICATED
+
+
+def ingress_ports_in_use(services: Iterable[Doc], except_service_id: str | None = None) -> set[IngressPort]:
+    """The (port, protocol) pairs the routing mesh already serves, to pass as `used_ports`."""
+    used: set[IngressPort] = set()
+    for service in services:
+        if service.get("ID") == except_service_id:
+            continue
+        used |= _own_published_ports(service)
+    return used
+
+
+def _own_published_ports(service: Doc) -> set[IngressPort]:
+    ports = list((service.get("Endpoint") or {}).get("Ports") or [])
+    ports += ((service.get("Spec") or {}).get("EndpointSpec") or {}).get("Ports") or []
+    return {(int(port["PublishedPort"]), str(port.get("Protocol") or "tcp"))
+            for port in ports if port.get("PublishedPort") and (port.get("PublishMode") or "ingress") == "ingress"}
+
+
+def new_service(spec: Doc, service_id: str, now: float, used_ports: set[IngressPort]) -> Doc:
+    """The Service document for a validated spec; ingress ports published as 0 get a free port.
+
+    `used_ports` are the ingress (port, protocol) pairs of the other services (see `ingress_ports_in_use`).
+    """
+    timestamp = to_rfc3339(now)
+    return {
+        "ID": service_id,
+        "Version": {"Index": 0},
+        "CreatedAt": timestamp,
+        "UpdatedAt": timestamp,
+        "Spec": clone(spec),
+        "Endpoint": _endpoint(spec, [], used_ports),
+    }
+
+
+def updated_service(current: Doc, new_spec: Doc, now: float, used_ports: set[IngressPort],
+                    rollback: bool = False) -> Doc:
+    """The Service document after an update, or after a manual rollback (`?rollback=previous`).
+
+    An update keeps the old spec as PreviousSpec (when it changed) and clears UpdateStatus so the update
+    orchestrator starts afresh; a rollback swaps PreviousSpec back in, ignoring `new_spec` as Docker does.
+    Ports already allocated to this service keep their number.
+    """
+    out = clone(current)
+    old_spec = current["Spec"]
+    name = old_spec.get("Name", "")
+    timestamp = to_rfc3339(now)
+    if rollback:
+        previous = current.get("PreviousSpec")
+        if not previous:
+            raise InvalidArgument(f"service {name} does not have a previous spec: there is nothing to roll back to")
+        target = clone(previous)
+        out["PreviousSpec"] = clone(old_spec)
+        out["UpdateStatus"] = {"State": "rollback_started", "StartedAt": timestamp,
+                               "Message": "manually requested rollback"}
+    else:
+        target = clone(new_spec)
+        if not target.get("Name"):
+            target["Name"] = name  # a body without a name means "this service"
+        if target["Name"] != name:
+            raise InvalidArgument(f'renaming services is not supported: keep the name "{name}" '
+                                  "or create a new service")
+        if mode_kind(target) != mode_kind(old_spec):
+            raise InvalidArgument("service mode change is not allowed: remove the service and create it again "
+                                  "in the new mode")
+        if target != old_spec:
+            out["PreviousSpec"] = clone(old_spec)
+            out.pop("UpdateStatus", None)
+    out["Spec"] = target
+    own_ports = list((current.get("Endpoint") or {}).get("Ports") or [])
+    # Our own ports cannot conflict with us, whether or not the caller left them out of `used_ports`.
+    others = set(used_ports) - _own_published_ports(current)
+    out["Endpoint"] = _endpoint(target, own_ports, others)
+    out["UpdatedAt"] = timestamp
+    return out
+
+
+def _endpoint(spec: Doc, allocated: list[Doc], used_ports: set[IngressPort]) -> Doc:
+    endpoint_spec = clone(spec.get("EndpointSpec") or {"Mode": "vip"})
+    ports: list[Doc] = []
+    taken = set(used_ports)
+    wanted = [clone(port) for port in endpoint_spec.get("Ports") or []]
+    for port in wanted:
+        key = (int(port.get("PublishedPort") or 0), str(port.get("Protocol") or "tcp"))
+        if key[0] and port.get("PublishMode", "ingress") == "ingress" and key in used_ports:
+            raise InvalidArgument(
+                f"port {key[0]}/{key[1]} is already published by another service: choose another "
+                "PublishedPort, or 0 to get a free one"
+            )
+        if key[0]:
+            taken.add(key)
+    reusable = [port for port in allocated if port.get("PublishMode", "ingress") == "ingress"]
+    for port in wanted:
+        if port.get("PublishMode", "ingress") == "ingress" and not port.get("PublishedPort"):
+            port["PublishedPort"] = _reuse_or_allocate(port, reusable, taken)
+        ports.append(port)
+    return {"Spec": endpoint_spec, "Ports": ports}
+
+
+def _reuse_or_allocate(port: Doc, allocated: list[Doc], taken: set[IngressPort]) -> int:
+    protocol = str(port.get("Protocol") or "tcp")
+    for old in allocated:
+        same = (old.get("TargetPort"), old.get("Protocol"), old.get("Name")) == (
+            port.get("TargetPort"), protocol, port.get("Name"))
+        number = int(old.get("PublishedPort") or 0)
+        if same and DYNAMIC_PORT_FIRST <= number <= DYNAMIC_PORT_LAST and (number, protocol) not in taken:
+            allocated.remove(old)
+            taken.add((number, protocol))
+            return number
+    for number in range(DYNAMIC_PORT_FIRST, DYNAMIC_PORT_LAST + 1):
+        if (number, protocol) not in taken:
+            taken.add((number, protocol))
+            return number
+    raise InvalidArgument(
+        f"no free {protocol} port left in {DYNAMIC_PORT_FIRST}-{DYNAMIC_PORT_LAST} to publish: "
+        "give an explicit PublishedPort"
+    )
+
+
+# ---- derived read views -------------------------------------------------------------------------------
+
+def service_status(service: Doc, tasks: Iterable[Doc], nodes_by_id: Mapping[str, Doc]) -> Doc:
+    """`ServiceStatus` for `GET /services?status=true` (swarmkit's ListServiceStatuses).
+
+    Desired is Replicas for a replicated service; for a global one, its tasks wanted running on nodes
+    that are not down. Running counts the service's tasks whose observed state is running.
+    """
+    service_id = service.get("ID")
+    running = desired = 0
+    global_mode = is_global(service)
+    for task in tasks:
+        if task.get("ServiceID") != service_id:
+            continue
+        status = task.get("Status") or {}
+        node = nodes_by_id.get(str(task.get("NodeID") or ""))
+        node_up = node is not None and node_state(node) != NodeState.DOWN
+        # A task left on a down node, or one being stopped, no longer counts as running.
+        if (status.get("State") == TaskState.RUNNING.wire and task.get("DesiredState") == TaskState.RUNNING.wire
+                and node_up):
+            running += 1
+        if global_mode and task.get("DesiredState") == TaskState.RUNNING.wire and node_up:
+            desired += 1
+    if not global_mode:
+        desired = replicas(service)
+    return {"RunningTasks": running, "DesiredTasks": desired, "CompletedTasks": 0}
+
+
+def is_up_to_date(service: Doc, task: Doc) -> bool:
+    """Whether a task runs the service's current TaskTemplate (the `_up-to-date` task filter)."""
+    return bool(task.get("Spec") == (service.get("Spec") or {}).get("TaskTemplate"))
+
+
+def service_view(service: Doc, *, with_defaults: bool = False, status: Doc | None = None) -> Doc:
+    """The body of `GET /services/{id}`: private fields dropped, defaults inserted if asked, status added."""
+    out = without_private_fields(service)
+    if with_defaults:
+        out["Spec"] = insert_defaults(out["Spec"])
+        if out.get("PreviousSpec"):
+            out["PreviousSpec"] = insert_defaults(out["PreviousSpec"])
+    if status is not None:
+        out["ServiceStatus"] = dict(status)
+    return out

@@ -1,0 +1,348 @@
+"""The dispatcher (leader only): one session per agent — heartbeats in, assignments out, status in.
+
+Agents connect over a mutually authenticated WebSocket (see shoal.protocol); the peer certificate names the
+node. Heartbeats stay in memory; a node whose heartbeats stop for longer than the grace period is marked down
+in the store, which is what makes the orchestrator move its tasks. Task status reports are coalesced and
+written in batches about every 100 ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from aiohttp import WSMsgType, web
+
+from shoal.certs import identity_from_peercert
+from shoal.clock import Clock
+from shoal.errors import NotLeader, ShoalError
+from shoal.manager.applier import Applier
+from shoal.manager.cache import Cache
+from shoal.manager.store.base import Batch, Event, Store
+from shoal.timefmt import to_rfc3339
+from shoal.types import NODES, TASKS, Doc, NodeState, TaskState, desired_state, node_state, task_state
+
+log = logging.getLogger(__name__)
+
+STATUS_FLUSH_INTERVAL = 0.1
+GRACE_MULTIPLIER = 3  # heartbeat periods without a heartbeat before a node is marked down
+
+
+def agent_should_know(task: Doc) -> bool:
+    """Whether the task belongs in its node's assignment set."""
+    state = task_state(task)
+    if state < TaskState.ASSIGNED:
+        return False
+    # Both sides agree it is over: the agent may forget it.
+    return not (state.terminal and desired_state(task) >= TaskState.SHUTDOWN)
+
+
+def merge_status(task: Doc, status: Doc, now: float) -> Doc | None:
+    """The task with the agent's reported status applied, or None when it changes nothing.
+
+    Observed states only move forward: a report older than what is stored is dropped.
+    """
+    current = task_state(task)
+    try:
+        reported = TaskState.parse(status.get("State", ""))
+    except ValueError:
+        return None
+    old = task["Status"]
+    if reported < current:
+        return None
+    if reported == current and all(old.get(k) == status.get(k) for k in ("Message", "Err", "ContainerStatus")):
+        return None
+    new = dict(task)
+    merged = dict(old)
+    merged.update({k: v for k, v in status.items() if k in ("State", "Message", "Err", "ContainerStatus",
+                                                          "PortStatus", "Timestamp")})
+    merged.setdefault("Timestamp", to_rfc3339(now))
+    new["Status"] = merged
+    new["UpdatedAt"] = to_rfc3339(now)
+    return new
+
+
+@dataclass
+class NodeSession:
+    node_id: str
+    ws: web.WebSocketResponse
+    known: set[str] = field(default_factory=set)
+    dirty: set[str] = field(default_factory=set)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    log_queues: dict[int, asyncio.Queue[Doc | None]] = field(default_factory=dict)
+
+    async def send(self, message: Doc) -> None:
+        await self.ws.send_str(json.dumps(message, separators=(",", ":")))
+
+
+class Dispatcher:
+    def __init__(self, cache: Cache, store: Store, applier: Applier, clock: Clock,
+                 heartbeat_period: Callable[[], float], managers: Callable[[], list[str]]) -> None:
+        self.cache = cache
+        self.store = store
+        self.applier = applier
+        self.clock = clock
+        self.heartbeat_period = heartbeat_period
+        self.managers = managers
+        self.sessions: dict[str, NodeSession] = {}
+        self.last_heartbeat: dict[str, float] = {}
+        self.pending_status: dict[str, Doc] = {}
+        self._log_ids = itertools.count(1)
+        self.active = False
+        cache.subscribe(self._on_event)
+
+    # ---- leadership -------------------------------------------------------------------------------------
+
+    def activate(self) -> None:
+        """Start serving as the leader's dispatcher: every known node gets a fresh grace period."""
+        now = self.clock.monotonic()
+        self.last_heartbeat = {nid: now for nid in self.cache.nodes()}
+        self.active = True
+
+    async def deactivate(self) -> None:
+        self.active = False
+        for session in list(self.sessions.values()):
+            with contextlib.suppress(Exception):
+                await session.ws.close()
+        self.sessions.clear()
+
+    # ---- the session ------------------------------------------------------------------------------------
+
+    async def handle_session(self, request: web.Request, leader_addr: str | None) -> web.StreamResponse:
+        peercert = request.transport.get_extra_info("peercert") if request.transport else None
+        if not peercert:
+            raise web.HTTPForbidden(text="a node certificate is required")
+        identity = identity_from_peercert(peercert)
+        ws = web.WebSocketResponse(max_msg_size=64 * 1024 * 1024)
+        await ws.prepare(request)
+        if not self.active:
+            await ws.send_str(json.dumps({"type": "redirect", "leader": leader_addr or ""}))
+            await ws.close()
+            return ws
+        node = self.cache.get(NODES, identity.node_id)
+        if node is None:
+            await ws.send_str(json.dumps({"type": "rejected", "message": "node is not part of this swarm (removed?)"}))
+            await ws.close()
+            return ws
+        session = NodeSession(identity.node_id, ws)
+        old = self.sessions.get(identity.node_id)
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.ws.close()
+        self.sessions[identity.node_id] = session
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        sender = asyncio.create_task(self._send_assignments(session), name=f"assign:{identity.node_id}")
+        try:
+            await self._serve(session, peer[0] if peer else "")
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await sender
+            if self.sessions.get(identity.node_id) is session:
+                del self.sessions[identity.node_id]
+                # A closed connection is a strong hint: give the agent one heartbeat period to reconnect
+                # (to us or another manager) rather than the full grace.
+                period = self.heartbeat_period()
+                hinted = self.clock.monotonic() - period * (GRACE_MULTIPLIER - 1)
+                last = self.last_heartbeat.get(identity.node_id, hinted)
+                self.last_heartbeat[identity.node_id] = min(last, hinted)
+            for queue in session.log_queues.values():
+                queue.put_nowait(None)
+        return ws
+
+    async def _serve(self, session: NodeSession, peer_ip: str) -> None:
+        ws = session.ws
+        await session.send({"type": "welcome", "node_id": session.node_id,
+                            "heartbeat_period": self.heartbeat_period(), "managers": self.managers()})
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                break
+            data = json.loads(msg.data)
+            kind = data.get("type")
+            self.last_heartbeat[session.node_id] = self.clock.monotonic()
+            if kind == "hello":
+                await self._register(session.node_id, data.get("description") or {}, peer_ip)
+                # The first assignment set is complete; later ones carry only changes.
+                await self._send_full(session)
+            elif kind == "status":
+                for update in data.get("updates", []):
+                    self.pending_status[update["TaskID"]] = update["Status"]
+            elif kind == "log":
+                queue = session.log_queues.get(int(data["req"]))
+                if queue is not None:
+                    queue.put_nowait(data)
+            elif kind == "log_end":
+                queue = session.log_queues.get(int(data["req"]))
+                if queue is not None:
+                    queue.put_nowait(None)
+
+    async def _register(self, node_id: str, description: Doc, peer_ip: str) -> None:
+        """Record the node as ready with what it reports about itself."""
+        for _ in range(5):
+            node = await self.store.get(NODES, node_id)
+            if node is None:
+                return
+            new = dict(node)
+            desc = dict(node.get("Description") or {})
+            hostname = desc.get("Hostname")
+            desc.update(description)
+            if hostname and not description.get("Hostname"):
+                desc["Hostname"] = hostname
+            new["Description"] = desc
+            addr = (node.get("Status") or {}).get("Addr") or peer_ip
+            new["Status"] = {"State": NodeState.READY.value, "Addr": addr, "Message": ""}
+            new["UpdatedAt"] = to_rfc3339(self.clock.now())
+            try:
+                await self.applier.write(Batch().update(NODES, new))
+                return
+            except NotLeader:
+                raise
+            except ShoalError as exc:
+                log.debug("register %s: %s", node_id, exc)
+
+    # ---- assignments ------------------------------------------------------------------------------------
+
+    def _on_event(self, event: Event, prev: Doc | None) -> None:
+        if event.kind != TASKS or not self.sessions:
+            return
+        for doc in (prev, event.doc):
+            if doc is not None and doc.get("NodeID") in self.sessions:
+                session = self.sessions[doc["NodeID"]]
+                session.dirty.add(event.obj_id)
+                session.wake.set()
+
+    async def _send_full(self, session: NodeSession) -> None:
+        tasks = [t for t in self.cache.tasks_on_node(session.node_id) if agent_should_know(t)]
+        session.known = {t["ID"] for t in tasks}
+        session.dirty.clear()
+        await session.send({"type": "assignments", "full": True, "tasks": tasks, "remove": []})
+
+    async def _send_assignments(self, session: NodeSession) -> None:
+        while True:
+            await session.wake.wait()
+            session.wake.clear()
+            await asyncio.sleep(0.02)  # coalesce a burst of task changes into one message
+            dirty, session.dirty = session.dirty, set()
+            changed: list[Doc] = []
+            removed: list[str] = []
+            for task_id in dirty:
+                task = self.cache.get(TASKS, task_id)
+                if task is not None and task.get("NodeID") == session.node_id and agent_should_know(task):
+                    changed.append(task)
+                    session.known.add(task_id)
+                elif task_id in session.known:
+                    removed.append(task_id)
+                    session.known.discard(task_id)
+            if changed or removed:
+                await session.send({"type": "assignments", "full": False, "tasks": changed, "remove": removed})
+
+    # ---- status -----------------------------------------------------------------------------------------
+
+    async def flush_status_loop(self) -> None:
+        while True:
+            await asyncio.sleep(STATUS_FLUSH_INTERVAL)
+            if self.active and self.pending_status:
+                await self.flush_status()
+
+    async def flush_status(self) -> None:
+        pending, self.pending_status = self.pending_status, {}
+        now = self.clock.now()
+        batch = Batch()
+        for task_id, status in pending.items():
+            task = self.cache.get(TASKS, task_id)
+            if task is None:
+                continue
+            new = merge_status(task, status, now)
+            if new is not None:
+                batch.update(TASKS, new)
+        if not batch.ops:
+            return
+        result = await self.applier.write(batch)
+        if result.failed_keys:
+            # Stale versions: merge again next round against the fresh cache (newer reports win).
+            for op in batch.ops:
+                if op.key in result.failed_keys:
+                    task_id = op.key.rsplit("/", 1)[-1]
+                    self.pending_status.setdefault(task_id, pending[task_id])
+
+    # ---- node health ------------------------------------------------------------------------------------
+
+    async def node_health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            if self.active:
+                await self.check_nodes()
+
+    async def check_nodes(self) -> list[str]:
+        """Mark down every ready node whose heartbeats stopped; returns their IDs."""
+        now = self.clock.monotonic()
+        grace = self.heartbeat_period() * GRACE_MULTIPLIER
+        expired = []
+        for node_id, node in list(self.cache.nodes().items()):
+            last = self.last_heartbeat.setdefault(node_id, now)
+            if node_state(node) != NodeState.DOWN and now - last > grace:
+                expired.append(node_id)
+        for node_id in expired:
+            await self.set_node_down(node_id, "heartbeat failure")
+        return expired
+
+    async def set_node_down(self, node_id: str, message: str) -> None:
+        node = self.cache.get(NODES, node_id)
+        if node is None:
+            return
+        new = dict(node)
+        new["Status"] = {**(node.get("Status") or {}), "State": NodeState.DOWN.value, "Message": message}
+        new["UpdatedAt"] = to_rfc3339(self.clock.now())
+        result = await self.applier.write(Batch().update(NODES, new))
+        if result.written:
+            log.warning("node %s is down: %s", node_id, message)
+        session = self.sessions.pop(node_id, None)
+        if session is not None:
+            with contextlib.suppress(Exception):
+                await session.ws.close()
+
+    async def disconnect(self, node_id: str, message: str) -> None:
+        """End a node's session with a reason (e.g. it was removed from the swarm)."""
+        session = self.sessions.pop(node_id, None)
+        if session is not None:
+            with contextlib.suppress(Exception):
+                await session.send({"type": "rejected", "message": message})
+                await session.ws.close()
+
+    # ---- logs -------------------------------------------------------------------------------------------
+
+    async def logs(self, tasks: list[Doc], tail: int, follow: bool) -> AsyncIterator[Doc]:
+        """Log lines of the given tasks from the agents that run them, merged as they arrive."""
+        by_node: dict[str, list[str]] = {}
+        for task in tasks:
+            if task.get("NodeID") in self.sessions:
+                by_node.setdefault(task["NodeID"], []).append(task["ID"])
+        queue: asyncio.Queue[Doc | None] = asyncio.Queue()
+        opened: list[tuple[NodeSession, int]] = []
+        for node_id, task_ids in by_node.items():
+            session = self.sessions[node_id]
+            req = next(self._log_ids)
+            session.log_queues[req] = queue
+            opened.append((session, req))
+            await session.send({"type": "logs", "req": req, "tasks": task_ids, "tail": tail, "follow": follow})
+        remaining = len(opened)
+        try:
+            while remaining:
+                item = await queue.get()
+                if item is None:
+                    remaining -= 1
+                    continue
+                yield item
+        finally:
+            for session, req in opened:
+                session.log_queues.pop(req, None)
+                if follow:
+                    with contextlib.suppress(Exception):
+                        await session.send({"type": "logs_cancel", "req": req})
+
+

@@ -1,0 +1,197 @@
+"""A manager node: its etcd member, the store and cache, leader election and the leader-only control loops.
+
+Every manager serves the control API from its cache and writes specs to the store; only the elected leader
+runs the orchestrator, the scheduler and the dispatcher, and its writes are fenced on the leader key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import aetcd
+
+from shoal.clock import Clock
+from shoal.config import EtcdEndpoints
+from shoal.errors import NoQuorum
+from shoal.manager.applier import Applier
+from shoal.manager.ca import RootCA
+from shoal.manager.cache import Cache
+from shoal.manager.dispatcher import Dispatcher
+from shoal.manager.etcd_member import EtcdMember, MemberConfig, client_url
+from shoal.manager.leader import LeaderElection
+from shoal.manager.orchestrator.loop import OrchestratorLoop
+from shoal.manager.scheduler.loop import SchedulerLoop
+from shoal.manager.store.base import CA_KEY, Batch
+from shoal.manager.store.etcd import EtcdStore, make_client
+from shoal.supervise import Supervisor
+from shoal.timefmt import SECOND
+from shoal.types import NODES, Doc, Role
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TLSFiles:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+class Manager:
+    def __init__(self, node_id: str, advertise_ip: str, manager_addr: str, state_dir: Path, tls: TLSFiles,
+                 clock: Clock, external_etcd: EtcdEndpoints | None = None) -> None:
+        self.node_id = node_id
+        self.advertise_ip = advertise_ip
+        self.manager_addr = manager_addr
+        self.state_dir = state_dir
+        self.tls = tls
+        self.clock = clock
+        self.external_etcd = external_etcd
+        self.member: EtcdMember | None = None
+        self.client: aetcd.Client | None = None
+        self.store: EtcdStore | None = None
+        self.cache = Cache()
+        self.loops = Supervisor("manager")
+        self.leader_loops = Supervisor("leader")
+        self.election: LeaderElection | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.api_applier: Applier | None = None
+        self._root_ca: RootCA | None = None
+
+    # ---- start and stop ---------------------------------------------------------------------------------
+
+    def member_config(self, cluster_id: str, initial_cluster: str | None, initial_state: str) -> MemberConfig:
+        return MemberConfig(
+            name=self.node_id, ip=self.advertise_ip, data_dir=self.state_dir / "etcd",
+            ca_file=self.tls.ca, cert_file=self.tls.cert, key_file=self.tls.key, cluster_token=cluster_id,
+            initial_cluster=initial_cluster or f"{self.node_id}=https://{self.advertise_ip}:2380",
+            initial_state=initial_state,
+        )
+
+    async def start(self, cluster_id: str, initial_cluster: str | None = None, initial_state: str = "new") -> None:
+        """Start (or restart) this manager's etcd member and everything above it."""
+        if self.external_etcd is not None:
+            e = self.external_etcd
+            def read(p):
+                return (Path(p).read_bytes() if p else None)
+            self.client = make_client(e.urls, read(e.cacert), read(e.cert), read(e.key))
+        else:
+            self.member = EtcdMember(self.member_config(cluster_id, initial_cluster, initial_state),
+                                     self.state_dir / "etcd.log")
+            await self.member.start()
+            self.client = make_client([client_url(self.advertise_ip)], self.tls.ca.read_bytes(),
+                                      self.tls.cert.read_bytes(), self.tls.key.read_bytes())
+        self.store = EtcdStore(self.client)
+        await self._wait_for_store()
+        self.election = LeaderElection(self.client, self.node_id)
+        leader_applier = Applier(self.store, fence=lambda: self.node_id)
+        self.api_applier = Applier(self.store, fence=lambda: None)
+        self.dispatcher = Dispatcher(self.cache, self.store, leader_applier, self.clock,
+                                     heartbeat_period=self.heartbeat_period, managers=self.manager_addrs)
+        self.orchestrator = OrchestratorLoop(self.cache, leader_applier, self.clock)
+        self.scheduler = SchedulerLoop(self.cache, leader_applier, self.clock)
+        store = self.store
+        self.loops.start("cache", lambda: self.cache.run(store))
+        election = self.election
+        self.loops.start("election", lambda: election.run(self._on_elected, self._on_deposed))
+        # Serve reads only once the cache holds the store's contents.
+        await asyncio.wait_for(self.cache.ready.wait(), 30)
+
+    async def _wait_for_store(self, timeout: float = 30.0) -> None:
+        assert self.client is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        last_error: Exception | None = None
+        while loop.time() < deadline:
+            if self.member is not None and (why := self.member.exited_early()):
+                raise NoQuorum(f"the etcd member did not start: {why}")
+            try:
+                await asyncio.wait_for(self.client.get(b"/shoal/probe"), 2)
+                return
+            except Exception as exc:
+                last_error = exc
+                await asyncio.sleep(0.1)
+        raise NoQuorum(f"the store did not answer within {timeout:.0f}s: {last_error}")
+
+    async def _on_elected(self) -> None:
+        await self.cache.ready.wait()
+        assert self.dispatcher is not None
+        self.dispatcher.activate()
+        dispatcher = self.dispatcher
+        self.leader_loops.start("orchestrator", self.orchestrator.run)
+        self.leader_loops.start("scheduler", self.scheduler.run)
+        self.leader_loops.start("node-health", dispatcher.node_health_loop)
+        self.leader_loops.start("task-status", dispatcher.flush_status_loop)
+
+    async def _on_deposed(self) -> None:
+        await self.leader_loops.stop()
+        if self.dispatcher is not None:
+            await self.dispatcher.deactivate()
+
+    async def stop_leading(self) -> None:
+        """Stop campaigning and acting as leader; the store stays up for a clean handover."""
+        await self.loops.stop()
+        await self._on_deposed()
+
+    async def stop(self) -> None:
+        await self.stop_leading()
+        if self.election is not None and self.election.is_leader and self.client is not None:
+            try:
+                from shoal.manager.store.base import LEADER_KEY
+                await asyncio.wait_for(self.client.delete(LEADER_KEY.encode()), 1)
+            except Exception:
+                pass
+        if self.store is not None:
+            with contextlib.suppress(Exception):
+                await self.store.close()
+        if self.member is not None:
+            await self.member.stop()
+
+    # ---- state the API and the dispatcher read ----------------------------------------------------------
+
+    @property
+    def is_leader(self) -> bool:
+        return self.election is not None and self.election.is_leader
+
+    @property
+    def leader_id(self) -> str | None:
+        return self.election.leader_id if self.election is not None else None
+
+    def leader_addr(self) -> str | None:
+        leader = self.leader_id
+        node = self.cache.get(NODES, leader) if leader else None
+        return node.get("ManagerAddr") if node else None
+
+    def heartbeat_period(self) -> float:
+        cluster = self.cache.cluster()
+        ns = ((cluster or {}).get("Spec", {}).get("Dispatcher", {}) or {}).get("HeartbeatPeriod") or SECOND
+        return float(ns) / SECOND
+
+    def manager_addrs(self) -> list[str]:
+        return sorted(
+            n["ManagerAddr"] for n in self.cache.nodes().values()
+            if n.get("Spec", {}).get("Role") == Role.MANAGER.value and n.get("ManagerAddr")
+        )
+
+    async def root_ca(self) -> RootCA:
+        if self._root_ca is None:
+            assert self.store is not None
+            raw = await self.store.get_raw(CA_KEY)
+            if raw is None:
+                raise NoQuorum("the cluster CA is missing from the store")
+            data = json.loads(raw)
+            self._root_ca = RootCA.load(data["cert"].encode(), data["key"].encode())
+        return self._root_ca
+
+    async def bootstrap(self, cluster: Doc, ca: RootCA, node: Doc) -> None:
+        """Write the first objects of a new swarm in one transaction."""
+        assert self.store is not None
+        batch = Batch().create("clusters", cluster).create(NODES, node)
+        batch.put_raw(CA_KEY, json.dumps({"cert": ca.cert_pem.decode(), "key": ca.key_pem.decode()}).encode())
+        rev = await self.store.commit(batch)
+        await self.cache.wait_for_revision(rev, timeout=10)

@@ -1,0 +1,64 @@
+"""Task history trimming: which old tasks of a service to delete.
+
+Replaced tasks stay in the store as history (`service ps` shows them as `\\_` rows), up to a limit per slot
+(per node for a global service) that counts the live task too. Oldest ended tasks go first.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Collection
+
+from shoal.manager.orchestrator.common import age_order, never_reached_an_agent
+from shoal.types import Doc, TaskState, desired_state, task_is_live, task_node, task_slot, task_state
+
+# Docker's default TaskHistoryRetentionLimit.
+DEFAULT_HISTORY_LIMIT = 5
+
+
+def history_group(task: Doc) -> tuple[int, str]:
+    """The slot a task belongs to; global tasks (slot 0) are grouped by node instead."""
+    slot = task_slot(task)
+    return (slot, "") if slot > 0 else (0, task_node(task))
+
+
+def _deletable(task: Doc, existing_nodes: Collection[str] | None) -> bool:
+    """Finished for good: not wanted any more, and no agent can still be running it."""
+    if desired_state(task) < TaskState.SHUTDOWN:
+        return False  # still wanted, or ended and waiting for its restart decision
+    if task_state(task).terminal or never_reached_an_agent(task):
+        return True
+    return existing_nodes is not None and task_node(task) not in existing_nodes
+
+
+def trim_history(
+    tasks_of_service: list[Doc],
+    history_limit: int,
+    existing_nodes: Collection[str] | None = None,
+) -> list[Doc]:
+    """The tasks to delete so each slot keeps at most `history_limit` tasks, the live one included.
+
+    A negative limit keeps everything. A task the agent may still be running (observed state not terminal) is
+    kept unless its node is not in `existing_nodes` (None: assume every node still exists). When a slot has no
+    live task, its newest task is kept whatever the limit: it holds the slot's restart state.
+    """
+    if history_limit < 0:
+        return []
+    groups: dict[tuple[int, str], list[Doc]] = defaultdict(list)
+    for task in tasks_of_service:
+        groups[history_group(task)].append(task)
+
+    doomed: list[Doc] = []
+    for group in groups.values():
+        if len(group) <= history_limit:
+            continue
+        oldest_first = sorted(group, key=age_order)
+        protected = None if any(task_is_live(t) for t in group) else oldest_first[-1]["ID"]
+        excess = len(group) - history_limit
+        for task in oldest_first:
+            if excess == 0:
+                break
+            if task["ID"] != protected and _deletable(task, existing_nodes):
+                doomed.append(task)
+                excess -= 1
+    return doomed

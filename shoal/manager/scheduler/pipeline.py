@@ -1,0 +1,204 @@
+"""The scheduler's decision: which node each pending task goes to, or why none can take it.
+
+Pure: pending tasks, nodes and the tasks already on each node in; task copies out. Nodes pass a filter
+pipeline (ready, available, constraints); the survivors are ranked by spread: fewest live tasks of the same
+service, then fewest live tasks overall, then node ID. Tasks of one service with the same placement
+constraints (all the spec the filters read) are placed as a group from one heap, whose counts move as each
+task lands, so 6 tasks on 3 equal nodes go 2/2/2. Filtering is done once per distinct set of constraints.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from shoal.manager.scheduler.filters import Filter, filters_for
+from shoal.timefmt import to_rfc3339
+from shoal.types import Doc, Plan, TaskState, constraints, desired_state, task_is_live, task_node, task_state
+
+ASSIGNED_MESSAGE = "scheduler assigned task to node"
+PREASSIGNED_MESSAGE = "scheduler confirmed task can run on preassigned node"
+NO_SUITABLE_NODE = "no suitable node"
+
+
+class Pipeline:
+    """Runs nodes through filters, counting for each filter the nodes it was first to refuse."""
+
+    def __init__(self, filters: list[Filter]) -> None:
+        self.filters = filters
+        self.failures = [0] * len(filters)
+
+    def check(self, node: Doc) -> bool:
+        for index, node_filter in enumerate(self.filters):
+            if not node_filter.check(node):
+                self.failures[index] += 1
+                return False
+        return True
+
+    def explain(self) -> str:
+        """The refusals, most frequent first, e.g. "2 nodes not available for new tasks; ..."."""
+        by_group: dict[str, tuple[Filter, int]] = {}
+        for node_filter, count in zip(self.filters, self.failures, strict=True):
+            if count:
+                first, total = by_group.get(node_filter.explanation_group, (node_filter, 0))
+                by_group[node_filter.explanation_group] = (first, total + count)
+        ranked = sorted(by_group.values(), key=lambda entry: -entry[1])  # stable: filter order breaks ties
+        return "; ".join(node_filter.explain(count) for node_filter, count in ranked)
+
+    def error(self) -> str:
+        """The text for a task's Status.Err when no node passed."""
+        explanation = self.explain()
+        return f"{NO_SUITABLE_NODE} ({explanation})" if explanation else NO_SUITABLE_NODE
+
+
+@dataclass
+class SchedulingResult:
+    assigned: list[Doc] = field(default_factory=list)
+    # Tasks no node can take, with Status.Err saying why; only those whose Err text changed.
+    unassigned: list[Doc] = field(default_factory=list)
+
+    def plan(self) -> Plan:
+        notes = [f"{len(self.assigned)} assigned, {len(self.unassigned)} without a suitable node"]
+        return Plan(update=self.assigned + self.unassigned, notes=notes)
+
+
+class _Load:
+    """Live task counts per node, overall and per service, kept current as tasks are placed."""
+
+    def __init__(self) -> None:
+        self.total: dict[str, int] = defaultdict(int)
+        self.by_service: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+
+    def add(self, node_id: str, service_id: str) -> None:
+        self.total[node_id] += 1
+        self.by_service[service_id][node_id] += 1
+
+
+class _Candidates:
+    """The nodes that pass the filters for one set of constraints, in a heap of (live tasks, node ID).
+
+    Entries may be stale (a node's count only grows); a stale entry is re-pushed with the true count when it
+    reaches the top, so the heap is built once per constraint set rather than once per group.
+    """
+
+    def __init__(self, node_ids: list[str], error: str, load: _Load) -> None:
+        self.node_ids = set(node_ids)
+        self.error = error
+        self.heap = [(load.total.get(nid, 0), nid) for nid in node_ids]
+        heapq.heapify(self.heap)
+
+    def pop_least_loaded(self, load: _Load) -> str | None:
+        while self.heap:
+            total, node_id = self.heap[0]
+            if total != load.total.get(node_id, 0):
+                heapq.heapreplace(self.heap, (load.total.get(node_id, 0), node_id))
+                continue
+            heapq.heappop(self.heap)
+            return node_id
+        return None
+
+    def push_back(self, node_ids: list[str], load: _Load) -> None:
+        for node_id in node_ids:
+            heapq.heappush(self.heap, (load.total.get(node_id, 0), node_id))
+
+
+def schedule(
+    pending: list[Doc],
+    nodes: list[Doc],
+    tasks_by_node: dict[str, list[Doc]],
+    now: float,
+) -> SchedulingResult:
+    """Place the pending tasks. Tasks that are not pending, or no longer wanted, are passed over.
+
+    A task that already has a NodeID (a global task) is only checked against that node. A task whose
+    preassigned node is unknown is passed over: the global reconciler stops it.
+    """
+    result = SchedulingResult()
+    stamp = to_rfc3339(now)
+    node_by_id = {n["ID"]: n for n in nodes}
+    waiting = [t for t in pending if task_state(t) < TaskState.ASSIGNED and desired_state(t) <= TaskState.RUNNING]
+    waiting_ids = {t["ID"] for t in waiting}
+
+    load = _Load()
+    for node_id, node_tasks in tasks_by_node.items():
+        for task in node_tasks:
+            if task["ID"] not in waiting_ids and task_is_live(task):
+                load.add(node_id, task["ServiceID"])
+
+    groups: dict[tuple[str, tuple[str, ...]], list[Doc]] = defaultdict(list)
+    for task in waiting:
+        node_id = task_node(task)
+        if not node_id:
+            groups[(task["ServiceID"], tuple(sorted(constraints(task.get("Spec") or {}))))].append(task)
+            continue
+        node = node_by_id.get(node_id)
+        if node is None:
+            continue
+        pipeline = Pipeline(filters_for(task.get("Spec") or {}))
+        if pipeline.check(node):
+            result.assigned.append(_assigned(task, node_id, PREASSIGNED_MESSAGE, stamp))
+            load.add(node_id, task["ServiceID"])
+        else:
+            _refuse(result, task, pipeline.error(), stamp)
+
+    candidates: dict[tuple[str, ...], _Candidates] = {}
+    for (service_id, constraint_key), group in groups.items():
+        if constraint_key not in candidates:
+            pipeline = Pipeline(filters_for(group[0].get("Spec") or {}))
+            passing = [n["ID"] for n in nodes if pipeline.check(n)]
+            candidates[constraint_key] = _Candidates(passing, pipeline.error(), load)
+        fit = candidates[constraint_key]
+        if not fit.node_ids:
+            for task in group:
+                _refuse(result, task, fit.error, stamp)
+            continue
+        _spread(result, group, service_id, fit, load, stamp)
+    return result
+
+
+def _spread(
+    result: SchedulingResult, group: list[Doc], service_id: str, fit: _Candidates, load: _Load, stamp: str
+) -> None:
+    """Place a group by (tasks of this service, tasks overall, node ID), lowest first.
+
+    Nodes without a task of this service rank before all others and come, least loaded first, from the
+    shared candidate heap; only the nodes that already run the service are kept in a heap of the group's own,
+    so a group costs in proportion to its size and the service's footprint, not to the cluster size.
+    """
+    service_load = load.by_service[service_id]
+    hosting = [(count, load.total[nid], nid) for nid, count in service_load.items() if count and nid in fit.node_ids]
+    heapq.heapify(hosting)
+    drawn: list[str] = []
+    for task in group:
+        node_id = None
+        while (free := fit.pop_least_loaded(load)) is not None:
+            drawn.append(free)
+            if not service_load.get(free):
+                node_id = free
+                break
+        if node_id is None:
+            node_id = heapq.heappop(hosting)[2]
+        result.assigned.append(_assigned(task, node_id, ASSIGNED_MESSAGE, stamp))
+        load.add(node_id, service_id)
+        heapq.heappush(hosting, (service_load[node_id], load.total[node_id], node_id))
+    fit.push_back(drawn, load)
+
+
+def _assigned(task: Doc, node_id: str, message: str, stamp: str) -> Doc:
+    placed = dict(task)
+    placed["NodeID"] = node_id
+    placed["Status"] = {"Timestamp": stamp, "State": TaskState.ASSIGNED.wire, "Message": message, "Err": ""}
+    placed["UpdatedAt"] = stamp
+    return placed
+
+
+def _refuse(result: SchedulingResult, task: Doc, error: str, stamp: str) -> None:
+    """Record why the task waits, unless it already says so (an unchanged reason is not worth a write)."""
+    status = task.get("Status") or {}
+    if status.get("Err") == error:
+        return
+    refused = dict(task)
+    refused["Status"] = {**status, "Timestamp": stamp, "Err": error}
+    refused["UpdatedAt"] = stamp
+    result.unassigned.append(refused)

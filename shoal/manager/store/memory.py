@@ -1,0 +1,102 @@
+"""An in-memory store with the same contract as EtcdStore, for unit tests of loops and the API."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import AsyncIterator
+
+from shoal.errors import Conflict, NotLeader, SequenceConflict
+from shoal.manager.store.base import LEADER_KEY, Batch, Event, Snapshot, decode, encode, split_key
+from shoal.types import KINDS, Doc
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self.revision = 1
+        # key -> (value, mod_revision)
+        self._kv: dict[str, tuple[bytes, int]] = {}
+        self._subscribers: list[asyncio.Queue[list[Event]]] = []
+        self._history: list[Event] = []
+
+    async def close(self) -> None:
+        pass
+
+    async def get(self, kind: str, obj_id: str) -> Doc | None:
+        entry = self._kv.get(f"/shoal/{kind}/{obj_id}")
+        return None if entry is None else decode(*entry)
+
+    async def list_kind(self, kind: str) -> list[Doc]:
+        prefix = f"/shoal/{kind}/"
+        return [decode(v, r) for k, (v, r) in sorted(self._kv.items()) if k.startswith(prefix)]
+
+    async def get_raw(self, key: str) -> bytes | None:
+        entry = self._kv.get(key)
+        return None if entry is None else entry[0]
+
+    async def snapshot(self) -> Snapshot:
+        docs: dict[str, dict[str, Doc]] = {kind: {} for kind in KINDS}
+        for key, (value, rev) in self._kv.items():
+            parsed = split_key(key)
+            if parsed and parsed[0] in docs:
+                docs[parsed[0]][parsed[1]] = decode(value, rev)
+        return Snapshot(docs, self.revision)
+
+    async def commit(self, batch: Batch, fence: str | None = None) -> int:
+        if fence is not None and self._kv.get(LEADER_KEY, (b"", 0))[0] != fence.encode():
+            raise NotLeader()
+        for op in batch.ops:
+            current = self._kv.get(op.key)
+            if op.kind == "create":
+                if op.name_key and op.name_key in self._kv:
+                    name = op.name_key.rsplit("/", 1)[-1]
+                    raise Conflict(f"rpc error: code = AlreadyExists desc = name conflicts with an existing object: {name}")
+                if current is not None:
+                    raise Conflict(f"object {op.key.rsplit('/', 1)[-1]} already exists")
+            elif op.kind in ("update", "delete"):
+                if op.expect_version and (current is None or current[1] != op.expect_version):
+                    raise SequenceConflict()
+                if op.kind == "update" and current is None:
+                    raise SequenceConflict()
+        self.revision += 1
+        rev = self.revision
+        events: list[Event] = []
+        for op in batch.ops:
+            parsed = split_key(op.key)
+            if op.kind in ("create", "update"):
+                assert op.doc is not None
+                self._kv[op.key] = (encode(op.doc), rev)
+                if op.name_key:
+                    self._kv[op.name_key] = (op.doc["ID"].encode(), rev)
+                op.doc["Version"] = {"Index": rev}
+                if parsed:
+                    events.append(Event("put", parsed[0], parsed[1], copy.deepcopy(op.doc), rev))
+            elif op.kind == "delete":
+                self._kv.pop(op.key, None)
+                if op.name_key:
+                    self._kv.pop(op.name_key, None)
+                if parsed:
+                    events.append(Event("delete", parsed[0], parsed[1], None, rev))
+            else:
+                assert op.raw is not None
+                self._kv[op.key] = (op.raw, rev)
+        self._history.extend(events)
+        for q in self._subscribers:
+            q.put_nowait(events)
+        return rev
+
+    def set_leader(self, node_id: str) -> None:
+        self.revision += 1
+        self._kv[LEADER_KEY] = (node_id.encode(), self.revision)
+
+    async def watch(self, from_revision: int) -> AsyncIterator[list[Event]]:
+        queue: asyncio.Queue[list[Event]] = asyncio.Queue()
+        backlog = [e for e in self._history if e.revision > from_revision]
+        if backlog:
+            queue.put_nowait(backlog)
+        self._subscribers.append(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._subscribers.remove(queue)

@@ -1,0 +1,225 @@
+"""A whole swarm on this machine: several daemons on distinct loopback addresses (127.0.0.2, .3, …), each
+with its own state directory, socket and node name. For the demo, for trying shoal, and for cluster tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+
+from shoal.config import DEFAULT_PORT, PLAYGROUND_DIR
+from shoal.errors import ShoalError, Unavailable
+
+FIRST_ADDRESS = 2  # 127.0.0.2: leave 127.0.0.1 to whatever else runs here
+START_TIMEOUT = 60.0
+
+
+@dataclass
+class PlaygroundNode:
+    name: str
+    role: str
+    address: str
+    pid: int
+    socket: str
+    state_dir: str
+    alive: bool = True
+
+
+def _state_file(base: Path) -> Path:
+    return base / "playground.json"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie is not alive.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def status(base: Path = PLAYGROUND_DIR) -> list[PlaygroundNode]:
+    try:
+        raw = json.loads(_state_file(base).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return []
+    nodes = [PlaygroundNode(**{k: v for k, v in item.items() if k != "alive"}) for item in raw]
+    for node in nodes:
+        node.alive = _alive(node.pid)
+    return nodes
+
+
+def default_socket(base: Path = PLAYGROUND_DIR) -> str | None:
+    """The first manager's socket of a running playground, which the CLI uses when given no host."""
+    for node in status(base):
+        if node.role == "manager" and node.alive:
+            return node.socket
+    return None
+
+
+def api(socket_path: str, timeout: float = 30.0) -> httpx.Client:
+    return httpx.Client(transport=httpx.HTTPTransport(uds=socket_path), base_url="http://shoal", timeout=timeout)
+
+
+def _check(response: httpx.Response) -> httpx.Response:
+    if response.status_code >= 400:
+        try:
+            message = response.json().get("message")
+        except ValueError:
+            message = response.text
+        raise Unavailable(f"{response.request.method} {response.request.url.path}: {message}")
+    return response
+
+
+def _port_free(address: str, port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
+def start_daemon(name: str, base: Path, extra: list[str] | None = None) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    state_dir = base / name
+    state_dir.mkdir(parents=True, exist_ok=True)
+    sock = state_dir / "shoal.sock"
+    log_file = open(state_dir / "daemon.log", "ab")  # noqa: SIM115 — handed to the child
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "shoal", "daemon", "--state-dir", str(state_dir), "--socket", str(sock),
+             "--hostname", name, *(extra or [])],
+            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    finally:
+        log_file.close()
+    return proc, state_dir, sock
+
+
+def wait_for_socket(sock: Path, proc: subprocess.Popen[bytes] | None, timeout: float = START_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise Unavailable(f"the daemon for {sock.parent.name} exited early; see {sock.parent / 'daemon.log'}")
+        if sock.exists():
+            try:
+                with api(str(sock), timeout=2) as client:
+                    if client.get("/_ping").status_code == 200:
+                        return
+            except httpx.HTTPError:
+                pass
+        time.sleep(0.05)
+    raise Unavailable(f"the daemon for {sock.parent.name} did not answer within {timeout:.0f}s")
+
+
+def up(managers: int = 1, workers: int = 2, progress: Callable[[str], None] = print,
+       base: Path = PLAYGROUND_DIR, subnet: str = "127.0.0") -> list[PlaygroundNode]:
+    """Start the daemons, init the swarm on the first manager and join the others; returns the nodes."""
+    if managers < 1:
+        raise ShoalError("a playground needs at least one manager: use --managers 1 or more")
+    if workers < 0 or managers + workers > 200:
+        raise ShoalError("use between 0 and 199 workers")
+    running = [n for n in status(base) if n.alive]
+    if running:
+        raise ShoalError(f"a playground is already running here ({len(running)} nodes): "
+                         "stop it with \"shoal playground down\" first")
+    down(lambda _: None, base)
+    base.mkdir(parents=True, exist_ok=True)
+    plan = [(f"manager{i + 1}", "manager") for i in range(managers)]
+    plan += [(f"worker{i + 1}", "worker") for i in range(workers)]
+    nodes: list[PlaygroundNode] = []
+    for index, (name, role) in enumerate(plan):
+        address = f"{subnet}.{FIRST_ADDRESS + index}"
+        if role == "manager" and not all(_port_free(address, p) for p in (DEFAULT_PORT, 2379, 2380)):
+            raise Unavailable(f"ports 2377/2379/2380 on {address} are in use: is another cluster running?")
+        proc, state_dir, sock = start_daemon(name, base)
+        nodes.append(PlaygroundNode(name, role, address, proc.pid, str(sock), str(state_dir)))
+        _state_file(base).write_text(json.dumps([asdict(n) for n in nodes], indent=2))
+        wait_for_socket(sock, proc)
+        with api(str(sock), timeout=90) as client:
+            if index == 0:
+                progress(f"{name}: initialising the swarm on {address}:{DEFAULT_PORT}")
+                _check(client.post("/swarm/init", json={"AdvertiseAddr": address,
+                                                        "ListenAddr": f"{address}:{DEFAULT_PORT}"}))
+                with api(str(sock)) as first:
+                    tokens = _check(first.get("/swarm")).json()["JoinTokens"]
+            else:
+                progress(f"{name}: joining as a {role} from {address}")
+                token = tokens["Manager" if role == "manager" else "Worker"]
+                _check(client.post("/swarm/join", json={
+                    "AdvertiseAddr": address, "ListenAddr": f"{address}:{DEFAULT_PORT}",
+                    "RemoteAddrs": [f"{nodes[0].address}:{DEFAULT_PORT}"], "JoinToken": token}))
+    wait_ready(nodes[0].socket, len(nodes))
+    progress(f"all {len(nodes)} nodes are ready")
+    return nodes
+
+
+def wait_ready(manager_socket: str, count: int, timeout: float = START_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    ready = 0
+    while time.monotonic() < deadline:
+        with api(manager_socket) as client:
+            nodes = _check(client.get("/nodes")).json()
+        ready = sum(1 for n in nodes if n["Status"]["State"] == "ready")
+        if ready >= count:
+            return
+        time.sleep(0.1)
+    raise Unavailable(f"only {ready} of {count} nodes became ready within {timeout:.0f}s")
+
+
+def processes_under(base: Path) -> list[int]:
+    """PIDs whose standard output goes to a file under `base`: daemons, etcd members and task processes."""
+    prefix = str(base.resolve()) + "/"
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if os.readlink(entry / "fd" / "1").startswith(prefix):
+                pids.append(int(entry.name))
+    return pids
+
+
+def down(progress: Callable[[str], None] = print, base: Path = PLAYGROUND_DIR) -> None:
+    nodes = status(base)
+    for node in sorted(nodes, key=lambda n: n.role == "manager"):
+        if node.alive:
+            progress(f"{node.name}: stopping")
+            with contextlib.suppress(OSError):
+                os.kill(node.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(_alive(n.pid) for n in nodes):
+        time.sleep(0.05)
+    # Tasks outlive their daemon by design (a restarted agent adopts them); a playground's must go too.
+    for _ in range(3):
+        leftovers = processes_under(base) if base.exists() else []
+        if not leftovers:
+            break
+        for pid in leftovers:
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL) if os.getpgid(pid) == pid else os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+    if base.exists():
+        import shutil
+
+        shutil.rmtree(base, ignore_errors=True)
+    if nodes:
+        progress(f"playground removed ({len(nodes)} nodes)")

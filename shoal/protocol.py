@@ -1,0 +1,24 @@
+"""Messages of the agent session: one long-lived, mutually authenticated WebSocket per agent.
+
+agent -> manager
+  {"type": "hello", "description": NodeDescription}
+  {"type": "heartbeat"}
+  {"type": "status", "updates": [{"TaskID": id, "Status": TaskStatus}, …]}
+  {"type": "log", "req": n, "task": id, "stream": 1|2, "ts": unix, "line": text}
+  {"type": "log_end", "req": n}
+manager -> agent
+  {"type": "welcome", "node_id": id, "heartbeat_period": seconds, "managers": ["ip:port", …]}
+  {"type": "assignments", "full": bool, "tasks": [Task, …], "remove": [id, …]}
+  {"type": "logs", "req": n, "tasks": [id, …], "tail": int (-1 = all), "follow": bool}
+  {"type": "logs_cancel", "req": n}
+  {"type": "managers", "managers": ["ip:port", …]}
+  {"type": "redirect", "leader": "ip:port"}   (this manager is not the leader; the session ends)
+  {"type": "rejected", "message": text}        (e.g. the node was removed; the session ends)
+
+Heartbeats are kept in the leader's memory, never in the store; task status is coalesced into batched
+store writes by the dispatcher.
+"""
+
+SESSION_PATH = "/shoal/session"
+JOIN_PATH = "/shoal/join"
+CA_PATH = "/shoal/ca"

@@ -1,0 +1,408 @@
+"""Command lines -> the requests the CLI sends (bodies shaped like the docker CLI's), and bad input -> one
+error line with nothing sent."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from shoal.api.client import Client
+from shoal.cli.common import CliContext
+from shoal.cli.main import run
+from shoal.cli.spec import parse_publish
+
+SERVICE_ID = "794c177dfbae4f6784a4fa4f8"
+Route = Callable[[httpx.Request], Any]
+
+
+class FakeDaemon:
+    """An in-process daemon behind httpx.MockTransport that records every request."""
+
+    def __init__(self, routes: dict[str, Any] | None = None) -> None:
+        self.routes = routes or {}
+        self.requests: list[httpx.Request] = []
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        key = f"{request.method} {request.url.path}"
+        if key not in self.routes:
+            return httpx.Response(404, json={"message": f"no route {key}"})
+        answer = self.routes[key]
+        if callable(answer):
+            answer = answer(request)
+        if isinstance(answer, httpx.Response):
+            return answer
+        return httpx.Response(201 if key == "POST /services/create" else 200, json=answer)
+
+    def bodies(self, key: str) -> list[Any]:
+        return [json.loads(r.content) for r in self.requests if f"{r.method} {r.url.path}" == key]
+
+    def cli(self, *argv: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        ctx = CliContext(out=out, err=err, now=lambda: 0.0)
+        ctx.set_client(Client("http://shoal", transport=httpx.MockTransport(self.handle)))
+        code = run(list(argv), ctx)
+        return code, out.getvalue(), err.getvalue()
+
+
+def created() -> FakeDaemon:
+    return FakeDaemon({"POST /services/create": {"ID": SERVICE_ID, "Warnings": None}})
+
+
+def test_create_sends_the_body_docker_sends() -> None:
+    daemon = created()
+    code, out, err = daemon.cli("service", "create", "-d", "--name", "web", "--replicas", "2", "-p", "80:80",
+                                "nginx:1.25", "nginx", "-g", "daemon off;")
+    assert (code, out, err) == (0, SERVICE_ID + "\n", "")
+    assert daemon.bodies("POST /services/create") == [{
+        "Name": "web", "Labels": {},
+        "TaskTemplate": {"ContainerSpec": {"Image": "nginx:1.25", "Args": ["nginx", "-g", "daemon off;"],
+                                           "Init": False, "DNSConfig": {}},
+                         "Resources": {"Limits": {}, "Reservations": {}}, "Placement": {}, "ForceUpdate": 0},
+        "Mode": {"Replicated": {"Replicas": 2}},
+        "EndpointSpec": {"Mode": "vip", "Ports": [{"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 80,
+                                                   "PublishMode": "ingress"}]},
+    }]
+    # The body keeps docker's key order too.
+    assert list(daemon.bodies("POST /services/create")[0]) == ["Name", "Labels", "TaskTemplate", "Mode", "EndpointSpec"]
+
+
+def test_create_global_unnamed_with_update_flags() -> None:
+    daemon = created()
+    code, _, _ = daemon.cli("service", "create", "-d", "--mode", "global", "--update-delay", "10s",
+                            "--update-parallelism", "2", "--update-failure-action", "continue", "alpine:3.19",
+                            "sleep", "1000")
+    body = daemon.bodies("POST /services/create")[0]
+    assert code == 0
+    assert "Name" not in body  # the server generates the name
+    assert body["Mode"] == {"Global": {}}
+    assert body["TaskTemplate"]["ContainerSpec"]["Args"] == ["sleep", "1000"]
+    assert body["UpdateConfig"] == {"Parallelism": 2, "Delay": 10_000_000_000, "FailureAction": "continue",
+                                    "Monitor": 5_000_000_000, "MaxFailureRatio": 0, "Order": "stop-first"}
+    assert "RollbackConfig" not in body
+    assert body["EndpointSpec"] == {"Mode": "vip"}
+
+
+def test_create_without_replicas_leaves_them_to_the_server() -> None:
+    daemon = created()
+    daemon.cli("service", "create", "-d", "nginx")
+    assert daemon.bodies("POST /services/create")[0]["Mode"] == {"Replicated": {}}
+
+
+def test_create_passes_shell_commands_through() -> None:
+    daemon = created()
+    daemon.cli("service", "create", "-d", "busybox", "sh", "-c", "echo hi; sleep 100")
+    assert daemon.bodies("POST /services/create")[0]["TaskTemplate"]["ContainerSpec"]["Args"] == \
+        ["sh", "-c", "echo hi; sleep 100"]
+
+
+def test_create_container_restart_rollback_and_health_flags() -> None:
+    daemon = created()
+    code, _, err = daemon.cli(
+        "service", "create", "-d", "--name", "api", "-e", "A=1", "--env", "B=2", "-e", "A=3", "--label", "tier=web",
+        "--constraint", "node.role==worker", "--entrypoint", "python -u", "--workdir", "/srv", "--user", "nobody",
+        "--stop-grace-period", "30s", "--stop-signal", "SIGINT", "--restart-condition", "on-failure",
+        "--restart-max-attempts", "3", "--rollback-order", "start-first", "--health-cmd", "curl -f localhost",
+        "--health-interval", "5s", "--health-retries", "3",
+        "-p", "published=8080,target=80,protocol=udp,mode=host", "python:3.12", "app.py")
+    assert (code, err) == (0, "")
+    body = daemon.bodies("POST /services/create")[0]
+    container = body["TaskTemplate"]["ContainerSpec"]
+    assert container["Command"] == ["python", "-u"]
+    assert container["Args"] == ["app.py"]
+    assert container["Env"] == ["B=2", "A=3"]
+    assert (container["Dir"], container["User"], container["StopSignal"]) == ("/srv", "nobody", "SIGINT")
+    assert container["StopGracePeriod"] == 30_000_000_000
+    assert container["Healthcheck"] == {"Test": ["CMD-SHELL", "curl -f localhost"], "Interval": 5_000_000_000,
+                                        "Retries": 3}
+    assert body["Labels"] == {"tier": "web"}
+    assert body["TaskTemplate"]["Placement"] == {"Constraints": ["node.role==worker"]}
+    assert body["TaskTemplate"]["RestartPolicy"] == {"Condition": "on-failure", "Delay": 5_000_000_000,
+                                                     "MaxAttempts": 3}
+    assert body["RollbackConfig"]["Order"] == "start-first"
+    assert body["RollbackConfig"]["FailureAction"] == "pause"
+    assert "UpdateConfig" not in body
+    assert body["EndpointSpec"]["Ports"] == [{"Protocol": "udp", "TargetPort": 80, "PublishedPort": 8080,
+                                              "PublishMode": "host"}]
+
+
+def test_no_healthcheck() -> None:
+    daemon = created()
+    daemon.cli("service", "create", "-d", "--no-healthcheck", "nginx")
+    assert daemon.bodies("POST /services/create")[0]["TaskTemplate"]["ContainerSpec"]["Healthcheck"] == \
+        {"Test": ["NONE"]}
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--mode", "global", "--replicas", "2"], "replicas can only be used with replicated mode"),
+    (["--replicas", "-1"], 'invalid argument "-1" for "--replicas" flag'),
+    (["--replicas", "two"], 'invalid argument "two" for "--replicas" flag'),
+    (["--mode", "batch"], "Unknown mode: batch"),
+    (["-p", "80:http"], 'invalid argument "80:http" for "-p, --publish" flag'),
+    (["-p", "70000:80"], 'invalid argument "70000:80" for "-p, --publish" flag'),
+    (["-p", "1.2.3.4:80:80"], "hostip is not supported"),
+    (["-p", "target=80,bogus=1"], "invalid field key: bogus"),
+    (["-p", "published=80"], "missing mandatory field 'target'"),
+    (["--update-delay", "10x"], 'invalid argument "10x" for "--update-delay" flag'),
+    (["--restart-delay", "-5s"], 'invalid argument "-5s" for "--restart-delay" flag'),
+    (["--update-failure-action", "explode"], 'invalid argument "explode" for "--update-failure-action" flag'),
+    (["--restart-condition", "always"], 'invalid argument "always" for "--restart-condition" flag'),
+    (["--no-healthcheck", "--health-cmd", "true"], "--no-healthcheck conflicts with --health-* options"),
+])
+def test_bad_create_input_is_one_error_and_nothing_is_sent(argv: list[str], message: str) -> None:
+    daemon = created()
+    code, out, err = daemon.cli("service", "create", "-d", *argv, "nginx")
+    assert (code, out) == (1, "")
+    assert message in err
+    assert err.count("\n") == 1
+    assert daemon.requests == []
+
+
+def test_usage_errors_exit_2_with_a_hint_and_send_nothing() -> None:
+    daemon = created()
+    code, out, err = daemon.cli("service", "create", "--bogus", "nginx")
+    assert (code, out) == (2, "")
+    assert err == "shoal: error: unrecognized arguments: --bogus\nSee 'shoal service create --help'.\n"
+    code, _, err = daemon.cli("node", "update", "--availability", "asleep", "node1")
+    assert code == 2
+    assert err.startswith("shoal: error: argument --availability: invalid choice: 'asleep'")
+    assert err.endswith("See 'shoal node update --help'.\n")
+    assert daemon.requests == []
+
+
+def test_parse_publish_forms() -> None:
+    assert parse_publish("8080:80/udp") == [{"Protocol": "udp", "TargetPort": 80, "PublishedPort": 8080,
+                                             "PublishMode": "ingress"}]
+    assert parse_publish("80") == [{"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 0, "PublishMode": "ingress"}]
+    assert [(p["PublishedPort"], p["TargetPort"]) for p in parse_publish("8080-8081:80-81")] == [(8080, 80), (8081, 81)]
+    assert [p["PublishedPort"] for p in parse_publish("published=9000,target=90")] == [9000]
+
+
+def current_service(**spec_changes: Any) -> dict:
+    spec = {
+        "Name": "web", "Labels": {"old": "1"},
+        "TaskTemplate": {"ContainerSpec": {"Image": "nginx:1.25", "Args": ["nginx"], "Env": ["A=1", "B=2"]},
+                         "Placement": {"Constraints": ["node.role==worker"]}, "ForceUpdate": 1},
+        "Mode": {"Replicated": {"Replicas": 2}},
+        "EndpointSpec": {"Mode": "vip", "Ports": [{"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 80,
+                                                   "PublishMode": "ingress"}]},
+    } | spec_changes
+    return {"ID": SERVICE_ID, "Version": {"Index": 25}, "Spec": spec}
+
+
+def updatable(service: dict | None = None) -> FakeDaemon:
+    return FakeDaemon({
+        "GET /services/web": service or current_service(),
+        f"POST /services/{SERVICE_ID}/update": {"Warnings": None},
+    })
+
+
+def test_update_modifies_the_current_spec() -> None:
+    daemon = updatable()
+    code, out, err = daemon.cli(
+        "service", "update", "-d", "--image", "nginx:1.26", "--args", "nginx -g 'daemon off;'", "--env-add", "B=3",
+        "--env-add", "C=4", "--env-rm", "A", "--replicas", "4", "--constraint-add", "node.labels.zone==a",
+        "--constraint-rm", "node.role==worker", "--publish-add", "8080:8080", "--publish-rm", "80",
+        "--label-add", "new=2", "--label-rm", "old", "--force", "--update-parallelism", "2",
+        "--update-monitor", "2s", "--restart-delay", "1s", "web")
+    assert (code, out, err) == (0, "web\n", "")
+    request = [r for r in daemon.requests if r.method == "POST"][0]
+    assert dict(request.url.params) == {"version": "25"}
+    spec = daemon.bodies(f"POST /services/{SERVICE_ID}/update")[0]
+    container = spec["TaskTemplate"]["ContainerSpec"]
+    assert container["Image"] == "nginx:1.26"
+    assert container["Args"] == ["nginx", "-g", "daemon off;"]
+    assert container["Env"] == ["B=3", "C=4"]
+    assert spec["Mode"] == {"Replicated": {"Replicas": 4}}
+    assert spec["TaskTemplate"]["Placement"]["Constraints"] == ["node.labels.zone==a"]
+    assert spec["EndpointSpec"]["Ports"] == [{"Protocol": "tcp", "TargetPort": 8080, "PublishedPort": 8080,
+                                              "PublishMode": "ingress"}]
+    assert spec["Labels"] == {"new": "2"}
+    assert spec["TaskTemplate"]["ForceUpdate"] == 2
+    assert spec["UpdateConfig"] == {"Parallelism": 2, "Delay": 0, "FailureAction": "pause",
+                                    "Monitor": 2_000_000_000, "MaxFailureRatio": 0, "Order": "stop-first"}
+    assert spec["TaskTemplate"]["RestartPolicy"] == {"Condition": "any", "Delay": 1_000_000_000, "MaxAttempts": 0}
+
+
+def test_update_without_flags_resends_the_spec_unchanged() -> None:
+    daemon = updatable()
+    daemon.cli("service", "update", "-d", "web")
+    assert daemon.bodies(f"POST /services/{SERVICE_ID}/update") == [current_service()["Spec"]]
+
+
+def test_update_replicas_on_a_global_service_is_refused() -> None:
+    daemon = updatable(current_service(Mode={"Global": {}}))
+    code, _, err = daemon.cli("service", "update", "-d", "--replicas", "3", "web")
+    assert code == 1
+    assert err == "replicas can only be used with replicated or replicated-job mode\n"
+    assert [r.method for r in daemon.requests] == ["GET"]
+
+
+def test_rollback_posts_the_current_spec_with_rollback_previous() -> None:
+    daemon = updatable()
+    code, out, _ = daemon.cli("service", "rollback", "-d", "web")
+    assert (code, out) == (0, "web\n")
+    request = [r for r in daemon.requests if r.method == "POST"][0]
+    assert dict(request.url.params) == {"rollback": "previous", "version": "25"}
+    assert json.loads(request.content) == current_service()["Spec"]
+
+
+def test_scale() -> None:
+    daemon = updatable()
+    code, out, err = daemon.cli("service", "scale", "-d", "web=3")
+    assert (code, out, err) == (0, "web scaled to 3\n", "")
+    assert daemon.bodies(f"POST /services/{SERVICE_ID}/update")[0]["Mode"] == {"Replicated": {"Replicas": 3}}
+
+
+@pytest.mark.parametrize("arg", ["web=x", "web=-1"])
+def test_scale_rejects_bad_counts(arg: str) -> None:
+    daemon = updatable()
+    code, out, err = daemon.cli("service", "scale", "-d", arg)
+    assert (code, out) == (1, "")
+    assert err.startswith(f"web: invalid replicas value {arg.split('=')[1]}")
+    assert daemon.requests == []
+
+
+def test_scale_needs_name_equals_count() -> None:
+    daemon = updatable()
+    code, _, err = daemon.cli("service", "scale", "web")
+    assert code == 1 and "Invalid scale specifier 'web'" in err
+    assert daemon.requests == []
+
+
+def test_swarm_init_body_and_output() -> None:
+    node_id = "efa69d1e1c5a42cca919206a1"
+    daemon = FakeDaemon({
+        "GET /_ping": httpx.Response(200, text="OK"),
+        "POST /swarm/init": node_id,
+        f"GET /nodes/{node_id}": {"ID": node_id, "ManagerStatus": {"Addr": "10.0.0.5:2377"}},
+        "GET /swarm": {"JoinTokens": {"Worker": "SWMTKN-1-worker", "Manager": "SWMTKN-1-manager"}},
+    })
+    code, out, err = daemon.cli("-H", "unix:///unused", "swarm", "init", "--advertise-addr", "10.0.0.5",
+                                "--task-history-limit", "3")
+    assert (code, err) == (0, "")
+    assert out == (
+        f"Swarm initialized: current node ({node_id}) is now a manager.\n\n"
+        "To add a worker to this swarm, run the following command:\n\n"
+        "    shoal swarm join --token SWMTKN-1-worker 10.0.0.5:2377\n\n"
+        "To add a manager to this swarm, run 'shoal swarm join-token manager' and follow the instructions.\n\n"
+    )
+    body = daemon.bodies("POST /swarm/init")[0]
+    assert body["ListenAddr"] == "10.0.0.5:2377"
+    assert body["AdvertiseAddr"] == "10.0.0.5"
+    assert body["Spec"]["Orchestration"] == {"TaskHistoryRetentionLimit": 3}
+    assert body["ForceNewCluster"] is False
+
+
+def test_swarm_join_and_join_token() -> None:
+    daemon = FakeDaemon({
+        "POST /swarm/join": httpx.Response(200),
+        "GET /info": {"Swarm": {"NodeID": "n1", "ControlAvailable": False}},
+        "GET /swarm": {"Version": {"Index": 11}, "Spec": {"Name": "default"},
+                       "JoinTokens": {"Worker": "SWMTKN-1-worker", "Manager": "SWMTKN-1-manager"}},
+        "POST /swarm/update": httpx.Response(200),
+        "GET /nodes/n1": {"ID": "n1", "ManagerStatus": {"Addr": "127.0.0.2:2377"}},
+    })
+    code, out, _ = daemon.cli("-H", "unix:///unused", "swarm", "join", "--token", "SWMTKN-1-x",
+                              "--advertise-addr", "127.0.0.3", "127.0.0.2:2377")
+    assert (code, out) == (0, "This node joined a swarm as a worker.\n")
+    assert daemon.bodies("POST /swarm/join") == [{
+        "ListenAddr": "127.0.0.3:2377", "AdvertiseAddr": "127.0.0.3", "DataPathAddr": "",
+        "RemoteAddrs": ["127.0.0.2:2377"], "JoinToken": "SWMTKN-1-x", "Availability": ""}]
+
+    code, out, _ = daemon.cli("swarm", "join-token", "-q", "worker")
+    assert out == "SWMTKN-1-worker\n"
+    code, out, _ = daemon.cli("swarm", "join-token", "--rotate", "manager")
+    assert out == ("Successfully rotated manager join token.\n\n"
+                   "To add a manager to this swarm, run the following command:\n\n"
+                   "    shoal swarm join --token SWMTKN-1-manager 127.0.0.2:2377\n\n")
+    rotate = [r for r in daemon.requests if r.url.path == "/swarm/update"][0]
+    assert dict(rotate.url.params) == {"rotateManagerToken": "true", "rotateManagerUnlockKey": "false",
+                                       "rotateWorkerToken": "false", "version": "11"}
+    assert json.loads(rotate.content) == {"Name": "default"}
+    code, _, err = daemon.cli("swarm", "join-token", "boss")
+    assert (code, err) == (1, "unknown role boss\n")
+
+
+def test_node_promote_demote_and_update() -> None:
+    node = {"ID": "efa69d1e1c5a42cca919206a1", "Version": {"Index": 13},
+            "Spec": {"Labels": {}, "Role": "manager", "Availability": "active"}}
+    daemon = FakeDaemon({"GET /nodes/node1": node, f"POST /nodes/{node['ID']}/update": httpx.Response(200)})
+    assert daemon.cli("node", "promote", "node1")[1] == "Node node1 is already a manager.\n"
+    assert daemon.bodies(f"POST /nodes/{node['ID']}/update") == []
+    assert daemon.cli("node", "demote", "node1")[1] == "Manager node1 demoted in the swarm.\n"
+    assert daemon.bodies(f"POST /nodes/{node['ID']}/update")[-1] == {"Labels": {}, "Role": "worker",
+                                                                     "Availability": "active"}
+    assert daemon.cli("node", "update", "--availability", "drain", "--label-add", "zone=a", "node1")[1] == "node1\n"
+    assert daemon.bodies(f"POST /nodes/{node['ID']}/update")[-1] == {"Labels": {"zone": "a"}, "Role": "manager",
+                                                                     "Availability": "drain"}
+    code, _, err = daemon.cli("node", "update", "--label-rm", "missing", "node1")
+    assert (code, err) == (1, "key missing doesn't exist in node's labels\n")
+
+
+def test_service_ps_resolves_names_like_docker() -> None:
+    web = {"ID": SERVICE_ID, "Spec": {"Name": "web"}}
+    seen: list[dict] = []
+
+    def services(request: httpx.Request) -> list:
+        filters = json.loads(request.url.params["filters"])
+        seen.append(filters)
+        return [web] if "web" in filters.get("name", {}) else []
+
+    daemon = FakeDaemon({
+        "GET /services": services,
+        "GET /tasks": [],
+        f"GET /services/{SERVICE_ID}": web,
+    })
+    code, out, _ = daemon.cli("service", "ps", "-f", "desired-state=running", "web")
+    assert code == 0
+    assert out.startswith("ID   ")
+    assert seen == [{"id": {"web": True}}, {"name": {"web": True}}]
+    tasks_request = [r for r in daemon.requests if r.url.path == "/tasks"][0]
+    assert json.loads(tasks_request.url.params["filters"]) == {"desired-state": {"running": True},
+                                                               "service": {SERVICE_ID: True}}
+    code, out, err = daemon.cli("service", "ps", "nope")
+    assert (code, out, err) == (1, "", "no such service: nope\n")
+
+
+def test_listen_address_defaults_to_the_advertised_ip() -> None:
+    from shoal.cli.swarm import default_listen_addr
+
+    assert default_listen_addr("127.0.0.2") == "127.0.0.2:2377"
+    assert default_listen_addr("127.0.0.2:4000") == "127.0.0.2:4000"
+    assert default_listen_addr(None) == "0.0.0.0:2377"
+    assert default_listen_addr("::1") == "[::1]:2377"
+
+
+def test_autostart_waits_for_the_daemon_or_its_exit() -> None:
+    from shoal.cli.autostart import wait_for
+
+    clock = {"now": 0.0}
+
+    def monotonic() -> float:
+        return clock["now"]
+
+    def sleep(seconds: float) -> None:
+        clock["now"] += seconds
+
+    assert wait_for(lambda: clock["now"] >= 1.0, lambda: True, 30.0, monotonic, sleep)
+    clock["now"] = 0.0
+    assert not wait_for(lambda: False, lambda: clock["now"] < 0.5, 30.0, monotonic, sleep)
+    assert clock["now"] < 1.0  # gave up as soon as the process died
+    clock["now"] = 0.0
+    assert not wait_for(lambda: False, lambda: True, 30.0, monotonic, sleep)
+    assert clock["now"] >= 30.0
+
+
+def test_explicit_hosts_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shoal.cli.common import resolve_host
+
+    assert resolve_host("tcp://10.0.0.5:2376", {"SHOAL_HOST": "unix:///x"}) == ("tcp://10.0.0.5:2376", True)
+    assert resolve_host(None, {"SHOAL_HOST": "unix:///x"}) == ("unix:///x", True)
+    monkeypatch.setattr("shoal.cli.common.playground_socket", lambda: "/tmp/pg/manager1/shoal.sock")
+    assert resolve_host(None, {}) == ("unix:///tmp/pg/manager1/shoal.sock", False)

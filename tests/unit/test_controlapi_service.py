@@ -1,0 +1,523 @@
+"""Service specs as clients send them: validation, normalisation, defaults, create / update / rollback."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from shoal.errors import InvalidArgument
+from shoal.manager.controlapi.service import (
+    Constraint,
+    effective_update_config,
+    ingress_ports_in_use,
+    insert_defaults,
+    is_up_to_date,
+    new_service,
+    parse_constraint,
+    service_status,
+    service_view,
+    updated_service,
+    validate_service_spec,
+)
+from shoal.timefmt import SECOND, from_rfc3339
+from shoal.types import Doc
+
+NOW = 1_800_000_000.0
+DIGEST = "sha256:" + "a" * 64
+
+# ---- bodies recorded from docker CLI 28.2.2 and docker-py 7.1 (docs/docker-cli-trace.md) ----------------
+
+CLI_CREATE_WEB = json.loads(
+    '{"Name":"web","Labels":{},"TaskTemplate":{"ContainerSpec":{"Image":"nginx:1.25@' + DIGEST + '",'
+    '"Args":["nginx","-g","daemon off;"],"Init":false,"DNSConfig":{}},"Resources":{"Limits":{},"Reservations":{}},'
+    '"Placement":{"Platforms":[{"Architecture":"amd64","OS":"linux"},{"Architecture":"arm64","OS":"linux"}]},'
+    '"ForceUpdate":0},"Mode":{"Replicated":{"Replicas":2}},"EndpointSpec":{"Mode":"vip","Ports":[{"Protocol":"tcp",'
+    '"TargetPort":80,"PublishedPort":80,"PublishMode":"ingress"}]}}'
+)
+CLI_CREATE_GLOBAL = json.loads(
+    '{"Name":"agent","Labels":{},"TaskTemplate":{"ContainerSpec":{"Image":"alpine:3.19@' + DIGEST + '",'
+    '"Args":["sleep","1000"],"Init":false,"DNSConfig":{}},"Resources":{"Limits":{},"Reservations":{}},'
+    '"Placement":{"Platforms":[{"Architecture":"amd64","OS":"linux"},{"Architecture":"arm64","OS":"linux"}]},'
+    '"ForceUpdate":0},"Mode":{"Global":{}},"EndpointSpec":{"Mode":"vip"}}'
+)
+CLI_CREATE_UPDATE_FLAGS = json.loads(
+    '{"Name":"web2","Labels":{},"TaskTemplate":{"ContainerSpec":{"Image":"nginx:latest@' + DIGEST + '",'
+    '"Init":false,"DNSConfig":{}},"Resources":{"Limits":{},"Reservations":{}},"Placement":{"Platforms":'
+    '[{"Architecture":"amd64","OS":"linux"},{"Architecture":"arm64","OS":"linux"}]},"ForceUpdate":0},'
+    '"Mode":{"Replicated":{}},"UpdateConfig":{"Parallelism":2,"Delay":10000000000,"FailureAction":"continue",'
+    '"Monitor":5000000000,"MaxFailureRatio":0,"Order":"stop-first"},"EndpointSpec":{"Mode":"vip"}}'
+)
+STACK_CREATE_WEB = json.loads(
+    '{"Name":"app_web","Labels":{"com.docker.stack.image":"nginx:1.25","com.docker.stack.namespace":"app"},'
+    '"TaskTemplate":{"ContainerSpec":{"Image":"nginx:1.25@' + DIGEST + '","Labels":{"com.docker.stack.namespace":'
+    '"app"},"Privileges":{"CredentialSpec":null,"SELinuxContext":null,"NoNewPrivileges":false},"Secrets":[{"File":'
+    '{"Name":"db_pw","UID":"0","GID":"0","Mode":292},"SecretID":"8ca51e724fa3411ab06d55ae4","SecretName":'
+    '"app_db_pw"}],"Configs":[{"File":{"Name":"/etc/site.conf","UID":"0","GID":"0","Mode":292},"ConfigID":'
+    '"9ec1ecf65b3d4c7e85d3c9178","ConfigName":"app_site"}]},"Resources":{},"Placement":{"Platforms":[{"Architecture":'
+    '"amd64","OS":"linux"},{"Architecture":"arm64","OS":"linux"}]},"Networks":[{"Target":"app_front","Aliases":'
+    '["web"]}],"ForceUpdate":0},"Mode":{"Replicated":{"Replicas":2}},"UpdateConfig":{"Parallelism":1,"Delay":'
+    '5000000000,"MaxFailureRatio":0,"Order":""},"EndpointSpec":{"Ports":[{"Protocol":"tcp","TargetPort":80,'
+    '"PublishedPort":8080,"PublishMode":"ingress"}]}}'
+)
+STACK_CREATE_WORKER = json.loads(
+    '{"Name":"app_worker","Labels":{"com.docker.stack.image":"alpine:3.19","com.docker.stack.namespace":"app"},'
+    '"TaskTemplate":{"ContainerSpec":{"Image":"alpine:3.19@' + DIGEST + '","Labels":{"com.docker.stack.namespace":'
+    '"app"},"Args":["sleep","1000"],"Privileges":{"CredentialSpec":null,"SELinuxContext":null,"NoNewPrivileges":'
+    'false}},"Resources":{},"Placement":{"Platforms":[{"Architecture":"amd64","OS":"linux"},{"Architecture":"arm64",'
+    '"OS":"linux"}]},"Networks":[{"Target":"app_default","Aliases":["worker"]}],"ForceUpdate":0},"Mode":{"Global":'
+    '{}},"EndpointSpec":{}}'
+)
+DOCKER_PY_CREATE = json.loads(
+    '{"Name": "dockerpytest_x", "TaskTemplate": {"ContainerSpec": {"Image": "alpine:3.10", '
+    '"Command": ["echo", "hello"], "Args": null}}}'
+)
+
+
+def minimal(**top: Any) -> Doc:
+    spec: Doc = {"Name": "web", "TaskTemplate": {"ContainerSpec": {"Image": "nginx"}}}
+    spec.update(top)
+    return spec
+
+
+def with_container(**fields: Any) -> Doc:
+    spec = minimal()
+    spec["TaskTemplate"]["ContainerSpec"].update(fields)
+    return spec
+
+
+def with_template(**fields: Any) -> Doc:
+    spec = minimal()
+    spec["TaskTemplate"].update(fields)
+    return spec
+
+
+def with_ports(*ports: Doc, mode: str | None = None) -> Doc:
+    endpoint: Doc = {"Ports": list(ports)}
+    if mode is not None:
+        endpoint["Mode"] = mode
+    return minimal(EndpointSpec=endpoint)
+
+
+# ---- recorded bodies validate and normalise -------------------------------------------------------------
+
+def test_cli_replicated_body_is_kept_as_sent() -> None:
+    spec = validate_service_spec(copy.deepcopy(CLI_CREATE_WEB))
+    assert spec == CLI_CREATE_WEB  # already complete: nothing to change, image digest kept
+    assert spec["TaskTemplate"]["ContainerSpec"]["Image"].endswith(DIGEST)
+
+
+def test_cli_global_body_keeps_global_mode_without_replicas() -> None:
+    spec = validate_service_spec(CLI_CREATE_GLOBAL)
+    assert spec["Mode"] == {"Global": {}}
+    assert spec["EndpointSpec"] == {"Mode": "vip"}
+
+
+def test_cli_body_without_replicas_gets_one_replica() -> None:
+    spec = validate_service_spec(CLI_CREATE_UPDATE_FLAGS)
+    assert spec["Mode"] == {"Replicated": {"Replicas": 1}}
+    assert spec["UpdateConfig"]["Parallelism"] == 2
+    assert spec["UpdateConfig"]["FailureAction"] == "continue"
+
+
+def test_stack_body_fills_endpoint_mode_and_default_order() -> None:
+    spec = validate_service_spec(STACK_CREATE_WEB)
+    assert spec["EndpointSpec"]["Mode"] == "vip"
+    assert spec["UpdateConfig"]["Order"] == "stop-first"
+    assert spec["UpdateConfig"]["Parallelism"] == 1
+    assert spec["TaskTemplate"]["Networks"] == [{"Target": "app_front", "Aliases": ["web"]}]
+    # Unknown-to-shoal fields pass through untouched.
+    assert spec["TaskTemplate"]["ContainerSpec"]["Secrets"][0]["SecretName"] == "app_db_pw"
+
+
+def test_stack_global_body_with_empty_endpoint_spec() -> None:
+    spec = validate_service_spec(STACK_CREATE_WORKER)
+    assert spec["Mode"] == {"Global": {}}
+    assert spec["EndpointSpec"] == {"Mode": "vip"}
+
+
+def test_docker_py_minimal_body() -> None:
+    spec = validate_service_spec(DOCKER_PY_CREATE)
+    assert spec["Mode"] == {"Replicated": {"Replicas": 1}}
+    assert spec["Labels"] == {}
+    assert spec["EndpointSpec"] == {"Mode": "vip"}
+    assert spec["TaskTemplate"]["ContainerSpec"]["Command"] == ["echo", "hello"]
+    assert spec["TaskTemplate"]["ContainerSpec"]["Args"] is None
+
+
+def test_validation_does_not_modify_the_body() -> None:
+    body = copy.deepcopy(DOCKER_PY_CREATE)
+    validate_service_spec(body)
+    assert body == DOCKER_PY_CREATE
+
+
+def test_port_defaults_are_filled() -> None:
+    spec = validate_service_spec(with_ports({"TargetPort": 80}))
+    assert spec["EndpointSpec"]["Ports"] == [
+        {"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 0, "PublishMode": "ingress"}
+    ]
+
+
+def test_unknown_fields_are_kept() -> None:
+    spec = validate_service_spec(minimal(FutureField={"x": 1}))
+    assert spec["FutureField"] == {"x": 1}
+
+
+def test_missing_name_is_left_for_the_caller_to_generate() -> None:
+    body = minimal()
+    del body["Name"]
+    assert validate_service_spec(body)["Name"] == ""
+
+
+def test_null_mode_entries_are_dropped() -> None:
+    spec = validate_service_spec(minimal(Mode={"Replicated": {"Replicas": 3}, "Global": None}))
+    assert spec["Mode"] == {"Replicated": {"Replicas": 3}}
+
+
+@pytest.mark.parametrize(
+    "constraint",
+    ["node.role==manager", "node.role != worker", "node.labels.zone==eu-1", "engine.labels.ssd==true",
+     "node.hostname!=node1", "node.platform.os==linux", "node.platform.arch==x86_64", "node.id==abc"],
+)
+def test_valid_constraints(constraint: str) -> None:
+    validate_service_spec(with_template(Placement={"Constraints": [constraint]}))
+
+
+def test_parse_constraint() -> None:
+    assert parse_constraint("node.labels.zone == eu-1") == Constraint("node.labels.zone", "==", "eu-1")
+    assert parse_constraint("node.role!=manager") == Constraint("node.role", "!=", "manager")
+
+
+# ---- each invalid body: one line naming the field ------------------------------------------------------
+
+INVALID: list[tuple[str, object, str]] = [
+    ("not an object", ["web"], "must be a JSON object"),
+    ("replicas as text", minimal(Mode={"Replicated": {"Replicas": "three"}}), "Mode.Replicated.Replicas"),
+    ("negative replicas", minimal(Mode={"Replicated": {"Replicas": -1}}), "Mode.Replicated.Replicas"),
+    ("replicas as bool", minimal(Mode={"Replicated": {"Replicas": True}}), "Mode.Replicated.Replicas"),
+    ("both modes", minimal(Mode={"Replicated": {"Replicas": 1}, "Global": {}}), "not both"),
+    ("replicated job", minimal(Mode={"ReplicatedJob": {"TotalCompletions": 3}}), "job mode services are not"),
+    ("global job", minimal(Mode={"GlobalJob": {}}), "job mode services are not supported by shoal yet"),
+    ("mode not object", minimal(Mode="global"), "Mode"),
+    ("bad name", minimal(Name="-web"), "invalid service name"),
+    ("name with space", minimal(Name="my web"), "invalid service name"),
+    ("name too long", minimal(Name="a" * 64), "at most 63"),
+    ("name not string", minimal(Name=5), "Name"),
+    ("labels not map", minimal(Labels=["a=b"]), "Labels"),
+    ("no task template", {"Name": "web"}, "TaskTemplate is required"),
+    ("no container spec", {"Name": "web", "TaskTemplate": {}}, "TaskTemplate.ContainerSpec is required"),
+    ("empty image", with_container(Image=""), "TaskTemplate.ContainerSpec.Image"),
+    ("image not string", with_container(Image=["nginx"]), "TaskTemplate.ContainerSpec.Image"),
+    ("env not list", with_container(Env="A=1"), "TaskTemplate.ContainerSpec.Env"),
+    ("env not strings", with_container(Env=["A=1", 2]), "TaskTemplate.ContainerSpec.Env"),
+    ("args not list", with_container(Args="sleep 10"), "TaskTemplate.ContainerSpec.Args"),
+    ("command not list", with_container(Command="sleep"), "TaskTemplate.ContainerSpec.Command"),
+    ("tty not bool", with_container(TTY="yes"), "TaskTemplate.ContainerSpec.TTY"),
+    ("negative stop grace", with_container(StopGracePeriod=-1), "TaskTemplate.ContainerSpec.StopGracePeriod"),
+    ("duplicate mount", with_container(Mounts=[{"Target": "/d"}, {"Target": "/d"}]), "Mounts[1].Target"),
+    ("negative health interval", with_container(Healthcheck={"Interval": -5}),
+     "TaskTemplate.ContainerSpec.Healthcheck.Interval"),
+    ("negative health retries", with_container(Healthcheck={"Retries": -1}),
+     "TaskTemplate.ContainerSpec.Healthcheck.Retries"),
+    ("plugin runtime", with_template(PluginSpec={"Name": "x"}), "TaskTemplate.PluginSpec"),
+    ("bad restart condition", with_template(RestartPolicy={"Condition": "always"}),
+     "TaskTemplate.RestartPolicy.Condition"),
+    ("negative restart delay", with_template(RestartPolicy={"Delay": -1}), "TaskTemplate.RestartPolicy.Delay"),
+    ("negative max attempts", with_template(RestartPolicy={"MaxAttempts": -2}),
+     "TaskTemplate.RestartPolicy.MaxAttempts"),
+    ("negative window", with_template(RestartPolicy={"Window": -1}), "TaskTemplate.RestartPolicy.Window"),
+    ("single = constraint", with_template(Placement={"Constraints": ["node.role=manager"]}),
+     'invalid constraint "node.role=manager": use KEY==VALUE or KEY!=VALUE, e.g. node.role==manager'),
+    ("unknown constraint key", with_template(Placement={"Constraints": ["node.colour==red"]}),
+     'unknown key "node.colour"'),
+    ("empty constraint value", with_template(Placement={"Constraints": ["node.role=="]}), "invalid constraint"),
+    ("bare label prefix", with_template(Placement={"Constraints": ["node.labels.==x"]}), "unknown key"),
+    ("constraints not list", with_template(Placement={"Constraints": "node.role==manager"}),
+     "TaskTemplate.Placement.Constraints"),
+    ("tiny cpu limit", with_template(Resources={"Limits": {"NanoCPUs": 10}}),
+     "TaskTemplate.Resources.Limits.NanoCPUs"),
+    ("tiny memory", with_template(Resources={"Reservations": {"MemoryBytes": 1024}}),
+     "TaskTemplate.Resources.Reservations.MemoryBytes"),
+    ("network without target", with_template(Networks=[{"Aliases": ["x"]}]), "TaskTemplate.Networks[0].Target"),
+    ("negative parallelism", minimal(UpdateConfig={"Parallelism": -1}), "UpdateConfig.Parallelism"),
+    ("bad failure action", minimal(UpdateConfig={"FailureAction": "retry"}), "UpdateConfig.FailureAction"),
+    ("rollback cannot roll back", minimal(RollbackConfig={"FailureAction": "rollback"}),
+     "RollbackConfig.FailureAction"),
+    ("ratio above one", minimal(UpdateConfig={"MaxFailureRatio": 1.5}), "UpdateConfig.MaxFailureRatio"),
+    ("negative ratio", minimal(RollbackConfig={"MaxFailureRatio": -0.1}), "RollbackConfig.MaxFailureRatio"),
+    ("bad order", minimal(UpdateConfig={"Order": "random"}), "UpdateConfig.Order"),
+    ("negative delay", minimal(UpdateConfig={"Delay": -1}), "UpdateConfig.Delay"),
+    ("negative monitor", minimal(RollbackConfig={"Monitor": -1}), "RollbackConfig.Monitor"),
+    ("update config not object", minimal(UpdateConfig=[1]), "UpdateConfig"),
+    ("bad endpoint mode", minimal(EndpointSpec={"Mode": "round-robin"}), "EndpointSpec.Mode"),
+    ("target port zero", with_ports({"TargetPort": 0}), "EndpointSpec.Ports[0].TargetPort"),
+    ("target port too big", with_ports({"TargetPort": 70000}), "EndpointSpec.Ports[0].TargetPort"),
+    ("target port missing", with_ports({"PublishedPort": 80}), "EndpointSpec.Ports[0].TargetPort"),
+    ("published port negative", with_ports({"TargetPort": 80, "PublishedPort": -1}),
+     "EndpointSpec.Ports[0].PublishedPort"),
+    ("published port too big", with_ports({"TargetPort": 80, "PublishedPort": 65536}),
+     "EndpointSpec.Ports[0].PublishedPort"),
+    ("bad protocol", with_ports({"TargetPort": 80, "Protocol": "http"}), "EndpointSpec.Ports[0].Protocol"),
+    ("bad publish mode", with_ports({"TargetPort": 80, "PublishMode": "global"}),
+     "EndpointSpec.Ports[0].PublishMode"),
+    ("duplicate published port",
+     with_ports({"TargetPort": 80, "PublishedPort": 8080}, {"TargetPort": 81, "PublishedPort": 8080}),
+     "EndpointSpec.Ports[1]: published port 8080/tcp is given twice"),
+    ("ingress with dnsrr", with_ports({"TargetPort": 80}, mode="dnsrr"), "dnsrr"),
+    ("ports not list", minimal(EndpointSpec={"Ports": {"TargetPort": 80}}), "EndpointSpec.Ports"),
+]
+
+
+@pytest.mark.parametrize(("body", "expected"), [(body, expected) for _, body, expected in INVALID],
+                         ids=[case for case, _, _ in INVALID])
+def test_invalid_spec_is_refused_with_one_line_naming_the_field(body: object, expected: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        validate_service_spec(body)
+    message = caught.value.message
+    assert expected in message
+    assert "\n" not in message
+    assert caught.value.status == 400
+
+
+def test_same_published_port_on_different_protocols_is_fine() -> None:
+    spec = validate_service_spec(with_ports(
+        {"TargetPort": 53, "PublishedPort": 53, "Protocol": "tcp"},
+        {"TargetPort": 53, "PublishedPort": 53, "Protocol": "udp"},
+    ))
+    assert [port["Protocol"] for port in spec["EndpointSpec"]["Ports"]] == ["tcp", "udp"]
+
+
+def test_several_auto_published_ports_do_not_clash() -> None:
+    validate_service_spec(with_ports({"TargetPort": 80}, {"TargetPort": 81}))
+
+
+def test_host_ports_may_use_dnsrr() -> None:
+    validate_service_spec(with_ports({"TargetPort": 80, "PublishedPort": 80, "PublishMode": "host"}, mode="dnsrr"))
+
+
+# ---- defaults -------------------------------------------------------------------------------------------
+
+def test_insert_defaults_fills_swarmkit_defaults() -> None:
+    spec = insert_defaults(validate_service_spec(DOCKER_PY_CREATE))
+    template = spec["TaskTemplate"]
+    assert template["ContainerSpec"]["StopGracePeriod"] == 10 * SECOND
+    assert template["ContainerSpec"]["DNSConfig"] == {}
+    assert template["RestartPolicy"] == {"Condition": "any", "Delay": 5 * SECOND, "MaxAttempts": 0}
+    assert template["Resources"] == {"Limits": {}, "Reservations": {}}
+    assert template["Placement"] == {}
+    expected = {"Parallelism": 1, "FailureAction": "pause", "Monitor": 5 * SECOND, "MaxFailureRatio": 0,
+                "Order": "stop-first"}
+    assert spec["UpdateConfig"] == expected
+    assert spec["RollbackConfig"] == expected
+
+
+def test_insert_defaults_keeps_what_was_sent_and_fills_partial_configs() -> None:
+    body = copy.deepcopy(STACK_CREATE_WEB)
+    body["TaskTemplate"]["RestartPolicy"] = {"Condition": "on-failure", "MaxAttempts": 3}
+    spec = insert_defaults(validate_service_spec(body))
+    assert spec["TaskTemplate"]["RestartPolicy"] == {"Condition": "on-failure", "MaxAttempts": 3,
+                                                      "Delay": 5 * SECOND}
+    assert spec["UpdateConfig"] == {"Parallelism": 1, "Delay": 5 * SECOND, "MaxFailureRatio": 0,
+                                    "Order": "stop-first", "FailureAction": "pause", "Monitor": 5 * SECOND}
+
+
+def test_insert_defaults_fills_empty_order_of_an_unnormalised_spec() -> None:
+    assert effective_update_config({"UpdateConfig": {"Order": "", "Parallelism": 0}}) == {
+        "Parallelism": 0, "FailureAction": "pause", "Monitor": 5 * SECOND, "MaxFailureRatio": 0,
+        "Order": "stop-first"}
+
+
+def test_insert_defaults_does_not_change_its_argument() -> None:
+    spec = validate_service_spec(DOCKER_PY_CREATE)
+    before = copy.deepcopy(spec)
+    insert_defaults(spec)
+    assert spec == before
+
+
+# ---- create, update, rollback ----------------------------------------------------------------------------
+
+def test_new_service_document() -> None:
+    spec = validate_service_spec(CLI_CREATE_WEB)
+    service = new_service(spec, "s" * 25, NOW, set())
+    assert service["ID"] == "s" * 25
+    assert service["Version"] == {"Index": 0}
+    assert from_rfc3339(service["CreatedAt"]) == pytest.approx(NOW)
+    assert service["CreatedAt"] == service["UpdatedAt"]
+    assert service["Spec"] == spec
+    assert service["Endpoint"] == {"Spec": spec["EndpointSpec"], "Ports": spec["EndpointSpec"]["Ports"]}
+    assert "PreviousSpec" not in service
+
+
+def test_new_service_assigns_a_free_published_port() -> None:
+    spec = validate_service_spec(with_ports({"TargetPort": 80}, {"TargetPort": 443}))
+    service = new_service(spec, "s1", NOW, used_ports={(30000, "tcp"), (30002, "tcp"), (30001, "udp")})
+    assert [port["PublishedPort"] for port in service["Endpoint"]["Ports"]] == [30001, 30003]
+    # The spec says what the user asked for; only the endpoint carries the assignment.
+    assert [port["PublishedPort"] for port in service["Spec"]["EndpointSpec"]["Ports"]] == [0, 0]
+
+
+def test_auto_assignment_skips_ports_published_explicitly_in_the_same_spec() -> None:
+    spec = validate_service_spec(with_ports({"TargetPort": 80}, {"TargetPort": 81, "PublishedPort": 30000}))
+    service = new_service(spec, "s1", NOW, used_ports=set())
+    assert [port["PublishedPort"] for port in service["Endpoint"]["Ports"]] == [30001, 30000]
+
+
+def test_host_mode_port_zero_is_not_assigned() -> None:
+    spec = validate_service_spec(with_ports({"TargetPort": 80, "PublishMode": "host"}))
+    assert new_service(spec, "s1", NOW, set())["Endpoint"]["Ports"][0]["PublishedPort"] == 0
+
+
+def test_new_service_refuses_a_port_another_service_publishes() -> None:
+    spec = validate_service_spec(CLI_CREATE_WEB)
+    with pytest.raises(InvalidArgument, match="port 80/tcp is already published by another service"):
+        new_service(spec, "s1", NOW, used_ports={(80, "tcp")})
+
+
+def test_ingress_ports_in_use_lists_other_services_ports() -> None:
+    web = new_service(validate_service_spec(CLI_CREATE_WEB), "web1", NOW, set())
+    auto = new_service(validate_service_spec(minimal(Name="auto", EndpointSpec={"Ports": [{"TargetPort": 9}]})),
+                       "auto1", NOW, set())
+    assert ingress_ports_in_use([web, auto]) == {(80, "tcp"), (30000, "tcp")}
+    assert ingress_ports_in_use([web, auto], except_service_id="web1") == {(30000, "tcp")}
+
+
+def make_web(replicas: int = 2) -> Doc:
+    spec = validate_service_spec(minimal(Mode={"Replicated": {"Replicas": replicas}},
+                                         EndpointSpec={"Ports": [{"TargetPort": 80}]}))
+    return new_service(spec, "w" * 25, NOW, set())
+
+
+def changed_image(service: Doc, image: str) -> Doc:
+    spec = copy.deepcopy(service["Spec"])
+    spec["TaskTemplate"]["ContainerSpec"]["Image"] = image
+    return validate_service_spec(spec)
+
+
+def test_update_keeps_previous_spec_and_allocated_ports() -> None:
+    web = make_web()
+    web["UpdateStatus"] = {"State": "completed"}
+    updated = updated_service(web, changed_image(web, "nginx:1.26"), NOW + 10, used_ports={(30000, "tcp")})
+    assert updated["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"] == "nginx:1.26"
+    assert updated["PreviousSpec"] == web["Spec"]
+    assert "UpdateStatus" not in updated
+    assert updated["Endpoint"]["Ports"][0]["PublishedPort"] == 30000  # its own port, kept
+    assert updated["CreatedAt"] == web["CreatedAt"]
+    assert from_rfc3339(updated["UpdatedAt"]) == pytest.approx(NOW + 10)
+
+
+def test_update_with_unchanged_spec_keeps_the_older_previous_spec() -> None:
+    web = make_web()
+    once = updated_service(web, changed_image(web, "nginx:1.26"), NOW + 1, set())
+    again = updated_service(once, copy.deepcopy(once["Spec"]), NOW + 2, set())
+    assert again["PreviousSpec"] == web["Spec"]
+
+
+def test_update_without_a_name_means_this_service() -> None:
+    web = make_web()
+    spec = changed_image(web, "nginx:1.26")
+    spec["Name"] = ""
+    assert updated_service(web, spec, NOW, set())["Spec"]["Name"] == "web"
+
+
+def test_update_refuses_renaming() -> None:
+    web = make_web()
+    spec = copy.deepcopy(web["Spec"])
+    spec["Name"] = "web2"
+    with pytest.raises(InvalidArgument, match="renaming services is not supported"):
+        updated_service(web, spec, NOW, set())
+
+
+def test_update_refuses_mode_change() -> None:
+    web = make_web()
+    spec = copy.deepcopy(web["Spec"])
+    spec["Mode"] = {"Global": {}}
+    with pytest.raises(InvalidArgument, match="service mode change is not allowed"):
+        updated_service(web, spec, NOW, set())
+
+
+def test_rollback_swaps_previous_spec_in() -> None:
+    web = make_web()
+    updated = updated_service(web, changed_image(web, "nginx:1.26"), NOW + 1, set())
+    rolled = updated_service(updated, copy.deepcopy(updated["Spec"]), NOW + 2, set(), rollback=True)
+    assert rolled["Spec"] == web["Spec"]
+    assert rolled["PreviousSpec"] == updated["Spec"]
+    assert rolled["UpdateStatus"]["State"] == "rollback_started"
+    assert rolled["UpdateStatus"]["Message"] == "manually requested rollback"
+    assert from_rfc3339(rolled["UpdateStatus"]["StartedAt"]) == pytest.approx(NOW + 2)
+
+
+def test_rollback_without_previous_spec_is_refused() -> None:
+    web = make_web()
+    with pytest.raises(InvalidArgument,
+                       match="service web does not have a previous spec: there is nothing to roll back to"):
+        updated_service(web, web["Spec"], NOW, set(), rollback=True)
+
+
+def test_update_that_adds_a_port_gets_a_fresh_one() -> None:
+    web = make_web()
+    spec = copy.deepcopy(web["Spec"])
+    spec["EndpointSpec"]["Ports"].append({"TargetPort": 443})
+    updated = updated_service(web, validate_service_spec(spec), NOW, used_ports={(30001, "tcp")})
+    assert [port["PublishedPort"] for port in updated["Endpoint"]["Ports"]] == [30000, 30002]
+
+
+# ---- derived views ----------------------------------------------------------------------------------
+
+def task(service_id: str, state: str, desired: str = "running", node: str = "n1", slot: int = 1,
+         spec: Doc | None = None) -> Doc:
+    return {"ID": f"t-{state}-{node}-{slot}", "ServiceID": service_id, "NodeID": node, "Slot": slot,
+            "DesiredState": desired, "Status": {"State": state}, "Spec": spec or {}}
+
+
+def test_service_status_for_a_replicated_service() -> None:
+    web = make_web(replicas=3)
+    tasks = [task(web["ID"], "running"), task(web["ID"], "running", slot=2), task(web["ID"], "preparing", slot=3),
+             task(web["ID"], "shutdown", desired="shutdown"), task("other", "running")]
+    nodes = {"n1": {"Status": {"State": "ready"}}, "n2": {"Status": {"State": "down"}}}
+    assert service_status(web, tasks, nodes) == {"RunningTasks": 2, "DesiredTasks": 3, "CompletedTasks": 0}
+    # Left behind on a node that went down, or being stopped: no longer counted as running.
+    tasks += [task(web["ID"], "running", node="n2", slot=4), task(web["ID"], "running", desired="shutdown", slot=5)]
+    assert service_status(web, tasks, nodes)["RunningTasks"] == 2
+
+
+def test_service_status_for_a_global_service_skips_down_nodes() -> None:
+    spec = validate_service_spec(CLI_CREATE_GLOBAL)
+    agent = new_service(spec, "g" * 25, NOW, set())
+    nodes = {"n1": {"Status": {"State": "ready"}}, "n2": {"Status": {"State": "ready"}},
+             "n3": {"Status": {"State": "down"}}}
+    tasks = [task(agent["ID"], "running", node="n1", slot=0), task(agent["ID"], "starting", node="n2", slot=0),
+             task(agent["ID"], "running", node="n3", slot=0),
+             task(agent["ID"], "shutdown", desired="shutdown", node="n1", slot=0)]
+    assert service_status(agent, tasks, nodes) == {"RunningTasks": 1, "DesiredTasks": 2, "CompletedTasks": 0}
+
+
+def test_is_up_to_date_compares_task_spec_with_template() -> None:
+    web = make_web()
+    current = task(web["ID"], "running", spec=copy.deepcopy(web["Spec"]["TaskTemplate"]))
+    assert is_up_to_date(web, current)
+    updated = updated_service(web, changed_image(web, "nginx:1.26"), NOW, set())
+    assert not is_up_to_date(updated, current)
+
+
+def test_service_view_inserts_defaults_and_status_and_hides_private_fields() -> None:
+    web = make_web()
+    web["ShoalSpecVersion"] = 3
+    updated = updated_service(web, changed_image(web, "nginx:1.26"), NOW, set())
+    view = service_view(updated, with_defaults=True, status={"RunningTasks": 1, "DesiredTasks": 2,
+                                                            "CompletedTasks": 0})
+    assert "ShoalSpecVersion" not in view
+    assert view["Spec"]["UpdateConfig"]["Order"] == "stop-first"
+    assert view["PreviousSpec"]["RollbackConfig"]["FailureAction"] == "pause"
+    assert view["ServiceStatus"]["DesiredTasks"] == 2
+    plain = service_view(updated)
+    assert "UpdateConfig" not in plain["Spec"]
+    assert "ServiceStatus" not in plain
+
+
+def test_update_does_not_conflict_with_its_own_published_port() -> None:
+    web = new_service(validate_service_spec(CLI_CREATE_WEB), "web1", NOW, set())
+    spec = changed_image(web, "nginx:1.26")
+    updated = updated_service(web, spec, NOW, used_ports=ingress_ports_in_use([web]))  # own port included
+    assert updated["Endpoint"]["Ports"][0]["PublishedPort"] == 80

@@ -1,0 +1,331 @@
+"""The process executor with real host processes (sh, sleep, echo)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pwd
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from shoal.agent.executor.base import ExitStatusUnknown, TaskRejected
+from shoal.agent.executor.process import (
+    ProcessController,
+    ProcessExecutor,
+    image_program,
+    parse_signal,
+    process_alive,
+    read_log_files,
+    read_proc_stat,
+    task_argv,
+    task_environment,
+)
+from shoal.ids import new_id
+from shoal.timefmt import MILLISECOND
+
+DEADLINE = 10.0
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = DEADLINE) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met before the deadline")
+        await asyncio.sleep(0.02)
+
+
+def pids_with(marker: str) -> list[int]:
+    """Live processes whose command line mentions `marker` (zombies have an empty command line)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes in a process group."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                text = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = text[text.rindex(")") + 2:].split()
+            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+                members.append(int(entry.name))
+    return members
+
+
+def make_task(command: list[str] | None = None, args: list[str] | None = None, image: str = "busybox",
+              **container_spec: object) -> dict:
+    return {"ID": new_id(), "ServiceID": new_id(), "Slot": 2, "NodeID": new_id(),
+            "Spec": {"ContainerSpec": {"Image": image, "Command": command, "Args": args, **container_spec}},
+            "DesiredState": "running", "Status": {"State": "assigned"},
+            "ServiceAnnotations": {"Name": "web"}}
+
+
+@pytest.fixture
+def executor(tmp_path: Path) -> ProcessExecutor:
+    return ProcessExecutor(tmp_path / "state")
+
+
+@pytest.fixture
+def marker() -> Iterator[str]:
+    """A word put in a test process's command line; whatever still carries it at the end is killed."""
+    word = f"shoal-test-{uuid.uuid4().hex}"
+    yield word
+    for pid in pids_with(word):
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+async def started(executor: ProcessExecutor, task: dict) -> ProcessController:
+    controller = executor.controller(task)
+    await controller.prepare()
+    await controller.start()
+    return controller
+
+
+# ---- reading the task document -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("image, program", [
+    ("nginx", "nginx"),
+    ("nginx:1.11", "nginx"),
+    ("docker.io/library/busybox:latest", "busybox"),
+    ("localhost:5000/team/tool:2@sha256:abcd", "tool"),
+    ("/usr/bin/top", "/usr/bin/top"),
+])
+def test_image_names_the_program_without_registry_and_tag(image: str, program: str) -> None:
+    assert image_program(image) == program
+
+
+def test_argv_is_command_plus_args_else_the_image_program() -> None:
+    assert task_argv({"Image": "busybox", "Command": ["sh", "-c"], "Args": ["echo hi"]}) == ["sh", "-c", "echo hi"]
+    assert task_argv({"Image": "busybox:1", "Command": None, "Args": ["sleep", "5"]}) == ["sleep", "5"]
+    assert task_argv({"Image": "registry.example/sleep:1", "Command": [], "Args": None}) == ["sleep"]
+    with pytest.raises(TaskRejected):
+        task_argv({"Image": "", "Command": None})
+
+
+def test_environment_has_base_spec_env_and_shoal_variables() -> None:
+    task = make_task(["true"], Env=["GREETING=hello=world", "SHOAL_TASK_ID=forged", "NOEQUALS"])
+    env = task_environment(task, {"PATH": "/bin", "HOME": "/root"})
+    assert env["PATH"] == "/bin" and env["HOME"] == "/root"
+    assert env["GREETING"] == "hello=world"
+    assert env["SHOAL_TASK_ID"] == task["ID"]
+    assert env["SHOAL_SERVICE_NAME"] == "web"
+    assert env["SHOAL_TASK_SLOT"] == "2"
+    assert "NOEQUALS" not in env
+
+
+def test_signal_names() -> None:
+    assert parse_signal("SIGTERM") == signal.SIGTERM
+    assert parse_signal("int") == signal.SIGINT
+    assert parse_signal("9") == signal.SIGKILL
+    with pytest.raises(ValueError):
+        parse_signal("SIGNOPE")
+
+
+def test_describe_reports_engine_platform_and_resources(executor: ProcessExecutor) -> None:
+    description = executor.describe()
+    assert description["Engine"]["EngineVersion"].startswith("shoal-process/")
+    assert description["Platform"]["OS"] == "linux"
+    assert description["Platform"]["Architecture"]
+    assert description["Resources"]["NanoCPUs"] >= 1_000_000_000
+    assert description["Resources"]["MemoryBytes"] > 0
+
+
+# ---- running processes -------------------------------------------------------------------------------------
+
+async def test_process_gets_env_scratch_dir_and_logs_to_files(executor: ProcessExecutor) -> None:
+    task = make_task(["sh", "-c", 'echo "id=$SHOAL_TASK_ID name=$SHOAL_SERVICE_NAME greet=$GREETING"; pwd; '
+                      'echo oops >&2'], Env=["GREETING=hi"])
+    controller = await started(executor, task)
+    assert await asyncio.wait_for(controller.wait(), DEADLINE) == 0
+    log_dir = executor.state_dir / "logs" / task["ID"]
+    stdout = (log_dir / "stdout.log").read_text().splitlines()
+    assert stdout[0] == f"id={task['ID']} name=web greet=hi"
+    assert Path(stdout[1]) == executor.state_dir / "scratch" / task["ID"]
+    assert (log_dir / "stderr.log").read_text() == "oops\n"
+
+
+async def test_given_working_directory_is_used_and_must_exist(executor: ProcessExecutor, tmp_path: Path) -> None:
+    controller = await started(executor, make_task(["pwd"], Dir=str(tmp_path)))
+    assert await asyncio.wait_for(controller.wait(), DEADLINE) == 0
+    missing = executor.controller(make_task(["pwd"], Dir=str(tmp_path / "missing")))
+    with pytest.raises(TaskRejected, match="working directory"):
+        await missing.prepare()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+async def test_user_from_the_spec(executor: ProcessExecutor) -> None:
+    task = make_task(["sh", "-c", 'echo "$(id -u) $HOME"'], User="nobody")
+    controller = await started(executor, task)
+    assert await asyncio.wait_for(controller.wait(), DEADLINE) == 0
+    nobody = pwd.getpwnam("nobody")
+    assert (executor.state_dir / "logs" / task["ID"] / "stdout.log").read_text() == \
+        f"{nobody.pw_uid} {nobody.pw_dir}\n"
+    with pytest.raises(TaskRejected, match="unable to find user"):
+        await executor.controller(make_task(["true"], User="no-such-user-shoal")).prepare()
+
+
+async def test_exit_codes_including_death_by_signal(executor: ProcessExecutor) -> None:
+    three = await started(executor, make_task(["sh", "-c", "exit 3"]))
+    assert await asyncio.wait_for(three.wait(), DEADLINE) == 3
+    killed = await started(executor, make_task(["sh", "-c", "kill -KILL $$"]))
+    assert await asyncio.wait_for(killed.wait(), DEADLINE) == 128 + signal.SIGKILL
+
+
+async def test_missing_program_is_rejected(executor: ProcessExecutor) -> None:
+    with pytest.raises(TaskRejected, match="not found"):
+        await executor.controller(make_task(["no-such-program-shoal"])).prepare()
+    with pytest.raises(TaskRejected):
+        await executor.controller(make_task(None, None, image="nosuchprogramshoal:1.0")).prepare()
+    with pytest.raises(TaskRejected):
+        await executor.controller(make_task(["/nonexistent/bin/tool"])).prepare()
+
+
+async def test_shutdown_sends_stop_signal_to_the_group(executor: ProcessExecutor, marker: str) -> None:
+    # The shell's background child is in the same process group, so the stop signal reaches it too.
+    controller = await started(executor, make_task(["sh", "-c", "sleep 300 & wait", marker]))
+    await wait_until(lambda: len(group_members(controller.pid())) == 2)
+    await controller.shutdown(5.0, "SIGTERM")
+    assert await asyncio.wait_for(controller.wait(), DEADLINE) == 128 + signal.SIGTERM
+    await wait_until(lambda: group_members(controller.pid()) == [])
+
+
+async def test_shutdown_kills_a_process_that_ignores_the_stop_signal(executor: ProcessExecutor,
+                                                                     marker: str) -> None:
+    controller = await started(executor, make_task(["sh", "-c", "trap '' TERM; sleep 300; sleep 300", marker]))
+    await wait_until(lambda: len(pids_with(marker)) == 1)
+    before = time.monotonic()
+    await controller.shutdown(0.3, "TERM")
+    assert time.monotonic() - before >= 0.3
+    assert await asyncio.wait_for(controller.wait(), DEADLINE) == 128 + signal.SIGKILL
+    assert pids_with(marker) == []
+
+
+async def test_what_is_left_of_the_group_is_killed_when_the_main_process_ends(
+        executor: ProcessExecutor, marker: str) -> None:
+    controller = await started(executor, make_task(["sh", "-c", "sleep 300 & wait", marker]))
+    await wait_until(lambda: len(group_members(controller.pid())) == 2)
+    os.kill(controller.pid(), signal.SIGKILL)  # only the main process: its background child lives on
+    assert await asyncio.wait_for(controller.wait(), DEADLINE) == 128 + signal.SIGKILL
+    await wait_until(lambda: group_members(controller.pid()) == [])
+
+
+async def test_recover_adopts_a_live_process_whose_exit_status_is_then_unknown(
+        executor: ProcessExecutor, marker: str) -> None:
+    task = make_task(["sh", "-c", "sleep 300; true", marker])
+    original = await started(executor, task)
+    handle = original.handle()
+    adopted = ProcessExecutor(executor.state_dir).recover(task, handle)
+    assert adopted.pid() == original.pid() and adopted.running()
+    waiting = asyncio.ensure_future(adopted.wait())
+    os.killpg(original.pid(), signal.SIGKILL)
+    with pytest.raises(ExitStatusUnknown):
+        await asyncio.wait_for(waiting, DEADLINE)
+    await asyncio.wait_for(original.wait(), DEADLINE)  # reap our own child
+
+
+async def test_recover_refuses_dead_or_reused_pids(executor: ProcessExecutor) -> None:
+    task = make_task(["sh", "-c", "exit 0"])
+    controller = await started(executor, task)
+    handle = controller.handle()
+    await asyncio.wait_for(controller.wait(), DEADLINE)
+    with pytest.raises(ExitStatusUnknown):
+        executor.recover(task, handle)
+    # Our own pid with another start time: a reused pid must not be taken for the task's process.
+    me = read_proc_stat(os.getpid())
+    assert me is not None and process_alive(os.getpid(), me.start_ticks)
+    with pytest.raises(ExitStatusUnknown):
+        executor.recover(task, {**handle, "PID": os.getpid(), "StartTime": me.start_ticks + 1})
+    with pytest.raises(ExitStatusUnknown):
+        executor.recover(task, {**handle, "PID": os.getpid(), "StartTime": me.start_ticks, "BootID": "other"})
+
+
+async def test_remove_deletes_scratch_and_logs(executor: ProcessExecutor) -> None:
+    task = make_task(["echo", "hi"])
+    controller = await started(executor, task)
+    await asyncio.wait_for(controller.wait(), DEADLINE)
+    assert (executor.state_dir / "logs" / task["ID"] / "stdout.log").read_text() == "hi\n"
+    await controller.remove()
+    assert not (executor.state_dir / "logs" / task["ID"]).exists()
+    assert not (executor.state_dir / "scratch" / task["ID"]).exists()
+
+
+def test_task_ids_that_could_escape_the_state_dir_are_rejected(executor: ProcessExecutor) -> None:
+    with pytest.raises(TaskRejected):
+        executor.controller({**make_task(["true"]), "ID": "../../etc"})
+
+
+# ---- logs ----------------------------------------------------------------------------------------------------
+
+async def collect(lines: object) -> list[tuple[str, bytes]]:
+    return [(stream, line) async for stream, _, line in lines]  # type: ignore[attr-defined]
+
+
+async def test_log_tail_counts_lines_of_the_whole_task(tmp_path: Path) -> None:
+    out, err = tmp_path / "stdout.log", tmp_path / "stderr.log"
+    out.write_bytes(b"".join(b"out %d\n" % i for i in range(1, 6)) + b"partial")
+    err.write_bytes(b"err 1\n")
+    os.utime(err, (1, 1))  # older than stdout: its lines come first
+    files = [("stdout", out), ("stderr", err)]
+
+    everything = await collect(read_log_files(files, None, False, lambda: True, time.time))
+    assert everything == [("stderr", b"err 1\n")] + [("stdout", b"out %d\n" % i) for i in range(1, 6)] + [
+        ("stdout", b"partial")]
+    assert await collect(read_log_files(files, 2, False, lambda: True, time.time)) == [
+        ("stdout", b"out 5\n"), ("stdout", b"partial")]
+    assert await collect(read_log_files(files, 0, False, lambda: True, time.time)) == []
+    stamps = [stamp async for _, stamp, _ in read_log_files(files, None, False, lambda: True, time.time)]
+    assert stamps[0] == 1 and stamps[-1] == out.stat().st_mtime
+
+
+async def test_log_tail_of_a_large_file_reads_from_the_end(tmp_path: Path) -> None:
+    big = tmp_path / "stdout.log"
+    big.write_bytes(b"".join(b"line %06d %s\n" % (i, b"x" * 50) for i in range(20000)))
+    got = await collect(read_log_files([("stdout", big)], 3, False, lambda: True, time.time))
+    assert [line[:11] for _, line in got] == [b"line 019997", b"line 019998", b"line 019999"]
+
+
+async def test_log_follow_yields_new_lines_until_the_task_ended(tmp_path: Path) -> None:
+    out = tmp_path / "stdout.log"
+    out.write_bytes(b"first\n")
+    ended = False
+    seen: list[bytes] = []
+
+    async def follow() -> None:
+        async for _, _, line in read_log_files([("stdout", out), ("stderr", tmp_path / "none")], None, True,
+                                               lambda: ended, lambda: 42.0):
+            seen.append(line)
+
+    follower = asyncio.ensure_future(follow())
+    await wait_until(lambda: seen == [b"first\n"])
+    with open(out, "ab") as f:
+        f.write(b"second\nthi")
+    await wait_until(lambda: seen == [b"first\n", b"second\n"])
+    with open(out, "ab") as f:
+        f.write(b"rd")
+    ended = True
+    await asyncio.wait_for(follower, DEADLINE)
+    assert seen == [b"first\n", b"second\n", b"third"]
+
+
+def test_stop_grace_is_given_in_nanoseconds() -> None:
+    from shoal.agent.worker import stop_grace_seconds
+
+    assert stop_grace_seconds(make_task(["true"], StopGracePeriod=250 * MILLISECOND)) == 0.25
+    assert stop_grace_seconds(make_task(["true"])) == 10.0

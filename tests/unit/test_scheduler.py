@@ -1,0 +1,222 @@
+"""The scheduler: filter pipeline, explanations, spread ranking, preassigned global tasks, large inputs."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shoal.manager.orchestrator.common import new_task
+from shoal.manager.scheduler.constraints import parse_constraints
+from shoal.manager.scheduler.filters import AvailabilityFilter, ConstraintFilter, ReadyFilter
+from shoal.manager.scheduler.pipeline import Pipeline, schedule
+from shoal.types import Doc
+
+NOW = 1_800_000_000.0
+
+
+def make_service(sid: str = "web", constraints: list[str] | None = None) -> Doc:
+    template: Doc = {"ContainerSpec": {"Image": "nginx"}}
+    if constraints:
+        template["Placement"] = {"Constraints": constraints}
+    return {"ID": sid, "Version": {"Index": 1},
+            "Spec": {"Name": sid, "TaskTemplate": template, "Mode": {"Replicated": {"Replicas": 1}}}}
+
+
+def make_node(nid: str, state: str = "ready", availability: str = "active", role: str = "worker") -> Doc:
+    return {"ID": nid, "Spec": {"Role": role, "Availability": availability, "Labels": {}},
+            "Description": {"Hostname": nid}, "Status": {"State": state}}
+
+
+def pending(service: Doc, count: int, first_slot: int = 1, prefix: str = "t") -> list[Doc]:
+    return [new_task(service, slot, "", NOW - 1, task_id=f"{prefix}{slot}")
+            for slot in range(first_slot, first_slot + count)]
+
+
+def running_on(service: Doc, node_id: str, tid: str) -> Doc:
+    task = new_task(service, 1, node_id, NOW - 100, task_id=tid)
+    task["Status"]["State"] = "running"
+    return task
+
+
+def spread(result_assigned: list[Doc]) -> dict[str, int]:
+    return dict(Counter(t["NodeID"] for t in result_assigned))
+
+
+# ---- pipeline and explanations --------------------------------------------------------------------------
+
+def test_pipeline_counts_the_first_filter_that_refuses_each_node() -> None:
+    pipeline = Pipeline([ReadyFilter(), AvailabilityFilter(),
+                         ConstraintFilter(parse_constraints(["node.role==manager"]))])
+    nodes = [make_node("down", state="down", availability="drain"), make_node("paused", availability="pause"),
+             make_node("worker"), make_node("manager", role="manager")]
+    assert [pipeline.check(n) for n in nodes] == [False, False, False, True]
+    assert pipeline.failures == [1, 1, 1]
+    # Down and paused read as one reason, as Docker phrases it; the largest count comes first.
+    assert pipeline.explain() == "2 nodes not available for new tasks; 1 node with unsatisfied constraint"
+
+
+def test_unplaceable_task_says_why() -> None:
+    svc = make_service(constraints=["node.role==manager"])
+    nodes = [make_node("a", state="down"), make_node("b", availability="drain"), make_node("c")]
+    result = schedule(pending(svc, 1), nodes, {}, NOW)
+    assert not result.assigned
+    [task] = result.unassigned
+    assert task["Status"]["Err"] == (
+        "no suitable node (2 nodes not available for new tasks; 1 node with unsatisfied constraint)")
+    assert task["Status"]["State"] == "pending" and task["NodeID"] == ""
+
+
+def test_no_nodes_at_all() -> None:
+    [task] = schedule(pending(make_service(), 1), [], {}, NOW).unassigned
+    assert task["Status"]["Err"] == "no suitable node"
+
+
+def test_unchanged_reason_is_not_written_again() -> None:
+    nodes = [make_node("a", state="down")]
+    [first] = schedule(pending(make_service(), 1), nodes, {}, NOW).unassigned
+    again = schedule([first], nodes, {}, NOW + 5)
+    assert again.unassigned == [] and again.assigned == []
+
+
+# ---- placement and spread --------------------------------------------------------------------------------
+
+def test_assigned_copies_carry_node_and_state() -> None:
+    tasks = pending(make_service(), 1)
+    [task] = schedule(tasks, [make_node("a")], {}, NOW).assigned
+    assert task["NodeID"] == "a"
+    assert task["Status"]["State"] == "assigned"
+    assert task["Status"]["Message"] == "scheduler assigned task to node"
+    assert tasks[0]["NodeID"] == "" and tasks[0]["Status"]["State"] == "pending", "inputs are not modified"
+
+
+def test_six_tasks_on_three_equal_nodes_go_two_two_two() -> None:
+    nodes = [make_node(n) for n in ("a", "b", "c")]
+    result = schedule(pending(make_service(), 6), nodes, {}, NOW)
+    assert spread(result.assigned) == {"a": 2, "b": 2, "c": 2}
+
+
+def test_fewest_tasks_of_the_service_first_then_fewest_overall() -> None:
+    web, db = make_service("web"), make_service("db")
+    nodes = [make_node(n) for n in ("a", "b", "c")]
+    existing = {"a": [running_on(web, "a", "w1")],
+                "b": [running_on(db, "b", "d1"), running_on(db, "b", "d2")],
+                "c": [running_on(db, "c", "d3")]}
+    result = schedule(pending(web, 2), nodes, existing, NOW)
+    # b and c run no web task; c has fewer tasks overall, so c first, then b.
+    assert [t["NodeID"] for t in result.assigned] == ["c", "b"]
+
+
+def test_ended_and_unwanted_tasks_do_not_count_as_load() -> None:
+    svc = make_service()
+    old = running_on(svc, "a", "old")
+    old["Status"]["State"] = "failed"
+    stopping = running_on(svc, "a", "stopping")
+    stopping["DesiredState"] = "shutdown"
+    result = schedule(pending(svc, 1), [make_node("a"), make_node("b")], {"a": [old, stopping]}, NOW)
+    assert [t["NodeID"] for t in result.assigned] == ["a"], "a wins the node-ID tie"
+
+
+def test_constraints_narrow_the_nodes() -> None:
+    svc = make_service(constraints=["node.role==manager"])
+    nodes = [make_node("a"), make_node("m1", role="manager"), make_node("m2", role="manager")]
+    result = schedule(pending(svc, 4), nodes, {}, NOW)
+    assert spread(result.assigned) == {"m1": 2, "m2": 2}
+
+
+def test_tasks_that_are_not_pending_or_not_wanted_are_passed_over() -> None:
+    svc = make_service()
+    unwanted = pending(svc, 1)[0]
+    unwanted["DesiredState"] = "shutdown"
+    already = running_on(svc, "a", "r")
+    result = schedule([unwanted, already], [make_node("a")], {}, NOW)
+    assert result.assigned == [] and result.unassigned == []
+
+
+# ---- preassigned (global) tasks -------------------------------------------------------------------------
+
+def test_preassigned_task_is_confirmed_on_its_own_node_only() -> None:
+    svc = make_service()
+    ok = new_task(svc, 0, "a", NOW, task_id="g1")
+    blocked = new_task(svc, 0, "p", NOW, task_id="g2")
+    lost = new_task(svc, 0, "gone", NOW, task_id="g3")
+    result = schedule([ok, blocked, lost], [make_node("a"), make_node("p", availability="pause")], {}, NOW)
+    assert [(t["ID"], t["NodeID"], t["Status"]["State"]) for t in result.assigned] == [("g1", "a", "assigned")]
+    assert [(t["ID"], t["NodeID"], t["Status"]["Err"]) for t in result.unassigned] == [
+        ("g2", "p", "no suitable node (1 node not available for new tasks)")]
+
+
+def test_result_as_a_plan() -> None:
+    result = schedule(pending(make_service(), 2), [make_node("a")], {}, NOW)
+    plan = result.plan()
+    assert [t["ID"] for t in plan.update] == ["t1", "t2"] and not plan.create
+
+
+# ---- scale ----------------------------------------------------------------------------------------------
+
+def test_ten_thousand_tasks_on_a_thousand_nodes_spread_evenly() -> None:
+    nodes = [make_node(f"n{i:04d}", role="manager" if i % 4 == 0 else "worker") for i in range(1000)]
+    services = [make_service(f"s{i}", ["node.role==worker"] if i % 5 == 0 else None) for i in range(50)]
+    tasks = [t for i, svc in enumerate(services) for t in pending(svc, 200, prefix=f"s{i}-")]
+    result = schedule(tasks, nodes, {}, NOW)
+    assert len(result.assigned) == 10_000 and not result.unassigned
+    per_node = Counter(t["NodeID"] for t in result.assigned)
+    assert max(per_node.values()) - min(per_node.values()) <= 1
+    for svc in services:
+        mine = Counter(t["NodeID"] for t in result.assigned if t["ServiceID"] == svc["ID"])
+        assert max(mine.values()) == 1, "200 tasks over 750 or 1000 nodes: never two on one node"
+
+
+# ---- property: the heap shortcut ranks exactly as a plain scan would -----------------------------------
+
+def reference(tasks: list[Doc], nodes: list[Doc], existing: dict[str, list[Doc]]) -> list[tuple[str, str]]:
+    """Each task, in group order, to the minimum (service count, total, node ID) among the nodes it fits."""
+    total: Counter[str] = Counter()
+    by_service: Counter[tuple[str, str]] = Counter()
+    for node_id, node_tasks in existing.items():
+        for t in node_tasks:
+            total[node_id] += 1
+            by_service[(t["ServiceID"], node_id)] += 1
+    groups: dict[tuple[str, tuple[str, ...]], list[Doc]] = {}
+    for t in tasks:
+        key = (t["ServiceID"], tuple(sorted(t["Spec"].get("Placement", {}).get("Constraints", []))))
+        groups.setdefault(key, []).append(t)
+    placed = []
+    for (service_id, exprs), group in groups.items():
+        fits = [n["ID"] for n in nodes if Pipeline([ReadyFilter(), AvailabilityFilter(),
+                                                     ConstraintFilter(parse_constraints(list(exprs)))]).check(n)]
+        for t in group:
+            if not fits:
+                continue
+            best = min(fits, key=lambda nid: (by_service[(service_id, nid)], total[nid], nid))
+            total[best] += 1
+            by_service[(service_id, best)] += 1
+            placed.append((t["ID"], best))
+    return placed
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(["ready", "down"]), st.sampled_from(["active", "pause"]),
+                       st.sampled_from(["worker", "manager"])), max_size=8),
+    st.lists(st.tuples(st.sampled_from(["s1", "s2", "s3"]),
+                       st.sampled_from([None, ["node.role==manager"], ["node.role!=manager"]])), max_size=30),
+    st.lists(st.tuples(st.integers(0, 7), st.sampled_from(["s1", "s2", "s4"])), max_size=15),
+)
+def test_spread_matches_a_plain_scan(
+    node_specs: list[tuple[str, str, str]],
+    task_specs: list[tuple[str, list[str] | None]],
+    existing_specs: list[tuple[int, str]],
+) -> None:
+    nodes = [make_node(f"n{i}", state, availability, role) for i, (state, availability, role) in enumerate(node_specs)]
+    tasks = [new_task(make_service(sid, cons), i + 1, "", NOW, task_id=f"t{i}") for i, (sid, cons) in
+             enumerate(task_specs)]
+    existing: dict[str, list[Doc]] = {}
+    for j, (index, sid) in enumerate(existing_specs):
+        if index < len(nodes):
+            node_id = nodes[index]["ID"]
+            existing.setdefault(node_id, []).append(running_on(make_service(sid), node_id, f"e{j}"))
+    result = schedule(tasks, nodes, existing, NOW)
+    assert [(t["ID"], t["NodeID"]) for t in result.assigned] == reference(tasks, nodes, existing)
+    assert len(result.assigned) + len(result.unassigned) == len(tasks)

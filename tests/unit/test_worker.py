@@ -1,0 +1,493 @@
+"""The worker with the process executor and real processes: lifecycle, reports, stop, logs, agent restart."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from shoal.agent.executor.base import Executor
+from shoal.agent.executor.process import ProcessController, ProcessExecutor, process_alive, read_proc_stat
+from shoal.agent.taskdb import TaskDB, TaskRecord
+from shoal.agent.worker import EXIT_UNKNOWN_AFTER_RESTART, Worker
+from shoal.clock import SystemClock
+from shoal.errors import NotFound
+from shoal.ids import new_id
+from shoal.timefmt import MILLISECOND, from_rfc3339
+from shoal.types import Doc
+
+DEADLINE = 10.0
+SHORT_GRACE = 200 * MILLISECOND
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = DEADLINE) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met before the deadline")
+        await asyncio.sleep(0.02)
+
+
+def pids_with(marker: str) -> list[int]:
+    """Live processes whose command line mentions `marker` (zombies have an empty command line)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+class Reports:
+    """What the worker reported, in order."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, Doc]] = []
+
+    def __call__(self, task_id: str, status: Doc) -> None:
+        self.entries.append((task_id, status))
+
+    def states(self, task_id: str) -> list[str]:
+        return [status["State"] for tid, status in self.entries if tid == task_id]
+
+    def last(self, task_id: str) -> Doc:
+        return [status for tid, status in self.entries if tid == task_id][-1]
+
+    async def reach(self, task_id: str, state: str) -> Doc:
+        await wait_until(lambda: state in self.states(task_id))
+        return [status for tid, status in self.entries if tid == task_id and status["State"] == state][-1]
+
+
+def make_task(argv: list[str], desired: str = "running", **container_spec: object) -> Doc:
+    spec = {"Image": "busybox:latest", "Command": argv[:1], "Args": argv[1:], "StopGracePeriod": SHORT_GRACE,
+            **container_spec}
+    return {"ID": new_id(), "ServiceID": new_id(), "Slot": 1, "NodeID": new_id(),
+            "Spec": {"ContainerSpec": spec, "RestartPolicy": {"Condition": "any"}},
+            "DesiredState": desired, "Status": {"State": "assigned"}, "ServiceAnnotations": {"Name": "web"}}
+
+
+def with_desired(task: Doc, desired: str) -> Doc:
+    return {**task, "DesiredState": desired}
+
+
+@pytest.fixture
+def marker() -> Iterator[str]:
+    """A word put in a test process's command line; whatever still carries it at the end is killed."""
+    word = f"shoal-test-{uuid.uuid4().hex}"
+    yield word
+    for pid in pids_with(word):
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+class Node:
+    """A node's state dir and the workers started on it (one per simulated agent process)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.workers: list[Worker] = []
+
+    async def start_worker(self, reports: Reports, executor: Executor | None = None) -> Worker:
+        worker = Worker(self.state_dir, executor or ProcessExecutor(self.state_dir), reports, SystemClock())
+        await worker.start()
+        self.workers.append(worker)
+        return worker
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[Node]:
+    node = Node(tmp_path / "node")
+    yield node
+    for worker in reversed(node.workers):
+        await worker.stop(kill_tasks=True)
+
+
+def sleeper(marker: str, *extra: str) -> list[str]:
+    # `; true` keeps sh from replacing itself with sleep, so the marker ($0) stays in a live command line.
+    return ["sh", "-c", "sleep 300; true", marker, *extra]
+
+
+# ---- the lifecycle -------------------------------------------------------------------------------------------
+
+async def test_task_reports_accepted_to_running_in_order(node: Node, marker: str) -> None:
+    reports = Reports()
+    worker = await node.start_worker(reports)
+    task = make_task(sleeper(marker))
+    await worker.assign([task], full=True)
+    running = await reports.reach(task["ID"], "running")
+    assert reports.states(task["ID"]) == ["accepted", "preparing", "starting", "running"]
+    assert pids_with(marker) == [running["ContainerStatus"]["PID"]]
+    assert from_rfc3339(running["Timestamp"]) == pytest.approx(time.time(), abs=60)
+    assert running["Err"] == ""
+    assert worker.running_task_ids() == {task["ID"]}
+    # The same assignment again changes nothing.
+    await worker.assign([task], full=True)
+    assert reports.states(task["ID"]) == ["accepted", "preparing", "starting", "running"]
+    assert len(pids_with(marker)) == 1
+
+
+async def test_exit_zero_completes(node: Node) -> None:
+    reports = Reports()
+    worker = await node.start_worker(reports)
+    task = make_task(["sh", "-c", "exit 0"])
+    await worker.assign([task], full=True)
+    done = await reports.reach(task["ID"], "complete")
+    assert reports.states(task["ID"]) == ["accepted", "preparing", "starting", "running", "complete"]
+    assert done["ContainerStatus"]["ExitCode"] == 0 and done["Err"] == ""
+    assert worker.running_task_ids() == set()
+
+
+async def test_non_zero_exit_fails_with_the_exit_code(node: Node) -> None:
+    reports = Reports()
+    worker = await node.start_worker(reports)
+    task = make_task(["sh", "-c", "exit 3"])
+    await worker.assign([task], full=False)
+    failed = await reports.reach(task["ID"], "failed")
+    assert failed["Err"] == "task: non-zero exit (3)"
+    assert failed["ContainerStatus"]["ExitCode"] == 3
+
+
+async def test_missing_program_is_rejected(node: Node) -> None:
+    reports = Reports()
+    worker = await node.start_worker(reports)
+    task = make_task(["no-such-program-shoal", "x"])
+    await worker.assign([task], full=True)
+    rejected = await reports.reach(task["ID"], "rejected")
+    assert rejected["Err"].startswith("starting task: ")
+    assert "no-such-program-shoal" in rejected["Err"]
+    assert "running" not in reports.states(task["ID"])
+
+
+async def test_image_names_the_program_when_no_command_is_given(node: Node) -> None:
+    reports = Reports()
+    worker = await node.start_worker(reports)
+    task = make_task([], Image="docker.io/library/true:latest", Command=None, Args=None)
+    await worker.assign([task], full=True)
+    await reports.reach(task["ID"], "complete")
+
+
+async def test_desired_shutdown_stops_with_sigkill_after_the_grace_period(node: Node, marker: str) -> None:
+    reports = Reports()
+    worker = await node.start_worker(reports)
+    task = make_task(["sh", "-c", "trap '' TERM; sleep 300; true", marker])
+    await worker.assign([task], full=True)
+    pid = (await reports.reach(task["ID"], "running"))["ContainerStatus"]["PID"]
+    before = time.monotonic()
+    await worker.assign([with_desired(task, "shutdown")], full=True)
+    stopped = await reports.reach(task["ID"], "shutdown")
+    assert time.monotonic() - before >= SHORT_GRACE / 1e9
+    assert stopped["Message"] == "shutdown"
+    assert stopped["ContainerStatus"]["ExitCode"] == 128 + signal.SIGKILL
+    assert pids_with(marker) == []
+    assert read_proc_stat(pid) is None or read_proc_stat(pid).state == "Z"  # type: ignore[union-attr]
+    assert worker.running_task_ids() == set()
+
+
+async def test_stop_signal_from_the_spec_is_used(node: Node, marker: str) -> None:
+    reports = Reports()
+    worker = await node.start_worker(reports)
+    # Exits 0 on SIGUSR1 only; the long grace period shows it was not killed.
+    task = make_task(["sh", "-c", "trap 'exit 0' USR1; while :; do sleep 0.05; done", marker],
+                     StopSignal="SIGUSR1", StopGracePeriod=60 * 1_000_000_000)
+    await worker.assign([task], full=True)
+    await reports.reach(task["ID"], "running")
+    await worker.assign([with_desired(task, "shutdown")], full=True)
+    stopped = await reports.reach(task["ID"], "shutdown")
+    assert stopped["ContainerStatus"]["ExitCode"] == 0
+
+
+async def test_task_assigned_with_desired_shutdown_is_never_started(node: Node, marker: str) -> None:
+    reports = Reports()
+    worker = await node.start_worker(reports)
+    task = make_task(sleeper(marker), desired="shutdown")
+    await worker.assign([task], full=True)
+    assert reports.states(task["ID"]) == ["shutdown"]
+    assert pids_with(marker) == []
+
+
+async def test_terminal_task_is_not_restarted(node: Node, marker: str) -> None:
+    reports = Reports()
+    worker = await node.start_worker(reports)
+    already_failed = {**make_task(sleeper(marker)), "Status": {"State": "failed"}}
+    await worker.assign([already_failed], full=True)
+    done = make_task(["true"])
+    await worker.assign([already_failed, done], full=True)
+    await reports.reach(done["ID"], "complete")
+    # Assigned again (the manager still lists it, with an older observed state): nothing happens.
+    await worker.assign([already_failed, done], full=True)
+    assert reports.states(already_failed["ID"]) == []
+    assert reports.states(done["ID"]).count("running") == 1
+    assert pids_with(marker) == []
+
+
+async def test_full_assignment_without_a_task_stops_and_forgets_it(node: Node, marker: str) -> None:
+    reports = Reports()
+    worker = await node.start_worker(reports)
+    kept, dropped = make_task(sleeper(marker, "kept")), make_task(sleeper(marker, "dropped"))
+    await worker.assign([kept, dropped], full=True)
+    await reports.reach(kept["ID"], "running")
+    dropped_pid = (await reports.reach(dropped["ID"], "running"))["ContainerStatus"]["PID"]
+    summary = await worker.assign([kept], full=True)
+    assert "forgetting 1" in summary
+    await reports.reach(dropped["ID"], "shutdown")
+    await wait_until(lambda: dropped_pid not in pids_with(marker))
+    assert worker.running_task_ids() == {kept["ID"]}
+    await wait_until(lambda: dropped["ID"] not in json.loads((node.state_dir / "tasks.json").read_text())["Tasks"])
+    assert not (node.state_dir / "logs" / dropped["ID"]).exists()
+    with pytest.raises(NotFound):
+        worker.logs(dropped["ID"])
+
+
+async def test_a_crashing_runner_fails_its_task_and_the_worker_carries_on(node: Node) -> None:
+    class CrashOnPrepare(ProcessExecutor):
+        def controller(self, task: Doc) -> ProcessController:
+            controller = super().controller(task)
+            if task["Spec"]["ContainerSpec"]["Args"] == ["crash"]:
+                async def explode() -> None:
+                    raise RuntimeError("boom")
+                controller.prepare = explode  # type: ignore[method-assign]
+            return controller
+
+    reports = Reports()
+    worker = await node.start_worker(reports, CrashOnPrepare(node.state_dir))
+    crash, fine = make_task(["echo", "crash"]), make_task(["echo", "fine"])
+    await worker.assign([crash, fine], full=True)
+    failed = await reports.reach(crash["ID"], "failed")
+    assert "boom" in failed["Err"]
+    await reports.reach(fine["ID"], "complete")
+
+
+# ---- logs ----------------------------------------------------------------------------------------------------
+
+async def test_logs_tail_and_follow(node: Node, tmp_path: Path) -> None:
+    reports = Reports()
+    worker = await node.start_worker(reports)
+    go = tmp_path / "go"
+    task = make_task(["sh", "-c", f'for i in 1 2 3 4 5; do echo "line $i"; done; echo warn >&2; '
+                                  f'while [ ! -e {go} ]; do sleep 0.02; done; echo "after go"'])
+    await worker.assign([task], full=True)
+    await reports.reach(task["ID"], "running")
+    log_dir = node.state_dir / "logs" / task["ID"]
+    await wait_until(lambda: (log_dir / "stderr.log").exists() and (log_dir / "stderr.log").read_bytes() != b"")
+
+    tail = [(stream, line) async for stream, _, line in worker.logs(task["ID"], tail=2, follow=False)]
+    assert len(tail) == 2 and set(tail) <= {("stdout", b"line 5\n"), ("stdout", b"line 4\n"),
+                                               ("stderr", b"warn\n")}
+    everything = [(stream, line) async for stream, _, line in worker.logs(task["ID"])]
+    assert [line for stream, line in everything if stream == "stdout"] == [b"line %d\n" % i for i in range(1, 6)]
+    assert [line for stream, line in everything if stream == "stderr"] == [b"warn\n"]
+
+    followed: list[bytes] = []
+
+    async def follow() -> None:
+        async for _, stamp, line in worker.logs(task["ID"], tail=1, follow=True):
+            assert stamp > 0
+            followed.append(line)
+
+    follower = asyncio.ensure_future(follow())
+    await wait_until(lambda: len(followed) == 1)
+    go.touch()
+    await reports.reach(task["ID"], "complete")
+    # It ends by itself once the task has ended and the files are drained.
+    await asyncio.wait_for(follower, DEADLINE)
+    assert followed[-1] == b"after go\n"
+
+
+async def test_logs_of_an_unknown_task_are_not_found(node: Node) -> None:
+    worker = await node.start_worker(Reports())
+    with pytest.raises(NotFound):
+        worker.logs("nosuchtask")
+
+
+# ---- agent restart -------------------------------------------------------------------------------------------
+
+async def test_restarted_agent_readopts_a_running_process_without_a_second_copy(node: Node,
+                                                                               marker: str) -> None:
+    first_reports = Reports()
+    first = await node.start_worker(first_reports)
+    task = make_task(sleeper(marker))
+    await first.assign([task], full=True)
+    pid = (await first_reports.reach(task["ID"], "running"))["ContainerStatus"]["PID"]
+    await first.stop(kill_tasks=False)
+    assert pids_with(marker) == [pid]  # the agent stopped; the task did not
+
+    second_reports = Reports()
+    second = await node.start_worker(second_reports)
+    assert second_reports.states(task["ID"]) == ["running"]
+    assert second_reports.last(task["ID"])["ContainerStatus"]["PID"] == pid
+    assert second.running_task_ids() == {task["ID"]}
+    await second.assign([task], full=True)  # the dispatcher's full assignment after reconnecting
+    assert pids_with(marker) == [pid]
+    assert second_reports.states(task["ID"]) == ["running"]
+
+    # The re-adopted task is still under control: a desired shutdown stops it.
+    await second.assign([with_desired(task, "shutdown")], full=True)
+    await second_reports.reach(task["ID"], "shutdown")
+    await wait_until(lambda: pids_with(marker) == [])
+
+
+AGENT_THAT_DIES = """
+import asyncio, json, os, sys
+from pathlib import Path
+from shoal.agent.executor.process import ProcessExecutor
+from shoal.agent.worker import Worker
+from shoal.clock import SystemClock
+
+async def main() -> None:
+    state_dir, task = Path(sys.argv[1]), json.loads(sys.argv[2])
+    running = asyncio.Event()
+    def report(task_id, status):
+        if status["State"] == "running":
+            print(status["ContainerStatus"]["PID"], flush=True)
+            running.set()
+    worker = Worker(state_dir, ProcessExecutor(state_dir), report, SystemClock())
+    await worker.start()
+    await worker.assign([task], full=True)
+    await running.wait()
+    os._exit(0)  # the agent dies at once: no cleanup of any kind
+
+asyncio.run(main())
+"""
+
+
+async def test_task_outlives_an_agent_process_that_died_and_is_readopted(node: Node, marker: str) -> None:
+    task = make_task(["sh", "-c", "i=0; while :; do echo tick $i; i=$((i+1)); sleep 0.02; done", marker])
+    repo = Path(__file__).resolve().parents[2]
+    agent = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", AGENT_THAT_DIES, str(node.state_dir), json.dumps(task),
+        stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(repo)})
+    out, _ = await asyncio.wait_for(agent.communicate(), DEADLINE)
+    pid = int(out)
+    assert pids_with(marker) == [pid]
+    stdout_log = node.state_dir / "logs" / task["ID"] / "stdout.log"
+    size_when_agent_died = stdout_log.stat().st_size
+    await wait_until(lambda: stdout_log.stat().st_size > size_when_agent_died)  # still running and logging
+
+    reports = Reports()
+    worker = await node.start_worker(reports)
+    assert reports.states(task["ID"]) == ["running"]
+    assert reports.last(task["ID"])["ContainerStatus"]["PID"] == pid
+    await worker.assign([task], full=True)
+    assert pids_with(marker) == [pid]
+    lines = [line async for _, _, line in worker.logs(task["ID"], tail=1)]
+    assert len(lines) == 1 and lines[0].startswith(b"tick ")
+    await worker.assign([with_desired(task, "shutdown")], full=True)
+    await reports.reach(task["ID"], "shutdown")
+    await wait_until(lambda: pids_with(marker) == [])
+
+
+async def test_restarted_agent_reports_failed_for_a_process_that_died_while_it_was_away(
+        node: Node, marker: str) -> None:
+    first_reports = Reports()
+    first = await node.start_worker(first_reports)
+    task = make_task(sleeper(marker))
+    await first.assign([task], full=True)
+    pid = (await first_reports.reach(task["ID"], "running"))["ContainerStatus"]["PID"]
+    stat = read_proc_stat(pid)
+    assert stat is not None
+    await first.stop(kill_tasks=False)
+    os.killpg(pid, signal.SIGKILL)
+    await wait_until(lambda: not process_alive(pid, stat.start_ticks))
+
+    second_reports = Reports()
+    second = await node.start_worker(second_reports)
+    failed = second_reports.last(task["ID"])
+    assert failed["State"] == "failed" and failed["Err"] == EXIT_UNKNOWN_AFTER_RESTART
+    assert second.running_task_ids() == set()
+    # Assigned again, it is not restarted: a replacement is the manager's decision.
+    await second.assign([task], full=True)
+    assert second_reports.states(task["ID"]) == ["failed"]
+    assert pids_with(marker) == []
+
+
+async def test_readopted_process_that_exits_later_is_reported_failed_with_unknown_status(
+        node: Node, marker: str) -> None:
+    first = await node.start_worker(Reports())
+    task = make_task(sleeper(marker))
+    await first.assign([task], full=True)
+    await wait_until(lambda: first.running_task_ids() == {task["ID"]})
+    await first.stop(kill_tasks=False)
+
+    reports = Reports()
+    await node.start_worker(reports)
+    (pid,) = pids_with(marker)
+    os.killpg(pid, signal.SIGKILL)
+    failed = await reports.reach(task["ID"], "failed")
+    assert failed["Err"] == EXIT_UNKNOWN_AFTER_RESTART
+
+
+async def test_restarted_agent_resends_final_states(node: Node) -> None:
+    first_reports = Reports()
+    first = await node.start_worker(first_reports)
+    task = make_task(["sh", "-c", "exit 3"])
+    await first.assign([task], full=True)
+    await first_reports.reach(task["ID"], "failed")
+    await first.stop(kill_tasks=False)
+    second_reports = Reports()
+    second = await node.start_worker(second_reports)
+    assert second_reports.states(task["ID"]) == ["failed"]
+    assert second.current_statuses()[task["ID"]]["Err"] == "task: non-zero exit (3)"
+
+
+async def test_restarted_agent_resumes_a_task_it_was_preparing_unless_it_is_to_stop(node: Node,
+                                                                                 marker: str) -> None:
+    # What an agent that died while preparing two tasks left on disk.
+    resume, drop = make_task(sleeper(marker, "resume")), make_task(sleeper(marker, "drop"), desired="shutdown")
+    db = TaskDB(node.state_dir / "tasks.json")
+    db.load()
+    for task in (resume, drop):
+        db.put(TaskRecord(task=task, status={"State": "preparing", "Message": "preparing"}))
+
+    reports = Reports()
+    await node.start_worker(reports)
+    await reports.reach(resume["ID"], "running")
+    await reports.reach(drop["ID"], "shutdown")
+    assert reports.states(resume["ID"]) == ["starting", "running"]  # only forward from where it was
+    assert reports.states(drop["ID"]) == ["shutdown"]
+    (pid,) = pids_with(marker)
+    assert b"resume" in Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+async def test_stop_with_kill_tasks_stops_everything_and_forgets_it(node: Node, marker: str) -> None:
+    reports = Reports()
+    worker = await node.start_worker(reports)
+    task = make_task(sleeper(marker))
+    await worker.assign([task], full=True)
+    await reports.reach(task["ID"], "running")
+    await worker.stop(kill_tasks=True)
+    assert reports.states(task["ID"])[-1] == "shutdown"
+    assert pids_with(marker) == []
+    assert TaskDB(node.state_dir / "tasks.json").load() == {}
+
+
+# ---- the task record -----------------------------------------------------------------------------------------
+
+def test_taskdb_round_trip_and_atomic_replace(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.json"
+    db = TaskDB(path)
+    db.load()
+    record = TaskRecord(task={"ID": "t1"}, status={"State": "running"}, handle={"PID": 1}, stopping=True)
+    db.put(record)
+    db.put(TaskRecord(task={"ID": "t2"}))
+    db.remove("t2")
+    assert TaskDB(path).load() == {"t1": record}
+    assert [p.name for p in tmp_path.iterdir()] == ["tasks.json"]  # no temporary file left behind
+
+
+def test_taskdb_sets_an_unreadable_file_aside(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.json"
+    path.write_text("{not json")
+    assert TaskDB(path).load() == {}
+    assert (tmp_path / "tasks.corrupt").read_text() == "{not json"
