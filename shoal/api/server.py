@@ -51,7 +51,7 @@ def query_bool(request: web.Request, name: str) -> bool:
 
 def query_int(request: web.Request, name: str, default: int = 0) -> int:
     value = request.query.get(name)
-    if value in (None, ""):
+    if value is None or value == "":
         return default
     try:
         return int(value)
