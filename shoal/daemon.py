@@ -202,13 +202,53 @@ class Daemon:
             await self.manager.start(record.cluster_id, initial_cluster, initial_state)
             self.control = ControlAPI(self.manager, self.clock)
             await self._start_cluster_server(record)
-        context = client_ssl_context(self.tls.ca, self.tls.cert, self.tls.key)
         managers = record.managers or [record.manager_addr]
         if record.role == Role.MANAGER.value and record.manager_addr not in managers:
             managers = [record.manager_addr, *managers]
-        self.agent = Agent(record.node_id, managers, context, self.state_dir / "agent", self._executor,
-                           self.clock, self.describe, self._remember_managers)
+        self.agent = self._make_agent(managers)
         await self.agent.start()
+
+    def _make_agent(self, managers: list[str]) -> Agent:
+        assert self.record is not None
+        context = client_ssl_context(self.tls.ca, self.tls.cert, self.tls.key)
+        return Agent(self.record.node_id, managers, context, self.state_dir / "agent", self._executor, self.clock,
+                     self.describe, self._remember_managers, self.change_role, self.record.port)
+
+    async def change_role(self, answer: Doc, key_pem: bytes) -> None:
+        """Become a manager (promote) or a worker (demote) with the certificate the leader issued."""
+        async with self._membership:
+            record = self.record
+            if record is None or self.agent is None:
+                return
+            role = str(answer["role"])
+            if role == record.role:
+                return
+            log.info("changing role: %s -> %s", record.role, role)
+            write_private(self.tls.key, key_pem)
+            write_private(self.tls.cert, str(answer["certificate"]).encode())
+            if role == Role.MANAGER.value:
+                record.role = role
+                self.manager = Manager(record.node_id, record.advertise_addr, record.manager_addr, self.state_dir,
+                                       self.tls, self.clock, self.config.external_etcd)
+                await self.manager.start(record.cluster_id, answer.get("etcd_initial_cluster"), "existing")
+                self.control = ControlAPI(self.manager, self.clock)
+                await self._start_cluster_server(record)
+                managers = [record.manager_addr, *[m for m in self.agent.managers if m != record.manager_addr]]
+            else:
+                manager, self.manager, self.control = self.manager, None, None
+                if manager is not None:
+                    await manager.stop_leading()
+                if self._cluster_runner is not None:
+                    await self._cluster_runner.cleanup()
+                    self._cluster_runner = None
+                if manager is not None:
+                    await manager.stop()
+                shutil.rmtree(self.state_dir / "etcd", ignore_errors=True)
+                record.role = role
+                managers = [m for m in self.agent.managers if m != record.manager_addr]
+            record.managers = managers
+            self._save_record()
+            await self.agent.reconnect(client_ssl_context(self.tls.ca, self.tls.cert, self.tls.key), managers)
 
     def _remember_managers(self, managers: list[str]) -> None:
         if self.record is not None and managers != self.record.managers:
@@ -300,9 +340,7 @@ class Daemon:
                 self.control = ControlAPI(self.manager, self.clock)
                 await self._start_cluster_server(self.record)
                 self._save_record()
-                context = client_ssl_context(tls.ca, tls.cert, tls.key)
-                self.agent = Agent(node_id, [self.record.manager_addr], context, self.state_dir / "agent",
-                                   self._executor, self.clock, self.describe, self._remember_managers)
+                self.agent = self._make_agent([self.record.manager_addr])
                 await self.agent.start()
             except BaseException:
                 await self._deactivate(kill_tasks=True)

@@ -12,13 +12,15 @@ import contextlib
 import json
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
 from shoal.agent.executor.base import Executor
 from shoal.agent.worker import Worker
+from shoal.certs import make_key_and_csr
 from shoal.clock import Clock
 from shoal.protocol import SESSION_PATH
 from shoal.supervise import Supervisor
@@ -32,7 +34,9 @@ STATUS_BATCH_INTERVAL = 0.05
 class Agent:
     def __init__(self, node_id: str, managers: list[str], ssl_context: ssl.SSLContext, state_dir: Path,
                  executor: Executor, clock: Clock, description: Callable[[], Doc],
-                 on_managers: Callable[[list[str]], None]) -> None:
+                 on_managers: Callable[[list[str]], None],
+                 on_certificate: Callable[[Doc, bytes], Coroutine[Any, Any, None]] | None = None,
+                 listen_port: int = 2377) -> None:
         self.node_id = node_id
         self.managers = list(managers)
         self.ssl_context = ssl_context
@@ -40,6 +44,10 @@ class Agent:
         self.clock = clock
         self.description = description
         self.on_managers = on_managers
+        self.on_certificate = on_certificate
+        self.listen_port = listen_port
+        self._pending_key: bytes | None = None
+        self._role_change: asyncio.Task[None] | None = None
         self.worker = Worker(state_dir, executor, self._report, clock)
         self.loops = Supervisor("agent")
         self.connected = asyncio.Event()
@@ -122,6 +130,17 @@ class Agent:
             await self.worker.assign(message.get("tasks") or [], full=bool(message.get("full")))
             for task_id in message.get("remove") or []:
                 await self.worker.forget(task_id)
+        elif kind == "role" and self.on_certificate is not None:
+            # Promoted or demoted: ask for a certificate with the new role, on a fresh key.
+            key_pem, csr_pem = make_key_and_csr()
+            self._pending_key = key_pem
+            assert self._ws is not None
+            await self._ws.send_str(json.dumps({"type": "renew", "csr": csr_pem.decode(),
+                                                "listen_port": self.listen_port}))
+        elif kind == "certificate" and self.on_certificate is not None and self._pending_key is not None:
+            key, self._pending_key = self._pending_key, None
+            # The daemon changes role outside the session (it may stop the manager this session talks to).
+            self._role_change = asyncio.create_task(self.on_certificate(message, key), name="role-change")
         elif kind == "managers":
             self._set_managers(message.get("managers") or [])
         elif kind == "redirect":
@@ -139,6 +158,13 @@ class Agent:
             if stream is not None:
                 stream.cancel()
         return True
+
+    async def reconnect(self, ssl_context: ssl.SSLContext, managers: list[str]) -> None:
+        """Use a new certificate (and manager list): end the current session so the next one presents it."""
+        self.ssl_context = ssl_context
+        self.managers = list(managers)
+        if self._ws is not None and not self._ws.closed:
+            await self._ws.close()
 
     def _set_managers(self, managers: list[str]) -> None:
         if managers and sorted(managers) != sorted(self.managers):

@@ -13,7 +13,7 @@ import contextlib
 import itertools
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
@@ -30,6 +30,9 @@ from shoal.types import NODES, TASKS, Doc, NodeState, TaskState, desired_state, 
 log = logging.getLogger(__name__)
 
 STATUS_FLUSH_INTERVAL = 0.1
+
+# (node ID, CSR, the node's swarm port) -> {"certificate", "role", ["etcd_initial_cluster"]}
+CertificateIssuer = Callable[[str, bytes, int], Awaitable[Doc]]
 GRACE_MULTIPLIER = 3  # heartbeat periods without a heartbeat before a node is marked down
 
 
@@ -71,6 +74,9 @@ def merge_status(task: Doc, status: Doc, now: float) -> Doc | None:
 class NodeSession:
     node_id: str
     ws: web.WebSocketResponse
+    role: str  # the role its certificate carries
+    role_told: str = ""  # the role we last asked the agent to take on
+    check_role: bool = False
     known: set[str] = field(default_factory=set)
     dirty: set[str] = field(default_factory=set)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -82,13 +88,15 @@ class NodeSession:
 
 class Dispatcher:
     def __init__(self, cache: Cache, store: Store, applier: Applier, clock: Clock,
-                 heartbeat_period: Callable[[], float], managers: Callable[[], list[str]]) -> None:
+                 heartbeat_period: Callable[[], float], managers: Callable[[], list[str]],
+                 issue_certificate: CertificateIssuer) -> None:
         self.cache = cache
         self.store = store
         self.applier = applier
         self.clock = clock
         self.heartbeat_period = heartbeat_period
         self.managers = managers
+        self.issue_certificate = issue_certificate
         self.sessions: dict[str, NodeSession] = {}
         self.last_heartbeat: dict[str, float] = {}
         self.pending_status: dict[str, Doc] = {}
@@ -129,7 +137,7 @@ class Dispatcher:
             await ws.send_str(json.dumps({"type": "rejected", "message": "node is not part of this swarm (removed?)"}))
             await ws.close()
             return ws
-        session = NodeSession(identity.node_id, ws)
+        session = NodeSession(identity.node_id, ws, identity.role)
         old = self.sessions.get(identity.node_id)
         if old is not None:
             with contextlib.suppress(Exception):
@@ -169,6 +177,9 @@ class Dispatcher:
                 await self._register(session.node_id, data.get("description") or {}, peer_ip)
                 # The first assignment set is complete; later ones carry only changes.
                 await self._send_full(session)
+                await self._tell_role(session)
+            elif kind == "renew":
+                await self._renew(session, data)
             elif kind == "status":
                 for update in data.get("updates", []):
                     self.pending_status[update["TaskID"]] = update["Status"]
@@ -207,7 +218,38 @@ class Dispatcher:
 
     # ---- assignments ------------------------------------------------------------------------------------
 
+    async def _renew(self, session: NodeSession, data: Doc) -> None:
+        """A promoted or demoted node asks for a certificate carrying its new role."""
+        try:
+            answer = await self.issue_certificate(session.node_id, str(data.get("csr", "")).encode(),
+                                                  int(data.get("listen_port") or 2377))
+        except Exception as exc:
+            # etcd refuses membership changes until every member has been healthy for a few seconds; the
+            # role change is asked for again shortly.
+            log.warning("role change of node %s not done yet: %s", session.node_id, exc)
+            session.role_told = ""
+
+            def retry() -> None:
+                session.check_role = True
+                session.wake.set()
+
+            asyncio.get_running_loop().call_later(1.0, retry)
+            return
+        await session.send({"type": "certificate", **answer})
+
+    async def _tell_role(self, session: NodeSession) -> None:
+        """Ask the agent to change role when its node's spec says so (node promote / demote)."""
+        node = self.cache.get(NODES, session.node_id)
+        wanted = (node or {}).get("Spec", {}).get("Role", session.role)
+        if wanted != session.role and wanted != session.role_told:
+            session.role_told = wanted
+            await session.send({"type": "role", "role": wanted})
+
     def _on_event(self, event: Event, prev: Doc | None) -> None:
+        if event.kind == NODES and event.obj_id in self.sessions:
+            session = self.sessions[event.obj_id]
+            session.check_role = True
+            session.wake.set()
         if event.kind != TASKS or not self.sessions:
             return
         for doc in (prev, event.doc):
@@ -227,6 +269,9 @@ class Dispatcher:
             await session.wake.wait()
             session.wake.clear()
             await asyncio.sleep(0.02)  # coalesce a burst of task changes into one message
+            if session.check_role:
+                session.check_role = False
+                await self._tell_role(session)
             dirty, session.dirty = session.dirty, set()
             changed: list[Doc] = []
             removed: list[str] = []

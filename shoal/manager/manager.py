@@ -92,7 +92,8 @@ class Manager:
         leader_applier = Applier(self.store, fence=lambda: self.node_id)
         self.api_applier = Applier(self.store, fence=lambda: None)
         self.dispatcher = Dispatcher(self.cache, self.store, leader_applier, self.clock,
-                                     heartbeat_period=self.heartbeat_period, managers=self.manager_addrs)
+                                     heartbeat_period=self.heartbeat_period, managers=self.manager_addrs,
+                                     issue_certificate=self.issue_certificate)
         self.orchestrator = OrchestratorLoop(self.cache, leader_applier, self.clock)
         self.scheduler = SchedulerLoop(self.cache, leader_applier, self.clock)
         store = self.store
@@ -187,6 +188,44 @@ class Manager:
             data = json.loads(raw)
             self._root_ca = RootCA.load(data["cert"].encode(), data["key"].encode())
         return self._root_ca
+
+    async def issue_certificate(self, node_id: str, csr: bytes, listen_port: int) -> Doc:
+        """A certificate for the node's current role; on promotion its etcd member is added, on demotion removed.
+
+        The node document is written first: adding a member leaves the store without quorum until the new
+        member starts (with two members), so nothing else may need the store after that.
+        """
+        assert self.store is not None and self.client is not None
+        node = self.cache.get(NODES, node_id)
+        cluster = self.cache.cluster()
+        if node is None or cluster is None:
+            raise NoQuorum("node or cluster missing from the store")
+        role = node["Spec"].get("Role", Role.WORKER.value)
+        addr = (node.get("Status") or {}).get("Addr") or ""
+        ca = await self.root_ca()
+        cert = ca.sign_csr(csr, node_id, role, cluster["ID"], [addr, "127.0.0.1"])
+        answer: Doc = {"certificate": cert.decode(), "role": role}
+        updated = dict(node)
+        if role == Role.MANAGER.value:
+            updated["ManagerAddr"] = f"{addr}:{listen_port}"
+        else:
+            updated.pop("ManagerAddr", None)
+        if updated != node:
+            await self.store.commit(Batch().update(NODES, updated, check_version=False))
+        if self.external_etcd is None:
+            url = f"https://{addr}:2380"
+            members = [m async for m in self.client.members()]
+            mine = [m for m in members if url in m.peer_urls]
+            if role == Role.MANAGER.value:
+                if not mine:
+                    added = await self.client.add_member([url])
+                    members.append(added)
+                answer["etcd_initial_cluster"] = ",".join(
+                    f"{m.name or node_id}={m.peer_urls[0]}" for m in members if m.peer_urls)
+            elif mine:
+                await self.client.remove_member(mine[0].id)
+        log.info("issued a %s certificate to node %s", role, node_id)
+        return answer
 
     async def bootstrap(self, cluster: Doc, ca: RootCA, node: Doc) -> None:
         """Write the first objects of a new swarm in one transaction."""

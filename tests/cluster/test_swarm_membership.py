@@ -141,3 +141,39 @@ def test_node_update_promote_demote(cluster: Cluster) -> None:
     assert bad.code != 0
     missing = cluster.shoal("node", "inspect", "nosuchnode")
     assert missing.code != 0 and "not found" in missing.err
+
+
+def test_promote_then_demote_a_worker(cluster: Cluster) -> None:
+    assert cluster.ok("node", "promote", "worker1").strip() == "Node worker1 promoted to a manager in the swarm."
+
+    def serves_as_manager() -> bool:
+        result = cluster.shoal("node", "ls", node="worker1")
+        return result.code == 0 and "Reachable" in result.out
+
+    wait_for("worker1 to serve the API as a manager", serves_as_manager, timeout=60)
+    # It is a member of the store: a service created through it is seen by the first manager.
+    cluster.ok("service", "create", "-d", "--name", "made-on-worker1", "busybox", "sleep", "600", node="worker1")
+    assert "made-on-worker1" in cluster.ok("service", "ls")
+    cluster.wait_running("made-on-worker1", 1)
+
+    assert cluster.ok("node", "demote", "worker1").strip() == "Manager worker1 demoted in the swarm."
+
+    def back_to_worker() -> bool:
+        result = cluster.shoal("node", "ls", node="worker1")
+        return result.code != 0 and "not a swarm manager" in result.err
+
+    wait_for("worker1 to be a worker again", back_to_worker, timeout=60)
+    row = next(line for line in cluster.ok("node", "ls").splitlines() if "worker1" in line)
+    assert "Reachable" not in row and "Ready" in row
+    # Its etcd member is gone, and the swarm still works with its one manager.
+    from pathlib import Path
+
+    from shoal import playground
+
+    def etcd_of_worker1() -> list[int]:
+        return [pid for pid in playground.processes_under(Path(cluster.node("worker1").state_dir))
+                if b"etcd" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]]
+
+    wait_for("worker1's etcd member to stop", lambda: not etcd_of_worker1())
+    cluster.ok("service", "scale", "-d", "made-on-worker1=3")
+    cluster.wait_running("made-on-worker1", 3)
