@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -45,10 +46,8 @@ class Swarm:
     def kill(self, name: str) -> None:
         node = next(n for n in self.nodes if n.name == name)
         for pid in {node.pid, *playground.processes_under(Path(node.state_dir))}:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def restart(self, name: str) -> None:
         node = next(n for n in self.nodes if n.name == name)

@@ -41,7 +41,7 @@ def main() -> None:
             victim = max((n for n in per_node if n.startswith("worker")), key=lambda n: per_node[n])
             start = time.monotonic()
             swarm.kill(victim)
-            wait(lambda: len(swarm.running("web")) == REPLICAS and
+            wait(lambda victim=victim: len(swarm.running("web")) == REPLICAS and
                  all(names[t["NodeID"]] != victim for t in swarm.running("web")))
             times.append(time.monotonic() - start)
             print(f"killed {victim} ({per_node[victim]} replicas): all {REPLICAS} running again after "
