@@ -6,8 +6,14 @@ it is reached. States only move forward: a report that would move a task backwar
 whose state is already terminal is never started again; restarting is the manager's decision (it creates a
 new task).
 
+A task with a health check (`shoal.agent.health`) stays `starting` after its process started until the first
+check passes, then is reported running; when checks fail `Retries` times in a row it is stopped (stop signal,
+grace period, kill) and reported failed with moby's error ("…: dockerexec: unhealthy container"). The checking
+loop is a named asyncio task per task, supervised by the task's runner, and ends when the task ends. Health
+itself is not reported: swarm's TaskStatus has no field for it, only the state transitions show it.
+
 Every task is recorded on disk (`TaskDB`) before anything is reported for it, together with the executor's
-handle once it runs. A restarted agent (`start()`) re-adopts the processes that are still alive and reports
+handle once it runs (a task re-adopted after an agent restart resumes its health checks). A restarted agent (`start()`) re-adopts the processes that are still alive and reports
 failed for those that ended while it was away: it never starts a second copy of a task.
 """
 
@@ -29,10 +35,18 @@ from shoal.agent.executor.base import (
     LogLine,
     TaskRejected,
 )
+from shoal.agent.health import (
+    HealthCheck,
+    HealthMonitor,
+    HealthState,
+    HealthStatus,
+    health_check_of,
+    unhealthy_error,
+)
 from shoal.agent.taskdb import TaskDB, TaskRecord
 from shoal.clock import Clock
-from shoal.errors import NotFound
-from shoal.timefmt import SECOND, to_rfc3339
+from shoal.errors import InvalidArgument, NotFound
+from shoal.timefmt import SECOND, from_rfc3339, to_rfc3339
 from shoal.types import Doc, TaskState
 
 log = logging.getLogger(__name__)
@@ -44,6 +58,8 @@ EXIT_UNKNOWN_NO_RECORD = "task exit status unknown: this node has no record of t
 # Temporary executor errors are retried with a backoff growing up to this.
 MAX_RETRY_DELAY = 5.0
 FIRST_RETRY_DELAY = 0.1
+# A health monitor that crashed is started again after this pause (so a bug cannot spin the loop).
+HEALTH_RESTART_DELAY = 1.0
 
 Reporter = Callable[[str, Doc], None]
 
@@ -75,6 +91,13 @@ def _desired(task: Doc) -> TaskState:
     return _parse_state(task.get("DesiredState"), TaskState.RUNNING)
 
 
+def _status_time(status: Doc | None, default: float) -> float:
+    try:
+        return from_rfc3339(str((status or {})["Timestamp"]))
+    except (KeyError, InvalidArgument):
+        return default
+
+
 @dataclass
 class _TaskRun:
     """A task this worker knows: its record on disk plus what lives only in this process."""
@@ -83,6 +106,7 @@ class _TaskRun:
     controller: Controller | None = None
     runner: asyncio.Task[None] | None = None
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
+    health: HealthMonitor | None = None  # while its process runs, for a task with a health check
 
     @property
     def task_id(self) -> str:
@@ -134,7 +158,18 @@ class Worker:
                     self._finish_unknown(run, EXIT_UNKNOWN_AFTER_RESTART)
                     continue
                 adopted += 1
-                self._report(run, TaskState.RUNNING, "re-adopted after an agent restart")
+                check = health_check_of(record.task)
+                if check is not None and run.state < TaskState.RUNNING:
+                    # Still starting: the start period counts from when it was being started.
+                    started_at = _status_time(record.status, self._clock.now())
+                    run.health = self._health_monitor(run, check, started_at, HealthState())
+                    self._report(run, TaskState.STARTING, "re-adopted after an agent restart")
+                else:
+                    if check is not None:
+                        # It was healthy: failures count from now on.
+                        run.health = self._health_monitor(run, check, self._clock.now(),
+                                                          HealthState(HealthStatus.HEALTHY))
+                    self._report(run, TaskState.RUNNING, "re-adopted after an agent restart")
                 self._spawn_runner(run)
             elif run.state < TaskState.STARTING:
                 # Nothing was started yet: carry on from where it was (prepare can be repeated).
@@ -305,7 +340,14 @@ class Worker:
             self._report(run, TaskState.REJECTED, "rejected", err=f"starting task: {exc}")
             return False
         run.record.handle = controller.handle()
-        self._report(run, TaskState.RUNNING, "started")
+        check = health_check_of(run.record.task)
+        if check is None:
+            self._report(run, TaskState.RUNNING, "started")
+        else:
+            # It stays `starting` until its health check passes; the handle is saved now, so a restarted agent
+            # re-adopts the process meanwhile.
+            self._db.put(run.record)
+            run.health = self._health_monitor(run, check, self._clock.now(), HealthState())
         return True
 
     async def _retrying(self, run: _TaskRun, step: Callable[[], Awaitable[None]]) -> bool:
@@ -325,22 +367,41 @@ class Worker:
             delay = min(delay * 2, MAX_RETRY_DELAY)
 
     async def _watch(self, run: _TaskRun) -> None:
-        """Wait for the running task to end, stopping it first if asked to; report how it ended."""
+        """Wait for the running task to end, stopping it first if asked to or once it is unhealthy; report how
+        it ended."""
         controller = run.controller
         assert controller is not None
         exited = asyncio.ensure_future(controller.wait())
         stop = asyncio.ensure_future(run.stop_requested.wait())
+        checking = self._spawn_health(run)
+        unhealthy = False
         try:
-            await asyncio.wait({exited, stop}, return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                await asyncio.wait({exited, stop} | ({checking} if checking else set()),
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if checking is None or not checking.done() or exited.done() or stop.done():
+                    break
+                if checking.exception() is None:
+                    unhealthy = True
+                    break
+                log.error("task %s: health monitor crashed, restarting it", run.task_id,
+                          exc_info=checking.exception())
+                checking = self._spawn_health(run, delay=HEALTH_RESTART_DELAY)
+            # The checks end with the task (and must not report it running while it is being stopped).
+            if checking is not None:
+                checking.cancel()
+                await self._settle([checking])
             if not exited.done():
                 spec = _container_spec(run.record.task)
                 await controller.shutdown(stop_grace_seconds(run.record.task),
                                           str(spec.get("StopSignal") or DEFAULT_STOP_SIGNAL))
                 await asyncio.wait({exited})
         finally:
-            for waiter in (exited, stop):
+            waiters = [exited, stop] + ([checking] if checking else [])
+            for waiter in waiters:
                 waiter.cancel()
-            await self._settle([exited, stop])
+            await self._settle(waiters)
+            run.health = None
         try:
             code: int | None = exited.result()
         except ExitStatusUnknown:
@@ -348,12 +409,41 @@ class Worker:
         run.record.handle = None
         if run.stop_requested.is_set():
             self._report(run, TaskState.SHUTDOWN, "shutdown", exit_code=code or 0)
+        elif unhealthy:
+            self._report(run, TaskState.FAILED, "unhealthy", err=unhealthy_error(code), exit_code=code or 0)
         elif code is None:
             self._report(run, TaskState.FAILED, "finished", err=EXIT_UNKNOWN_AFTER_RESTART)
         elif code == 0:
             self._report(run, TaskState.COMPLETE, "finished")
         else:
             self._report(run, TaskState.FAILED, "finished", err=f"task: non-zero exit ({code})", exit_code=code)
+
+    # ---- health checks ------------------------------------------------------------------------------------
+
+    def _health_monitor(self, run: _TaskRun, check: HealthCheck, started_at: float,
+                        state: HealthState) -> HealthMonitor:
+        controller = run.controller
+        assert controller is not None
+
+        def on_change(status: HealthStatus) -> None:
+            if status == HealthStatus.HEALTHY:
+                self._advance(run, TaskState.RUNNING, "started")
+
+        return HealthMonitor(f"task {run.task_id}", check, controller.probe, self._clock.now, started_at,
+                             state=state, on_change=on_change)
+
+    def _spawn_health(self, run: _TaskRun, delay: float = 0.0) -> asyncio.Task[HealthState] | None:
+        """The task's health monitor as a named asyncio task; None when the task has no health check."""
+        monitor = run.health
+        if monitor is None:
+            return None
+
+        async def run_monitor() -> HealthState:
+            if delay:
+                await asyncio.sleep(delay)
+            return await monitor.run()
+
+        return asyncio.create_task(run_monitor(), name=f"health:{run.task_id}")
 
     # ---- helpers ------------------------------------------------------------------------------------------
 

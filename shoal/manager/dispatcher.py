@@ -20,11 +20,11 @@ from aiohttp import WSMsgType, web
 
 from shoal.certs import identity_from_peercert
 from shoal.clock import Clock
-from shoal.errors import NotLeader, ShoalError
+from shoal.errors import InvalidArgument, NotLeader, ShoalError
 from shoal.manager.applier import Applier
 from shoal.manager.cache import Cache
 from shoal.manager.store.base import Batch, Event, Store
-from shoal.timefmt import to_rfc3339
+from shoal.timefmt import from_rfc3339, to_rfc3339
 from shoal.types import NODES, TASKS, Doc, NodeState, TaskState, desired_state, node_state, task_state
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,11 @@ def merge_status(task: Doc, status: Doc, now: float) -> Doc | None:
     Observed states only move forward: a report older than what is stored is dropped.
     """
     current = task_state(task)
+    state = status.get("State")
+    if not isinstance(state, str):
+        return None
     try:
-        reported = TaskState.parse(status.get("State", ""))
+        reported = TaskState.parse(state)
     except ValueError:
         return None
     old = task["Status"]
@@ -64,7 +67,10 @@ def merge_status(task: Doc, status: Doc, now: float) -> Doc | None:
     merged = dict(old)
     merged.update({k: v for k, v in status.items() if k in ("State", "Message", "Err", "ContainerStatus",
                                                           "PortStatus", "Timestamp")})
-    merged.setdefault("Timestamp", to_rfc3339(now))
+    try:
+        from_rfc3339(str(merged.get("Timestamp")))
+    except InvalidArgument:
+        merged["Timestamp"] = to_rfc3339(now)
     new["Status"] = merged
     new["UpdatedAt"] = to_rfc3339(now)
     return new
@@ -182,7 +188,10 @@ class Dispatcher:
                 await self._renew(session, data)
             elif kind == "status":
                 for update in data.get("updates", []):
-                    self.pending_status[update["TaskID"]] = update["Status"]
+                    # A node reports only on its own tasks.
+                    task = self.cache.get(TASKS, str(update.get("TaskID")))
+                    if task is not None and task.get("NodeID") == session.node_id:
+                        self.pending_status[task["ID"]] = update.get("Status") or {}
             elif kind == "log":
                 queue = session.log_queues.get(int(data["req"]))
                 if queue is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from shoal.clock import FakeClock
@@ -56,6 +56,25 @@ def make_task(task_id: str, service_id: str, node_id: str = "", state: TaskState
         "Status": {"Timestamp": stamp, "State": state.wire, "Message": "", "Err": ""},
         "DesiredState": desired.wire,
     }
+
+
+# ---- stores ---------------------------------------------------------------------------------------------
+
+
+class CountingStore(MemoryStore):
+    """A MemoryStore that records the size of every commit and can run a hook just before one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.commit_sizes: list[int] = []
+        self.before_commit: Callable[[], None] | None = None
+
+    async def commit(self, batch: Batch, fence: str | None = None) -> int:
+        self.commit_sizes.append(len(batch))
+        if self.before_commit is not None:
+            hook, self.before_commit = self.before_commit, None
+            hook()
+        return await super().commit(batch, fence)
 
 
 # ---- the harness ----------------------------------------------------------------------------------------
@@ -113,9 +132,9 @@ class Harness:
 
 
 @contextlib.asynccontextmanager
-async def running_harness() -> AsyncIterator[Harness]:
-    """A harness whose cache follows the store until the block ends."""
-    store = MemoryStore()
+async def running_harness(store: MemoryStore | None = None) -> AsyncIterator[Harness]:
+    """A harness whose cache follows the store (a fresh MemoryStore by default) until the block ends."""
+    store = store if store is not None else MemoryStore()
     cache = Cache()
     feeder = asyncio.create_task(cache.run(store), name="cache-feed")
     try:

@@ -9,19 +9,7 @@ from shoal.manager.applier import CHUNK, Applier
 from shoal.manager.store.base import Batch, object_key
 from shoal.manager.store.memory import MemoryStore
 from shoal.types import TASKS, Doc, Plan, TaskState, task_state
-from tests.unit.manager_fixtures import make_task
-
-
-class CountingStore(MemoryStore):
-    """A MemoryStore that records the size of every commit it is asked for."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.commit_sizes: list[int] = []
-
-    async def commit(self, batch: Batch, fence: str | None = None) -> int:
-        self.commit_sizes.append(len(batch))
-        return await super().commit(batch, fence)
+from tests.unit.manager_fixtures import CountingStore, make_task
 
 
 async def stored_tasks(store: MemoryStore, *tasks: Doc) -> list[Doc]:

@@ -4,7 +4,8 @@ A `Controller` drives one task through its life one step at a time (prepare, sta
 as swarmkit's `exec.Controller` does; the worker decides the order and reports each state. A controller can
 describe itself as a small JSON `handle` that the worker saves on disk, and `Executor.recover` re-attaches to
 the running task from that handle after an agent restart (nomad's `RecoverTask`), so a restarted agent adopts
-its tasks instead of starting second copies.
+its tasks instead of starting second copies. `probe` runs a task's health check command the way the task
+itself runs (same user, environment, working directory); the worker decides when and what the results mean.
 
 Errors: `ExecutorError` is temporary (the step may be retried); `TaskRejected` is fatal (the task can never
 run here: it is reported as rejected); `ExitStatusUnknown` means the task's process is gone and its exit status
@@ -13,13 +14,22 @@ cannot be known (it was not our child any more).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from shoal.types import Doc
 
 # One line of task output: (stream "stdout" | "stderr", unix timestamp, the line's bytes with its newline).
 LogLine = tuple[str, float, bytes]
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One run of a health check: exit code 0 is healthy; -1 when it timed out or could not be started."""
+
+    exit_code: int
+    output: str = ""  # what it printed (stdout and stderr), cut to a few kilobytes
 
 
 class ExecutorError(Exception):
@@ -55,6 +65,11 @@ class Controller(Protocol):
 
     async def remove(self) -> None:
         """Delete what the task left on the node (scratch directory, logs). The task must have ended."""
+        ...
+
+    async def probe(self, command: Sequence[str], timeout_seconds: float) -> ProbeResult:
+        """Run a health check command (argv) beside the task, as the task's user, with its environment and
+        working directory; kill it after `timeout_seconds`. Never raises for the command's own failures."""
         ...
 
     def handle(self) -> Doc:

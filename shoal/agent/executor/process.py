@@ -13,6 +13,9 @@ Conventions (a process has no image, so the task document is read this way):
 - `ContainerSpec.User` ("name", "uid", "name:group" or "uid:gid") needs the agent to run as root.
 - Stop: the StopSignal (default SIGTERM) to the process group, SIGKILL to the group after the grace period. When
   the main process ends, what is left of its group is killed, as a container's processes end with its init.
+- Health check (`probe`): the check command runs as the task's user, with its environment and working directory,
+  in a session of its own; at its timeout its whole process group is killed (Docker's result then: exit -1,
+  "Health check exceeded timeout (…)"). A check that cannot be started is a failure (exit -1), never an error.
 - Exit code: from waiting on the child; a signal death is reported as 128 + signal number (Docker's convention).
   A process adopted after an agent restart is not our child: we watch its pid (checking its start time in
   /proc/<pid>/stat, so a reused pid is never taken for it), and its exit status is unknown.
@@ -32,7 +35,8 @@ import re
 import shutil
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Callable
+import tempfile
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +46,7 @@ from shoal.agent.executor.base import (
     ExecutorError,
     ExitStatusUnknown,
     LogLine,
+    ProbeResult,
     TaskRejected,
 )
 from shoal.types import Doc, task_slot
@@ -56,6 +61,8 @@ KILL_WAIT_SECONDS = 30.0
 # Only used where pidfd_open is missing (Linux < 5.3), and for following log files.
 POLL_SECONDS = 0.1
 LOG_STREAMS = ("stdout", "stderr")
+# What is kept of a health check's output (Docker keeps 4096 bytes and marks the cut with "...").
+MAX_PROBE_OUTPUT = 4096
 _SAFE_TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 # Every child this agent process spawned and has not reaped yet. A controller may be dropped while its process
@@ -299,17 +306,12 @@ class ProcessController(Controller):
 
     async def prepare(self) -> None:
         self._argv = task_argv(self._spec)
-        self._run_as = resolve_user(str(self._spec.get("User") or ""))
-        base = {"PATH": os.environ.get("PATH") or DEFAULT_PATH,
-                "HOME": self._run_as.home if self._run_as else os.environ.get("HOME", "/")}
-        self._env = task_environment(self._task, base)
-        work_dir = str(self._spec.get("Dir") or "")
-        if work_dir:
-            self._cwd = Path(work_dir)
+        self._resolve_context()
+        assert self._cwd is not None
+        if self._spec.get("Dir"):
             if not self._cwd.is_dir():
-                raise TaskRejected(f"working directory {work_dir} does not exist")
+                raise TaskRejected(f"working directory {self._cwd} does not exist")
         else:
-            self._cwd = self._executor.scratch_dir(self._task_id)
             self._mkdir(self._cwd)
         self._find_program()
         self._mkdir(self._executor.log_dir(self._task_id))
@@ -376,6 +378,29 @@ class ProcessController(Controller):
         for folder in (self._executor.scratch_dir(self._task_id), self._executor.log_dir(self._task_id)):
             shutil.rmtree(folder, ignore_errors=True)
 
+    async def probe(self, command: Sequence[str], timeout_seconds: float) -> ProbeResult:
+        try:
+            if not self._env:
+                self._resolve_context()  # an adopted process: prepare() did not run in this agent
+            run_as = self._run_as
+            with tempfile.TemporaryFile() as output:
+                # A file, not a pipe: a check that leaves a background child holding it open cannot hang us.
+                checker = subprocess.Popen(
+                    list(command), stdin=subprocess.DEVNULL, stdout=output, stderr=output, cwd=self._cwd,
+                    env=self._env, start_new_session=True, close_fds=True,
+                    user=run_as.uid if run_as else None, group=run_as.gid if run_as else None,
+                    extra_groups=run_as.extra_groups if run_as else None,
+                )
+                exit_code = await _wait_for_probe(checker, timeout_seconds)
+                output.seek(0)
+                printed = _probe_output(output.read(MAX_PROBE_OUTPUT + 1))
+        except (OSError, subprocess.SubprocessError, TaskRejected) as exc:
+            return ProbeResult(exit_code=-1, output=f"health check could not be started: {exc}")
+        if exit_code is None:
+            timed_out = f"Health check exceeded timeout ({timeout_seconds:g}s)"
+            return ProbeResult(exit_code=-1, output=f"{timed_out}: {printed}" if printed else timed_out)
+        return ProbeResult(exit_code=exit_code, output=printed)
+
     def handle(self) -> Doc:
         return {"Executor": EXECUTOR_NAME, "PID": self._pid, "StartTime": self._start_ticks, "BootID": boot_id()}
 
@@ -392,6 +417,15 @@ class ProcessController(Controller):
     def running(self) -> bool:
         return self._pid > 0 and process_alive(self._pid, self._start_ticks)
 
+    def _resolve_context(self) -> None:
+        """Whom the task runs as, its environment and working directory (creating nothing)."""
+        self._run_as = resolve_user(str(self._spec.get("User") or ""))
+        base = {"PATH": os.environ.get("PATH") or DEFAULT_PATH,
+                "HOME": self._run_as.home if self._run_as else os.environ.get("HOME", "/")}
+        self._env = task_environment(self._task, base)
+        work_dir = str(self._spec.get("Dir") or "")
+        self._cwd = Path(work_dir) if work_dir else self._executor.scratch_dir(self._task_id)
+
     def _find_program(self) -> None:
         program = self._argv[0]
         if "/" in program:
@@ -406,6 +440,37 @@ class ProcessController(Controller):
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ExecutorError(f"cannot create {folder}: {exc}") from exc
+
+
+async def _wait_for_probe(checker: subprocess.Popen[bytes], timeout_seconds: float) -> int | None:
+    """The check's exit code, or None when it ran past its timeout (then its whole group is killed). Whatever
+    it left running in its process group is killed too; cancelled, it kills the check and returns nothing."""
+    _UNREAPED[checker.pid] = checker
+    stat = read_proc_stat(checker.pid)
+    start_ticks = stat.start_ticks if stat else -1
+    try:
+        await asyncio.wait_for(until_exited(checker.pid, start_ticks), timeout=max(timeout_seconds, 0))
+        timed_out = False
+    except TimeoutError:
+        timed_out = True
+    finally:
+        # Before reaping: the group id cannot be reused while the leader is a zombie.
+        signal_group(checker.pid, signal.SIGKILL)
+    try:
+        await asyncio.wait_for(until_exited(checker.pid, start_ticks), timeout=KILL_WAIT_SECONDS)
+    except TimeoutError:
+        log.warning("health check process %d survived SIGKILL", checker.pid)
+        return None
+    code = checker.wait()
+    _UNREAPED.pop(checker.pid, None)
+    if timed_out:
+        return None
+    return 128 - code if code < 0 else code
+
+
+def _probe_output(data: bytes) -> str:
+    text = data[:MAX_PROBE_OUTPUT].decode(errors="replace")
+    return text + "..." if len(data) > MAX_PROBE_OUTPUT else text
 
 
 # ---- logs ---------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import copy
 import json
 from collections.abc import Callable, Collection
 
+from shoal.errors import InvalidArgument
 from shoal.ids import new_id
 from shoal.manager.orchestrator import restart
 from shoal.timefmt import from_rfc3339, to_rfc3339
@@ -107,7 +108,7 @@ def created_at(task: Doc) -> float:
         return 0.0
     try:
         return from_rfc3339(text)
-    except ValueError:
+    except (ValueError, InvalidArgument):
         return 0.0
 
 

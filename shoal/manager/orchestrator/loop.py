@@ -14,7 +14,7 @@ import logging
 from shoal.clock import Clock
 from shoal.manager.applier import Applier
 from shoal.manager.cache import Cache
-from shoal.manager.orchestrator.common import set_desired
+from shoal.manager.orchestrator.common import never_reached_an_agent, set_desired
 from shoal.manager.orchestrator.global_ import reconcile_global
 from shoal.manager.orchestrator.replicated import reconcile_replicated
 from shoal.manager.store.base import Event
@@ -42,7 +42,7 @@ def reconcile_removed_service(tasks: list[Doc], nodes: dict[str, Doc], now: floa
     for task in tasks:
         node = nodes.get(task_node(task))
         unreachable = node is None or node_state(node).value == "down"
-        if task_state(task).terminal or unreachable or not task_node(task):
+        if task_state(task).terminal or unreachable or not task_node(task) or never_reached_an_agent(task):
             plan.delete.append(task)
         elif desired_state(task) < TaskState.SHUTDOWN:
             plan.update.append(set_desired(task, TaskState.SHUTDOWN, now))

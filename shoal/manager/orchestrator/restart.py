@@ -16,6 +16,7 @@ Durations in a policy (Delay, Window) are nanoseconds, as in Docker's API.
 
 from __future__ import annotations
 
+from shoal.errors import InvalidArgument
 from shoal.timefmt import SECOND, from_rfc3339
 from shoal.types import Doc, RestartCondition, TaskState, task_state
 from shoal.types import restart_policy as _with_defaults
@@ -55,7 +56,7 @@ def ended_at(task: Doc, now: float) -> float:
         return now
     try:
         return min(from_rfc3339(text), now)
-    except ValueError:
+    except (ValueError, InvalidArgument):
         return now
 
 

@@ -1,0 +1,390 @@
+"""The dispatcher: merging agents' status reports, batching them into writes, and marking silent nodes down."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from typing import cast
+
+import pytest
+from aiohttp import WSMsgType, web
+
+from shoal.manager.applier import Applier
+from shoal.manager.dispatcher import (
+    GRACE_MULTIPLIER,
+    Dispatcher,
+    NodeSession,
+    agent_should_know,
+    merge_status,
+)
+from shoal.manager.orchestrator.loop import OrchestratorLoop
+from shoal.manager.store.base import Batch
+from shoal.timefmt import to_rfc3339
+from shoal.types import NODES, TASKS, Doc, NodeState, TaskState, node_state, task_state
+from tests.unit.manager_fixtures import (
+    CountingStore,
+    Harness,
+    make_node,
+    make_service,
+    make_task,
+    running_harness,
+)
+
+NOW = 1_800_000_000.0
+PERIOD = 5.0
+GRACE = PERIOD * GRACE_MULTIPLIER
+
+
+def status(state: str, message: str = "", err: str = "", at: float = NOW + 1, **extra: object) -> Doc:
+    return {"Timestamp": to_rfc3339(at), "State": state, "Message": message, "Err": err, **extra}
+
+
+def running_task(task_id: str = "t1", node_id: str = "n1") -> Doc:
+    return make_task(task_id, "web", node_id=node_id, state=TaskState.RUNNING, at=NOW)
+
+
+# ---- merge_status ------------------------------------------------------------------------------------------
+
+
+def test_a_report_that_moves_forward_is_merged() -> None:
+    task = make_task("t1", "web", node_id="n1", state=TaskState.ASSIGNED, at=NOW)
+    report = status("running", "started", ContainerStatus={"ContainerID": "c1", "PID": 42})
+
+    merged = merge_status(task, report, NOW + 2)
+
+    assert merged is not None
+    assert merged["Status"] == report
+    assert merged["UpdatedAt"] == to_rfc3339(NOW + 2)
+    assert task["Status"]["State"] == "assigned"  # the input is not modified
+    assert merged["DesiredState"] == task["DesiredState"] and merged["NodeID"] == "n1"
+
+
+def test_a_report_keeps_the_fields_it_does_not_carry_and_drops_foreign_ones() -> None:
+    task = make_task("t1", "web", node_id="n1", state=TaskState.RUNNING, at=NOW)
+    task["Status"]["ContainerStatus"] = {"ContainerID": "c1"}
+
+    merged = merge_status(task, {"State": "failed", "Err": "exit 1", "Bogus": "x"}, NOW + 2)
+
+    assert merged is not None
+    assert merged["Status"]["ContainerStatus"] == {"ContainerID": "c1"}
+    assert merged["Status"]["Err"] == "exit 1"
+    assert "Bogus" not in merged["Status"]
+
+
+@pytest.mark.parametrize("reported", ["new", "pending", "assigned", "starting"])
+def test_a_report_that_would_move_backwards_is_dropped(reported: str) -> None:
+    assert merge_status(running_task(), status(reported), NOW + 2) is None
+
+
+def test_a_terminal_task_does_not_come_back_to_running() -> None:
+    task = make_task("t1", "web", node_id="n1", state=TaskState.FAILED, at=NOW)
+    assert merge_status(task, status("running"), NOW + 2) is None
+
+
+def test_a_report_of_the_same_state_with_nothing_new_is_dropped() -> None:
+    task = running_task()
+    same = {k: task["Status"][k] for k in ("State", "Message", "Err")}
+    assert merge_status(task, {**same, "Timestamp": to_rfc3339(NOW + 5)}, NOW + 5) is None
+
+
+def test_a_report_of_the_same_state_with_a_new_err_is_applied() -> None:
+    task = make_task("t1", "web", node_id="n1", state=TaskState.PREPARING, at=NOW)
+
+    merged = merge_status(task, status("preparing", err="pull access denied"), NOW + 2)
+
+    assert merged is not None
+    assert merged["Status"]["State"] == "preparing"
+    assert merged["Status"]["Err"] == "pull access denied"
+
+
+@pytest.mark.parametrize("garbage", [{"State": "sleeping"}, {"State": ""}, {}, {"Err": "no state"}])
+def test_a_report_with_an_unknown_state_is_ignored(garbage: Doc) -> None:
+    assert merge_status(running_task(), garbage, NOW + 2) is None
+
+
+@pytest.mark.parametrize("garbage", [None, 3, ["running"]])
+def test_a_report_whose_state_is_not_a_string_is_ignored(garbage: object) -> None:
+    assert merge_status(running_task(), {"State": garbage}, NOW + 2) is None
+
+
+# ---- agent_should_know -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("state", "desired", "known"),
+    [
+        (TaskState.NEW, TaskState.RUNNING, False),
+        (TaskState.PENDING, TaskState.RUNNING, False),
+        (TaskState.PENDING, TaskState.SHUTDOWN, False),
+        (TaskState.ASSIGNED, TaskState.RUNNING, True),
+        (TaskState.RUNNING, TaskState.RUNNING, True),
+        (TaskState.RUNNING, TaskState.SHUTDOWN, True),  # the agent must hear it has to stop
+        (TaskState.FAILED, TaskState.RUNNING, True),  # ended, the manager has not answered yet
+        (TaskState.COMPLETE, TaskState.SHUTDOWN, False),  # both sides agree it is over
+        (TaskState.SHUTDOWN, TaskState.SHUTDOWN, False),
+        (TaskState.REJECTED, TaskState.REMOVE, False),
+    ],
+)
+def test_agent_should_know(state: TaskState, desired: TaskState, known: bool) -> None:
+    task = make_task("t1", "web", node_id="n1", state=state, desired=desired)
+    assert agent_should_know(task) is known
+
+
+# ---- the harness -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def store() -> CountingStore:
+    return CountingStore()
+
+
+@pytest.fixture
+async def harness(store: CountingStore) -> AsyncIterator[Harness]:
+    async with running_harness(store) as running:
+        yield running
+
+
+async def no_certificates(node_id: str, csr: bytes, port: int) -> Doc:
+    raise AssertionError("no role change is asked for in these tests")
+
+
+def make_dispatcher(h: Harness, period: float = PERIOD) -> Dispatcher:
+    dispatcher = Dispatcher(h.cache, h.store, Applier(h.store, fence=lambda: None), h.clock,
+                            heartbeat_period=lambda: period, managers=lambda: ["10.0.0.1:4242"],
+                            issue_certificate=no_certificates)
+    dispatcher.activate()
+    return dispatcher
+
+
+async def stored(h: Harness, kind: str, obj_id: str) -> Doc:
+    doc = await h.store.get(kind, obj_id)
+    assert doc is not None
+    return doc
+
+
+# ---- flush_status ------------------------------------------------------------------------------------------
+
+
+async def test_flush_status_writes_several_reports_in_one_batch(harness: Harness, store: CountingStore) -> None:
+    await harness.add_tasks(*(make_task(f"t{i}", "web", node_id="n1", state=TaskState.ASSIGNED) for i in (1, 2, 3)))
+    dispatcher = make_dispatcher(harness)
+    dispatcher.pending_status = {"t1": status("running"), "t2": status("starting"), "t3": status("rejected")}
+    store.commit_sizes.clear()
+
+    await dispatcher.flush_status()
+
+    assert store.commit_sizes == [3]
+    assert dispatcher.pending_status == {}
+    states = {t["ID"]: task_state(t) for t in await store.list_kind(TASKS)}
+    assert states == {"t1": TaskState.RUNNING, "t2": TaskState.STARTING, "t3": TaskState.REJECTED}
+    assert (await stored(harness, TASKS, "t1"))["UpdatedAt"] == to_rfc3339(NOW)
+
+
+async def test_flush_status_writes_nothing_for_reports_that_change_nothing(
+    harness: Harness, store: CountingStore
+) -> None:
+    await harness.add_tasks(running_task("t1"))
+    dispatcher = make_dispatcher(harness)
+    dispatcher.pending_status = {"t1": status("assigned"), "gone": status("running"), "t2": {"State": "zzz"}}
+    store.commit_sizes.clear()
+
+    await dispatcher.flush_status()
+
+    assert store.commit_sizes == []
+    assert dispatcher.pending_status == {}
+    assert task_state(await stored(harness, TASKS, "t1")) == TaskState.RUNNING
+
+
+async def test_flush_status_requeues_a_report_that_met_a_stale_version(harness: Harness) -> None:
+    await harness.add_tasks(*(make_task(f"t{i}", "web", node_id="n1", state=TaskState.ASSIGNED) for i in (1, 2, 3)))
+    dispatcher = make_dispatcher(harness)
+    # The manager changes t2 and the cache has not seen it yet when the reports are merged.
+    t2 = await stored(harness, TASKS, "t2")
+    revision = await harness.store.commit(Batch().update(TASKS, dict(t2, DesiredState="shutdown")))
+    dispatcher.pending_status = {"t1": status("running"), "t2": status("running"), "t3": status("running")}
+
+    await dispatcher.flush_status()
+
+    assert set(dispatcher.pending_status) == {"t2"}
+    assert task_state(await stored(harness, TASKS, "t1")) == TaskState.RUNNING
+    assert task_state(await stored(harness, TASKS, "t3")) == TaskState.RUNNING
+    assert task_state(await stored(harness, TASKS, "t2")) == TaskState.ASSIGNED
+
+    # Next round, against the fresh cache: merged onto the manager's change, which is kept.
+    await harness.cache.wait_for_revision(revision)
+    await dispatcher.flush_status()
+    t2 = await stored(harness, TASKS, "t2")
+    assert task_state(t2) == TaskState.RUNNING and t2["DesiredState"] == "shutdown"
+    assert dispatcher.pending_status == {}
+
+
+async def test_a_newer_report_wins_over_the_requeued_one(harness: Harness, store: CountingStore) -> None:
+    await harness.add_tasks(make_task("t1", "web", node_id="n1", state=TaskState.ASSIGNED))
+    dispatcher = make_dispatcher(harness)
+    t1 = await stored(harness, TASKS, "t1")
+    await harness.store.commit(Batch().update(TASKS, dict(t1, Labels={"x": "y"})))  # the cache lags behind
+    dispatcher.pending_status = {"t1": status("starting")}
+    # While the write is in flight the agent reports again.
+    store.before_commit = lambda: dispatcher.pending_status.update({"t1": status("running", at=NOW + 3)})
+
+    await dispatcher.flush_status()
+
+    assert dispatcher.pending_status["t1"]["State"] == "running"
+
+
+async def test_an_unparseable_timestamp_from_an_agent_does_not_break_the_orchestrator(harness: Harness) -> None:
+    await harness.add_nodes(make_node("n1"))
+    await harness.add_service(make_service("web", "web", replicas=1))
+    await harness.add_tasks(running_task("t1"))
+    orchestrator = OrchestratorLoop(harness.cache, harness.applier, harness.clock)
+    await orchestrator.run_once()
+    dispatcher = make_dispatcher(harness)
+    dispatcher.pending_status = {"t1": {"State": "failed", "Err": "exit 1", "Timestamp": "yesterday"}}
+    await dispatcher.flush_status()
+    await harness.cache.wait_for_revision(harness.store.revision)
+
+    await orchestrator.run_once()
+
+    assert "slot 1: task t1 failed" in orchestrator.last_decision
+
+
+# ---- check_nodes -------------------------------------------------------------------------------------------
+
+
+async def test_a_silent_node_is_marked_down_only_after_the_grace_period(harness: Harness) -> None:
+    await harness.add_nodes(make_node("n1"))
+    dispatcher = make_dispatcher(harness)
+
+    harness.clock.advance(GRACE - 0.5)
+    assert await dispatcher.check_nodes() == []
+    assert node_state(await stored(harness, NODES, "n1")) == NodeState.READY
+
+    harness.clock.advance(1.0)
+    assert await dispatcher.check_nodes() == ["n1"]
+    node = await stored(harness, NODES, "n1")
+    assert node_state(node) == NodeState.DOWN
+    assert node["Status"]["Message"] == "heartbeat failure"
+    assert node["Status"]["Addr"] == "127.0.0.2"  # the rest of the status is kept
+    assert node["UpdatedAt"] == to_rfc3339(harness.clock.now())
+
+    # Already down: not written again.
+    await harness.cache.wait_for_revision(harness.store.revision)
+    revision = harness.store.revision
+    harness.clock.advance(GRACE)
+    assert await dispatcher.check_nodes() == []
+    assert harness.store.revision == revision
+
+
+async def test_a_node_with_fresh_heartbeats_stays_ready(harness: Harness) -> None:
+    await harness.add_nodes(make_node("n1"), make_node("n2"))
+    dispatcher = make_dispatcher(harness)
+
+    down: list[str] = []
+    for _ in range(2 * GRACE_MULTIPLIER):
+        harness.clock.advance(PERIOD)
+        dispatcher.last_heartbeat["n1"] = harness.clock.monotonic()  # what each message on n1's session does
+        down += await dispatcher.check_nodes()
+        await harness.cache.wait_for_revision(harness.store.revision)
+
+    assert down == ["n2"]
+    assert node_state(await stored(harness, NODES, "n1")) == NodeState.READY
+    assert node_state(await stored(harness, NODES, "n2")) == NodeState.DOWN
+
+
+async def test_a_node_that_joins_after_activation_gets_its_own_grace(harness: Harness) -> None:
+    dispatcher = make_dispatcher(harness)
+    harness.clock.advance(10 * GRACE)
+    await harness.add_nodes(make_node("late"))
+
+    assert await dispatcher.check_nodes() == []
+    harness.clock.advance(GRACE + 0.1)
+    assert await dispatcher.check_nodes() == ["late"]
+
+
+async def test_activation_gives_every_node_a_fresh_grace(harness: Harness) -> None:
+    await harness.add_nodes(make_node("n1"))
+    dispatcher = make_dispatcher(harness)
+    harness.clock.advance(GRACE - 1)
+    await dispatcher.deactivate()
+
+    dispatcher.activate()  # leadership came back: heartbeats during the gap went to another manager
+    harness.clock.advance(GRACE - 1)
+
+    assert await dispatcher.check_nodes() == []
+
+
+# ---- a session, driven by a fake socket ------------------------------------------------------------------
+
+
+class FakeSocket:
+    """Plays a list of agent messages into a session and records what the dispatcher sends back."""
+
+    def __init__(self, messages: list[Doc]) -> None:
+        self.incoming = [SimpleNamespace(type=WSMsgType.TEXT, data=json.dumps(m)) for m in messages]
+        self.sent: list[Doc] = []
+
+    async def send_str(self, text: str) -> None:
+        self.sent.append(json.loads(text))
+
+    async def close(self) -> None:
+        pass
+
+    def __aiter__(self) -> AsyncIterator[SimpleNamespace]:
+        return self._play()
+
+    async def _play(self) -> AsyncIterator[SimpleNamespace]:
+        for message in self.incoming:
+            yield message
+
+
+async def serve(dispatcher: Dispatcher, node_id: str, messages: list[Doc]) -> FakeSocket:
+    socket = FakeSocket(messages)
+    await dispatcher._serve(NodeSession(node_id, cast(web.WebSocketResponse, socket), "worker"), "10.0.0.9")
+    return socket
+
+
+async def test_a_session_registers_its_node_and_refreshes_its_heartbeat(harness: Harness) -> None:
+    await harness.add_nodes(make_node("n1", state="down"))
+    await harness.add_tasks(make_task("t1", "web", node_id="n1", state=TaskState.ASSIGNED),
+                            make_task("t2", "web", node_id="n1", state=TaskState.COMPLETE,
+                                      desired=TaskState.SHUTDOWN))
+    dispatcher = make_dispatcher(harness)
+    harness.clock.advance(GRACE + 1)
+
+    socket = await serve(dispatcher, "n1", [{"type": "hello", "description": {"Platform": {"OS": "linux"}}}])
+
+    assert dispatcher.last_heartbeat["n1"] == harness.clock.monotonic()
+    node = await stored(harness, NODES, "n1")
+    assert node_state(node) == NodeState.READY
+    assert node["Description"] == {"Hostname": "host-n1", "Platform": {"OS": "linux"}}
+    welcome, assignments = socket.sent
+    assert welcome == {"type": "welcome", "node_id": "n1", "heartbeat_period": PERIOD,
+                       "managers": ["10.0.0.1:4242"]}
+    assert assignments["full"] is True
+    assert [t["ID"] for t in assignments["tasks"]] == ["t1"]
+    assert await dispatcher.check_nodes() == []
+
+
+async def test_a_session_queues_status_reports_for_the_next_flush(harness: Harness) -> None:
+    await harness.add_nodes(make_node("n1"))
+    await harness.add_tasks(make_task("t1", "web", node_id="n1", state=TaskState.ASSIGNED))
+    dispatcher = make_dispatcher(harness)
+
+    await serve(dispatcher, "n1", [{"type": "status", "updates": [{"TaskID": "t1", "Status": status("starting")}]},
+                                   {"type": "status", "updates": [{"TaskID": "t1", "Status": status("running")}]}])
+
+    assert dispatcher.pending_status == {"t1": status("running")}
+    await dispatcher.flush_status()
+    assert task_state(await stored(harness, TASKS, "t1")) == TaskState.RUNNING
+
+
+async def test_a_node_cannot_report_the_status_of_another_nodes_task(harness: Harness) -> None:
+    await harness.add_nodes(make_node("n1"), make_node("n2"))
+    await harness.add_tasks(running_task("t1", node_id="n1"))
+    dispatcher = make_dispatcher(harness)
+
+    await serve(dispatcher, "n2", [{"type": "status", "updates": [{"TaskID": "t1", "Status": status("failed")}]}])
+    await dispatcher.flush_status()
+
+    assert task_state(await stored(harness, TASKS, "t1")) == TaskState.RUNNING
