@@ -21,6 +21,8 @@ def register(commands: Any) -> None:
     up = sub.add_parser("up", help="Start a local cluster")
     up.add_argument("--managers", type=_positive_int, default=1, metavar="M", help="Number of managers (default 1)")
     up.add_argument("--workers", type=_non_negative_int, default=2, metavar="W", help="Number of workers (default 2)")
+    up.add_argument("--subnet", type=_loopback_prefix, default="127.0.0", metavar="127.X.Y",
+                    help="Loopback block for the nodes' addresses (default 127.0.0: nodes on .2, .3, …)")
     up.set_defaults(handler=run_up)
 
     ls = sub.add_parser("ls", aliases=["list"], help="List the playground's nodes")
@@ -35,6 +37,14 @@ def _non_negative_int(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"invalid count {text!r}: must be a non-negative integer")
     return int(text)
+
+
+def _loopback_prefix(text: str) -> str:
+    parts = text.split(".")
+    if len(parts) != 3 or parts[0] != "127" or not all(p.isdigit() and 0 <= int(p) <= 255 for p in parts):
+        raise argparse.ArgumentTypeError(f"invalid subnet {text!r}: give the first three numbers of a loopback "
+                                         "address, e.g. 127.0.5")
+    return text
 
 
 def _positive_int(text: str) -> int:
@@ -63,7 +73,7 @@ def node_json(node: Any) -> dict[str, Any]:
 def run_up(ctx: CliContext, args: argparse.Namespace) -> int:
     from shoal import playground
 
-    nodes = playground.up(managers=args.managers, workers=args.workers, progress=ctx.print)
+    nodes = playground.up(managers=args.managers, workers=args.workers, progress=ctx.print, subnet=args.subnet)
     ctx.out.write(playground_table(nodes))
     managers = [n for n in nodes if n.role == "manager"]
     if managers:

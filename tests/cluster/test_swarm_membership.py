@@ -177,3 +177,27 @@ def test_promote_then_demote_a_worker(cluster: Cluster) -> None:
     wait_for("worker1's etcd member to stop", lambda: not etcd_of_worker1())
     cluster.ok("service", "scale", "-d", "made-on-worker1=3")
     cluster.wait_running("made-on-worker1", 3)
+
+
+def test_remote_api_over_mutual_tls(cluster: Cluster) -> None:
+    certs = f"{cluster.manager.state_dir}/certs"
+    host = f"tcp://{cluster.manager.address}:2377"
+    with_manager_cert = cluster.shoal("-H", host, "--tlscacert", f"{certs}/ca.pem", "--tlscert", f"{certs}/node.pem",
+                                      "--tlskey", f"{certs}/node-key.pem", "node", "ls")
+    assert with_manager_cert.code == 0, with_manager_cert.err
+    assert "manager1" in with_manager_cert.out and "Leader" in with_manager_cert.out
+    # A worker's certificate is from the same CA but may not drive the swarm.
+    wcerts = f"{cluster.node('worker1').state_dir}/certs"
+    with_worker_cert = cluster.shoal("-H", host, "--tlscacert", f"{wcerts}/ca.pem", "--tlscert",
+                                     f"{wcerts}/node.pem", "--tlskey", f"{wcerts}/node-key.pem", "node", "ls")
+    assert with_worker_cert.code != 0 and "manager certificates" in with_worker_cert.err
+    without_cert = cluster.shoal("-H", host, "--tlscacert", f"{certs}/ca.pem", "node", "ls")
+    assert without_cert.code != 0 and len(without_cert.err.strip().splitlines()) == 1
+    # The server itself refuses API calls from a client without a certificate.
+    import httpx
+
+    from shoal.certs import client_ssl_context
+
+    with httpx.Client(verify=client_ssl_context(f"{certs}/ca.pem"), timeout=10) as client:
+        response = client.get(f"https://{cluster.manager.address}:2377/nodes")
+    assert response.status_code == 403 and "certificate" in response.json()["message"]

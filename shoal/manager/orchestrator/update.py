@@ -28,13 +28,17 @@ after every slot of the previous one is running, the newest of its tasks' runnin
 - start-first: the new task is created running; the old one is shut down when the new one runs.
 
 A new task of the update that fails, is rejected or completes within `Monitor` of starting is a failure.
-When failures / slots in the update exceed `MaxFailureRatio` (slots, as swarmkit divides by the slots it
-set out to update), `FailureAction` applies: "pause", "continue", or "rollback" to `PreviousSpec` under the
-RollbackConfig; a rollback is never rolled back, it pauses. The update is "completed" once no slot needs
-updating or is in flight and the newest task of the update has run for `Monitor`.
+When the slots with a failure, divided by the slots the update covers (swarmkit divides by the slots it set
+out to update; a slot whose new task keeps failing counts once), exceed `MaxFailureRatio`, `FailureAction`
+applies: "pause", "continue", or "rollback": `PreviousSpec` and `Spec` swap, as in a manual rollback, and
+the rollback proceeds under the RollbackConfig. A rollback is never rolled back; it pauses. The update is
+"completed" once no slot needs updating or is in flight and the newest task of the update has run for
+`Monitor`.
 
-A paused update starts no new batch, but slots already in flight are finished (as swarmkit's workers finish
-the slot they hold), so no slot is left with a task held at "ready" or two tasks running.
+An outdated slot found after an update completed (a node that was paused comes back active) is replaced
+under the UpdateConfig without touching UpdateStatus. A paused update starts no new batch, but slots already
+in flight are finished (as swarmkit's workers finish the slot they hold), so no slot is left with a task
+held at "ready" or two tasks running.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from shoal.errors import ShoalError
+from shoal.errors import InvalidArgument, ShoalError
 from shoal.manager.controlapi.service import IngressPort, effective_update_config, updated_service
 from shoal.manager.orchestrator import restart
 from shoal.manager.orchestrator.common import (
@@ -154,7 +158,7 @@ def _timestamp(text: object) -> float | None:
         return None
     try:
         return from_rfc3339(text)
-    except ValueError:
+    except (ValueError, InvalidArgument):
         return None
 
 
