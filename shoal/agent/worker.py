@@ -13,8 +13,9 @@ loop is a named asyncio task per task, supervised by the task's runner, and ends
 itself is not reported: swarm's TaskStatus has no field for it, only the state transitions show it.
 
 Every task is recorded on disk (`TaskDB`) before anything is reported for it, together with the executor's
-handle once it runs (a task re-adopted after an agent restart resumes its health checks). A restarted agent (`start()`) re-adopts the processes that are still alive and reports
-failed for those that ended while it was away: it never starts a second copy of a task.
+handle once it runs. A restarted agent (`start()`) re-adopts the processes that are still alive (resuming their
+health checks) and reports failed for those that ended while it was away: it never starts a second copy of a
+task.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from shoal.clock import Clock
 from shoal.errors import InvalidArgument, NotLeader, ShoalError
 from shoal.manager.applier import Applier
 from shoal.manager.cache import Cache
+from shoal.manager.orchestrator.update import RUNNING_SINCE
 from shoal.manager.store.base import Batch, Event, Store
 from shoal.timefmt import from_rfc3339, to_rfc3339
 from shoal.types import NODES, TASKS, Doc, NodeState, TaskState, desired_state, node_state, task_state
@@ -71,6 +72,9 @@ def merge_status(task: Doc, status: Doc, now: float) -> Doc | None:
         from_rfc3339(str(merged.get("Timestamp")))
     except InvalidArgument:
         merged["Timestamp"] = to_rfc3339(now)
+    if reported == TaskState.RUNNING and current < TaskState.RUNNING:
+        # When it started running, for the rolling update's monitor window (hidden from API views).
+        merged[RUNNING_SINCE] = to_rfc3339(now)
     new["Status"] = merged
     new["UpdatedAt"] = to_rfc3339(now)
     return new

@@ -54,7 +54,8 @@ def test_a_report_that_moves_forward_is_merged() -> None:
     merged = merge_status(task, report, NOW + 2)
 
     assert merged is not None
-    assert merged["Status"] == report
+    # The dispatcher stamps when the task started running, for the rolling update's monitor window.
+    assert merged["Status"] == {**report, "ShoalRunningSince": to_rfc3339(NOW + 2)}
     assert merged["UpdatedAt"] == to_rfc3339(NOW + 2)
     assert task["Status"]["State"] == "assigned"  # the input is not modified
     assert merged["DesiredState"] == task["DesiredState"] and merged["NodeID"] == "n1"

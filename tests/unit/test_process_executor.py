@@ -266,6 +266,63 @@ async def test_remove_deletes_scratch_and_logs(executor: ProcessExecutor) -> Non
     assert not (executor.state_dir / "scratch" / task["ID"]).exists()
 
 
+# ---- health check probes -----------------------------------------------------------------------------------
+
+async def test_probe_runs_as_the_task_does_and_returns_exit_code_and_output(executor: ProcessExecutor,
+                                                                          marker: str) -> None:
+    task = make_task(["sh", "-c", "sleep 300; true", marker], Env=["GREETING=hi"])
+    controller = await started(executor, task)
+    check = 'echo "$SHOAL_TASK_ID $GREETING $(pwd)"; echo "to stderr" >&2; exit 1'
+    result = await controller.probe(["/bin/sh", "-c", check], 5.0)
+    assert result.exit_code == 1
+    assert result.output == f"{task['ID']} hi {executor.state_dir / 'scratch' / task['ID']}\nto stderr\n"
+    assert (await controller.probe(["true"], 5.0)).exit_code == 0  # exec form, found on the task's PATH
+    await controller.shutdown(1.0, "SIGKILL")
+    await asyncio.wait_for(controller.wait(), DEADLINE)
+
+
+async def test_probe_past_its_timeout_is_killed_with_its_group(executor: ProcessExecutor, marker: str) -> None:
+    controller = await started(executor, make_task(["sh", "-c", "sleep 300; true", marker]))
+    # The check leaves a background child behind: it goes too, and it cannot hold the output open.
+    before = time.monotonic()
+    result = await controller.probe(["/bin/sh", "-c", "echo begun; sleep 300 & sleep 300; true", f"{marker}-check"],
+                                    0.2)
+    assert time.monotonic() - before < 5.0
+    assert result.exit_code == -1
+    assert result.output == "Health check exceeded timeout (0.2s): begun\n"
+    await wait_until(lambda: pids_with(f"{marker}-check") == [])
+    assert controller.running()  # the task itself is left alone
+    await controller.shutdown(1.0, "SIGKILL")
+    await asyncio.wait_for(controller.wait(), DEADLINE)
+
+
+async def test_probe_that_cannot_start_is_a_failure(executor: ProcessExecutor, marker: str) -> None:
+    controller = await started(executor, make_task(["sh", "-c", "sleep 300; true", marker]))
+    result = await controller.probe(["no-such-check-shoal"], 1.0)
+    assert result.exit_code == -1 and "could not be started" in result.output
+    await controller.shutdown(1.0, "SIGKILL")
+    await asyncio.wait_for(controller.wait(), DEADLINE)
+
+
+async def test_probe_output_is_cut_like_dockers(executor: ProcessExecutor, marker: str) -> None:
+    controller = await started(executor, make_task(["sh", "-c", "sleep 300; true", marker]))
+    result = await controller.probe(["/bin/sh", "-c", "head -c 10000 /dev/zero | tr '\\0' x"], 5.0)
+    assert result.exit_code == 0 and result.output == "x" * 4096 + "..."
+    await controller.shutdown(1.0, "SIGKILL")
+    await asyncio.wait_for(controller.wait(), DEADLINE)
+
+
+async def test_probe_of_an_adopted_process_has_the_tasks_environment(executor: ProcessExecutor,
+                                                                     marker: str) -> None:
+    task = make_task(["sh", "-c", "sleep 300; true", marker], Env=["GREETING=hi"])
+    original = await started(executor, task)
+    adopted = ProcessExecutor(executor.state_dir).recover(task, original.handle())
+    result = await adopted.probe(["/bin/sh", "-c", 'echo "$GREETING $(pwd)"'], 5.0)
+    assert (result.exit_code, result.output) == (0, f"hi {executor.state_dir / 'scratch' / task['ID']}\n")
+    await original.shutdown(1.0, "SIGKILL")
+    await asyncio.wait_for(original.wait(), DEADLINE)
+
+
 def test_task_ids_that_could_escape_the_state_dir_are_rejected(executor: ProcessExecutor) -> None:
     with pytest.raises(TaskRejected):
         executor.controller({**make_task(["true"]), "ID": "../../etc"})

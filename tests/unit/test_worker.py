@@ -17,12 +17,13 @@ import pytest
 
 from shoal.agent.executor.base import Executor
 from shoal.agent.executor.process import ProcessController, ProcessExecutor, process_alive, read_proc_stat
+from shoal.agent.health import ERR_UNHEALTHY, unhealthy_error
 from shoal.agent.taskdb import TaskDB, TaskRecord
 from shoal.agent.worker import EXIT_UNKNOWN_AFTER_RESTART, Worker
 from shoal.clock import SystemClock
 from shoal.errors import NotFound
 from shoal.ids import new_id
-from shoal.timefmt import MILLISECOND, from_rfc3339
+from shoal.timefmt import MILLISECOND, SECOND, from_rfc3339
 from shoal.types import Doc
 
 DEADLINE = 10.0
@@ -470,6 +471,208 @@ async def test_stop_with_kill_tasks_stops_everything_and_forgets_it(node: Node, 
     assert reports.states(task["ID"])[-1] == "shutdown"
     assert pids_with(marker) == []
     assert TaskDB(node.state_dir / "tasks.json").load() == {}
+
+
+# ---- health checks -------------------------------------------------------------------------------------------
+
+INTERVAL = 100 * MILLISECOND
+
+
+def health(command: str, retries: int = 3, timeout: int = 2 * SECOND, start_period: int = 0,
+           interval: int = INTERVAL) -> Doc:
+    return {"Test": ["CMD-SHELL", command], "Interval": interval, "Timeout": timeout, "Retries": retries,
+            "StartPeriod": start_period}
+
+
+def counted(count_file: Path, command: str) -> str:
+    """A check command that also leaves a line in `count_file` each time it runs."""
+    return f"echo run >> {count_file}; {command}"
+
+
+def runs(count_file: Path) -> int:
+    return len(count_file.read_text().splitlines()) if count_file.exists() else 0
+
+
+async def test_task_stays_starting_until_its_health_check_passes(node: Node, marker: str, tmp_path: Path) -> None:
+    reports = Reports()
+    worker = await node.start_worker(reports)
+    ready, count = tmp_path / "ready", tmp_path / "count"
+    task = make_task(sleeper(marker), Healthcheck=health(counted(count, f"test -e {ready}"), retries=1000))
+    await worker.assign([task], full=True)
+    await wait_until(lambda: runs(count) >= 3)
+    assert reports.states(task["ID"]) == ["accepted", "preparing", "starting"]
+    assert worker.running_task_ids() == set()
+    assert len(pids_with(marker)) == 1
+    ready.touch()
+    running = await reports.reach(task["ID"], "running")
+    assert reports.states(task["ID"]) == ["accepted", "preparing", "starting", "running"]
+    assert running["ContainerStatus"]["PID"] == pids_with(marker)[0]
+    assert worker.running_task_ids() == {task["ID"]}
+
+
+async def test_healthy_task_goes_from_starting_to_running_after_the_first_interval(node: Node,
+                                                                                  marker: str) -> None:
+    reports = Reports()
+    worker = await node.start_worker(reports)
+    task = make_task(sleeper(marker), Healthcheck=health("true", interval=300 * MILLISECOND))
+    await worker.assign([task], full=True)
+    running = await reports.reach(task["ID"], "running")
+    starting = [status for tid, status in reports.entries if tid == task["ID"] and status["State"] == "starting"]
+    assert reports.states(task["ID"]) == ["accepted", "preparing", "starting", "running"]
+    # Docker runs the first check one interval after the start.
+    assert from_rfc3339(running["Timestamp"]) - from_rfc3339(starting[0]["Timestamp"]) >= 0.3
+
+
+async def test_failing_health_check_fails_the_task_after_retries_and_stops_it(node: Node, marker: str,
+                                                                            tmp_path: Path) -> None:
+    reports = Reports()
+    worker = await node.start_worker(reports)
+    count = tmp_path / "count"
+    task = make_task(sleeper(marker), Healthcheck=health(counted(count, "exit 1"), retries=2))
+    before = time.monotonic()
+    await worker.assign([task], full=True)
+    failed = await reports.reach(task["ID"], "failed")
+    assert time.monotonic() - before >= 2 * INTERVAL / 1e9
+    assert runs(count) == 2
+    # sh dies of the stop signal (SIGTERM): moby's words for it.
+    assert failed["Err"] == unhealthy_error(128 + signal.SIGTERM)
+    assert failed["Err"] == "task: non-zero exit (143): dockerexec: unhealthy container"
+    assert failed["ContainerStatus"]["ExitCode"] == 128 + signal.SIGTERM
+    assert reports.states(task["ID"]) == ["accepted", "preparing", "starting", "failed"]
+    assert pids_with(marker) == []
+    # No checking after the task ended.
+    await asyncio.sleep(3 * INTERVAL / 1e9)
+    assert runs(count) == 2
+
+
+async def test_unhealthy_task_that_ignores_the_stop_signal_is_killed_after_the_grace_period(
+        node: Node, marker: str) -> None:
+    reports = Reports()
+    worker = await node.start_worker(reports)
+    task = make_task(["sh", "-c", "trap '' TERM; sleep 300; true", marker],
+                     Healthcheck=health("exit 1", retries=1))
+    await worker.assign([task], full=True)
+    failed = await reports.reach(task["ID"], "failed")
+    assert failed["Err"] == unhealthy_error(128 + signal.SIGKILL)
+    assert pids_with(marker) == []
+
+
+async def test_start_period_tolerates_early_failures(node: Node, marker: str, tmp_path: Path) -> None:
+    # The task gets ready after a while; until then every check fails, and one counted failure is enough
+    # to fail it (retries 1).
+    ready = tmp_path / "ready"
+    starts_slowly = ["sh", "-c", f"sleep 0.5; touch {ready}; sleep 300; true", marker]
+    reports = Reports()
+    worker = await node.start_worker(reports)
+    tolerated = make_task(starts_slowly, Healthcheck=health(f"test -e {ready}", retries=1, start_period=30 * SECOND))
+    await worker.assign([tolerated], full=True)
+    await reports.reach(tolerated["ID"], "running")
+    assert "failed" not in reports.states(tolerated["ID"])
+
+    # The same without a start period: the first failed check fails it.
+    ready.unlink()
+    impatient = make_task(starts_slowly, Healthcheck=health(f"test -e {ready}", retries=1))
+    await worker.assign([tolerated, impatient], full=True)
+    failed = await reports.reach(impatient["ID"], "failed")
+    assert ERR_UNHEALTHY in failed["Err"]
+    assert "running" not in reports.states(impatient["ID"])
+
+
+async def test_a_check_that_hangs_past_its_timeout_counts_as_failed(node: Node, marker: str) -> None:
+    reports = Reports()
+    worker = await node.start_worker(reports)
+    check_marker = f"{marker}-check"
+    task = make_task(sleeper(marker), Healthcheck=health(f"sleep 300; true {check_marker}", retries=2,
+                                                         timeout=100 * MILLISECOND))
+    before = time.monotonic()
+    await worker.assign([task], full=True)
+    failed = await reports.reach(task["ID"], "failed")
+    assert time.monotonic() - before < 5.0
+    assert ERR_UNHEALTHY in failed["Err"]
+    assert pids_with(marker) == []  # the task and the checks that hung
+
+
+async def test_healthy_task_that_becomes_unhealthy_fails(node: Node, marker: str, tmp_path: Path) -> None:
+    reports = Reports()
+    worker = await node.start_worker(reports)
+    broken = tmp_path / "broken"
+    task = make_task(sleeper(marker), Healthcheck=health(f"test ! -e {broken}", retries=2))
+    await worker.assign([task], full=True)
+    await reports.reach(task["ID"], "running")
+    broken.touch()
+    failed = await reports.reach(task["ID"], "failed")
+    assert failed["Err"] == unhealthy_error(128 + signal.SIGTERM)
+    assert reports.states(task["ID"]) == ["accepted", "preparing", "starting", "running", "failed"]
+    assert pids_with(marker) == []
+
+
+async def test_none_means_no_health_check(node: Node, marker: str) -> None:
+    reports = Reports()
+    worker = await node.start_worker(reports)
+    # With a check this task would stay starting for a minute (the first check comes after the interval).
+    task = make_task(sleeper(marker), Healthcheck={"Test": ["NONE"], "Interval": 60 * SECOND})
+    await worker.assign([task], full=True)
+    await reports.reach(task["ID"], "running")
+    assert reports.states(task["ID"]) == ["accepted", "preparing", "starting", "running"]
+
+
+async def test_stop_while_starting_is_a_shutdown_and_ends_the_checks(node: Node, marker: str,
+                                                                    tmp_path: Path) -> None:
+    reports = Reports()
+    worker = await node.start_worker(reports)
+    count = tmp_path / "count"
+    task = make_task(sleeper(marker), Healthcheck=health(counted(count, "exit 1"), retries=1000))
+    await worker.assign([task], full=True)
+    await wait_until(lambda: runs(count) >= 1)
+    await worker.assign([with_desired(task, "shutdown")], full=True)
+    await reports.reach(task["ID"], "shutdown")
+    assert reports.states(task["ID"]) == ["accepted", "preparing", "starting", "shutdown"]
+    checks_run = runs(count)
+    await asyncio.sleep(3 * INTERVAL / 1e9)
+    assert runs(count) == checks_run
+    assert pids_with(marker) == []
+
+
+async def test_readopted_healthy_task_resumes_its_checks(node: Node, marker: str, tmp_path: Path) -> None:
+    first_reports = Reports()
+    first = await node.start_worker(first_reports)
+    broken = tmp_path / "broken"
+    task = make_task(sleeper(marker), Healthcheck=health(f"test ! -e {broken}", retries=2))
+    await first.assign([task], full=True)
+    await first_reports.reach(task["ID"], "running")
+    await first.stop(kill_tasks=False)
+
+    reports = Reports()
+    await node.start_worker(reports)
+    assert reports.states(task["ID"]) == ["running"]
+    broken.touch()
+    failed = await reports.reach(task["ID"], "failed")
+    # Not our child any more: its exit code is unknown.
+    assert failed["Err"] == ERR_UNHEALTHY
+    assert pids_with(marker) == []
+
+
+async def test_readopted_starting_task_stays_starting_until_healthy(node: Node, marker: str,
+                                                                   tmp_path: Path) -> None:
+    first_reports = Reports()
+    first = await node.start_worker(first_reports)
+    ready, count = tmp_path / "ready", tmp_path / "count"
+    task = make_task(sleeper(marker), Healthcheck=health(counted(count, f"test -e {ready}"), retries=1000))
+    await first.assign([task], full=True)
+    await wait_until(lambda: runs(count) >= 1)
+    await first.stop(kill_tasks=False)
+    pid = pids_with(marker)
+
+    reports = Reports()
+    second = await node.start_worker(reports)
+    assert reports.states(task["ID"]) == ["starting"]
+    checks_before = runs(count)
+    await wait_until(lambda: runs(count) >= checks_before + 2)
+    assert reports.states(task["ID"]) == ["starting"]
+    ready.touch()
+    await reports.reach(task["ID"], "running")
+    assert pids_with(marker) == pid
+    assert second.running_task_ids() == {task["ID"]}
 
 
 # ---- the task record -----------------------------------------------------------------------------------------

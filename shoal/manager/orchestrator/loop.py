@@ -14,10 +14,12 @@ import logging
 from shoal.clock import Clock
 from shoal.manager.applier import Applier
 from shoal.manager.cache import Cache
+from shoal.manager.controlapi.service import ingress_ports_in_use
 from shoal.manager.orchestrator.common import never_reached_an_agent, set_desired
 from shoal.manager.orchestrator.global_ import reconcile_global
 from shoal.manager.orchestrator.replicated import reconcile_replicated
-from shoal.manager.store.base import Event
+from shoal.manager.orchestrator.update import plan_update
+from shoal.manager.store.base import Batch, Event
 from shoal.types import (
     NODES,
     SERVICES,
@@ -101,15 +103,27 @@ class OrchestratorLoop:
         limit = cluster["Spec"].get("Orchestration", {}).get("TaskHistoryRetentionLimit")
         return 5 if limit is None else int(limit)
 
-    def decide(self, service_id: str, now: float) -> Plan:
+    def decide(self, service_id: str, now: float) -> tuple[Plan, Doc | None]:
+        """The writes for one service: the rolling update's when one is under way, else the reconciler's.
+
+        Returns the task plan and, when the update state changes, the new service document.
+        """
         nodes = self.cache.nodes()
         tasks = self.cache.tasks_of_service(service_id)
         service = self.cache.get(SERVICES, service_id)
         if service is None:
-            return reconcile_removed_service(tasks, nodes, now)
+            return reconcile_removed_service(tasks, nodes, now), None
+        used_ports = ingress_ports_in_use(self.cache.services().values(), service_id)
+        update = plan_update(service, tasks, nodes, now, used_ports=used_ports)
+        if not update.empty():
+            return update.plan, update.service
         if is_global(service):
-            return reconcile_global(service, tasks, nodes, now, self._history_limit())
-        return reconcile_replicated(service, tasks, nodes, now, self._history_limit())
+            plan = reconcile_global(service, tasks, nodes, now, self._history_limit())
+        else:
+            plan = reconcile_replicated(service, tasks, nodes, now, self._history_limit())
+        if update.wake_at is not None:
+            plan.wake_at = update.wake_at if plan.wake_at is None else min(plan.wake_at, update.wake_at)
+        return plan, None
 
     async def run_once(self) -> str:
         now = self.clock.now()
@@ -119,19 +133,35 @@ class OrchestratorLoop:
         self.dirty.update(due)
         services, self.dirty = self.dirty, set()
         plan = Plan()
+        service_writes: list[Doc] = []
+        updating: set[str] = set()
         for service_id in services:
-            service_plan = self.decide(service_id, now)
+            service_plan, service_doc = self.decide(service_id, now)
             if service_plan.wake_at is not None:
                 self._wakeups[service_id] = service_plan.wake_at
+            if service_doc is not None:
+                service_writes.append(service_doc)
+            if service_doc is not None or not service_plan.empty():
+                updating.add(service_id)
             plan.extend(service_plan)
-        if plan.empty():
+        if plan.empty() and not service_writes:
             return ""
-        result = await self.applier.apply(plan)
+        batch = Batch()
+        for doc in service_writes:
+            batch.update(SERVICES, doc)
+        for doc in plan.create:
+            batch.create(TASKS, doc)
+        for doc in plan.update:
+            batch.update(TASKS, doc)
+        for doc in plan.delete:
+            batch.delete(TASKS, doc)
+        result = await self.applier.write(batch)
         await self._caught_up(result.revision)
-        if result.conflicts:
-            # Some writes raced another writer: decide again from the fresh cache.
-            self.dirty.update(services)
-        self.last_decision = f"{len(services)} services: {plan.summary()} -> {result}"
+        # Decide again from the state just written: a rolling update moves one step per pass, and writes
+        # that raced another writer are redone from the fresh cache.
+        self.dirty.update(updating)
+        changed = f" service updates={len(service_writes)}" if service_writes else ""
+        self.last_decision = f"{len(services)} services: {plan.summary()}{changed} -> {result}"
         log.info("orchestrator: %s", self.last_decision)
         return self.last_decision
 
