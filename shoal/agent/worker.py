@@ -108,6 +108,9 @@ class _TaskRun:
     runner: asyncio.Task[None] | None = None
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
     health: HealthMonitor | None = None  # while its process runs, for a task with a health check
+    # Set once the manager wants the task running; a task wanted only "ready" is prepared and held (the new
+    # task of a stop-first update waits so until the old one has stopped).
+    may_start: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def task_id(self) -> str:
@@ -147,6 +150,8 @@ class Worker:
             self._runs[run.task_id] = run
             if record.stopping or _desired(record.task) > TaskState.RUNNING:
                 run.stop_requested.set()
+            if _desired(record.task) >= TaskState.RUNNING:
+                run.may_start.set()
             if run.state.terminal:
                 # The last report may not have reached the manager before the agent stopped: send it again.
                 if record.status is not None:
@@ -227,6 +232,8 @@ class Worker:
             if run.record.task != task:
                 run.record.task = task
                 self._db.put(run.record)
+            if _desired(task) >= TaskState.RUNNING:
+                run.may_start.set()
             if (_desired(task) > TaskState.RUNNING and not run.state.terminal
                     and not run.stop_requested.is_set()):
                 stopping += 1
@@ -247,6 +254,8 @@ class Worker:
             return 0  # it ended already; running it again is the manager's call, with a new task
         run = _TaskRun(TaskRecord(task=task))
         self._runs[run.task_id] = run
+        if _desired(task) >= TaskState.RUNNING:
+            run.may_start.set()
         if _desired(task) > TaskState.RUNNING:
             self._report(run, TaskState.SHUTDOWN, "shutdown")  # never started here: nothing to stop
             return 0
@@ -320,6 +329,18 @@ class Worker:
             log.exception("task %s: runner crashed", run.task_id)
             self._report(run, TaskState.FAILED, "agent error", err=f"agent error: {exc}")
 
+    @staticmethod
+    async def _held_until_wanted(run: _TaskRun) -> bool:
+        """Wait, prepared, until the manager wants the task running (True) or stopped (False)."""
+        start = asyncio.ensure_future(run.may_start.wait())
+        stop = asyncio.ensure_future(run.stop_requested.wait())
+        try:
+            await asyncio.wait({start, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            start.cancel()
+            stop.cancel()
+        return run.may_start.is_set() and not run.stop_requested.is_set()
+
     async def _start_task(self, run: _TaskRun) -> bool:
         """accepted → preparing → starting → running; False when the task ended before running."""
         self._advance(run, TaskState.ACCEPTED, "accepted")
@@ -332,6 +353,11 @@ class Worker:
             if not await self._retrying(run, controller.prepare) or run.stop_requested.is_set():
                 self._report(run, TaskState.SHUTDOWN, "shutdown")
                 return False
+            if not run.may_start.is_set():
+                self._advance(run, TaskState.READY, "ready")
+                if not await self._held_until_wanted(run):
+                    self._report(run, TaskState.SHUTDOWN, "shutdown")
+                    return False
             self._advance(run, TaskState.STARTING, "starting")
             if not await self._retrying(run, controller.start):
                 self._report(run, TaskState.SHUTDOWN, "shutdown")

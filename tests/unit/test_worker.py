@@ -694,3 +694,24 @@ def test_taskdb_sets_an_unreadable_file_aside(tmp_path: Path) -> None:
     path.write_text("{not json")
     assert TaskDB(path).load() == {}
     assert (tmp_path / "tasks.corrupt").read_text() == "{not json"
+
+
+async def test_a_task_wanted_ready_is_prepared_and_held_until_wanted_running(tmp_path: Path) -> None:
+    """The new task of a stop-first update waits at "ready" until the manager raises it to running."""
+    reports: list[tuple[str, str]] = []
+    worker = Worker(tmp_path, ProcessExecutor(tmp_path), lambda tid, st: reports.append((tid, st["State"])),
+                    SystemClock())
+    await worker.start()
+    task = {"ID": "held1", "ServiceID": "s", "Slot": 1, "DesiredState": "ready",
+            "Spec": {"ContainerSpec": {"Image": "busybox", "Args": ["sleep", "30"]}},
+            "Status": {"State": "assigned"}}
+    try:
+        await worker.assign([task], full=True)
+        await wait_until(lambda: ("held1", "ready") in reports)
+        await asyncio.sleep(0.3)
+        assert ("held1", "starting") not in reports and not worker.running_task_ids()
+        await worker.assign([dict(task, DesiredState="running")], full=True)
+        await wait_until(lambda: ("held1", "running") in reports)
+        assert worker.running_task_ids() == {"held1"}
+    finally:
+        await worker.stop(kill_tasks=True)
