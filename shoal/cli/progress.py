@@ -348,8 +348,11 @@ class ProgressFailed(Exception):
 
 def wait_on_service(client: Client, service_ref: str, out: TextIO, *, quiet: bool = False,
                     tty: bool | None = None, monotonic: Callable[[], float] = time.monotonic,
-                    sleep: Callable[[float], None] = time.sleep) -> None:
-    """Poll until the service converged (and stayed so for its monitor period); raise ProgressFailed."""
+                    sleep: Callable[[float], None] = time.sleep, fail_on_rollback: bool = False) -> None:
+    """Poll until the service converged (and stayed so for its monitor period); raise ProgressFailed.
+
+    With `fail_on_rollback` (`service update`), an update that the swarm rolled back is a failure too.
+    """
     if tty is None:
         tty = out.isatty()
     renderer: LineRenderer | TerminalRenderer | NullRenderer
@@ -370,6 +373,9 @@ def wait_on_service(client: Client, service_ref: str, out: TextIO, *, quiet: boo
             show(step)
             if step.finished:
                 renderer.finish()
+                if fail_on_rollback and state.rollback:
+                    message = state.final_message.text if state.final_message else "update rolled back"
+                    raise ProgressFailed(f"service update rolled back: {message}")
                 return
             filters = filters_param({"_up-to-date": ["true"], "service": [service["ID"]]})
             tasks = client.get("/tasks", params={"filters": filters}) or []

@@ -85,9 +85,10 @@ def register(commands: Any) -> None:
     rollback.set_defaults(handler=run_rollback)
 
 
-def _wait(ctx: CliContext, service_ref: str, quiet: bool) -> None:
+def _wait(ctx: CliContext, service_ref: str, quiet: bool, fail_on_rollback: bool = False) -> None:
     try:
-        wait_on_service(ctx.client(), service_ref, ctx.out, quiet=quiet, tty=ctx.isatty())
+        wait_on_service(ctx.client(), service_ref, ctx.out, quiet=quiet, tty=ctx.isatty(),
+                        fail_on_rollback=fail_on_rollback)
     except ProgressFailed as exc:
         raise CliError(str(exc)) from exc
 
@@ -114,7 +115,7 @@ def run_update(ctx: CliContext, args: argparse.Namespace) -> int:
     ctx.print_warnings(response)
     ctx.print(args.service)
     if not args.detach:
-        _wait(ctx, args.service, args.quiet)
+        _wait(ctx, args.service, args.quiet, fail_on_rollback=True)
     return 0
 
 

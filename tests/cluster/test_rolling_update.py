@@ -76,7 +76,9 @@ def test_a_failing_new_version_with_each_failure_action(cluster: Cluster, action
                  lambda: all(any(args_of(t) != OLD for t in cluster.tasks("web") if t["Slot"] == s) for s in (1, 2, 3)))
         assert update_state(cluster, "web") != "paused"
     else:
-        assert result.code != 0 or "rollback" in result.out
+        # The CLI follows the rollback, then reports the update as failed.
+        assert result.code != 0 and "service update rolled back" in result.err, (result.out, result.err)
+        assert "rollback: update rolled back due to failure or early termination of task" in result.out
         wait_for("automatic rollback completed", lambda: update_state(cluster, "web") == "rollback_completed",
                  timeout=60)
         running = cluster.wait_running("web", 3)

@@ -636,3 +636,17 @@ def test_simulated_global_update() -> None:
     assert all(not is_task_dirty(cluster.service, t) for t in live)
     times = sorted(at for at, _ in cluster.created_by_updater)
     assert len(times) == 3 and all(b - a >= 3 for a, b in itertools.pairwise(times))
+
+
+def test_a_rollback_completes_only_when_every_slot_runs_the_previous_spec_again() -> None:
+    """The failed task that caused the rollback left its slot empty: the reconciler refills it, and only then
+    is the rollback complete."""
+    svc = make_service(3, image=OLD_IMAGE, previous_image=NEW_IMAGE, status=updating(NOW - 60, "rollback_started"))
+    tasks = [make_task(svc, "failed1", 1, image=NEW_IMAGE, state="failed", desired="shutdown", created=NOW - 58),
+             make_task(svc, "old2", 2, image=OLD_IMAGE), make_task(svc, "old3", 3, image=OLD_IMAGE)]
+    waiting = plan_update(svc, tasks, NODES, NOW)
+    assert waiting.service is None and waiting.plan.empty()
+    assert any("waiting for 1 slot to run the current spec" in note for note in waiting.notes)
+    refilled = tasks + [make_task(svc, "old1b", 1, image=OLD_IMAGE, created=NOW - 10, running_stamp=NOW - 9)]
+    done = plan_update(svc, refilled, NODES, NOW + 10)
+    assert done.service is not None and done.service["UpdateStatus"]["State"] == "rollback_completed"

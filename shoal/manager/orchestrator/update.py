@@ -355,7 +355,14 @@ def plan_update(
     elif to_update:
         _next_batch(draft, service, to_update, of_this_update, policy, now)
     elif state in IN_PROGRESS:
-        new_status = _completion(draft, service, of_this_update, policy, now)
+        waiting = _slots_not_running_current_spec(service, slots) if state == ROLLBACK_STARTED else 0
+        if waiting:
+            # A slot emptied by the failed task that caused the rollback is refilled by the reconciler; the
+            # rollback is complete only when every slot runs the previous spec again. (An update completes
+            # once every slot was replaced, as swarmkit's does, so "continue" ends even if tasks fail.)
+            draft.note(f"waiting for {waiting} slot{'s' if waiting != 1 else ''} to run the current spec")
+        else:
+            new_status = _completion(draft, service, of_this_update, policy, now)
 
     if new_status is None:
         return draft.finish()
@@ -410,6 +417,13 @@ def _next_batch(
         draft.create(slot, task)
     draft.note(f"batch of {len(batch)} ({'start-first' if policy.start_first else 'stop-first'}): "
                + ", ".join(s.name for s in batch) + f"; {len(to_update) - len(batch)} more to update")
+
+
+def _slots_not_running_current_spec(service: Doc, slots: list[_Slot]) -> int:
+    """How many of the service's slots (replicas, or covered nodes) lack a running task of the current spec."""
+    expected = len(slots) if is_global(service) else replicas(service)
+    ready = sum(1 for slot in slots if any(_is_running(t) for t in slot.new_live(service)))
+    return max(0, expected - ready)
 
 
 def _completion(
