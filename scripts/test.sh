@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+scripts/start-dockerd.sh
 .venv/bin/ruff check shoal tests bench
 .venv/bin/mypy shoal
 # Unit tests are pure and fast; cluster tests start real daemons and etcd on loopback addresses, two at a time.
