@@ -143,6 +143,12 @@ class Daemon:
     # ---- lifecycle --------------------------------------------------------------------------------------
 
     def make_executor(self) -> Executor:
+        if self.config.executor == "docker":
+            from shoal.agent.executor.docker import DockerExecutor
+
+            # The engine named by DOCKER_HOST (and DOCKER_TLS_VERIFY/DOCKER_CERT_PATH), else the local socket;
+            # Unavailable, with the reason, when it does not answer.
+            return DockerExecutor.connect()
         if self.config.executor != "process":
             raise InvalidArgument(f"executor {self.config.executor!r} is not available yet: use --executor process")
         from shoal.agent.executor.process import ProcessExecutor

@@ -143,6 +143,16 @@ def up(managers: int = 1, workers: int = 2, progress: Callable[[str], None] = pr
                          "stop it with \"shoal playground down\" first")
     down(lambda _: None, base)
     base.mkdir(parents=True, exist_ok=True)
+    try:
+        return _start(managers, workers, progress, base, subnet)
+    except BaseException:
+        # Leave nothing half-started behind.
+        down(lambda _: None, base)
+        raise
+
+
+def _start(managers: int, workers: int, progress: Callable[[str], None], base: Path,
+           subnet: str) -> list[PlaygroundNode]:
     plan = [(f"manager{i + 1}", "manager") for i in range(managers)]
     plan += [(f"worker{i + 1}", "worker") for i in range(workers)]
     nodes: list[PlaygroundNode] = []

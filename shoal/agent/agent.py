@@ -64,6 +64,12 @@ class Agent:
         self.loops.start("session", self._session_loop)
 
     async def stop(self, kill_tasks: bool = False) -> None:
+        """Stop the session and the worker. Without `kill_tasks` (a daemon restart) the manager is told the
+        node is restarting, so it waits longer before moving its tasks, which keep running meanwhile."""
+        ws = self._ws
+        if not kill_tasks and ws is not None and not ws.closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.send_str('{"type":"bye","restarting":true}'), 1)
         await self.loops.stop()
         for task in self._log_streams.values():
             task.cancel()
@@ -76,19 +82,23 @@ class Agent:
     # ---- the session ------------------------------------------------------------------------------------
 
     def _candidates(self) -> list[str]:
+        """The managers to try, the leader a follower named first (even one not yet in our list)."""
         order = list(self.managers)
-        if self._preferred in order:
-            order.remove(self._preferred)
+        if self._preferred:
+            if self._preferred in order:
+                order.remove(self._preferred)
             order.insert(0, self._preferred)
         return order
 
     async def _session_loop(self) -> None:
+        """Keep a session open: try the managers in turn, going straight to the leader a follower names."""
         backoff = 0.1
         while True:
             for addr in self._candidates():
+                redirected_from = self._preferred
                 try:
+                    log.debug("opening a session with %s", addr)
                     await self._run_session(addr)
-                    backoff = 0.1
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -96,14 +106,20 @@ class Agent:
                 finally:
                     self.connected.clear()
                     self._ws = None
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
+                if self._preferred and self._preferred != redirected_from:
+                    backoff = 0.1
+                    break  # a follower named the leader: start over with it first
+            else:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                continue
+            await asyncio.sleep(0.05)
 
     async def _run_session(self, addr: str) -> None:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=3)
         async with aiohttp.ClientSession(timeout=timeout) as http, http.ws_connect(
                 f"https://{addr}{SESSION_PATH}", ssl=self.ssl_context, max_msg_size=64 * 1024 * 1024,
-                autoping=True) as ws:
+                autoping=True, timeout=aiohttp.ClientWSTimeout(ws_close=1.0)) as ws:
             self._ws = ws
             await ws.send_str(json.dumps({"type": "hello", "description": self.description()}))
             sender = asyncio.create_task(self._send_loop(ws), name="agent-send")
@@ -144,8 +160,10 @@ class Agent:
         elif kind == "managers":
             self._set_managers(message.get("managers") or [])
         elif kind == "redirect":
-            self._preferred = message.get("leader") or None
-            return False
+            # This manager is not the leader; it names the leader when it knows it.
+            log.info("manager %s is not the leader; it names %s", addr, message.get("leader") or "none yet")
+            self._preferred = message.get("leader") or self._preferred
+            return True  # the manager closes the session; its close frame ends the loop
         elif kind == "rejected":
             log.error("the manager refused this node: %s", message.get("message"))
             await asyncio.sleep(2)

@@ -19,6 +19,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from shoal import __version__
+from shoal.api.proxy import EngineProxy, distribution_inspect
 from shoal.certs import identity_from_peercert
 from shoal.errors import InvalidArgument, NotAManager, ShoalError
 from shoal.manager.join import handle_join
@@ -33,6 +34,11 @@ log = logging.getLogger(__name__)
 MAX_API_VERSION = "1.47"
 MIN_API_VERSION = "1.24"
 DAEMON = web.AppKey("daemon", object)
+ENGINE_PROXY = web.AppKey("engine_proxy", EngineProxy)
+
+# Go's names for the machine architectures, which Docker reports (`docker version` shows linux/amd64).
+GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386", "ppc64le": "ppc64le",
+           "s390x": "s390x"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -70,7 +76,9 @@ async def json_body(request: web.Request) -> Any:
 
 
 def reply(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, separators=(",", ":")))
+    # Exactly "application/json": the docker CLI reads an error's message only for that content type.
+    body = json.dumps(data, separators=(",", ":")).encode() + b"\n"
+    return web.Response(body=body, status=status, content_type="application/json")
 
 
 def daemon_of(request: web.Request) -> Daemon:
@@ -113,6 +121,9 @@ async def version_middleware(request: web.Request, handler: Handler) -> web.Stre
     if match and _version_tuple(match.group(1)) > _version_tuple(MAX_API_VERSION):
         raise InvalidArgument(f"client version {match.group(1)} is too new. Maximum supported API version is "
                               f"{MAX_API_VERSION}")
+    if match and _version_tuple(match.group(1)) < _version_tuple(MIN_API_VERSION):
+        raise InvalidArgument(f"client version {match.group(1)} is too old. Minimum supported API version is "
+                              f"{MIN_API_VERSION}, please upgrade your client to a newer version")
     return await handler(request)
 
 
@@ -156,7 +167,7 @@ async def version(request: web.Request) -> web.StreamResponse:
         "Platform": {"Name": "shoal"},
         "Components": [{"Name": "shoal", "Version": __version__, "Details": {}}],
         "Version": __version__, "ApiVersion": MAX_API_VERSION, "MinAPIVersion": MIN_API_VERSION,
-        "GitCommit": "", "GoVersion": "", "Os": "linux", "Arch": platform.machine(),
+        "GitCommit": "", "GoVersion": "", "Os": "linux", "Arch": go_arch(),
         "KernelVersion": platform.release(), "BuildTime": "",
     })
 
@@ -171,6 +182,11 @@ async def info(request: web.Request) -> web.StreamResponse:
         "Driver": "", "DockerRootDir": str(daemon.state_dir), "Swarm": daemon.swarm_info(),
         "Labels": [], "ExperimentalBuild": False, "Debug": False, "LiveRestoreEnabled": True,
     })
+
+
+def go_arch() -> str:
+    machine = platform.machine()
+    return GO_ARCH.get(machine, machine)
 
 
 def _ncpu() -> int:
@@ -329,6 +345,20 @@ async def logs(request: web.Request) -> web.StreamResponse:
     return response
 
 
+# ---- the node's Docker Engine: image digests, and everything outside swarm mode ---------------------------
+
+async def distribution(request: web.Request) -> web.StreamResponse:
+    return reply(await distribution_inspect(request.app[ENGINE_PROXY], request.match_info["name"]))
+
+
+async def engine(request: web.Request) -> web.StreamResponse:
+    return await request.app[ENGINE_PROXY].forward(request)
+
+
+async def _close_engine_proxy(app: web.Application) -> None:
+    await app[ENGINE_PROXY].close()
+
+
 # ---- the swarm port: join, CA and agent sessions -------------------------------------------------------
 
 async def ca_cert(request: web.Request) -> web.StreamResponse:
@@ -371,6 +401,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/services/{id}", service_inspect), ("DELETE", "/services/{id}", service_delete),
     ("POST", "/services/{id}/update", service_update), ("GET", "/services/{id}/logs", logs),
     ("GET", "/tasks", task_list), ("GET", "/tasks/{id}", task_inspect), ("GET", "/tasks/{id}/logs", logs),
+    ("GET", "/distribution/{name:.+}/json", distribution),
 ]
 
 
@@ -380,6 +411,8 @@ def make_app(daemon: Daemon, remote: bool) -> web.Application:
         middlewares.append(remote_auth_middleware())
     app = web.Application(middlewares=middlewares, client_max_size=64 * 1024 * 1024)
     app[DAEMON] = daemon
+    app[ENGINE_PROXY] = EngineProxy()
+    app.on_cleanup.append(_close_engine_proxy)
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
         app.router.add_route(method, "/v{api_version:[0-9.]+}" + path, handler)
@@ -387,6 +420,9 @@ def make_app(daemon: Daemon, remote: bool) -> web.Application:
         app.router.add_get(CA_PATH, ca_cert)
         app.router.add_post(JOIN_PATH, join)
         app.router.add_get(SESSION_PATH, session)
+    else:
+        # Last, so it only sees what no route above serves: the local engine's API (or a clear 501).
+        app.router.add_route("*", "/{path:.*}", engine)
     return app
 
 

@@ -35,6 +35,7 @@ STATUS_FLUSH_INTERVAL = 0.1
 # (node ID, CSR, the node's swarm port) -> {"certificate", "role", ["etcd_initial_cluster"]}
 CertificateIssuer = Callable[[str, bytes, int], Awaitable[Doc]]
 GRACE_MULTIPLIER = 3  # heartbeat periods without a heartbeat before a node is marked down
+RESTART_GRACE = 15.0  # seconds a node that announced a daemon restart has to come back
 
 
 def agent_should_know(task: Doc) -> bool:
@@ -87,6 +88,9 @@ class NodeSession:
     role: str  # the role its certificate carries
     role_told: str = ""  # the role we last asked the agent to take on
     check_role: bool = False
+    send_managers: bool = False
+    restarting: bool = False  # the agent said its daemon is restarting
+    background: list[asyncio.Task[None]] = field(default_factory=list)
     known: set[str] = field(default_factory=set)
     dirty: set[str] = field(default_factory=set)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -122,6 +126,24 @@ class Dispatcher:
         self.last_heartbeat = {nid: now for nid in self.cache.nodes()}
         self.active = True
 
+    async def mark_nodes_unknown(self) -> int:
+        """After a leader change no node is known to be up until it opens a session with this leader: ready
+        nodes become "unknown", so nothing new is placed on a node that died with the old leader (swarmkit does
+        the same). Their tasks stay until the grace runs out; a node that reconnects is ready again."""
+        now = self.clock.now()
+        batch = Batch()
+        for node_id, node in self.cache.nodes().items():
+            if node_state(node) == NodeState.READY and node_id not in self.sessions:
+                new = dict(node)
+                new["Status"] = {**(node.get("Status") or {}), "State": NodeState.UNKNOWN.value,
+                                 "Message": 'Node moved to "unknown" state due to leadership change in cluster'}
+                new["UpdatedAt"] = to_rfc3339(now)
+                batch.update(NODES, new)
+        if not batch.ops:
+            return 0
+        result = await self.applier.write(batch)
+        return result.written
+
     async def deactivate(self) -> None:
         self.active = False
         for session in list(self.sessions.values()):
@@ -136,7 +158,7 @@ class Dispatcher:
         if not peercert:
             raise web.HTTPForbidden(text="a node certificate is required")
         identity = identity_from_peercert(peercert)
-        ws = web.WebSocketResponse(max_msg_size=64 * 1024 * 1024)
+        ws = web.WebSocketResponse(max_msg_size=64 * 1024 * 1024, timeout=1.0)
         await ws.prepare(request)
         if not self.active:
             await ws.send_str(json.dumps({"type": "redirect", "leader": leader_addr or ""}))
@@ -158,17 +180,24 @@ class Dispatcher:
         try:
             await self._serve(session, peer[0] if peer else "")
         finally:
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await sender
+            for task in [sender, *session.background]:
+                task.cancel()
+            for task in [sender, *session.background]:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
             if self.sessions.get(identity.node_id) is session:
                 del self.sessions[identity.node_id]
-                # A closed connection is a strong hint: give the agent one heartbeat period to reconnect
-                # (to us or another manager) rather than the full grace.
                 period = self.heartbeat_period()
-                hinted = self.clock.monotonic() - period * (GRACE_MULTIPLIER - 1)
-                last = self.last_heartbeat.get(identity.node_id, hinted)
-                self.last_heartbeat[identity.node_id] = min(last, hinted)
+                now = self.clock.monotonic()
+                if session.restarting:
+                    # A daemon restart (tasks keep running): the node has RESTART_GRACE to come back.
+                    self.last_heartbeat[identity.node_id] = now - period * GRACE_MULTIPLIER + RESTART_GRACE
+                else:
+                    # A connection closed unannounced is a strong hint the node died: give the agent one
+                    # heartbeat period to reconnect (to us or another manager) rather than the full grace.
+                    hinted = now - period * (GRACE_MULTIPLIER - 1)
+                    last = self.last_heartbeat.get(identity.node_id, hinted)
+                    self.last_heartbeat[identity.node_id] = min(last, hinted)
             for queue in session.log_queues.values():
                 queue.put_nowait(None)
         return ws
@@ -184,10 +213,12 @@ class Dispatcher:
             kind = data.get("type")
             self.last_heartbeat[session.node_id] = self.clock.monotonic()
             if kind == "hello":
-                await self._register(session.node_id, data.get("description") or {}, peer_ip)
-                # The first assignment set is complete; later ones carry only changes.
-                await self._send_full(session)
-                await self._tell_role(session)
+                # Registering writes the store, which can be slow right after a leader change: do it beside
+                # the message loop, so heartbeats keep being read meanwhile.
+                session.background.append(asyncio.create_task(
+                    self._welcome(session, data.get("description") or {}, peer_ip), name=f"hello:{session.node_id}"))
+            elif kind == "bye":
+                session.restarting = bool(data.get("restarting"))
             elif kind == "renew":
                 await self._renew(session, data)
             elif kind == "status":
@@ -205,10 +236,16 @@ class Dispatcher:
                 if queue is not None:
                     queue.put_nowait(None)
 
+    async def _welcome(self, session: NodeSession, description: Doc, peer_ip: str) -> None:
+        await self._register(session.node_id, description, peer_ip)
+        # The first assignment set is complete; later ones carry only changes.
+        await self._send_full(session)
+        await self._tell_role(session)
+
     async def _register(self, node_id: str, description: Doc, peer_ip: str) -> None:
-        """Record the node as ready with what it reports about itself."""
-        for _ in range(5):
-            node = await self.store.get(NODES, node_id)
+        """Record the node as ready with what it reports about itself (retried until written)."""
+        for attempt in range(50):
+            node = self.cache.get(NODES, node_id)
             if node is None:
                 return
             new = dict(node)
@@ -222,12 +259,17 @@ class Dispatcher:
             new["Status"] = {"State": NodeState.READY.value, "Addr": addr, "Message": ""}
             new["UpdatedAt"] = to_rfc3339(self.clock.now())
             try:
-                await self.applier.write(Batch().update(NODES, new))
-                return
+                result = await self.applier.write(Batch().update(NODES, new))
+                if result.written:
+                    return
+                # A stale version: wait for the cache to catch up, then again.
+                await asyncio.sleep(0.05)
             except NotLeader:
                 raise
             except ShoalError as exc:
-                log.debug("register %s: %s", node_id, exc)
+                log.info("registering node %s (attempt %d): %s", node_id, attempt + 1, exc.message)
+                await asyncio.sleep(0.2)
+        log.warning("could not register node %s as ready", node_id)
 
     # ---- assignments ------------------------------------------------------------------------------------
 
@@ -259,6 +301,11 @@ class Dispatcher:
             await session.send({"type": "role", "role": wanted})
 
     def _on_event(self, event: Event, prev: Doc | None) -> None:
+        if event.kind == NODES and (event.doc or {}).get("ManagerAddr") != (prev or {}).get("ManagerAddr"):
+            # A manager joined, left or was promoted or demoted: every agent learns the new list.
+            for session in self.sessions.values():
+                session.send_managers = True
+                session.wake.set()
         if event.kind == NODES and event.obj_id in self.sessions:
             session = self.sessions[event.obj_id]
             session.check_role = True
@@ -285,6 +332,9 @@ class Dispatcher:
             if session.check_role:
                 session.check_role = False
                 await self._tell_role(session)
+            if session.send_managers:
+                session.send_managers = False
+                await session.send({"type": "managers", "managers": self.managers()})
             dirty, session.dirty = session.dirty, set()
             changed: list[Doc] = []
             removed: list[str] = []

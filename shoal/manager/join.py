@@ -7,7 +7,7 @@ import ipaddress
 import logging
 
 from shoal.clock import Clock
-from shoal.errors import InvalidArgument, JoinRefused
+from shoal.errors import InvalidArgument, JoinRefused, ShoalError
 from shoal.ids import new_id
 from shoal.manager.etcd_member import peer_url
 from shoal.manager.manager import Manager
@@ -73,12 +73,10 @@ async def handle_join(manager: Manager, clock: Clock, body: Doc, peer_ip: str, m
     if role == Role.MANAGER and manager.external_etcd is None:
         # The new member joins the etcd cluster before it starts, as etcd requires. Until it starts the
         # store has no quorum, so everything else about the node is written first.
-        assert manager.client is not None
-        member = await manager.client.add_member([peer_url(addr)])
-        names = []
-        async for m in manager.client.members():
-            name = m.name or (node_id if m.id == member.id else "")
-            names.append(f"{name}={m.peer_urls[0]}")
-        answer["EtcdInitialCluster"] = ",".join(names)
+        try:
+            answer["EtcdInitialCluster"] = await manager.add_member(peer_url(addr), node_id)
+        except ShoalError:
+            await manager.store.commit(Batch().delete(NODES, node, check_version=False)) if manager.store else None
+            raise
     log.info("node %s (%s) joined as %s", node_id, hostname, role.value)
     return answer

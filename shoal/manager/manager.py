@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aetcd
+import aetcd.exceptions
 
 from shoal.clock import Clock
 from shoal.config import EtcdEndpoints
-from shoal.errors import NoQuorum
+from shoal.errors import NoQuorum, ShoalError
 from shoal.manager.applier import Applier
 from shoal.manager.ca import RootCA
 from shoal.manager.cache import Cache
@@ -33,6 +34,8 @@ from shoal.timefmt import SECOND
 from shoal.types import NODES, Doc, Role
 
 log = logging.getLogger(__name__)
+
+MEMBER_ADD_TIMEOUT = 30.0
 
 
 @dataclass
@@ -124,6 +127,12 @@ class Manager:
         assert self.dispatcher is not None
         self.dispatcher.activate()
         dispatcher = self.dispatcher
+        try:
+            marked = await dispatcher.mark_nodes_unknown()
+            if marked:
+                log.info("%d nodes are unknown until they reconnect to this leader", marked)
+        except ShoalError as exc:
+            log.warning("could not mark nodes unknown after the leader change: %s", exc.message)
         self.leader_loops.start("orchestrator", self.orchestrator.run)
         self.leader_loops.start("scheduler", self.scheduler.run)
         self.leader_loops.start("node-health", dispatcher.node_health_loop)
@@ -214,18 +223,35 @@ class Manager:
             await self.store.commit(Batch().update(NODES, updated, check_version=False))
         if self.external_etcd is None:
             url = f"https://{addr}:2380"
-            members = [m async for m in self.client.members()]
-            mine = [m for m in members if url in m.peer_urls]
             if role == Role.MANAGER.value:
-                if not mine:
-                    added = await self.client.add_member([url])
-                    members.append(added)
-                answer["etcd_initial_cluster"] = ",".join(
-                    f"{m.name or node_id}={m.peer_urls[0]}" for m in members if m.peer_urls)
-            elif mine:
-                await self.client.remove_member(mine[0].id)
+                answer["etcd_initial_cluster"] = await self.add_member(url, node_id)
+            else:
+                mine = [m async for m in self.client.members() if url in m.peer_urls]
+                if mine:
+                    await self.client.remove_member(mine[0].id)
         log.info("issued a %s certificate to node %s", role, node_id)
         return answer
+
+    async def add_member(self, url: str, node_id: str) -> str:
+        """Add an etcd member for `url`; returns the --initial-cluster string its etcd must start with.
+
+        etcd refuses membership changes until every member has been connected for a few seconds (its strict
+        reconfiguration check), e.g. right after another manager joined: wait and try again meanwhile.
+        """
+        assert self.client is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + MEMBER_ADD_TIMEOUT
+        while True:
+            try:
+                members = [m async for m in self.client.members()]
+                if not any(url in m.peer_urls for m in members):
+                    members.append(await self.client.add_member([url]))
+                return ",".join(f"{m.name or node_id}={m.peer_urls[0]}" for m in members if m.peer_urls)
+            except aetcd.exceptions.ClientError as exc:
+                if loop.time() > deadline:
+                    raise NoQuorum(f"could not add an etcd member for {url}: {exc}") from exc
+                log.info("etcd member add for %s not possible yet (%s); retrying", url, exc)
+                await asyncio.sleep(0.5)
 
     async def bootstrap(self, cluster: Doc, ca: RootCA, node: Doc) -> None:
         """Write the first objects of a new swarm in one transaction."""

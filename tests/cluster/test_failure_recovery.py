@@ -43,11 +43,14 @@ def test_restarted_worker_adopts_its_running_tasks_without_duplicates(cluster: C
     before = {t["ID"]: t["Status"].get("ContainerStatus", {}).get("PID") for t in cluster.running("web")}
     processes_before = cluster.task_processes()
     assert len(processes_before) == 6
-    # Stop only the daemon (SIGKILL, no chance to clean up); its task processes keep running.
+    # Restart only the daemon (as `systemctl restart` does); its task processes keep running.
     import os
     import signal
 
-    os.kill(cluster.node("worker2").pid, signal.SIGKILL)
+    from shoal import playground
+
+    os.kill(cluster.node("worker2").pid, signal.SIGTERM)
+    wait_for("worker2's daemon to exit", lambda: not playground._alive(cluster.node("worker2").pid))
     cluster.restart("worker2")
     time.sleep(2)
     assert cluster.task_processes() == processes_before

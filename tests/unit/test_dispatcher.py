@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
@@ -341,7 +342,10 @@ class FakeSocket:
 
 async def serve(dispatcher: Dispatcher, node_id: str, messages: list[Doc]) -> FakeSocket:
     socket = FakeSocket(messages)
-    await dispatcher._serve(NodeSession(node_id, cast(web.WebSocketResponse, socket), "worker"), "10.0.0.9")
+    session = NodeSession(node_id, cast(web.WebSocketResponse, socket), "worker")
+    await dispatcher._serve(session, "10.0.0.9")
+    # Registration (after "hello") runs beside the message loop; let it finish.
+    await asyncio.gather(*session.background)
     return socket
 
 

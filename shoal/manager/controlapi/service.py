@@ -8,7 +8,6 @@ Behaviour follows swarmkit's `manager/controlapi/service.go` and `api/defaults/s
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
@@ -70,6 +69,77 @@ DEFAULT_UPDATE_CONFIG: Doc = {
 IngressPort = tuple[int, str]  # (published port, protocol), as held by the routing mesh
 
 
+# ---- field names as Go's JSON decoder matches them -------------------------------------------------------
+
+# The field names of Docker's ServiceSpec and everything under it (`api/types/swarm/*.go`, `mount`).
+SERVICE_SPEC_FIELDS = frozenset({
+    "Name", "Labels", "TaskTemplate", "Mode", "Replicated", "Global", "ReplicatedJob", "GlobalJob",
+    "Replicas", "MaxConcurrent", "TotalCompletions", "UpdateConfig", "RollbackConfig", "Parallelism",
+    "Delay", "FailureAction", "Monitor", "MaxFailureRatio", "Order", "Networks", "EndpointSpec", "Ports",
+    "Protocol", "TargetPort", "PublishedPort", "PublishMode", "Target", "Aliases", "DriverOpts",
+    "PluginSpec", "ContainerSpec", "NetworkAttachmentSpec", "Resources", "RestartPolicy", "Placement",
+    "ForceUpdate", "Runtime", "LogDriver", "Options", "Image", "Command", "Args", "Hostname", "Env", "Dir",
+    "User", "Groups", "Privileges", "CredentialSpec", "SELinuxContext", "Seccomp", "AppArmor",
+    "NoNewPrivileges", "TTY", "OpenStdin", "ReadOnly", "Mounts", "StopSignal", "StopGracePeriod",
+    "Healthcheck", "Hosts", "DNSConfig", "Nameservers", "Search", "Secrets", "Configs", "Isolation", "Init",
+    "Sysctls", "CapabilityAdd", "CapabilityDrop", "Ulimits", "OomScoreAdj", "Type", "Source", "Consistency",
+    "BindOptions", "VolumeOptions", "TmpfsOptions", "ClusterOptions", "Propagation", "NonRecursive",
+    "CreateMountpoint", "ReadOnlyNonRecursive", "ReadOnlyForceRecursive", "NoCopy", "DriverConfig",
+    "Subpath", "SizeBytes", "File", "UID", "GID", "SecretID", "SecretName", "ConfigID", "ConfigName",
+    "Soft", "Hard", "Limits", "Reservations", "NanoCPUs", "MemoryBytes", "Pids", "GenericResources",
+    "NamedResourceSpec", "DiscreteResourceSpec", "Kind", "Value", "Condition", "MaxAttempts", "Window",
+    "Constraints", "Preferences", "Spread", "SpreadDescriptor", "MaxReplicas", "Platforms", "Architecture",
+    "OS", "Test", "Interval", "Timeout", "StartPeriod", "StartInterval", "Retries", "Config", "Registry",
+    "Disable", "Enabled", "Level", "Role", "Profile", "Remote", "Disabled", "Plugin", "ContainerID",
+})
+
+# Fields that hold the user's own keys (labels, driver options, sysctls): their contents keep their names.
+FREE_FORM_FIELDS = frozenset({"Labels", "Options", "DriverOpts", "Sysctls"})
+_FIELD_BY_FOLDED_NAME = {name.lower(): name for name in SERVICE_SPEC_FIELDS}
+
+
+def go_field_names(value: object, free_form: bool = False) -> object:
+    """A copy of a decoded JSON value with its keys named as Docker's Go types name them.
+
+    Go's JSON decoder matches a key to a struct field case-insensitively when no field has the exact
+    name, and docker-py relies on it: its ServiceMode sends `{"replicated": {"Replicas": 3}}`.
+    """
+    if isinstance(value, list):
+        return [go_field_names(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    out: dict[str, object] = {}
+    for key, item in value.items():
+        name = str(key)
+        if not free_form and name not in SERVICE_SPEC_FIELDS:
+            name = _FIELD_BY_FOLDED_NAME.get(name.lower(), name)
+        # An exact name wins over a case-folded one, as in Go.
+        if name not in out or name == key:
+            out[name] = go_field_names(item, free_form=name in FREE_FORM_FIELDS)
+    return out
+
+
+# ---- image references ---------------------------------------------------------------------------------
+
+# The reference grammar of distribution/reference: [domain/]path[:tag][@digest], path components lowercase.
+_DOMAIN = r"(?:(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])(?:\.(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*" \
+    r"[a-zA-Z0-9]))*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+IMAGE_REFERENCE = re.compile(
+    rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*(?::[\w][\w.-]{{0,127}})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?"
+)
+
+
+def check_image_reference(image: str, path: str) -> None:
+    """swarm refuses an image that is not a valid reference (`ContainerSpec: "X" is not a valid repository/tag`)."""
+    if len(image) > 255 or not IMAGE_REFERENCE.fullmatch(image):
+        raise InvalidArgument(
+            f'{path}.Image: "{image}" is not a valid repository/tag: use a lowercase name with an optional '
+            'tag or digest, e.g. "busybox", "busybox:1.36" or "registry.example.com:5000/team/app:v2"'
+        )
+
+
 # ---- placement constraints ------------------------------------------------------------------------------
 
 CONSTRAINT_KEYS = ("node.id", "node.hostname", "node.role", "node.platform.os", "node.platform.arch")
@@ -120,7 +190,8 @@ def validate_service_spec(spec: object) -> Doc:
             'the service spec must be a JSON object such as {"Name": "web", "TaskTemplate": '
             f'{{"ContainerSpec": {{"Image": "nginx"}}}}}} (got {shown(spec)})'
         )
-    out = copy.deepcopy(spec)
+    out = go_field_names(spec)
+    assert isinstance(out, dict)
     name = optional_str(out, "Name", "") or ""
     if name:
         check_service_name(name)
@@ -187,6 +258,7 @@ def _check_container_spec(container: object, path: str) -> None:
     image = container.get("Image")
     if not isinstance(image, str) or not image.strip():
         raise InvalidArgument(f'{path}.Image must name the image to run, e.g. "nginx:1.25" (got {shown(image)})')
+    check_image_reference(image, path)
     optional_str_map(container, "Labels", path)
     optional_str_list(container, "Command", path, '["nginx", "-g", "daemon off;"]')
     optional_str_list(container, "Args", path, '["-g", "daemon off;"]')

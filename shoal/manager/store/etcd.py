@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 # etcd refuses transactions with more operations than --max-txn-ops (default 128).
 MAX_OPS_PER_TXN = 120
-REQUEST_TIMEOUT = 5.0
+# Short: during an etcd leader election a request can hang until its deadline; callers retry.
+REQUEST_TIMEOUT = 2.0
 
 
 class _TLSClient(aetcd.Client):
