@@ -34,6 +34,7 @@ from shoal.ids import new_id
 from shoal.manager.ca import RootCA
 from shoal.manager.control import ControlAPI
 from shoal.manager.controlapi.swarm import default_swarm_spec, merge_swarm_spec
+from shoal.manager.dispatcher import RESTART_GRACE
 from shoal.manager.join import new_node
 from shoal.manager.manager import Manager, TLSFiles
 from shoal.timefmt import to_rfc3339
@@ -277,6 +278,10 @@ class Daemon:
         log.info("swarm port listening on %s (TLS)", record.listen_addr)
 
     async def _deactivate(self, kill_tasks: bool) -> None:
+        if not kill_tasks and self.control is not None and self.record is not None:
+            # A restart, not a departure: tell whichever manager leads next to wait for this node.
+            with contextlib.suppress(ShoalError, TimeoutError):
+                await asyncio.wait_for(self.control.note_restarting(self.record.node_id, RESTART_GRACE), 3)
         # Leader loops go first: a manager shutting down must not mark the nodes whose sessions it is
         # closing as down, nor act on its own agent going away.
         if self.manager is not None:
@@ -300,6 +305,8 @@ class Daemon:
         return self.control
 
     async def init_swarm(self, body: Doc) -> str:
+        if body.get("ForceNewCluster") and self.record is not None:
+            return await self.force_new_cluster()
         async with self._membership:
             if self.record is not None:
                 raise AlreadyInSwarm()
@@ -356,6 +363,38 @@ class Daemon:
             log.info("swarm %s initialised; this node %s is its first manager", cluster_id, node_id)
             return node_id
 
+    async def force_new_cluster(self) -> str:
+        """Recover a swarm that lost its quorum for good: this manager's etcd member restarts as the only
+        member, keeping all the state; the other managers are recorded as workers (they must leave and join
+        again)."""
+        async with self._membership:
+            record = self.record
+            assert record is not None
+            if record.role != Role.MANAGER.value:
+                raise InvalidArgument("only a manager can force a new cluster: this node is a worker")
+            if self.config.external_etcd is not None:
+                raise InvalidArgument("--force-new-cluster does not apply to an external etcd cluster: "
+                                      "recover that cluster with etcd's own tools")
+            log.warning("forcing a new cluster from this manager's state")
+            await self._deactivate(kill_tasks=False)
+            try:
+                self.manager = Manager(record.node_id, record.advertise_addr, record.manager_addr,
+                                       self.state_dir, self.tls, self.clock, None)
+                await self.manager.start(record.cluster_id, force_new_cluster=True)
+                self.control = ControlAPI(self.manager, self.clock)
+                for node in list(self.control.cache.nodes().values()):
+                    if node["ID"] != record.node_id and node["Spec"].get("Role") == Role.MANAGER.value:
+                        await self.control.retire_manager(node["ID"])
+                await self._start_cluster_server(record)
+                record.managers = [record.manager_addr]
+                self._save_record()
+                self.agent = self._make_agent(record.managers)
+                await self.agent.start()
+            except BaseException:
+                await self._deactivate(kill_tasks=False)
+                raise
+            return record.node_id
+
     async def join_swarm(self, body: Doc) -> None:
         async with self._membership:
             if self.record is not None:
@@ -396,22 +435,35 @@ class Daemon:
             if self.record is None:
                 raise NotInSwarm()
             if self.record.role == Role.MANAGER.value and not force:
-                others = [a for a in (self.manager.manager_addrs() if self.manager else [])
-                          if a != self.record.manager_addr]
-                if not others:
-                    raise Unavailable(
-                        "You are attempting to leave the swarm on a node that is participating as a manager. "
-                        "Removing the last manager erases all current state of the swarm. Use `--force` to ignore "
-                        "this message.")
-                raise Unavailable(
-                    "You are attempting to leave the swarm on a node that is participating as a manager. "
-                    f"Removing this node leaves {len(others)} managers out of {len(others) + 1}. "
-                    "Demote it first with \"shoal node demote\", or use `--force` to ignore this message.")
+                self._refuse_unsafe_manager_leave()
+            if self.manager is not None and self.control is not None:
+                # Others must stop counting this node as a manager (it stays listed, Down, as in Docker).
+                with contextlib.suppress(ShoalError):
+                    await self.control.retire_manager(self.record.node_id)
             if self.manager is not None and self.manager.client is not None and self.manager.external_etcd is None:
                 await self._remove_own_member()
             await self._deactivate(kill_tasks=True)
             self.record = None
             self._wipe_state()
+
+    def _refuse_unsafe_manager_leave(self) -> None:
+        """Docker's rules: a manager may not leave without --force when it is the last one, or when the
+        managers left reachable would be too few for a quorum."""
+        assert self.record is not None
+        managers = [n for n in (self.control.cache.nodes().values() if self.control else [])
+                    if n["Spec"].get("Role") == Role.MANAGER.value]
+        prefix = "You are attempting to leave the swarm on a node that is participating as a manager. "
+        if len(managers) <= 1:
+            raise Unavailable(prefix + "Removing the last manager erases all current state of the swarm. "
+                              "Use `--force` to ignore this message.")
+        reachable = sum(1 for n in managers if n["ID"] != self.record.node_id
+                        and (n.get("Status") or {}).get("State") == "ready")
+        quorum = len(managers) // 2 + 1
+        if reachable < quorum:
+            raise Unavailable(
+                prefix + f"Removing this node leaves {reachable} managers out of {len(managers)}. Without a Raft "
+                "quorum your swarm will be inaccessible. The only way to restore a swarm that has lost consensus "
+                "is to reinitialize it with `--force-new-cluster`. Use `--force` to suppress this message.")
 
     async def _remove_own_member(self) -> None:
         """Leave the etcd cluster cleanly when other members remain."""

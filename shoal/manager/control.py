@@ -22,6 +22,7 @@ from shoal.manager.controlapi.service import (
 )
 from shoal.manager.controlapi.swarm import swarm_view, validate_swarm_spec_update
 from shoal.manager.controlapi.task import task_view
+from shoal.manager.dispatcher import RESTARTING_UNTIL
 from shoal.manager.manager import Manager
 from shoal.manager.store.base import Batch
 from shoal.manager.store.etcd import EtcdStore
@@ -141,6 +142,33 @@ class ControlAPI:
         await self._commit(batch)
         if self.manager.dispatcher is not None:
             await self.manager.dispatcher.disconnect(node["ID"], "node removed from the swarm")
+
+    async def note_restarting(self, node_id: str, seconds: float) -> None:
+        """A manager's daemon is restarting: whichever manager leads next waits `seconds` before declaring the
+        node down (its tasks keep running meanwhile)."""
+        node = self.cache.get(NODES, node_id)
+        if node is None:
+            return
+        new = dict(node)
+        new[RESTARTING_UNTIL] = self.clock.now() + seconds
+        new["Status"] = {**(node.get("Status") or {}), "Message": "daemon restarting"}
+        await self.store.commit(Batch().update(NODES, new))
+
+    async def retire_manager(self, node_id: str) -> None:
+        """Record a manager that left (or was lost for good) as a worker, so nobody counts on it as one."""
+        for _ in range(5):
+            node = self.cache.get(NODES, node_id)
+            if node is None or node["Spec"].get("Role") != Role.MANAGER.value:
+                return
+            new = dict(node)
+            new["Spec"] = {**node["Spec"], "Role": Role.WORKER.value}
+            new.pop("ManagerAddr", None)
+            new["UpdatedAt"] = to_rfc3339(self.clock.now())
+            try:
+                await self._commit(Batch().update(NODES, new))
+                return
+            except SequenceConflict:
+                continue
 
     # ---- services ---------------------------------------------------------------------------------------
 

@@ -36,6 +36,9 @@ STATUS_FLUSH_INTERVAL = 0.1
 CertificateIssuer = Callable[[str, bytes, int], Awaitable[Doc]]
 GRACE_MULTIPLIER = 3  # heartbeat periods without a heartbeat before a node is marked down
 RESTART_GRACE = 15.0  # seconds a node that announced a daemon restart has to come back
+# On a node document: until when (unix time) a manager that announced its restart is given to come back, so
+# that the next leader honours it too.
+RESTARTING_UNTIL = "ShoalRestartingUntil"
 
 
 def agent_should_know(task: Doc) -> bool:
@@ -257,6 +260,7 @@ class Dispatcher:
             new["Description"] = desc
             addr = (node.get("Status") or {}).get("Addr") or peer_ip
             new["Status"] = {"State": NodeState.READY.value, "Addr": addr, "Message": ""}
+            new.pop(RESTARTING_UNTIL, None)
             new["UpdatedAt"] = to_rfc3339(self.clock.now())
             try:
                 result = await self.applier.write(Batch().update(NODES, new))
@@ -391,9 +395,10 @@ class Dispatcher:
         now = self.clock.monotonic()
         grace = self.heartbeat_period() * GRACE_MULTIPLIER
         expired = []
+        wall = self.clock.now()
         for node_id, node in list(self.cache.nodes().items()):
             last = self.last_heartbeat.setdefault(node_id, now)
-            if node_state(node) != NodeState.DOWN and now - last > grace:
+            if node_state(node) != NodeState.DOWN and now - last > grace and wall > node.get(RESTARTING_UNTIL, 0):
                 expired.append(node_id)
         for node_id in expired:
             await self.set_node_down(node_id, "heartbeat failure")

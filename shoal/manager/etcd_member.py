@@ -61,6 +61,8 @@ class MemberConfig:
     # "name=https://ip:2380,…" — only read by etcd when the data dir is new.
     initial_cluster: str
     initial_state: str = "new"  # or "existing" when joining a running cluster
+    # Restart as the only member, keeping the data (swarm init --force-new-cluster); used for one start.
+    force_new_cluster: bool = False
 
     def command(self) -> list[str]:
         return [
@@ -84,7 +86,7 @@ class MemberConfig:
             "--auto-compaction-mode", "revision", "--auto-compaction-retention", "10000",
             "--quota-backend-bytes", str(2 * 1024**3),
             "--logger", "zap", "--log-level", "warn",
-        ]
+        ] + (["--force-new-cluster"] if self.force_new_cluster else [])
 
 
 class EtcdMember:
@@ -136,6 +138,8 @@ class EtcdMember:
         finally:
             logfile.close()
         self.pid_file.write_text(str(self._proc.pid))
+        # --force-new-cluster rewrites the membership once; later restarts are ordinary.
+        self.config.force_new_cluster = False
         log.info("etcd member %s started (pid %d)", self.config.name, self._proc.pid)
 
     async def start(self) -> None:

@@ -68,15 +68,18 @@ class Manager:
 
     # ---- start and stop ---------------------------------------------------------------------------------
 
-    def member_config(self, cluster_id: str, initial_cluster: str | None, initial_state: str) -> MemberConfig:
+    def member_config(self, cluster_id: str, initial_cluster: str | None, initial_state: str,
+                      force_new_cluster: bool = False) -> MemberConfig:
         return MemberConfig(
+            force_new_cluster=force_new_cluster,
             name=self.node_id, ip=self.advertise_ip, data_dir=self.state_dir / "etcd",
             ca_file=self.tls.ca, cert_file=self.tls.cert, key_file=self.tls.key, cluster_token=cluster_id,
             initial_cluster=initial_cluster or f"{self.node_id}=https://{self.advertise_ip}:2380",
             initial_state=initial_state,
         )
 
-    async def start(self, cluster_id: str, initial_cluster: str | None = None, initial_state: str = "new") -> None:
+    async def start(self, cluster_id: str, initial_cluster: str | None = None, initial_state: str = "new",
+                    force_new_cluster: bool = False) -> None:
         """Start (or restart) this manager's etcd member and everything above it."""
         if self.external_etcd is not None:
             e = self.external_etcd
@@ -84,8 +87,8 @@ class Manager:
                 return (Path(p).read_bytes() if p else None)
             self.client = make_client(e.urls, read(e.cacert), read(e.cert), read(e.key))
         else:
-            self.member = EtcdMember(self.member_config(cluster_id, initial_cluster, initial_state),
-                                     self.state_dir / "etcd.log")
+            self.member = EtcdMember(self.member_config(cluster_id, initial_cluster, initial_state,
+                                                        force_new_cluster), self.state_dir / "etcd.log")
             await self.member.start()
             self.client = make_client([client_url(self.advertise_ip)], self.tls.ca.read_bytes(),
                                       self.tls.cert.read_bytes(), self.tls.key.read_bytes())

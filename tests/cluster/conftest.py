@@ -87,8 +87,8 @@ class Cluster:
                               timeout=timeout)
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
-    def ok(self, *args: str, node: str | None = None) -> str:
-        result = self.shoal(*args, node=node)
+    def ok(self, *args: str, node: str | None = None, timeout: float = 60) -> str:
+        result = self.shoal(*args, node=node, timeout=timeout)
         assert result.code == 0, f"shoal {' '.join(args)} failed: {result.err}"
         return result.out
 
