@@ -85,6 +85,24 @@ def split_addr(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
     return host, port
 
 
+def resolve_host(addr: str) -> str:
+    """"name:port" → "ip:port" (a manager may be given by name, as with Docker); addresses pass unchanged."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or host.startswith("["):
+        return addr
+    try:
+        ipaddress.ip_address(host)
+        return addr
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
+    except OSError:
+        raise InvalidArgument(f"could not resolve the manager address {host!r}: give its IP address or a name "
+                              "this machine can resolve") from None
+    return f"{infos[0][4][0]}:{port}"
+
+
 def local_ip_towards(remote_ip: str) -> str:
     """The local address the kernel would use to reach `remote_ip` (no packet is sent)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
@@ -402,7 +420,7 @@ class Daemon:
             remotes = body.get("RemoteAddrs") or []
             if not remotes or not isinstance(remotes, list):
                 raise InvalidArgument("give the address of a manager to join, e.g. 192.168.0.10:2377")
-            remote_ip, remote_port = split_addr(str(remotes[0]))
+            remote_ip, remote_port = split_addr(resolve_host(str(remotes[0])))
             listen = str(body.get("ListenAddr") or f"0.0.0.0:{DEFAULT_PORT}")
             listen_host, listen_port = split_addr(listen)
             advertise_text = str(body.get("AdvertiseAddr") or "")

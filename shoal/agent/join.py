@@ -29,6 +29,17 @@ class JoinResult:
     etcd_initial_cluster: str | None
 
 
+def connection_problem(exc: BaseException) -> str:
+    """What went wrong with a connection, in words (not the client library's internals)."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        exc = exc.os_error
+    if isinstance(exc, TimeoutError):
+        return "no answer (timed out)"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
+
+
 async def _get(session: aiohttp.ClientSession, url: str, context: ssl.SSLContext) -> bytes:
     async with session.get(url, ssl=context) as response:
         if response.status != 200:
@@ -60,7 +71,7 @@ async def join(remote: str, token_text: str, hostname: str, advertise_ip: str, l
                         raise JoinRefused(str(answer.get("message") or f"join refused ({response.status})"))
     except (aiohttp.ClientConnectionError, TimeoutError, OSError) as exc:
         raise JoinRefused(
-            f"could not reach a manager at {remote}: {exc or type(exc).__name__}. Check the address and port "
+            f"could not reach a manager at {remote}: {connection_problem(exc)}. Check the address and port "
             "(the manager prints them in its join command) and that its daemon is running"
         ) from exc
     return JoinResult(

@@ -151,8 +151,8 @@ def test_scale_to_zero_stops_everything_and_marks_unassigned_tasks_shut_down() -
     plan = reconcile_replicated(svc, tasks, READY3, NOW)
     assert updated(plan, "a")["DesiredState"] == "shutdown"
     assert updated(plan, "a")["Status"]["State"] == "running"
-    # No agent ever had task b: nobody else would report its end.
-    assert updated(plan, "b")["Status"]["State"] == "shutdown"
+    # No agent ever had task b: nothing to stop, and its slot is scaled away, so it is simply deleted.
+    assert [t["ID"] for t in plan.delete] == ["b"]
     assert not plan.create
 
 
@@ -339,9 +339,19 @@ def test_plan_never_updates_a_task_it_deletes() -> None:
     tasks = [make_task(svc, "a", 1, node="", state="pending", created=NOW - 50),
              make_task(svc, "b", 1, state="shutdown", desired="shutdown", created=NOW - 10)]
     plan = reconcile_replicated(svc, tasks, READY3, NOW, history_limit=0)
-    # b is the slot's newest task: kept, whatever the limit, as it holds the slot's restart state.
-    assert [t["ID"] for t in plan.delete] == ["a"]
+    # Replicas 0: slot 1 is scaled away, so its finished tasks go too (the pending one is only deleted, not
+    # first updated).
+    assert sorted(t["ID"] for t in plan.delete) == ["a", "b"]
     assert not plan.update
+
+
+def test_scaled_away_slots_leave_no_history() -> None:
+    svc = make_service(1)
+    tasks = [make_task(svc, "a", 1), make_task(svc, "b", 2, state="shutdown", desired="shutdown"),
+             make_task(svc, "c", 3, desired="shutdown")]
+    plan = reconcile_replicated(svc, tasks, READY3, NOW)
+    # b has stopped: deleted. c is still stopping on its node: kept until its agent reports.
+    assert [t["ID"] for t in plan.delete] == ["b"]
 
 
 # ---- properties -----------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from shoal.manager.orchestrator.common import (
     short,
     stop_ended,
 )
-from shoal.manager.orchestrator.taskreaper import DEFAULT_HISTORY_LIMIT, trim_history
+from shoal.manager.orchestrator.taskreaper import DEFAULT_HISTORY_LIMIT, gone_for_good, trim_history
 from shoal.manager.scheduler.constraints import Constraint, matches, parse_constraints
 from shoal.types import Availability, Doc, Plan, constraints, node_availability, node_is_ready, task_node
 
@@ -69,7 +69,10 @@ def reconcile_global(
         else:
             _reconcile_node(draft, service, node, node_tasks, now, where)
 
-    return draft.finish(trim_history(draft.view(), history_limit, existing_nodes=nodes.keys()))
+    view = draft.view()
+    doomed = {t["ID"]: t for t in trim_history(view, history_limit, existing_nodes=nodes.keys())}
+    doomed.update((t["ID"], t) for t in gone_for_good(view, None, nodes.keys()))
+    return draft.finish(list(doomed.values()))
 
 
 def _stop_all(draft: PlanDraft, node_tasks: list[Doc], now: float, where: str, reason: str) -> None:

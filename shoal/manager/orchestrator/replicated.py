@@ -18,7 +18,7 @@ from shoal.manager.orchestrator.common import (
     short,
     stop_ended,
 )
-from shoal.manager.orchestrator.taskreaper import DEFAULT_HISTORY_LIMIT, trim_history
+from shoal.manager.orchestrator.taskreaper import DEFAULT_HISTORY_LIMIT, gone_for_good, trim_history
 from shoal.types import Doc, Plan, TaskState, desired_state, replicas, task_slot, task_state
 
 
@@ -53,7 +53,10 @@ def reconcile_replicated(
     for slot in range(1, wanted + 1):
         _reconcile_slot(draft, service, slot, by_slot.get(slot, []), nodes, now)
 
-    return draft.finish(trim_history(draft.view(), history_limit, existing_nodes=nodes.keys()))
+    view = draft.view()
+    doomed = {t["ID"]: t for t in trim_history(view, history_limit, existing_nodes=nodes.keys())}
+    doomed.update((t["ID"], t) for t in gone_for_good(view, wanted, nodes.keys()))
+    return draft.finish(list(doomed.values()))
 
 
 def _scale_down(draft: PlanDraft, by_slot: dict[int, list[Doc]], wanted: int, now: float) -> None:

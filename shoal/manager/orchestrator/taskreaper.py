@@ -22,7 +22,7 @@ def history_group(task: Doc) -> tuple[int, str]:
     return (slot, "") if slot > 0 else (0, task_node(task))
 
 
-def _deletable(task: Doc, existing_nodes: Collection[str] | None) -> bool:
+def finished_for_good(task: Doc, existing_nodes: Collection[str] | None) -> bool:
     """Finished for good: not wanted any more, and no agent can still be running it."""
     if desired_state(task) < TaskState.SHUTDOWN:
         return False  # still wanted, or ended and waiting for its restart decision
@@ -58,7 +58,23 @@ def trim_history(
         for task in oldest_first:
             if excess == 0:
                 break
-            if task["ID"] != protected and _deletable(task, existing_nodes):
+            if task["ID"] != protected and finished_for_good(task, existing_nodes):
                 doomed.append(task)
                 excess -= 1
+    return doomed
+
+
+def gone_for_good(tasks_of_service: list[Doc], wanted_slots: int | None, existing_nodes: Collection[str]) -> list[Doc]:
+    """Tasks to delete whatever the history limit, once finished: a replicated service's tasks in slots scaled
+    away (`wanted_slots`), as Docker removes scaled-down tasks rather than keeping them as history; a global
+    service's (`wanted_slots` None) tasks on nodes removed from the swarm, whose "slot" is gone with the node.
+    """
+    doomed = []
+    for task in tasks_of_service:
+        if wanted_slots is not None:
+            gone = task_slot(task) > wanted_slots
+        else:
+            gone = bool(task_node(task)) and task_node(task) not in existing_nodes
+        if gone and finished_for_good(task, existing_nodes):
+            doomed.append(task)
     return doomed
