@@ -1,0 +1,440 @@
+"""The docker executor against the machine's real Docker Engine (skipped, saying why, when none answers), and its
+pure translation of a task into a container.
+
+Every container a test makes carries the label `shoal.test.run=<unique>` and is removed by the fixture.
+The images are the local busybox ones of `tests/dockerimages.py` (no registry is reachable here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import docker
+import docker.errors
+import pytest
+
+from shoal.agent.executor.base import ExitStatusUnknown, LogLine, TaskRejected
+from shoal.agent.executor.docker import (
+    LABEL_NODE_ID,
+    LABEL_SERVICE_ID,
+    LABEL_SERVICE_NAME,
+    LABEL_TASK_ID,
+    LABEL_TASK_NAME,
+    DockerController,
+    DockerExecutor,
+    container_name,
+    create_arguments,
+    docker_healthcheck,
+    host_config_arguments,
+    image_pull_reference,
+    parse_log_line,
+    port_bindings,
+)
+from shoal.agent.health import ERR_UNHEALTHY, HealthMonitor, HealthStatus, health_check_of
+from shoal.agent.worker import Worker
+from shoal.clock import SystemClock
+from shoal.ids import new_id
+from shoal.timefmt import MILLISECOND, SECOND
+from shoal.types import Doc
+from tests.dockerimages import IMAGE_1, IMAGE_2, ImagesUnavailable, ensure_busybox_images
+
+DEADLINE = 20.0
+RUN_LABEL = "shoal.test.run"
+FOREVER = ["sh", "-c", "while true; do sleep 0.1; done"]
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = DEADLINE) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met before the deadline")
+        await asyncio.sleep(0.05)
+
+
+def make_task(argv: list[str] | None = None, run_label: str = "", slot: int = 1, node_id: str | None = None,
+              image: str = IMAGE_1, **container_spec: object) -> Doc:
+    """A task as the manager assigns it; argv goes to Args (the busybox image has no entrypoint)."""
+    spec: Doc = {"Image": image, "Labels": {RUN_LABEL: run_label}, "StopGracePeriod": 5 * SECOND,
+                 **container_spec}
+    if argv is not None:
+        spec["Args"] = argv
+    return {"ID": new_id(), "ServiceID": new_id(), "Slot": slot, "NodeID": node_id or new_id(),
+            "Spec": {"ContainerSpec": spec, "RestartPolicy": {"Condition": "none"}},
+            "DesiredState": "running", "Status": {"State": "assigned"}, "ServiceAnnotations": {"Name": "web"}}
+
+
+# ---- the task → container translation (no engine needed) --------------------------------------------------
+
+def test_container_is_named_service_slot_task_and_global_tasks_use_the_node_id() -> None:
+    task = make_task(["true"], slot=3)
+    assert container_name(task) == f"web.3.{task['ID']}"
+    global_task = make_task(["true"], slot=0, node_id="node1")
+    assert container_name(global_task) == f"web.node1.{global_task['ID']}"
+
+
+def test_command_replaces_the_entrypoint_and_args_the_command_as_in_swarm() -> None:
+    both = create_arguments(make_task(["-c", "echo hi"], Command=["sh"]))
+    assert (both["entrypoint"], both["command"]) == (["sh"], ["-c", "echo hi"])
+    args_only = create_arguments(make_task(["echo", "hi"]))
+    assert "entrypoint" not in args_only and args_only["command"] == ["echo", "hi"]
+    neither = create_arguments(make_task(None))
+    assert "entrypoint" not in neither and "command" not in neither
+
+
+def test_swarm_labels_win_over_spec_labels() -> None:
+    task = make_task(["true"], Labels={LABEL_TASK_ID: "forged", "team": "blue"})
+    labels = create_arguments(task)["labels"]
+    assert labels[LABEL_TASK_ID] == task["ID"] and labels["team"] == "blue"
+
+
+def test_only_host_mode_ports_are_bound_and_port_zero_lets_docker_choose() -> None:
+    task = make_task(["true"])
+    task["Endpoint"] = {"Ports": [
+        {"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 8080, "PublishMode": "host"},
+        {"Protocol": "udp", "TargetPort": 53, "PublishedPort": 0, "PublishMode": "host"},
+        {"Protocol": "tcp", "TargetPort": 443, "PublishedPort": 30000, "PublishMode": "ingress"},
+    ]}
+    assert port_bindings(task) == {"80/tcp": [{"HostIp": "", "HostPort": "8080"}],
+                                   "53/udp": [{"HostIp": "", "HostPort": ""}]}
+    assert create_arguments(task)["ports"] == [("80", "tcp"), ("53", "udp")]
+    assert host_config_arguments(task)["port_bindings"] == port_bindings(task)
+
+
+def test_healthcheck_keeps_nanoseconds_and_none_is_passed_on() -> None:
+    check = docker_healthcheck({"Healthcheck": {"Test": ["CMD-SHELL", "true"], "Interval": 2 * SECOND,
+                                                "Timeout": SECOND, "Retries": 4, "StartPeriod": 3 * SECOND}})
+    assert check is not None
+    assert (check.test, check.interval, check.timeout, check.retries, check.start_period) == (
+        ["CMD-SHELL", "true"], 2 * SECOND, SECOND, 4, 3 * SECOND)
+    off = docker_healthcheck({"Healthcheck": {"Test": ["NONE"]}})
+    assert off is not None and off.test == ["NONE"]
+    assert docker_healthcheck({}) is None
+
+
+def test_image_pull_reference_names_a_tag_or_digest() -> None:
+    assert image_pull_reference("busybox") == ("busybox", "latest")
+    assert image_pull_reference("registry:5000/team/app:1.2") == ("registry:5000/team/app", "1.2")
+    assert image_pull_reference("nginx:1.25@sha256:abc") == ("nginx", "sha256:abc")
+
+
+def test_log_lines_carry_dockers_timestamp() -> None:
+    stamp, line = parse_log_line(b"2024-05-07T21:09:36.500000000Z hello world\n")
+    assert line == b"hello world\n" and stamp == pytest.approx(1715116176.5)
+
+
+# ---- against the real engine -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def executor() -> Iterator[DockerExecutor]:
+    try:
+        ensure_busybox_images()
+    except ImagesUnavailable as exc:
+        pytest.skip(f"no Docker Engine to run containers: {exc}")
+    engine = DockerExecutor.connect()
+    yield engine
+    engine.client.close()
+
+
+@pytest.fixture
+def run_label(executor: DockerExecutor) -> Iterator[str]:
+    """A label for this test's containers; whatever carries it is removed afterwards."""
+    label = f"test-{uuid.uuid4().hex[:12]}"
+    yield label
+    for container in executor.api.containers(all=True, filters={"label": f"{RUN_LABEL}={label}"}):
+        with contextlib.suppress(docker.errors.NotFound):
+            executor.api.remove_container(container["Id"], force=True, v=True)
+
+
+def containers_of(executor: DockerExecutor, task: Doc) -> list[Doc]:
+    return list(executor.api.containers(all=True, filters={"label": f"{LABEL_TASK_ID}={task['ID']}"}))
+
+
+async def started(executor: DockerExecutor, task: Doc) -> DockerController:
+    controller = executor.controller(task)
+    await controller.prepare()
+    await controller.start()
+    return controller
+
+
+async def collect(lines: AsyncIterator[LogLine]) -> list[LogLine]:
+    return [line async for line in lines]
+
+
+def never() -> bool:
+    return False
+
+
+async def test_task_runs_as_a_container_with_swarms_name_labels_and_settings(executor: DockerExecutor,
+                                                                            run_label: str) -> None:
+    task = make_task(["-c", 'echo "$(id -u) $(pwd) $(hostname) $GREETING"'], run_label, Command=["sh"],
+                     Env=["GREETING=hello"], Dir="/tmp", User="nobody", Hostname="box1")
+    controller = await started(executor, task)
+    assert await controller.wait() == 0
+    inspected = executor.api.inspect_container(controller.container_id)
+    assert inspected["Name"] == f"/web.1.{task['ID']}"
+    assert {key: inspected["Config"]["Labels"][key] for key in (
+        LABEL_SERVICE_ID, LABEL_SERVICE_NAME, LABEL_TASK_ID, LABEL_TASK_NAME, LABEL_NODE_ID, RUN_LABEL)} == {
+        LABEL_SERVICE_ID: task["ServiceID"], LABEL_SERVICE_NAME: "web", LABEL_TASK_ID: task["ID"],
+        LABEL_TASK_NAME: f"web.1.{task['ID']}", LABEL_NODE_ID: task["NodeID"], RUN_LABEL: run_label}
+    output = await collect(executor.logs(task["ID"], None, False, never, time.time))
+    assert [line for _, _, line in output] == [b"65534 /tmp box1 hello\n"]
+    assert controller.handle() == {"Executor": "docker", "ContainerID": controller.container_id}
+    await controller.remove()
+    assert containers_of(executor, task) == []
+
+
+async def test_exit_code_comes_from_docker(executor: DockerExecutor, run_label: str) -> None:
+    controller = await started(executor, make_task(["sh", "-c", "exit 3"], run_label))
+    assert await controller.wait() == 3
+
+
+async def test_stop_sends_the_stop_signal_first(executor: DockerExecutor, run_label: str) -> None:
+    script = "trap 'exit 7' USR1; while true; do sleep 0.1; done"
+    controller = await started(executor, make_task(["sh", "-c", script], run_label, StopSignal="SIGUSR1"))
+    exited = asyncio.ensure_future(controller.wait())
+    began = time.monotonic()
+    await controller.shutdown(10.0, "SIGUSR1")
+    assert time.monotonic() - began < 5.0
+    assert await exited == 7
+
+
+async def test_stop_kills_after_the_grace_period_a_container_that_ignores_the_signal(
+        executor: DockerExecutor, run_label: str) -> None:
+    script = "trap '' TERM; while true; do sleep 0.1; done"
+    controller = await started(executor, make_task(["sh", "-c", script], run_label))
+    exited = asyncio.ensure_future(controller.wait())
+    began = time.monotonic()
+    await controller.shutdown(1.0, "SIGTERM")
+    assert time.monotonic() - began >= 1.0
+    assert await exited == 137
+
+
+async def test_missing_image_is_rejected_with_dockers_error(executor: DockerExecutor, run_label: str) -> None:
+    controller = executor.controller(make_task(["true"], run_label, image="shoal-nosuchimage:404"))
+    with pytest.raises(TaskRejected, match="No such image: shoal-nosuchimage:404"):
+        await controller.prepare()
+
+
+async def test_missing_program_is_rejected_at_start(executor: DockerExecutor, run_label: str) -> None:
+    controller = executor.controller(make_task(["no-such-program"], run_label))
+    await controller.prepare()
+    with pytest.raises(TaskRejected, match="no-such-program"):
+        await controller.start()
+
+
+async def test_logs_tail_counts_both_streams_and_follow_ends_with_the_container(executor: DockerExecutor,
+                                                                               run_label: str) -> None:
+    script = "for i in 1 2 3 4 5; do echo line$i; sleep 0.05; done; echo oops >&2; sleep 1000"
+    task = make_task(["sh", "-c", script], run_label)
+    controller = await started(executor, task)
+
+    async def line_count() -> int:
+        return len(await collect(executor.logs(task["ID"], None, False, never, time.time)))
+
+    deadline = time.monotonic() + DEADLINE
+    while await line_count() < 6:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    tail = await collect(executor.logs(task["ID"], 3, False, never, time.time))
+    assert [(stream, line) for stream, _, line in tail] == [
+        ("stdout", b"line4\n"), ("stdout", b"line5\n"), ("stderr", b"oops\n")]
+    assert tail[0][1] <= tail[1][1] <= tail[2][1] and tail[0][1] > time.time() - 60
+
+    follower = executor.logs(task["ID"], 1, True, never, time.time)
+    assert (await follower.__anext__())[2] == b"oops\n"
+    executor.api.kill(controller.container_id, signal="SIGKILL")
+    # The stream ends by itself once the container has stopped.
+    assert await asyncio.wait_for(collect(follower), DEADLINE) == []
+
+
+async def test_follow_yields_new_lines_as_they_come(executor: DockerExecutor, run_label: str) -> None:
+    script = "sleep 0.5; for i in 1 2 3; do echo late$i; sleep 0.1; done"
+    task = make_task(["sh", "-c", script], run_label)
+    await started(executor, task)
+    lines = await asyncio.wait_for(collect(executor.logs(task["ID"], None, True, never, time.time)), DEADLINE)
+    assert [line for _, _, line in lines] == [b"late1\n", b"late2\n", b"late3\n"]
+
+
+async def test_follow_stops_soon_after_the_task_ended(executor: DockerExecutor, run_label: str) -> None:
+    task = make_task(FOREVER, run_label)
+    await started(executor, task)
+    lines = await asyncio.wait_for(collect(executor.logs(task["ID"], None, True, lambda: True, time.time)), 5.0)
+    assert lines == []
+
+
+def healthcheck(test: str) -> Doc:
+    return {"Test": ["CMD-SHELL", test], "Interval": 300 * MILLISECOND, "Timeout": 2 * SECOND, "Retries": 2}
+
+
+async def test_dockers_health_results_drive_the_health_monitor(executor: DockerExecutor, run_label: str) -> None:
+    healthy = make_task(FOREVER, run_label, Healthcheck=healthcheck("test -d /tmp"))
+    sick = make_task(FOREVER, run_label, Healthcheck=healthcheck("echo broken; exit 1"))
+    outcomes = []
+    for task in (healthy, sick):
+        controller = await started(executor, task)
+        check = health_check_of(task)
+        assert check is not None
+        changes: list[HealthStatus] = []
+        monitor = HealthMonitor("test", check, controller.probe, time.time, time.time(), on_change=changes.append)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(monitor.run(), timeout=10.0)
+        outcomes.append((changes, await controller.health_status(), monitor.results[-1].output))
+    assert outcomes[0][:2] == ([HealthStatus.HEALTHY], HealthStatus.HEALTHY)
+    assert outcomes[1] == ([HealthStatus.UNHEALTHY], HealthStatus.UNHEALTHY, "broken\n")
+
+
+async def test_a_new_executor_reattaches_to_the_running_container(executor: DockerExecutor, run_label: str) -> None:
+    task = make_task(["sh", "-c", "trap 'exit 5' TERM; while true; do sleep 0.1; done"], run_label)
+    first = await started(executor, task)
+    handle = first.handle()
+    second_executor = DockerExecutor.connect()
+    try:
+        adopted = second_executor.recover(task, handle)
+        assert adopted.container_id == first.container_id and adopted.pid() == first.pid() > 0
+        # Found by its label too, when the saved handle lost the ID.
+        assert second_executor.recover(task, {"Executor": "docker"}).container_id == first.container_id
+        exited = asyncio.ensure_future(adopted.wait())
+        await adopted.shutdown(5.0, "SIGTERM")
+        assert await exited == 5  # Docker knows the exit code even of an adopted container
+        with pytest.raises(ExitStatusUnknown, match="not running"):
+            second_executor.recover(task, handle)
+        assert len(containers_of(executor, task)) == 1
+    finally:
+        second_executor.client.close()
+
+
+async def test_containers_of_tasks_the_node_no_longer_owns_are_removed(executor: DockerExecutor,
+                                                                       run_label: str) -> None:
+    node_id = new_id()
+    kept, orphan = make_task(FOREVER, run_label, node_id=node_id), make_task(FOREVER, run_label, node_id=node_id)
+    other_node = make_task(FOREVER, run_label)
+    for task in (kept, orphan, other_node):
+        await started(executor, task)
+    removed = await executor.remove_orphans(node_id, {kept["ID"]})
+    assert removed == [container_name(orphan)]
+    assert containers_of(executor, orphan) == []
+    assert len(containers_of(executor, kept)) == 1 and len(containers_of(executor, other_node)) == 1
+
+
+async def test_host_mode_port_is_bound_on_the_node(executor: DockerExecutor, run_label: str) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    task = make_task(["httpd", "-f", "-p", "80", "-h", "/www"], run_label)
+    task["Endpoint"] = {"Ports": [{"Protocol": "tcp", "TargetPort": 80, "PublishedPort": port,
+                                   "PublishMode": "host"}]}
+    await started(executor, task)
+    body = b""
+    deadline = time.monotonic() + DEADLINE
+    while not body:
+        try:
+            body = await asyncio.to_thread(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read())
+        except OSError:
+            assert time.monotonic() < deadline, "nothing answered on the published port"
+            await asyncio.sleep(0.1)
+    assert body == b"shoal-busybox 1\n"
+
+
+def test_describe_reports_the_engine_version(executor: DockerExecutor) -> None:
+    description = executor.describe()
+    assert description["Engine"]["EngineVersion"] == docker.from_env(version="auto").version()["Version"]
+    assert description["Resources"]["NanoCPUs"] > 0 and description["Platform"]["OS"] == "linux"
+
+
+def test_the_second_image_differs_in_a_file(executor: DockerExecutor) -> None:
+    outputs = [executor.client.containers.run(image, ["cat", "/etc/shoal-image"], remove=True,
+                                              labels={RUN_LABEL: "images"}) for image in (IMAGE_1, IMAGE_2)]
+    assert outputs == [b"1\n", b"2\n"]
+
+
+# ---- the worker driving docker containers ------------------------------------------------------------------
+
+class Reports:
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, Doc]] = []
+
+    def __call__(self, task_id: str, status: Doc) -> None:
+        self.entries.append((task_id, status))
+
+    def states(self, task_id: str) -> list[str]:
+        return [status["State"] for tid, status in self.entries if tid == task_id]
+
+    async def reach(self, task_id: str, state: str) -> Doc:
+        await wait_until(lambda: state in self.states(task_id))
+        return [status for tid, status in self.entries if tid == task_id and status["State"] == state][-1]
+
+
+async def test_worker_reports_a_killed_container_with_its_exit_code(executor: DockerExecutor, run_label: str,
+                                                                    tmp_path: Path) -> None:
+    reports = Reports()
+    worker = Worker(tmp_path, executor, reports, SystemClock())
+    await worker.start()
+    task = make_task(FOREVER, run_label)
+    try:
+        await worker.assign([task], full=True)
+        await reports.reach(task["ID"], "running")
+        executor.api.kill(containers_of(executor, task)[0]["Id"], signal="SIGKILL")
+        failed = await reports.reach(task["ID"], "failed")
+        assert failed["Err"] == "task: non-zero exit (137)"
+        assert failed["ContainerStatus"]["ExitCode"] == 137
+    finally:
+        await worker.stop(kill_tasks=True)
+    assert containers_of(executor, task) == []
+
+
+async def test_worker_holds_a_task_starting_until_docker_says_healthy_and_fails_it_when_unhealthy(
+        executor: DockerExecutor, run_label: str, tmp_path: Path) -> None:
+    reports = Reports()
+    worker = Worker(tmp_path, executor, reports, SystemClock())
+    await worker.start()
+    script = "touch /tmp/ok; sleep 2; rm /tmp/ok; while true; do sleep 0.1; done"
+    task = make_task(["sh", "-c", script], run_label, Healthcheck=healthcheck("test -f /tmp/ok"))
+    try:
+        await worker.assign([task], full=True)
+        await reports.reach(task["ID"], "running")
+        assert reports.states(task["ID"]).index("starting") < reports.states(task["ID"]).index("running")
+        failed = await reports.reach(task["ID"], "failed")
+        assert ERR_UNHEALTHY in failed["Err"]
+    finally:
+        await worker.stop(kill_tasks=True)
+
+
+async def test_a_restarted_worker_adopts_its_container_instead_of_starting_another(
+        executor: DockerExecutor, run_label: str, tmp_path: Path) -> None:
+    task = make_task(FOREVER, run_label)
+    first_reports = Reports()
+    first = Worker(tmp_path, executor, first_reports, SystemClock())
+    await first.start()
+    await first.assign([task], full=True)
+    await first_reports.reach(task["ID"], "running")
+    await first.stop(kill_tasks=False)  # the agent goes away; the container keeps running
+
+    second_executor = DockerExecutor.connect()
+    reports = Reports()
+    second = Worker(tmp_path, second_executor, reports, SystemClock())
+    try:
+        assert await second.start() == "re-adopted 1, lost 0, resumed 0"
+        await second.assign([task], full=True)
+        assert len(containers_of(executor, task)) == 1
+        assert executor.api.inspect_container(containers_of(executor, task)[0]["Id"])["State"]["Running"]
+        await second.assign([], full=True)  # the manager took the task away: stopped and removed
+        await wait_until(lambda: containers_of(executor, task) == [])
+        assert reports.states(task["ID"])[-1] == "shutdown"
+    finally:
+        await second.stop(kill_tasks=True)
+        second_executor.client.close()
+
+
+async def test_image_of_the_second_tag_is_used(executor: DockerExecutor, run_label: str) -> None:
+    task = make_task(["cat", "/etc/shoal-image"], run_label, image=IMAGE_2)
+    controller = await started(executor, task)
+    assert await controller.wait() == 0
+    lines = await collect(executor.logs(task["ID"], None, False, never, time.time))
+    assert [line for _, _, line in lines] == [b"2\n"]
