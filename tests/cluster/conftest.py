@@ -191,11 +191,34 @@ def make_cluster(tmp_path_factory: pytest.TempPathFactory, managers: int = 1, wo
     return cluster
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when == "call":
+        item.stash[FAILED_KEY] = report.failed
+
+
+FAILED_KEY = pytest.StashKey[bool]()
+
+
+def dump_logs(cluster: Cluster, lines: int = 40) -> None:
+    """Print the end of every daemon's log, to see what a failed cluster test's swarm was doing."""
+    for node in cluster.nodes:
+        log = Path(node.state_dir) / "daemon.log"
+        with contextlib.suppress(OSError):
+            tail = [line for line in log.read_text(errors="replace").splitlines() if "aiohttp.access" not in line]
+            print(f"\n----- {node.name} daemon.log (last {lines} lines) -----")
+            print("\n".join(tail[-lines:]))
+
+
 @pytest.fixture
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """A fresh swarm of one manager and two workers, removed after the test."""
+def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A fresh swarm of one manager and two workers, removed after the test (its logs shown if it failed)."""
     c = make_cluster(tmp_path_factory)
     try:
         yield c
     finally:
+        if request.node.stash.get(FAILED_KEY, False):
+            dump_logs(c)
         c.down()

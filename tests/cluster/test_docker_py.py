@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from shoal import playground
-from tests.cluster.conftest import Cluster, wait_for
+from tests.cluster.conftest import FAILED_KEY, Cluster, dump_logs, wait_for
 
 docker = pytest.importorskip("docker", reason="docker-py (the `docker` package) is not installed")
 
@@ -18,13 +18,15 @@ SUBNET = "127.0.62"
 
 
 @pytest.fixture
-def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def swarm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     base = tmp_path_factory.mktemp("dockerpy")
     cluster = Cluster(base, SUBNET)
     try:
         cluster.nodes = playground.up(1, 2, lambda _: None, base=base, subnet=SUBNET)
         yield cluster
     finally:
+        if request.node.stash.get(FAILED_KEY, False):
+            dump_logs(cluster)
         cluster.down()
 
 

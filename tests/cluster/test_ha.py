@@ -7,12 +7,13 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from shoal import playground
-from tests.cluster.conftest import Cluster, make_cluster, wait_for
+from tests.cluster.conftest import FAILED_KEY, Cluster, dump_logs, make_cluster, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -39,11 +40,13 @@ def kill_daemon_and_etcd(cluster: Cluster, name: str) -> None:
 
 
 @pytest.fixture
-def ha(tmp_path_factory: pytest.TempPathFactory) -> Cluster:
+def ha(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     cluster = make_cluster(tmp_path_factory, managers=3, workers=2)
     try:
-        yield cluster  # type: ignore[misc]
+        yield cluster
     finally:
+        if request.node.stash.get(FAILED_KEY, False):
+            dump_logs(cluster)
         cluster.down()
 
 
