@@ -143,7 +143,14 @@ class Agent:
             self.connected.set()
             log.info("session open with manager %s", addr)
         elif kind == "assignments":
-            await self.worker.assign(message.get("tasks") or [], full=bool(message.get("full")))
+            tasks = message.get("tasks") or []
+            await self.worker.assign(tasks, full=bool(message.get("full")))
+            remove_orphans = getattr(self.executor, "remove_orphans", None)
+            if message.get("full") and remove_orphans is not None:
+                # Containers of tasks this node no longer owns (their record lost with an agent crash).
+                keep = {t["ID"] for t in tasks} | self.worker.known_task_ids()
+                with contextlib.suppress(Exception):
+                    await remove_orphans(self.node_id, keep)
             for task_id in message.get("remove") or []:
                 await self.worker.forget(task_id)
         elif kind == "role" and self.on_certificate is not None:

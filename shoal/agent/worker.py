@@ -288,6 +288,10 @@ class Worker:
 
     # ---- queries -----------------------------------------------------------------------------------------
 
+    def known_task_ids(self) -> set[str]:
+        """Every task this worker still has a record of, including ones it is stopping or forgetting."""
+        return set(self._runs) | set(self._forgetting)
+
     def running_task_ids(self) -> set[str]:
         return {task_id for task_id, run in self._runs.items() if run.state == TaskState.RUNNING}
 

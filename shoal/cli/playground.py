@@ -21,6 +21,8 @@ def register(commands: Any) -> None:
     up = sub.add_parser("up", help="Start a local cluster")
     up.add_argument("--managers", type=_positive_int, default=1, metavar="M", help="Number of managers (default 1)")
     up.add_argument("--workers", type=_non_negative_int, default=2, metavar="W", help="Number of workers (default 2)")
+    up.add_argument("--executor", choices=["process", "docker"], default="process",
+                    help="Run tasks as host processes (default) or as containers on this machine's Docker Engine")
     up.add_argument("--subnet", type=_loopback_prefix, default="127.0.0", metavar="127.X.Y",
                     help="Loopback block for the nodes' addresses (default 127.0.0: nodes on .2, .3, …)")
     up.set_defaults(handler=run_up)
@@ -73,7 +75,8 @@ def node_json(node: Any) -> dict[str, Any]:
 def run_up(ctx: CliContext, args: argparse.Namespace) -> int:
     from shoal import playground
 
-    nodes = playground.up(managers=args.managers, workers=args.workers, progress=ctx.print, subnet=args.subnet)
+    nodes = playground.up(managers=args.managers, workers=args.workers, progress=ctx.print, subnet=args.subnet,
+                          executor=args.executor)
     ctx.out.write(playground_table(nodes))
     managers = [n for n in nodes if n.role == "manager"]
     if managers:

@@ -60,6 +60,7 @@ class Cluster:
     base: Path
     subnet: str
     nodes: list[PlaygroundNode] = field(default_factory=list)
+    executor: str = "process"
 
     # ---- access ---------------------------------------------------------------------------------------
 
@@ -126,7 +127,7 @@ class Cluster:
     def add_node(self, name: str, role: str = "worker") -> PlaygroundNode:
         index = len(self.nodes)
         address = f"{self.subnet}.{playground.FIRST_ADDRESS + index}"
-        proc, state_dir, sock = playground.start_daemon(name, self.base)
+        proc, state_dir, sock = playground.start_daemon(name, self.base, ["--executor", self.executor])
         node = PlaygroundNode(name, role, address, proc.pid, str(sock), str(state_dir))
         self.nodes.append(node)
         self._save()
@@ -152,7 +153,7 @@ class Cluster:
     def restart(self, name: str) -> None:
         """Start a node's daemon again on its existing state."""
         node = self.node(name)
-        proc, _, sock = playground.start_daemon(name, self.base)
+        proc, _, sock = playground.start_daemon(name, self.base, ["--executor", self.executor])
         node.pid = proc.pid
         self._save()
         playground.wait_for_socket(sock, proc)
@@ -179,12 +180,13 @@ class Cluster:
         playground.down(lambda _: None, self.base)
 
 
-def make_cluster(tmp_path_factory: pytest.TempPathFactory, managers: int = 1, workers: int = 2) -> Cluster:
+def make_cluster(tmp_path_factory: pytest.TempPathFactory, managers: int = 1, workers: int = 2,
+                 executor: str = "process") -> Cluster:
     base = tmp_path_factory.mktemp("swarm")
     subnet = _subnet()
-    cluster = Cluster(base, subnet)
+    cluster = Cluster(base, subnet, executor=executor)
     try:
-        cluster.nodes = playground.up(managers, workers, lambda _: None, base=base, subnet=subnet)
+        cluster.nodes = playground.up(managers, workers, lambda _: None, base=base, subnet=subnet, executor=executor)
     except BaseException:
         cluster.down()
         raise

@@ -62,6 +62,8 @@ def new_task(service: Doc, slot: int, node_id: str, now: float, task_id: str | N
         "DesiredState": TaskState.RUNNING.wire,
         "ServiceAnnotations": {"Name": spec.get("Name", ""), "Labels": dict(spec.get("Labels") or {})},
         "SpecVersion": {"Index": version_of(service)},
+        # The ports the task publishes (host mode binds them on its node), as swarmkit copies them.
+        "Endpoint": copy.deepcopy(service.get("Endpoint") or {}),
     }
 
 
