@@ -81,7 +81,7 @@ class MemberConfig:
             "--peer-cert-file", str(self.cert_file), "--peer-key-file", str(self.key_file),
             "--peer-trusted-ca-file", str(self.ca_file), "--peer-client-cert-auth",
             # Fast failure detection on loopback and LANs: leader failover within about a second.
-            "--heartbeat-interval", "100", "--election-timeout", "1000",
+            "--heartbeat-interval", "50", "--election-timeout", "500",
             "--max-txn-ops", "1024",
             "--auto-compaction-mode", "revision", "--auto-compaction-retention", "10000",
             "--quota-backend-bytes", str(2 * 1024**3),

@@ -19,7 +19,7 @@ from shoal.manager.store.base import LEADER_KEY
 
 log = logging.getLogger(__name__)
 
-LEASE_TTL = 2  # seconds; etcd's lease granularity
+LEASE_TTL = 1  # seconds; etcd allows it with a 500 ms election timeout (its minimum TTL is 1.5 election timeouts)
 
 
 class LeaderElection:
