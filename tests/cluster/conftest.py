@@ -28,9 +28,13 @@ _counter = itertools.count(1)
 
 
 def _subnet() -> str:
+    """A 127.x.y block for one cluster: per pytest worker, and skipping blocks another run is using."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     index = int(worker[2:]) if worker[2:].isdigit() else 0
-    return f"127.{20 + index}.{next(_counter)}"
+    while True:
+        subnet = f"127.{20 + index}.{next(_counter)}"
+        if playground._port_free(f"{subnet}.2", 2377) and playground._port_free(f"{subnet}.2", 2379):
+            return subnet
 
 
 def wait_for(what: str, check: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.1) -> T:
