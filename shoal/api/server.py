@@ -12,19 +12,21 @@ import logging
 import platform
 import re
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+import aiohttp
 from aiohttp import web
 
 from shoal import __version__
 from shoal.api.proxy import EngineProxy, distribution_inspect
-from shoal.certs import identity_from_peercert
+from shoal.certs import client_ssl_context, identity_from_peercert
 from shoal.errors import InvalidArgument, NotAManager, ShoalError
 from shoal.manager.join import handle_join
 from shoal.protocol import CA_PATH, JOIN_PATH, SESSION_PATH
 from shoal.timefmt import to_rfc3339
+from shoal.types import Doc
 
 if TYPE_CHECKING:
     from shoal.daemon import Daemon
@@ -323,9 +325,34 @@ async def logs(request: web.Request) -> web.StreamResponse:
     response.content_type = "application/vnd.docker.multiplexed-stream"
     response.headers["Api-Version"] = MAX_API_VERSION
     await response.prepare(request)
-    if manager.dispatcher is None or not manager.is_leader:
-        return response
-    async for item in manager.dispatcher.logs(tasks, tail, follow):
+    try:
+        if manager.dispatcher is None or not manager.is_leader:
+            # Agents hold their sessions with the leader: ask it (over mutual TLS, as a manager).
+            await _logs_from_leader(daemon, request, response)
+            return response
+        await _write_log_frames(response, manager.dispatcher.logs(tasks, tail, follow), by_id, want_stdout,
+                                want_stderr, timestamps, details)
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        pass  # the client went away (e.g. Ctrl-C on `service logs -f`): nothing to report
+    return response
+
+
+async def _logs_from_leader(daemon: Daemon, request: web.Request, response: web.StreamResponse) -> None:
+    manager = daemon.manager
+    leader = manager.leader_addr() if manager is not None else None
+    if not leader:
+        return
+    context = client_ssl_context(daemon.tls.ca, daemon.tls.cert, daemon.tls.key)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=5)
+    async with aiohttp.ClientSession(timeout=timeout) as session, session.get(
+            f"https://{leader}{request.rel_url}", ssl=context) as upstream:
+        async for chunk in upstream.content.iter_any():
+            await response.write(chunk)
+
+
+async def _write_log_frames(response: web.StreamResponse, items: AsyncIterator[Doc], by_id: dict[str, Doc],
+                            want_stdout: bool, want_stderr: bool, timestamps: bool, details: bool) -> None:
+    async for item in items:
         stream = int(item["stream"])
         if (stream == 1 and not want_stdout) or (stream == 2 and not want_stderr):
             continue
@@ -342,7 +369,6 @@ async def logs(request: web.Request) -> web.StreamResponse:
             }
             prefix += ",".join(f"{quote(k)}={quote(v)}" for k, v in sorted(attrs.items())) + " "
         await response.write(frame(stream, (prefix + line + "\n").encode()))
-    return response
 
 
 # ---- the node's Docker Engine: image digests, and everything outside swarm mode ---------------------------

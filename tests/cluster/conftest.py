@@ -121,7 +121,7 @@ class Cluster:
 
     def wait_running(self, service: str, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:
         return wait_for(f"{count} running tasks of {service}",
-                        lambda: (r := self.running(service)) and len(r) == count and r, timeout)
+                        lambda: r if len(r := self.running(service)) == count else None, timeout)
 
     def node_state(self, name: str) -> str:
         return next(n["Status"]["State"] for n in self.get("/nodes") if n["Description"]["Hostname"] == name)

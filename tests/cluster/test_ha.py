@@ -57,6 +57,10 @@ def test_leader_failover_then_scale_and_a_worker_failure(ha: Cluster) -> None:
     killed_at = ha.kill("manager1")
     new_leader = wait_for("a new leader", lambda: (name := leader_name(ha, "manager2")) and name != "manager1" and name)
     print(f"\nnew leader {new_leader} after {time.monotonic() - killed_at:.2f}s")
+    # The agents reconnected to the new leader within the grace: none of the live nodes was marked down.
+    states = {n["Description"]["Hostname"]: n["Status"]["State"]
+              for n in Cluster(ha.base, ha.subnet, [ha.node("manager2")]).get("/nodes")}
+    assert all(state != "down" for name, state in states.items() if name != "manager1"), states
     # The cluster keeps reconciling through the surviving managers.
     wait_for("scale accepted by manager2", lambda: ha.shoal("service", "scale", "-d", "web=8", node="manager2").code == 0)
     ha_via = Cluster(ha.base, ha.subnet, [ha.node("manager2"), *[n for n in ha.nodes if n.name != "manager2"]])
@@ -155,3 +159,27 @@ def test_restarting_every_daemon_in_turn_keeps_exactly_the_replicas(ha: Cluster)
     ha.wait_running("web", 10, timeout=60)
     assert worst["processes"] <= 10, f"up to {worst['processes']} task processes ran at once"
     assert len(ha.task_processes()) == 10
+
+
+def test_a_frozen_leader_is_replaced_and_stops_acting_when_it_thaws(ha: Cluster) -> None:
+    """A leader cut off (SIGSTOP: alive, silent) loses its lease; a new leader takes over; when the old one
+    runs again it is fenced off and follows, and the swarm never runs a replica twice."""
+    ha.ok("service", "create", "-d", "--name", "web", "--replicas", "4", "busybox", "sh", "-c",
+          "while true; do echo tick; sleep 1; done")
+    ha.wait_running("web", 4)
+    frozen = ha.node("manager1")
+    os.kill(frozen.pid, signal.SIGSTOP)
+    try:
+        wait_for("a new leader", lambda: (name := leader_name(ha, "manager2")) not in (None, "manager1"))
+        wait_for("scale accepted", lambda: ha.shoal("service", "scale", "-d", "web=5", node="manager2").code == 0)
+    finally:
+        os.kill(frozen.pid, signal.SIGCONT)
+    via = Cluster(ha.base, ha.subnet, [ha.node("manager2"), *[n for n in ha.nodes if n.name != "manager2"]])
+    via.wait_running("web", 5, timeout=60)
+    wait_for("manager1 back as a follower", lambda: leader_name(ha, "manager1") not in (None, "manager1"), timeout=60)
+    time.sleep(2)
+    assert ha.ok("node", "ls", node="manager1").count("Leader") == 1
+    assert len(via.running("web")) == 5 and len(ha.task_processes()) == 5
+    # Logs are served through any manager (a follower asks the leader).
+    logs = ha.ok("service", "logs", "--tail", "1", "web", node="manager1")
+    assert logs.count("| tick") >= 4
