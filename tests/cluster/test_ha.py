@@ -170,7 +170,7 @@ def test_a_frozen_leader_is_replaced_and_stops_acting_when_it_thaws(ha: Cluster)
     frozen = ha.node("manager1")
     os.kill(frozen.pid, signal.SIGSTOP)
     try:
-        wait_for("a new leader", lambda: (name := leader_name(ha, "manager2")) not in (None, "manager1"))
+        wait_for("a new leader", lambda: leader_name(ha, "manager2") not in (None, "manager1"))
         wait_for("scale accepted", lambda: ha.shoal("service", "scale", "-d", "web=5", node="manager2").code == 0)
     finally:
         os.kill(frozen.pid, signal.SIGCONT)
