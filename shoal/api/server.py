@@ -179,7 +179,7 @@ async def info(request: web.Request) -> web.StreamResponse:
     return reply({
         "ID": daemon.record.node_id if daemon.record else "", "Name": daemon.hostname,
         "ServerVersion": __version__, "OSType": "linux", "Architecture": platform.machine(),
-        "OperatingSystem": "shoal", "KernelVersion": platform.release(), "NCPU": _ncpu(), "MemTotal": 0,
+        "OperatingSystem": "shoal", "KernelVersion": platform.release(), "NCPU": _ncpu(), "MemTotal": _mem_total(),
         "Containers": 0, "ContainersRunning": 0, "ContainersPaused": 0, "ContainersStopped": 0, "Images": 0,
         "Driver": "", "DockerRootDir": str(daemon.state_dir), "Swarm": daemon.swarm_info(),
         "Labels": [], "ExperimentalBuild": False, "Debug": False, "LiveRestoreEnabled": True,
@@ -189,6 +189,17 @@ async def info(request: web.Request) -> web.StreamResponse:
 def go_arch() -> str:
     machine = platform.machine()
     return GO_ARCH.get(machine, machine)
+
+
+def _mem_total() -> int:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def _ncpu() -> int:

@@ -76,6 +76,9 @@ def merge_status(task: Doc, status: Doc, now: float) -> Doc | None:
         from_rfc3339(str(merged.get("Timestamp")))
     except InvalidArgument:
         merged["Timestamp"] = to_rfc3339(now)
+    if reported == current and old.get("Timestamp"):
+        # Same state again (e.g. re-adopted after an agent restart): it has been in it since the first report.
+        merged["Timestamp"] = old["Timestamp"]
     if reported == TaskState.RUNNING and current < TaskState.RUNNING:
         # When it started running, for the rolling update's monitor window (hidden from API views).
         merged[RUNNING_SINCE] = to_rfc3339(now)

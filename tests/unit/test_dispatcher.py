@@ -393,3 +393,12 @@ async def test_a_node_cannot_report_the_status_of_another_nodes_task(harness: Ha
     await dispatcher.flush_status()
 
     assert task_state(await stored(harness, TASKS, "t1")) == TaskState.RUNNING
+
+
+def test_the_same_state_reported_again_keeps_the_time_it_was_entered() -> None:
+    """An agent that restarts re-reports its running tasks: they have been running since the first report."""
+    task = make_task("t1", "web", node_id="n1", state=TaskState.RUNNING, at=NOW)
+    again = dict(status("running", "re-adopted after an agent restart"), Timestamp=to_rfc3339(NOW + 600))
+    merged = merge_status(task, again, NOW + 600)
+    assert merged is not None and merged["Status"]["Timestamp"] == task["Status"]["Timestamp"]
+    assert merged["Status"]["Message"] == "re-adopted after an agent restart"
