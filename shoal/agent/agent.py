@@ -111,7 +111,8 @@ class Agent:
                     break  # a follower named the leader: start over with it first
             else:
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 1.0)
+                # Short: right after a leader change, followers know the new leader within a second or two.
+                backoff = min(backoff * 2, 0.4)
                 continue
             await asyncio.sleep(0.05)
 
