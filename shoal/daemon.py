@@ -222,14 +222,28 @@ class Daemon:
         record = self.record
         assert record is not None
         if record.role == Role.MANAGER.value:
-            self.manager = Manager(record.node_id, record.advertise_addr, record.manager_addr, self.state_dir,
-                                   self.tls, self.clock, self.config.external_etcd)
-            await self.manager.start(record.cluster_id, initial_cluster, initial_state)
-            self.control = ControlAPI(self.manager, self.clock)
-            await self._start_cluster_server(record)
+            await self._start_manager(initial_cluster, initial_state)
         managers = record.managers or [record.manager_addr]
         if record.role == Role.MANAGER.value and record.manager_addr not in managers:
             managers = [record.manager_addr, *managers]
+        await self._start_agent(managers)
+
+    async def _start_manager(self, initial_cluster: str | None = None, initial_state: str = "new",
+                             force_new_cluster: bool = False,
+                             bootstrap: tuple[Doc, RootCA, Doc] | None = None) -> None:
+        """Run this node's manager: its etcd member (or the external store), the control API and the swarm
+        port. `bootstrap` holds the first objects of a new swarm (cluster, CA, node) to write once it runs."""
+        record = self.record
+        assert record is not None
+        self.manager = Manager(record.node_id, record.advertise_addr, record.manager_addr, self.state_dir,
+                               self.tls, self.clock, self.config.external_etcd)
+        await self.manager.start(record.cluster_id, initial_cluster, initial_state, force_new_cluster)
+        if bootstrap is not None:
+            await self.manager.bootstrap(*bootstrap)
+        self.control = ControlAPI(self.manager, self.clock)
+        await self._start_cluster_server(record)
+
+    async def _start_agent(self, managers: list[str]) -> None:
         self.agent = self._make_agent(managers)
         await self.agent.start()
 
@@ -253,11 +267,7 @@ class Daemon:
             write_private(self.tls.cert, str(answer["certificate"]).encode())
             if role == Role.MANAGER.value:
                 record.role = role
-                self.manager = Manager(record.node_id, record.advertise_addr, record.manager_addr, self.state_dir,
-                                       self.tls, self.clock, self.config.external_etcd)
-                await self.manager.start(record.cluster_id, answer.get("etcd_initial_cluster"), "existing")
-                self.control = ControlAPI(self.manager, self.clock)
-                await self._start_cluster_server(record)
+                await self._start_manager(answer.get("etcd_initial_cluster"), "existing")
                 managers = [record.manager_addr, *[m for m in self.agent.managers if m != record.manager_addr]]
             else:
                 manager, self.manager, self.control = self.manager, None, None
@@ -364,15 +374,9 @@ class Daemon:
             self.record = NodeRecord(node_id, cluster_id, Role.MANAGER.value, advertise_ip,
                                      f"{listen_host}:{listen_port}", self.hostname)
             try:
-                self.manager = Manager(node_id, advertise_ip, self.record.manager_addr, self.state_dir, tls,
-                                       self.clock, self.config.external_etcd)
-                await self.manager.start(cluster_id)
-                await self.manager.bootstrap(cluster, ca, node)
-                self.control = ControlAPI(self.manager, self.clock)
-                await self._start_cluster_server(self.record)
+                await self._start_manager(bootstrap=(cluster, ca, node))
                 self._save_record()
-                self.agent = self._make_agent([self.record.manager_addr])
-                await self.agent.start()
+                await self._start_agent([self.record.manager_addr])
             except BaseException:
                 await self._deactivate(kill_tasks=True)
                 self.record = None
@@ -396,18 +400,14 @@ class Daemon:
             log.warning("forcing a new cluster from this manager's state")
             await self._deactivate(kill_tasks=False)
             try:
-                self.manager = Manager(record.node_id, record.advertise_addr, record.manager_addr,
-                                       self.state_dir, self.tls, self.clock, None)
-                await self.manager.start(record.cluster_id, force_new_cluster=True)
-                self.control = ControlAPI(self.manager, self.clock)
+                await self._start_manager(force_new_cluster=True)
+                assert self.control is not None
                 for node in list(self.control.cache.nodes().values()):
                     if node["ID"] != record.node_id and node["Spec"].get("Role") == Role.MANAGER.value:
                         await self.control.retire_manager(node["ID"])
-                await self._start_cluster_server(record)
                 record.managers = [record.manager_addr]
                 self._save_record()
-                self.agent = self._make_agent(record.managers)
-                await self.agent.start()
+                await self._start_agent(record.managers)
             except BaseException:
                 await self._deactivate(kill_tasks=False)
                 raise

@@ -152,13 +152,8 @@ class Manager:
         await self._on_deposed()
 
     async def stop(self) -> None:
+        # Stepping down revoked the leader lease (leader.py), so the next manager need not wait for it.
         await self.stop_leading()
-        if self.election is not None and self.election.is_leader and self.client is not None:
-            try:
-                from shoal.manager.store.base import LEADER_KEY
-                await asyncio.wait_for(self.client.delete(LEADER_KEY.encode()), 1)
-            except Exception:
-                pass
         if self.store is not None:
             with contextlib.suppress(Exception):
                 await self.store.close()
