@@ -13,6 +13,7 @@ from shoal.manager.orchestrator.common import new_task
 from shoal.manager.orchestrator.global_ import reconcile_global
 from shoal.timefmt import SECOND, to_rfc3339
 from shoal.types import Doc, Plan, task_is_live
+from tests.unit.plans import apply
 
 NOW = 1_800_000_000.0
 
@@ -50,17 +51,6 @@ def ids() -> Any:
     counter = itertools.count(1)
     return lambda: f"new{next(counter)}"
 
-
-def apply(tasks: list[Doc], plan: Plan) -> list[Doc]:
-    by_id = {t["ID"]: t for t in tasks}
-    for doc in plan.update:
-        by_id[doc["ID"]] = doc
-    for doc in plan.delete:
-        by_id.pop(doc["ID"])
-    for doc in plan.create:
-        assert doc["ID"] not in by_id
-        by_id[doc["ID"]] = doc
-    return list(by_id.values())
 
 
 def stopped(plan: Plan) -> list[str]:

@@ -13,6 +13,7 @@ from shoal.manager.orchestrator.common import is_task_dirty, mark_status, new_ta
 from shoal.manager.orchestrator.replicated import reconcile_replicated
 from shoal.timefmt import SECOND, to_rfc3339
 from shoal.types import Doc, Plan, TaskState, task_is_live, task_slot
+from tests.unit.plans import apply
 
 NOW = 1_800_000_000.0
 
@@ -55,19 +56,6 @@ def ids() -> Any:
     counter = itertools.count(1)
     return lambda: f"new{next(counter)}"
 
-
-def apply(tasks: list[Doc], plan: Plan) -> list[Doc]:
-    """A tiny applier: what the store holds once the plan is written."""
-    by_id = {t["ID"]: t for t in tasks}
-    for doc in plan.update:
-        assert doc["ID"] in by_id, "update of an unknown task"
-        by_id[doc["ID"]] = doc
-    for doc in plan.delete:
-        by_id.pop(doc["ID"])
-    for doc in plan.create:
-        assert doc["ID"] not in by_id
-        by_id[doc["ID"]] = doc
-    return list(by_id.values())
 
 
 def updated(plan: Plan, tid: str) -> Doc:

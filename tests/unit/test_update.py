@@ -18,7 +18,8 @@ from shoal.manager.orchestrator.update import (
     running_since,
 )
 from shoal.timefmt import SECOND, from_rfc3339, to_rfc3339
-from shoal.types import Doc, Plan, TaskState, clone, task_is_live, task_slot, task_state
+from shoal.types import Doc, TaskState, clone, task_is_live, task_slot, task_state
+from tests.unit.plans import apply
 
 NOW = 1_800_000_000.0
 OLD_IMAGE, NEW_IMAGE = "app:1", "app:2"
@@ -87,18 +88,6 @@ def stopped_old(service: Doc, slot: int) -> Doc:
 def old_tasks(service: Doc, count: int) -> list[Doc]:
     return [make_task(service, f"old{s}", s) for s in range(1, count + 1)]
 
-
-def apply(tasks: list[Doc], plan: Plan) -> list[Doc]:
-    by_id = {t["ID"]: t for t in tasks}
-    for doc in plan.update:
-        assert doc["ID"] in by_id, "update of an unknown task"
-        by_id[doc["ID"]] = doc
-    for doc in plan.delete:
-        by_id.pop(doc["ID"])
-    for doc in plan.create:
-        assert doc["ID"] not in by_id
-        by_id[doc["ID"]] = doc
-    return list(by_id.values())
 
 
 def updated(result: UpdatePlan, tid: str) -> Doc:
