@@ -17,10 +17,11 @@ from shoal import playground
 
 
 class Swarm:
-    def __init__(self, managers: int, workers: int, subnet: str) -> None:
+    def __init__(self, managers: int, workers: int, subnet: str, routing_mesh: str = "auto") -> None:
         self.base = Path(tempfile.mkdtemp(prefix="shoal-bench-"))
         self.subnet = subnet
-        self.nodes = playground.up(managers, workers, lambda _: None, base=self.base, subnet=subnet)
+        self.nodes = playground.up(managers, workers, lambda _: None, base=self.base, subnet=subnet,
+                                   routing_mesh=routing_mesh)
 
     def api(self) -> Any:
         return playground.api(self.nodes[0].socket)

@@ -33,3 +33,5 @@ class DaemonConfig:
     log_level: str = "info"
     # Engine labels reported in the node description (constraint `engine.labels.X`).
     engine_labels: dict[str, str] = field(default_factory=dict)
+    # The routing mesh's data path: "auto" (nftables where usable, else userspace), "kernel" or "userspace".
+    routing_mesh: str = "auto"

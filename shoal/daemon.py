@@ -37,6 +37,7 @@ from shoal.manager.controlapi.swarm import default_swarm_spec, merge_swarm_spec
 from shoal.manager.dispatcher import RESTART_GRACE
 from shoal.manager.join import new_node
 from shoal.manager.manager import Manager, TLSFiles
+from shoal.mesh.mesh import RoutingMesh
 from shoal.timefmt import to_rfc3339
 from shoal.tokens import make_token
 from shoal.types import Doc, Role
@@ -250,8 +251,10 @@ class Daemon:
     def _make_agent(self, managers: list[str]) -> Agent:
         assert self.record is not None
         context = client_ssl_context(self.tls.ca, self.tls.cert, self.tls.key)
+        mesh = RoutingMesh(self.record.node_id, split_addr(self.record.listen_addr)[0], self.config.routing_mesh,
+                           executor_binds_host_ports=self.config.executor == "docker")
         return Agent(self.record.node_id, managers, context, self.state_dir / "agent", self._executor, self.clock,
-                     self.describe, self._remember_managers, self.change_role, self.record.port)
+                     self.describe, self._remember_managers, self.change_role, self.record.port, mesh=mesh)
 
     async def change_role(self, answer: Doc, key_pem: bytes) -> None:
         """Become a manager (promote) or a worker (demote) with the certificate the leader issued."""

@@ -131,7 +131,8 @@ def wait_for_socket(sock: Path, proc: subprocess.Popen[bytes] | None, timeout: f
 
 
 def up(managers: int = 1, workers: int = 2, progress: Callable[[str], None] = print,
-       base: Path = PLAYGROUND_DIR, subnet: str = "127.0.0", executor: str = "process") -> list[PlaygroundNode]:
+       base: Path = PLAYGROUND_DIR, subnet: str = "127.0.0", executor: str = "process",
+       routing_mesh: str = "auto") -> list[PlaygroundNode]:
     """Start the daemons, init the swarm on the first manager and join the others; returns the nodes."""
     if managers < 1:
         raise ShoalError("a playground needs at least one manager: use --managers 1 or more")
@@ -144,7 +145,8 @@ def up(managers: int = 1, workers: int = 2, progress: Callable[[str], None] = pr
     down(lambda _: None, base)
     base.mkdir(parents=True, exist_ok=True)
     try:
-        return _start(managers, workers, progress, base, subnet, executor)
+        return _start(managers, workers, progress, base, subnet, ["--executor", executor,
+                                                                  "--routing-mesh", routing_mesh])
     except BaseException:
         # Leave nothing half-started behind.
         down(lambda _: None, base)
@@ -152,7 +154,7 @@ def up(managers: int = 1, workers: int = 2, progress: Callable[[str], None] = pr
 
 
 def _start(managers: int, workers: int, progress: Callable[[str], None], base: Path,
-           subnet: str, executor: str) -> list[PlaygroundNode]:
+           subnet: str, daemon_args: list[str]) -> list[PlaygroundNode]:
     plan = [(f"manager{i + 1}", "manager") for i in range(managers)]
     plan += [(f"worker{i + 1}", "worker") for i in range(workers)]
     nodes: list[PlaygroundNode] = []
@@ -160,7 +162,7 @@ def _start(managers: int, workers: int, progress: Callable[[str], None], base: P
         address = f"{subnet}.{FIRST_ADDRESS + index}"
         if role == "manager" and not all(_port_free(address, p) for p in (DEFAULT_PORT, 2379, 2380)):
             raise Unavailable(f"ports 2377/2379/2380 on {address} are in use: is another cluster running?")
-        proc, state_dir, sock = start_daemon(name, base, ["--executor", executor])
+        proc, state_dir, sock = start_daemon(name, base, daemon_args)
         nodes.append(PlaygroundNode(name, role, address, proc.pid, str(sock), str(state_dir)))
         _state_file(base).write_text(json.dumps([asdict(n) for n in nodes], indent=2))
         wait_for_socket(sock, proc)

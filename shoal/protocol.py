@@ -4,6 +4,7 @@ agent -> manager
   {"type": "hello", "description": NodeDescription}
   {"type": "heartbeat"}
   {"type": "status", "updates": [{"TaskID": id, "Status": TaskStatus}, …]}
+  {"type": "mesh", "errors": [text, …]}        (published ports this node cannot listen on; [] when all fine)
   {"type": "log", "req": n, "task": id, "stream": 1|2, "ts": unix, "line": text}
   {"type": "log_end", "req": n}
 manager -> agent
@@ -12,6 +13,7 @@ manager -> agent
   {"type": "logs", "req": n, "tasks": [id, …], "tail": int (-1 = all), "follow": bool}
   {"type": "logs_cancel", "req": n}
   {"type": "managers", "managers": ["ip:port", …]}
+  {"type": "endpoints", "listeners": [Listener, …]}  (the routing mesh's table, shoal.mesh.table; whole)
   {"type": "redirect", "leader": "ip:port"}   (this manager is not the leader; the session ends)
   {"type": "rejected", "message": text}        (e.g. the node was removed; the session ends)
 

@@ -22,6 +22,8 @@ from shoal.agent.executor.base import Executor
 from shoal.agent.worker import Worker
 from shoal.certs import make_key_and_csr
 from shoal.clock import Clock
+from shoal.mesh.mesh import RoutingMesh
+from shoal.mesh.table import Listener
 from shoal.protocol import SESSION_PATH
 from shoal.supervise import Supervisor
 from shoal.types import Doc
@@ -29,6 +31,8 @@ from shoal.types import Doc
 log = logging.getLogger(__name__)
 
 STATUS_BATCH_INTERVAL = 0.05
+# How often published ports this node could not listen on are tried again.
+MESH_RETRY_INTERVAL = 5.0
 
 
 class Agent:
@@ -36,7 +40,7 @@ class Agent:
                  executor: Executor, clock: Clock, description: Callable[[], Doc],
                  on_managers: Callable[[list[str]], None],
                  on_certificate: Callable[[Doc, bytes], Coroutine[Any, Any, None]] | None = None,
-                 listen_port: int = 2377) -> None:
+                 listen_port: int = 2377, mesh: RoutingMesh | None = None) -> None:
         self.node_id = node_id
         self.managers = list(managers)
         self.ssl_context = ssl_context
@@ -58,10 +62,18 @@ class Agent:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._log_streams: dict[int, asyncio.Task[None]] = {}
         self._preferred: str | None = None
+        self.mesh = mesh
+        self._mesh_errors: list[str] | None = None  # to send to the manager
+        if mesh is not None:
+            mesh.report_errors = self._report_mesh_errors
 
     async def start(self) -> None:
+        if self.mesh is not None:
+            await self.mesh.start()
         await self.worker.start()
         self.loops.start("session", self._session_loop)
+        if self.mesh is not None:
+            self.loops.start("mesh-retry", self._mesh_retry_loop)
 
     async def stop(self, kill_tasks: bool = False) -> None:
         """Stop the session and the worker. Without `kill_tasks` (a daemon restart) the manager is told the
@@ -74,10 +86,22 @@ class Agent:
         for task in self._log_streams.values():
             task.cancel()
         await self.worker.stop(kill_tasks=kill_tasks)
+        if self.mesh is not None:
+            await self.mesh.stop()
 
     def _report(self, task_id: str, status: Doc) -> None:
         self._status[task_id] = status
         self._status_ready.set()
+
+    def _report_mesh_errors(self, errors: list[str]) -> None:
+        self._mesh_errors = list(errors)
+        self._status_ready.set()
+
+    async def _mesh_retry_loop(self) -> None:
+        assert self.mesh is not None
+        while True:
+            await asyncio.sleep(MESH_RETRY_INTERVAL)
+            await self.mesh.retry(self.worker.known_task_ids())
 
     # ---- the session ------------------------------------------------------------------------------------
 
@@ -141,6 +165,8 @@ class Agent:
             self.heartbeat_period = float(message.get("heartbeat_period") or 1.0)
             self.current_manager = addr
             self._set_managers(message.get("managers") or [])
+            if self.mesh is not None:
+                self.mesh.resend_errors()
             self.connected.set()
             log.info("session open with manager %s", addr)
         elif kind == "assignments":
@@ -165,6 +191,9 @@ class Agent:
             key, self._pending_key = self._pending_key, None
             # The daemon changes role outside the session (it may stop the manager this session talks to).
             self._role_change = asyncio.create_task(self.on_certificate(message, key), name="role-change")
+        elif kind == "endpoints" and self.mesh is not None:
+            table = [Listener.from_wire(doc) for doc in message.get("listeners") or []]
+            await self.mesh.update(table, self.worker.known_task_ids())
         elif kind == "managers":
             self._set_managers(message.get("managers") or [])
         elif kind == "redirect":
@@ -211,6 +240,9 @@ class Agent:
                 next_heartbeat = now + self.heartbeat_period
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._status_ready.wait(), max(0.0, next_heartbeat - loop.time()))
+            if self._mesh_errors is not None:
+                errors, self._mesh_errors = self._mesh_errors, None
+                await ws.send_str(json.dumps({"type": "mesh", "errors": errors}))
             if self._status:
                 await asyncio.sleep(STATUS_BATCH_INTERVAL)
                 updates, self._status = self._status, {}

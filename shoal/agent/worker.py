@@ -35,6 +35,7 @@ from shoal.agent.executor.base import (
     ExitStatusUnknown,
     LogLine,
     TaskRejected,
+    task_ports,
 )
 from shoal.agent.health import (
     HealthCheck,
@@ -47,6 +48,8 @@ from shoal.agent.health import (
 from shoal.agent.taskdb import TaskDB, TaskRecord
 from shoal.clock import Clock
 from shoal.errors import InvalidArgument, NotFound
+from shoal.mesh.table import BACKEND_PORTS
+from shoal.mesh.userspace import accepts_connections
 from shoal.timefmt import SECOND, from_rfc3339, to_rfc3339
 from shoal.types import Doc, TaskState
 
@@ -61,6 +64,11 @@ MAX_RETRY_DELAY = 5.0
 FIRST_RETRY_DELAY = 0.1
 # A health monitor that crashed is started again after this pause (so a bug cannot spin the loop).
 HEALTH_RESTART_DELAY = 1.0
+# A task the routing mesh sends connections to is stopped this long after it left the endpoint table, so that
+# every node has stopped sending it new connections before it gets its stop signal.
+DRAIN_SECONDS = 1.0
+# How often, at most, a running task's published ports are tried until they accept connections.
+PORT_CHECK_MAX_INTERVAL = 0.5
 
 Reporter = Callable[[str, Doc], None]
 
@@ -111,6 +119,7 @@ class _TaskRun:
     # Set once the manager wants the task running; a task wanted only "ready" is prepared and held (the new
     # task of a stop-first update waits so until the old one has stopped).
     may_start: asyncio.Event = field(default_factory=asyncio.Event)
+    port_check: asyncio.Task[None] | None = None  # until its published ports accept connections
 
     @property
     def task_id(self) -> str:
@@ -422,12 +431,16 @@ class Worker:
             if checking is not None:
                 checking.cancel()
                 await self._settle([checking])
+            if not exited.done() and self._is_mesh_backend(run):
+                await asyncio.wait({exited}, timeout=DRAIN_SECONDS)
             if not exited.done():
                 spec = _container_spec(run.record.task)
                 await controller.shutdown(stop_grace_seconds(run.record.task),
                                           str(spec.get("StopSignal") or DEFAULT_STOP_SIGNAL))
                 await asyncio.wait({exited})
         finally:
+            if run.port_check is not None:
+                run.port_check.cancel()
             waiters = [exited, stop] + ([checking] if checking else [])
             for waiter in waiters:
                 waiter.cancel()
@@ -448,6 +461,50 @@ class Worker:
             self._report(run, TaskState.COMPLETE, "finished")
         else:
             self._report(run, TaskState.FAILED, "finished", err=f"task: non-zero exit ({code})", exit_code=code)
+
+    # ---- published ports ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _is_mesh_backend(run: _TaskRun) -> bool:
+        return bool(run.record.status and run.record.status.get(BACKEND_PORTS))
+
+    def _spawn_port_check(self, run: _TaskRun) -> None:
+        if (run.port_check is None and task_ports(run.record.task)
+                and getattr(run.controller, "backend_ports", None) is not None):
+            run.port_check = asyncio.create_task(self._announce_ports(run), name=f"ports:{run.task_id}")
+
+    async def _announce_ports(self, run: _TaskRun) -> None:
+        """Report where the task's published ports are served once its TCP ones accept connections, so the
+        routing mesh sends no connection to a task that is not listening yet."""
+        delay = 0.02
+        while run.state == TaskState.RUNNING and not run.stop_requested.is_set():
+            try:
+                ports: list[Doc] = await run.controller.backend_ports()  # type: ignore[union-attr]
+                listening = [await accepts_connections(str(p["ProbeHost"]), int(p["ProbePort"]))
+                             for p in ports if p["Protocol"] == "tcp"]
+                if ports and all(listening):
+                    break
+            except ExecutorError as exc:
+                log.debug("task %s: published ports not known yet: %s", run.task_id, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, PORT_CHECK_MAX_INTERVAL)
+        else:
+            return
+        if run.record.status is None or run.state != TaskState.RUNNING:
+            return
+        status = dict(run.record.status)
+        status[BACKEND_PORTS] = [{"Protocol": p["Protocol"], "TargetPort": p["TargetPort"], "Port": p["Port"]}
+                                 for p in ports]
+        host_ports = [{"Protocol": p["Protocol"], "TargetPort": p["TargetPort"], "PublishMode": "host",
+                       "PublishedPort": p["PublishedPort"] or p["Port"]}
+                      for p in ports if p["PublishMode"] == "host"]
+        if host_ports:
+            status["PortStatus"] = {"Ports": host_ports}
+        run.record.status = status
+        self._db.put(run.record)
+        self._send(run.task_id, status)
+        log.info("task %s: serving published ports %s", run.task_id,
+                 ", ".join(f"{p['TargetPort']}/{p['Protocol']} on {p['Port']}" for p in ports))
 
     # ---- health checks ------------------------------------------------------------------------------------
 
@@ -508,6 +565,8 @@ class Worker:
         run.record.status = status_doc(self._clock.now(), state, message, err=err, pid=pid, exit_code=exit_code)
         self._db.put(run.record)
         self._send(run.task_id, run.record.status)
+        if state == TaskState.RUNNING:
+            self._spawn_port_check(run)
 
     def _send(self, task_id: str, status: Doc) -> None:
         try:

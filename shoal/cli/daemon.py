@@ -17,6 +17,9 @@ def register(commands: Any) -> None:
     daemon.add_argument("--hostname", help="Node name shown by `node ls` (default: this machine's hostname)")
     daemon.add_argument("--executor", choices=("process", "docker", "sim"), default="process",
                         help="How tasks run: host processes or docker containers (default process)")
+    daemon.add_argument("--routing-mesh", choices=("auto", "kernel", "userspace"), default="auto",
+                        help="The routing mesh's data path: nftables DNAT rules (kernel), an asyncio proxy "
+                             "(userspace), or auto: kernel where nftables is usable, else userspace")
     daemon.add_argument("--etcd-endpoints", metavar="URL,URL", help="Use an external etcd cluster")
     daemon.add_argument("--etcd-cacert", metavar="FILE", help="CA certificate of the external etcd")
     daemon.add_argument("--etcd-cert", metavar="FILE", help="Client certificate for the external etcd")
@@ -40,6 +43,7 @@ def daemon_config(args: argparse.Namespace) -> config.DaemonConfig:
         socket=Path(args.socket) if args.socket else config.DEFAULT_SOCKET,
         hostname=args.hostname,
         executor=args.executor,
+        routing_mesh=args.routing_mesh,
         external_etcd=external,
         log_level=args.log_level,
     )

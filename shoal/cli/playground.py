@@ -23,6 +23,8 @@ def register(commands: Any) -> None:
     up.add_argument("--workers", type=_non_negative_int, default=2, metavar="W", help="Number of workers (default 2)")
     up.add_argument("--executor", choices=["process", "docker"], default="process",
                     help="Run tasks as host processes (default) or as containers on this machine's Docker Engine")
+    up.add_argument("--routing-mesh", choices=["auto", "kernel", "userspace"], default="auto",
+                    help="The routing mesh's data path (default auto: nftables where usable, else userspace)")
     up.add_argument("--subnet", type=_loopback_prefix, default="127.0.0", metavar="127.X.Y",
                     help="Loopback block for the nodes' addresses (default 127.0.0: nodes on .2, .3, …)")
     up.set_defaults(handler=run_up)
@@ -76,7 +78,7 @@ def run_up(ctx: CliContext, args: argparse.Namespace) -> int:
     from shoal import playground
 
     nodes = playground.up(managers=args.managers, workers=args.workers, progress=ctx.print, subnet=args.subnet,
-                          executor=args.executor)
+                          executor=args.executor, routing_mesh=args.routing_mesh)
     ctx.out.write(playground_table(nodes))
     managers = [n for n in nodes if n.role == "manager"]
     if managers:

@@ -18,7 +18,7 @@ from shoal.errors import InvalidArgument
 from shoal.timefmt import SECOND, parse_duration
 from shoal.types import Doc
 
-PROTOCOLS = ("tcp", "udp", "sctp")
+PROTOCOLS = ("tcp", "udp")
 PUBLISH_MODES = ("ingress", "host")
 RESTART_CONDITIONS = ("none", "on-failure", "any")
 UPDATE_FAILURE_ACTIONS = ("pause", "continue", "rollback")
@@ -177,7 +177,7 @@ def parse_publish(value: str, flag: str = "-p, --publish") -> list[Doc]:
     text, _, protocol = value.partition("/")
     protocol = protocol.lower() or "tcp"
     if protocol not in PROTOCOLS:
-        raise _bad(flag, value, f"invalid proto: {protocol}")
+        raise _bad(flag, value, f"invalid proto: {protocol} (the routing mesh forwards tcp and udp)")
     parts = text.split(":")
     if len(parts) == 3:
         if parts[0]:
@@ -206,7 +206,7 @@ def _parse_long_publish(value: str, flag: str) -> Doc:
         key = key.lower()
         if key == "protocol":
             if val not in PROTOCOLS:
-                raise _bad(flag, value, f"invalid protocol value '{val}'")
+                raise _bad(flag, value, f"invalid protocol value '{val}': use tcp or udp")
             port["Protocol"] = val
         elif key == "mode":
             if val not in PUBLISH_MODES:

@@ -25,8 +25,19 @@ from shoal.manager.applier import Applier
 from shoal.manager.cache import Cache
 from shoal.manager.orchestrator.update import RUNNING_SINCE
 from shoal.manager.store.base import Batch, Event, Store
+from shoal.mesh.table import BACKEND_PORTS, endpoint_table, published_ports
 from shoal.timefmt import from_rfc3339, to_rfc3339
-from shoal.types import NODES, TASKS, Doc, NodeState, TaskState, desired_state, node_state, task_state
+from shoal.types import (
+    NODES,
+    SERVICES,
+    TASKS,
+    Doc,
+    NodeState,
+    TaskState,
+    desired_state,
+    node_state,
+    task_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +77,13 @@ def merge_status(task: Doc, status: Doc, now: float) -> Doc | None:
     old = task["Status"]
     if reported < current:
         return None
-    if reported == current and all(old.get(k) == status.get(k) for k in ("Message", "Err", "ContainerStatus")):
+    if reported == current and all(old.get(k) == status.get(k) for k in ("Message", "Err", "ContainerStatus",
+                                                                          "PortStatus", BACKEND_PORTS)):
         return None
     new = dict(task)
     merged = dict(old)
     merged.update({k: v for k, v in status.items() if k in ("State", "Message", "Err", "ContainerStatus",
-                                                          "PortStatus", "Timestamp")})
+                                                          "PortStatus", BACKEND_PORTS, "Timestamp")})
     try:
         from_rfc3339(str(merged.get("Timestamp")))
     except InvalidArgument:
@@ -100,6 +112,7 @@ class NodeSession:
     known: set[str] = field(default_factory=set)
     dirty: set[str] = field(default_factory=set)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    endpoints_sent: list[Doc] | None = None  # the endpoint table this agent has
     log_queues: dict[int, asyncio.Queue[Doc | None]] = field(default_factory=dict)
 
     async def send(self, message: Doc) -> None:
@@ -121,6 +134,7 @@ class Dispatcher:
         self.last_heartbeat: dict[str, float] = {}
         self.pending_status: dict[str, Doc] = {}
         self._log_ids = itertools.count(1)
+        self._endpoints: list[Doc] | None = None  # the routing mesh's table, recomputed when it may have changed
         self.active = False
         cache.subscribe(self._on_event)
 
@@ -233,6 +247,10 @@ class Dispatcher:
                     task = self.cache.get(TASKS, str(update.get("TaskID")))
                     if task is not None and task.get("NodeID") == session.node_id:
                         self.pending_status[task["ID"]] = update.get("Status") or {}
+            elif kind == "mesh":
+                errors = [str(error) for error in data.get("errors") or []]
+                session.background.append(asyncio.create_task(
+                    self._record_mesh_errors(session.node_id, errors), name=f"mesh:{session.node_id}"))
             elif kind == "log":
                 queue = session.log_queues.get(int(data["req"]))
                 if queue is not None:
@@ -278,6 +296,24 @@ class Dispatcher:
                 await asyncio.sleep(0.2)
         log.warning("could not register node %s as ready", node_id)
 
+    async def _record_mesh_errors(self, node_id: str, errors: list[str]) -> None:
+        """Show the published ports the node cannot listen on in its status message (`node inspect`)."""
+        message = ("routing mesh: " + "; ".join(errors)) if errors else ""
+        for _attempt in range(20):
+            node = self.cache.get(NODES, node_id)
+            if node is None:
+                return
+            status = node.get("Status") or {}
+            old = str(status.get("Message") or "")
+            if old == message or (not errors and not old.startswith("routing mesh: ")):
+                return
+            new = dict(node)
+            new["Status"] = {**status, "Message": message}
+            with contextlib.suppress(ShoalError):
+                if (await self.applier.write(Batch().update(NODES, new))).written:
+                    return
+            await asyncio.sleep(0.1)
+
     # ---- assignments ------------------------------------------------------------------------------------
 
     async def _renew(self, session: NodeSession, data: Doc) -> None:
@@ -308,6 +344,10 @@ class Dispatcher:
             await session.send({"type": "role", "role": wanted})
 
     def _on_event(self, event: Event, prev: Doc | None) -> None:
+        if self._may_change_endpoints(event, prev):
+            self._endpoints = None
+            for session in self.sessions.values():
+                session.wake.set()
         if event.kind == NODES and (event.doc or {}).get("ManagerAddr") != (prev or {}).get("ManagerAddr"):
             # A manager joined, left or was promoted or demoted: every agent learns the new list.
             for session in self.sessions.values():
@@ -330,6 +370,38 @@ class Dispatcher:
         session.known = {t["ID"] for t in tasks}
         session.dirty.clear()
         await session.send({"type": "assignments", "full": True, "tasks": tasks, "remove": []})
+        await self._send_endpoints(session)
+
+    # ---- the routing mesh's endpoint table --------------------------------------------------------------
+
+    def _may_change_endpoints(self, event: Event, prev: Doc | None) -> bool:
+        """Whether a store change can change the endpoint table (most task changes of services without
+        published ports cannot)."""
+        if event.kind == SERVICES:
+            return any(published_ports(doc) for doc in (prev, event.doc) if doc)
+        if event.kind == NODES:
+            before, after = prev or {}, event.doc or {}
+            return bool(before.get("Status") != after.get("Status"))
+        if event.kind == TASKS:
+            task = event.doc or prev or {}
+            service = self.cache.get(SERVICES, str(task.get("ServiceID") or ""))
+            return service is None or bool(published_ports(service))
+        return False
+
+    def endpoints(self) -> list[Doc]:
+        """The endpoint table on the wire (`shoal.mesh.table`), from the cache."""
+        if self._endpoints is None:
+            services = [s for s in self.cache.services().values() if published_ports(s)]
+            tasks = [t for s in services for t in self.cache.tasks_of_service(str(s["ID"]))]
+            table = endpoint_table(services, tasks, self.cache.nodes())
+            self._endpoints = [listener.to_wire() for listener in table]
+        return self._endpoints
+
+    async def _send_endpoints(self, session: NodeSession) -> None:
+        table = self.endpoints()
+        if table != session.endpoints_sent:
+            session.endpoints_sent = table
+            await session.send({"type": "endpoints", "listeners": table})
 
     async def _send_assignments(self, session: NodeSession) -> None:
         while True:
@@ -355,6 +427,8 @@ class Dispatcher:
                     session.known.discard(task_id)
             if changed or removed:
                 await session.send({"type": "assignments", "full": False, "tasks": changed, "remove": removed})
+            if session.endpoints_sent is not None:  # else the full assignment, still to come, sends it
+                await self._send_endpoints(session)
 
     # ---- status -----------------------------------------------------------------------------------------
 

@@ -44,10 +44,10 @@ def wait_for(what: str, check: Callable[[], T | None], timeout: float = 30.0, in
     while time.monotonic() < deadline:
         try:
             last = check()
+            if last:
+                return last
         except (httpx.HTTPError, OSError) as exc:
-            last = exc
-        if last:
-            return last
+            last = exc  # shown if the deadline passes; an error is never a success
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
@@ -65,6 +65,12 @@ class Cluster:
     subnet: str
     nodes: list[PlaygroundNode] = field(default_factory=list)
     executor: str = "process"
+    # Tests use the userspace mesh unless they test the kernel path: nftables tables live in the machine's
+    # network namespace, shared by every cluster on it.
+    routing_mesh: str = "userspace"
+
+    def daemon_args(self) -> list[str]:
+        return ["--executor", self.executor, "--routing-mesh", self.routing_mesh]
 
     # ---- access ---------------------------------------------------------------------------------------
 
@@ -131,7 +137,7 @@ class Cluster:
     def add_node(self, name: str, role: str = "worker") -> PlaygroundNode:
         index = len(self.nodes)
         address = f"{self.subnet}.{playground.FIRST_ADDRESS + index}"
-        proc, state_dir, sock = playground.start_daemon(name, self.base, ["--executor", self.executor])
+        proc, state_dir, sock = playground.start_daemon(name, self.base, self.daemon_args())
         node = PlaygroundNode(name, role, address, proc.pid, str(sock), str(state_dir))
         self.nodes.append(node)
         self._save()
@@ -157,7 +163,7 @@ class Cluster:
     def restart(self, name: str) -> None:
         """Start a node's daemon again on its existing state."""
         node = self.node(name)
-        proc, _, sock = playground.start_daemon(name, self.base, ["--executor", self.executor])
+        proc, _, sock = playground.start_daemon(name, self.base, self.daemon_args())
         node.pid = proc.pid
         self._save()
         playground.wait_for_socket(sock, proc)
@@ -185,12 +191,13 @@ class Cluster:
 
 
 def make_cluster(tmp_path_factory: pytest.TempPathFactory, managers: int = 1, workers: int = 2,
-                 executor: str = "process") -> Cluster:
+                 executor: str = "process", routing_mesh: str = "userspace") -> Cluster:
     base = tmp_path_factory.mktemp("swarm")
     subnet = _subnet()
-    cluster = Cluster(base, subnet, executor=executor)
+    cluster = Cluster(base, subnet, executor=executor, routing_mesh=routing_mesh)
     try:
-        cluster.nodes = playground.up(managers, workers, lambda _: None, base=base, subnet=subnet, executor=executor)
+        cluster.nodes = playground.up(managers, workers, lambda _: None, base=base, subnet=subnet, executor=executor,
+                                      routing_mesh=routing_mesh)
     except BaseException:
         cluster.down()
         raise

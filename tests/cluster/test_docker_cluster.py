@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -200,3 +201,24 @@ def test_service_rm_leaves_no_container(swarm: DockerSwarm) -> None:
     wait_for("web's containers to be removed", lambda: not swarm.containers("web", all_states=True),
              timeout=CONVERGE_SECONDS)
     assert cluster.get("/services") == []
+
+
+def test_the_routing_mesh_reaches_the_containers_target_port(swarm: DockerSwarm) -> None:
+    """-p 8095:80 with containers listening on 80: every node answers, from both containers."""
+    cluster = swarm.cluster
+    httpd = 'mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www'
+    cluster.ok("service", "create", "-d", "--name", "site", "--replicas", "2", "-p", "8095:80",
+               "--stop-grace-period", STOP_GRACE, IMAGE_1, "sh", "-c", httpd)
+    containers = swarm.wait_containers("site", IMAGE_1, 2)
+    hostnames = {c.attrs["Config"]["Hostname"] for c in containers}
+
+    def answered(address: str) -> set[str]:
+        seen = set()
+        for _ in range(8):
+            with urllib.request.urlopen(f"http://{address}:8095/", timeout=3) as response:
+                seen.add(response.read().decode().strip())
+        return seen
+
+    for node in cluster.nodes:
+        assert wait_for(f"both containers answering through {node.name}",
+                        lambda a=node.address: answered(a) == hostnames or None, timeout=CONVERGE_SECONDS)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from shoal.errors import InvalidArgument
+from shoal.errors import Conflict, InvalidArgument
 from shoal.manager.controlapi.service import (
     Constraint,
     effective_update_config,
@@ -371,7 +371,7 @@ def test_host_mode_port_zero_is_not_assigned() -> None:
 
 def test_new_service_refuses_a_port_another_service_publishes() -> None:
     spec = validate_service_spec(CLI_CREATE_WEB)
-    with pytest.raises(InvalidArgument, match="port 80/tcp is already published by another service"):
+    with pytest.raises(Conflict, match="port 80/tcp is already published by another service"):
         new_service(spec, "s1", NOW, used_ports={(80, "tcp")})
 
 

@@ -21,6 +21,7 @@ from shoal.manager.dispatcher import (
 )
 from shoal.manager.orchestrator.loop import OrchestratorLoop
 from shoal.manager.store.base import Batch
+from shoal.mesh.table import BACKEND_PORTS
 from shoal.timefmt import to_rfc3339
 from shoal.types import NODES, TASKS, Doc, NodeState, TaskState, node_state, task_state
 from tests.unit.manager_fixtures import (
@@ -363,11 +364,12 @@ async def test_a_session_registers_its_node_and_refreshes_its_heartbeat(harness:
     node = await stored(harness, NODES, "n1")
     assert node_state(node) == NodeState.READY
     assert node["Description"] == {"Hostname": "host-n1", "Platform": {"OS": "linux"}}
-    welcome, assignments = socket.sent
+    welcome, assignments, endpoints = socket.sent
     assert welcome == {"type": "welcome", "node_id": "n1", "heartbeat_period": PERIOD,
                        "managers": ["10.0.0.1:4242"]}
     assert assignments["full"] is True
     assert [t["ID"] for t in assignments["tasks"]] == ["t1"]
+    assert endpoints == {"type": "endpoints", "listeners": []}
     assert await dispatcher.check_nodes() == []
 
 
@@ -402,3 +404,58 @@ def test_the_same_state_reported_again_keeps_the_time_it_was_entered() -> None:
     merged = merge_status(task, again, NOW + 600)
     assert merged is not None and merged["Status"]["Timestamp"] == task["Status"]["Timestamp"]
     assert merged["Status"]["Message"] == "re-adopted after an agent restart"
+
+
+# ---- the routing mesh's endpoint table ---------------------------------------------------------------------
+
+
+def serving(task: Doc, node_port: int) -> Doc:
+    task["Status"][BACKEND_PORTS] = [{"Protocol": "tcp", "TargetPort": 80, "Port": node_port}]
+    return task
+
+
+async def test_the_endpoint_table_follows_the_store(harness: Harness) -> None:
+    service = make_service("web", "web", replicas=2)
+    service["Endpoint"] = {"Ports": [{"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 8080,
+                                      "PublishMode": "ingress"}]}
+    await harness.add_nodes(make_node("n1"))
+    await harness.add_service(service)
+    await harness.add_tasks(serving(running_task("t1"), 41001), serving(running_task("t2"), 41002))
+    dispatcher = make_dispatcher(harness)
+
+    [listener] = dispatcher.endpoints()
+    assert listener["PublishedPort"] == 8080
+    assert listener["Backends"] == [["t1", "127.0.0.2", 41001], ["t2", "127.0.0.2", 41002]]
+
+    # The manager stops t2 (scale down): it leaves the table before the agent even hears of it.
+    task = await stored(harness, TASKS, "t2")
+    task["DesiredState"] = TaskState.SHUTDOWN.wire
+    await harness.commit(Batch().update(TASKS, task))
+    assert dispatcher.endpoints()[0]["Backends"] == [["t1", "127.0.0.2", 41001]]
+
+
+async def test_a_session_gets_the_table_after_its_assignments(harness: Harness) -> None:
+    service = make_service("web", "web", replicas=1)
+    service["Endpoint"] = {"Ports": [{"Protocol": "udp", "TargetPort": 53, "PublishedPort": 5353,
+                                      "PublishMode": "ingress"}]}
+    await harness.add_nodes(make_node("n1"))
+    await harness.add_service(service)
+    dispatcher = make_dispatcher(harness)
+
+    socket = await serve(dispatcher, "n1", [{"type": "hello", "description": {}}])
+
+    assert [m["type"] for m in socket.sent] == ["welcome", "assignments", "endpoints"]
+    assert [(x["PublishedPort"], x["Protocol"], x["Backends"]) for x in socket.sent[2]["listeners"]] == [
+        (5353, "udp", [])]
+
+
+async def test_ports_a_node_cannot_listen_on_show_in_its_status_message(harness: Harness) -> None:
+    await harness.add_nodes(make_node("n1"))
+    dispatcher = make_dispatcher(harness)
+
+    await serve(dispatcher, "n1", [{"type": "mesh", "errors": ["port 8080/tcp is in use on this node"]}])
+    assert (await stored(harness, NODES, "n1"))["Status"]["Message"] == (
+        "routing mesh: port 8080/tcp is in use on this node")
+
+    await serve(dispatcher, "n1", [{"type": "mesh", "errors": []}])
+    assert (await stored(harness, NODES, "n1"))["Status"]["Message"] == ""

@@ -29,6 +29,7 @@ from shoal.agent.executor.docker import (
     LABEL_TASK_NAME,
     DockerController,
     DockerExecutor,
+    bound_ports,
     container_name,
     create_arguments,
     docker_healthcheck,
@@ -94,7 +95,7 @@ def test_swarm_labels_win_over_spec_labels() -> None:
     assert labels[LABEL_TASK_ID] == task["ID"] and labels["team"] == "blue"
 
 
-def test_only_host_mode_ports_are_bound_and_port_zero_lets_docker_choose() -> None:
+def test_host_ports_bind_their_number_and_ingress_ports_a_port_docker_chooses() -> None:
     task = make_task(["true"])
     task["Endpoint"] = {"Ports": [
         {"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 8080, "PublishMode": "host"},
@@ -102,9 +103,24 @@ def test_only_host_mode_ports_are_bound_and_port_zero_lets_docker_choose() -> No
         {"Protocol": "tcp", "TargetPort": 443, "PublishedPort": 30000, "PublishMode": "ingress"},
     ]}
     assert port_bindings(task) == {"80/tcp": [{"HostIp": "", "HostPort": "8080"}],
-                                   "53/udp": [{"HostIp": "", "HostPort": ""}]}
-    assert create_arguments(task)["ports"] == [("80", "tcp"), ("53", "udp")]
+                                   "53/udp": [{"HostIp": "", "HostPort": ""}],
+                                   "443/tcp": [{"HostIp": "", "HostPort": ""}]}
+    assert create_arguments(task)["ports"] == [("80", "tcp"), ("53", "udp"), ("443", "tcp")]
     assert host_config_arguments(task)["port_bindings"] == port_bindings(task)
+
+
+def test_bound_ports_read_the_host_ports_docker_chose_and_probe_the_container() -> None:
+    task = make_task(["true"])
+    task["Endpoint"] = {"Ports": [
+        {"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 8080, "PublishMode": "host"},
+        {"Protocol": "tcp", "TargetPort": 443, "PublishedPort": 30000, "PublishMode": "ingress"},
+    ]}
+    inspected = {"NetworkSettings": {"IPAddress": "172.17.0.5", "Ports": {
+        "80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}],
+        "443/tcp": [{"HostIp": "0.0.0.0", "HostPort": "49153"}, {"HostIp": "::", "HostPort": "49153"}]}}}
+    ports = bound_ports(task, inspected)
+    assert [(p["PublishMode"], p["Port"], p["ProbeHost"], p["ProbePort"]) for p in ports] == [
+        ("host", 8080, "172.17.0.5", 80), ("ingress", 49153, "172.17.0.5", 443)]
 
 
 def test_healthcheck_keeps_nanoseconds_and_none_is_passed_on() -> None:

@@ -386,3 +386,40 @@ def test_stop_grace_is_given_in_nanoseconds() -> None:
 
     assert stop_grace_seconds(make_task(["true"], StopGracePeriod=250 * MILLISECOND)) == 0.25
     assert stop_grace_seconds(make_task(["true"])) == 10.0
+
+
+# ---- published ports ---------------------------------------------------------------------------------------
+
+def with_ports(task: dict, *ports: tuple[int, int, str, str]) -> dict:
+    task["Endpoint"] = {"Ports": [{"TargetPort": target, "PublishedPort": published, "Protocol": protocol,
+                                   "PublishMode": mode} for target, published, protocol, mode in ports]}
+    return task
+
+
+async def test_a_task_gets_its_own_node_port_for_each_published_target_port(
+        executor: ProcessExecutor, marker: str) -> None:
+    task = with_ports(make_task(["sh", "-c", 'echo "$PORT $PORT_80 $PORT_53"; sleep 300', marker]),
+                      (80, 8080, "tcp", "ingress"), (53, 5353, "udp", "ingress"), (80, 9090, "tcp", "host"))
+    other = with_ports(make_task(["sh", "-c", "sleep 300", marker]), (80, 8080, "tcp", "ingress"))
+    controller = await started(executor, task)
+    second = await started(executor, other)
+    log_file = executor.state_dir / "logs" / task["ID"] / "stdout.log"
+    await wait_until(lambda: log_file.exists() and log_file.read_text().endswith("\n"))
+    port, port_80, port_53 = (int(word) for word in log_file.read_text().split())
+    assert port == port_80 and port_53 != port_80
+    assert second.ports[80] not in (port_80, port_53)  # two tasks of a service on one node never share one
+    ports = await controller.backend_ports()
+    assert [(p["TargetPort"], p["Protocol"], p["PublishMode"], p["Port"]) for p in ports] == [
+        (80, "tcp", "ingress", port_80), (53, "udp", "ingress", port_53), (80, "tcp", "host", port_80)]
+    # A restarted agent re-adopts the task with the same ports.
+    adopted = ProcessExecutor(executor.state_dir).recover(task, controller.handle())
+    assert adopted.ports == {80: port_80, 53: port_53}
+    for running in (controller, second):
+        await running.shutdown(1.0, "SIGKILL")
+        await asyncio.wait_for(running.wait(), DEADLINE)
+
+
+async def test_a_task_without_published_ports_gets_no_port_variables(executor: ProcessExecutor) -> None:
+    controller = await started(executor, make_task(["sh", "-c", 'echo "[${PORT-unset}]"']))
+    assert await asyncio.wait_for(controller.wait(), DEADLINE) == 0
+    assert controller.handle()["Ports"] == {}

@@ -639,3 +639,15 @@ def test_a_rollback_completes_only_when_every_slot_runs_the_previous_spec_again(
     refilled = tasks + [make_task(svc, "old1b", 1, image=OLD_IMAGE, created=NOW - 10, running_stamp=NOW - 9)]
     done = plan_update(svc, refilled, NODES, NOW + 10)
     assert done.service is not None and done.service["UpdateStatus"]["State"] == "rollback_completed"
+
+
+def test_publishing_another_port_makes_tasks_dirty() -> None:
+    """A task gets its ports when it starts (node ports, Docker's bindings): new ports need new tasks."""
+    service = make_service(replicas=1)
+    service["Endpoint"] = {"Ports": [{"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 8080,
+                                      "PublishMode": "ingress"}]}
+    task = new_task(service, 1, "", NOW)
+    assert not is_task_dirty(service, task)
+    service["Endpoint"] = {"Ports": [{"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 9090,
+                                      "PublishMode": "ingress"}]}
+    assert is_task_dirty(service, task)

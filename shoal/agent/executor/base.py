@@ -32,6 +32,23 @@ class ProbeResult:
     output: str = ""  # what it printed (stdout and stderr), cut to a few kilobytes
 
 
+def task_ports(task: Doc) -> list[Doc]:
+    """The task's published ports (ingress and host mode) as its service allocated them: `Endpoint.Ports`, which
+    the manager copies onto the task, else `Endpoint.Spec.Ports`."""
+    endpoint = task.get("Endpoint") or {}
+    ports = endpoint.get("Ports") or ((endpoint.get("Spec") or {}).get("Ports")) or []
+    return [port for port in ports if port.get("TargetPort")]
+
+
+def backend_port(port: Doc, node_port: int, probe_host: str, probe_port: int) -> Doc:
+    """One entry of a controller's `backend_ports()`: the node port the routing mesh connects to for one of the
+    task's published ports, and where to check that the task listens (TCP)."""
+    return {"Protocol": str(port.get("Protocol") or "tcp"), "TargetPort": int(port["TargetPort"]),
+            "PublishMode": str(port.get("PublishMode") or "ingress"),
+            "PublishedPort": int(port.get("PublishedPort") or 0), "Port": node_port,
+            "ProbeHost": probe_host, "ProbePort": probe_port}
+
+
 class ExecutorError(Exception):
     """A step failed for a reason that may pass (retry the step)."""
 
@@ -79,6 +96,10 @@ class Controller(Protocol):
     def pid(self) -> int:
         """The task's main process id (0 when there is none), reported in ContainerStatus.PID."""
         ...
+
+    # Optional, for tasks with published ports: `async def backend_ports(self) -> list[Doc]` returns one
+    # `backend_port(...)` per published port once the task runs. The worker reports them when they accept
+    # connections, and the routing mesh then sends traffic there.
 
 
 class Executor(Protocol):

@@ -11,7 +11,8 @@ The container is made the way Docker swarm mode's own executor makes it (moby `d
   container's health status (`docker ps` shows it). `probe` does not run anything itself: it hands the worker's
   health monitor Docker's results one at a time (see `DockerController.probe`).
 - Published ports in host mode (`task["Endpoint"]["Ports"]` with PublishMode "host") are bound on the node;
-  PublishedPort 0 lets Docker choose. Ingress ports are left to the routing mesh.
+  PublishedPort 0 lets Docker choose. Ingress ports are bound on a port Docker chooses, which the routing mesh
+  of every node forwards to.
 - The image: used as it is when the engine has it, else pulled; a pull that fails rejects the task with
   Docker's "No such image: …".
 - `prepare` creates the container (a task held at `ready` has its container created, not started), `start`
@@ -46,6 +47,8 @@ from shoal.agent.executor.base import (
     LogLine,
     ProbeResult,
     TaskRejected,
+    backend_port,
+    task_ports,
 )
 from shoal.agent.health import HealthStatus, health_check_of
 from shoal.errors import InvalidArgument, Unavailable
@@ -111,22 +114,39 @@ def container_labels(task: Doc) -> dict[str, str]:
     return labels
 
 
-def host_published_ports(task: Doc) -> list[Doc]:
-    """The task's ports published in host mode: from `Endpoint.Ports` (the service's allocated ports, which the
-    manager copies onto the task as swarmkit does), else from `Endpoint.Spec.Ports`."""
-    endpoint = task.get("Endpoint") or {}
-    ports = endpoint.get("Ports") or ((endpoint.get("Spec") or {}).get("Ports")) or []
-    return [port for port in ports if port.get("PublishMode") == "host" and port.get("TargetPort")]
-
-
 def port_bindings(task: Doc) -> dict[str, list[dict[str, str]]]:
-    """Docker's HostConfig.PortBindings for the host-mode ports: {"80/tcp": [{"HostPort": "8080"}]}."""
+    """Docker's HostConfig.PortBindings for the published ports: {"80/tcp": [{"HostPort": "8080"}]}.
+
+    A host-mode port is bound on its published port (0: Docker chooses); an ingress port on a port Docker
+    chooses, which the routing mesh connects to from any node.
+    """
     bindings: dict[str, list[dict[str, str]]] = {}
-    for port in host_published_ports(task):
+    for port in task_ports(task):
         key = f"{int(port['TargetPort'])}/{port.get('Protocol') or 'tcp'}"
-        published = int(port.get("PublishedPort") or 0)
+        published = int(port.get("PublishedPort") or 0) if port.get("PublishMode") == "host" else 0
         bindings.setdefault(key, []).append({"HostIp": "", "HostPort": str(published) if published else ""})
     return bindings
+
+
+def bound_ports(task: Doc, inspected: Doc) -> list[Doc]:
+    """The task's `backend_ports` from its inspected container: the host port Docker bound for each published
+    port, checked for listening at the container's own address."""
+    settings = inspected.get("NetworkSettings") or {}
+    container_ip = str(settings.get("IPAddress") or "")
+    out: list[Doc] = []
+    taken: set[tuple[str, int]] = set()
+    for port in task_ports(task):
+        key = f"{int(port['TargetPort'])}/{port.get('Protocol') or 'tcp'}"
+        wanted = int(port.get("PublishedPort") or 0) if port.get("PublishMode") == "host" else 0
+        for binding in (settings.get("Ports") or {}).get(key) or []:
+            number = int(binding.get("HostPort") or 0)
+            if not number or (key, number) in taken or (wanted and number != wanted):
+                continue
+            taken.add((key, number))
+            probe = (container_ip, int(port["TargetPort"])) if container_ip else ("127.0.0.1", number)
+            out.append(backend_port(port, number, *probe))
+            break
+    return out
 
 
 def docker_healthcheck(spec: Doc) -> docker.types.Healthcheck | None:
@@ -702,6 +722,12 @@ class DockerController(Controller):
         state = (await _in_thread(self._api.inspect_container, self._container_id))["State"]
         status = (state.get("Health") or {}).get("Status")
         return HealthStatus(status) if status in {s.value for s in HealthStatus} else None
+
+    async def backend_ports(self) -> list[Doc]:
+        if not task_ports(self._task):
+            return []
+        inspected = await _in_thread(self._api.inspect_container, self._container_id)
+        return bound_ports(self._task, inspected)
 
     def handle(self) -> Doc:
         return {"Executor": EXECUTOR_NAME, "ContainerID": self._container_id}

@@ -34,6 +34,7 @@ import pwd
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -48,6 +49,8 @@ from shoal.agent.executor.base import (
     LogLine,
     ProbeResult,
     TaskRejected,
+    backend_port,
+    task_ports,
 )
 from shoal.types import Doc, task_slot
 
@@ -100,7 +103,7 @@ def task_argv(container_spec: Doc) -> list[str]:
     return [program]
 
 
-def task_environment(task: Doc, base: dict[str, str]) -> dict[str, str]:
+def task_environment(task: Doc, base: dict[str, str], ports: dict[int, int] | None = None) -> dict[str, str]:
     """`base` (PATH, HOME), the spec's "K=V" entries, then shoal's own variables (which cannot be overridden)."""
     env = dict(base)
     spec = ((task.get("Spec") or {}).get("ContainerSpec")) or {}
@@ -111,6 +114,11 @@ def task_environment(task: Doc, base: dict[str, str]) -> dict[str, str]:
     env["SHOAL_TASK_ID"] = str(task["ID"])
     env["SHOAL_SERVICE_NAME"] = str(((task.get("ServiceAnnotations") or {}).get("Name")) or "")
     env["SHOAL_TASK_SLOT"] = str(task_slot(task))
+    # The port to listen on (on all addresses) for each published target port; PORT is the first one's.
+    for index, (target, port) in enumerate((ports or {}).items()):
+        if index == 0:
+            env["PORT"] = str(port)
+        env[f"PORT_{target}"] = str(port)
     return env
 
 
@@ -239,6 +247,7 @@ class ProcessExecutor:
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = Path(state_dir)
+        self._ports_in_use: dict[int, str] = {}  # node port -> task id, for tasks with published ports
 
     def describe(self) -> Doc:
         try:
@@ -258,6 +267,27 @@ class ProcessExecutor:
     def scratch_dir(self, task_id: str) -> Path:
         return self.state_dir / "scratch" / _checked_task_id(task_id)
 
+    def allocate_port(self, task_id: str) -> int:
+        """A port free for both TCP and UDP on this machine, not handed to another live task by us."""
+        for _attempt in range(100):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                probe.bind(("0.0.0.0", 0))
+                number = int(probe.getsockname()[1])
+                if number in self._ports_in_use:
+                    continue
+                try:
+                    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                        udp.bind(("0.0.0.0", number))
+                except OSError:
+                    continue
+            self._ports_in_use[number] = task_id
+            return number
+        raise ExecutorError("no free port to give the task")
+
+    def release_ports(self, task_id: str) -> None:
+        for number in [n for n, owner in self._ports_in_use.items() if owner == task_id]:
+            del self._ports_in_use[number]
+
     def controller(self, task: Doc) -> ProcessController:
         return ProcessController(self, task)
 
@@ -269,6 +299,9 @@ class ProcessExecutor:
             raise ExitStatusUnknown(f"process {pid} of task {task['ID']} is gone")
         controller = ProcessController(self, task)
         controller.adopt(pid, start_ticks)
+        controller.ports = {int(target): int(port) for target, port in (handle.get("Ports") or {}).items()}
+        for port in controller.ports.values():
+            self._ports_in_use[port] = str(task["ID"])
         return controller
 
     async def logs(self, task_id: str, tail: int | None, follow: bool, ended: Callable[[], bool],
@@ -301,11 +334,19 @@ class ProcessController(Controller):
         self._popen: subprocess.Popen[bytes] | None = None  # None for an adopted process
         self._pid = 0
         self._start_ticks = -1
+        # Target port -> the node port the task listens on instead (several tasks of a service share a node,
+        # and the routing mesh owns the published port): the task reads it from $PORT / $PORT_<target>.
+        self.ports: dict[int, int] = {}
 
     # -- steps --
 
     async def prepare(self) -> None:
         self._argv = task_argv(self._spec)
+        if not self.ports:
+            for port in task_ports(self._task):
+                target = int(port["TargetPort"])
+                if target not in self.ports:
+                    self.ports[target] = self._executor.allocate_port(self._task_id)
         self._resolve_context()
         assert self._cwd is not None
         if self._spec.get("Dir"):
@@ -372,11 +413,17 @@ class ProcessController(Controller):
         except TimeoutError:
             raise ExecutorError(f"process {self._pid} survived SIGKILL for {KILL_WAIT_SECONDS:.0f}s") from None
 
+    async def backend_ports(self) -> list[Doc]:
+        return [backend_port(port, self.ports[int(port["TargetPort"])], "127.0.0.1",
+                             self.ports[int(port["TargetPort"])])
+                for port in task_ports(self._task) if int(port["TargetPort"]) in self.ports]
+
     async def remove(self) -> None:
         if self.running():
             raise ExecutorError(f"task {self._task_id} is still running")
         for folder in (self._executor.scratch_dir(self._task_id), self._executor.log_dir(self._task_id)):
             shutil.rmtree(folder, ignore_errors=True)
+        self._executor.release_ports(self._task_id)
 
     async def probe(self, command: Sequence[str], timeout_seconds: float) -> ProbeResult:
         try:
@@ -402,7 +449,8 @@ class ProcessController(Controller):
         return ProbeResult(exit_code=exit_code, output=printed)
 
     def handle(self) -> Doc:
-        return {"Executor": EXECUTOR_NAME, "PID": self._pid, "StartTime": self._start_ticks, "BootID": boot_id()}
+        return {"Executor": EXECUTOR_NAME, "PID": self._pid, "StartTime": self._start_ticks, "BootID": boot_id(),
+                "Ports": {str(target): port for target, port in self.ports.items()}}
 
     def pid(self) -> int:
         return self._pid
@@ -422,7 +470,7 @@ class ProcessController(Controller):
         self._run_as = resolve_user(str(self._spec.get("User") or ""))
         base = {"PATH": os.environ.get("PATH") or DEFAULT_PATH,
                 "HOME": self._run_as.home if self._run_as else os.environ.get("HOME", "/")}
-        self._env = task_environment(self._task, base)
+        self._env = task_environment(self._task, base, self.ports)
         work_dir = str(self._spec.get("Dir") or "")
         self._cwd = Path(work_dir) if work_dir else self._executor.scratch_dir(self._task_id)
 

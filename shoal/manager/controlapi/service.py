@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
-from shoal.errors import InvalidArgument
+from shoal.errors import Conflict, InvalidArgument
 from shoal.manager.controlapi import (
     field_path,
     optional_bool,
@@ -44,7 +44,7 @@ UPDATE_FAILURE_ACTIONS = ("pause", "continue", "rollback")
 ROLLBACK_FAILURE_ACTIONS = ("pause", "continue")
 UPDATE_ORDERS = ("stop-first", "start-first")
 ENDPOINT_MODES = ("vip", "dnsrr")
-PORT_PROTOCOLS = ("tcp", "udp", "sctp")
+PORT_PROTOCOLS = ("tcp", "udp")  # what the routing mesh forwards (Docker also takes sctp)
 PUBLISH_MODES = ("ingress", "host")
 
 # Published ports swarm hands out when a port is published as 0 (swarmkit's dynamic range).
@@ -563,7 +563,7 @@ def _endpoint(spec: Doc, allocated: list[Doc], used_ports: set[IngressPort]) -> 
     for port in wanted:
         key = (int(port.get("PublishedPort") or 0), str(port.get("Protocol") or "tcp"))
         if key[0] and port.get("PublishMode", "ingress") == "ingress" and key in used_ports:
-            raise InvalidArgument(
+            raise Conflict(
                 f"port {key[0]}/{key[1]} is already published by another service: choose another "
                 "PublishedPort, or 0 to get a free one"
             )

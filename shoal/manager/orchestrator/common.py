@@ -71,13 +71,19 @@ def _canonical(doc: object) -> str:
     return json.dumps(doc or {}, sort_keys=True, separators=(",", ":"))
 
 
+def _published(doc: Doc) -> str:
+    return _canonical((doc.get("Endpoint") or {}).get("Ports") or [])
+
+
 def is_task_dirty(service: Doc, task: Doc) -> bool:
-    """True when the task runs a spec other than the service's current TaskTemplate.
+    """True when the task runs a spec other than the service's current TaskTemplate, or publishes other ports
+    (a task is given its ports when it starts: node ports for the routing mesh, Docker's port bindings).
 
     ForceUpdate is part of the comparison on purpose: bumping it (`service update --force`) makes every task
     dirty, so the updater replaces them even though nothing else changed.
     """
-    return _canonical(task.get("Spec")) != _canonical(service["Spec"].get("TaskTemplate"))
+    return (_canonical(task.get("Spec")) != _canonical(service["Spec"].get("TaskTemplate"))
+            or _published(task) != _published(service))
 
 
 def set_desired(task: Doc, state: TaskState, now: float) -> Doc:
