@@ -13,6 +13,7 @@ import argparse
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -61,7 +62,24 @@ def answers(url: str) -> bool:
         return False
 
 
-def measure(routing_mesh: str, subnet: str, seconds: int, connections: int) -> dict[str, tuple[float, float]]:
+Runs = list[tuple[float, float]]
+
+
+def docker_proxy(listen: str, port: int, target: str, target_port: int) -> subprocess.Popen[bytes] | None:
+    """Docker's own userspace proxy (Go), as a baseline for the userspace mesh, when it is installed."""
+    program = shutil.which("docker-proxy") or shutil.which("docker-proxy", path="/usr/sbin:/usr/bin")
+    if program is None:
+        return None
+    # It reports readiness on fd 3 to dockerd; give it somewhere harmless to write.
+    command = (f"exec {program} -proto tcp -host-ip {listen} -host-port {port} -container-ip {target} "
+               f"-container-port {target_port} 3>/dev/null")
+    return subprocess.Popen(["sh", "-c", command], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def measure(routing_mesh: str, subnet: str, seconds: int, rounds: int,
+            connections: list[int]) -> dict[int, dict[str, Runs]]:
+    """For each connection count, the runs of each path, alternating so that drift hits them alike."""
     swarm = Swarm(1, 2, subnet, routing_mesh=routing_mesh)
     try:
         swarm.post("/services/create", {
@@ -74,9 +92,26 @@ def measure(routing_mesh: str, subnet: str, seconds: int, connections: int) -> d
         node_port = task_port(int(task["Status"]["ContainerStatus"]["PID"]))
         worker1 = next(n for n in swarm.nodes if n.name == "worker1")
         worker2 = next(n for n in swarm.nodes if n.name == "worker2")
-        wait(lambda: answers(f"http://{worker2.address}:{PUBLISHED}/"), timeout=30)
-        results = {"direct": wrk(f"http://{worker1.address}:{node_port}/", seconds, connections),
-                   routing_mesh: wrk(f"http://{worker2.address}:{PUBLISHED}/", seconds, connections)}
+        urls = {"direct": f"http://{worker1.address}:{node_port}/",
+                routing_mesh: f"http://{worker2.address}:{PUBLISHED}/"}
+        wait(lambda: answers(urls[routing_mesh]), timeout=30)
+        baseline = docker_proxy(worker2.address, 18099, worker1.address, node_port) if routing_mesh == "userspace" \
+            else None
+        if baseline is not None:
+            urls["docker-proxy"] = f"http://{worker2.address}:18099/"
+            wait(lambda: answers(urls["docker-proxy"]), timeout=10)
+        results: dict[int, dict[str, Runs]] = {}
+        try:
+            for count in connections:
+                runs: dict[str, Runs] = {path: [] for path in urls}
+                for _ in range(rounds):
+                    for path, url in urls.items():
+                        runs[path].append(wrk(url, seconds, count))
+                results[count] = runs
+        finally:
+            if baseline is not None:
+                baseline.kill()
+                baseline.wait()
         return results
     finally:
         swarm.down()
@@ -84,20 +119,25 @@ def measure(routing_mesh: str, subnet: str, seconds: int, connections: int) -> d
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", default="16,64", help="wrk connection counts, comma separated")
     args = parser.parse_args()
     for tool in ("wrk", "nginx"):
         if shutil.which(tool) is None and not shutil.which(tool, path="/usr/sbin"):
             raise SystemExit(f"bench.mesh needs {tool}: apt-get install wrk nginx-light")
-    print(f"small HTTP response, wrk 1 thread, {args.connections} keep-alive connections, {args.seconds}s each")
-    print(f"{'path':<12}{'req/s':>12}{'p99 ms':>10}{'vs direct':>12}")
+    connections = [int(c) for c in args.connections.split(",")]
+    print(f"small HTTP response (nginx), wrk 1 thread, keep-alive, {args.seconds}s per run; direct and mesh runs "
+          f"alternate, {args.rounds} rounds; medians")
+    print(f"{'path':<13}{'conns':>6}{'req/s':>10}{'p99 ms':>9}{'vs direct':>11}   ratios per round")
     for mode, subnet in (("userspace", "127.0.44"), ("kernel", "127.0.45")):
-        results = measure(mode, subnet, args.seconds, args.connections)
-        base = results["direct"][0]
-        for path in ("direct", mode):
-            rps, p99 = results[path]
-            print(f"{path:<12}{rps:>12.0f}{p99:>10.2f}{rps / base:>11.2f}x")
+        for count, runs in measure(mode, subnet, args.seconds, args.rounds, connections).items():
+            for path, path_runs in runs.items():
+                ratios = [r[0] / d[0] for r, d in zip(path_runs, runs["direct"], strict=True)]
+                rps = statistics.median(r[0] for r in path_runs)
+                p99 = statistics.median(r[1] for r in path_runs)
+                extra = "  " + " ".join(f"{r:.2f}" for r in ratios) if path != "direct" else ""
+                print(f"{path:<13}{count:>6}{rps:>10.0f}{p99:>9.2f}{statistics.median(ratios):>10.2f}x{extra}")
 
 
 if __name__ == "__main__":

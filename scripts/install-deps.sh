@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what shoal needs on Debian 12 when it is missing: etcd, docker.io, busybox-static, iproute2 (apt),
+# Installs what shoal needs on Debian 12 when it is missing: etcd, docker.io, busybox-static, iproute2, nftables (apt),
 # then a virtual environment in .venv with shoal and its Python dependencies (PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +8,8 @@ command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+# nft: the routing mesh's kernel data path (and its tests).
+command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || need+=(nftables)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]} (apt-get)"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo

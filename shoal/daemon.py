@@ -548,6 +548,13 @@ async def serve(config: DaemonConfig) -> int:
 def run(config: DaemonConfig) -> int:
     setup_logging(config.log_level)
     try:
+        import uvloop  # the routing mesh's userspace proxy forwards about twice as fast on it
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        log.info("event loop: uvloop %s", uvloop.__version__)
+    except ImportError:
+        pass
+    try:
         return asyncio.run(serve(config))
     except KeyboardInterrupt:
         return 0

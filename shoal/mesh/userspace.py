@@ -27,7 +27,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from shoal.mesh.table import Backend
 
@@ -170,10 +170,6 @@ class _TcpConnection:
         if self.client_eof:
             self._shut_write(transport)
 
-    def backend_data(self, data: bytes) -> None:
-        if self.client is not None:
-            self.client.write(data)
-
     def backend_eof_received(self) -> None:
         self.backend_eof = True
         if self.client is not None:
@@ -263,8 +259,9 @@ class _ClientSide(asyncio.Protocol):
     def __init__(self, proxy: TcpProxy) -> None:
         self.connection = _TcpConnection(proxy)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not subclasses of asyncio.Transport, but have its methods.
+        transport = cast(asyncio.Transport, base)
         try:
             self.connection.client_connected(transport)
         except Exception:
@@ -273,7 +270,12 @@ class _ClientSide(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            self.connection.client_data(data)
+            # The hot path: straight to the backend once it is connected.
+            backend = self.connection.backend_transport
+            if backend is not None:
+                backend.write(data)
+            else:
+                self.connection.client_data(data)
         except Exception:
             self.connection.fail("relaying client data")
 
@@ -311,7 +313,9 @@ class _BackendSide(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            self.connection.backend_data(data)
+            client = self.connection.client  # the hot path
+            if client is not None:
+                client.write(data)
         except Exception:
             self.connection.fail("relaying backend data")
 
