@@ -210,6 +210,20 @@ def processes_under(base: Path) -> list[int]:
     return pids
 
 
+def _remove_mesh_rules(nodes: list[PlaygroundNode]) -> None:
+    """The kernel mesh rules of daemons that had to be killed (a daemon that stops removes its own)."""
+    from shoal.mesh.kernel import table_name
+
+    for node in nodes:
+        try:
+            node_id = json.loads((Path(node.state_dir) / "state.json").read_text())["node_id"]
+        except (OSError, ValueError, KeyError):
+            continue
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(["nft", "delete", "table", "ip", table_name(str(node_id))], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, check=False, timeout=10)
+
+
 def down(progress: Callable[[str], None] = print, base: Path = PLAYGROUND_DIR) -> None:
     nodes = status(base)
     for node in sorted(nodes, key=lambda n: n.role == "manager"):
@@ -229,6 +243,7 @@ def down(progress: Callable[[str], None] = print, base: Path = PLAYGROUND_DIR) -
             with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGKILL) if os.getpgid(pid) == pid else os.kill(pid, signal.SIGKILL)
         time.sleep(0.1)
+    _remove_mesh_rules(nodes)
     if base.exists():
         import shutil
 

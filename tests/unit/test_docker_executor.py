@@ -13,7 +13,7 @@ import socket
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import docker
@@ -45,18 +45,11 @@ from shoal.ids import new_id
 from shoal.timefmt import MILLISECOND, SECOND
 from shoal.types import Doc
 from tests.dockerimages import IMAGE_1, IMAGE_2, ImagesUnavailable, ensure_busybox_images
+from tests.unit.waiting import wait_until
 
 DEADLINE = 20.0
 RUN_LABEL = "shoal.test.run"
 FOREVER = ["sh", "-c", "while true; do sleep 0.1; done"]
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.05)
 
 
 def make_task(argv: list[str] | None = None, run_label: str = "", slot: int = 1, node_id: str | None = None,

@@ -15,17 +15,10 @@ import pytest
 
 from shoal.mesh.table import Backend
 from shoal.mesh.userspace import Balancer, TcpProxy, UdpProxy, accepts_connections
+from tests.unit.waiting import wait_until
 
 LOCAL = "127.0.0.1"
 DEADLINE = 10.0
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.01)
 
 
 class LineServer:

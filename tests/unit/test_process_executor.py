@@ -9,7 +9,7 @@ import pwd
 import signal
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,16 +28,9 @@ from shoal.agent.executor.process import (
 )
 from shoal.ids import new_id
 from shoal.timefmt import MILLISECOND
+from tests.unit.waiting import wait_until
 
 DEADLINE = 10.0
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.02)
 
 
 def pids_with(marker: str) -> list[int]:

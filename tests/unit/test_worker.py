@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,23 +19,18 @@ from shoal.agent.executor.base import Executor
 from shoal.agent.executor.process import ProcessController, ProcessExecutor, process_alive, read_proc_stat
 from shoal.agent.health import ERR_UNHEALTHY, unhealthy_error
 from shoal.agent.taskdb import TaskDB, TaskRecord
-from shoal.agent.worker import EXIT_UNKNOWN_AFTER_RESTART, Worker
+from shoal.agent.worker import DRAIN_SECONDS, EXIT_UNKNOWN_AFTER_RESTART, Worker
 from shoal.clock import SystemClock
 from shoal.errors import NotFound
 from shoal.ids import new_id
+from shoal.mesh.table import BACKEND_PORTS
+from shoal.mesh.userspace import accepts_connections
 from shoal.timefmt import MILLISECOND, SECOND, from_rfc3339
 from shoal.types import Doc
+from tests.unit.waiting import wait_until
 
 DEADLINE = 10.0
 SHORT_GRACE = 200 * MILLISECOND
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.02)
 
 
 def pids_with(marker: str) -> list[int]:
@@ -717,3 +712,53 @@ async def test_a_task_wanted_ready_is_prepared_and_held_until_wanted_running(tmp
         assert worker.running_task_ids() == {"held1"}
     finally:
         await worker.stop(kill_tasks=True)
+
+
+# ---- published ports -----------------------------------------------------------------------------------------
+
+LISTENER = """
+import os, socket, sys, time
+time.sleep(float(sys.argv[1]))  # not listening yet: the mesh must not hear of the task
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(os.environ["PORT"])))
+s.listen()
+while True:
+    s.accept()[0].close()
+"""
+
+
+def published(task: Doc) -> Doc:
+    task["Endpoint"] = {"Ports": [{"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 8080,
+                                   "PublishMode": "ingress"}]}
+    return task
+
+
+async def test_a_task_is_announced_to_the_mesh_only_once_its_port_accepts_connections(node: Node,
+                                                                                        marker: str) -> None:
+    reports = Reports()
+    worker = await node.start_worker(reports)
+    task = published(make_task(["python3", "-c", LISTENER, "0.5", marker]))
+    await worker.assign([task], full=True)
+    running = await reports.reach(task["ID"], "running")
+    assert BACKEND_PORTS not in running
+    await wait_until(lambda: BACKEND_PORTS in reports.last(task["ID"]))
+    [port] = reports.last(task["ID"])[BACKEND_PORTS]
+    assert port["TargetPort"] == 80 and port["Protocol"] == "tcp"
+    assert await accepts_connections("127.0.0.1", port["Port"])
+    # Announced while running: the same state again, with the ports.
+    assert reports.states(task["ID"])[-2:] == ["running", "running"]
+
+
+async def test_a_mesh_backend_is_stopped_only_after_the_drain_delay(node: Node, marker: str) -> None:
+    reports = Reports()
+    worker = await node.start_worker(reports)
+    task = published(make_task(["python3", "-c", LISTENER, "0", marker]))
+    await worker.assign([task], full=True)
+    await reports.reach(task["ID"], "running")
+    await wait_until(lambda: BACKEND_PORTS in reports.last(task["ID"]))
+    before = time.monotonic()
+    await worker.assign([with_desired(task, "shutdown")], full=True)
+    await reports.reach(task["ID"], "shutdown")
+    # Other nodes may still be sending it connections for a moment: it is not signalled before the delay.
+    assert time.monotonic() - before >= DRAIN_SECONDS
