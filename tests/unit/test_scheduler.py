@@ -220,3 +220,43 @@ def test_spread_matches_a_plain_scan(
     result = schedule(tasks, nodes, existing, NOW)
     assert [(t["ID"], t["NodeID"]) for t in result.assigned] == reference(tasks, nodes, existing)
     assert len(result.assigned) + len(result.unassigned) == len(tasks)
+
+
+# ---- host-mode published ports ------------------------------------------------------------------------------
+
+def with_host_port(service: Doc, port: int = 8080, mode: str = "host") -> Doc:
+    service["Endpoint"] = {"Ports": [{"Protocol": "tcp", "TargetPort": 80, "PublishedPort": port,
+                                      "PublishMode": mode}]}
+    return service
+
+
+def test_tasks_binding_a_host_port_go_one_per_node_and_the_rest_wait_saying_why() -> None:
+    service = with_host_port(make_service())
+    nodes = [make_node("n1"), make_node("n2")]
+    result = schedule(pending(service, 3), nodes, {}, NOW)
+    assert sorted(t["NodeID"] for t in result.assigned) == ["n1", "n2"]
+    [waiting] = result.unassigned
+    assert waiting["Status"]["Err"] == "no suitable node (host-mode port already in use on 2 nodes)"
+
+
+def test_a_host_port_another_service_binds_on_a_node_keeps_tasks_off_it() -> None:
+    other = with_host_port(make_service("other"))
+    service = with_host_port(make_service())
+    nodes = [make_node("n1"), make_node("n2")]
+    result = schedule(pending(service, 1), nodes, {"n1": [running_on(other, "n1", "o1")]}, NOW)
+    assert [t["NodeID"] for t in result.assigned] == ["n2"]
+
+
+def test_ingress_ports_and_host_port_zero_do_not_limit_placement() -> None:
+    for service in (with_host_port(make_service(), mode="ingress"), with_host_port(make_service(), port=0)):
+        result = schedule(pending(service, 4), [make_node("n1"), make_node("n2")], {}, NOW)
+        assert len(result.assigned) == 4
+
+
+def test_a_global_task_whose_host_port_is_taken_on_its_node_waits() -> None:
+    other = with_host_port(make_service("other"))
+    service = with_host_port(make_service())
+    task = new_task(service, 0, "n1", NOW - 1, task_id="g1")
+    result = schedule([task], [make_node("n1")], {"n1": [running_on(other, "n1", "o1")]}, NOW)
+    assert result.assigned == []
+    assert result.unassigned[0]["Status"]["Err"] == "no suitable node (host-mode port already in use on 1 node)"

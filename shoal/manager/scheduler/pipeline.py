@@ -63,16 +63,33 @@ class SchedulingResult:
         return Plan(update=self.assigned + self.unassigned, notes=notes)
 
 
+HostPort = tuple[int, str]  # (published port, protocol) bound on a node by a host-mode task
+
+
+def host_ports(task: Doc) -> set[HostPort]:
+    """The ports a task binds on its node: host-mode published ports with a number (0 lets the node choose)."""
+    ports = (task.get("Endpoint") or {}).get("Ports") or []
+    return {(int(p["PublishedPort"]), str(p.get("Protocol") or "tcp")) for p in ports
+            if p.get("PublishMode") == "host" and p.get("PublishedPort")}
+
+
+def host_port_error(count: int) -> str:
+    return f"no suitable node (host-mode port already in use on {count} node{'s' if count != 1 else ''})"
+
+
 class _Load:
-    """Live task counts per node, overall and per service, kept current as tasks are placed."""
+    """Live task counts per node, overall and per service, and the host ports in use, kept current as tasks
+    are placed."""
 
     def __init__(self) -> None:
         self.total: dict[str, int] = defaultdict(int)
         self.by_service: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.host_ports: dict[str, set[HostPort]] = defaultdict(set)
 
-    def add(self, node_id: str, service_id: str) -> None:
+    def add(self, node_id: str, task: Doc) -> None:
         self.total[node_id] += 1
-        self.by_service[service_id][node_id] += 1
+        self.by_service[task["ServiceID"]][node_id] += 1
+        self.host_ports[node_id] |= host_ports(task)
 
 
 class _Candidates:
@@ -124,7 +141,7 @@ def schedule(
     for node_id, node_tasks in tasks_by_node.items():
         for task in node_tasks:
             if task["ID"] not in waiting_ids and task_is_live(task):
-                load.add(node_id, task["ServiceID"])
+                load.add(node_id, task)
 
     groups: dict[tuple[str, tuple[str, ...]], list[Doc]] = defaultdict(list)
     for task in waiting:
@@ -136,11 +153,13 @@ def schedule(
         if node is None:
             continue
         pipeline = Pipeline(filters_for(task.get("Spec") or {}))
-        if pipeline.check(node):
-            result.assigned.append(_assigned(task, node_id, PREASSIGNED_MESSAGE, stamp))
-            load.add(node_id, task["ServiceID"])
-        else:
+        if not pipeline.check(node):
             _refuse(result, task, pipeline.error(), stamp)
+        elif host_ports(task) & load.host_ports[node_id]:
+            _refuse(result, task, host_port_error(1), stamp)
+        else:
+            result.assigned.append(_assigned(task, node_id, PREASSIGNED_MESSAGE, stamp))
+            load.add(node_id, task)
 
     candidates: dict[tuple[str, ...], _Candidates] = {}
     for (service_id, constraint_key), group in groups.items():
@@ -153,8 +172,28 @@ def schedule(
             for task in group:
                 _refuse(result, task, fit.error, stamp)
             continue
-        _spread(result, group, service_id, fit, load, stamp)
+        if host_ports(group[0]):
+            _place_on_free_host_ports(result, group, fit, load, stamp)
+        else:
+            _spread(result, group, service_id, fit, load, stamp)
     return result
+
+
+def _place_on_free_host_ports(result: SchedulingResult, group: list[Doc], fit: _Candidates, load: _Load,
+                              stamp: str) -> None:
+    """Tasks that bind host ports: at most one per node, on nodes where those ports are free, least loaded
+    first; the rest wait, saying why (as swarmkit's host-port filter does)."""
+    wanted = host_ports(group[0])
+    free = sorted((load.total[nid], nid) for nid in fit.node_ids if not wanted & load.host_ports[nid])
+    busy = len(fit.node_ids) - len(free)
+    for task in group:
+        if not free:
+            _refuse(result, task, host_port_error(busy), stamp)
+            continue
+        _, node_id = free.pop(0)
+        result.assigned.append(_assigned(task, node_id, ASSIGNED_MESSAGE, stamp))
+        load.add(node_id, task)
+        busy += 1
 
 
 def _spread(
@@ -180,7 +219,7 @@ def _spread(
         if node_id is None:
             node_id = heapq.heappop(hosting)[2]
         result.assigned.append(_assigned(task, node_id, ASSIGNED_MESSAGE, stamp))
-        load.add(node_id, service_id)
+        load.add(node_id, task)
         heapq.heappush(hosting, (service_load[node_id], load.total[node_id], node_id))
     fit.push_back(drawn, load)
 
