@@ -38,6 +38,7 @@ import shutil
 import subprocess
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from shoal.mesh.table import Backend
 
@@ -190,6 +191,26 @@ def kernel_available() -> str | None:
     if result.returncode != 0:
         complaint = result.stderr.strip() or f"exit status {result.returncode}"
         return f"nft cannot create a table here: {complaint}"
+    return None
+
+
+def forwarding_problem() -> str | None:
+    """None when connections DNATed to a task on another node would be forwarded, else why not.
+
+    Docker sets the FORWARD policy to drop; a packet dropped by any forward chain is gone, whatever our own
+    table says, so with that policy the kernel path would only work for tasks on the node itself.
+    """
+    try:
+        if Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() != "1":
+            return "net.ipv4.ip_forward is 0, so connections to tasks on other nodes would not be forwarded"
+    except OSError as exc:
+        return f"cannot read net.ipv4.ip_forward: {exc}"
+    nft = _nft_binary()
+    listed = subprocess.run([nft, "list", "chains"], capture_output=True, text=True, timeout=10,
+                            check=False).stdout if nft else ""
+    if any("hook forward" in line and "policy drop" in line for line in listed.splitlines()):
+        return ("a forward chain drops by default (Docker sets the FORWARD policy to DROP), so connections "
+                "to tasks on other nodes would be dropped")
     return None
 
 

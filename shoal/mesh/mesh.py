@@ -10,7 +10,8 @@ Two data paths:
   The userspace listeners stay bound beside it: they reserve the ports (so a port used by another program is
   reported, as with the userspace path) and serve anything the rules do not catch.
 
-`auto` takes the kernel path where it is usable (root, `nft`), else userspace. Ports this node cannot listen on
+`auto` takes the kernel path where it is usable (root, `nft`) and forwarded traffic is not dropped (Docker
+sets the FORWARD policy to DROP), else userspace. Ports this node cannot listen on
 are reported to the manager, which shows them in the node's status message.
 """
 
@@ -20,7 +21,13 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from shoal.mesh.kernel import KernelDataPath, KernelPathError, KernelRule, kernel_available
+from shoal.mesh.kernel import (
+    KernelDataPath,
+    KernelPathError,
+    KernelRule,
+    forwarding_problem,
+    kernel_available,
+)
 from shoal.mesh.table import HOST, Backend, Listener
 from shoal.mesh.userspace import TcpProxy, UdpProxy
 
@@ -65,12 +72,16 @@ def choose_mode(wanted: str) -> tuple[str, str]:
     if wanted == "userspace":
         return "userspace", "asked for"
     problem = kernel_available()
-    if problem is None:
-        return "kernel", "nftables is usable"
     if wanted == "kernel":
-        raise KernelPathError(f"the kernel routing mesh cannot be used here: {problem}; "
-                              "use --routing-mesh userspace")
-    return "userspace", f"the kernel path is not usable: {problem}"
+        if problem is not None:
+            raise KernelPathError(f"the kernel routing mesh cannot be used here: {problem}; "
+                                  "use --routing-mesh userspace")
+        return "kernel", "asked for"
+    problem = problem or forwarding_problem()
+    if problem is None:
+        return "kernel", "nftables is usable and forwarding works"
+    return "userspace", (f"the kernel path is not usable: {problem}; --routing-mesh kernel forces it (see the "
+                         "README)")
 
 
 class RoutingMesh:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from shoal.mesh.mesh import local_plan
+import pytest
+
+from shoal.mesh import mesh as mesh_module
+from shoal.mesh.kernel import KernelPathError
+from shoal.mesh.mesh import choose_mode, local_plan
 from shoal.mesh.table import BACKEND_PORTS, Backend, Listener, endpoint_table
 from shoal.types import Doc
 
@@ -80,3 +84,18 @@ def test_a_node_serves_every_ingress_port_and_host_ports_only_for_its_own_tasks(
     ]
     # Docker binds host ports itself: the mesh leaves them alone.
     assert [s.key for s in local_plan(table, {"t3"}, executor_binds_host_ports=True)] == [(8080, "tcp")]
+
+
+def test_auto_takes_the_kernel_path_only_where_forwarded_traffic_gets_through(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mesh_module, "kernel_available", lambda: None)
+    monkeypatch.setattr(mesh_module, "forwarding_problem", lambda: None)
+    assert choose_mode("auto")[0] == "kernel"
+    monkeypatch.setattr(mesh_module, "forwarding_problem", lambda: "a forward chain drops by default")
+    mode, why = choose_mode("auto")
+    assert mode == "userspace" and "forward chain drops" in why
+    assert choose_mode("kernel") == ("kernel", "asked for")  # forced: the operator opened forwarding
+    monkeypatch.setattr(mesh_module, "kernel_available", lambda: "not running as root")
+    with pytest.raises(KernelPathError, match="not running as root; use --routing-mesh userspace"):
+        choose_mode("kernel")
+    assert choose_mode("userspace")[0] == "userspace"
