@@ -52,7 +52,7 @@ class Swarm:
 
     def restart(self, name: str) -> None:
         node = next(n for n in self.nodes if n.name == name)
-        proc, _, sock = playground.start_daemon(name, self.base)
+        proc, _, sock = playground.start_daemon(name, self.base, ["--publish-addr", node.address])
         node.pid = proc.pid
         playground.wait_for_socket(sock, proc)
 

@@ -35,3 +35,6 @@ class DaemonConfig:
     engine_labels: dict[str, str] = field(default_factory=dict)
     # The routing mesh's data path: "auto" (nftables where usable, else userspace), "kernel" or "userspace".
     routing_mesh: str = "auto"
+    # Where the routing mesh listens for published ports: every address, as Docker does, unless given one
+    # (the playground gives each node its own loopback address).
+    publish_addr: str = "0.0.0.0"

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import platform
+import resource
 import shutil
 import signal
 import socket
@@ -251,7 +252,7 @@ class Daemon:
     def _make_agent(self, managers: list[str]) -> Agent:
         assert self.record is not None
         context = client_ssl_context(self.tls.ca, self.tls.cert, self.tls.key)
-        mesh = RoutingMesh(self.record.node_id, split_addr(self.record.listen_addr)[0], self.config.routing_mesh,
+        mesh = RoutingMesh(self.record.node_id, self.config.publish_addr, self.config.routing_mesh,
                            executor_binds_host_ports=self.config.executor == "docker")
         return Agent(self.record.node_id, managers, context, self.state_dir / "agent", self._executor, self.clock,
                      self.describe, self._remember_managers, self.change_role, self.record.port, mesh=mesh)
@@ -545,8 +546,18 @@ async def serve(config: DaemonConfig) -> int:
     return 0
 
 
+def raise_open_file_limit() -> None:
+    """Every mesh connection holds two sockets and every UDP session one: take what the hard limit allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 def run(config: DaemonConfig) -> int:
     setup_logging(config.log_level)
+    raise_open_file_limit()
     try:
         import uvloop  # the routing mesh's userspace proxy forwards about twice as fast on it
 

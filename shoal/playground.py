@@ -162,7 +162,7 @@ def _start(managers: int, workers: int, progress: Callable[[str], None], base: P
         address = f"{subnet}.{FIRST_ADDRESS + index}"
         if role == "manager" and not all(_port_free(address, p) for p in (DEFAULT_PORT, 2379, 2380)):
             raise Unavailable(f"ports 2377/2379/2380 on {address} are in use: is another cluster running?")
-        proc, state_dir, sock = start_daemon(name, base, daemon_args)
+        proc, state_dir, sock = start_daemon(name, base, [*daemon_args, "--publish-addr", address])
         nodes.append(PlaygroundNode(name, role, address, proc.pid, str(sock), str(state_dir)))
         _state_file(base).write_text(json.dumps([asdict(n) for n in nodes], indent=2))
         wait_for_socket(sock, proc)

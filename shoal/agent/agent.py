@@ -101,7 +101,10 @@ class Agent:
         assert self.mesh is not None
         while True:
             await asyncio.sleep(MESH_RETRY_INTERVAL)
-            await self.mesh.retry(self.worker.known_task_ids())
+            try:
+                await self.mesh.retry()
+            except Exception:
+                log.exception("routing mesh: retry failed")
 
     # ---- the session ------------------------------------------------------------------------------------
 
@@ -192,8 +195,13 @@ class Agent:
             # The daemon changes role outside the session (it may stop the manager this session talks to).
             self._role_change = asyncio.create_task(self.on_certificate(message, key), name="role-change")
         elif kind == "endpoints" and self.mesh is not None:
-            table = [Listener.from_wire(doc) for doc in message.get("listeners") or []]
-            await self.mesh.update(table, self.worker.known_task_ids())
+            try:
+                table = [Listener.from_wire(doc) for doc in message.get("listeners") or []]
+                await self.mesh.update(table, self.worker.known_task_ids())
+            except Exception as exc:
+                # The session and the tasks must go on; the manager hears of it in the node's status.
+                log.exception("routing mesh: could not apply the endpoint table")
+                self._report_mesh_errors([f"could not apply the endpoint table: {exc}"])
         elif kind == "managers":
             self._set_managers(message.get("managers") or [])
         elif kind == "redirect":

@@ -484,7 +484,7 @@ class Worker:
                              for p in ports if p["Protocol"] == "tcp"]
                 if ports and all(listening):
                     break
-            except ExecutorError as exc:
+            except Exception as exc:  # e.g. the engine's API failing for a moment: keep trying
                 log.debug("task %s: published ports not known yet: %s", run.task_id, exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, PORT_CHECK_MAX_INTERVAL)
@@ -562,7 +562,10 @@ class Worker:
             log.warning("task %s: not moving from %s back to %s", run.task_id, current.wire, state.wire)
             return
         pid = run.controller.pid() if run.controller and state <= TaskState.RUNNING else 0
+        announced = (run.record.status or {}).get(BACKEND_PORTS)
         run.record.status = status_doc(self._clock.now(), state, message, err=err, pid=pid, exit_code=exit_code)
+        if announced and state == TaskState.RUNNING:
+            run.record.status[BACKEND_PORTS] = announced  # still serving there (e.g. re-adopted)
         self._db.put(run.record)
         self._send(run.task_id, run.record.status)
         if state == TaskState.RUNNING:

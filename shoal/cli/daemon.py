@@ -20,6 +20,8 @@ def register(commands: Any) -> None:
     daemon.add_argument("--routing-mesh", choices=("auto", "kernel", "userspace"), default="auto",
                         help="The routing mesh's data path: nftables DNAT rules (kernel), an asyncio proxy "
                              "(userspace), or auto: kernel where nftables is usable, else userspace")
+    daemon.add_argument("--publish-addr", default="0.0.0.0", metavar="IP",
+                        help="Address published ports are served on (default 0.0.0.0: every address)")
     daemon.add_argument("--etcd-endpoints", metavar="URL,URL", help="Use an external etcd cluster")
     daemon.add_argument("--etcd-cacert", metavar="FILE", help="CA certificate of the external etcd")
     daemon.add_argument("--etcd-cert", metavar="FILE", help="Client certificate for the external etcd")
@@ -44,6 +46,7 @@ def daemon_config(args: argparse.Namespace) -> config.DaemonConfig:
         hostname=args.hostname,
         executor=args.executor,
         routing_mesh=args.routing_mesh,
+        publish_addr=args.publish_addr,
         external_etcd=external,
         log_level=args.log_level,
     )

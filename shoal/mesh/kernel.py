@@ -161,10 +161,13 @@ async def run_nft(script: str) -> None:
     nft = _nft_binary()
     if nft is None:
         raise KernelPathError("the nft program is not installed")
-    process = await asyncio.create_subprocess_exec(
-        nft, "-f", "-", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
-    _, stderr = await process.communicate(script.encode())
+    try:
+        process = await asyncio.create_subprocess_exec(
+            nft, "-f", "-", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        _, stderr = await process.communicate(script.encode())
+    except OSError as exc:  # e.g. out of file descriptors
+        raise KernelPathError(f"nft could not run: {exc}") from exc
     if process.returncode != 0:
         raise KernelPathError(f"nft failed ({process.returncode}): {stderr.decode(errors='replace').strip()}")
 

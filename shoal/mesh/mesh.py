@@ -8,7 +8,7 @@ Two data paths:
 - userspace (`shoal.mesh.userspace`): an asyncio proxy per published port; works on every kernel.
 - kernel (`shoal.mesh.kernel`): nftables DNAT rules, one table per node, replaced atomically on each change.
   The userspace listeners stay bound beside it: they reserve the ports (so a port used by another program is
-  reported, as with the userspace path) and serve anything the rules do not catch.
+  reported, as with the userspace path), and serve while nft refuses a rule set.
 
 `auto` takes the kernel path where it is usable (root, `nft`) and forwarded traffic is not dropped (Docker
 sets the FORWARD policy to DROP), else userspace. Ports this node cannot listen on
@@ -17,6 +17,8 @@ are reported to the manager, which shows them in the node's status message.
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +36,8 @@ from shoal.mesh.userspace import TcpProxy, UdpProxy
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "kernel", "userspace")
+# A port no longer served stops taking connections at once; the open ones get this long to finish.
+PROXY_DRAIN_SECONDS = 10.0
 
 Proxy = TcpProxy | UdpProxy
 
@@ -95,41 +99,65 @@ class RoutingMesh:
         self.report_errors = report_errors
         self.executor_binds_host_ports = executor_binds_host_ports
         self.proxies: dict[tuple[int, str], Proxy] = {}
-        self.errors: dict[tuple[int, str], str] = {}
+        self.port_errors: dict[tuple[int, str], str] = {}  # ports this node could not listen on
+        self.kernel_error = ""  # why the last kernel rule set was not applied
         self._kernel: KernelDataPath | None = None
         self._table: list[Listener] = []
+        self._local_task_ids: set[str] = set()
         self._reported: list[str] | None = None
+        # One table is applied at a time, and always the newest: an update pauses (binding, nft), and an older
+        # table must not be applied over a newer one.
+        self._lock = asyncio.Lock()
+        self._draining: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        self.mode, why = choose_mode(self.wanted_mode)
+        self.mode, why = await asyncio.to_thread(choose_mode, self.wanted_mode)
         log.info("routing mesh: %s data path (%s), listening on %s", self.mode, why, self.listen_host)
         if self.mode == "kernel":
             self._kernel = KernelDataPath(self.node_id, self.listen_host)
             await self._kernel.clear()  # rules a crashed daemon of this node left behind
 
     async def stop(self) -> None:
-        for proxy in self.proxies.values():
-            await proxy.stop()
-        self.proxies.clear()
-        if self._kernel is not None:
-            try:
-                await self._kernel.clear()
-            except KernelPathError as exc:
-                log.warning("routing mesh: could not remove the kernel rules: %s", exc)
+        async with self._lock:
+            for proxy in self.proxies.values():
+                await proxy.stop()
+            self.proxies.clear()
+            for draining in list(self._draining):
+                draining.cancel()
+            await asyncio.gather(*self._draining, return_exceptions=True)
+            if self._kernel is not None:
+                try:
+                    await self._kernel.clear()
+                except KernelPathError as exc:
+                    log.warning("routing mesh: could not remove the kernel rules: %s", exc)
 
     def current_errors(self) -> list[str]:
-        return [self.errors[key] for key in sorted(self.errors)]
+        errors = [self.port_errors[key] for key in sorted(self.port_errors)]
+        return errors + ([self.kernel_error] if self.kernel_error else [])
 
     async def update(self, table: Sequence[Listener], local_task_ids: set[str]) -> None:
-        """Serve what the table says (called with each new table, and when this node's tasks change)."""
-        self._table = list(table)
-        plan = local_plan(self._table, local_task_ids, self.executor_binds_host_ports)
+        """Serve what the table says (called with each new table from the dispatcher)."""
+        self._table, self._local_task_ids = list(table), set(local_task_ids)
+        async with self._lock:
+            await self._apply()
+
+    async def retry(self) -> None:
+        """Try again what failed: ports another program held, kernel rules nft refused."""
+        if self.port_errors or self.kernel_error:
+            async with self._lock:
+                await self._apply()
+
+    async def _apply(self) -> None:
+        plan = local_plan(self._table, self._local_task_ids, self.executor_binds_host_ports)
         wanted = {serving.key: serving for serving in plan}
         for key in [key for key in self.proxies if key not in wanted]:
-            await self.proxies.pop(key).stop()
             log.info("routing mesh: no longer serving %d/%s", *key)
-        for key in [key for key in self.errors if key not in wanted]:
-            del self.errors[key]
+            # Open connections may finish (a host-mode task being replaced, a service being removed).
+            draining = asyncio.create_task(self.proxies.pop(key).stop(drain=PROXY_DRAIN_SECONDS))
+            self._draining.add(draining)
+            draining.add_done_callback(self._draining.discard)
+        for key in [key for key in self.port_errors if key not in wanted]:
+            del self.port_errors[key]
         for key, serving in wanted.items():
             proxy = self.proxies.get(key)
             if proxy is None:
@@ -138,20 +166,24 @@ class RoutingMesh:
                     continue
             proxy.set_backends(serving.backends)
         if self._kernel is not None:
-            rules = [KernelRule(s.protocol, s.published_port, s.backends) for s in plan if s.key in self.proxies]
-            try:
-                await self._kernel.sync(rules)
-                self.errors.pop((0, "kernel"), None)
-            except KernelPathError as exc:
-                # The userspace listeners still serve every port.
-                self.errors[(0, "kernel")] = f"kernel rules not applied ({exc}); serving in userspace"
-                log.error("routing mesh: %s", exc)
+            await self._sync_kernel([KernelRule(s.protocol, s.published_port, s.backends)
+                                     for s in plan if s.key in self.proxies])
         self._report()
 
-    async def retry(self, local_task_ids: set[str]) -> None:
-        """Try again the ports that could not be bound (another program may have let go of one)."""
-        if any(key[0] for key in self.errors):
-            await self.update(self._table, local_task_ids)
+    async def _sync_kernel(self, rules: list[KernelRule]) -> None:
+        assert self._kernel is not None
+        try:
+            await self._kernel.sync(rules)
+            self.kernel_error = ""
+        except KernelPathError as exc:
+            log.error("routing mesh: kernel rules not applied: %s", exc)
+            # The old rules would keep sending connections to the old tasks: remove them, so the userspace
+            # listeners (bound on every port) serve until a retry applies the new rules.
+            try:
+                await self._kernel.clear()
+                self.kernel_error = f"kernel rules not applied ({exc}); serving in userspace meanwhile"
+            except KernelPathError as clear_error:
+                self.kernel_error = f"kernel rules not applied ({exc}) nor removed ({clear_error})"
 
     async def _listen(self, serving: Serving) -> Proxy | None:
         name = f"{serving.published_port}/{serving.protocol}"
@@ -160,12 +192,10 @@ class RoutingMesh:
         try:
             await proxy.start()
         except OSError as exc:
-            reason = exc.strerror or str(exc)
-            self.errors[serving.key] = (f"port {name} is in use on this node ({reason}): free it, or publish "
-                                        "the service on another port")
-            log.error("routing mesh: cannot listen on %s:%s: %s", self.listen_host, name, reason)
+            self.port_errors[serving.key] = listen_error(name, exc)
+            log.error("routing mesh: cannot listen on %s:%s: %s", self.listen_host, name, exc)
             return None
-        self.errors.pop(serving.key, None)
+        self.port_errors.pop(serving.key, None)
         self.proxies[serving.key] = proxy
         log.info("routing mesh: serving %s on %s", name, self.listen_host)
         return proxy
@@ -180,3 +210,12 @@ class RoutingMesh:
         """A new session: the manager hears the current errors again."""
         self._reported = None
         self._report()
+
+
+def listen_error(name: str, exc: OSError) -> str:
+    """What to tell the user about a published port this node cannot listen on."""
+    if exc.errno == errno.EADDRINUSE:
+        return f"port {name} is in use on this node: free it, or publish the service on another port"
+    if exc.errno == errno.EACCES:
+        return f"port {name} needs privileges on this node: run the daemon as root, or publish a port above 1023"
+    return f"cannot listen on port {name}: {exc.strerror or exc}"

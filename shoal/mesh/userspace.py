@@ -375,11 +375,15 @@ class TcpProxy:
         """Where new connections go from now on; open connections to removed backends are left to drain."""
         self._balancer.backends = tuple(backends)
 
-    async def stop(self) -> None:
-        """Closes the listener and every open connection."""
+    async def stop(self, drain: float = 0.0) -> None:
+        """Closes the listener, gives open connections up to `drain` seconds to finish, then closes the rest."""
         server, self._server = self._server, None
         if server is not None:
             server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain
+        while self._connections and loop.time() < deadline:
+            await asyncio.sleep(0.05)
         connections = list(self._connections)
         for connection in connections:
             connection.close(abort=True)
@@ -520,6 +524,8 @@ class _UdpSession(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         try:
+            if self.backend is None or addr[1] != self.backend.port:
+                return  # not from the task: nobody else may answer for it
             self.last_active = asyncio.get_running_loop().time()
             self.proxy._reply(data, self.client_address)
         except Exception:
@@ -591,11 +597,16 @@ class UdpProxy:
         log.info("mesh %s: listening on %s:%d/udp", self.name, self.host, self.port)
 
     def set_backends(self, backends: Sequence[Backend]) -> None:
-        """Where new sessions go from now on; existing sessions keep their backend until idle."""
+        """Where sessions go from now on. A session whose task left is closed: UDP has no connection to
+        finish, and a client that keeps sending from one port would otherwise keep a dead task forever."""
         self._balancer.backends = tuple(backends)
+        keep = set(backends)
+        for session in list(self._sessions.values()):
+            if session.backend is not None and session.backend not in keep:
+                session.close()
 
-    async def stop(self) -> None:
-        """Closes the listener and every session."""
+    async def stop(self, drain: float = 0.0) -> None:
+        """Closes the listener and every session (UDP has nothing to drain)."""
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.close()

@@ -137,7 +137,8 @@ class Cluster:
     def add_node(self, name: str, role: str = "worker") -> PlaygroundNode:
         index = len(self.nodes)
         address = f"{self.subnet}.{playground.FIRST_ADDRESS + index}"
-        proc, state_dir, sock = playground.start_daemon(name, self.base, self.daemon_args())
+        proc, state_dir, sock = playground.start_daemon(name, self.base, [*self.daemon_args(), "--publish-addr",
+                                                                           address])
         node = PlaygroundNode(name, role, address, proc.pid, str(sock), str(state_dir))
         self.nodes.append(node)
         self._save()
@@ -163,7 +164,8 @@ class Cluster:
     def restart(self, name: str) -> None:
         """Start a node's daemon again on its existing state."""
         node = self.node(name)
-        proc, _, sock = playground.start_daemon(name, self.base, self.daemon_args())
+        proc, _, sock = playground.start_daemon(name, self.base, [*self.daemon_args(), "--publish-addr",
+                                                                   node.address])
         node.pid = proc.pid
         self._save()
         playground.wait_for_socket(sock, proc)

@@ -62,8 +62,9 @@ def bare_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     cluster = Cluster(base, SUBNET)
     try:
         for index, name in enumerate(("manager1", "worker1", "worker2")):
-            proc, state_dir, sock = playground.start_daemon(name, base)
             address = f"{SUBNET}.{playground.FIRST_ADDRESS + index}"
+            proc, state_dir, sock = playground.start_daemon(
+                name, base, ["--publish-addr", address, "--routing-mesh", "userspace"])
             cluster.nodes.append(PlaygroundNode(name, "manager" if index == 0 else "worker", address, proc.pid,
                                                 str(sock), str(state_dir)))
             cluster._save()

@@ -611,7 +611,9 @@ async def test_udp_idle_sessions_are_closed(cleanup: list[Any]) -> None:
     assert proxy.served == {"a": 2}
 
 
-async def test_udp_removed_backend_gets_no_new_sessions_but_keeps_its_own(cleanup: list[Any]) -> None:
+async def test_udp_sessions_of_a_removed_backend_move_to_the_others(cleanup: list[Any]) -> None:
+    """A client that keeps sending from one port must not stay with a task that is gone (a DNS or statsd
+    client after a rolling update): its session ends with the task, and its next datagram picks again."""
     a, b = await udp_echoes(cleanup, "a", "b")
     proxy = await udp_proxy(cleanup, [a.backend])
     old, new = await udp_clients(cleanup, 2)
@@ -620,8 +622,8 @@ async def test_udp_removed_backend_gets_no_new_sessions_but_keeps_its_own(cleanu
     proxy.set_backends([b.backend])
 
     assert (await new.ask(proxy.port, b"2"))[0] == b"b:2"
-    assert (await old.ask(proxy.port, b"3"))[0] == b"a:3"
-    assert proxy.served == {"a": 1, "b": 1}
+    assert (await old.ask(proxy.port, b"3"))[0] == b"b:3"
+    assert proxy.served == {"a": 1, "b": 2}
 
 
 async def test_udp_datagrams_wait_for_a_backend_to_appear(cleanup: list[Any]) -> None:
