@@ -87,7 +87,7 @@ class Agent:
             task.cancel()
         await self.worker.stop(kill_tasks=kill_tasks)
         if self.mesh is not None:
-            await self.mesh.stop()
+            await self.mesh.stop(keep_rules=not kill_tasks)
 
     def _report(self, task_id: str, status: Doc) -> None:
         self._status[task_id] = status

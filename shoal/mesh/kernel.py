@@ -6,7 +6,8 @@ service's backends in turn (per connection; conntrack keeps a connection on the 
 live in one nftables table per node, `ip shoal_<node id>`:
 
 - `nat_prerouting` (connections from other machines) and `nat_output` (connections made on this machine, as
-  the tests and the playground make them, to 127.x addresses) jump to `services`, which matches the
+  the tests and the playground make them, to 127.x addresses; when listening on every address, not those from
+  a loopback source, which the userspace listener serves) jump to `services`, which matches the
   destination (`ip daddr <listen host>`, or `fib daddr type local` when listening on every address) and the
   published port, marks the connection and DNATs it.
 - A published port with no backends is rejected in `filter_input` / `filter_output` (TCP reset, ICMP port
@@ -136,7 +137,11 @@ def render(table: str, listen_host: str, rules: Sequence[KernelRule]) -> str:
     lines = [f"add table ip {table}", f"delete table ip {table}", f"table ip {table} {{"]
     lines += chain("nat_prerouting", "type nat hook prerouting priority dstnat; policy accept;",
                    ["jump services"])
-    lines += chain("nat_output", "type nat hook output priority -100; policy accept;", ["jump services"])
+    # A local client of 127.0.0.1 sent to another machine would leave with a loopback source, which the kernel
+    # will not route (without route_localnet): those connections are left to the userspace listener, which
+    # is bound on every address too. A node listening on one address is matched by that address alone.
+    output_jump = "ip saddr != 127.0.0.0/8 jump services" if listen_host in WILDCARD_HOSTS else "jump services"
+    lines += chain("nat_output", "type nat hook output priority -100; policy accept;", [output_jump])
     lines += chain("services", None, dnat_rules)
     ours = f"ct status dnat ct mark and {DNAT_MARK:#010x} == {DNAT_MARK:#010x}"
     lines += chain("nat_postrouting", "type nat hook postrouting priority srcnat; policy accept;",

@@ -114,10 +114,14 @@ class RoutingMesh:
         self.mode, why = await asyncio.to_thread(choose_mode, self.wanted_mode)
         log.info("routing mesh: %s data path (%s), listening on %s", self.mode, why, self.listen_host)
         if self.mode == "kernel":
+            # Rules an earlier daemon of this node left stay until the first table replaces them: published
+            # ports keep working through a daemon restart, as the tasks do.
             self._kernel = KernelDataPath(self.node_id, self.listen_host)
-            await self._kernel.clear()  # rules a crashed daemon of this node left behind
+        elif kernel_available() is None:
+            await KernelDataPath(self.node_id, self.listen_host).clear()  # the node used the kernel path before
 
-    async def stop(self) -> None:
+    async def stop(self, keep_rules: bool = False) -> None:
+        """Stop serving. With `keep_rules` (a daemon restart, its tasks running on) the kernel rules stay."""
         async with self._lock:
             for proxy in self.proxies.values():
                 await proxy.stop()
@@ -125,7 +129,7 @@ class RoutingMesh:
             for draining in list(self._draining):
                 draining.cancel()
             await asyncio.gather(*self._draining, return_exceptions=True)
-            if self._kernel is not None:
+            if self._kernel is not None and not keep_rules:
                 try:
                     await self._kernel.clear()
                 except KernelPathError as exc:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from shoal import playground
 from shoal.mesh.kernel import kernel_available, table_name
 from tests.cluster.conftest import FAILED_KEY, Cluster, dump_logs, make_cluster, wait_for
 from tests.cluster.test_routing_mesh import HTTPD, Load, answers, refused, serving
@@ -52,6 +53,13 @@ def test_kernel_rules_spread_follow_tasks_and_go_with_the_daemons(kernel_mesh: C
         # Every node gets the table at the same time as the manager, give or take a few milliseconds.
         wait_for(f"both tasks answering through {node.name}",
                  lambda a=node.address: set(answers(a, 8090, 10)) == ids, timeout=5)
+
+    # While a node's daemon restarts (its tasks running on), its rules keep serving the published port.
+    worker2 = cluster.node("worker2")
+    os.kill(worker2.pid, signal.SIGTERM)
+    wait_for("worker2's daemon to stop", lambda: not playground._alive(worker2.pid), timeout=20)
+    assert set(answers(worker2.address, 8090, 10)) == ids
+    cluster.restart("worker2")
 
     # A killed task leaves the rules within a heartbeat: no request fails after that.
     victim = sorted(ids)[0]

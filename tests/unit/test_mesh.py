@@ -102,3 +102,13 @@ async def test_a_port_held_by_another_program_is_reported_then_served_once_free(
     squatter.close()
     await routing.retry()
     assert (port, "tcp") in routing.proxies and reported[-1] == []
+
+
+async def test_kernel_rules_outlive_a_daemon_restart_but_not_a_leave() -> None:
+    for keep_rules, cleared in ((True, 0), (False, 1)):
+        routing = RoutingMesh("node1", "127.0.0.1", "userspace")
+        kernel = FakeKernel()
+        routing._kernel = kernel  # type: ignore[assignment]
+        await routing.update([listener(free_port(), "t1")], set())
+        await routing.stop(keep_rules=keep_rules)
+        assert kernel.cleared == cleared and routing.proxies == {}

@@ -87,6 +87,8 @@ def test_a_wildcard_listen_host_matches_every_local_address(wildcard: str) -> No
     assert chain_body(script, "services")[0].startswith("fib daddr type local tcp dport 80 ")
     assert chain_body(script, "no_backends")[1] == "fib daddr type local udp dport 81 reject"
     assert "ip daddr" not in script
+    # Local clients of 127.0.0.1 go to the userspace listener: DNAT to another machine cannot route them.
+    assert chain_body(script, "nat_output")[1:] == ["ip saddr != 127.0.0.0/8 jump services"]
 
 
 def test_rendering_does_not_depend_on_the_order_of_the_rules() -> None:
