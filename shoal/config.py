@@ -38,3 +38,5 @@ class DaemonConfig:
     # Where the routing mesh listens for published ports: every address, as Docker does, unless given one
     # (the playground gives each node its own loopback address).
     publish_addr: str = "0.0.0.0"
+    # Processes the userspace mesh forwards in (the agent and helpers on the same ports); None: one per core.
+    mesh_workers: int | None = None

@@ -253,7 +253,8 @@ class Daemon:
         assert self.record is not None
         context = client_ssl_context(self.tls.ca, self.tls.cert, self.tls.key)
         mesh = RoutingMesh(self.record.node_id, self.config.publish_addr, self.config.routing_mesh,
-                           executor_binds_host_ports=self.config.executor == "docker")
+                           executor_binds_host_ports=self.config.executor == "docker",
+                           workers=self.config.mesh_workers)
         return Agent(self.record.node_id, managers, context, self.state_dir / "agent", self._executor, self.clock,
                      self.describe, self._remember_managers, self.change_role, self.record.port, mesh=mesh)
 

@@ -20,6 +20,8 @@ def register(commands: Any) -> None:
     daemon.add_argument("--routing-mesh", choices=("auto", "kernel", "userspace"), default="auto",
                         help="The routing mesh's data path: nftables DNAT rules (kernel), an asyncio proxy "
                              "(userspace), or auto: kernel where nftables is usable, else userspace")
+    daemon.add_argument("--mesh-workers", type=int, default=None, metavar="N",
+                        help="Processes the userspace routing mesh forwards in (default: one per core)")
     daemon.add_argument("--publish-addr", default="0.0.0.0", metavar="IP",
                         help="Address published ports are served on (default 0.0.0.0: every address)")
     daemon.add_argument("--etcd-endpoints", metavar="URL,URL", help="Use an external etcd cluster")
@@ -40,6 +42,8 @@ def daemon_config(args: argparse.Namespace) -> config.DaemonConfig:
         external = config.EtcdEndpoints(urls=urls, cacert=args.etcd_cacert, cert=args.etcd_cert, key=args.etcd_key)
     elif args.etcd_cacert or args.etcd_cert or args.etcd_key:
         raise CliError("--etcd-cacert/--etcd-cert/--etcd-key need --etcd-endpoints")
+    if args.mesh_workers is not None and args.mesh_workers < 1:
+        raise CliError(f"--mesh-workers must be 1 or more (got {args.mesh_workers})")
     return config.DaemonConfig(
         state_dir=Path(args.state_dir) if args.state_dir else config.DEFAULT_STATE_DIR,
         socket=Path(args.socket) if args.socket else config.DEFAULT_SOCKET,
@@ -47,6 +51,7 @@ def daemon_config(args: argparse.Namespace) -> config.DaemonConfig:
         executor=args.executor,
         routing_mesh=args.routing_mesh,
         publish_addr=args.publish_addr,
+        mesh_workers=args.mesh_workers,
         external_etcd=external,
         log_level=args.log_level,
     )

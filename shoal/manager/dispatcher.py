@@ -23,6 +23,7 @@ from shoal.clock import Clock
 from shoal.errors import InvalidArgument, NotLeader, ShoalError
 from shoal.manager.applier import Applier
 from shoal.manager.cache import Cache
+from shoal.manager.controlapi.node import MESH_ERRORS_FIELD
 from shoal.manager.orchestrator.update import RUNNING_SINCE
 from shoal.manager.store.base import Batch, Event, Store
 from shoal.mesh.table import BACKEND_PORTS, endpoint_table, published_ports
@@ -297,18 +298,16 @@ class Dispatcher:
         log.warning("could not register node %s as ready", node_id)
 
     async def _record_mesh_errors(self, node_id: str, errors: list[str]) -> None:
-        """Show the published ports the node cannot listen on in its status message (`node inspect`)."""
-        message = ("routing mesh: " + "; ".join(errors)) if errors else ""
+        """Keep what the node's routing mesh cannot serve on its document (`node inspect` shows it)."""
         for _attempt in range(20):
             node = self.cache.get(NODES, node_id)
-            if node is None:
-                return
-            status = node.get("Status") or {}
-            old = str(status.get("Message") or "")
-            if old == message or (not errors and not old.startswith("routing mesh: ")):
+            if node is None or (node.get(MESH_ERRORS_FIELD) or []) == errors:
                 return
             new = dict(node)
-            new["Status"] = {**status, "Message": message}
+            if errors:
+                new[MESH_ERRORS_FIELD] = errors
+            else:
+                new.pop(MESH_ERRORS_FIELD, None)
             with contextlib.suppress(ShoalError):
                 if (await self.applier.write(Batch().update(NODES, new))).written:
                     return

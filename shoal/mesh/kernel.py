@@ -37,6 +37,7 @@ import re
 import secrets
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,17 +163,21 @@ def _nft_binary() -> str | None:
 
 
 async def run_nft(script: str) -> None:
-    """Apply a script with `nft -f -`; raise KernelPathError with nft's complaint when it fails."""
+    """Apply a script with `nft -f`; raise KernelPathError with nft's complaint when it fails."""
     nft = _nft_binary()
     if nft is None:
         raise KernelPathError("the nft program is not installed")
-    try:
-        process = await asyncio.create_subprocess_exec(
-            nft, "-f", "-", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE)
-        _, stderr = await process.communicate(script.encode())
-    except OSError as exc:  # e.g. out of file descriptors
-        raise KernelPathError(f"nft could not run: {exc}") from exc
+    # The script goes in a file, not a pipe: nft failing early must not turn into a write on a closed pipe.
+    with tempfile.NamedTemporaryFile("w", prefix="shoal-nft-", suffix=".nft") as script_file:
+        script_file.write(script)
+        script_file.flush()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                nft, "-f", script_file.name, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE)
+            _, stderr = await process.communicate()
+        except (OSError, RuntimeError) as exc:  # e.g. out of file descriptors
+            raise KernelPathError(f"nft could not run: {exc}") from exc
     if process.returncode != 0:
         raise KernelPathError(f"nft failed ({process.returncode}): {stderr.decode(errors='replace').strip()}")
 

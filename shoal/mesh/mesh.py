@@ -21,7 +21,6 @@ import asyncio
 import errno
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from shoal.mesh.kernel import (
     KernelDataPath,
@@ -30,29 +29,15 @@ from shoal.mesh.kernel import (
     forwarding_problem,
     kernel_available,
 )
-from shoal.mesh.table import HOST, Backend, Listener
+from shoal.mesh.table import HOST, Listener, Serving
 from shoal.mesh.userspace import TcpProxy, UdpProxy
+from shoal.mesh.workers import ProxySet, ProxyWorkers, default_workers
 
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "kernel", "userspace")
 # A port no longer served stops taking connections at once; the open ones get this long to finish.
 PROXY_DRAIN_SECONDS = 10.0
-
-Proxy = TcpProxy | UdpProxy
-
-
-@dataclass(frozen=True)
-class Serving:
-    """What this node serves on one published port."""
-
-    protocol: str
-    published_port: int
-    backends: tuple[Backend, ...]
-
-    @property
-    def key(self) -> tuple[int, str]:
-        return (self.published_port, self.protocol)
 
 
 def local_plan(table: Sequence[Listener], local_task_ids: set[str], executor_binds_host_ports: bool) -> list[Serving]:
@@ -91,14 +76,17 @@ def choose_mode(wanted: str) -> tuple[str, str]:
 class RoutingMesh:
     def __init__(self, node_id: str, listen_host: str, mode: str,
                  report_errors: Callable[[list[str]], None] = lambda errors: None,
-                 executor_binds_host_ports: bool = False) -> None:
+                 executor_binds_host_ports: bool = False, workers: int | None = None) -> None:
         self.node_id = node_id
         self.listen_host = listen_host or "0.0.0.0"
         self.wanted_mode = mode
         self.mode = "userspace"
         self.report_errors = report_errors
         self.executor_binds_host_ports = executor_binds_host_ports
-        self.proxies: dict[tuple[int, str], Proxy] = {}
+        count = default_workers() if workers is None else max(1, workers)
+        # This process's proxies, and (userspace path, several cores) helper processes on the same ports.
+        self.local = ProxySet(self.listen_host, shared=count > 1, drain_seconds=PROXY_DRAIN_SECONDS)
+        self.helpers = ProxyWorkers(count - 1, self.listen_host, PROXY_DRAIN_SECONDS) if count > 1 else None
         self.port_errors: dict[tuple[int, str], str] = {}  # ports this node could not listen on
         self.kernel_error = ""  # why the last kernel rule set was not applied
         self._kernel: KernelDataPath | None = None
@@ -108,7 +96,10 @@ class RoutingMesh:
         # One table is applied at a time, and always the newest: an update pauses (binding, nft), and an older
         # table must not be applied over a newer one.
         self._lock = asyncio.Lock()
-        self._draining: set[asyncio.Task[None]] = set()
+
+    @property
+    def proxies(self) -> dict[tuple[int, str], TcpProxy | UdpProxy]:
+        return self.local.proxies
 
     async def start(self) -> None:
         self.mode, why = await asyncio.to_thread(choose_mode, self.wanted_mode)
@@ -117,18 +108,22 @@ class RoutingMesh:
             # Rules an earlier daemon of this node left stay until the first table replaces them: published
             # ports keep working through a daemon restart, as the tasks do.
             self._kernel = KernelDataPath(self.node_id, self.listen_host)
-        elif kernel_available() is None:
-            await KernelDataPath(self.node_id, self.listen_host).clear()  # the node used the kernel path before
+            self.helpers = None  # the kernel forwards; the agent's listeners only reserve the ports
+        elif await asyncio.to_thread(kernel_available) is None:
+            try:  # the node may have used the kernel path before
+                await KernelDataPath(self.node_id, self.listen_host).clear()
+            except KernelPathError as exc:
+                log.warning("routing mesh: could not remove earlier kernel rules: %s", exc)
+        if self.helpers is not None:
+            self.helpers.start()
+            log.info("routing mesh: %d worker processes beside the agent", self.helpers.count)
 
     async def stop(self, keep_rules: bool = False) -> None:
         """Stop serving. With `keep_rules` (a daemon restart, its tasks running on) the kernel rules stay."""
         async with self._lock:
-            for proxy in self.proxies.values():
-                await proxy.stop()
-            self.proxies.clear()
-            for draining in list(self._draining):
-                draining.cancel()
-            await asyncio.gather(*self._draining, return_exceptions=True)
+            if self.helpers is not None:
+                await self.helpers.stop()
+            await self.local.stop()
             if self._kernel is not None and not keep_rules:
                 try:
                     await self._kernel.clear()
@@ -153,25 +148,15 @@ class RoutingMesh:
 
     async def _apply(self) -> None:
         plan = local_plan(self._table, self._local_task_ids, self.executor_binds_host_ports)
-        wanted = {serving.key: serving for serving in plan}
-        for key in [key for key in self.proxies if key not in wanted]:
-            log.info("routing mesh: no longer serving %d/%s", *key)
-            # Open connections may finish (a host-mode task being replaced, a service being removed).
-            draining = asyncio.create_task(self.proxies.pop(key).stop(drain=PROXY_DRAIN_SECONDS))
-            self._draining.add(draining)
-            draining.add_done_callback(self._draining.discard)
-        for key in [key for key in self.port_errors if key not in wanted]:
-            del self.port_errors[key]
-        for key, serving in wanted.items():
-            proxy = self.proxies.get(key)
-            if proxy is None:
-                proxy = await self._listen(serving)
-                if proxy is None:
-                    continue
-            proxy.set_backends(serving.backends)
+        failed = await self.local.apply(plan)
+        self.port_errors = {key: listen_error(f"{key[0]}/{key[1]}", exc) for key, exc in failed.items()}
+        for key, exc in failed.items():
+            log.error("routing mesh: cannot listen on %s:%d/%s: %s", self.listen_host, *key, exc)
+        bound = [serving for serving in plan if serving.key in self.local.proxies]
+        if self.helpers is not None:
+            await self.helpers.send(bound)
         if self._kernel is not None:
-            await self._sync_kernel([KernelRule(s.protocol, s.published_port, s.backends)
-                                     for s in plan if s.key in self.proxies])
+            await self._sync_kernel([KernelRule(s.protocol, s.published_port, s.backends) for s in bound])
         self._report()
 
     async def _sync_kernel(self, rules: list[KernelRule]) -> None:
@@ -188,21 +173,6 @@ class RoutingMesh:
                 self.kernel_error = f"kernel rules not applied ({exc}); serving in userspace meanwhile"
             except KernelPathError as clear_error:
                 self.kernel_error = f"kernel rules not applied ({exc}) nor removed ({clear_error})"
-
-    async def _listen(self, serving: Serving) -> Proxy | None:
-        name = f"{serving.published_port}/{serving.protocol}"
-        proxy: Proxy = (TcpProxy(self.listen_host, serving.published_port, name) if serving.protocol == "tcp"
-                        else UdpProxy(self.listen_host, serving.published_port, name))
-        try:
-            await proxy.start()
-        except OSError as exc:
-            self.port_errors[serving.key] = listen_error(name, exc)
-            log.error("routing mesh: cannot listen on %s:%s: %s", self.listen_host, name, exc)
-            return None
-        self.port_errors.pop(serving.key, None)
-        self.proxies[serving.key] = proxy
-        log.info("routing mesh: serving %s on %s", name, self.listen_host)
-        return proxy
 
     def _report(self) -> None:
         errors = self.current_errors()

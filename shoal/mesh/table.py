@@ -59,6 +59,19 @@ class Listener:
                    backends=tuple(Backend(str(t), str(h), int(p)) for t, h, p in doc.get("Backends") or []))
 
 
+@dataclass(frozen=True)
+class Serving:
+    """What one node serves on one published port: where its new connections go."""
+
+    protocol: str
+    published_port: int
+    backends: tuple[Backend, ...]
+
+    @property
+    def key(self) -> tuple[int, str]:
+        return (self.published_port, self.protocol)
+
+
 def published_ports(service: Doc) -> list[Doc]:
     """The service's published ports as allocated (Endpoint.Ports), each with Protocol, TargetPort,
     PublishedPort and PublishMode."""

@@ -352,8 +352,10 @@ class _BackendSide(asyncio.Protocol):
 class TcpProxy:
     """Listens on host:port and relays every connection to one of the backends."""
 
-    def __init__(self, host: str, port: int, name: str, connect_deadline: float = 3.0) -> None:
+    def __init__(self, host: str, port: int, name: str, connect_deadline: float = 3.0,
+                 shared: bool = False) -> None:
         self.host = host
+        self.shared = shared  # SO_REUSEPORT: worker processes listen on the same port, the kernel spreads
         self.port = port  # the bound port once started (useful when 0 asked for an ephemeral one)
         self.name = name
         self.connect_deadline = connect_deadline
@@ -365,7 +367,7 @@ class TcpProxy:
         """Binds host:port (SO_REUSEADDR); an OSError such as EADDRINUSE propagates."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: _ClientSide(self), self.host, self.port,
-                                                reuse_address=True, backlog=1024)
+                                                reuse_address=True, reuse_port=self.shared or None, backlog=1024)
         sockets = self._server.sockets
         if sockets:
             self.port = int(sockets[0].getsockname()[1])
@@ -574,8 +576,9 @@ class UdpProxy:
     """Listens on a UDP host:port and relays each client address's datagrams to one backend, both ways."""
 
     def __init__(self, host: str, port: int, name: str, connect_deadline: float = 3.0,
-                 idle_timeout: float = UDP_IDLE_TIMEOUT) -> None:
+                 idle_timeout: float = UDP_IDLE_TIMEOUT, shared: bool = False) -> None:
         self.host = host
+        self.shared = shared  # SO_REUSEPORT: a client's datagrams hash to one worker process, always the same
         self.port = port  # the bound port once started
         self.name = name
         self.connect_deadline = connect_deadline  # how long a new session waits for a backend to appear
@@ -591,7 +594,8 @@ class UdpProxy:
         """
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(lambda: _UdpListener(self),
-                                                           local_addr=(self.host, self.port))
+                                                           local_addr=(self.host, self.port),
+                                                           reuse_port=self.shared or None)
         self._listener = transport
         self.port = int(transport.get_extra_info("sockname")[1])
         log.info("mesh %s: listening on %s:%d/udp", self.name, self.host, self.port)

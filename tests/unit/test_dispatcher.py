@@ -12,6 +12,7 @@ import pytest
 from aiohttp import WSMsgType, web
 
 from shoal.manager.applier import Applier
+from shoal.manager.controlapi.node import node_view
 from shoal.manager.dispatcher import (
     GRACE_MULTIPLIER,
     Dispatcher,
@@ -454,8 +455,12 @@ async def test_ports_a_node_cannot_listen_on_show_in_its_status_message(harness:
     dispatcher = make_dispatcher(harness)
 
     await serve(dispatcher, "n1", [{"type": "mesh", "errors": ["port 8080/tcp is in use on this node"]}])
-    assert (await stored(harness, NODES, "n1"))["Status"]["Message"] == (
-        "routing mesh: port 8080/tcp is in use on this node")
+    node = await stored(harness, NODES, "n1")
+    assert node_view(node, None, True)["Status"]["Message"] == "routing mesh: port 8080/tcp is in use on this node"
+    # A re-registration (the agent reconnecting) rewrites Status but leaves the mesh's report alone.
+    await serve(dispatcher, "n1", [{"type": "hello", "description": {}}])
+    node = await stored(harness, NODES, "n1")
+    assert node_view(node, None, True)["Status"]["Message"] == "routing mesh: port 8080/tcp is in use on this node"
 
     await serve(dispatcher, "n1", [{"type": "mesh", "errors": []}])
-    assert (await stored(harness, NODES, "n1"))["Status"]["Message"] == ""
+    assert node_view(await stored(harness, NODES, "n1"), None, True)["Status"]["Message"] == ""

@@ -38,6 +38,11 @@ def validate_node_spec_update(current_node: Doc, new_spec: object) -> Doc:
     return out
 
 
+# On a node document: the published ports its routing mesh cannot serve, as its agent last reported them. Kept
+# apart from Status.Message, which registration and heartbeat failures rewrite.
+MESH_ERRORS_FIELD = "ShoalMeshErrors"
+
+
 def node_view(node: Doc, leader_id: str | None, reachable: bool) -> Doc:
     """The body of `GET /nodes/{id}`: ManagerStatus for managers (absent for workers), private fields gone.
 
@@ -45,6 +50,11 @@ def node_view(node: Doc, leader_id: str | None, reachable: bool) -> Doc:
     default swarm port, which is what `swarm init` / `join-token` print in the join command.
     """
     out = without_private_fields(node)
+    mesh_errors = node.get(MESH_ERRORS_FIELD) or []
+    status = out.get("Status") or {}
+    if mesh_errors and not status.get("Message"):
+        # The node's own message (e.g. why it is down) comes first; else what its routing mesh cannot serve.
+        out["Status"] = {**status, "Message": "routing mesh: " + "; ".join(str(e) for e in mesh_errors)}
     manager_addr = out.pop(MANAGER_ADDR_FIELD, None)
     out.pop("ManagerStatus", None)
     if (out.get("Spec") or {}).get("Role") == Role.MANAGER.value:
