@@ -432,6 +432,9 @@ class Worker:
                 checking.cancel()
                 await self._settle([checking])
             if not exited.done() and self._is_mesh_backend(run):
+                if unhealthy:
+                    # The manager still sees it running: take it out of the routing mesh first.
+                    self._withdraw_ports(run)
                 await asyncio.wait({exited}, timeout=DRAIN_SECONDS)
             if not exited.done():
                 spec = _container_spec(run.record.task)
@@ -467,6 +470,14 @@ class Worker:
     @staticmethod
     def _is_mesh_backend(run: _TaskRun) -> bool:
         return bool(run.record.status and run.record.status.get(BACKEND_PORTS))
+
+    def _withdraw_ports(self, run: _TaskRun) -> None:
+        """Tell the manager the running task serves no port any more (an empty list, not a missing key)."""
+        assert run.record.status is not None
+        run.record.status = {**run.record.status, BACKEND_PORTS: []}
+        self._db.put(run.record)
+        self._send(run.task_id, run.record.status)
+        log.info("task %s: unhealthy, out of the routing mesh", run.task_id)
 
     def _spawn_port_check(self, run: _TaskRun) -> None:
         if (run.port_check is None and task_ports(run.record.task)

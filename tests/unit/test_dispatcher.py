@@ -415,12 +415,16 @@ def serving(task: Doc, node_port: int) -> Doc:
     return task
 
 
-async def test_the_endpoint_table_follows_the_store(harness: Harness) -> None:
-    service = make_service("web", "web", replicas=2)
-    service["Endpoint"] = {"Ports": [{"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 8080,
-                                      "PublishMode": "ingress"}]}
+async def published_service(harness: Harness, replicas: int, port: Doc) -> None:
+    """Node n1 and a service "web" publishing `port` in ingress mode."""
+    service = make_service("web", "web", replicas=replicas)
+    service["Endpoint"] = {"Ports": [{**port, "PublishMode": "ingress"}]}
     await harness.add_nodes(make_node("n1"))
     await harness.add_service(service)
+
+
+async def test_the_endpoint_table_follows_the_store(harness: Harness) -> None:
+    await published_service(harness, 2, {"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 8080})
     await harness.add_tasks(serving(running_task("t1"), 41001), serving(running_task("t2"), 41002))
     dispatcher = make_dispatcher(harness)
 
@@ -436,11 +440,7 @@ async def test_the_endpoint_table_follows_the_store(harness: Harness) -> None:
 
 
 async def test_a_session_gets_the_table_after_its_assignments(harness: Harness) -> None:
-    service = make_service("web", "web", replicas=1)
-    service["Endpoint"] = {"Ports": [{"Protocol": "udp", "TargetPort": 53, "PublishedPort": 5353,
-                                      "PublishMode": "ingress"}]}
-    await harness.add_nodes(make_node("n1"))
-    await harness.add_service(service)
+    await published_service(harness, 1, {"Protocol": "udp", "TargetPort": 53, "PublishedPort": 5353})
     dispatcher = make_dispatcher(harness)
 
     socket = await serve(dispatcher, "n1", [{"type": "hello", "description": {}}])
@@ -464,3 +464,11 @@ async def test_ports_a_node_cannot_listen_on_show_in_its_status_message(harness:
 
     await serve(dispatcher, "n1", [{"type": "mesh", "errors": []}])
     assert node_view(await stored(harness, NODES, "n1"), None, True)["Status"]["Message"] == ""
+
+
+def test_a_running_task_can_withdraw_its_ports_from_the_mesh() -> None:
+    """An unhealthy task is still running while it is stopped: its agent reports no ports, explicitly."""
+    task = serving(running_task(), 41001)
+    merged = merge_status(task, {**task["Status"], BACKEND_PORTS: []}, NOW + 2)
+    assert merged is not None and merged["Status"][BACKEND_PORTS] == []
+    assert merged["Status"]["State"] == "running"

@@ -762,3 +762,21 @@ async def test_a_mesh_backend_is_stopped_only_after_the_drain_delay(node: Node, 
     await reports.reach(task["ID"], "shutdown")
     # Other nodes may still be sending it connections for a moment: it is not signalled before the delay.
     assert time.monotonic() - before >= DRAIN_SECONDS
+
+
+async def test_an_unhealthy_backend_leaves_the_mesh_before_it_is_stopped(node: Node, marker: str,
+                                                                         tmp_path: Path) -> None:
+    reports = Reports()
+    worker = await node.start_worker(reports)
+    healthy = tmp_path / "healthy"
+    healthy.touch()
+    task = published(make_task(["python3", "-c", LISTENER, "0", marker],
+                               Healthcheck=health(f"test -f {healthy}", retries=1)))
+    await worker.assign([task], full=True)
+    await reports.reach(task["ID"], "running")
+    await wait_until(lambda: bool(reports.last(task["ID"]).get(BACKEND_PORTS)))
+    healthy.unlink()
+    await reports.reach(task["ID"], "failed")
+    withdrawn = [status for tid, status in reports.entries
+                 if tid == task["ID"] and status["State"] == "running" and status.get(BACKEND_PORTS) == []]
+    assert withdrawn, reports.states(task["ID"])
