@@ -69,6 +69,8 @@ HEALTH_RESTART_DELAY = 1.0
 DRAIN_SECONDS = 1.0
 # How often, at most, a running task's published ports are tried until they accept connections.
 PORT_CHECK_MAX_INTERVAL = 0.5
+# After this long without listening, the task's status says so.
+NOT_LISTENING_NOTICE = 5.0
 
 Reporter = Callable[[str, Doc], None]
 
@@ -484,26 +486,37 @@ class Worker:
                 and getattr(run.controller, "backend_ports", None) is not None):
             run.port_check = asyncio.create_task(self._announce_ports(run), name=f"ports:{run.task_id}")
 
+    @staticmethod
+    async def _listening_ports(run: _TaskRun) -> list[Doc] | None:
+        """The task's backend ports when all its TCP ones accept connections, else None."""
+        try:
+            ports: list[Doc] = await run.controller.backend_ports()  # type: ignore[union-attr]
+        except Exception as exc:  # e.g. the engine's API failing for a moment: try again later
+            log.debug("task %s: published ports not known yet: %s", run.task_id, exc)
+            return None
+        for port in ports:
+            if port["Protocol"] == "tcp" and not await accepts_connections(str(port["ProbeHost"]),
+                                                                            int(port["ProbePort"])):
+                return None
+        return ports or None
+
     async def _announce_ports(self, run: _TaskRun) -> None:
         """Report where the task's published ports are served once its TCP ones accept connections, so the
         routing mesh sends no connection to a task that is not listening yet."""
         delay = 0.02
-        while run.state == TaskState.RUNNING and not run.stop_requested.is_set():
-            try:
-                ports: list[Doc] = await run.controller.backend_ports()  # type: ignore[union-attr]
-                listening = [await accepts_connections(str(p["ProbeHost"]), int(p["ProbePort"]))
-                             for p in ports if p["Protocol"] == "tcp"]
-                if ports and all(listening):
-                    break
-            except Exception as exc:  # e.g. the engine's API failing for a moment: keep trying
-                log.debug("task %s: published ports not known yet: %s", run.task_id, exc)
+        started = self._clock.monotonic()
+        told_waiting = False
+        while (ports := await self._listening_ports(run)) is None:
+            if run.state != TaskState.RUNNING or run.stop_requested.is_set():
+                return
+            if not told_waiting and self._clock.monotonic() - started > NOT_LISTENING_NOTICE:
+                told_waiting = True
+                self._note_not_listening(run)
             await asyncio.sleep(delay)
             delay = min(delay * 2, PORT_CHECK_MAX_INTERVAL)
-        else:
+        if run.record.status is None or run.state != TaskState.RUNNING or run.stop_requested.is_set():
             return
-        if run.record.status is None or run.state != TaskState.RUNNING:
-            return
-        status = dict(run.record.status)
+        status = {**run.record.status, "Message": "started"}
         status[BACKEND_PORTS] = [{"Protocol": p["Protocol"], "TargetPort": p["TargetPort"], "Port": p["Port"]}
                                  for p in ports]
         host_ports = [{"Protocol": p["Protocol"], "TargetPort": p["TargetPort"], "PublishMode": "host",
@@ -516,6 +529,17 @@ class Worker:
         self._send(run.task_id, status)
         log.info("task %s: serving published ports %s", run.task_id,
                  ", ".join(f"{p['TargetPort']}/{p['Protocol']} on {p['Port']}" for p in ports))
+
+    def _note_not_listening(self, run: _TaskRun) -> None:
+        """Say in the task's Status.Message why the routing mesh sends it nothing (`docker inspect TASK`)."""
+        assert run.record.status is not None
+        ports = getattr(run.controller, "ports", {})
+        where = ", ".join(f"$PORT_{target}={port}" for target, port in ports.items()) or "its published ports"
+        message = f"started; not listening on {where} yet, so the routing mesh sends it nothing"
+        run.record.status = {**run.record.status, "Message": message}
+        self._db.put(run.record)
+        self._send(run.task_id, run.record.status)
+        log.warning("task %s: %s", run.task_id, message)
 
     # ---- health checks ------------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from shoal.agent import worker as worker_module
 from shoal.agent.executor.base import Executor
 from shoal.agent.executor.process import ProcessController, ProcessExecutor, process_alive, read_proc_stat
 from shoal.agent.health import ERR_UNHEALTHY, unhealthy_error
@@ -780,3 +781,19 @@ async def test_an_unhealthy_backend_leaves_the_mesh_before_it_is_stopped(node: N
     withdrawn = [status for tid, status in reports.entries
                  if tid == task["ID"] and status["State"] == "running" and status.get(BACKEND_PORTS) == []]
     assert withdrawn, reports.states(task["ID"])
+
+
+async def test_a_task_not_listening_on_its_port_says_so_then_is_announced_when_it_does(
+        node: Node, marker: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker_module, "NOT_LISTENING_NOTICE", 0.2)
+    reports = Reports()
+    worker = await node.start_worker(reports)
+    task = published(make_task(["python3", "-c", LISTENER, "1.5", marker]))
+    await worker.assign([task], full=True)
+    await reports.reach(task["ID"], "running")
+    await wait_until(lambda: "not listening" in reports.last(task["ID"]).get("Message", ""))
+    message = reports.last(task["ID"])["Message"]
+    assert message.startswith("started; not listening on $PORT_80=") and BACKEND_PORTS not in reports.last(
+        task["ID"])
+    await wait_until(lambda: bool(reports.last(task["ID"]).get(BACKEND_PORTS)))
+    assert reports.last(task["ID"])["Message"] == "started"
