@@ -5,14 +5,15 @@ only to those local tasks (unless the executor binds host ports itself, as Docke
 whole from the dispatcher on every change (`shoal.mesh.table`).
 
 Two data paths:
-- userspace (`shoal.mesh.userspace`): an asyncio proxy per published port; works on every kernel.
+- userspace (`shoal.mesh.userspace`): an asyncio proxy per published port; works on every kernel. The agent
+  and one helper process per further core (`shoal.mesh.workers`) listen on the same ports.
 - kernel (`shoal.mesh.kernel`): nftables DNAT rules, one table per node, replaced atomically on each change.
   The userspace listeners stay bound beside it: they reserve the ports (so a port used by another program is
   reported, as with the userspace path), and serve while nft refuses a rule set.
 
 `auto` takes the kernel path where it is usable (root, `nft`) and forwarded traffic is not dropped (Docker
-sets the FORWARD policy to DROP), else userspace. Ports this node cannot listen on
-are reported to the manager, which shows them in the node's status message.
+sets the FORWARD policy to DROP), else userspace. Ports this node cannot listen on are reported to the
+manager, which shows them in the node's status message.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import errno
 import logging
 from collections.abc import Callable, Sequence
 
+from shoal.errors import InvalidArgument
 from shoal.mesh.kernel import (
     KernelDataPath,
     KernelPathError,
@@ -102,7 +104,10 @@ class RoutingMesh:
         return self.local.proxies
 
     async def start(self) -> None:
-        self.mode, why = await asyncio.to_thread(choose_mode, self.wanted_mode)
+        try:
+            self.mode, why = await asyncio.to_thread(choose_mode, self.wanted_mode)
+        except KernelPathError as exc:
+            raise InvalidArgument(str(exc)) from None
         log.info("routing mesh: %s data path (%s), listening on %s", self.mode, why, self.listen_host)
         if self.mode == "kernel":
             # Rules an earlier daemon of this node left stay until the first table replaces them: published

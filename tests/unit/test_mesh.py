@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
+from shoal.errors import InvalidArgument
+from shoal.mesh import mesh as mesh_module
 from shoal.mesh.kernel import KernelPathError, KernelRule
 from shoal.mesh.mesh import RoutingMesh
 from shoal.mesh.table import Backend, Listener
@@ -112,3 +114,10 @@ async def test_kernel_rules_outlive_a_daemon_restart_but_not_a_leave() -> None:
         await routing.update([listener(free_port(), "t1")], set())
         await routing.stop(keep_rules=keep_rules)
         assert kernel.cleared == cleared and routing.proxies == {}
+
+
+async def test_a_forced_kernel_path_that_cannot_work_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mesh_module, "kernel_available", lambda: "not running as root")
+    routing = RoutingMesh("node1", "127.0.0.1", "kernel", workers=1)
+    with pytest.raises(InvalidArgument, match="not running as root; use --routing-mesh userspace"):
+        await routing.start()
