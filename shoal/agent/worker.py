@@ -35,7 +35,6 @@ from shoal.agent.executor.base import (
     ExitStatusUnknown,
     LogLine,
     TaskRejected,
-    task_ports,
 )
 from shoal.agent.health import (
     HealthCheck,
@@ -48,7 +47,7 @@ from shoal.agent.health import (
 from shoal.agent.taskdb import TaskDB, TaskRecord
 from shoal.clock import Clock
 from shoal.errors import InvalidArgument, NotFound
-from shoal.mesh.table import BACKEND_PORTS
+from shoal.mesh.table import BACKEND_PORTS, published_ports
 from shoal.mesh.userspace import accepts_connections
 from shoal.timefmt import SECOND, from_rfc3339, to_rfc3339
 from shoal.types import Doc, TaskState
@@ -482,7 +481,7 @@ class Worker:
         log.info("task %s: unhealthy, out of the routing mesh", run.task_id)
 
     def _spawn_port_check(self, run: _TaskRun) -> None:
-        if (run.port_check is None and task_ports(run.record.task)
+        if (run.port_check is None and published_ports(run.record.task)
                 and getattr(run.controller, "backend_ports", None) is not None):
             run.port_check = asyncio.create_task(self._announce_ports(run), name=f"ports:{run.task_id}")
 

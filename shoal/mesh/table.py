@@ -72,12 +72,12 @@ class Serving:
         return (self.published_port, self.protocol)
 
 
-def published_ports(service: Doc) -> list[Doc]:
-    """The service's published ports as allocated (Endpoint.Ports), each with Protocol, TargetPort,
-    PublishedPort and PublishMode."""
-    ports = (service.get("Endpoint") or {}).get("Ports")
-    if ports is None:
-        ports = ((service.get("Spec") or {}).get("EndpointSpec") or {}).get("Ports") or []
+def published_ports(doc: Doc) -> list[Doc]:
+    """A service's or a task's published ports as allocated: `Endpoint.Ports` (a task carries a copy of its
+    service's Endpoint, as in swarmkit), else the ones asked for in `Endpoint.Spec.Ports`. Each has Protocol,
+    TargetPort, PublishedPort and PublishMode."""
+    endpoint = doc.get("Endpoint") or {}
+    ports = endpoint.get("Ports") or (endpoint.get("Spec") or {}).get("Ports") or []
     return [port for port in ports if port.get("TargetPort")]
 
 

@@ -32,14 +32,6 @@ class ProbeResult:
     output: str = ""  # what it printed (stdout and stderr), cut to a few kilobytes
 
 
-def task_ports(task: Doc) -> list[Doc]:
-    """The task's published ports (ingress and host mode) as its service allocated them: `Endpoint.Ports`, which
-    the manager copies onto the task, else `Endpoint.Spec.Ports`."""
-    endpoint = task.get("Endpoint") or {}
-    ports = endpoint.get("Ports") or ((endpoint.get("Spec") or {}).get("Ports")) or []
-    return [port for port in ports if port.get("TargetPort")]
-
-
 def backend_port(port: Doc, node_port: int, probe_host: str, probe_port: int) -> Doc:
     """One entry of a controller's `backend_ports()`: the node port the routing mesh connects to for one of the
     task's published ports, and where to check that the task listens (TCP)."""

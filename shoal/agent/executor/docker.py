@@ -48,10 +48,10 @@ from shoal.agent.executor.base import (
     ProbeResult,
     TaskRejected,
     backend_port,
-    task_ports,
 )
 from shoal.agent.health import HealthStatus, health_check_of
 from shoal.errors import InvalidArgument, Unavailable
+from shoal.mesh.table import published_ports
 from shoal.timefmt import SECOND, from_rfc3339
 from shoal.types import Doc, task_slot
 
@@ -121,7 +121,7 @@ def port_bindings(task: Doc) -> dict[str, list[dict[str, str]]]:
     chooses, which the routing mesh connects to from any node.
     """
     bindings: dict[str, list[dict[str, str]]] = {}
-    for port in task_ports(task):
+    for port in published_ports(task):
         key = f"{int(port['TargetPort'])}/{port.get('Protocol') or 'tcp'}"
         published = int(port.get("PublishedPort") or 0) if port.get("PublishMode") == "host" else 0
         bindings.setdefault(key, []).append({"HostIp": "", "HostPort": str(published) if published else ""})
@@ -135,7 +135,7 @@ def bound_ports(task: Doc, inspected: Doc) -> list[Doc]:
     container_ip = str(settings.get("IPAddress") or "")
     out: list[Doc] = []
     taken: set[tuple[str, int]] = set()
-    for port in task_ports(task):
+    for port in published_ports(task):
         key = f"{int(port['TargetPort'])}/{port.get('Protocol') or 'tcp'}"
         wanted = int(port.get("PublishedPort") or 0) if port.get("PublishMode") == "host" else 0
         for binding in (settings.get("Ports") or {}).get(key) or []:
@@ -724,7 +724,7 @@ class DockerController(Controller):
         return HealthStatus(status) if status in {s.value for s in HealthStatus} else None
 
     async def backend_ports(self) -> list[Doc]:
-        if not task_ports(self._task):
+        if not published_ports(self._task):
             return []
         inspected = await _in_thread(self._api.inspect_container, self._container_id)
         return bound_ports(self._task, inspected)

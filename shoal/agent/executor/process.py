@@ -50,8 +50,8 @@ from shoal.agent.executor.base import (
     ProbeResult,
     TaskRejected,
     backend_port,
-    task_ports,
 )
+from shoal.mesh.table import published_ports
 from shoal.types import Doc, task_slot
 
 log = logging.getLogger(__name__)
@@ -343,7 +343,7 @@ class ProcessController(Controller):
     async def prepare(self) -> None:
         self._argv = task_argv(self._spec)
         if not self.ports:
-            for port in task_ports(self._task):
+            for port in published_ports(self._task):
                 target = int(port["TargetPort"])
                 if target not in self.ports:
                     self.ports[target] = self._executor.allocate_port(self._task_id)
@@ -416,7 +416,7 @@ class ProcessController(Controller):
     async def backend_ports(self) -> list[Doc]:
         return [backend_port(port, self.ports[int(port["TargetPort"])], "127.0.0.1",
                              self.ports[int(port["TargetPort"])])
-                for port in task_ports(self._task) if int(port["TargetPort"]) in self.ports]
+                for port in published_ports(self._task) if int(port["TargetPort"]) in self.ports]
 
     async def remove(self) -> None:
         if self.running():

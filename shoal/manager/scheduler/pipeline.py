@@ -14,6 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from shoal.manager.scheduler.filters import Filter, filters_for
+from shoal.mesh.table import published_ports
 from shoal.timefmt import to_rfc3339
 from shoal.types import Doc, Plan, TaskState, constraints, desired_state, task_is_live, task_node, task_state
 
@@ -68,8 +69,7 @@ HostPort = tuple[int, str]  # (published port, protocol) bound on a node by a ho
 
 def host_ports(task: Doc) -> set[HostPort]:
     """The ports a task binds on its node: host-mode published ports with a number (0 lets the node choose)."""
-    ports = (task.get("Endpoint") or {}).get("Ports") or []
-    return {(int(p["PublishedPort"]), str(p.get("Protocol") or "tcp")) for p in ports
+    return {(int(p["PublishedPort"]), str(p.get("Protocol") or "tcp")) for p in published_ports(task)
             if p.get("PublishMode") == "host" and p.get("PublishedPort")}
 
 
