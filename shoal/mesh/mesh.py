@@ -58,17 +58,17 @@ def local_plan(table: Sequence[Listener], local_task_ids: set[str], executor_bin
     return [plan[key] for key in sorted(plan)]
 
 
-def choose_mode(wanted: str) -> tuple[str, str]:
-    """The data path to use for `wanted` ("auto", "kernel", "userspace") and why."""
+def choose_mode(wanted: str, kernel_problem: str | None, forwarding: str | None) -> tuple[str, str]:
+    """The data path to use for `wanted` ("auto", "kernel", "userspace") and why (pure): `kernel_problem` is
+    why nftables cannot be used here, `forwarding` why forwarded traffic would be dropped (None: no problem)."""
     if wanted == "userspace":
         return "userspace", "asked for"
-    problem = kernel_available()
     if wanted == "kernel":
-        if problem is not None:
-            raise KernelPathError(f"the kernel routing mesh cannot be used here: {problem}; "
+        if kernel_problem is not None:
+            raise KernelPathError(f"the kernel routing mesh cannot be used here: {kernel_problem}; "
                                   "use --routing-mesh userspace")
         return "kernel", "asked for"
-    problem = problem or forwarding_problem()
+    problem = kernel_problem or forwarding
     if problem is None:
         return "kernel", "nftables is usable and forwarding works"
     return "userspace", (f"the kernel path is not usable: {problem}; --routing-mesh kernel forces it (see the "
@@ -104,8 +104,12 @@ class RoutingMesh:
         return self.local.proxies
 
     async def start(self) -> None:
+        # nftables is probed once: to choose, and to know whether rules of an earlier kernel path may be left.
+        kernel_problem = await asyncio.to_thread(kernel_available)
+        forwarding = (await asyncio.to_thread(forwarding_problem)
+                      if self.wanted_mode == "auto" and kernel_problem is None else None)
         try:
-            self.mode, why = await asyncio.to_thread(choose_mode, self.wanted_mode)
+            self.mode, why = choose_mode(self.wanted_mode, kernel_problem, forwarding)
         except KernelPathError as exc:
             raise InvalidArgument(str(exc)) from None
         log.info("routing mesh: %s data path (%s), listening on %s", self.mode, why, self.listen_host)
@@ -114,7 +118,7 @@ class RoutingMesh:
             # ports keep working through a daemon restart, as the tasks do.
             self._kernel = KernelDataPath(self.node_id, self.listen_host)
             self.helpers = None  # the kernel forwards; the agent's listeners only reserve the ports
-        elif await asyncio.to_thread(kernel_available) is None:
+        elif kernel_problem is None:
             try:  # the node may have used the kernel path before
                 await KernelDataPath(self.node_id, self.listen_host).clear()
             except KernelPathError as exc:

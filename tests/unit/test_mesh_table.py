@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from shoal.mesh import mesh as mesh_module
 from shoal.mesh.kernel import KernelPathError
 from shoal.mesh.mesh import choose_mode, local_plan
 from shoal.mesh.table import BACKEND_PORTS, Backend, Listener, endpoint_table
@@ -86,16 +85,13 @@ def test_a_node_serves_every_ingress_port_and_host_ports_only_for_its_own_tasks(
     assert [s.key for s in local_plan(table, {"t3"}, executor_binds_host_ports=True)] == [(8080, "tcp")]
 
 
-def test_auto_takes_the_kernel_path_only_where_forwarded_traffic_gets_through(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mesh_module, "kernel_available", lambda: None)
-    monkeypatch.setattr(mesh_module, "forwarding_problem", lambda: None)
-    assert choose_mode("auto")[0] == "kernel"
-    monkeypatch.setattr(mesh_module, "forwarding_problem", lambda: "a forward chain drops by default")
-    mode, why = choose_mode("auto")
+def test_auto_takes_the_kernel_path_only_where_forwarded_traffic_gets_through() -> None:
+    assert choose_mode("auto", None, None)[0] == "kernel"
+    mode, why = choose_mode("auto", None, "a forward chain drops by default")
     assert mode == "userspace" and "forward chain drops" in why
-    assert choose_mode("kernel") == ("kernel", "asked for")  # forced: the operator opened forwarding
-    monkeypatch.setattr(mesh_module, "kernel_available", lambda: "not running as root")
+    # forced: the operator opened forwarding
+    assert choose_mode("kernel", None, "a forward chain drops by default") == ("kernel", "asked for")
     with pytest.raises(KernelPathError, match="not running as root; use --routing-mesh userspace"):
-        choose_mode("kernel")
-    assert choose_mode("userspace")[0] == "userspace"
+        choose_mode("kernel", "not running as root", None)
+    assert choose_mode("userspace", None, None)[0] == "userspace"
+    assert choose_mode("auto", "not running as root", None)[0] == "userspace"
