@@ -472,12 +472,16 @@ class Worker:
     def _is_mesh_backend(run: _TaskRun) -> bool:
         return bool(run.record.status and run.record.status.get(BACKEND_PORTS))
 
-    def _withdraw_ports(self, run: _TaskRun) -> None:
-        """Tell the manager the running task serves no port any more (an empty list, not a missing key)."""
+    def _amend_status(self, run: _TaskRun, fields: Doc) -> None:
+        """Report the task's current state again with some fields changed (the state itself stays)."""
         assert run.record.status is not None
-        run.record.status = {**run.record.status, BACKEND_PORTS: []}
+        run.record.status = {**run.record.status, **fields}
         self._db.put(run.record)
         self._send(run.task_id, run.record.status)
+
+    def _withdraw_ports(self, run: _TaskRun) -> None:
+        """Tell the manager the running task serves no port any more (an empty list, not a missing key)."""
+        self._amend_status(run, {BACKEND_PORTS: []})
         log.info("task %s: unhealthy, out of the routing mesh", run.task_id)
 
     def _spawn_port_check(self, run: _TaskRun) -> None:
@@ -515,29 +519,23 @@ class Worker:
             delay = min(delay * 2, PORT_CHECK_MAX_INTERVAL)
         if run.record.status is None or run.state != TaskState.RUNNING or run.stop_requested.is_set():
             return
-        status = {**run.record.status, "Message": "started"}
-        status[BACKEND_PORTS] = [{"Protocol": p["Protocol"], "TargetPort": p["TargetPort"], "Port": p["Port"]}
-                                 for p in ports]
+        fields: Doc = {"Message": "started", BACKEND_PORTS: [
+            {"Protocol": p["Protocol"], "TargetPort": p["TargetPort"], "Port": p["Port"]} for p in ports]}
         host_ports = [{"Protocol": p["Protocol"], "TargetPort": p["TargetPort"], "PublishMode": "host",
                        "PublishedPort": p["PublishedPort"] or p["Port"]}
                       for p in ports if p["PublishMode"] == "host"]
         if host_ports:
-            status["PortStatus"] = {"Ports": host_ports}
-        run.record.status = status
-        self._db.put(run.record)
-        self._send(run.task_id, status)
+            fields["PortStatus"] = {"Ports": host_ports}
+        self._amend_status(run, fields)
         log.info("task %s: serving published ports %s", run.task_id,
                  ", ".join(f"{p['TargetPort']}/{p['Protocol']} on {p['Port']}" for p in ports))
 
     def _note_not_listening(self, run: _TaskRun) -> None:
         """Say in the task's Status.Message why the routing mesh sends it nothing (`docker inspect TASK`)."""
-        assert run.record.status is not None
         ports = getattr(run.controller, "ports", {})
         where = ", ".join(f"$PORT_{target}={port}" for target, port in ports.items()) or "its published ports"
         message = f"started; not listening on {where} yet, so the routing mesh sends it nothing"
-        run.record.status = {**run.record.status, "Message": message}
-        self._db.put(run.record)
-        self._send(run.task_id, run.record.status)
+        self._amend_status(run, {"Message": message})
         log.warning("task %s: %s", run.task_id, message)
 
     # ---- health checks ------------------------------------------------------------------------------------
