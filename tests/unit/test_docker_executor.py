@@ -45,6 +45,7 @@ from shoal.ids import new_id
 from shoal.timefmt import MILLISECOND, SECOND
 from shoal.types import Doc
 from tests.dockerimages import IMAGE_1, IMAGE_2, ImagesUnavailable, ensure_busybox_images
+from tests.unit.agent_fixtures import Reports
 from tests.unit.waiting import wait_until
 
 DEADLINE = 20.0
@@ -364,21 +365,6 @@ def test_the_second_image_differs_in_a_file(executor: DockerExecutor) -> None:
 
 
 # ---- the worker driving docker containers ------------------------------------------------------------------
-
-class Reports:
-    def __init__(self) -> None:
-        self.entries: list[tuple[str, Doc]] = []
-
-    def __call__(self, task_id: str, status: Doc) -> None:
-        self.entries.append((task_id, status))
-
-    def states(self, task_id: str) -> list[str]:
-        return [status["State"] for tid, status in self.entries if tid == task_id]
-
-    async def reach(self, task_id: str, state: str) -> Doc:
-        await wait_until(lambda: state in self.states(task_id))
-        return [status for tid, status in self.entries if tid == task_id and status["State"] == state][-1]
-
 
 async def test_worker_reports_a_killed_container_with_its_exit_code(executor: DockerExecutor, run_label: str,
                                                                     tmp_path: Path) -> None:

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import pwd
 import signal
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,22 +25,11 @@ from shoal.agent.executor.process import (
 )
 from shoal.ids import new_id
 from shoal.timefmt import MILLISECOND
+from tests.unit.agent_fixtures import pids_with
 from tests.unit.waiting import wait_until
 
 DEADLINE = 10.0
 
-
-def pids_with(marker: str) -> list[int]:
-    """Live processes whose command line mentions `marker` (zombies have an empty command line)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker.encode() in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
 
 
 def group_members(pgid: int) -> list[int]:
@@ -74,14 +60,7 @@ def executor(tmp_path: Path) -> ProcessExecutor:
     return ProcessExecutor(tmp_path / "state")
 
 
-@pytest.fixture
-def marker() -> Iterator[str]:
-    """A word put in a test process's command line; whatever still carries it at the end is killed."""
-    word = f"shoal-test-{uuid.uuid4().hex}"
-    yield word
-    for pid in pids_with(word):
-        with contextlib.suppress(OSError):
-            os.killpg(pid, signal.SIGKILL)
+
 
 
 async def started(executor: ProcessExecutor, task: dict) -> ProcessController:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
 import sys
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -28,43 +26,12 @@ from shoal.mesh.table import BACKEND_PORTS
 from shoal.mesh.userspace import accepts_connections
 from shoal.timefmt import MILLISECOND, SECOND, from_rfc3339
 from shoal.types import Doc
+from tests.unit.agent_fixtures import Reports, pids_with
 from tests.unit.waiting import wait_until
 
 DEADLINE = 10.0
 SHORT_GRACE = 200 * MILLISECOND
 
-
-def pids_with(marker: str) -> list[int]:
-    """Live processes whose command line mentions `marker` (zombies have an empty command line)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker.encode() in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
-class Reports:
-    """What the worker reported, in order."""
-
-    def __init__(self) -> None:
-        self.entries: list[tuple[str, Doc]] = []
-
-    def __call__(self, task_id: str, status: Doc) -> None:
-        self.entries.append((task_id, status))
-
-    def states(self, task_id: str) -> list[str]:
-        return [status["State"] for tid, status in self.entries if tid == task_id]
-
-    def last(self, task_id: str) -> Doc:
-        return [status for tid, status in self.entries if tid == task_id][-1]
-
-    async def reach(self, task_id: str, state: str) -> Doc:
-        await wait_until(lambda: state in self.states(task_id))
-        return [status for tid, status in self.entries if tid == task_id and status["State"] == state][-1]
 
 
 def make_task(argv: list[str], desired: str = "running", **container_spec: object) -> Doc:
@@ -79,14 +46,7 @@ def with_desired(task: Doc, desired: str) -> Doc:
     return {**task, "DesiredState": desired}
 
 
-@pytest.fixture
-def marker() -> Iterator[str]:
-    """A word put in a test process's command line; whatever still carries it at the end is killed."""
-    word = f"shoal-test-{uuid.uuid4().hex}"
-    yield word
-    for pid in pids_with(word):
-        with contextlib.suppress(OSError):
-            os.killpg(pid, signal.SIGKILL)
+
 
 
 class Node:

@@ -1,0 +1,41 @@
+"""What the agent-side unit tests share: finding test processes, and a recorder of the worker's reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shoal.types import Doc
+from tests.unit.waiting import wait_until
+
+
+def pids_with(marker: str) -> list[int]:
+    """Live processes whose command line mentions `marker` (zombies have an empty command line)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+class Reports:
+    """What the worker reported, in order."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, Doc]] = []
+
+    def __call__(self, task_id: str, status: Doc) -> None:
+        self.entries.append((task_id, status))
+
+    def states(self, task_id: str) -> list[str]:
+        return [status["State"] for tid, status in self.entries if tid == task_id]
+
+    def last(self, task_id: str) -> Doc:
+        return [status for tid, status in self.entries if tid == task_id][-1]
+
+    async def reach(self, task_id: str, state: str) -> Doc:
+        await wait_until(lambda: state in self.states(task_id))
+        return [status for tid, status in self.entries if tid == task_id and status["State"] == state][-1]
