@@ -211,17 +211,19 @@ def processes_under(base: Path) -> list[int]:
 
 
 def _remove_mesh_rules(nodes: list[PlaygroundNode]) -> None:
-    """The kernel mesh rules of daemons that had to be killed (a daemon that stops removes its own)."""
-    from shoal.mesh.kernel import table_name
+    """The kernel mesh rules the nodes leave: a stopped daemon keeps them for its restart, and a killed one
+    could not remove them; a removed playground has no use for them."""
+    import asyncio
+
+    from shoal.mesh.kernel import KernelDataPath, KernelPathError
 
     for node in nodes:
         try:
             node_id = json.loads((Path(node.state_dir) / "state.json").read_text())["node_id"]
         except (OSError, ValueError, KeyError):
             continue
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run(["nft", "delete", "table", "ip", table_name(str(node_id))], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, check=False, timeout=10)
+        with contextlib.suppress(KernelPathError):
+            asyncio.run(KernelDataPath(str(node_id), "").clear())
 
 
 def down(progress: Callable[[str], None] = print, base: Path = PLAYGROUND_DIR) -> None:

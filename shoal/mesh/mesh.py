@@ -32,7 +32,6 @@ from shoal.mesh.kernel import (
     kernel_available,
 )
 from shoal.mesh.table import HOST, Listener, Serving
-from shoal.mesh.userspace import TcpProxy, UdpProxy
 from shoal.mesh.workers import ProxySet, ProxyWorkers, default_workers
 
 log = logging.getLogger(__name__)
@@ -98,10 +97,6 @@ class RoutingMesh:
         # One table is applied at a time, and always the newest: an update pauses (binding, nft), and an older
         # table must not be applied over a newer one.
         self._lock = asyncio.Lock()
-
-    @property
-    def proxies(self) -> dict[tuple[int, str], TcpProxy | UdpProxy]:
-        return self.local.proxies
 
     async def start(self) -> None:
         # nftables is probed once: to choose, and to know whether rules of an earlier kernel path may be left.

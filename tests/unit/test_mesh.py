@@ -72,7 +72,7 @@ async def test_a_newer_table_is_never_overwritten_by_an_older_one(
     hold.set()
     await asyncio.wait_for(asyncio.gather(older, newer), 5)
     assert [[b.task_id for b in rules[0].backends] for rules in kernel.applied] == [["old"], ["new"]]
-    proxy = routing.proxies[(port, "tcp")]
+    proxy = routing.local.proxies[(port, "tcp")]
     assert [b.task_id for b in proxy._balancer.backends] == ["new"]
 
 
@@ -83,7 +83,7 @@ async def test_refused_kernel_rules_are_removed_reported_and_tried_again(
     kernel.refuse = True
     await routing.update([listener(port, "t1")], set())
     # The old rules would send connections to old tasks: gone, the userspace listener serves meanwhile.
-    assert kernel.cleared == 1 and (port, "tcp") in routing.proxies
+    assert kernel.cleared == 1 and (port, "tcp") in routing.local.proxies
     assert "kernel rules not applied" in reported[-1][0] and "serving in userspace" in reported[-1][0]
     kernel.refuse = False
     await routing.retry()
@@ -103,7 +103,7 @@ async def test_a_port_held_by_another_program_is_reported_then_served_once_free(
                             "another port"]
     squatter.close()
     await routing.retry()
-    assert (port, "tcp") in routing.proxies and reported[-1] == []
+    assert (port, "tcp") in routing.local.proxies and reported[-1] == []
 
 
 async def test_kernel_rules_outlive_a_daemon_restart_but_not_a_leave() -> None:
@@ -113,7 +113,7 @@ async def test_kernel_rules_outlive_a_daemon_restart_but_not_a_leave() -> None:
         routing._kernel = kernel  # type: ignore[assignment]
         await routing.update([listener(free_port(), "t1")], set())
         await routing.stop(keep_rules=keep_rules)
-        assert kernel.cleared == cleared and routing.proxies == {}
+        assert kernel.cleared == cleared and routing.local.proxies == {}
 
 
 async def test_a_forced_kernel_path_that_cannot_work_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
