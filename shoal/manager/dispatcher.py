@@ -62,6 +62,11 @@ def agent_should_know(task: Doc) -> bool:
     return not (state.terminal and desired_state(task) >= TaskState.SHUTDOWN)
 
 
+# What an agent reports of a task besides its state; a report that changes one of them is news even in the same
+# state (e.g. a running task announcing the ports it serves).
+REPORTED_DETAILS = ("Message", "Err", "ContainerStatus", "PortStatus", BACKEND_PORTS)
+
+
 def merge_status(task: Doc, status: Doc, now: float) -> Doc | None:
     """The task with the agent's reported status applied, or None when it changes nothing.
 
@@ -78,13 +83,11 @@ def merge_status(task: Doc, status: Doc, now: float) -> Doc | None:
     old = task["Status"]
     if reported < current:
         return None
-    if reported == current and all(old.get(k) == status.get(k) for k in ("Message", "Err", "ContainerStatus",
-                                                                          "PortStatus", BACKEND_PORTS)):
+    if reported == current and all(old.get(k) == status.get(k) for k in REPORTED_DETAILS):
         return None
     new = dict(task)
     merged = dict(old)
-    merged.update({k: v for k, v in status.items() if k in ("State", "Message", "Err", "ContainerStatus",
-                                                          "PortStatus", BACKEND_PORTS, "Timestamp")})
+    merged.update({k: v for k, v in status.items() if k in ("State", "Timestamp", *REPORTED_DETAILS)})
     try:
         from_rfc3339(str(merged.get("Timestamp")))
     except InvalidArgument:
