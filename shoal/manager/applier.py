@@ -31,20 +31,25 @@ class ApplyResult:
         return f"written={self.written} conflicts={self.conflicts}"
 
 
+def plan_batch(plan: Plan, kind: str = TASKS, batch: Batch | None = None) -> Batch:
+    """The plan's creates, updates and deletes of `kind` documents, added to `batch` (or a new one)."""
+    batch = Batch() if batch is None else batch
+    for doc in plan.create:
+        batch.create(kind, doc)
+    for doc in plan.update:
+        batch.update(kind, doc)
+    for doc in plan.delete:
+        batch.delete(kind, doc)
+    return batch
+
+
 class Applier:
     def __init__(self, store: Store, fence: Callable[[], str | None]) -> None:
         self.store = store
         self.fence = fence
 
     async def apply(self, plan: Plan, kind: str = TASKS) -> ApplyResult:
-        batch = Batch()
-        for doc in plan.create:
-            batch.create(kind, doc)
-        for doc in plan.update:
-            batch.update(kind, doc)
-        for doc in plan.delete:
-            batch.delete(kind, doc)
-        return await self.write(batch)
+        return await self.write(plan_batch(plan, kind))
 
     async def write(self, batch: Batch) -> ApplyResult:
         result = ApplyResult()

@@ -12,7 +12,7 @@ import contextlib
 import logging
 
 from shoal.clock import Clock
-from shoal.manager.applier import Applier
+from shoal.manager.applier import Applier, plan_batch
 from shoal.manager.cache import Cache
 from shoal.manager.controlapi.service import ingress_ports_in_use
 from shoal.manager.orchestrator.common import never_reached_an_agent, set_desired
@@ -149,13 +149,7 @@ class OrchestratorLoop:
         batch = Batch()
         for doc in service_writes:
             batch.update(SERVICES, doc)
-        for doc in plan.create:
-            batch.create(TASKS, doc)
-        for doc in plan.update:
-            batch.update(TASKS, doc)
-        for doc in plan.delete:
-            batch.delete(TASKS, doc)
-        result = await self.applier.write(batch)
+        result = await self.applier.write(plan_batch(plan, TASKS, batch))
         await self._caught_up(result.revision)
         # Decide again from the state just written: a rolling update moves one step per pass, and writes
         # that raced another writer are redone from the fresh cache.
