@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import socket
 from collections.abc import Callable, Sequence
 from typing import Any, cast
@@ -47,11 +48,11 @@ class Balancer:
     Counts are kept per task id and survive the task's removal, so draining connections stay visible.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, start: int = 0) -> None:
         self.backends: tuple[Backend, ...] = ()
         self.open: dict[str, int] = {}
         self.served: dict[str, int] = {}
-        self._next = 0  # where the round-robin scan for a tie starts
+        self._next = start  # where the round-robin scan for a tie starts
 
     def pick(self, exclude: set[Backend] | frozenset[Backend] = frozenset()) -> Backend | None:
         count = len(self.backends)
@@ -80,6 +81,12 @@ class Balancer:
 
     def mark_served(self, backend: Backend) -> None:
         self.served[backend.task_id] = self.served.get(backend.task_id, 0) + 1
+
+
+def _balancer_start(first_pick: int | None) -> int:
+    # Every node, and every process of a node, has its own balancer: a random start (unless one is given) keeps
+    # them from all sending their first connections to the same task.
+    return random.randrange(1 << 16) if first_pick is None else first_pick
 
 
 async def accepts_connections(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -353,13 +360,13 @@ class TcpProxy:
     """Listens on host:port and relays every connection to one of the backends."""
 
     def __init__(self, host: str, port: int, name: str, connect_deadline: float = 3.0,
-                 shared: bool = False) -> None:
+                 shared: bool = False, first_pick: int | None = None) -> None:
         self.host = host
         self.shared = shared  # SO_REUSEPORT: worker processes listen on the same port, the kernel spreads
         self.port = port  # the bound port once started (useful when 0 asked for an ephemeral one)
         self.name = name
         self.connect_deadline = connect_deadline
-        self._balancer = Balancer()
+        self._balancer = Balancer(start=_balancer_start(first_pick))
         self._connections: set[_TcpConnection] = set()
         self._server: asyncio.AbstractServer | None = None
 
@@ -576,14 +583,15 @@ class UdpProxy:
     """Listens on a UDP host:port and relays each client address's datagrams to one backend, both ways."""
 
     def __init__(self, host: str, port: int, name: str, connect_deadline: float = 3.0,
-                 idle_timeout: float = UDP_IDLE_TIMEOUT, shared: bool = False) -> None:
+                 idle_timeout: float = UDP_IDLE_TIMEOUT, shared: bool = False,
+                 first_pick: int | None = None) -> None:
         self.host = host
         self.shared = shared  # SO_REUSEPORT: a client's datagrams hash to one worker process, always the same
         self.port = port  # the bound port once started
         self.name = name
         self.connect_deadline = connect_deadline  # how long a new session waits for a backend to appear
         self.idle_timeout = idle_timeout
-        self._balancer = Balancer()
+        self._balancer = Balancer(start=_balancer_start(first_pick))
         self._sessions: dict[Any, _UdpSession] = {}
         self._listener: asyncio.DatagramTransport | None = None
 

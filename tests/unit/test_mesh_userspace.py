@@ -125,7 +125,7 @@ async def tcp_backend(cleanup: list[Callable[[], Awaitable[Any]]], name: str,
 
 async def tcp_proxy(cleanup: list[Callable[[], Awaitable[Any]]], backends: list[Backend],
                     connect_deadline: float = 3.0) -> TcpProxy:
-    proxy = TcpProxy(LOCAL, 0, "web", connect_deadline=connect_deadline)
+    proxy = TcpProxy(LOCAL, 0, "web", connect_deadline=connect_deadline, first_pick=0)
     await proxy.start()
     cleanup.append(proxy.stop)
     proxy.set_backends(backends)
@@ -185,6 +185,10 @@ def test_balancer_prefers_fewest_open_then_round_robin() -> None:
     assert balancer.pick(exclude={c}) in (a, b)
     balancer.backends = ()
     assert balancer.pick() is None
+    # Where the round robin starts is set per balancer (the proxies choose it at random).
+    late = Balancer(start=1)
+    late.backends = (a, b, c)
+    assert [late.pick() for _ in range(3)] == [b, c, a]
 
 
 async def test_tcp_sequential_connections_alternate_across_backends(cleanup: list[Any]) -> None:
@@ -575,7 +579,7 @@ async def udp_clients(cleanup: list[Any], count: int) -> list[UdpClient]:
 
 async def udp_proxy(cleanup: list[Any], backends: list[Backend], idle_timeout: float = 30.0,
                     connect_deadline: float = 3.0) -> UdpProxy:
-    proxy = UdpProxy(LOCAL, 0, "dns", connect_deadline=connect_deadline, idle_timeout=idle_timeout)
+    proxy = UdpProxy(LOCAL, 0, "dns", connect_deadline=connect_deadline, idle_timeout=idle_timeout, first_pick=0)
     await proxy.start()
     cleanup.append(proxy.stop)
     proxy.set_backends(backends)
