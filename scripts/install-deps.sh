@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Installs what shoal needs on Debian 12 when it is missing: etcd, docker.io, busybox-static, iproute2, nftables (apt),
+# Installs what shoal needs on Debian 12 when it is missing: etcd (server and etcdctl), docker.io, busybox-static,
+# iproute2, nftables (apt),
 # then a virtual environment in .venv with shoal and its Python dependencies (PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+# etcdctl: Debian ships it apart from the server; tests read the store with it.
+command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)

@@ -32,14 +32,17 @@ from shoal.clock import Clock, SystemClock
 from shoal.config import DEFAULT_PORT, DaemonConfig
 from shoal.errors import AlreadyInSwarm, InvalidArgument, NotAManager, NotInSwarm, ShoalError, Unavailable
 from shoal.ids import new_id
+from shoal.loopmonitor import LoopMonitor
 from shoal.manager.ca import RootCA
 from shoal.manager.control import ControlAPI
 from shoal.manager.controlapi.swarm import default_swarm_spec, merge_swarm_spec
 from shoal.manager.dispatcher import RESTART_GRACE
 from shoal.manager.join import new_node
-from shoal.manager.manager import Manager, TLSFiles
+from shoal.manager.manager import HEARTBEAT_LAG_WINDOW, Manager, TLSFiles
 from shoal.mesh.mesh import RoutingMesh
+from shoal.supervise import Supervisor
 from shoal.timefmt import to_rfc3339
+from shoal.timeouts import within
 from shoal.tokens import make_token
 from shoal.types import Doc, Role
 
@@ -128,6 +131,8 @@ class Daemon:
         self._membership = asyncio.Lock()
         self.stopped = asyncio.Event()
         self.error = ""
+        self.monitor = LoopMonitor()
+        self.loops = Supervisor("daemon")
 
     # ---- paths ------------------------------------------------------------------------------------------
 
@@ -188,7 +193,8 @@ class Daemon:
         }
 
     async def start(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.loops.start("loop-monitor", self.monitor.run)
         self._executor = self.make_executor()
         self.record = self._load_record()
         if self.record is not None:
@@ -217,6 +223,7 @@ class Daemon:
             self._api_runner = None
         with contextlib.suppress(FileNotFoundError):
             self.config.socket.unlink()
+        await self.loops.stop()
         self.stopped.set()
 
     async def _activate(self, initial_cluster: str | None = None, initial_state: str = "new") -> None:
@@ -238,7 +245,7 @@ class Daemon:
         record = self.record
         assert record is not None
         self.manager = Manager(record.node_id, record.advertise_addr, record.manager_addr, self.state_dir,
-                               self.tls, self.clock, self.config.external_etcd)
+                               self.tls, self.clock, self.config.external_etcd, monitor=self.monitor)
         await self.manager.start(record.cluster_id, initial_cluster, initial_state, force_new_cluster)
         if bootstrap is not None:
             await self.manager.bootstrap(*bootstrap)
@@ -255,8 +262,10 @@ class Daemon:
         mesh = RoutingMesh(self.record.node_id, self.config.publish_addr, self.config.routing_mesh,
                            executor_binds_host_ports=self.config.executor == "docker",
                            workers=self.config.mesh_workers)
+        monitor = self.monitor
         return Agent(self.record.node_id, managers, context, self.state_dir / "agent", self._executor, self.clock,
-                     self.describe, self._remember_managers, self.change_role, self.record.port, mesh=mesh)
+                     self.describe, self._remember_managers, self.change_role, self.record.port, mesh=mesh,
+                     liveness=monitor.alive, loop_lag=lambda: monitor.recent_max(HEARTBEAT_LAG_WINDOW))
 
     async def change_role(self, answer: Doc, key_pem: bytes) -> None:
         """Become a manager (promote) or a worker (demote) with the certificate the leader issued."""
@@ -314,7 +323,7 @@ class Daemon:
         if not kill_tasks and self.control is not None and self.record is not None:
             # A restart, not a departure: tell whichever manager leads next to wait for this node.
             with contextlib.suppress(ShoalError, TimeoutError):
-                await asyncio.wait_for(self.control.note_restarting(self.record.node_id, RESTART_GRACE), 3)
+                await within(self.control.note_restarting(self.record.node_id, RESTART_GRACE), 3)
         # Leader loops go first: a manager shutting down must not mark the nodes whose sessions it is
         # closing as down, nor act on its own agent going away.
         if self.manager is not None:
@@ -499,7 +508,35 @@ class Daemon:
         except Exception as exc:
             log.warning("could not remove this node's etcd member: %s", exc)
 
-    # ---- what /info reports -----------------------------------------------------------------------------
+    # ---- what /info and the debug endpoint report --------------------------------------------------------
+
+    def debug_info(self) -> Doc:
+        """Figures for operators and benchmarks (`GET /shoal/debug`): loop lag, leadership, store writes."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        info: Doc = {
+            "NodeID": self.record.node_id if self.record else "",
+            "Role": self.record.role if self.record else "",
+            "Loop": self.monitor.stats(),
+            "Process": {"CPUSeconds": round(usage.ru_utime + usage.ru_stime, 3), "MaxRSSBytes": usage.ru_maxrss * 1024},
+        }
+        manager = self.manager
+        if manager is not None:
+            election = manager.election
+            info["Manager"] = {
+                "Leader": manager.is_leader, "LeaderID": manager.leader_id or "",
+                "ElectionsWon": election.elections_won if election else 0,
+                "LeadershipsLost": election.leaderships_lost if election else 0,
+                "Store": manager.store.stats.to_json() if manager.store else {},
+                "Sessions": len(manager.dispatcher.sessions) if manager.dispatcher else 0,
+                "NodesMarkedDown": manager.dispatcher.nodes_marked_down if manager.dispatcher else 0,
+                "Tasks": len(manager.cache.tasks()),
+            }
+        agent = self.agent
+        if agent is not None:
+            info["Agent"] = {"Manager": agent.current_manager or "", "Connected": agent.connected.is_set(),
+                             "Tasks": len(agent.worker.known_task_ids()), "TaskRecord": agent.worker.record_stats()}
+        return info
+
 
     def swarm_info(self) -> Doc:
         if self.record is None:

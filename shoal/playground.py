@@ -98,15 +98,18 @@ def _port_free(address: str, port: int) -> bool:
     return True
 
 
-def start_daemon(name: str, base: Path, extra: list[str] | None = None) -> tuple[subprocess.Popen[bytes], Path, Path]:
+def start_daemon(name: str, base: Path, extra: list[str] | None = None,
+                 wrapper: list[str] | None = None) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    """Start one node's daemon; `wrapper` goes before its command line (e.g. `ip netns exec NS` to run it in
+    a network namespace of its own; the wrapper must exec the daemon, so that the PID is the daemon's)."""
     state_dir = base / name
     state_dir.mkdir(parents=True, exist_ok=True)
     sock = state_dir / "shoal.sock"
     log_file = open(state_dir / "daemon.log", "ab")  # noqa: SIM115 — handed to the child
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "shoal", "daemon", "--state-dir", str(state_dir), "--socket", str(sock),
-             "--hostname", name, *(extra or [])],
+            [*(wrapper or []), sys.executable, "-m", "shoal", "daemon", "--state-dir", str(state_dir),
+             "--socket", str(sock), "--hostname", name, *(extra or [])],
             stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
     finally:

@@ -2,13 +2,14 @@
 
 agent -> manager
   {"type": "hello", "description": NodeDescription}
-  {"type": "heartbeat"}
+  {"type": "heartbeat", "lag": seconds}       (every heartbeat period; lag: the agent's recent loop lag)
   {"type": "status", "updates": [{"TaskID": id, "Status": TaskStatus}, …]}
   {"type": "mesh", "errors": [text, …]}        (published ports this node cannot listen on; [] when all fine)
   {"type": "log", "req": n, "task": id, "stream": 1|2, "ts": unix, "line": text}
   {"type": "log_end", "req": n}
 manager -> agent
   {"type": "welcome", "node_id": id, "heartbeat_period": seconds, "managers": ["ip:port", …]}
+  {"type": "heartbeat", "lag": seconds}       (the answer to each heartbeat; lag: the manager's loop lag)
   {"type": "assignments", "full": bool, "tasks": [Task, …], "remove": [id, …]}
   {"type": "logs", "req": n, "tasks": [id, …], "tail": int (-1 = all), "follow": bool}
   {"type": "logs_cancel", "req": n}
@@ -18,9 +19,11 @@ manager -> agent
   {"type": "rejected", "message": text}        (e.g. the node was removed; the session ends)
 
 Heartbeats are kept in the leader's memory, never in the store; task status is coalesced into batched
-store writes by the dispatcher.
+store writes by the dispatcher. Each side gives up on a peer that stays silent for a few heartbeat periods
+plus the loop lag the peer last reported, so a dead or cut-off peer is noticed long before TCP would.
 """
 
 SESSION_PATH = "/shoal/session"
 JOIN_PATH = "/shoal/join"
 CA_PATH = "/shoal/ca"
+DEBUG_PATH = "/shoal/debug"

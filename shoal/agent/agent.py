@@ -1,8 +1,10 @@
 """The agent: this node's side of the session with the leader's dispatcher.
 
 It keeps one WebSocket open to a manager (mutual TLS with the node certificate), sends heartbeats and task
-status, receives assignments and hands them to the worker. When the session drops it reconnects — to the
-leader a follower names, or to the next manager it knows — while the tasks keep running.
+status, receives assignments and hands them to the worker. The manager answers every heartbeat, so a manager
+that went silent (cut off, frozen) is noticed within a few heartbeat periods, not when TCP gives up. When the
+session drops or goes silent the agent reconnects — to the leader a follower names, or to the next manager it
+knows — while the tasks keep running.
 """
 
 from __future__ import annotations
@@ -26,11 +28,20 @@ from shoal.mesh.mesh import RoutingMesh
 from shoal.mesh.table import Listener
 from shoal.protocol import SESSION_PATH
 from shoal.supervise import Supervisor
+from shoal.timeouts import within
 from shoal.types import Doc
 
 log = logging.getLogger(__name__)
 
 STATUS_BATCH_INTERVAL = 0.05
+# A session whose manager says nothing for this many heartbeat periods (plus the manager's own reported loop
+# lag, up to MAX_LAG_ALLOWANCE) is given up for another manager: the leader answers every heartbeat.
+SILENCE_PERIODS = 2.5
+MAX_LAG_ALLOWANCE = 10.0
+SILENCE_CHECK_INTERVAL = 0.2
+CONNECT_TIMEOUT = 1.0
+HANDSHAKE_TIMEOUT = 10.0
+MAX_MESSAGE = 64 * 1024 * 1024
 # How often published ports this node could not listen on are tried again.
 MESH_RETRY_INTERVAL = 5.0
 
@@ -40,7 +51,8 @@ class Agent:
                  executor: Executor, clock: Clock, description: Callable[[], Doc],
                  on_managers: Callable[[list[str]], None],
                  on_certificate: Callable[[Doc, bytes], Coroutine[Any, Any, None]] | None = None,
-                 listen_port: int = 2377, mesh: RoutingMesh | None = None) -> None:
+                 listen_port: int = 2377, mesh: RoutingMesh | None = None,
+                 liveness: Callable[[], float] | None = None, loop_lag: Callable[[], float] | None = None) -> None:
         self.node_id = node_id
         self.managers = list(managers)
         self.ssl_context = ssl_context
@@ -62,6 +74,12 @@ class Agent:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._log_streams: dict[int, asyncio.Task[None]] = {}
         self._preferred: str | None = None
+        self._suspect: str | None = None  # the manager that last went silent on us: tried last
+        # Liveness is timed on a clock that stops while this process's loop is stalled (shoal.loopmonitor).
+        self._alive = liveness or clock.monotonic
+        self._loop_lag = loop_lag or (lambda: 0.0)
+        self._last_heard = 0.0
+        self._manager_lag = 0.0
         self.mesh = mesh
         self._mesh_errors: list[str] | None = None  # to send to the manager
         if mesh is not None:
@@ -81,7 +99,7 @@ class Agent:
         ws = self._ws
         if not kill_tasks and ws is not None and not ws.closed:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.send_str('{"type":"bye","restarting":true}'), 1)
+                await within(ws.send_str('{"type":"bye","restarting":true}'), 1)
         await self.loops.stop()
         for task in self._log_streams.values():
             task.cancel()
@@ -109,12 +127,15 @@ class Agent:
     # ---- the session ------------------------------------------------------------------------------------
 
     def _candidates(self) -> list[str]:
-        """The managers to try, the leader a follower named first (even one not yet in our list)."""
-        order = list(self.managers)
-        if self._preferred:
+        """The managers to try: the leader a follower named first (even one not yet in our list), a manager
+        that just went silent last."""
+        order = [m for m in self.managers if m != self._suspect]
+        if self._preferred and self._preferred != self._suspect:
             if self._preferred in order:
                 order.remove(self._preferred)
             order.insert(0, self._preferred)
+        if self._suspect:
+            order.append(self._suspect)
         return order
 
     async def _session_loop(self) -> None:
@@ -144,23 +165,60 @@ class Agent:
             await asyncio.sleep(0.05)
 
     async def _run_session(self, addr: str) -> None:
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=3)
-        async with aiohttp.ClientSession(timeout=timeout) as http, http.ws_connect(
-                f"https://{addr}{SESSION_PATH}", ssl=self.ssl_context, max_msg_size=64 * 1024 * 1024,
-                autoping=True, timeout=aiohttp.ClientWSTimeout(ws_close=1.0)) as ws:
+        # A TCP connect is answered by the kernel however busy the manager is, so its timeout can be short;
+        # the TLS handshake and the upgrade need the manager's loop, so they get longer.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            ws = await within(http.ws_connect(
+                f"https://{addr}{SESSION_PATH}", ssl=self.ssl_context, max_msg_size=MAX_MESSAGE,
+                autoping=True, timeout=aiohttp.ClientWSTimeout(ws_close=1.0)), HANDSHAKE_TIMEOUT)
             self._ws = ws
+            self._last_heard = self._alive()
+            self._manager_lag = 0.0
             await ws.send_str(json.dumps({"type": "hello", "description": self.description()}))
-            sender = asyncio.create_task(self._send_loop(ws), name="agent-send")
+            parts = [asyncio.create_task(self._read(ws, addr), name="agent-read"),
+                     asyncio.create_task(self._send_loop(ws), name="agent-send"),
+                     asyncio.create_task(self._watch_silence(addr), name="agent-silence")]
             try:
-                async for msg in ws:
-                    if msg.type != aiohttp.WSMsgType.TEXT:
-                        break
-                    if await self._handle(json.loads(msg.data), addr) is False:
-                        break
+                done, _ = await asyncio.wait(parts, return_when=asyncio.FIRST_COMPLETED)
+                for part in done:
+                    part.result()
             finally:
-                sender.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await sender
+                for part in parts:
+                    part.cancel()
+                await asyncio.gather(*parts, return_exceptions=True)
+                if not ws.closed:
+                    _drop(ws)
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse, addr: str) -> None:
+        async for msg in ws:
+            self._last_heard = self._alive()
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                return
+            if await self._handle(json.loads(msg.data), addr) is False:
+                return
+
+    def silence_allowed(self) -> float:
+        """How long the manager may say nothing before this agent gives up on the session: a few heartbeat
+        periods (it answers every heartbeat), plus the lag it last reported for its own loop."""
+        return SILENCE_PERIODS * self.heartbeat_period + min(self._manager_lag, MAX_LAG_ALLOWANCE)
+
+    async def _watch_silence(self, addr: str) -> None:
+        """Return (ending the session) once the manager has been silent too long: a manager that is cut off or
+        frozen keeps its TCP connection looking open for many seconds, and the agent must move on to the
+        leader well before that. Silence is measured on the liveness clock, which stops while this process's
+        own loop is stalled, so a busy agent does not blame its manager for its own lateness."""
+        while True:
+            await asyncio.sleep(SILENCE_CHECK_INTERVAL)
+            silent = self._alive() - self._last_heard
+            if silent > self.silence_allowed():
+                log.warning("manager %s said nothing for %.1fs; trying another manager", addr, silent)
+                self._suspect = addr
+                if self._preferred == addr:
+                    self._preferred = None
+                return
+            if silent < self.heartbeat_period and self._suspect == addr:
+                self._suspect = None
 
     async def _handle(self, message: Doc, addr: str) -> bool:
         kind = message.get("type")
@@ -202,6 +260,8 @@ class Agent:
                 # The session and the tasks must go on; the manager hears of it in the node's status.
                 log.exception("routing mesh: could not apply the endpoint table")
                 self._report_mesh_errors([f"could not apply the endpoint table: {exc}"])
+        elif kind == "heartbeat":
+            self._manager_lag = float(message.get("lag") or 0.0)
         elif kind == "managers":
             self._set_managers(message.get("managers") or [])
         elif kind == "redirect":
@@ -244,10 +304,12 @@ class Agent:
         while True:
             now = loop.time()
             if now >= next_heartbeat:
-                await ws.send_str('{"type":"heartbeat"}')
+                # The loop lag lets the leader allow a busy node more time before declaring it down.
+                lag = round(self._loop_lag(), 3)
+                await ws.send_str(f'{{"type":"heartbeat","lag":{lag}}}')
                 next_heartbeat = now + self.heartbeat_period
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._status_ready.wait(), max(0.0, next_heartbeat - loop.time()))
+                await within(self._status_ready.wait(), max(0.0, next_heartbeat - loop.time()))
             if self._mesh_errors is not None:
                 errors, self._mesh_errors = self._mesh_errors, None
                 await ws.send_str(json.dumps({"type": "mesh", "errors": errors}))
@@ -255,6 +317,8 @@ class Agent:
                 await asyncio.sleep(STATUS_BATCH_INTERVAL)
                 updates, self._status = self._status, {}
                 self._status_ready.clear()
+                # The manager must never hear of a state this node would forget after a crash.
+                await self.worker.persist()
                 await ws.send_str(json.dumps({"type": "status", "updates": [
                     {"TaskID": task_id, "Status": status} for task_id, status in updates.items()]}))
             else:
@@ -282,3 +346,11 @@ class Agent:
             await ws.send_str(json.dumps({"type": "log", "req": req, "task": task_id,
                                           "stream": 1 if stream == "stdout" else 2, "ts": ts,
                                           "line": line.decode(errors="replace")}))
+
+
+def _drop(ws: aiohttp.ClientWebSocketResponse) -> None:
+    """Close the connection at once: a close handshake with a silent manager would wait out its timeout.
+    (aiohttp does the same when its own heartbeat gets no pong.)"""
+    response = getattr(ws, "_response", None)
+    if response is not None:
+        response.close()

@@ -12,8 +12,9 @@ grace period, kill) and reported failed with moby's error ("…: dockerexec: unh
 loop is a named asyncio task per task, supervised by the task's runner, and ends when the task ends. Health
 itself is not reported: swarm's TaskStatus has no field for it, only the state transitions show it.
 
-Every task is recorded on disk (`TaskDB`) before anything is reported for it, together with the executor's
-handle once it runs. A restarted agent (`start()`) re-adopts the processes that are still alive (resuming their
+Every task is recorded (`TaskDB`) before anything is reported for it, and the record is on disk before the
+report leaves the node (the agent flushes it first); a started task's handle is flushed before the task is
+reported running. A restarted agent (`start()`) re-adopts the processes that are still alive (resuming their
 health checks) and reports failed for those that ended while it was away: it never starts a second copy of a
 task.
 """
@@ -50,6 +51,7 @@ from shoal.errors import InvalidArgument, NotFound
 from shoal.mesh.table import BACKEND_PORTS, published_ports
 from shoal.mesh.userspace import accepts_connections
 from shoal.timefmt import SECOND, from_rfc3339, to_rfc3339
+from shoal.timeouts import within
 from shoal.types import Doc, TaskState
 
 log = logging.getLogger(__name__)
@@ -142,7 +144,7 @@ class Worker:
         self._executor = executor
         self._report_cb = report
         self._clock = clock
-        self._db = TaskDB(self.state_dir / "tasks.json")
+        self._db = TaskDB(self.state_dir / "tasks.db")
         self._runs: dict[str, _TaskRun] = {}
         self._forgetting: dict[str, asyncio.Task[None]] = {}
         self._started = False
@@ -155,7 +157,7 @@ class Worker:
             return "already started"
         self._started = True
         adopted = lost = resumed = 0
-        for record in self._db.load().values():
+        for record in (await self._db.load()).values():
             run = _TaskRun(record)
             self._runs[run.task_id] = run
             if record.stopping or _desired(record.task) > TaskState.RUNNING:
@@ -221,6 +223,10 @@ class Worker:
             await self._settle(pending)
         self._runs.clear()
         self._forgetting.clear()
+        try:
+            await self._db.close()
+        except Exception:
+            log.exception("could not write the task record on stop")
 
     # ---- assignments --------------------------------------------------------------------------------------
 
@@ -296,7 +302,22 @@ class Worker:
         finally:
             self._forgetting.pop(run.task_id, None)
 
+    async def persist(self) -> None:
+        """Write every record change made so far to disk (before the reports about them are sent)."""
+        await self._flush_quietly()
+
+    async def _flush_quietly(self) -> None:
+        # A disk that refuses writes must not stop the tasks or their reports: it costs only re-adoption.
+        try:
+            await self._db.flush()
+        except Exception:
+            log.exception("could not write the task record (%d changes pending)", self._db.pending)
+
     # ---- queries -----------------------------------------------------------------------------------------
+
+    def record_stats(self) -> Doc:
+        return {"Transactions": self._db.transactions, "RowsWritten": self._db.rows_written,
+                "Pending": self._db.pending}
 
     def known_task_ids(self) -> set[str]:
         """Every task this worker still has a record of, including ones it is stopping or forgetting."""
@@ -381,6 +402,9 @@ class Worker:
             self._report(run, TaskState.REJECTED, "rejected", err=f"starting task: {exc}")
             return False
         run.record.handle = controller.handle()
+        # The handle reaches the disk before anything else happens, so a restarted agent adopts the process.
+        self._db.put(run.record)
+        await self._flush_quietly()
         check = health_check_of(run.record.task)
         if check is None:
             self._report(run, TaskState.RUNNING, "started")
@@ -403,7 +427,7 @@ class Worker:
             except ExecutorError as exc:
                 log.warning("task %s: %s; retrying in %.1fs", run.task_id, exc, delay)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(run.stop_requested.wait(), timeout=delay)
+                await within(run.stop_requested.wait(), timeout=delay)
                 return False
             delay = min(delay * 2, MAX_RETRY_DELAY)
 

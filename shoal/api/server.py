@@ -24,7 +24,7 @@ from shoal.api.proxy import EngineProxy, distribution_inspect
 from shoal.certs import client_ssl_context, identity_from_peercert
 from shoal.errors import InvalidArgument, NotAManager, ShoalError
 from shoal.manager.join import handle_join
-from shoal.protocol import CA_PATH, JOIN_PATH, SESSION_PATH
+from shoal.protocol import CA_PATH, DEBUG_PATH, JOIN_PATH, SESSION_PATH
 from shoal.timefmt import to_rfc3339
 from shoal.types import Doc
 
@@ -209,6 +209,11 @@ def _ncpu() -> int:
 
 
 # ---- swarm --------------------------------------------------------------------------------------------
+
+async def debug(request: web.Request) -> web.StreamResponse:
+    """shoal's own figures (not a Docker route): loop lag, leadership, store writes, task record."""
+    return reply(daemon_of(request).debug_info())
+
 
 async def swarm_inspect(request: web.Request) -> web.StreamResponse:
     return reply(daemon_of(request).require_control().get_swarm())
@@ -428,7 +433,7 @@ async def session(request: web.Request) -> web.StreamResponse:
 
 ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/_ping", ping), ("HEAD", "/_ping", ping),
-    ("GET", "/version", version), ("GET", "/info", info),
+    ("GET", "/version", version), ("GET", "/info", info), ("GET", DEBUG_PATH, debug),
     ("GET", "/swarm", swarm_inspect), ("POST", "/swarm/init", swarm_init), ("POST", "/swarm/join", swarm_join),
     ("POST", "/swarm/leave", swarm_leave), ("POST", "/swarm/update", swarm_update),
     ("GET", "/swarm/unlockkey", swarm_unlockkey),

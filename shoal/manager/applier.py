@@ -17,7 +17,9 @@ from shoal.types import TASKS, Plan
 
 log = logging.getLogger(__name__)
 
-CHUNK = 100
+# Operations per transaction: large enough that a plan of thousands of tasks is a handful of transactions (etcd
+# raft-commits each as one entry), small enough to stay far below etcd's request size limit.
+CHUNK = 500
 
 
 @dataclass
@@ -54,8 +56,9 @@ class Applier:
     async def write(self, batch: Batch) -> ApplyResult:
         result = ApplyResult()
         fence = self.fence()
-        for start in range(0, len(batch.ops), CHUNK):
-            chunk = Batch(batch.ops[start:start + CHUNK])
+        size = min(CHUNK, self.store.max_ops)
+        for start in range(0, len(batch.ops), size):
+            chunk = Batch(batch.ops[start:start + size])
             try:
                 result.revision = await self.store.commit(chunk, fence=fence)
                 result.written += len(chunk)

@@ -1,18 +1,21 @@
 """The manager's in-memory view of the store, fed by one snapshot and then the watch.
 
-Indexed by kind and ID, tasks also by service and by node, services by name, so every control loop reads in
-time proportional to what it asks for. Listeners hear each committed change after the cache has applied it.
+Indexed by kind and ID, tasks also by service, by service and slot, and by node, services by name, so every
+control loop reads in time proportional to what it asks for; running tasks are counted per service and node,
+so `service ls` needs no pass over the tasks. Listeners hear each committed change after the cache has
+applied it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
-from collections.abc import Callable
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
 
 from shoal.manager.store.base import Event, Snapshot, Store
-from shoal.types import CLUSTERS, KINDS, NODES, SERVICES, TASKS, Doc, version_of
+from shoal.timeouts import within
+from shoal.types import CLUSTERS, KINDS, NODES, SERVICES, TASKS, Doc, task_slot, version_of
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +27,9 @@ class Cache:
         self.docs: dict[str, dict[str, Doc]] = {kind: {} for kind in KINDS}
         self.tasks_by_service: dict[str, dict[str, Doc]] = defaultdict(dict)
         self.tasks_by_node: dict[str, dict[str, Doc]] = defaultdict(dict)
+        self.tasks_by_slot: dict[str, dict[int, dict[str, Doc]]] = defaultdict(lambda: defaultdict(dict))
+        # Tasks observed and wanted running, per service and node.
+        self.running: dict[str, Counter[str]] = defaultdict(Counter)
         self.service_by_name: dict[str, str] = {}
         self.revision = 0
         self.ready = asyncio.Event()
@@ -54,6 +60,14 @@ class Cache:
     def tasks_on_node(self, node_id: str) -> list[Doc]:
         return list(self.tasks_by_node.get(node_id, {}).values())
 
+    def tasks_in_slots(self, service_id: str, slots: Iterable[int]) -> list[Doc]:
+        by_slot = self.tasks_by_slot.get(service_id, {})
+        return [task for slot in slots for task in by_slot.get(slot, {}).values()]
+
+    def running_by_node(self, service_id: str) -> Counter[str]:
+        """How many of the service's tasks each node runs (observed and wanted running)."""
+        return self.running.get(service_id) or Counter()
+
     # ---- subscribing ------------------------------------------------------------------------------------
 
     def subscribe(self, listener: Listener, on_resync: Callable[[], None] | None = None) -> None:
@@ -64,7 +78,7 @@ class Cache:
     async def wait_for_revision(self, revision: int, timeout: float = 5.0) -> None:
         """Read-your-writes: wait until the watch has delivered `revision`."""
         async with self._revision_changed:
-            await asyncio.wait_for(self._revision_changed.wait_for(lambda: self.revision >= revision), timeout)
+            await within(self._revision_changed.wait_for(lambda: self.revision >= revision), timeout)
 
     # ---- feeding ----------------------------------------------------------------------------------------
 
@@ -72,6 +86,8 @@ class Cache:
         self.docs = {kind: dict(snapshot.docs.get(kind, {})) for kind in KINDS}
         self.tasks_by_service = defaultdict(dict)
         self.tasks_by_node = defaultdict(dict)
+        self.tasks_by_slot = defaultdict(lambda: defaultdict(dict))
+        self.running = defaultdict(Counter)
         self.service_by_name = {}
         for task in self.docs[TASKS].values():
             self._index_task(task)
@@ -128,11 +144,40 @@ class Cache:
                 await asyncio.sleep(0.5)
 
     def _index_task(self, task: Doc) -> None:
-        self.tasks_by_service[task["ServiceID"]][task["ID"]] = task
+        service_id, task_id = task["ServiceID"], task["ID"]
+        self.tasks_by_service[service_id][task_id] = task
+        self.tasks_by_slot[service_id][task_slot(task)][task_id] = task
         if task.get("NodeID"):
-            self.tasks_by_node[task["NodeID"]][task["ID"]] = task
+            self.tasks_by_node[task["NodeID"]][task_id] = task
+            if _counts_as_running(task):
+                self.running[service_id][task["NodeID"]] += 1
 
     def _unindex_task(self, task: Doc) -> None:
-        self.tasks_by_service.get(task["ServiceID"], {}).pop(task["ID"], None)
+        service_id, task_id = task["ServiceID"], task["ID"]
+        by_service = self.tasks_by_service.get(service_id)
+        if by_service is not None:
+            by_service.pop(task_id, None)
+            if not by_service:
+                del self.tasks_by_service[service_id]
+        by_slot = self.tasks_by_slot.get(service_id)
+        if by_slot is not None:
+            slot = by_slot.get(task_slot(task))
+            if slot is not None:
+                slot.pop(task_id, None)
+                if not slot:
+                    del by_slot[task_slot(task)]
+            if not by_slot:
+                del self.tasks_by_slot[service_id]
         if task.get("NodeID"):
-            self.tasks_by_node.get(task["NodeID"], {}).pop(task["ID"], None)
+            self.tasks_by_node.get(task["NodeID"], {}).pop(task_id, None)
+            if _counts_as_running(task):
+                counts = self.running[service_id]
+                counts[task["NodeID"]] -= 1
+                if counts[task["NodeID"]] <= 0:
+                    del counts[task["NodeID"]]
+                if not counts:
+                    del self.running[service_id]
+
+
+def _counts_as_running(task: Doc) -> bool:
+    return (task.get("Status") or {}).get("State") == "running" and task.get("DesiredState") == "running"

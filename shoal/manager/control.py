@@ -13,6 +13,7 @@ from shoal.manager.controlapi import filters as flt
 from shoal.manager.controlapi.node import node_view, validate_node_spec_update
 from shoal.manager.controlapi.resolve import node_names, resolve, service_name, task_name_of
 from shoal.manager.controlapi.service import (
+    counted_status,
     ingress_ports_in_use,
     new_service,
     service_status,
@@ -37,6 +38,7 @@ from shoal.types import (
     Role,
     TaskState,
     desired_state,
+    is_global,
     node_state,
     task_state,
     version_of,
@@ -176,7 +178,9 @@ class ControlAPI:
         return resolve(list(self.cache.services().values()), ref, "service", service_name)
 
     def _status(self, service: Doc) -> Doc:
-        return service_status(service, self.cache.tasks_of_service(service["ID"]), self.cache.nodes())
+        if is_global(service):  # its tasks are one per node: few
+            return service_status(service, self.cache.tasks_of_service(service["ID"]), self.cache.nodes())
+        return counted_status(service, self.cache.running_by_node(service["ID"]), self.cache.nodes())
 
     def list_services(self, raw_filters: str | None, status: bool) -> list[Doc]:
         filters = flt.parse_filters(raw_filters)
@@ -225,6 +229,11 @@ class ControlAPI:
         wanted_services = filters.get("service")
         if wanted_services and all(s in services for s in wanted_services):
             candidates = [t for s in wanted_services for t in self.cache.tasks_of_service(s)]
+        elif filters.get("node"):
+            # Only the tasks of the nodes asked for, through the cache's index (a node's tasks, not all).
+            on_nodes = flt.nodes_with_tasks_matching(filters["node"], list(self.cache.tasks_by_node), nodes,
+                                                     self.manager.node_id)
+            candidates = [t for node_id in on_nodes for t in self.cache.tasks_on_node(node_id)]
         else:
             candidates = list(self.cache.tasks().values())
         return [task_view(t) for t in candidates

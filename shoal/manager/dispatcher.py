@@ -1,9 +1,14 @@
 """The dispatcher (leader only): one session per agent — heartbeats in, assignments out, status in.
 
 Agents connect over a mutually authenticated WebSocket (see shoal.protocol); the peer certificate names the
-node. Heartbeats stay in memory; a node whose heartbeats stop for longer than the grace period is marked down
-in the store, which is what makes the orchestrator move its tasks. Task status reports are coalesced and
-written in batches about every 100 ms.
+node. Heartbeats stay in memory, and each is answered, so an agent notices a silent leader within a few periods.
+A node whose heartbeats stop for longer than the grace period is marked down in the store, which is what makes
+the orchestrator move its tasks. Task status reports are coalesced and written in batches about every 100 ms.
+
+Load must not look like death. Heartbeat deadlines run on a liveness clock that stands still while this
+manager's own loop is stalled (`shoal.loopmonitor`), and each node's grace grows by the loop lag it reports. A
+new leader gives every node time to notice the old leader's silence and reconnect before it counts a missed
+heartbeat, so no node is declared down only because it was still talking to the previous leader.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from aiohttp import WSMsgType, web
 
@@ -47,6 +53,10 @@ STATUS_FLUSH_INTERVAL = 0.1
 # (node ID, CSR, the node's swarm port) -> {"certificate", "role", ["etcd_initial_cluster"]}
 CertificateIssuer = Callable[[str, bytes, int], Awaitable[Doc]]
 GRACE_MULTIPLIER = 3  # heartbeat periods without a heartbeat before a node is marked down
+# After a leader change, the periods a node has to find the new leader on top of the usual grace: the agent's
+# own silence deadline (shoal.agent.agent.SILENCE_PERIODS) and a reconnect.
+ELECTION_EXTRA_PERIODS = 3
+MAX_LAG_ALLOWANCE = 10.0  # at most this much of a node's reported loop lag is added to its grace
 RESTART_GRACE = 15.0  # seconds a node that announced a daemon restart has to come back
 # On a node document: until when (unix time) a manager that announced its restart is given to come back, so
 # that the next leader honours it too.
@@ -108,6 +118,7 @@ class NodeSession:
     node_id: str
     ws: web.WebSocketResponse
     role: str  # the role its certificate carries
+    transport: asyncio.Transport | None = None
     role_told: str = ""  # the role we last asked the agent to take on
     check_role: bool = False
     send_managers: bool = False
@@ -122,11 +133,17 @@ class NodeSession:
     async def send(self, message: Doc) -> None:
         await self.ws.send_str(json.dumps(message, separators=(",", ":")))
 
+    def drop(self) -> None:
+        """End the session at once; a close handshake with a silent agent would wait out its timeout."""
+        if self.transport is not None:
+            self.transport.abort()
+
 
 class Dispatcher:
     def __init__(self, cache: Cache, store: Store, applier: Applier, clock: Clock,
                  heartbeat_period: Callable[[], float], managers: Callable[[], list[str]],
-                 issue_certificate: CertificateIssuer) -> None:
+                 issue_certificate: CertificateIssuer, liveness: Callable[[], float] | None = None,
+                 loop_lag: Callable[[], float] | None = None) -> None:
         self.cache = cache
         self.store = store
         self.applier = applier
@@ -135,7 +152,12 @@ class Dispatcher:
         self.managers = managers
         self.issue_certificate = issue_certificate
         self.sessions: dict[str, NodeSession] = {}
+        # On the liveness clock (stands still while this process's loop is stalled).
         self.last_heartbeat: dict[str, float] = {}
+        self.node_lag: dict[str, float] = {}  # the loop lag each node last reported
+        self._alive = liveness or clock.monotonic
+        self._loop_lag = loop_lag or (lambda: 0.0)
+        self.nodes_marked_down = 0  # for the debug endpoint and the benchmarks
         self.pending_status: dict[str, Doc] = {}
         self._log_ids = itertools.count(1)
         self._endpoints: list[Doc] | None = None  # the routing mesh's table, recomputed when it may have changed
@@ -145,9 +167,11 @@ class Dispatcher:
     # ---- leadership -------------------------------------------------------------------------------------
 
     def activate(self) -> None:
-        """Start serving as the leader's dispatcher: every known node gets a fresh grace period."""
-        now = self.clock.monotonic()
+        """Start serving as the leader's dispatcher. Every known node gets a fresh grace period, lengthened by
+        the time its agent needs to notice that the old leader went silent and to reconnect here."""
+        now = self._alive() + ELECTION_EXTRA_PERIODS * self.heartbeat_period()
         self.last_heartbeat = {nid: now for nid in self.cache.nodes()}
+        self.node_lag = {}
         self.active = True
 
     async def mark_nodes_unknown(self) -> int:
@@ -171,8 +195,7 @@ class Dispatcher:
     async def deactivate(self) -> None:
         self.active = False
         for session in list(self.sessions.values()):
-            with contextlib.suppress(Exception):
-                await session.ws.close()
+            session.drop()
         self.sessions.clear()
 
     # ---- the session ------------------------------------------------------------------------------------
@@ -193,11 +216,10 @@ class Dispatcher:
             await ws.send_str(json.dumps({"type": "rejected", "message": "node is not part of this swarm (removed?)"}))
             await ws.close()
             return ws
-        session = NodeSession(identity.node_id, ws, identity.role)
+        session = NodeSession(identity.node_id, ws, identity.role, transport=cast(asyncio.Transport | None, request.transport))
         old = self.sessions.get(identity.node_id)
         if old is not None:
-            with contextlib.suppress(Exception):
-                await old.ws.close()
+            old.drop()  # the agent gave up on it: it may be dead
         self.sessions[identity.node_id] = session
         peer = request.transport.get_extra_info("peername") if request.transport else None
         sender = asyncio.create_task(self._send_assignments(session), name=f"assign:{identity.node_id}")
@@ -212,7 +234,7 @@ class Dispatcher:
             if self.sessions.get(identity.node_id) is session:
                 del self.sessions[identity.node_id]
                 period = self.heartbeat_period()
-                now = self.clock.monotonic()
+                now = self._alive()
                 if session.restarting:
                     # A daemon restart (tasks keep running): the node has RESTART_GRACE to come back.
                     self.last_heartbeat[identity.node_id] = now - period * GRACE_MULTIPLIER + RESTART_GRACE
@@ -235,8 +257,12 @@ class Dispatcher:
                 break
             data = json.loads(msg.data)
             kind = data.get("type")
-            self.last_heartbeat[session.node_id] = self.clock.monotonic()
-            if kind == "hello":
+            self.last_heartbeat[session.node_id] = self._alive()
+            if kind == "heartbeat":
+                self.node_lag[session.node_id] = _seconds(data.get("lag"))
+                # Answered, so the agent knows this manager still hears it (and how busy it is).
+                await session.send({"type": "heartbeat", "lag": round(self._loop_lag(), 3)})
+            elif kind == "hello":
                 # Registering writes the store, which can be slow right after a leader change: do it beside
                 # the message loop, so heartbeats keep being read meanwhile.
                 session.background.append(asyncio.create_task(
@@ -469,15 +495,19 @@ class Dispatcher:
             if self.active:
                 await self.check_nodes()
 
+    def grace(self, node_id: str) -> float:
+        """How long the node may be silent: a few heartbeat periods, plus the loop lag it last reported."""
+        return self.heartbeat_period() * GRACE_MULTIPLIER + min(self.node_lag.get(node_id, 0.0), MAX_LAG_ALLOWANCE)
+
     async def check_nodes(self) -> list[str]:
         """Mark down every ready node whose heartbeats stopped; returns their IDs."""
-        now = self.clock.monotonic()
-        grace = self.heartbeat_period() * GRACE_MULTIPLIER
+        now = self._alive()
         expired = []
         wall = self.clock.now()
         for node_id, node in list(self.cache.nodes().items()):
             last = self.last_heartbeat.setdefault(node_id, now)
-            if node_state(node) != NodeState.DOWN and now - last > grace and wall > node.get(RESTARTING_UNTIL, 0):
+            if (node_state(node) != NodeState.DOWN and now - last > self.grace(node_id)
+                    and wall > node.get(RESTARTING_UNTIL, 0)):
                 expired.append(node_id)
         for node_id in expired:
             await self.set_node_down(node_id, "heartbeat failure")
@@ -492,11 +522,11 @@ class Dispatcher:
         new["UpdatedAt"] = to_rfc3339(self.clock.now())
         result = await self.applier.write(Batch().update(NODES, new))
         if result.written:
+            self.nodes_marked_down += 1
             log.warning("node %s is down: %s", node_id, message)
         session = self.sessions.pop(node_id, None)
         if session is not None:
-            with contextlib.suppress(Exception):
-                await session.ws.close()
+            session.drop()
 
     async def disconnect(self, node_id: str, message: str) -> None:
         """End a node's session with a reason (e.g. it was removed from the swarm)."""
@@ -538,3 +568,12 @@ class Dispatcher:
                         await session.send({"type": "logs_cancel", "req": req})
 
 
+
+
+def _seconds(value: object) -> float:
+    """A duration an agent reported; anything that is not a sane number counts as 0."""
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0.0
+    return seconds if 0.0 <= seconds < 1e6 else 0.0

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shoal.errors import Unavailable
+from shoal.timeouts import within
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,11 @@ class MemberConfig:
             "--peer-trusted-ca-file", str(self.ca_file), "--peer-client-cert-auth",
             # Fast failure detection on loopback and LANs: leader failover within about a second.
             "--heartbeat-interval", "50", "--election-timeout", "500",
-            "--max-txn-ops", "1024",
+            # A member that comes back from a partition asks before it campaigns, so it does not depose a
+            # healthy leader with its higher term (etcd 3.5 turns this on by default).
+            "--pre-vote",
+            # A transaction carries up to 500 documents (shoal.manager.applier.CHUNK), a create two keys each.
+            "--max-txn-ops", "2048", "--max-request-bytes", str(8 * 1024 * 1024),
             "--auto-compaction-mode", "revision", "--auto-compaction-retention", "10000",
             "--quota-backend-bytes", str(2 * 1024**3),
             "--logger", "zap", "--log-level", "warn",
@@ -167,7 +172,7 @@ class EtcdMember:
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(asyncio.to_thread(proc.wait), 10)
+                await within(asyncio.to_thread(proc.wait), 10)
             except TimeoutError:
                 proc.kill()
                 await asyncio.to_thread(proc.wait)

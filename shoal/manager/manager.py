@@ -13,29 +13,37 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import aetcd
 import aetcd.exceptions
 
 from shoal.clock import Clock
 from shoal.config import EtcdEndpoints
 from shoal.errors import NoQuorum, ShoalError
+from shoal.loopmonitor import LoopMonitor
 from shoal.manager.applier import Applier
 from shoal.manager.ca import RootCA
 from shoal.manager.cache import Cache
 from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.etcd_member import EtcdMember, MemberConfig, client_url
-from shoal.manager.leader import LeaderElection
+from shoal.manager.leader import MAX_LOOP_STALL, LeaderElection
 from shoal.manager.orchestrator.loop import OrchestratorLoop
 from shoal.manager.scheduler.loop import SchedulerLoop
 from shoal.manager.store.base import CA_KEY, Batch
-from shoal.manager.store.etcd import EtcdStore, make_client
+from shoal.manager.store.etcd import (
+    EXTERNAL_MAX_OPS_PER_TXN,
+    MAX_OPS_PER_TXN,
+    EtcdClient,
+    EtcdStore,
+    make_client,
+)
 from shoal.supervise import Supervisor
 from shoal.timefmt import SECOND
+from shoal.timeouts import within
 from shoal.types import NODES, Doc, Role
 
 log = logging.getLogger(__name__)
 
 MEMBER_ADD_TIMEOUT = 30.0
+HEARTBEAT_LAG_WINDOW = 10.0  # the loop lag a manager reports to its agents: the worst of the last this-many s
 
 
 @dataclass
@@ -47,7 +55,8 @@ class TLSFiles:
 
 class Manager:
     def __init__(self, node_id: str, advertise_ip: str, manager_addr: str, state_dir: Path, tls: TLSFiles,
-                 clock: Clock, external_etcd: EtcdEndpoints | None = None) -> None:
+                 clock: Clock, external_etcd: EtcdEndpoints | None = None,
+                 monitor: LoopMonitor | None = None) -> None:
         self.node_id = node_id
         self.advertise_ip = advertise_ip
         self.manager_addr = manager_addr
@@ -55,8 +64,9 @@ class Manager:
         self.tls = tls
         self.clock = clock
         self.external_etcd = external_etcd
+        self.monitor = monitor or LoopMonitor()
         self.member: EtcdMember | None = None
-        self.client: aetcd.Client | None = None
+        self.client: EtcdClient | None = None
         self.store: EtcdStore | None = None
         self.cache = Cache()
         self.loops = Supervisor("manager")
@@ -92,14 +102,18 @@ class Manager:
             await self.member.start()
             self.client = make_client([client_url(self.advertise_ip)], self.tls.ca.read_bytes(),
                                       self.tls.cert.read_bytes(), self.tls.key.read_bytes())
-        self.store = EtcdStore(self.client)
+        self.store = EtcdStore(self.client, EXTERNAL_MAX_OPS_PER_TXN if self.external_etcd else MAX_OPS_PER_TXN)
         await self._wait_for_store()
-        self.election = LeaderElection(self.client, self.node_id)
+        client = self.client
+        monitor = self.monitor
+        self.election = LeaderElection(client, self.node_id, channel=client.sync_channel,
+                                       progressing=lambda: monitor.progressing(MAX_LOOP_STALL))
         leader_applier = Applier(self.store, fence=lambda: self.node_id)
         self.api_applier = Applier(self.store, fence=lambda: None)
         self.dispatcher = Dispatcher(self.cache, self.store, leader_applier, self.clock,
                                      heartbeat_period=self.heartbeat_period, managers=self.manager_addrs,
-                                     issue_certificate=self.issue_certificate)
+                                     issue_certificate=self.issue_certificate, liveness=monitor.alive,
+                                     loop_lag=lambda: monitor.recent_max(HEARTBEAT_LAG_WINDOW))
         self.orchestrator = OrchestratorLoop(self.cache, leader_applier, self.clock)
         self.scheduler = SchedulerLoop(self.cache, leader_applier, self.clock)
         store = self.store
@@ -107,7 +121,7 @@ class Manager:
         election = self.election
         self.loops.start("election", lambda: election.run(self._on_elected, self._on_deposed))
         # Serve reads only once the cache holds the store's contents.
-        await asyncio.wait_for(self.cache.ready.wait(), 30)
+        await within(self.cache.ready.wait(), 30)
 
     async def _wait_for_store(self, timeout: float = 30.0) -> None:
         assert self.client is not None
@@ -118,7 +132,7 @@ class Manager:
             if self.member is not None and (why := self.member.exited_early()):
                 raise NoQuorum(f"the etcd member did not start: {why}")
             try:
-                await asyncio.wait_for(self.client.get(b"/shoal/probe"), 2)
+                await within(self.client.get(b"/shoal/probe"), 2)
                 return
             except Exception as exc:
                 last_error = exc

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 from shoal.mesh.table import Backend, Serving
 from shoal.mesh.userspace import TcpProxy, UdpProxy
+from shoal.timeouts import within
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +149,7 @@ class ProxyWorkers:
                     if process.stdin is not None:
                         process.stdin.close()  # it exits on EOF
                     try:
-                        await asyncio.wait_for(process.wait(), 5)
+                        await within(process.wait(), 5)
                     except TimeoutError:
                         process.kill()
                         await process.wait()

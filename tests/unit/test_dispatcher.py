@@ -14,7 +14,9 @@ from aiohttp import WSMsgType, web
 from shoal.manager.applier import Applier
 from shoal.manager.controlapi.node import node_view
 from shoal.manager.dispatcher import (
+    ELECTION_EXTRA_PERIODS,
     GRACE_MULTIPLIER,
+    MAX_LAG_ALLOWANCE,
     Dispatcher,
     NodeSession,
     agent_should_know,
@@ -37,6 +39,8 @@ from tests.unit.manager_fixtures import (
 NOW = 1_800_000_000.0
 PERIOD = 5.0
 GRACE = PERIOD * GRACE_MULTIPLIER
+# What a node known at the leader's activation gets: time to notice the old leader's silence and reconnect.
+ELECTION_GRACE = GRACE + PERIOD * ELECTION_EXTRA_PERIODS
 
 
 def status(state: str, message: str = "", err: str = "", at: float = NOW + 1, **extra: object) -> Doc:
@@ -260,7 +264,7 @@ async def test_a_silent_node_is_marked_down_only_after_the_grace_period(harness:
     await harness.add_nodes(make_node("n1"))
     dispatcher = make_dispatcher(harness)
 
-    harness.clock.advance(GRACE - 0.5)
+    harness.clock.advance(ELECTION_GRACE - 0.5)
     assert await dispatcher.check_nodes() == []
     assert node_state(await stored(harness, NODES, "n1")) == NodeState.READY
 
@@ -285,7 +289,7 @@ async def test_a_node_with_fresh_heartbeats_stays_ready(harness: Harness) -> Non
     dispatcher = make_dispatcher(harness)
 
     down: list[str] = []
-    for _ in range(2 * GRACE_MULTIPLIER):
+    for _ in range(2 * (GRACE_MULTIPLIER + ELECTION_EXTRA_PERIODS)):
         harness.clock.advance(PERIOD)
         dispatcher.last_heartbeat["n1"] = harness.clock.monotonic()  # what each message on n1's session does
         down += await dispatcher.check_nodes()
@@ -296,7 +300,7 @@ async def test_a_node_with_fresh_heartbeats_stays_ready(harness: Harness) -> Non
     assert node_state(await stored(harness, NODES, "n2")) == NodeState.DOWN
 
 
-async def test_a_node_that_joins_after_activation_gets_its_own_grace(harness: Harness) -> None:
+async def test_a_node_that_joins_after_activation_gets_the_usual_grace(harness: Harness) -> None:
     dispatcher = make_dispatcher(harness)
     harness.clock.advance(10 * GRACE)
     await harness.add_nodes(make_node("late"))
@@ -309,12 +313,61 @@ async def test_a_node_that_joins_after_activation_gets_its_own_grace(harness: Ha
 async def test_activation_gives_every_node_a_fresh_grace(harness: Harness) -> None:
     await harness.add_nodes(make_node("n1"))
     dispatcher = make_dispatcher(harness)
-    harness.clock.advance(GRACE - 1)
+    harness.clock.advance(ELECTION_GRACE - 1)
     await dispatcher.deactivate()
 
     dispatcher.activate()  # leadership came back: heartbeats during the gap went to another manager
-    harness.clock.advance(GRACE - 1)
+    harness.clock.advance(ELECTION_GRACE - 1)
 
+    assert await dispatcher.check_nodes() == []
+
+
+async def test_a_new_leader_waits_for_agents_to_leave_the_old_one_before_counting_silence(
+        harness: Harness) -> None:
+    # The agents notice the old leader's silence only after their own deadline, then reconnect: the usual
+    # grace alone would declare every node down although none has failed.
+    await harness.add_nodes(make_node("n1"))
+    dispatcher = make_dispatcher(harness)
+
+    harness.clock.advance(GRACE + 0.5)
+    assert await dispatcher.check_nodes() == []
+    harness.clock.advance(ELECTION_GRACE - GRACE)
+    assert await dispatcher.check_nodes() == ["n1"]
+
+
+async def test_a_node_reporting_loop_lag_gets_that_much_longer(harness: Harness) -> None:
+    await harness.add_nodes(make_node("busy"), make_node("idle"))
+    dispatcher = make_dispatcher(harness)
+    dispatcher.node_lag["busy"] = 4.0
+    dispatcher.node_lag["idle"] = 0.01
+
+    harness.clock.advance(ELECTION_GRACE + 2)
+    assert await dispatcher.check_nodes() == ["idle"]
+    await harness.cache.wait_for_revision(harness.store.revision)
+    harness.clock.advance(2.5)
+    assert await dispatcher.check_nodes() == ["busy"]
+
+
+def test_the_lag_allowance_is_capped(harness: Harness) -> None:
+    dispatcher = make_dispatcher(harness)
+    dispatcher.node_lag["n1"] = 1e5
+    assert dispatcher.grace("n1") == GRACE + MAX_LAG_ALLOWANCE
+
+
+async def test_silence_is_timed_on_the_liveness_clock(harness: Harness) -> None:
+    # While this manager's own loop was stalled, it could not read heartbeats: that time does not count.
+    await harness.add_nodes(make_node("n1"))
+    stalled = 0.0
+
+    def liveness() -> float:
+        return harness.clock.monotonic() - stalled
+
+    dispatcher = Dispatcher(harness.cache, harness.store, Applier(harness.store, fence=lambda: None),
+                            harness.clock, heartbeat_period=lambda: PERIOD, managers=lambda: [],
+                            issue_certificate=no_certificates, liveness=liveness)
+    dispatcher.activate()
+    harness.clock.advance(ELECTION_GRACE + 30)
+    stalled = 31.0  # the loop stood still for 31 of those seconds
     assert await dispatcher.check_nodes() == []
 
 
@@ -372,6 +425,23 @@ async def test_a_session_registers_its_node_and_refreshes_its_heartbeat(harness:
     assert [t["ID"] for t in assignments["tasks"]] == ["t1"]
     assert endpoints == {"type": "endpoints", "listeners": []}
     assert await dispatcher.check_nodes() == []
+
+
+@pytest.mark.parametrize("reported, recorded", [(0.7, 0.7), ("junk", 0.0), (-3, 0.0), (None, 0.0)])
+async def test_every_heartbeat_is_answered_and_its_lag_recorded(harness: Harness, reported: object,
+                                                                recorded: float) -> None:
+    await harness.add_nodes(make_node("n1"))
+    dispatcher = Dispatcher(harness.cache, harness.store, Applier(harness.store, fence=lambda: None),
+                            harness.clock, heartbeat_period=lambda: PERIOD, managers=lambda: [],
+                            issue_certificate=no_certificates, loop_lag=lambda: 0.25)
+    dispatcher.activate()
+
+    socket = await serve(dispatcher, "n1", [{"type": "heartbeat", "lag": reported}, {"type": "heartbeat"}])
+
+    assert socket.sent[1:] == [{"type": "heartbeat", "lag": 0.25}] * 2
+    assert dispatcher.node_lag["n1"] == 0.0  # the last heartbeat carried none
+    socket = await serve(dispatcher, "n1", [{"type": "heartbeat", "lag": reported}])
+    assert dispatcher.node_lag["n1"] == recorded
 
 
 async def test_a_session_queues_status_reports_for_the_next_flush(harness: Harness) -> None:

@@ -13,6 +13,7 @@ from shoal.manager.applier import Applier
 from shoal.manager.cache import Cache
 from shoal.manager.orchestrator.loop import OrchestratorLoop, reconcile_removed_service
 from shoal.manager.scheduler.loop import SchedulerLoop
+from shoal.manager.scheduler.pipeline import NodeLoad
 from shoal.manager.store.base import Batch
 from shoal.manager.store.memory import MemoryStore
 from shoal.timefmt import SECOND
@@ -322,3 +323,69 @@ async def test_a_conflicting_write_makes_the_orchestrator_decide_again(harness: 
     (stopping,) = harness.tasks_of("web")
     assert desired_state(stopping) == TaskState.SHUTDOWN
     assert stopping["Labels"] == {"touched": "yes"}
+
+
+# ---- decisions in proportion to what changed --------------------------------------------------------------
+
+
+async def test_a_task_report_is_decided_over_its_slot_alone(harness: Harness) -> None:
+    await harness.add_nodes(make_node("n1"), make_node("n2"))
+    orchestrator, scheduler = loops(harness)
+    tasks = await start_web(harness, orchestrator, scheduler, replicas=50)
+    failed = next(t for t in tasks if task_slot(t) == 7)
+    full_before = orchestrator.passes["full"]
+
+    await harness.report(failed["ID"], TaskState.FAILED, err="exit 1")
+    assert orchestrator.dirty == set() and orchestrator.dirty_slots == {"web": {7}}
+    decision = await orchestrator.run_once()
+
+    assert orchestrator.passes["full"] == full_before
+    assert "slot 7: task" in decision and "slot 8" not in decision
+    assert desired_state(next(t for t in harness.tasks_of("web") if t["ID"] == failed["ID"])) == TaskState.SHUTDOWN
+
+
+async def test_a_task_report_during_a_rolling_update_is_decided_over_the_whole_service(harness: Harness) -> None:
+    await harness.add_nodes(make_node("n1"))
+    orchestrator, scheduler = loops(harness)
+    await start_web(harness, orchestrator, scheduler, replicas=3)
+    service = await harness.store.get(SERVICES, "web")
+    assert service is not None
+    service["PreviousSpec"] = service["Spec"]
+    service["Spec"] = {**service["Spec"], "TaskTemplate": {"ContainerSpec": {"Image": "busybox:2"}}}
+    await harness.commit(Batch().update(SERVICES, service))
+    await orchestrator.run_once()  # the first batch: one slot replaced
+    await scheduler.run_once()
+    full_before = orchestrator.passes["full"]
+
+    new = next(t for t in harness.tasks_of("web") if t["Spec"]["ContainerSpec"]["Image"] == "busybox:2")
+    await harness.report(new["ID"], TaskState.RUNNING)
+    await orchestrator.run_once()
+
+    assert orchestrator.passes["full"] > full_before
+
+
+async def test_a_node_going_down_marks_the_slots_of_its_tasks_only(harness: Harness) -> None:
+    await harness.add_nodes(make_node("n1"), make_node("n2"))
+    orchestrator, scheduler = loops(harness)
+    tasks = await start_web(harness, orchestrator, scheduler, replicas=6)
+
+    await harness.set_node_state("n1", "down")
+
+    assert orchestrator.dirty == set()
+    assert orchestrator.dirty_slots == {"web": {task_slot(t) for t in tasks if task_node(t) == "n1"}}
+
+
+async def test_the_scheduler_keeps_what_each_node_runs_current_from_events(harness: Harness) -> None:
+    await harness.add_nodes(make_node("n1"), make_node("n2"))
+    orchestrator, scheduler = loops(harness)
+    tasks = await start_web(harness, orchestrator, scheduler, replicas=5)
+    await harness.report(tasks[0]["ID"], TaskState.FAILED)
+    await harness.set_node_state("n2", "down")
+    for _ in range(3):
+        await orchestrator.run_once()
+        await scheduler.run_once()
+
+    recounted = NodeLoad.of({nid: harness.cache.tasks_on_node(nid) for nid in ("n1", "n2")})
+    assert scheduler.load.total == recounted.total
+    assert dict(scheduler.load.by_service) == {k: v for k, v in recounted.by_service.items() if v}
+    assert sum(scheduler.load.total.values()) == len(live(harness.tasks_of("web")))

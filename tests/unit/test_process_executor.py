@@ -181,7 +181,8 @@ async def test_shutdown_sends_stop_signal_to_the_group(executor: ProcessExecutor
 async def test_shutdown_kills_a_process_that_ignores_the_stop_signal(executor: ProcessExecutor,
                                                                      marker: str) -> None:
     controller = await started(executor, make_task(["sh", "-c", "trap '' TERM; sleep 300; sleep 300", marker]))
-    await wait_until(lambda: len(pids_with(marker)) == 1)
+    # The trap is set once the shell has started its first sleep (a TERM before that would end it).
+    await wait_until(lambda: len(group_members(controller.pid())) == 2)
     before = time.monotonic()
     await controller.shutdown(0.3, "TERM")
     assert time.monotonic() - before >= 0.3

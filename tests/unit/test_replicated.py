@@ -406,3 +406,44 @@ def test_never_more_than_replicas_live_tasks(case: tuple[Doc, list[Doc], dict[st
             node = nodes.get(task["NodeID"])
             assert node is not None and node["Status"]["State"] != "down"
             assert node["Spec"]["Availability"] != "drain"
+
+
+# ---- deciding some slots only -----------------------------------------------------------------------------
+
+def test_with_slots_only_those_slots_are_decided() -> None:
+    service = make_service(replicas=3)
+    nodes = nodes_map(make_node("n1"), make_node("gone", state="down"))
+    tasks = [make_task(service, "t1", 1, node="gone"), make_task(service, "t2", 2, node="gone"),
+             make_task(service, "t9", 9)]
+
+    plan = reconcile_replicated(service, tasks, nodes, NOW, slots={2, 9}, new_task_id=ids())
+
+    assert sorted(t["ID"] for t in plan.update) == ["t2", "t9"]  # slot 1 is not looked at
+    assert [task_slot(t) for t in plan.create] == [2]
+    # The same decision as a full pass makes for those slots.
+    full = reconcile_replicated(service, tasks, nodes, NOW, new_task_id=ids())
+    assert sorted(t["ID"] for t in full.update) == ["t1", "t2", "t9"]
+    assert sorted(task_slot(t) for t in full.create) == [1, 2, 3]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 6), st.sampled_from(["running", "failed", "pending"]),
+                          st.sampled_from(["n1", "down"])), max_size=10),
+       st.integers(0, 5), st.sets(st.integers(1, 6)))
+def test_deciding_slot_by_slot_writes_what_the_full_pass_writes_for_them(
+        layout: list[tuple[int, str, str]], replicas: int, slots: set[int]) -> None:
+    service = make_service(replicas=replicas)
+    nodes = nodes_map(make_node("n1"), make_node("down", state="down"))
+    tasks = [make_task(service, f"t{i}", slot, node=node, state=state)
+             for i, (slot, state, node) in enumerate(layout)]
+
+    partial = reconcile_replicated(service, tasks, nodes, NOW, slots=slots, new_task_id=ids())
+    full = reconcile_replicated(service, tasks, nodes, NOW, new_task_id=ids())
+
+    def touched(plan: Plan) -> tuple[list[str], list[int], list[str]]:
+        return (sorted(t["ID"] for t in plan.update if task_slot(t) in slots),
+                sorted(task_slot(t) for t in plan.create if task_slot(t) in slots),
+                sorted(t["ID"] for t in plan.delete if task_slot(t) in slots))
+
+    assert touched(partial) == touched(full)
+    assert all(task_slot(t) in slots for t in partial.update + partial.create + partial.delete)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from shoal.manager.orchestrator.common import is_task_dirty, new_task
+from shoal.manager.orchestrator.common import SPEC_DIGEST, is_task_dirty, new_task
 from shoal.manager.orchestrator.global_ import reconcile_global
 from shoal.manager.orchestrator.replicated import reconcile_replicated
 from shoal.manager.orchestrator.update import (
@@ -59,7 +59,10 @@ def make_task(service: Doc, tid: str, slot: int, image: str = OLD_IMAGE, state: 
               changed: float | None = None, running_stamp: float | None = None) -> Doc:
     """A task of `service` running `image`, in `state` since `changed` (default: its creation)."""
     task = new_task(service, slot, node, created, task_id=tid)
-    task["Spec"]["ContainerSpec"]["Image"] = image
+    if image != service["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]:
+        # A task of another spec: the digest stamped on it at creation would no longer match its spec.
+        task["Spec"]["ContainerSpec"]["Image"] = image
+        del task[SPEC_DIGEST]
     task["Status"]["State"] = state
     task["Status"]["Timestamp"] = to_rfc3339(changed if changed is not None else created)
     if running_stamp is not None:
@@ -128,6 +131,7 @@ def test_a_new_service_still_starting_is_not_an_update() -> None:
 def test_force_update_makes_every_task_outdated() -> None:
     svc = make_service(previous_image=NEW_IMAGE, update={"Parallelism": 0})
     tasks = [make_task(svc, f"t{s}", s, image=NEW_IMAGE) for s in (1, 2)]
+    svc = clone(svc)  # documents are never changed in place: an update makes a new one
     svc["Spec"]["TaskTemplate"]["ForceUpdate"] = 1
     result = plan_update(svc, tasks, NODES, NOW, new_task_id=ids())
     assert new_slots(result) == [1, 2] and shut_ids(result) == ["t1", "t2"]
@@ -648,6 +652,6 @@ def test_publishing_another_port_makes_tasks_dirty() -> None:
                                       "PublishMode": "ingress"}]}
     task = new_task(service, 1, "", NOW)
     assert not is_task_dirty(service, task)
-    service["Endpoint"] = {"Ports": [{"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 9090,
-                                      "PublishMode": "ingress"}]}
+    service = {**service, "Endpoint": {"Ports": [{"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 9090,
+                                                  "PublishMode": "ingress"}]}}
     assert is_task_dirty(service, task)

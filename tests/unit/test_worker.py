@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -69,6 +70,12 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
     yield node
     for worker in reversed(node.workers):
         await worker.stop(kill_tasks=True)
+
+
+def recorded_ids(state_dir: Path) -> set[str]:
+    """The task ids the record on disk holds (read as another process would)."""
+    with sqlite3.connect(state_dir / "tasks.db") as conn:
+        return {row[0] for row in conn.execute("SELECT id FROM tasks")}
 
 
 def sleeper(marker: str, *extra: str) -> list[str]:
@@ -201,7 +208,7 @@ async def test_full_assignment_without_a_task_stops_and_forgets_it(node: Node, m
     await reports.reach(dropped["ID"], "shutdown")
     await wait_until(lambda: dropped_pid not in pids_with(marker))
     assert worker.running_task_ids() == {kept["ID"]}
-    await wait_until(lambda: dropped["ID"] not in json.loads((node.state_dir / "tasks.json").read_text())["Tasks"])
+    await wait_until(lambda: dropped["ID"] not in recorded_ids(node.state_dir))
     assert not (node.state_dir / "logs" / dropped["ID"]).exists()
     with pytest.raises(NotFound):
         worker.logs(dropped["ID"])
@@ -402,10 +409,11 @@ async def test_restarted_agent_resumes_a_task_it_was_preparing_unless_it_is_to_s
                                                                                  marker: str) -> None:
     # What an agent that died while preparing two tasks left on disk.
     resume, drop = make_task(sleeper(marker, "resume")), make_task(sleeper(marker, "drop"), desired="shutdown")
-    db = TaskDB(node.state_dir / "tasks.json")
-    db.load()
+    db = TaskDB(node.state_dir / "tasks.db")
+    await db.load()
     for task in (resume, drop):
         db.put(TaskRecord(task=task, status={"State": "preparing", "Message": "preparing"}))
+    await db.close()
 
     reports = Reports()
     await node.start_worker(reports)
@@ -426,7 +434,7 @@ async def test_stop_with_kill_tasks_stops_everything_and_forgets_it(node: Node, 
     await worker.stop(kill_tasks=True)
     assert reports.states(task["ID"])[-1] == "shutdown"
     assert pids_with(marker) == []
-    assert TaskDB(node.state_dir / "tasks.json").load() == {}
+    assert recorded_ids(node.state_dir) == set()
 
 
 # ---- health checks -------------------------------------------------------------------------------------------
@@ -635,23 +643,19 @@ async def test_readopted_starting_task_stays_starting_until_healthy(node: Node, 
 
 # ---- the task record -----------------------------------------------------------------------------------------
 
-def test_taskdb_round_trip_and_atomic_replace(tmp_path: Path) -> None:
-    path = tmp_path / "tasks.json"
-    db = TaskDB(path)
-    db.load()
-    record = TaskRecord(task={"ID": "t1"}, status={"State": "running"}, handle={"PID": 1}, stopping=True)
-    db.put(record)
-    db.put(TaskRecord(task={"ID": "t2"}))
-    db.remove("t2")
-    assert TaskDB(path).load() == {"t1": record}
-    assert [p.name for p in tmp_path.iterdir()] == ["tasks.json"]  # no temporary file left behind
+async def test_a_record_in_the_old_single_file_format_is_imported(node: Node, marker: str) -> None:
+    # A daemon upgraded in place keeps its tasks: format 1 kept everything in tasks.json.
+    task = make_task(sleeper(marker))
+    node.state_dir.mkdir(parents=True)
+    (node.state_dir / "tasks.json").write_text(json.dumps(
+        {"Version": 1, "Tasks": {task["ID"]: {"Task": task, "Status": {"State": "preparing"}}}}))
 
+    reports = Reports()
+    await node.start_worker(reports)
 
-def test_taskdb_sets_an_unreadable_file_aside(tmp_path: Path) -> None:
-    path = tmp_path / "tasks.json"
-    path.write_text("{not json")
-    assert TaskDB(path).load() == {}
-    assert (tmp_path / "tasks.corrupt").read_text() == "{not json"
+    await reports.reach(task["ID"], "running")
+    assert not (node.state_dir / "tasks.json").exists()
+    assert recorded_ids(node.state_dir) == {task["ID"]}
 
 
 async def test_a_task_wanted_ready_is_prepared_and_held_until_wanted_running(tmp_path: Path) -> None:

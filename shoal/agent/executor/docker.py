@@ -53,6 +53,7 @@ from shoal.agent.health import HealthStatus, health_check_of
 from shoal.errors import InvalidArgument, Unavailable
 from shoal.mesh.table import published_ports
 from shoal.timefmt import SECOND, from_rfc3339
+from shoal.timeouts import within
 from shoal.types import Doc, task_slot
 
 log = logging.getLogger(__name__)
@@ -327,7 +328,7 @@ async def _exit_code(api: docker.APIClient, container_id: str, timeout: float | 
     """Wait for the container to exit (up to `timeout` seconds: TimeoutError) and return its exit code."""
     watcher = _ExitWatcher(api, container_id)
     try:
-        return await asyncio.wait_for(watcher.future, timeout=timeout)
+        return await within(watcher.future, timeout=timeout)
     finally:
         watcher.close()
 
@@ -527,7 +528,7 @@ class DockerExecutor:
         try:
             while open_streams:
                 try:
-                    item = await asyncio.wait_for(queue.get(), timeout=LOG_DRAIN_SECONDS / 4)
+                    item = await within(queue.get(), timeout=LOG_DRAIN_SECONDS / 4)
                 except TimeoutError:
                     if drain_deadline is None and ended():
                         drain_deadline = loop.time() + LOG_DRAIN_SECONDS

@@ -52,6 +52,7 @@ from shoal.agent.executor.base import (
     backend_port,
 )
 from shoal.mesh.table import published_ports
+from shoal.timeouts import within
 from shoal.types import Doc, task_slot
 
 log = logging.getLogger(__name__)
@@ -402,14 +403,14 @@ class ProcessController(Controller):
             first = signal.SIGTERM
         signal_group(self._pid, first)
         try:
-            await asyncio.wait_for(until_exited(self._pid, self._start_ticks), timeout=max(grace_seconds, 0))
+            await within(until_exited(self._pid, self._start_ticks), timeout=max(grace_seconds, 0))
             return
         except TimeoutError:
             log.info("task %s did not stop within %.1fs of %s: killing it", self._task_id, grace_seconds,
                      first.name)
         signal_group(self._pid, signal.SIGKILL)
         try:
-            await asyncio.wait_for(until_exited(self._pid, self._start_ticks), timeout=KILL_WAIT_SECONDS)
+            await within(until_exited(self._pid, self._start_ticks), timeout=KILL_WAIT_SECONDS)
         except TimeoutError:
             raise ExecutorError(f"process {self._pid} survived SIGKILL for {KILL_WAIT_SECONDS:.0f}s") from None
 
@@ -497,7 +498,7 @@ async def _wait_for_probe(checker: subprocess.Popen[bytes], timeout_seconds: flo
     stat = read_proc_stat(checker.pid)
     start_ticks = stat.start_ticks if stat else -1
     try:
-        await asyncio.wait_for(until_exited(checker.pid, start_ticks), timeout=max(timeout_seconds, 0))
+        await within(until_exited(checker.pid, start_ticks), timeout=max(timeout_seconds, 0))
         timed_out = False
     except TimeoutError:
         timed_out = True
@@ -505,7 +506,7 @@ async def _wait_for_probe(checker: subprocess.Popen[bytes], timeout_seconds: flo
         # Before reaping: the group id cannot be reused while the leader is a zombie.
         signal_group(checker.pid, signal.SIGKILL)
     try:
-        await asyncio.wait_for(until_exited(checker.pid, start_ticks), timeout=KILL_WAIT_SECONDS)
+        await within(until_exited(checker.pid, start_ticks), timeout=KILL_WAIT_SECONDS)
     except TimeoutError:
         log.warning("health check process %d survived SIGKILL", checker.pid)
         return None

@@ -148,6 +148,14 @@ def _node_ref_matches(ref: str, task: Doc, node: Doc | None, self_node_id: str |
     return node is not None and ref in (node_hostname(node), (node.get("Spec") or {}).get("Name"))
 
 
+def nodes_with_tasks_matching(refs: list[str], node_ids: list[str], nodes_by_id: Mapping[str, Doc],
+                              self_node_id: str | None) -> list[str]:
+    """Of the node IDs tasks are on, those a `node` task filter can match (then checked task by task)."""
+    return [node_id for node_id in node_ids
+            if any(_node_ref_matches(ref, {"NodeID": node_id}, nodes_by_id.get(node_id), self_node_id)
+                   for ref in refs)]
+
+
 def match_task(task: Doc, filters: Mapping[str, list[str]], services_by_id: Mapping[str, Doc],
                nodes_by_id: Mapping[str, Doc], self_node_id: str | None) -> bool:
     """Whether a task passes the `GET /tasks` filters.

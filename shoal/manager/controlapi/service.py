@@ -625,6 +625,17 @@ def service_status(service: Doc, tasks: Iterable[Doc], nodes_by_id: Mapping[str,
     return {"RunningTasks": running, "DesiredTasks": desired, "CompletedTasks": 0}
 
 
+def counted_status(service: Doc, running_by_node: Mapping[str, int], nodes_by_id: Mapping[str, Doc]) -> Doc:
+    """`service_status` of a replicated service from the cache's running counts per node: no pass over the
+    tasks, so `service ls` costs the same with a hundred thousand tasks."""
+    running = 0
+    for node_id, count in running_by_node.items():
+        node = nodes_by_id.get(node_id)
+        if node is not None and node_state(node) != NodeState.DOWN:
+            running += count
+    return {"RunningTasks": running, "DesiredTasks": replicas(service), "CompletedTasks": 0}
+
+
 def is_up_to_date(service: Doc, task: Doc) -> bool:
     """Whether a task runs the service's current TaskTemplate (the `_up-to-date` task filter)."""
     return bool(task.get("Spec") == (service.get("Spec") or {}).get("TaskTemplate"))

@@ -15,6 +15,7 @@ Two conventions the reconcilers rely on:
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from collections.abc import Callable, Collection
 
@@ -42,6 +43,9 @@ ENDED_ON_ITS_OWN = frozenset({TaskState.COMPLETE, TaskState.FAILED, TaskState.RE
 
 IdFactory = Callable[[], str]
 
+# On a task: the digest of the spec and published ports it was created with (see `is_task_dirty`).
+SPEC_DIGEST = "ShoalSpecDigest"
+
 
 def new_task(service: Doc, slot: int, node_id: str, now: float, task_id: str | None = None) -> Doc:
     """A pending task for `service` in `slot` (0 for global tasks, which come with their `node_id` set)."""
@@ -64,6 +68,7 @@ def new_task(service: Doc, slot: int, node_id: str, now: float, task_id: str | N
         "SpecVersion": {"Index": version_of(service)},
         # The ports the task publishes (host mode binds them on its node), as swarmkit copies them.
         "Endpoint": copy.deepcopy(service.get("Endpoint") or {}),
+        SPEC_DIGEST: service_digest(service),
     }
 
 
@@ -71,8 +76,45 @@ def _canonical(doc: object) -> str:
     return json.dumps(doc or {}, sort_keys=True, separators=(",", ":"))
 
 
-def _published(doc: Doc) -> str:
-    return _canonical((doc.get("Endpoint") or {}).get("Ports") or [])
+def _digest(template: object, ports: object) -> str:
+    text = _canonical({"Ports": ports or [], "Template": template or {}})
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+class _ByIdentity:
+    """Digests remembered per document object (documents are never changed in place), a bounded number."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.entries: dict[int, tuple[Doc, str]] = {}
+
+    def get(self, doc: Doc, compute: Callable[[Doc], str]) -> str:
+        entry = self.entries.get(id(doc))
+        if entry is not None and entry[0] is doc:
+            return entry[1]
+        digest = compute(doc)
+        if len(self.entries) >= self.size:
+            self.entries.pop(next(iter(self.entries)))
+        self.entries[id(doc)] = (doc, digest)  # the reference keeps id(doc) from being reused meanwhile
+        return digest
+
+
+_service_digests = _ByIdentity(256)
+_task_digests = _ByIdentity(4096)
+
+
+def service_digest(service: Doc) -> str:
+    """A digest of the service's TaskTemplate and published ports: what a task of its current spec carries."""
+    return _service_digests.get(service, lambda s: _digest(s["Spec"].get("TaskTemplate"),
+                                                           (s.get("Endpoint") or {}).get("Ports")))
+
+
+def task_digest(task: Doc) -> str:
+    """The digest of the spec a task was created with: stamped on it then, computed for older tasks."""
+    stamped = task.get(SPEC_DIGEST)
+    if isinstance(stamped, str):
+        return stamped
+    return _task_digests.get(task, lambda t: _digest(t.get("Spec"), (t.get("Endpoint") or {}).get("Ports")))
 
 
 def is_task_dirty(service: Doc, task: Doc) -> bool:
@@ -80,10 +122,10 @@ def is_task_dirty(service: Doc, task: Doc) -> bool:
     (a task is given its ports when it starts: node ports for the routing mesh, Docker's port bindings).
 
     ForceUpdate is part of the comparison on purpose: bumping it (`service update --force`) makes every task
-    dirty, so the updater replaces them even though nothing else changed.
+    dirty, so the updater replaces them even though nothing else changed. Compared by digest (a task's spec
+    never changes), so the updater's passes over a hundred thousand tasks encode no JSON.
     """
-    return (_canonical(task.get("Spec")) != _canonical(service["Spec"].get("TaskTemplate"))
-            or _published(task) != _published(service))
+    return task_digest(task) != service_digest(service)
 
 
 def set_desired(task: Doc, state: TaskState, now: float) -> Doc:

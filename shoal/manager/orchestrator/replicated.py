@@ -7,6 +7,7 @@ of an older spec is left to the updater); it only fills, empties and repairs slo
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Collection
 
 from shoal.manager.orchestrator.common import (
     IdFactory,
@@ -30,8 +31,12 @@ def reconcile_replicated(
     history_limit: int = DEFAULT_HISTORY_LIMIT,
     *,
     new_task_id: IdFactory | None = None,
+    slots: Collection[int] | None = None,
 ) -> Plan:
     """What to write so `service` has exactly Replicas live tasks in slots 1..N.
+
+    With `slots`, only those slots are reconciled and `tasks` need only hold theirs: the orchestrator's pass
+    after a few tasks changed costs in proportion to those, not to the service's size. Without, every slot.
 
     - Tasks in slots above N are stopped (not-running ones first, then the highest slots).
     - A live task whose node is down, drained or gone is stopped and its slot refilled at once; its Status is
@@ -42,6 +47,8 @@ def reconcile_replicated(
     Tasks of other services in `tasks` are ignored.
     """
     own = [t for t in tasks if t.get("ServiceID") == service["ID"]]
+    if slots is not None:
+        own = [t for t in own if task_slot(t) in slots]
     draft = PlanDraft(own, new_task_id)
     wanted = replicas(service)
 
@@ -50,7 +57,8 @@ def reconcile_replicated(
         by_slot[task_slot(task)].append(task)
 
     _scale_down(draft, by_slot, wanted, now)
-    for slot in range(1, wanted + 1):
+    numbers = range(1, wanted + 1) if slots is None else sorted(s for s in slots if 1 <= s <= wanted)
+    for slot in numbers:
         _reconcile_slot(draft, service, slot, by_slot.get(slot, []), nodes, now)
 
     view = draft.view()

@@ -1,7 +1,8 @@
 """The scheduler loop (leader only): places pending tasks on nodes, in batches.
 
-It keeps the set of pending tasks as events arrive; each tick runs the pure `schedule` over all of them (tasks of
-one service are placed as a group) and commits the decisions in one go.
+It keeps the set of pending tasks and what each node runs (`NodeLoad`) as events arrive; each tick runs the pure
+`schedule` over the pending tasks (tasks of one service are placed as a group) and commits the decisions in one
+go. A tick costs in proportion to the pending tasks and the nodes, not to the tasks already placed.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 from shoal.clock import Clock
 from shoal.manager.applier import Applier
 from shoal.manager.cache import Cache
-from shoal.manager.scheduler.pipeline import schedule
+from shoal.manager.scheduler.pipeline import NodeLoad, schedule
 from shoal.manager.store.base import Event
 from shoal.types import NODES, TASKS, Doc, Plan, TaskState, desired_state, task_state
 
@@ -29,16 +30,24 @@ class SchedulerLoop:
         self.applier = applier
         self.clock = clock
         self.pending: set[str] = set()
+        self.load = NodeLoad()  # what the nodes run, kept current from the cache's events
         self._signal = asyncio.Event()
         self.last_decision = ""
         cache.subscribe(self._on_event, self._on_resync)
 
     def _on_resync(self) -> None:
         self.pending = {tid for tid, t in self.cache.tasks().items() if needs_scheduling(t)}
+        self.load = NodeLoad()
+        for task in self.cache.tasks().values():
+            self.load.add(task)
         self._signal.set()
 
     def _on_event(self, event: Event, prev: Doc | None) -> None:
         if event.kind == TASKS:
+            if prev is not None:
+                self.load.remove(prev)
+            if event.doc is not None:
+                self.load.add(event.doc)
             if event.doc is not None and needs_scheduling(event.doc):
                 self.pending.add(event.obj_id)
                 self._signal.set()
@@ -53,8 +62,7 @@ class SchedulerLoop:
         if not tasks:
             return ""
         nodes = list(self.cache.nodes().values())
-        tasks_by_node = {nid: self.cache.tasks_on_node(nid) for nid in self.cache.nodes()}
-        result = schedule(tasks, nodes, tasks_by_node, self.clock.now())
+        result = schedule(tasks, nodes, self.load, self.clock.now())
         plan = Plan(update=result.assigned + result.unassigned)
         if plan.empty():
             return ""

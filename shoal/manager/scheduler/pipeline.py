@@ -10,8 +10,10 @@ task lands, so 6 tasks on 3 equal nodes go 2/2/2. Filtering is done once per dis
 from __future__ import annotations
 
 import heapq
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from shoal.manager.scheduler.filters import Filter, filters_for
 from shoal.mesh.table import published_ports
@@ -77,19 +79,84 @@ def host_port_error(count: int) -> str:
     return f"no suitable node (host-mode port already in use on {count} node{'s' if count != 1 else ''})"
 
 
-class _Load:
-    """Live task counts per node, overall and per service, and the host ports in use, kept current as tasks
-    are placed."""
+class NodeLoad:
+    """Live tasks per node, in total and per service, and the host ports they bind (swarmkit's NodeInfo).
+
+    The scheduler loop keeps one current as tasks change, so a tick costs in proportion to the pending tasks
+    and the nodes, never to the tasks already placed. `schedule` reads it and never changes it.
+    """
 
     def __init__(self) -> None:
-        self.total: dict[str, int] = defaultdict(int)
-        self.by_service: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        self.host_ports: dict[str, set[HostPort]] = defaultdict(set)
+        self.total: Counter[str] = Counter()
+        self.by_service: dict[str, Counter[str]] = defaultdict(Counter)
+        self.host_ports: dict[str, Counter[HostPort]] = defaultdict(Counter)
+
+    @classmethod
+    def of(cls, tasks_by_node: Mapping[str, list[Doc]]) -> NodeLoad:
+        load = cls()
+        for node_tasks in tasks_by_node.values():
+            for task in node_tasks:
+                load.add(task)
+        return load
+
+    @staticmethod
+    def counts(task: Doc) -> bool:
+        """Whether a task occupies its node: live and placed there (a global task waiting on its node for
+        the scheduler's confirmation does not, yet)."""
+        return bool(task_node(task)) and task_state(task) >= TaskState.ASSIGNED and task_is_live(task)
+
+    def add(self, task: Doc) -> None:
+        if self.counts(task):
+            self._change(task, 1)
+
+    def remove(self, task: Doc) -> None:
+        if self.counts(task):
+            self._change(task, -1)
+
+    def _change(self, task: Doc, delta: int) -> None:
+        node_id = task_node(task)
+        _bump(self.total, node_id, delta)
+        _bump(self.by_service[task["ServiceID"]], node_id, delta)
+        for port in host_ports(task):
+            _bump(self.host_ports[node_id], port, delta)
+
+
+def _bump(counter: Counter[Any], key: Any, delta: int) -> None:
+    counter[key] += delta
+    if counter[key] <= 0:
+        del counter[key]
+
+
+class _Load:
+    """A NodeLoad as one scheduling decision sees it: the base plus the placements made so far."""
+
+    def __init__(self, base: NodeLoad) -> None:
+        self.base = base
+        self.delta_total: dict[str, int] = defaultdict(int)
+        self.delta_service: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.delta_ports: dict[str, dict[HostPort, int]] = defaultdict(lambda: defaultdict(int))
+
+    def total(self, node_id: str) -> int:
+        return self.base.total.get(node_id, 0) + self.delta_total.get(node_id, 0)
+
+    def service_count(self, service_id: str, node_id: str) -> int:
+        base = self.base.by_service.get(service_id)
+        delta = self.delta_service.get(service_id)
+        return (base.get(node_id, 0) if base else 0) + (delta.get(node_id, 0) if delta else 0)
+
+    def service_nodes(self, service_id: str) -> set[str]:
+        """The nodes that run a live task of the service."""
+        candidates = set(self.base.by_service.get(service_id, ())) | set(self.delta_service.get(service_id, ()))
+        return {node_id for node_id in candidates if self.service_count(service_id, node_id) > 0}
+
+    def host_ports(self, node_id: str) -> set[HostPort]:
+        return set(self.base.host_ports.get(node_id, ())) | set(self.delta_ports.get(node_id, ()))
 
     def add(self, node_id: str, task: Doc) -> None:
-        self.total[node_id] += 1
-        self.by_service[task["ServiceID"]][node_id] += 1
-        self.host_ports[node_id] |= host_ports(task)
+        self.delta_total[node_id] += 1
+        self.delta_service[task["ServiceID"]][node_id] += 1
+        for port in host_ports(task):
+            self.delta_ports[node_id][port] += 1
 
 
 class _Candidates:
@@ -102,14 +169,14 @@ class _Candidates:
     def __init__(self, node_ids: list[str], error: str, load: _Load) -> None:
         self.node_ids = set(node_ids)
         self.error = error
-        self.heap = [(load.total.get(nid, 0), nid) for nid in node_ids]
+        self.heap = [(load.total(nid), nid) for nid in node_ids]
         heapq.heapify(self.heap)
 
     def pop_least_loaded(self, load: _Load) -> str | None:
         while self.heap:
             total, node_id = self.heap[0]
-            if total != load.total.get(node_id, 0):
-                heapq.heapreplace(self.heap, (load.total.get(node_id, 0), node_id))
+            if total != load.total(node_id):
+                heapq.heapreplace(self.heap, (load.total(node_id), node_id))
                 continue
             heapq.heappop(self.heap)
             return node_id
@@ -117,31 +184,27 @@ class _Candidates:
 
     def push_back(self, node_ids: list[str], load: _Load) -> None:
         for node_id in node_ids:
-            heapq.heappush(self.heap, (load.total.get(node_id, 0), node_id))
+            heapq.heappush(self.heap, (load.total(node_id), node_id))
 
 
 def schedule(
     pending: list[Doc],
     nodes: list[Doc],
-    tasks_by_node: dict[str, list[Doc]],
+    placed: NodeLoad | Mapping[str, list[Doc]],
     now: float,
 ) -> SchedulingResult:
     """Place the pending tasks. Tasks that are not pending, or no longer wanted, are passed over.
 
-    A task that already has a NodeID (a global task) is only checked against that node. A task whose
-    preassigned node is unknown is passed over: the global reconciler stops it.
+    `placed` is what the nodes already run: a NodeLoad, or the tasks on each node. A task that already has a
+    NodeID (a global task) is only checked against that node. A task whose preassigned node is unknown is
+    passed over: the global reconciler stops it.
     """
     result = SchedulingResult()
     stamp = to_rfc3339(now)
     node_by_id = {n["ID"]: n for n in nodes}
     waiting = [t for t in pending if task_state(t) < TaskState.ASSIGNED and desired_state(t) <= TaskState.RUNNING]
-    waiting_ids = {t["ID"] for t in waiting}
 
-    load = _Load()
-    for node_id, node_tasks in tasks_by_node.items():
-        for task in node_tasks:
-            if task["ID"] not in waiting_ids and task_is_live(task):
-                load.add(node_id, task)
+    load = _Load(placed if isinstance(placed, NodeLoad) else NodeLoad.of(placed))
 
     groups: dict[tuple[str, tuple[str, ...]], list[Doc]] = defaultdict(list)
     for task in waiting:
@@ -155,7 +218,7 @@ def schedule(
         pipeline = Pipeline(filters_for(task.get("Spec") or {}))
         if not pipeline.check(node):
             _refuse(result, task, pipeline.error(), stamp)
-        elif host_ports(task) & load.host_ports[node_id]:
+        elif host_ports(task) & load.host_ports(node_id):
             _refuse(result, task, host_port_error(1), stamp)
         else:
             result.assigned.append(_assigned(task, node_id, PREASSIGNED_MESSAGE, stamp))
@@ -184,7 +247,7 @@ def _place_on_free_host_ports(result: SchedulingResult, group: list[Doc], fit: _
     """Tasks that bind host ports: at most one per node, on nodes where those ports are free, least loaded
     first; the rest wait, saying why (as swarmkit's host-port filter does)."""
     wanted = host_ports(group[0])
-    free = sorted((load.total[nid], nid) for nid in fit.node_ids if not wanted & load.host_ports[nid])
+    free = sorted((load.total(nid), nid) for nid in fit.node_ids if not wanted & load.host_ports(nid))
     busy = len(fit.node_ids) - len(free)
     for task in group:
         if not free:
@@ -205,22 +268,22 @@ def _spread(
     shared candidate heap; only the nodes that already run the service are kept in a heap of the group's own,
     so a group costs in proportion to its size and the service's footprint, not to the cluster size.
     """
-    service_load = load.by_service[service_id]
-    hosting = [(count, load.total[nid], nid) for nid, count in service_load.items() if count and nid in fit.node_ids]
+    hosting = [(load.service_count(service_id, nid), load.total(nid), nid)
+               for nid in load.service_nodes(service_id) if nid in fit.node_ids]
     heapq.heapify(hosting)
     drawn: list[str] = []
     for task in group:
         node_id = None
         while (free := fit.pop_least_loaded(load)) is not None:
             drawn.append(free)
-            if not service_load.get(free):
+            if not load.service_count(service_id, free):
                 node_id = free
                 break
         if node_id is None:
             node_id = heapq.heappop(hosting)[2]
         result.assigned.append(_assigned(task, node_id, ASSIGNED_MESSAGE, stamp))
         load.add(node_id, task)
-        heapq.heappush(hosting, (service_load[node_id], load.total[node_id], node_id))
+        heapq.heappush(hosting, (load.service_count(service_id, node_id), load.total(node_id), node_id))
     fit.push_back(drawn, load)
 
 

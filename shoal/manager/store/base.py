@@ -117,6 +117,9 @@ class Snapshot:
 class Store(Protocol):
     """The one source of truth. Implemented by EtcdStore (real) and MemoryStore (unit tests)."""
 
+    # The most operations one commit may carry (writers split larger batches).
+    max_ops: int
+
     async def get(self, kind: str, obj_id: str) -> Doc | None: ...
 
     async def list_kind(self, kind: str) -> list[Doc]: ...

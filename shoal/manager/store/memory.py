@@ -12,6 +12,8 @@ from shoal.types import KINDS, Doc
 
 
 class MemoryStore:
+    max_ops = 1000
+
     def __init__(self) -> None:
         self.revision = 1
         # key -> (value, mod_revision)
