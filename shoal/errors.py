@@ -30,16 +30,21 @@ class NotFound(ShoalError):
 
 
 class Conflict(ShoalError):
-    """The request clashes with the current state, e.g. a duplicate name (409)."""
+    """The request clashes with the current state, e.g. a duplicate name (409). From the store, `keys` names the
+    keys whose checks failed, so a writer of many can retry the others at once."""
 
     status = 409
+
+    def __init__(self, message: str, keys: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.keys = list(keys or [])
 
 
 class SequenceConflict(Conflict):
     """An update was based on a stale version of the object."""
 
-    def __init__(self, message: str = "update out of sequence") -> None:
-        super().__init__(message)
+    def __init__(self, message: str = "update out of sequence", keys: list[str] | None = None) -> None:
+        super().__init__(message, keys)
 
 
 class NotImplementedByShoal(ShoalError):

@@ -13,10 +13,15 @@ SHORT_ID_LENGTH = 12
 
 
 def new_id(rng: random.Random | None = None) -> str:
-    """A 25-character lowercase base-36 ID, as swarmkit makes them."""
+    """A 25-character lowercase base-36 ID, as swarmkit makes them: 128 random bits in base 36."""
     if rng is not None:
         return "".join(rng.choice(_ALPHABET) for _ in range(ID_LENGTH))
-    return "".join(secrets.choice(_ALPHABET) for _ in range(ID_LENGTH))
+    number = int.from_bytes(secrets.token_bytes(16), "big")
+    digits = []
+    for _ in range(ID_LENGTH):
+        number, digit = divmod(number, 36)
+        digits.append(_ALPHABET[digit])
+    return "".join(digits)
 
 
 def short_id(full: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import re
 
 from shoal.errors import InvalidArgument
@@ -66,8 +67,10 @@ def to_rfc3339(ts: float) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.%f") + "000Z"
 
 
+@functools.lru_cache(maxsize=1 << 18)
 def from_rfc3339(text: str) -> float:
-    """Parse an RFC 3339 timestamp (any sub-second precision) into a Unix timestamp."""
+    """Parse an RFC 3339 timestamp (any sub-second precision) into a Unix timestamp. Remembered: the
+    orchestrator reads the same tasks' timestamps on every pass."""
     m = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", text)
     if not m:
         raise InvalidArgument(f"invalid timestamp {text!r}")

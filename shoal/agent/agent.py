@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 
+from shoal import codec
 from shoal.agent.executor.base import Executor
 from shoal.agent.worker import Worker
 from shoal.certs import make_key_and_csr
@@ -195,7 +196,7 @@ class Agent:
             self._last_heard = self._alive()
             if msg.type != aiohttp.WSMsgType.TEXT:
                 return
-            if await self._handle(json.loads(msg.data), addr) is False:
+            if await self._handle(codec.loads(msg.data), addr) is False:
                 return
 
     def silence_allowed(self) -> float:
@@ -319,7 +320,7 @@ class Agent:
                 self._status_ready.clear()
                 # The manager must never hear of a state this node would forget after a crash.
                 await self.worker.persist()
-                await ws.send_str(json.dumps({"type": "status", "updates": [
+                await ws.send_str(codec.dumps_text({"type": "status", "updates": [
                     {"TaskID": task_id, "Status": status} for task_id, status in updates.items()]}))
             else:
                 self._status_ready.clear()

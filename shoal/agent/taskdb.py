@@ -22,9 +22,11 @@ import json
 import logging
 import os
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from shoal import codec
 from shoal.types import Doc
 
 log = logging.getLogger(__name__)
@@ -96,7 +98,7 @@ class TaskDB:
         records: dict[str, TaskRecord] = {}
         for task_id, text in conn.execute("SELECT id, record FROM tasks"):
             try:
-                records[task_id] = TaskRecord.from_json(json.loads(text))
+                records[task_id] = TaskRecord.from_json(codec.loads(text))
             except (ValueError, KeyError, TypeError) as exc:
                 log.error("task record %s in %s is unreadable (%s); dropped", task_id, self.path, exc)
         legacy = self.path.with_name(LEGACY_FILE)
@@ -104,7 +106,7 @@ class TaskDB:
             imported = _read_legacy(legacy)
             with conn:
                 conn.executemany("INSERT OR REPLACE INTO tasks (id, record) VALUES (?, ?)",
-                                 [(tid, json.dumps(r.to_json())) for tid, r in imported.items()])
+                                 [(tid, codec.dumps_text(r.to_json())) for tid, r in imported.items()])
             records.update(imported)
             legacy.unlink()
             log.info("imported %d task records from %s", len(imported), legacy)
@@ -197,11 +199,11 @@ class TaskDB:
             batch, self._dirty = self._dirty, {}
             generation = self._generation
             # Encoded here, on the loop: the documents are only ever replaced there, never while being read.
-            rows: list[Row] = [(tid, None if rec is None else json.dumps(rec.to_json(), separators=(",", ":")))
+            rows: list[Row] = [(tid, None if rec is None else codec.dumps_text(rec.to_json()))
                                for tid, rec in batch.items()]
             try:
                 if rows:
-                    await asyncio.to_thread(self._write_rows, rows)
+                    await asyncio.get_running_loop().run_in_executor(_writer(), self._write_rows, rows)
             except Exception:
                 for task_id, record in batch.items():
                     self._dirty.setdefault(task_id, record)  # newer changes win
@@ -224,6 +226,18 @@ class TaskDB:
                 conn.executemany("DELETE FROM tasks WHERE id = ?", deletes)
         self.transactions += 1
         self.rows_written += len(rows)
+
+
+_WRITER: ThreadPoolExecutor | None = None
+
+
+def _writer() -> ThreadPoolExecutor:
+    """Threads of their own for the record's writes, so they never queue behind other blocking work (process
+    starts); shared by every TaskDB in the process (a thousand simulated nodes have one each)."""
+    global _WRITER
+    if _WRITER is None:
+        _WRITER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="taskdb")
+    return _WRITER
 
 
 def _read_legacy(path: Path) -> dict[str, TaskRecord]:

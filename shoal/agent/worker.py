@@ -394,9 +394,17 @@ class Worker:
                     self._report(run, TaskState.SHUTDOWN, "shutdown")
                     return False
             self._advance(run, TaskState.STARTING, "starting")
-            if not await self._retrying(run, controller.start):
-                self._report(run, TaskState.SHUTDOWN, "shutdown")
-                return False
+            try:
+                if not await self._retrying(run, controller.start):
+                    self._report(run, TaskState.SHUTDOWN, "shutdown")
+                    return False
+            except asyncio.CancelledError:
+                if controller.pid():
+                    # The agent is stopping mid-start and the process is up: keep its handle, so the next
+                    # agent adopts it rather than losing it.
+                    run.record.handle = controller.handle()
+                    self._db.put(run.record)
+                raise
             # A stop asked for during start is handled by _watch, which stops the process it finds running.
         except TaskRejected as exc:
             self._report(run, TaskState.REJECTED, "rejected", err=f"starting task: {exc}")

@@ -19,7 +19,7 @@ from urllib.parse import quote
 import aiohttp
 from aiohttp import web
 
-from shoal import __version__
+from shoal import __version__, codec
 from shoal.api.proxy import EngineProxy, distribution_inspect
 from shoal.certs import client_ssl_context, identity_from_peercert
 from shoal.errors import InvalidArgument, NotAManager, ShoalError
@@ -79,7 +79,7 @@ async def json_body(request: web.Request) -> Any:
 
 def reply(data: Any, status: int = 200) -> web.Response:
     # Exactly "application/json": the docker CLI reads an error's message only for that content type.
-    body = json.dumps(data, separators=(",", ":")).encode() + b"\n"
+    body = codec.dumps(data) + b"\n"
     return web.Response(body=body, status=status, content_type="application/json")
 
 

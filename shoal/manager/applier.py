@@ -1,8 +1,9 @@
 """The one place leader decisions are written: plans become fenced, version-checked store batches.
 
-A plan is written in chunks (etcd caps operations per transaction). When a chunk fails on a stale version,
-its operations are retried one by one so a single conflicting task does not hold back the others; conflicts
-are counted and the loop that made the plan decides again from the fresh cache.
+A plan is written in chunks (etcd caps operations per transaction). When a chunk fails on a stale version, the
+store names the operations that failed and the others are committed again at once, so a single conflicting
+task does not hold back the rest; conflicts are counted and the loop that made the plan decides again from the
+fresh cache.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shoal.errors import Conflict, NotLeader
-from shoal.manager.store.base import Batch, Store
+from shoal.manager.store.base import Batch, Op, Store
 from shoal.types import TASKS, Plan
 
 log = logging.getLogger(__name__)
@@ -58,25 +59,41 @@ class Applier:
         fence = self.fence()
         size = min(CHUNK, self.store.max_ops)
         for start in range(0, len(batch.ops), size):
-            chunk = Batch(batch.ops[start:start + size])
+            await self._write_chunk(batch.ops[start:start + size], fence, result)
+        return result
+
+    async def _write_chunk(self, ops: list[Op], fence: str | None, result: ApplyResult) -> None:
+        """Commit the chunk; when some of its operations meet a stale version, set those aside and commit the
+        rest again (the store names the failing keys), so a conflict costs one more transaction, not one per
+        operation."""
+        while ops:
             try:
-                result.revision = await self.store.commit(chunk, fence=fence)
-                result.written += len(chunk)
-                continue
+                result.revision = await self.store.commit(Batch(ops), fence=fence)
+                result.written += len(ops)
+                return
             except NotLeader:
                 raise
-            except Conflict:
-                pass
-            for op in chunk.ops:
-                try:
-                    result.revision = await self.store.commit(Batch([op]), fence=fence)
-                    result.written += 1
-                except NotLeader:
-                    raise
-                except Conflict as exc:
+            except Conflict as exc:
+                failed = set(exc.keys)
+                refused = [op for op in ops if op.key in failed or op.name_key in failed]
+                if not refused:
+                    await self._write_one_by_one(ops, fence, result)
+                    return
+                for op in refused:
                     result.conflicts += 1
                     result.failed_keys.append(op.key)
                     log.debug("applier: %s on %s", exc.message, op.key)
-        return result
+                ops = [op for op in ops if op not in refused]
 
-
+    async def _write_one_by_one(self, ops: list[Op], fence: str | None, result: ApplyResult) -> None:
+        """For a store that cannot say which operations failed."""
+        for op in ops:
+            try:
+                result.revision = await self.store.commit(Batch([op]), fence=fence)
+                result.written += 1
+            except NotLeader:
+                raise
+            except Conflict as exc:
+                result.conflicts += 1
+                result.failed_keys.append(op.key)
+                log.debug("applier: %s on %s", exc.message, op.key)

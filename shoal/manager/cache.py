@@ -20,6 +20,8 @@ from shoal.types import CLUSTERS, KINDS, NODES, SERVICES, TASKS, Doc, task_slot,
 log = logging.getLogger(__name__)
 
 Listener = Callable[[Event, Doc | None], None]
+YIELD_EVERY = 100  # events applied before other work on the loop gets a turn
+CATCH_UP_WARNING = 5.0  # seconds between warnings while a loop waits for its own write to come back
 
 
 class Cache:
@@ -75,6 +77,17 @@ class Cache:
         if on_resync is not None:
             self._resync_listeners.append(on_resync)
 
+    async def caught_up(self, revision: int, who: str) -> None:
+        """Wait, however long it takes, until the cache has `revision` (a loop's own write): deciding again from
+        a cache without it would redo what was just written (a second task in a slot). Says so while waiting."""
+        while True:
+            try:
+                await self.wait_for_revision(revision, timeout=CATCH_UP_WARNING)
+                return
+            except TimeoutError:
+                log.warning("%s: waiting for the cache to reach revision %d (it has %d)", who, revision,
+                            self.revision)
+
     async def wait_for_revision(self, revision: int, timeout: float = 5.0) -> None:
         """Read-your-writes: wait until the watch has delivered `revision`."""
         async with self._revision_changed:
@@ -97,7 +110,9 @@ class Cache:
         for listener in self._resync_listeners:
             listener()
 
-    def apply(self, event: Event) -> None:
+    def apply(self, event: Event, advance: bool = True) -> None:
+        """Apply one committed change. With `advance`, the cache then counts its revision as seen; a batch
+        applies its events without, and advances once all of them are in (`_apply_batch`)."""
         prev = self.docs[event.kind].get(event.obj_id)
         if event.action == "put" and prev is not None and version_of(prev) >= event.revision:
             return  # already seen
@@ -114,12 +129,25 @@ class Cache:
                 self.service_by_name[event.doc["Spec"]["Name"]] = event.obj_id
         else:
             self.docs[event.kind].pop(event.obj_id, None)
-        self.revision = max(self.revision, event.revision)
+        if advance:
+            self.revision = max(self.revision, event.revision)
         for listener in self._listeners:
             try:
                 listener(event, prev)
             except Exception:
                 log.exception("cache listener failed on %s %s", event.kind, event.obj_id)
+
+    async def _apply_batch(self, events: list[Event]) -> None:
+        """Apply a watch batch (whole transactions), letting other work run between every YIELD_EVERY events
+        of a large one; its revision counts as seen only at the end, so `wait_for_revision` never returns
+        while half a transaction is in."""
+        for index, event in enumerate(events):
+            if index and index % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+            self.apply(event, advance=False)
+        if events:
+            self.revision = max(self.revision, max(event.revision for event in events))
+        await self._notify_revision()
 
     async def _notify_revision(self) -> None:
         async with self._revision_changed:
@@ -134,9 +162,7 @@ class Cache:
             await self._notify_revision()
             try:
                 async for events in store.watch(snapshot.revision):
-                    for event in events:
-                        self.apply(event)
-                    await self._notify_revision()
+                    await self._apply_batch(events)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

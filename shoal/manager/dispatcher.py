@@ -24,6 +24,7 @@ from typing import cast
 
 from aiohttp import WSMsgType, web
 
+from shoal import codec
 from shoal.certs import identity_from_peercert
 from shoal.clock import Clock
 from shoal.errors import InvalidArgument, NotLeader, ShoalError
@@ -49,6 +50,7 @@ from shoal.types import (
 log = logging.getLogger(__name__)
 
 STATUS_FLUSH_INTERVAL = 0.1
+MERGE_YIELD_EVERY = 500
 
 # (node ID, CSR, the node's swarm port) -> {"certificate", "role", ["etcd_initial_cluster"]}
 CertificateIssuer = Callable[[str, bytes, int], Awaitable[Doc]]
@@ -131,7 +133,7 @@ class NodeSession:
     log_queues: dict[int, asyncio.Queue[Doc | None]] = field(default_factory=dict)
 
     async def send(self, message: Doc) -> None:
-        await self.ws.send_str(json.dumps(message, separators=(",", ":")))
+        await self.ws.send_str(codec.dumps_text(message))
 
     def drop(self) -> None:
         """End the session at once; a close handshake with a silent agent would wait out its timeout."""
@@ -161,6 +163,7 @@ class Dispatcher:
         self.pending_status: dict[str, Doc] = {}
         self._log_ids = itertools.count(1)
         self._endpoints: list[Doc] | None = None  # the routing mesh's table, recomputed when it may have changed
+        self._publishing: dict[str, tuple[Doc, bool]] = {}
         self.active = False
         cache.subscribe(self._on_event)
 
@@ -255,7 +258,7 @@ class Dispatcher:
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
                 break
-            data = json.loads(msg.data)
+            data = codec.loads(msg.data)
             kind = data.get("type")
             self.last_heartbeat[session.node_id] = self._alive()
             if kind == "heartbeat":
@@ -412,9 +415,19 @@ class Dispatcher:
             return bool(before.get("Status") != after.get("Status"))
         if event.kind == TASKS:
             task = event.doc or prev or {}
-            service = self.cache.get(SERVICES, str(task.get("ServiceID") or ""))
-            return service is None or bool(published_ports(service))
+            return self._publishes(str(task.get("ServiceID") or ""))
         return False
+
+    def _publishes(self, service_id: str) -> bool:
+        """Whether the service publishes ports (or is gone), remembered per service document: asked for every
+        task change, a hundred thousand times when a service that size starts."""
+        service = self.cache.get(SERVICES, service_id)
+        if service is None:
+            return True
+        known = self._publishing.get(service_id)
+        if known is None or known[0] is not service:
+            known = self._publishing[service_id] = (service, bool(published_ports(service)))
+        return known[1]
 
     def endpoints(self) -> list[Doc]:
         """The endpoint table on the wire (`shoal.mesh.table`), from the cache."""
@@ -470,7 +483,9 @@ class Dispatcher:
         pending, self.pending_status = self.pending_status, {}
         now = self.clock.now()
         batch = Batch()
-        for task_id, status in pending.items():
+        for index, (task_id, status) in enumerate(pending.items()):
+            if index and index % MERGE_YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # thousands of reports at once: let the sessions be read meanwhile
             task = self.cache.get(TASKS, task_id)
             if task is None:
                 continue
@@ -479,7 +494,14 @@ class Dispatcher:
                 batch.update(TASKS, new)
         if not batch.ops:
             return
-        result = await self.applier.write(batch)
+        try:
+            result = await self.applier.write(batch)
+        except Exception:
+            # Not written (the store unreachable, the leadership lost): keep the reports for the next round, or
+            # for the next leader's dispatcher... which hears them again when the agents reconnect.
+            for task_id, status in pending.items():
+                self.pending_status.setdefault(task_id, status)
+            raise
         if result.failed_keys:
             # Stale versions: merge again next round against the fresh cache (newer reports win).
             for op in batch.ops:

@@ -95,6 +95,24 @@ async def test_batch_is_atomic(store: EtcdStore) -> None:
     assert await store.get(TASKS, "t2") is None
 
 
+async def test_a_refused_batch_names_every_operation_that_failed(store: EtcdStore) -> None:
+    for tid in ("t1", "t2", "t3"):
+        await store.commit(Batch().create(TASKS, {"ID": tid, "ServiceID": "s"}))
+    read = {tid: await store.get(TASKS, tid) for tid in ("t1", "t2", "t3")}
+    assert all(read.values())
+    await store.commit(Batch().update(TASKS, dict(read["t2"] or {}, NodeID="elsewhere")))  # t2 goes stale
+    batch = (Batch().update(TASKS, dict(read["t1"] or {}, NodeID="n1"))
+             .update(TASKS, dict(read["t2"] or {}, NodeID="n1"))
+             .create(TASKS, {"ID": "t3", "ServiceID": "s"})
+             .create(TASKS, {"ID": "t4", "ServiceID": "s"}))
+
+    with pytest.raises(Conflict) as refused:
+        await store.commit(batch)
+
+    assert refused.value.keys == ["/shoal/tasks/t2", "/shoal/tasks/t3"]
+    assert await store.get(TASKS, "t4") is None  # nothing of the batch was written
+
+
 async def test_fenced_write_needs_the_leader_key(store: EtcdStore) -> None:
     with pytest.raises(NotLeader):
         await store.commit(Batch().create(TASKS, {"ID": "t1", "ServiceID": "s"}), fence="node-a")

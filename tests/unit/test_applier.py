@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shoal.errors import NotLeader
+from shoal.errors import Conflict, NotLeader
 from shoal.manager.applier import CHUNK, Applier
 from shoal.manager.store.base import Batch, object_key
 from shoal.manager.store.memory import MemoryStore
@@ -55,8 +55,8 @@ async def test_a_stale_version_in_one_op_does_not_stop_the_others() -> None:
     assert result.written == 2
     assert result.conflicts == 1
     assert result.failed_keys == [object_key(TASKS, "b")]
-    # One chunk that failed as a whole, then each op alone.
-    assert store.commit_sizes == [3, 1, 1, 1]
+    # The chunk is refused naming the stale key, then the other two go in one more transaction.
+    assert store.commit_sizes == [3, 2]
     states = {t["ID"]: task_state(t) for t in await store.list_kind(TASKS)}
     assert states == {"a": TaskState.ASSIGNED, "b": TaskState.REJECTED, "c": TaskState.ASSIGNED}
     assert result.revision == store.revision
@@ -116,14 +116,39 @@ async def test_a_leader_deposed_mid_plan_stops_at_the_next_chunk() -> None:
     assert len(await store.list_kind(TASKS)) == CHUNK
 
 
-async def test_not_leader_during_the_one_by_one_retry_is_raised() -> None:
+async def test_not_leader_during_the_retry_is_raised() -> None:
     store = DeposingStore()
     store.set_leader("a")
     await MemoryStore.commit(store, Batch().create(TASKS, make_task("dup", "svc")))  # without deposing
-    # The chunk fails on "dup"; alone, "b" is written (and deposes us), then "dup" meets the fence.
-    plan = Plan(create=[make_task("b", "svc"), make_task("dup", "svc")])
+    # The chunk fails on "dup"; the rest ("b") is written (and deposes us), then the next chunk meets the fence.
+    plan = Plan(create=[make_task("b", "svc"), make_task("dup", "svc")] + [make_task(f"t{i:04d}", "svc")
+                                                                          for i in range(CHUNK)])
 
     with pytest.raises(NotLeader):
         await Applier(store, fence=lambda: "a").apply(plan)
 
     assert await store.get(TASKS, "b") is not None
+    assert await store.get(TASKS, "t0000") is not None  # the rest of the first chunk
+    assert await store.get(TASKS, f"t{CHUNK - 1:04d}") is None  # the second chunk was fenced off
+
+
+class ForgetfulStore(MemoryStore):
+    """A store whose conflicts do not say which operations failed."""
+
+    async def commit(self, batch: Batch, fence: str | None = None) -> int:
+        try:
+            return await super().commit(batch, fence)
+        except Conflict as exc:
+            exc.keys = []
+            raise
+
+
+async def test_without_the_failing_keys_the_operations_are_retried_one_by_one() -> None:
+    store = ForgetfulStore()
+    await store.commit(Batch().create(TASKS, make_task("dup", "svc")))
+
+    result = await Applier(store, fence=lambda: None).apply(Plan(create=[make_task("a", "svc"),
+                                                                         make_task("dup", "svc")]))
+
+    assert (result.written, result.conflicts) == (1, 1)
+    assert await store.get(TASKS, "a") is not None

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import grp
 import logging
 import os
@@ -37,9 +38,12 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from shoal import __version__
 from shoal.agent.executor.base import (
@@ -56,6 +60,7 @@ from shoal.timeouts import within
 from shoal.types import Doc, task_slot
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 EXECUTOR_NAME = "process"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -71,14 +76,28 @@ _SAFE_TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 # Every child this agent process spawned and has not reaped yet. A controller may be dropped while its process
 # runs (the worker stopped without killing tasks, and a new worker in this same process adopts the task): the
-# child is still ours to reap, which `_reap_finished` does, so it never lingers as a zombie.
+# child is still ours to reap. The adopting controller reaps it when it ends; `_reap_finished` sweeps up after
+# controllers nobody waits on, at most every REAP_INTERVAL (a sweep polls every child, so it must not run for each
+# of thousands of starts).
 _UNREAPED: dict[int, subprocess.Popen[bytes]] = {}
+REAP_INTERVAL = 5.0
+_last_reap = 0.0
 
 
 def _reap_finished() -> None:
+    global _last_reap
+    now = time.monotonic()
+    if now - _last_reap < REAP_INTERVAL:
+        return
+    _last_reap = now
     for pid, child in list(_UNREAPED.items()):
         if child.poll() is not None:
             _UNREAPED.pop(pid, None)
+
+
+# fork/exec waits for the child to exec, a millisecond or more on a busy machine: thousands of starts would stall
+# the event loop for seconds, so processes are spawned (and their files made and removed) on threads of their own.
+SPAWN_THREADS = 2
 
 
 # ---- reading the task document ----------------------------------------------------------------------------
@@ -196,8 +215,9 @@ def process_alive(pid: int, start_ticks: int) -> bool:
     return stat is not None and stat.start_ticks == start_ticks and stat.state not in ("Z", "X")
 
 
+@functools.cache
 def boot_id() -> str:
-    """Changes at every boot: a saved (pid, start time) is meaningless after a reboot."""
+    """Changes at every boot: a saved (pid, start time) is meaningless after a reboot (read once)."""
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
@@ -249,6 +269,18 @@ class ProcessExecutor:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = Path(state_dir)
         self._ports_in_use: dict[int, str] = {}  # node port -> task id, for tasks with published ports
+        self._spawner = ThreadPoolExecutor(max_workers=SPAWN_THREADS, thread_name_prefix="spawn")
+
+    async def off_loop(self, work: Callable[[], T]) -> T:
+        """Run blocking work (fork/exec, file system) on the executor's own threads. Cancelled meanwhile, it
+        still waits for the work to finish before giving way, so a process it started is never unknown."""
+        future = asyncio.get_running_loop().run_in_executor(self._spawner, work)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await future
+            raise
 
     def describe(self) -> Doc:
         try:
@@ -348,6 +380,10 @@ class ProcessController(Controller):
                 target = int(port["TargetPort"])
                 if target not in self.ports:
                     self.ports[target] = self._executor.allocate_port(self._task_id)
+        await self._executor.off_loop(self._prepare_files)
+
+    def _prepare_files(self) -> None:
+        """Who runs it, where, and check that the program exists (user database and file system lookups)."""
         self._resolve_context()
         assert self._cwd is not None
         if self._spec.get("Dir"):
@@ -361,8 +397,12 @@ class ProcessController(Controller):
     async def start(self) -> None:
         if not self._argv:
             await self.prepare()
-        log_dir = self._executor.log_dir(self._task_id)
         _reap_finished()
+        await self._executor.off_loop(self._spawn)
+        _UNREAPED[self._pid] = self._popen  # type: ignore[assignment]
+
+    def _spawn(self) -> None:
+        log_dir = self._executor.log_dir(self._task_id)
         try:
             with open(log_dir / "stdout.log", "ab") as stdout, open(log_dir / "stderr.log", "ab") as stderr:
                 run_as = self._run_as
@@ -379,7 +419,6 @@ class ProcessController(Controller):
                 raise ExecutorError(f"cannot start {self._argv[0]} now: {exc}") from exc
             raise TaskRejected(f"{self._argv[0]}: {exc}") from exc
         self._pid = self._popen.pid
-        _UNREAPED[self._pid] = self._popen
         stat = read_proc_stat(self._pid)
         self._start_ticks = stat.start_ticks if stat else -1
 
@@ -388,6 +427,11 @@ class ProcessController(Controller):
         # The main process has ended (a zombie still holds its pid, so the group id cannot be reused yet).
         signal_group(self._pid, signal.SIGKILL)
         if self._popen is None:
+            # Adopted within the agent process that started it, it is still our child: reap it, so it does not
+            # linger as a zombie. Its status is still unknown to this controller, as after a real restart.
+            orphan = _UNREAPED.pop(self._pid, None)
+            if orphan is not None:
+                orphan.wait()
             raise ExitStatusUnknown(f"process {self._pid} was adopted after an agent restart")
         code = self._popen.wait()  # at once: it has exited (its status may even be cached already)
         _UNREAPED.pop(self._pid, None)
@@ -422,8 +466,8 @@ class ProcessController(Controller):
     async def remove(self) -> None:
         if self.running():
             raise ExecutorError(f"task {self._task_id} is still running")
-        for folder in (self._executor.scratch_dir(self._task_id), self._executor.log_dir(self._task_id)):
-            shutil.rmtree(folder, ignore_errors=True)
+        folders = (self._executor.scratch_dir(self._task_id), self._executor.log_dir(self._task_id))
+        await self._executor.off_loop(lambda: _remove_folders(folders))
         self._executor.release_ports(self._task_id)
 
     async def probe(self, command: Sequence[str], timeout_seconds: float) -> ProbeResult:
@@ -433,12 +477,12 @@ class ProcessController(Controller):
             run_as = self._run_as
             with tempfile.TemporaryFile() as output:
                 # A file, not a pipe: a check that leaves a background child holding it open cannot hang us.
-                checker = subprocess.Popen(
+                checker = await self._executor.off_loop(lambda: subprocess.Popen(
                     list(command), stdin=subprocess.DEVNULL, stdout=output, stderr=output, cwd=self._cwd,
                     env=self._env, start_new_session=True, close_fds=True,
                     user=run_as.uid if run_as else None, group=run_as.gid if run_as else None,
                     extra_groups=run_as.extra_groups if run_as else None,
-                )
+                ))
                 exit_code = await _wait_for_probe(checker, timeout_seconds)
                 output.seek(0)
                 printed = _probe_output(output.read(MAX_PROBE_OUTPUT + 1))
@@ -489,6 +533,11 @@ class ProcessController(Controller):
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ExecutorError(f"cannot create {folder}: {exc}") from exc
+
+
+def _remove_folders(folders: Sequence[Path]) -> None:
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 async def _wait_for_probe(checker: subprocess.Popen[bytes], timeout_seconds: float) -> int | None:

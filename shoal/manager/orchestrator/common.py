@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import threading
 from collections.abc import Callable, Collection
 
 from shoal.errors import InvalidArgument
@@ -82,20 +83,23 @@ def _digest(template: object, ports: object) -> str:
 
 
 class _ByIdentity:
-    """Digests remembered per document object (documents are never changed in place), a bounded number."""
+    """Digests remembered per document object (documents are never changed in place), a bounded number.
+    Shared by the loop and the orchestrator's decision thread."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.entries: dict[int, tuple[Doc, str]] = {}
+        self._lock = threading.Lock()
 
     def get(self, doc: Doc, compute: Callable[[Doc], str]) -> str:
         entry = self.entries.get(id(doc))
         if entry is not None and entry[0] is doc:
             return entry[1]
         digest = compute(doc)
-        if len(self.entries) >= self.size:
-            self.entries.pop(next(iter(self.entries)))
-        self.entries[id(doc)] = (doc, digest)  # the reference keeps id(doc) from being reused meanwhile
+        with self._lock:
+            if len(self.entries) >= self.size:
+                self.entries.pop(next(iter(self.entries)))
+            self.entries[id(doc)] = (doc, digest)  # the reference keeps id(doc) from being reused meanwhile
         return digest
 
 

@@ -13,11 +13,12 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
+from dataclasses import dataclass
 
 from shoal.clock import Clock
 from shoal.manager.applier import Applier, plan_batch
 from shoal.manager.cache import Cache
-from shoal.manager.controlapi.service import ingress_ports_in_use
+from shoal.manager.controlapi.service import IngressPort, ingress_ports_in_use
 from shoal.manager.orchestrator.common import is_task_dirty, never_reached_an_agent, set_desired
 from shoal.manager.orchestrator.global_ import reconcile_global
 from shoal.manager.orchestrator.replicated import reconcile_replicated
@@ -44,8 +45,6 @@ log = logging.getLogger(__name__)
 
 # Update states in which a change to any slot is the updater's to decide, over the whole service.
 UPDATE_ACTIVE = frozenset({*IN_PROGRESS, PAUSED, ROLLBACK_PAUSED})
-# How long to wait for the cache to show the pass's own writes before deciding again anyway.
-CATCH_UP_TIMEOUT = 5.0
 
 
 def reconcile_removed_service(tasks: list[Doc], nodes: dict[str, Doc], now: float) -> Plan:
@@ -62,6 +61,44 @@ def reconcile_removed_service(tasks: list[Doc], nodes: dict[str, Doc], now: floa
     if plan.delete or plan.update:
         plan.notes.append(f"service removed: {len(plan.update)} stopping, {len(plan.delete)} deleted")
     return plan
+
+
+@dataclass
+class Work:
+    """One service to decide, or some slots of it (`slots`), with the documents the decision reads."""
+
+    service_id: str
+    service: Doc | None  # None: the service was removed
+    tasks: list[Doc]  # the service's tasks, or those of `slots`
+    slots: set[int] | None
+    used_ports: set[IngressPort]  # the other services' ingress ports (a rollback may need its own back)
+
+
+def decide(work: Work, nodes: dict[str, Doc], now: float, history_limit: int) -> tuple[Plan, Doc | None]:
+    """The writes for one piece of work: the rolling update's when one is under way, else the reconciler's.
+
+    Returns the task plan and, when the update state changes, the new service document.
+    """
+    service = work.service
+    if service is None:
+        return reconcile_removed_service(work.tasks, nodes, now), None
+    if work.slots is not None:
+        return reconcile_replicated(service, work.tasks, nodes, now, history_limit, slots=work.slots), None
+    update = plan_update(service, work.tasks, nodes, now, used_ports=work.used_ports)
+    if not update.empty():
+        return update.plan, update.service
+    if is_global(service):
+        plan = reconcile_global(service, work.tasks, nodes, now, history_limit)
+    else:
+        plan = reconcile_replicated(service, work.tasks, nodes, now, history_limit)
+    if update.wake_at is not None:
+        plan.wake_at = update.wake_at if plan.wake_at is None else min(plan.wake_at, update.wake_at)
+    return plan, None
+
+
+def _decide_all(work: list[Work], nodes: dict[str, Doc], now: float,
+                history_limit: int) -> list[tuple[Plan, Doc | None]]:
+    return [decide(item, nodes, now, history_limit) for item in work]
 
 
 class OrchestratorLoop:
@@ -126,44 +163,21 @@ class OrchestratorLoop:
         limit = cluster["Spec"].get("Orchestration", {}).get("TaskHistoryRetentionLimit")
         return 5 if limit is None else int(limit)
 
-    def decide(self, service_id: str, now: float) -> tuple[Plan, Doc | None]:
-        """The writes for one service: the rolling update's when one is under way, else the reconciler's.
-
-        Returns the task plan and, when the update state changes, the new service document.
-        """
-        self.passes["full"] += 1
-        nodes = self.cache.nodes()
-        tasks = self.cache.tasks_of_service(service_id)
+    def _work_for(self, service_id: str, slots: set[int] | None) -> Work:
+        """What deciding a service (or some of its slots) needs, gathered from the cache: the decision itself
+        then runs off the loop, on documents nobody changes."""
         service = self.cache.get(SERVICES, service_id)
-        if service is None:
-            return reconcile_removed_service(tasks, nodes, now), None
-        used_ports = ingress_ports_in_use(self.cache.services().values(), service_id)
-        update = plan_update(service, tasks, nodes, now, used_ports=used_ports)
-        if not update.empty():
-            return update.plan, update.service
-        if is_global(service):
-            plan = reconcile_global(service, tasks, nodes, now, self._history_limit())
-        else:
-            plan = reconcile_replicated(service, tasks, nodes, now, self._history_limit())
-        if update.wake_at is not None:
-            plan.wake_at = update.wake_at if plan.wake_at is None else min(plan.wake_at, update.wake_at)
-        return plan, None
-
-    def decide_slots(self, service_id: str, slots: set[int], now: float) -> tuple[Plan, Doc | None] | None:
-        """The writes for some slots of a replicated service, or None when only a decision over the whole
-        service will do (a rolling update under way, a global service, an outdated task among them)."""
-        service = self.cache.get(SERVICES, service_id)
-        tasks = self.cache.tasks_in_slots(service_id, slots)
-        if service is None:
-            self.passes["slots"] += 1
-            return reconcile_removed_service(tasks, self.cache.nodes(), now), None
-        if is_global(service) or update_state(service) in UPDATE_ACTIVE:
-            return None
-        if any(task_is_live(t) and is_task_dirty(service, t) for t in tasks):
-            return None  # the updater's business
-        self.passes["slots"] += 1
-        plan = reconcile_replicated(service, tasks, self.cache.nodes(), now, self._history_limit(), slots=slots)
-        return plan, None
+        if slots is not None and service is not None and (
+                is_global(service) or update_state(service) in UPDATE_ACTIVE):
+            slots = None  # the updater and the global reconciler decide over the whole service
+        tasks = (self.cache.tasks_of_service(service_id) if slots is None
+                 else self.cache.tasks_in_slots(service_id, slots))
+        if slots is not None and service is not None and any(
+                task_is_live(t) and is_task_dirty(service, t) for t in tasks):
+            slots, tasks = None, self.cache.tasks_of_service(service_id)  # an outdated task: the updater's
+        used_ports = (ingress_ports_in_use(self.cache.services().values(), service_id)
+                      if service is not None and slots is None else set())
+        return Work(service_id, service, tasks, slots, used_ports)
 
     def _due_wakeups(self, now: float) -> None:
         for service_id, (at, slots) in list(self._wakeups.items()):
@@ -186,58 +200,48 @@ class OrchestratorLoop:
         self._due_wakeups(now)
         services, self.dirty = self.dirty, set()
         partial, self.dirty_slots = self.dirty_slots, defaultdict(set)
+        work = [self._work_for(sid, None) for sid in services]
+        work += [self._work_for(sid, slots) for sid, slots in partial.items() if sid not in services]
+        if not work:
+            return ""
+        for item in work:
+            self.passes["full" if item.slots is None else "slots"] += 1
+        nodes = dict(self.cache.nodes())
+        limit = self._history_limit()
+        # Pure and possibly long (a hundred thousand slots): on a thread, so the loop keeps serving meanwhile.
+        decisions = await asyncio.to_thread(_decide_all, work, nodes, now, limit)
         plan = Plan()
         service_writes: list[Doc] = []
         updating: set[str] = set()
         updating_slots: dict[str, set[int]] = {}
-        decided = 0
-        for service_id, slots in partial.items():
-            if service_id in services:
-                continue
-            decision = self.decide_slots(service_id, slots, now)
-            if decision is None:
-                services.add(service_id)
-                continue
-            decided += 1
-            slot_plan, _ = decision
-            if slot_plan.wake_at is not None:
-                self._wake(service_id, slot_plan.wake_at, frozenset(slots))
-            if not slot_plan.empty():
-                updating_slots[service_id] = slots
-            plan.extend(slot_plan)
-        for service_id in services:
-            decided += 1
-            service_plan, service_doc = self.decide(service_id, now)
-            if service_plan.wake_at is not None:
-                self._wake(service_id, service_plan.wake_at, None)
+        for item, (item_plan, service_doc) in zip(work, decisions, strict=True):
+            if item_plan.wake_at is not None:
+                self._wake(item.service_id, item_plan.wake_at,
+                           None if item.slots is None else frozenset(item.slots))
             if service_doc is not None:
                 service_writes.append(service_doc)
-            if service_doc is not None or not service_plan.empty():
-                updating.add(service_id)
-            plan.extend(service_plan)
+            if service_doc is not None or not item_plan.empty():
+                if item.slots is None:
+                    updating.add(item.service_id)
+                else:
+                    updating_slots[item.service_id] = item.slots
+            plan.extend(item_plan)
         if plan.empty() and not service_writes:
             return ""
         batch = Batch()
         for doc in service_writes:
             batch.update(SERVICES, doc)
         result = await self.applier.write(plan_batch(plan, TASKS, batch))
-        await self._caught_up(result.revision)
+        await self.cache.caught_up(result.revision, "orchestrator")
         # Decide again from the state just written: a rolling update moves one step per pass, and writes
         # that raced another writer are redone from the fresh cache.
         self.dirty.update(updating)
         for service_id, slots in updating_slots.items():
             self.dirty_slots[service_id].update(slots)
         changed = f" service updates={len(service_writes)}" if service_writes else ""
-        self.last_decision = f"{decided} services: {_brief(plan)}{changed} -> {result}"
+        self.last_decision = f"{len(work)} services: {_brief(plan)}{changed} -> {result}"
         log.info("orchestrator: %s", self.last_decision)
         return self.last_decision
-
-    async def _caught_up(self, revision: int) -> None:
-        """Decide next time from a cache that includes our own writes."""
-        try:
-            await self.cache.wait_for_revision(revision, timeout=CATCH_UP_TIMEOUT)
-        except TimeoutError:
-            log.warning("orchestrator: cache has not caught up with revision %d", revision)
 
     async def run(self) -> None:
         await self.cache.ready.wait()

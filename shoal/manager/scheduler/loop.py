@@ -62,15 +62,14 @@ class SchedulerLoop:
         if not tasks:
             return ""
         nodes = list(self.cache.nodes().values())
-        result = schedule(tasks, nodes, self.load, self.clock.now())
+        load = self.load.snapshot({t["ServiceID"] for t in tasks})
+        # Pure and possibly long (a hundred thousand pending tasks): on a thread, so the loop keeps serving.
+        result = await asyncio.to_thread(schedule, tasks, nodes, load, self.clock.now())
         plan = Plan(update=result.assigned + result.unassigned)
         if plan.empty():
             return ""
         applied = await self.applier.apply(plan)
-        try:
-            await self.cache.wait_for_revision(applied.revision, timeout=2.0)
-        except TimeoutError:
-            log.warning("scheduler: cache has not caught up with revision %d", applied.revision)
+        await self.cache.caught_up(applied.revision, "scheduler")
         self.last_decision = f"{len(result.assigned)} assigned, {len(result.unassigned)} unplaceable -> {applied}"
         log.info("scheduler: %s", self.last_decision)
         return self.last_decision

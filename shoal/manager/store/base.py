@@ -8,11 +8,12 @@ commit atomically; a batch can be fenced on the leader key so a deposed leader c
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from shoal import codec
+from shoal.errors import Conflict, SequenceConflict
 from shoal.types import Doc
 
 PREFIX = "/shoal/"
@@ -43,11 +44,11 @@ def split_key(key: str) -> tuple[str, str] | None:
 def encode(doc: Doc) -> bytes:
     """The stored form: the document without its Version (the store's revision is the version)."""
     body = {k: v for k, v in doc.items() if k != "Version"}
-    return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+    return codec.dumps(body)
 
 
 def decode(raw: bytes, revision: int) -> Doc:
-    doc: Doc = json.loads(raw)
+    doc: Doc = codec.loads(raw)
     doc["Version"] = {"Index": revision}
     return doc
 
@@ -114,6 +115,43 @@ class Snapshot:
     revision: int
 
 
+def failed_checks(ops: list[Op], revisions: Mapping[str, int]) -> Conflict | None:
+    """Why a batch cannot commit against the keys' current mod revisions (0 or absent: no such key): the
+    error for the first failing operation, naming every failing key; None when all checks pass."""
+    failing: list[str] = []
+    first: Conflict | None = None
+    for op in ops:
+        current = revisions.get(op.key, 0)
+        error: Conflict | None = None
+        if op.kind == "create":
+            if op.name_key and revisions.get(op.name_key, 0):
+                name = op.name_key.rsplit("/", 1)[-1]
+                error = Conflict(f"rpc error: code = AlreadyExists desc = name conflicts with an existing object: {name}")
+            elif current:
+                error = Conflict(f"object {op.key.rsplit('/', 1)[-1]} already exists")
+        elif op.kind in ("update", "delete") and (
+                (op.expect_version and current != op.expect_version) or (op.kind == "update" and not current)):
+            error = SequenceConflict()
+        if error is not None:
+            failing.append(op.key)
+            first = first or error
+    if first is None:
+        return None
+    first.keys = failing
+    return first
+
+
+def checked_keys(ops: list[Op]) -> list[str]:
+    """The keys whose current revisions `failed_checks` needs."""
+    keys = []
+    for op in ops:
+        if op.kind != "put":
+            keys.append(op.key)
+        if op.kind == "create" and op.name_key:
+            keys.append(op.name_key)
+    return keys
+
+
 class Store(Protocol):
     """The one source of truth. Implemented by EtcdStore (real) and MemoryStore (unit tests)."""
 
@@ -126,7 +164,8 @@ class Store(Protocol):
 
     async def commit(self, batch: Batch, fence: str | None = None) -> int:
         """Commit atomically; returns the revision. Raises SequenceConflict (stale version or object gone),
-        Conflict (name taken / object exists) or NotLeader (fence failed)."""
+        Conflict (name taken / object exists) or NotLeader (fence failed); a conflict names every failing key
+        (`failed_checks`)."""
         ...
 
     async def snapshot(self) -> Snapshot: ...

@@ -14,7 +14,7 @@ import aetcd.exceptions
 import grpc
 from aetcd import rpc, watcher
 
-from shoal.errors import Conflict, NoQuorum, NotLeader, SequenceConflict
+from shoal.errors import NoQuorum, NotLeader, SequenceConflict
 from shoal.manager.store.base import (
     LEADER_KEY,
     PREFIX,
@@ -22,8 +22,10 @@ from shoal.manager.store.base import (
     Event,
     Op,
     Snapshot,
+    checked_keys,
     decode,
     encode,
+    failed_checks,
     split_key,
 )
 from shoal.types import KINDS, Doc
@@ -67,6 +69,10 @@ class EtcdClient(aetcd.Client):
         self._watcher = watcher.Watcher(rpc.WatchStub(self.channel), timeout=self._timeout, metadata=None)
         self._connected.set()
 
+    @property
+    def request_timeout(self) -> float | None:
+        return self._timeout
+
     def sync_channel(self) -> grpc.Channel:
         """A blocking channel to the same endpoints, for a thread of its own (the leader's lease keeper)."""
         if self._credentials is not None:
@@ -98,6 +104,10 @@ def _wrap_errors(exc: Exception) -> Exception:
         return NoQuorum(f"store unreachable: {exc}")
     if isinstance(exc, aetcd.exceptions.ClientError):
         return NoQuorum(f"store error: {exc}")
+    if isinstance(exc, grpc.aio.AioRpcError):  # a request made with the client's stub directly
+        if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return NoQuorum(f"store unreachable: {exc.code().name.replace('_', ' ').lower()}")
+        return NoQuorum(f"store error: {exc.details()}")
     return exc
 
 
@@ -160,108 +170,143 @@ class EtcdStore:
         return Snapshot(docs, int(result.header.revision))
 
     async def watch(self, from_revision: int) -> AsyncIterator[list[Event]]:
-        """Committed changes after `from_revision`, in commit order."""
-        watch = await self.client.watch_prefix(PREFIX.encode(), start_revision=from_revision + 1)
+        """Committed changes after `from_revision`, in commit order, one watch response at a time: etcd never
+        splits a revision's events across responses, so each batch holds whole transactions (the cache counts
+        a revision as seen only once all of it is applied)."""
         try:
-            async for ev in watch:
-                parsed = split_key(ev.kv.key.decode())
-                if parsed is None or parsed[0] not in KINDS:
-                    continue
-                rev = int(ev.kv.mod_revision)
-                if ev.kind == "PUT":
-                    yield [Event("put", parsed[0], parsed[1], decode(ev.kv.value, rev), rev)]
-                else:
-                    yield [Event("delete", parsed[0], parsed[1], None, rev)]
+            await self.client.connect()
+            call = rpc.WatchStub(self.client.channel).Watch()
+            end = PREFIX[:-1] + chr(ord(PREFIX[-1]) + 1)
+            await call.write(rpc.WatchRequest(create_request=rpc.WatchCreateRequest(
+                key=PREFIX.encode(), range_end=end.encode(), start_revision=from_revision + 1)))
         except Exception as exc:
             raise _wrap_errors(exc) from exc
+        try:
+            while True:
+                try:
+                    response = await call.read()
+                except Exception as exc:
+                    raise _wrap_errors(exc) from exc
+                if response is grpc.aio.EOF:
+                    raise NoQuorum("store watch ended")
+                if response.canceled:
+                    # E.g. the revision was compacted: the cache starts again from a fresh snapshot.
+                    raise NoQuorum(f"store watch cancelled: {response.cancel_reason or 'compacted'}")
+                events = [event for ev in response.events if (event := _event(ev)) is not None]
+                if events:
+                    yield events
         finally:
-            await watch.cancel()
+            call.cancel()
 
     # ---- writes -----------------------------------------------------------------------------------------
 
-    def _compares_and_ops(self, ops: list[Op], fence: str | None) -> tuple[list[Any], list[Any], int]:
-        """The transaction's compares and writes, and the bytes of the values it writes."""
-        t = self.client.transactions
-        compares: list[Any] = []
-        writes: list[Any] = []
+    def _request(self, ops: list[Op], fence: str | None) -> tuple[rpc.TxnRequest, int]:
+        """The transaction for a batch, and the bytes of the values it writes. Its failure branch reads the
+        revisions of every key the batch checks (and the leader key), so a refused transaction says at once
+        which operations failed: a writer of 500 retries the other 499 in one more transaction."""
+        compare: list[rpc.Compare] = []
+        success: list[rpc.RequestOp] = []
         size = 0
         if fence is not None:
-            compares.append(t.value(LEADER_KEY.encode()) == fence.encode())
+            compare.append(rpc.Compare(key=LEADER_KEY.encode(), result=rpc.Compare.EQUAL,
+                                       target=rpc.Compare.VALUE, value=fence.encode()))
         for op in ops:
             key = op.key.encode()
+            value = b""
             if op.kind == "create":
                 assert op.doc is not None
                 value = encode(op.doc)
-                compares.append(t.create(key) == 0)
-                writes.append(t.put(key, value))
+                compare.append(_created(key, rpc.Compare.EQUAL))
+                success.append(_put(key, value))
                 if op.name_key:
-                    compares.append(t.create(op.name_key.encode()) == 0)
-                    writes.append(t.put(op.name_key.encode(), op.doc["ID"].encode()))
+                    compare.append(_created(op.name_key.encode(), rpc.Compare.EQUAL))
+                    success.append(_put(op.name_key.encode(), op.doc["ID"].encode()))
             elif op.kind == "update":
                 assert op.doc is not None
                 value = encode(op.doc)
-                if op.expect_version:
-                    compares.append(t.mod(key) == op.expect_version)
-                else:
-                    compares.append(t.create(key) > 0)
-                writes.append(t.put(key, value))
+                compare.append(_modified(key, op.expect_version) if op.expect_version
+                               else _created(key, rpc.Compare.GREATER))
+                success.append(_put(key, value))
             elif op.kind == "delete":
-                value = b""
                 if op.expect_version:
-                    compares.append(t.mod(key) == op.expect_version)
-                writes.append(t.delete(key))
+                    compare.append(_modified(key, op.expect_version))
+                success.append(rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key)))
                 if op.name_key:
-                    writes.append(t.delete(op.name_key.encode()))
+                    success.append(rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(
+                        key=op.name_key.encode())))
             else:
                 assert op.raw is not None
                 value = op.raw
-                writes.append(t.put(key, value))
+                success.append(_put(key, value))
             size += len(key) + len(value)
-        return compares, writes, size
+        failure = [rpc.RequestOp(request_range=rpc.RangeRequest(key=k.encode(), keys_only=True))
+                   for k in checked_keys(ops)]
+        if fence is not None:
+            failure.append(rpc.RequestOp(request_range=rpc.RangeRequest(key=LEADER_KEY.encode())))
+        return rpc.TxnRequest(compare=compare, success=success, failure=failure), size
 
     async def commit(self, batch: Batch, fence: str | None = None) -> int:
         if not batch.ops:
             return 0
         if len(batch.ops) > self.max_ops:
             raise ValueError(f"batch of {len(batch.ops)} operations is larger than {self.max_ops}")
-        compares, writes, size = self._compares_and_ops(batch.ops, fence)
+        request, size = self._request(batch.ops, fence)
         started = time.monotonic()
         try:
-            ok, responses = await self.client.transaction(compare=compares, success=writes, failure=[])
+            await self.client.connect()
+            response = await self.client.kvstub.Txn(request, timeout=self.client.request_timeout)
         except Exception as exc:
             self.stats.failed += 1
             raise _wrap_errors(exc) from exc
         finally:
             self.stats.seconds += time.monotonic() - started
-        if not ok:
+        if not response.succeeded:
             self.stats.failed += 1
-            await self._explain_failure(batch, fence)
+            raise self._why_refused(batch, fence, response)
         self.stats.transactions += 1
         self.stats.operations += len(batch.ops)
         self.stats.largest = max(self.stats.largest, len(batch.ops))
         self.stats.bytes += size
-        # The header revision of a successful txn is the revision of its writes.
-        header_rev = 0
-        for r in responses:
-            which = r.WhichOneof("response")
-            header_rev = max(header_rev, int(getattr(r, which).header.revision))
+        # A successful transaction's writes are at the revision its header carries.
+        revision = int(response.header.revision)
         for op in batch.ops:
             if op.doc is not None and op.kind in ("create", "update"):
-                op.doc["Version"] = {"Index": header_rev}
-        return header_rev
+                op.doc["Version"] = {"Index": revision}
+        return revision
 
-    async def _explain_failure(self, batch: Batch, fence: str | None) -> None:
+    @staticmethod
+    def _why_refused(batch: Batch, fence: str | None, response: rpc.TxnResponse) -> Exception:
+        ranges = [r.response_range.kvs for r in response.responses]
         if fence is not None:
-            leader = await self.get_raw(LEADER_KEY)
-            if leader != fence.encode():
-                raise NotLeader()
-        for op in batch.ops:
-            if op.kind == "create" and op.name_key and await self.get_raw(op.name_key) is not None:
-                name = op.name_key.rsplit("/", 1)[-1]
-                raise Conflict(f"rpc error: code = AlreadyExists desc = name conflicts with an existing object: {name}")
-            if op.kind == "create" and await self.get_raw(op.key) is not None:
-                raise Conflict(f"object {op.key.rsplit('/', 1)[-1]} already exists")
-        raise SequenceConflict()
+            leader = ranges.pop()
+            if not leader or leader[0].value != fence.encode():
+                return NotLeader()
+        revisions = {kvs[0].key.decode(): int(kvs[0].mod_revision) for kvs in ranges if kvs}
+        # Compared a moment later than the transaction: a key may have changed back meanwhile.
+        return failed_checks(batch.ops, revisions) or SequenceConflict()
+
+
+def _event(ev: Any) -> Event | None:
+    parsed = split_key(ev.kv.key.decode())
+    if parsed is None or parsed[0] not in KINDS:
+        return None
+    revision = int(ev.kv.mod_revision)
+    if ev.type == rpc.Event.PUT:
+        return Event("put", parsed[0], parsed[1], decode(ev.kv.value, revision), revision)
+    return Event("delete", parsed[0], parsed[1], None, revision)
+
+
+def _put(key: bytes, value: bytes) -> rpc.RequestOp:
+    return rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value))
+
+
+def _created(key: bytes, result: int) -> rpc.Compare:
+    """create_revision compared to 0: EQUAL means the key does not exist, GREATER that it does."""
+    return rpc.Compare(key=key, result=result, target=rpc.Compare.CREATE, create_revision=0)
+
+
+def _modified(key: bytes, revision: int) -> rpc.Compare:
+    return rpc.Compare(key=key, result=rpc.Compare.EQUAL, target=rpc.Compare.MOD, mod_revision=revision)
 
 
 __all__ = ["EtcdClient", "EtcdStore", "make_client"]

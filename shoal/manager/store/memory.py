@@ -6,8 +6,18 @@ import asyncio
 import copy
 from collections.abc import AsyncIterator
 
-from shoal.errors import Conflict, NotLeader, SequenceConflict
-from shoal.manager.store.base import LEADER_KEY, Batch, Event, Snapshot, decode, encode, split_key
+from shoal.errors import NotLeader
+from shoal.manager.store.base import (
+    LEADER_KEY,
+    Batch,
+    Event,
+    Snapshot,
+    checked_keys,
+    decode,
+    encode,
+    failed_checks,
+    split_key,
+)
 from shoal.types import KINDS, Doc
 
 
@@ -47,19 +57,10 @@ class MemoryStore:
     async def commit(self, batch: Batch, fence: str | None = None) -> int:
         if fence is not None and self._kv.get(LEADER_KEY, (b"", 0))[0] != fence.encode():
             raise NotLeader()
-        for op in batch.ops:
-            current = self._kv.get(op.key)
-            if op.kind == "create":
-                if op.name_key and op.name_key in self._kv:
-                    name = op.name_key.rsplit("/", 1)[-1]
-                    raise Conflict(f"rpc error: code = AlreadyExists desc = name conflicts with an existing object: {name}")
-                if current is not None:
-                    raise Conflict(f"object {op.key.rsplit('/', 1)[-1]} already exists")
-            elif op.kind in ("update", "delete"):
-                if op.expect_version and (current is None or current[1] != op.expect_version):
-                    raise SequenceConflict()
-                if op.kind == "update" and current is None:
-                    raise SequenceConflict()
+        revisions = {key: self._kv[key][1] for key in checked_keys(batch.ops) if key in self._kv}
+        error = failed_checks(batch.ops, revisions)
+        if error is not None:
+            raise error
         self.revision += 1
         rev = self.revision
         events: list[Event] = []
