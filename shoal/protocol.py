@@ -2,6 +2,8 @@
 
 agent -> manager
   {"type": "hello", "description": NodeDescription}
+  {"type": "status", "updates": [...]}        (right after hello: all it runs, possibly nothing; the node is
+                                               marked ready only once these are in the store)
   {"type": "heartbeat", "lag": seconds}       (every heartbeat period; lag: the agent's recent loop lag)
   {"type": "status", "updates": [{"TaskID": id, "Status": TaskStatus}, …]}
   {"type": "mesh", "errors": [text, …]}        (published ports this node cannot listen on; [] when all fine)

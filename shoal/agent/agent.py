@@ -177,6 +177,13 @@ class Agent:
             self._last_heard = self._alive()
             self._manager_lag = 0.0
             await ws.send_str(json.dumps({"type": "hello", "description": self.description()}))
+            # What this node runs, at once (even nothing): the manager counts it ready only after hearing it.
+            await self.worker.persist()
+            current = self.worker.current_statuses()
+            for task_id in current:
+                self._status.pop(task_id, None)
+            await ws.send_str(codec.dumps_text({"type": "status", "updates": [
+                {"TaskID": task_id, "Status": status} for task_id, status in current.items()]}))
             parts = [asyncio.create_task(self._read(ws, addr), name="agent-read"),
                      asyncio.create_task(self._send_loop(ws), name="agent-send"),
                      asyncio.create_task(self._watch_silence(addr), name="agent-silence")]
@@ -299,9 +306,6 @@ class Agent:
         """Heartbeats every period; task status batched every few tens of milliseconds."""
         loop = asyncio.get_running_loop()
         next_heartbeat = 0.0
-        # Everything the worker knows is sent once per session, so a new leader hears the current states.
-        self._status.update(self.worker.current_statuses())
-        self._status_ready.set()
         while True:
             now = loop.time()
             if now >= next_heartbeat:

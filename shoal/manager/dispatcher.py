@@ -31,10 +31,12 @@ from shoal.errors import InvalidArgument, NotLeader, ShoalError
 from shoal.manager.applier import Applier
 from shoal.manager.cache import Cache
 from shoal.manager.controlapi.node import MESH_ERRORS_FIELD
+from shoal.manager.orchestrator.common import DOWN_SINCE
 from shoal.manager.orchestrator.update import RUNNING_SINCE
 from shoal.manager.store.base import Batch, Event, Store
 from shoal.mesh.table import BACKEND_PORTS, endpoint_table, published_ports
 from shoal.timefmt import from_rfc3339, to_rfc3339
+from shoal.timeouts import within
 from shoal.types import (
     NODES,
     SERVICES,
@@ -59,6 +61,7 @@ GRACE_MULTIPLIER = 3  # heartbeat periods without a heartbeat before a node is m
 # own silence deadline (shoal.agent.agent.SILENCE_PERIODS) and a reconnect.
 ELECTION_EXTRA_PERIODS = 3
 MAX_LAG_ALLOWANCE = 10.0  # at most this much of a node's reported loop lag is added to its grace
+FIRST_REPORT_WAIT = 5.0  # how long a new session's node waits for its first status report before it is ready
 RESTART_GRACE = 15.0  # seconds a node that announced a daemon restart has to come back
 # On a node document: until when (unix time) a manager that announced its restart is given to come back, so
 # that the next leader honours it too.
@@ -130,6 +133,7 @@ class NodeSession:
     dirty: set[str] = field(default_factory=set)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     endpoints_sent: list[Doc] | None = None  # the endpoint table this agent has
+    reported: asyncio.Event = field(default_factory=asyncio.Event)  # its first status report arrived
     log_queues: dict[int, asyncio.Queue[Doc | None]] = field(default_factory=dict)
 
     async def send(self, message: Doc) -> None:
@@ -280,6 +284,7 @@ class Dispatcher:
                     task = self.cache.get(TASKS, str(update.get("TaskID")))
                     if task is not None and task.get("NodeID") == session.node_id:
                         self.pending_status[task["ID"]] = update.get("Status") or {}
+                session.reported.set()
             elif kind == "mesh":
                 errors = [str(error) for error in data.get("errors") or []]
                 session.background.append(asyncio.create_task(
@@ -294,6 +299,13 @@ class Dispatcher:
                     queue.put_nowait(None)
 
     async def _welcome(self, session: NodeSession, description: Doc, peer_ip: str) -> None:
+        # Ready only once the store shows what the node runs: a node back from a daemon restart keeps the tasks
+        # it still runs rather than their replacements, and that choice must not be made on stale states (a
+        # rebooted node's tasks are gone, and it says so in this first report).
+        with contextlib.suppress(TimeoutError):
+            await within(session.reported.wait(), FIRST_REPORT_WAIT)
+        if self.pending_status:
+            await self.flush_status()
         await self._register(session.node_id, description, peer_ip)
         # The first assignment set is complete; later ones carry only changes.
         await self._send_full(session)
@@ -315,6 +327,7 @@ class Dispatcher:
             addr = (node.get("Status") or {}).get("Addr") or peer_ip
             new["Status"] = {"State": NodeState.READY.value, "Addr": addr, "Message": ""}
             new.pop(RESTARTING_UNTIL, None)
+            new.pop(DOWN_SINCE, None)
             new["UpdatedAt"] = to_rfc3339(self.clock.now())
             try:
                 result = await self.applier.write(Batch().update(NODES, new))
@@ -541,6 +554,7 @@ class Dispatcher:
             return
         new = dict(node)
         new["Status"] = {**(node.get("Status") or {}), "State": NodeState.DOWN.value, "Message": message}
+        new[DOWN_SINCE] = self.clock.now()
         new["UpdatedAt"] = to_rfc3339(self.clock.now())
         result = await self.applier.write(Batch().update(NODES, new))
         if result.written:

@@ -22,6 +22,7 @@ from shoal.manager.dispatcher import (
     agent_should_know,
     merge_status,
 )
+from shoal.manager.orchestrator.common import DOWN_SINCE
 from shoal.manager.orchestrator.loop import OrchestratorLoop
 from shoal.manager.store.base import Batch
 from shoal.mesh.table import BACKEND_PORTS
@@ -412,7 +413,8 @@ async def test_a_session_registers_its_node_and_refreshes_its_heartbeat(harness:
     dispatcher = make_dispatcher(harness)
     harness.clock.advance(GRACE + 1)
 
-    socket = await serve(dispatcher, "n1", [{"type": "hello", "description": {"Platform": {"OS": "linux"}}}])
+    socket = await serve(dispatcher, "n1", [{"type": "hello", "description": {"Platform": {"OS": "linux"}}},
+                                            {"type": "status", "updates": []}])
 
     assert dispatcher.last_heartbeat["n1"] == harness.clock.monotonic()
     node = await stored(harness, NODES, "n1")
@@ -425,6 +427,35 @@ async def test_a_session_registers_its_node_and_refreshes_its_heartbeat(harness:
     assert [t["ID"] for t in assignments["tasks"]] == ["t1"]
     assert endpoints == {"type": "endpoints", "listeners": []}
     assert await dispatcher.check_nodes() == []
+
+
+async def test_a_returning_node_is_ready_only_once_its_first_report_is_in_the_store(harness: Harness) -> None:
+    # Back after a reboot, its task is gone: the store must say so before the node counts as ready, or the
+    # orchestrator would keep that task and stop its running replacement.
+    await harness.add_nodes(make_node("n1", state="down"))
+    await harness.add_tasks(running_task("t1", "n1"))
+    dispatcher = make_dispatcher(harness)
+    order: list[str] = []
+    harness.cache.subscribe(lambda event, prev: order.append(
+        f"{event.kind}:{(event.doc or {}).get('Status', {}).get('State')}"))
+
+    await serve(dispatcher, "n1", [
+        {"type": "hello", "description": {}},
+        {"type": "status", "updates": [{"TaskID": "t1", "Status": status("failed", err="exit status unknown")}]}])
+    await harness.cache.wait_for_revision(harness.store.revision)
+
+    assert order == ["tasks:failed", "nodes:ready"]
+
+
+async def test_a_node_marked_down_remembers_when(harness: Harness) -> None:
+    await harness.add_nodes(make_node("n1"))
+    dispatcher = make_dispatcher(harness)
+
+    await dispatcher.set_node_down("n1", "heartbeat failure")
+
+    assert (await stored(harness, NODES, "n1"))[DOWN_SINCE] == harness.clock.now()
+    await serve(dispatcher, "n1", [{"type": "hello", "description": {}}, {"type": "status", "updates": []}])
+    assert DOWN_SINCE not in await stored(harness, NODES, "n1")
 
 
 @pytest.mark.parametrize("reported, recorded", [(0.7, 0.7), ("junk", 0.0), (-3, 0.0), (None, 0.0)])
@@ -513,7 +544,7 @@ async def test_a_session_gets_the_table_after_its_assignments(harness: Harness) 
     await published_service(harness, 1, {"Protocol": "udp", "TargetPort": 53, "PublishedPort": 5353})
     dispatcher = make_dispatcher(harness)
 
-    socket = await serve(dispatcher, "n1", [{"type": "hello", "description": {}}])
+    socket = await serve(dispatcher, "n1", [{"type": "hello", "description": {}}, {"type": "status", "updates": []}])
 
     assert [m["type"] for m in socket.sent] == ["welcome", "assignments", "endpoints"]
     assert [(x["PublishedPort"], x["Protocol"], x["Backends"]) for x in socket.sent[2]["listeners"]] == [
@@ -528,7 +559,7 @@ async def test_ports_a_node_cannot_listen_on_show_in_its_status_message(harness:
     node = await stored(harness, NODES, "n1")
     assert node_view(node, None, True)["Status"]["Message"] == "routing mesh: port 8080/tcp is in use on this node"
     # A re-registration (the agent reconnecting) rewrites Status but leaves the mesh's report alone.
-    await serve(dispatcher, "n1", [{"type": "hello", "description": {}}])
+    await serve(dispatcher, "n1", [{"type": "hello", "description": {}}, {"type": "status", "updates": []}])
     node = await stored(harness, NODES, "n1")
     assert node_view(node, None, True)["Status"]["Message"] == "routing mesh: port 8080/tcp is in use on this node"
 

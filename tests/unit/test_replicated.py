@@ -9,7 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shoal.manager.orchestrator.common import is_task_dirty, mark_status, new_task, set_desired
+from shoal.manager.orchestrator.common import (
+    DOWN_SINCE,
+    DOWN_TASK_GRACE,
+    down_task_kept_until,
+    is_task_dirty,
+    mark_status,
+    new_task,
+    set_desired,
+)
 from shoal.manager.orchestrator.replicated import reconcile_replicated
 from shoal.timefmt import SECOND, to_rfc3339
 from shoal.types import Doc, Plan, TaskState, task_is_live, task_slot
@@ -347,9 +355,18 @@ def test_scaled_away_slots_leave_no_history() -> None:
 NODE_IDS = ["n1", "n2", "n3", "n4"]
 STATES = ["pending", "assigned", "running", "complete", "failed", "shutdown", "rejected", "orphaned"]
 
+def maybe_down_since(node: Doc, ago: int | None) -> Doc:
+    """A down node that says when it went down (a while ago, or within the grace), or that does not say."""
+    if node["Status"]["State"] != "down" or ago is None:
+        return node
+    return down_since(node, NOW - ago)
+
+
 nodes_strategy = st.lists(
-    st.builds(make_node, st.sampled_from(NODE_IDS), st.sampled_from(["ready", "down", "unknown"]),
-              st.sampled_from(["active", "pause", "drain"])),
+    st.builds(maybe_down_since,
+              st.builds(make_node, st.sampled_from(NODE_IDS), st.sampled_from(["ready", "down", "unknown"]),
+                        st.sampled_from(["active", "pause", "drain"])),
+              st.sampled_from([None, 2, int(DOWN_TASK_GRACE) + 5])),
     max_size=4,
     unique_by=lambda n: n["ID"],
 ).map(lambda ns: nodes_map(*ns))
@@ -397,12 +414,14 @@ def test_never_more_than_replicas_live_tasks(case: tuple[Doc, list[Doc], dict[st
     svc, tasks, nodes, limit = case
     wanted = svc["Spec"]["Mode"]["Replicated"]["Replicas"]
     after = apply(tasks, reconcile_replicated(svc, tasks, nodes, NOW, limit, new_task_id=ids()))
-    slots = live_slots(after)
+    # A task on a node that went down moments ago stays wanted beside its replacement (not on a healthy node).
+    kept = [t for t in after if task_is_live(t) and (down_task_kept_until(t, nodes) or 0) > NOW]
+    slots = live_slots([t for t in after if t not in kept])
     assert len(slots) <= wanted
     assert len(set(slots)) == len(slots), "one live task per slot"
     assert all(1 <= s <= wanted for s in slots)
     for task in after:
-        if task_is_live(task) and task["NodeID"]:
+        if task_is_live(task) and task["NodeID"] and task not in kept:
             node = nodes.get(task["NodeID"])
             assert node is not None and node["Status"]["State"] != "down"
             assert node["Spec"]["Availability"] != "drain"
@@ -447,3 +466,59 @@ def test_deciding_slot_by_slot_writes_what_the_full_pass_writes_for_them(
 
     assert touched(partial) == touched(full)
     assert all(task_slot(t) in slots for t in partial.update + partial.create + partial.delete)
+
+
+# ---- a down node's tasks stay wanted for a while ----------------------------------------------------------
+
+def down_since(node: Doc, at: float) -> Doc:
+    return {**node, DOWN_SINCE: at}
+
+
+def test_a_task_on_a_node_just_down_is_replaced_at_once_but_kept_wanted() -> None:
+    service = make_service(replicas=1)
+    nodes = nodes_map(down_since(make_node("n1", state="down"), NOW - 3), make_node("n2"))
+    original = make_task(service, "orig", 1, node="n1")
+
+    plan = reconcile_replicated(service, [original], nodes, NOW, new_task_id=ids())
+
+    assert plan.update == []  # not told to stop: its node may be back in a moment
+    assert [task_slot(t) for t in plan.create] == [1]  # recovery does not wait
+    assert plan.wake_at == NOW - 3 + DOWN_TASK_GRACE
+
+
+def test_once_the_grace_has_passed_the_down_nodes_task_is_stopped() -> None:
+    service = make_service(replicas=1)
+    nodes = nodes_map(down_since(make_node("n1", state="down"), NOW - DOWN_TASK_GRACE - 1), make_node("n2"))
+    original = make_task(service, "orig", 1, node="n1")
+    replacement = make_task(service, "new", 1, node="n2", created=NOW - DOWN_TASK_GRACE)
+
+    plan = reconcile_replicated(service, [original, replacement], nodes, NOW, new_task_id=ids())
+
+    assert [(t["ID"], t["DesiredState"]) for t in plan.update] == [("orig", "shutdown")]
+    assert plan.create == []
+
+
+@pytest.mark.parametrize("replacement_state", ["assigned", "starting", "running"])
+def test_a_node_back_within_the_grace_keeps_its_running_task_and_the_replacement_goes(
+        replacement_state: str) -> None:
+    service = make_service(replicas=1)
+    nodes = nodes_map(make_node("n1"), make_node("n2"))  # n1 is back
+    original = make_task(service, "orig", 1, node="n1", created=NOW - 1000)
+    replacement = make_task(service, "new", 1, node="n2", state=replacement_state, created=NOW - 5)
+
+    plan = reconcile_replicated(service, [original, replacement], nodes, NOW, new_task_id=ids())
+
+    assert [(t["ID"], t["DesiredState"]) for t in plan.update] == [("new", "shutdown")]
+
+
+def test_a_node_back_without_its_task_keeps_the_replacement() -> None:
+    # Rebooted: its first report says the task is gone (failed), so the replacement stays.
+    service = make_service(replicas=1)
+    nodes = nodes_map(make_node("n1"), make_node("n2"))
+    original = make_task(service, "orig", 1, node="n1", state="failed", created=NOW - 1000)
+    replacement = make_task(service, "new", 1, node="n2", created=NOW - 5)
+
+    plan = reconcile_replicated(service, [original, replacement], nodes, NOW, new_task_id=ids())
+
+    assert [(t["ID"], t["DesiredState"]) for t in plan.update] == [("orig", "shutdown")]
+    assert plan.create == []

@@ -46,6 +46,12 @@ IdFactory = Callable[[], str]
 
 # On a task: the digest of the spec and published ports it was created with (see `is_task_dirty`).
 SPEC_DIGEST = "ShoalSpecDigest"
+# On a node: when (unix time) it was marked down.
+DOWN_SINCE = "ShoalDownSince"
+# How long the tasks of a down node stay wanted beside their replacements. A daemon that crashes and comes back
+# within it keeps its tasks, which never stopped (their replacements are stopped instead); a machine that stays
+# away loses them. Replacements start at once either way, so recovery is as fast.
+DOWN_TASK_GRACE = 15.0
 
 
 def new_task(service: Doc, slot: int, node_id: str, now: float, task_id: str | None = None) -> Doc:
@@ -199,8 +205,19 @@ def node_trouble(task: Doc, nodes: dict[str, Doc]) -> str | None:
 
 
 def keeper_order(task: Doc) -> tuple[int, float, str]:
-    """Of several live tasks in one slot, the one with the highest key stays: furthest along, then newest."""
-    return (int(task_state(task)), created_at(task), str(task.get("ID", "")))
+    """Of several live tasks in one slot, the one with the highest key stays: furthest along, then oldest (a
+    task whose node came back after it was replaced keeps running; its replacement goes)."""
+    return (int(task_state(task)), -created_at(task), str(task.get("ID", "")))
+
+
+def down_task_kept_until(task: Doc, nodes: dict[str, Doc]) -> float | None:
+    """Until when a task on a down node stays wanted (beside its replacement), or None when its node is not
+    down: DOWN_TASK_GRACE after the node went down."""
+    node = nodes.get(task_node(task))
+    if node is None or node_state(node) != NodeState.DOWN:
+        return None
+    since = node.get(DOWN_SINCE)
+    return float(since) + DOWN_TASK_GRACE if isinstance(since, int | float) else None
 
 
 def short(task_or_node_id: str) -> str:

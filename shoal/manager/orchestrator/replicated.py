@@ -12,6 +12,7 @@ from collections.abc import Collection
 from shoal.manager.orchestrator.common import (
     IdFactory,
     PlanDraft,
+    down_task_kept_until,
     keep_one,
     live_tasks,
     node_trouble,
@@ -93,6 +94,15 @@ def _reconcile_slot(
         trouble = node_trouble(task, nodes)
         if trouble is None:
             healthy.append(task)
+            continue
+        kept_until = down_task_kept_until(task, nodes)
+        if kept_until is not None and now < kept_until:
+            # Replaced at once, but still wanted for a while: if its node is back soon (a daemon restart, a
+            # short cut) the task that never stopped is kept and its replacement stopped.
+            draft.wake(kept_until)
+            if desired_state(task) == TaskState.RUNNING:
+                draft.note(f"{where}: node {short(task['NodeID'])} down, task {short(task['ID'])} kept for "
+                           f"{kept_until - now:.0f}s more")
             continue
         draft.shut_down(task, now, f"node {trouble}")
         draft.note(f"{where}: node {short(task['NodeID'])} {trouble}, replacing task {short(task['ID'])}")
