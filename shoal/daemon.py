@@ -175,8 +175,12 @@ class Daemon:
             # The engine named by DOCKER_HOST (and DOCKER_TLS_VERIFY/DOCKER_CERT_PATH), else the local socket;
             # Unavailable, with the reason, when it does not answer.
             return DockerExecutor.connect()
+        if self.config.executor == "sim":
+            from shoal.agent.executor.sim import SimExecutor
+
+            return SimExecutor()
         if self.config.executor != "process":
-            raise InvalidArgument(f"executor {self.config.executor!r} is not available yet: use --executor process")
+            raise InvalidArgument(f"unknown executor {self.config.executor!r}: use process, docker or sim")
         from shoal.agent.executor.process import ProcessExecutor
 
         return ProcessExecutor(self.state_dir / "agent")
@@ -259,13 +263,21 @@ class Daemon:
     def _make_agent(self, managers: list[str]) -> Agent:
         assert self.record is not None
         context = client_ssl_context(self.tls.ca, self.tls.cert, self.tls.key)
-        mesh = RoutingMesh(self.record.node_id, self.config.publish_addr, self.config.routing_mesh,
-                           executor_binds_host_ports=self.config.executor == "docker",
-                           workers=self.config.mesh_workers)
+        # Simulated tasks serve nothing: a node that runs them has no routing mesh to offer.
+        mesh = None if self.config.executor == "sim" else RoutingMesh(
+            self.record.node_id, self.config.publish_addr, self.config.routing_mesh,
+            executor_binds_host_ports=self.config.executor == "docker", workers=self.config.mesh_workers)
         monitor = self.monitor
         return Agent(self.record.node_id, managers, context, self.state_dir / "agent", self._executor, self.clock,
                      self.describe, self._remember_managers, self.change_role, self.record.port, mesh=mesh,
-                     liveness=monitor.alive, loop_lag=lambda: monitor.recent_max(HEARTBEAT_LAG_WINDOW))
+                     liveness=monitor.alive, loop_lag=lambda: monitor.recent_max(HEARTBEAT_LAG_WINDOW),
+                     on_manager_gone=self._manager_gone)
+
+    async def _manager_gone(self, addr: str) -> None:
+        """This node's agent lost its session unexpectedly: a manager here checks whether the leader died."""
+        manager = self.manager
+        if manager is not None:
+            await manager.manager_gone(addr)
 
     async def change_role(self, answer: Doc, key_pem: bytes) -> None:
         """Become a manager (promote) or a worker (demote) with the certificate the leader issued."""

@@ -135,12 +135,15 @@ def wait_for_socket(sock: Path, proc: subprocess.Popen[bytes] | None, timeout: f
 
 def up(managers: int = 1, workers: int = 2, progress: Callable[[str], None] = print,
        base: Path = PLAYGROUND_DIR, subnet: str = "127.0.0", executor: str = "process",
-       routing_mesh: str = "auto") -> list[PlaygroundNode]:
-    """Start the daemons, init the swarm on the first manager and join the others; returns the nodes."""
+       routing_mesh: str = "auto", sim_nodes: int = 0) -> list[PlaygroundNode]:
+    """Start the daemons, init the swarm on the first manager and join the others, then `sim_nodes` hollow
+    nodes (shoal.sim) in one more process; returns the nodes (the hollow process as one entry)."""
     if managers < 1:
         raise ShoalError("a playground needs at least one manager: use --managers 1 or more")
     if workers < 0 or managers + workers > 200:
         raise ShoalError("use between 0 and 199 workers")
+    if not 0 <= sim_nodes <= 10_000:
+        raise ShoalError("use between 0 and 10000 simulated nodes")
     running = [n for n in status(base) if n.alive]
     if running:
         raise ShoalError(f"a playground is already running here ({len(running)} nodes): "
@@ -148,8 +151,11 @@ def up(managers: int = 1, workers: int = 2, progress: Callable[[str], None] = pr
     down(lambda _: None, base)
     base.mkdir(parents=True, exist_ok=True)
     try:
-        return _start(managers, workers, progress, base, subnet, ["--executor", executor,
-                                                                  "--routing-mesh", routing_mesh])
+        nodes = _start(managers, workers, progress, base, subnet, ["--executor", executor,
+                                                                   "--routing-mesh", routing_mesh])
+        if sim_nodes:
+            nodes.append(start_hollow(nodes, sim_nodes, base, progress))
+        return nodes
     except BaseException:
         # Leave nothing half-started behind.
         down(lambda _: None, base)
@@ -187,16 +193,49 @@ def _start(managers: int, workers: int, progress: Callable[[str], None], base: P
     return nodes
 
 
-def wait_ready(manager_socket: str, count: int, timeout: float = START_TIMEOUT) -> None:
+HOLLOW = "hollow"  # the role (and name) of the process that runs the simulated nodes
+
+
+def start_hollow(nodes: list[PlaygroundNode], count: int, base: Path, progress: Callable[[str], None] = print,
+                 start_delay: float = 0.01) -> PlaygroundNode:
+    """Start `count` hollow nodes (`python -m shoal.sim`) joined to the swarm of `nodes`; wait until the
+    managers see them all ready."""
+    first = next(n for n in nodes if n.role == "manager")
+    with api(first.socket) as client:
+        token = _check(client.get("/swarm")).json()["JoinTokens"]["Worker"]
+    state_dir = base / HOLLOW
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log_file = open(state_dir / "hollow.log", "ab")  # noqa: SIM115 — handed to the child
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "shoal.sim", "--manager", f"{first.address}:{DEFAULT_PORT}", "--token", token,
+             "--nodes", str(count), "--state-dir", str(state_dir), "--advertise-addr", first.address,
+             "--start-delay", str(start_delay)],
+            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    finally:
+        log_file.close()
+    hollow = PlaygroundNode(HOLLOW, HOLLOW, first.address, proc.pid, "", str(state_dir))
+    _state_file(base).write_text(json.dumps([asdict(n) for n in [*nodes, hollow]], indent=2))
+    progress(f"{count} simulated nodes: joining (log: {state_dir / 'hollow.log'})")
+    total = len(nodes) + count
+    wait_ready(first.socket, total, timeout=START_TIMEOUT + count * 0.1, process=proc)
+    progress(f"all {total} nodes are ready")
+    return hollow
+
+
+def wait_ready(manager_socket: str, count: int, timeout: float = START_TIMEOUT,
+               process: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
     ready = 0
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise Unavailable(f"the simulated nodes' process exited ({process.returncode}); see its log")
         with api(manager_socket) as client:
             nodes = _check(client.get("/nodes")).json()
         ready = sum(1 for n in nodes if n["Status"]["State"] == "ready")
         if ready >= count:
             return
-        time.sleep(0.1)
+        time.sleep(0.1 if count < 50 else 0.5)
     raise Unavailable(f"only {ready} of {count} nodes became ready within {timeout:.0f}s")
 
 

@@ -53,7 +53,8 @@ class Agent:
                  on_managers: Callable[[list[str]], None],
                  on_certificate: Callable[[Doc, bytes], Coroutine[Any, Any, None]] | None = None,
                  listen_port: int = 2377, mesh: RoutingMesh | None = None,
-                 liveness: Callable[[], float] | None = None, loop_lag: Callable[[], float] | None = None) -> None:
+                 liveness: Callable[[], float] | None = None, loop_lag: Callable[[], float] | None = None,
+                 on_manager_gone: Callable[[str], Coroutine[Any, Any, None]] | None = None) -> None:
         self.node_id = node_id
         self.managers = list(managers)
         self.ssl_context = ssl_context
@@ -81,6 +82,10 @@ class Agent:
         self._loop_lag = loop_lag or (lambda: 0.0)
         self._last_heard = 0.0
         self._manager_lag = 0.0
+        # Told when a session that was open ends without the manager saying why (its daemon may be gone).
+        self._on_manager_gone = on_manager_gone
+        self._ended_by_manager = False
+        self._checks: set[asyncio.Task[None]] = set()
         self.mesh = mesh
         self._mesh_errors: list[str] | None = None  # to send to the manager
         if mesh is not None:
@@ -153,6 +158,8 @@ class Agent:
                 except Exception as exc:
                     log.info("session with %s ended: %s", addr, exc or type(exc).__name__)
                 finally:
+                    if self.connected.is_set() and not self._ended_by_manager and self._suspect != addr:
+                        self._manager_gone(addr)
                     self.connected.clear()
                     self._ws = None
                 if self._preferred and self._preferred != redirected_from:
@@ -176,6 +183,7 @@ class Agent:
             self._ws = ws
             self._last_heard = self._alive()
             self._manager_lag = 0.0
+            self._ended_by_manager = False
             await ws.send_str(json.dumps({"type": "hello", "description": self.description()}))
             # What this node runs, at once (even nothing): the manager counts it ready only after hearing it.
             await self.worker.persist()
@@ -276,8 +284,10 @@ class Agent:
             # This manager is not the leader; it names the leader when it knows it.
             log.info("manager %s is not the leader; it names %s", addr, message.get("leader") or "none yet")
             self._preferred = message.get("leader") or self._preferred
+            self._ended_by_manager = True
             return True  # the manager closes the session; its close frame ends the loop
         elif kind == "rejected":
+            self._ended_by_manager = True
             log.error("the manager refused this node: %s", message.get("message"))
             await asyncio.sleep(2)
             return False
@@ -289,6 +299,14 @@ class Agent:
             if stream is not None:
                 stream.cancel()
         return True
+
+    def _manager_gone(self, addr: str) -> None:
+        """Let the daemon check, beside the reconnecting, whether the manager's daemon died."""
+        if self._on_manager_gone is None:
+            return
+        check = asyncio.create_task(self._on_manager_gone(addr), name=f"manager-gone:{addr}")
+        self._checks.add(check)
+        check.add_done_callback(self._checks.discard)
 
     async def reconnect(self, ssl_context: ssl.SSLContext, managers: list[str]) -> None:
         """Use a new certificate (and manager list): end the current session so the next one presents it."""

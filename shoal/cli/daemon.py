@@ -16,7 +16,8 @@ def register(commands: Any) -> None:
     daemon.add_argument("--socket", default=None, help=f"API socket path (default {config.DEFAULT_SOCKET})")
     daemon.add_argument("--hostname", help="Node name shown by `node ls` (default: this machine's hostname)")
     daemon.add_argument("--executor", choices=("process", "docker", "sim"), default="process",
-                        help="How tasks run: host processes or docker containers (default process)")
+                        help="How tasks run: host processes, docker containers, or simulated (sim: nothing "
+                             "runs, everything else is real; for benchmarks) (default process)")
     daemon.add_argument("--routing-mesh", choices=("auto", "kernel", "userspace"), default="auto",
                         help="The routing mesh's data path: nftables DNAT rules (kernel), an asyncio proxy "
                              "(userspace), or auto: kernel where nftables is usable, else userspace")

@@ -21,8 +21,11 @@ def register(commands: Any) -> None:
     up = sub.add_parser("up", help="Start a local cluster")
     up.add_argument("--managers", type=_positive_int, default=1, metavar="M", help="Number of managers (default 1)")
     up.add_argument("--workers", type=_non_negative_int, default=2, metavar="W", help="Number of workers (default 2)")
-    up.add_argument("--executor", choices=["process", "docker"], default="process",
-                    help="Run tasks as host processes (default) or as containers on this machine's Docker Engine")
+    up.add_argument("--executor", choices=["process", "docker", "sim"], default="process",
+                    help="Run tasks as host processes (default), as containers on this machine's Docker Engine, "
+                         "or simulated (nothing runs; for trying scale)")
+    up.add_argument("--sim-nodes", type=_non_negative_int, default=0, metavar="N",
+                    help="Also run N simulated nodes (real sessions, simulated tasks) in one more process")
     up.add_argument("--routing-mesh", choices=["auto", "kernel", "userspace"], default="auto",
                     help="The routing mesh's data path (default auto: nftables where usable, else userspace)")
     up.add_argument("--subnet", type=_loopback_prefix, default="127.0.0", metavar="127.X.Y",
@@ -78,7 +81,7 @@ def run_up(ctx: CliContext, args: argparse.Namespace) -> int:
     from shoal import playground
 
     nodes = playground.up(managers=args.managers, workers=args.workers, progress=ctx.print, subnet=args.subnet,
-                          executor=args.executor, routing_mesh=args.routing_mesh)
+                          executor=args.executor, routing_mesh=args.routing_mesh, sim_nodes=args.sim_nodes)
     ctx.out.write(playground_table(nodes))
     managers = [n for n in nodes if n.role == "manager"]
     if managers:

@@ -24,7 +24,10 @@ from shoal.timeouts import within
 
 log = logging.getLogger(__name__)
 
-LEASE_TTL = 1  # seconds; etcd allows it with a 500 ms election timeout (its minimum TTL is 1.5 election timeouts)
+# The leader lease, in seconds. Long enough that a loaded machine (a hundred thousand tasks, every core busy)
+# renews it in time; a leader that died is still replaced faster than this when its daemon's port refuses
+# connections (`LeaderElection.end_dead_leader`), so only a silent leader (cut off, frozen) costs the whole TTL.
+LEASE_TTL = 2
 # The lease keeper stops refreshing once the event loop has made no progress for this long: a leader whose
 # loops are wedged must give way, one that is merely busy must not.
 MAX_LOOP_STALL = 10.0
@@ -171,6 +174,17 @@ class LeaderElection:
         keeper.start()
         lost.add_done_callback(lambda _: keeper.stop())
         return lost
+
+    async def end_dead_leader(self, leader_id: str) -> bool:
+        """End the lease of a leader whose daemon is known to be gone, so that the next one is elected now
+        rather than when the lease expires. Only the lease that `leader_id` holds right now is revoked; a
+        leader elected meanwhile is left alone. Returns whether a lease was revoked."""
+        kv = await self.client.get(LEADER_KEY.encode())
+        if kv is None or kv.value.decode() != leader_id or not kv.lease:
+            return False
+        await self.client.revoke_lease(kv.lease)
+        log.warning("the leader %s is gone (its port refuses connections): its lease is revoked", leader_id)
+        return True
 
     async def _wait_for_vacancy(self) -> None:
         """Return when the leader key is deleted (lease expired) or after a short poll interval."""

@@ -43,6 +43,7 @@ from shoal.types import NODES, Doc, Role
 log = logging.getLogger(__name__)
 
 MEMBER_ADD_TIMEOUT = 30.0
+PROBE_TIMEOUT = 1.0
 HEARTBEAT_LAG_WINDOW = 10.0  # the loop lag a manager reports to its agents: the worst of the last this-many s
 
 
@@ -200,6 +201,21 @@ class Manager:
             if n.get("Spec", {}).get("Role") == Role.MANAGER.value and n.get("ManagerAddr")
         )
 
+    async def manager_gone(self, addr: str) -> None:
+        """This node's agent lost its session with the manager at `addr`. When that is the leader and nothing
+        listens there any more (its daemon died: the machine answers, the port refuses), its lease is ended
+        at once, so a crashed leader is replaced in well under the lease's time."""
+        election = self.election
+        leader = self.leader_id
+        if election is None or leader is None or self.is_leader or self.leader_addr() != addr:
+            return
+        if not await refuses_connections(addr):
+            return
+        try:
+            await election.end_dead_leader(leader)
+        except Exception as exc:  # the store may be electing a leader of its own: the lease then expires
+            log.info("could not end the lease of leader %s: %s", leader, exc)
+
     async def root_ca(self) -> RootCA:
         if self._root_ca is None:
             assert self.store is not None
@@ -272,3 +288,17 @@ class Manager:
         batch.put_raw(CA_KEY, json.dumps({"cert": ca.cert_pem.decode(), "key": ca.key_pem.decode()}).encode())
         rev = await self.store.commit(batch)
         await self.cache.wait_for_revision(rev, timeout=10)
+
+
+async def refuses_connections(addr: str) -> bool:
+    """Whether a TCP connection to "ip:port" is refused: the machine is up and nothing listens. A timeout (a
+    cut network, a frozen machine) or any other error is not proof of anything."""
+    host, _, port = addr.rpartition(":")
+    try:
+        _, writer = await within(asyncio.open_connection(host.strip("[]"), int(port)), PROBE_TIMEOUT)
+    except ConnectionRefusedError:
+        return True
+    except (OSError, TimeoutError, ValueError):
+        return False
+    writer.close()
+    return False

@@ -21,6 +21,27 @@ def pids_with(marker: str) -> list[int]:
     return found
 
 
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes in a process group."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                text = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = text[text.rindex(")") + 2:].split()
+            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+                members.append(int(entry.name))
+    return members
+
+
+async def shell_past_its_trap(pgid: int) -> None:
+    """Wait until a test task's shell has started a child, so the `trap` before it is in force: a signal sent
+    earlier would meet the shell's default handling."""
+    await wait_until(lambda: len(group_members(pgid)) >= 2)
+
+
 class Reports:
     """What the worker reported, in order."""
 

@@ -25,26 +25,11 @@ from shoal.agent.executor.process import (
 )
 from shoal.ids import new_id
 from shoal.timefmt import MILLISECOND
-from tests.unit.agent_fixtures import pids_with
+from tests.unit.agent_fixtures import group_members, pids_with
 from tests.unit.waiting import wait_until
 
 DEADLINE = 10.0
 
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes in a process group."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                text = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = text[text.rindex(")") + 2:].split()
-            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-                members.append(int(entry.name))
-    return members
 
 
 def make_task(command: list[str] | None = None, args: list[str] | None = None, image: str = "busybox",

@@ -27,7 +27,7 @@ from shoal.mesh.table import BACKEND_PORTS
 from shoal.mesh.userspace import accepts_connections
 from shoal.timefmt import MILLISECOND, SECOND, from_rfc3339
 from shoal.types import Doc
-from tests.unit.agent_fixtures import Reports, pids_with
+from tests.unit.agent_fixtures import Reports, pids_with, shell_past_its_trap
 from tests.unit.waiting import wait_until
 
 DEADLINE = 10.0
@@ -148,6 +148,7 @@ async def test_desired_shutdown_stops_with_sigkill_after_the_grace_period(node: 
     task = make_task(["sh", "-c", "trap '' TERM; sleep 300; true", marker])
     await worker.assign([task], full=True)
     pid = (await reports.reach(task["ID"], "running"))["ContainerStatus"]["PID"]
+    await shell_past_its_trap(pid)
     before = time.monotonic()
     await worker.assign([with_desired(task, "shutdown")], full=True)
     stopped = await reports.reach(task["ID"], "shutdown")
@@ -163,10 +164,11 @@ async def test_stop_signal_from_the_spec_is_used(node: Node, marker: str) -> Non
     reports = Reports()
     worker = await node.start_worker(reports)
     # Exits 0 on SIGUSR1 only; the long grace period shows it was not killed.
-    task = make_task(["sh", "-c", "trap 'exit 0' USR1; while :; do sleep 0.05; done", marker],
+    task = make_task(["sh", "-c", "trap 'exit 0' USR1; sleep 300 & wait", marker],
                      StopSignal="SIGUSR1", StopGracePeriod=60 * 1_000_000_000)
     await worker.assign([task], full=True)
-    await reports.reach(task["ID"], "running")
+    pid = (await reports.reach(task["ID"], "running"))["ContainerStatus"]["PID"]
+    await shell_past_its_trap(pid)
     await worker.assign([with_desired(task, "shutdown")], full=True)
     stopped = await reports.reach(task["ID"], "shutdown")
     assert stopped["ContainerStatus"]["ExitCode"] == 0

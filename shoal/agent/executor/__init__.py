@@ -1,4 +1,5 @@
-"""Executors run tasks on this node: `process` (host processes, the default); see `base` for the interface."""
+"""Executors run tasks on this node: `process` (host processes, the default), `docker` (containers) and `sim`
+(simulated tasks, for benchmarks); see `base` for the interface."""
 
 from shoal.agent.executor.base import (
     Controller,

@@ -14,12 +14,12 @@ Two conventions the reconcilers rely on:
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import threading
 from collections.abc import Callable, Collection
 
+from shoal import codec
 from shoal.errors import InvalidArgument
 from shoal.ids import new_id
 from shoal.manager.orchestrator import restart
@@ -65,7 +65,7 @@ def new_task(service: Doc, slot: int, node_id: str, now: float, task_id: str | N
         "UpdatedAt": stamp,
         "Name": "",
         "Labels": {},
-        "Spec": copy.deepcopy(spec.get("TaskTemplate") or {}),
+        "Spec": codec.loads(codec.dumps(spec.get("TaskTemplate") or {})),  # a deep copy, several times faster
         "ServiceID": service["ID"],
         "Slot": slot,
         "NodeID": node_id,
@@ -74,7 +74,7 @@ def new_task(service: Doc, slot: int, node_id: str, now: float, task_id: str | N
         "ServiceAnnotations": {"Name": spec.get("Name", ""), "Labels": dict(spec.get("Labels") or {})},
         "SpecVersion": {"Index": version_of(service)},
         # The ports the task publishes (host mode binds them on its node), as swarmkit copies them.
-        "Endpoint": copy.deepcopy(service.get("Endpoint") or {}),
+        "Endpoint": codec.loads(codec.dumps(service.get("Endpoint") or {})),
         SPEC_DIGEST: service_digest(service),
     }
 

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 # Update states in which a change to any slot is the updater's to decide, over the whole service.
 UPDATE_ACTIVE = frozenset({*IN_PROGRESS, PAUSED, ROLLBACK_PAUSED})
+ENDED_STATES = frozenset(state.wire for state in TaskState if state.terminal)
 
 
 def reconcile_removed_service(tasks: list[Doc], nodes: dict[str, Doc], now: float) -> Plan:
@@ -134,12 +135,7 @@ class OrchestratorLoop:
             doc = event.doc or prev
             if doc is None:
                 return
-            # Only observed-state and desired-state changes matter to the reconcilers.
-            if prev is not None and event.doc is not None and (
-                prev["Status"]["State"] == event.doc["Status"]["State"]
-                and prev["DesiredState"] == event.doc["DesiredState"]
-                and prev.get("NodeID") == event.doc.get("NodeID")
-            ):
+            if prev is not None and event.doc is not None and not self._matters(prev, event.doc):
                 return
             self._mark_task(doc)
         elif event.kind == NODES:
@@ -155,6 +151,20 @@ class OrchestratorLoop:
         else:
             return
         self._signal.set()
+
+    def _matters(self, before: Doc, after: Doc) -> bool:
+        """Whether a change to a task can change a decision. The reconcilers act when a task ends or is asked
+        to stop; a live task moving forward (assigned, starting, running: three reports for each of a hundred
+        thousand tasks) changes nothing for them, only for a rolling update waiting on it."""
+        if before["DesiredState"] != after["DesiredState"]:
+            return True
+        state = after["Status"]["State"]
+        if state == before["Status"]["State"] and before.get("NodeID") == after.get("NodeID"):
+            return False
+        if state in ENDED_STATES:
+            return True
+        service = self.cache.get(SERVICES, str(after.get("ServiceID") or ""))
+        return service is None or update_state(service) in UPDATE_ACTIVE
 
     def _history_limit(self) -> int:
         cluster = self.cache.cluster()
