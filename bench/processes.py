@@ -1,11 +1,11 @@
-"""Thousands of real task processes on the 3-node playground (1 manager, 2 workers), on an idle and a busy machine.
+"""Thousands of real task processes on the 3-node playground (1 manager, 2 workers), machine idle and busy.
 
 For each run, on a fresh playground: the time from `service create --replicas N` (busybox sleep, through the
-API) until all N run (the manager's counted RunningTasks, and N task processes on this machine); the daemons' CPU
-while the N tasks idle (their own `Process.CPUSeconds` over a window, plus etcd's from /proc); the time to scale
-N -> 0 until no task process is left; leader changes, nodes marked down (the manager's counter, and `GET /nodes`
-sampled throughout), and the worst event-loop lag and stall count per daemon. "Busy" runs the same beside 4
-CPU-bound processes. Prints the per-run figures and a table of medians.
+API) until all N run (the manager's counted RunningTasks, and N task processes on this machine); the daemons'
+CPU while the N tasks idle (their own `Process.CPUSeconds` over a window, plus etcd's from /proc); the time to
+scale N -> 0 until no task process is left; leader changes, nodes marked down (the manager's counter, and
+`GET /nodes` sampled throughout), and the worst event-loop lag and stall count per daemon. "Busy" runs the
+same beside 4 CPU-bound processes. Prints the per-run figures and a table of medians.
 
 Usage: python -m bench.processes [--replicas 5000] [--runs 3] [--idle-only | --busy-only] [--idle-seconds 20]
 """
@@ -326,7 +326,8 @@ def measure_idle_cpu(swarm: Swarm, watcher: Watcher, seconds: float) -> tuple[di
     t0, before = snapshot()
     time.sleep(seconds)
     t1, after = snapshot()
-    return {name: 100.0 * (after[name] - before[name]) / (t1 - t0) for name in after if name in before}, t1 - t0
+    percent = {name: 100.0 * (after[name] - before[name]) / (t1 - t0) for name in after if name in before}
+    return percent, t1 - t0
 
 
 def update_replicas(swarm: Swarm, replicas: int) -> None:
@@ -406,8 +407,8 @@ def _measure(swarm: Swarm, watcher: Watcher, marker: str, n: int, args: argparse
 
     result.create_s = wait_until(f"{n} task processes", all_processes, args.timeout, 0.25,
                                  lambda: f"{len(procs)} processes", start, watcher.check_alive)
-    print(f"{label} create -> {n} running: {result.create_s:.1f}s (manager's count: {result.create_api_s:.1f}s)",
-          flush=True)
+    print(f"{label} create -> {n} running: {result.create_s:.1f}s "
+          f"(manager's count: {result.create_api_s:.1f}s)", flush=True)
 
     # 2. the daemons' CPU while the tasks idle
     result.phases.append(("settle", time.time()))
@@ -465,9 +466,10 @@ def _figures(watcher: Watcher, result: RunResult) -> None:
             result.notes.append(f"{daemon.name}: {daemon.failures} debug requests failed")
         manager = daemon.last.get("Manager")
         if manager:
-            result.leader_changes += max(0, int(manager["ElectionsWon"]) - 1) + int(manager["LeadershipsLost"])
-            result.elections_won += int(manager["ElectionsWon"])
-            result.leaderships_lost += int(manager["LeadershipsLost"])
+            won, lost = int(manager["ElectionsWon"]), int(manager["LeadershipsLost"])
+            result.leader_changes += max(0, won - 1) + lost
+            result.elections_won += won
+            result.leaderships_lost += lost
             result.marked_down += int(manager["NodesMarkedDown"])
             store = manager.get("Store") or {}
             if store:
@@ -479,9 +481,11 @@ def _figures(watcher: Watcher, result: RunResult) -> None:
     result.down_seen = sum(e.state == "down" for e in watcher.episodes)
     result.other_not_ready = sum(e.state != "down" for e in watcher.episodes)
     if watcher.episodes:
-        by_phase = collections.Counter(f"{e.state} in {result.phase_at(e.first_seen)}" for e in watcher.episodes)
+        by_phase = collections.Counter(f"{e.state} in {result.phase_at(e.first_seen)}"
+                                       for e in watcher.episodes)
         longest = max(watcher.episodes, key=lambda e: e.last_seen - e.first_seen)
-        result.notes.append(f"GET /nodes showed nodes not ready {len(watcher.episodes)} times (node episodes): "
+        result.notes.append(f"GET /nodes showed nodes not ready {len(watcher.episodes)} times "
+                            "(node episodes): "
                             + ", ".join(f"{k} x{v}" for k, v in by_phase.items())
                             + f"; longest {longest.node} {longest.state} for "
                               f">={longest.last_seen - longest.first_seen + NODES_POLL_SECONDS:.1f}s")
@@ -602,7 +606,8 @@ def print_run(r: RunResult) -> None:
     print(f"    leader changes {r.leader_changes} (elections won {r.elections_won}, leaderships lost "
           f"{r.leaderships_lost})  marked down {r.marked_down}  seen down {r.down_seen}  "
           f"seen otherwise not ready {r.other_not_ready}")
-    print(f"    idle CPU over {r.idle_window_s:.0f}s: " + ", ".join(f"{k} {v:.1f}%" for k, v in r.idle_cpu.items()))
+    print(f"    idle CPU over {r.idle_window_s:.0f}s: "
+          + ", ".join(f"{k} {v:.1f}%" for k, v in r.idle_cpu.items()))
     print("    loop lag max / stalls: " + ", ".join(f"{k} {r.max_lag_ms[k]:.0f} ms / {r.stalls.get(k, 0)}"
                                                    for k in r.max_lag_ms))
     for note in r.notes:
@@ -639,9 +644,9 @@ def print_table(results: list[RunResult], replicas: int) -> None:
     print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
-    print("(medians over ok runs; CPU% of one core over the idle window; leader changes, false downs (marked or"
-          " seen down), other not-ready episodes (e.g. unknown) and stalls summed over runs; loop lag the worst of"
-          " any daemon)")
+    print("(medians over ok runs; CPU% of one core over the idle window; leader changes, false downs (marked"
+          " or seen down), other not-ready episodes (e.g. unknown) and stalls summed over runs; loop lag the"
+          " worst of any daemon)")
 
 
 def _terminate(signum: int, _frame: FrameType | None) -> None:
@@ -657,7 +662,8 @@ def main() -> None:
     which.add_argument("--idle-only", action="store_true", help="only on the idle machine")
     which.add_argument("--busy-only", action="store_true", help=f"only beside {HOGS} CPU-bound processes")
     parser.add_argument("--idle-seconds", type=float, default=20.0, help="window for the idle CPU figure")
-    parser.add_argument("--settle", type=float, default=5.0, help="seconds between convergence and the window")
+    parser.add_argument("--settle", type=float, default=5.0,
+                        help="seconds between convergence and the window")
     parser.add_argument("--timeout", type=float, default=600.0, help="deadline of each wait, seconds")
     parser.add_argument("--subnet", default="127.0.46", help="loopback block of the playgrounds")
     parser.add_argument("--keep-logs", action="store_true", help="copy the nodes' logs out after every run")
@@ -678,7 +684,8 @@ def main() -> None:
         raise SystemExit(1) from None
     finally:
         if results:
-            print(f"\nper run ({args.replicas} replicas of busybox sleep, 1 manager + 2 workers, process executor):")
+            print(f"\nper run ({args.replicas} replicas of busybox sleep, 1 manager + 2 workers, "
+                  "process executor):")
             for r in results:
                 print_run(r)
             print()

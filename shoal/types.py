@@ -40,14 +40,20 @@ class TaskState(enum.IntEnum):
 
     @classmethod
     def parse(cls, text: str) -> TaskState:
+        state = _STATE_BY_WIRE.get(text)  # the common case, read millions of times at scale
+        if state is not None:
+            return state
         try:
             return cls[text.upper()]
-        except KeyError:
+        except (KeyError, AttributeError):
             raise ValueError(f"unknown task state {text!r}") from None
 
     @property
     def terminal(self) -> bool:
         return self >= TaskState.COMPLETE
+
+
+_STATE_BY_WIRE = {state.name.lower(): state for state in TaskState}
 
 
 class NodeState(enum.StrEnum):

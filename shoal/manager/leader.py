@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
 
 import aetcd
-import grpc
-from aetcd import rpc
 
+from shoal.manager import lease_keeper
 from shoal.manager.store.base import LEADER_KEY
 from shoal.timeouts import within
 
@@ -31,85 +33,112 @@ LEASE_TTL = 2
 # The lease keeper stops refreshing once the event loop has made no progress for this long: a leader whose
 # loops are wedged must give way, one that is merely busy must not.
 MAX_LOOP_STALL = 10.0
+KEEPER_NICENESS = -10  # the keeper's scheduling priority, where the daemon may raise it (as root)
 
-ChannelFactory = Callable[[], grpc.Channel]
+class KeeperProcess:
+    """The lease keeper process (`shoal.manager.lease_keeper`), fed ticks by a thread of this daemon, so the
+    lease lives as long as the daemon is alive and its loop progresses, however busy the process is."""
 
-
-class LeaseKeeper:
-    """Keeps the leader lease alive from a thread of its own, over a gRPC channel of its own.
-
-    A leader's event loop can be busy for a second at a time (a large snapshot, a burst of a thousand task
-    reports), which is as long as the lease lives. The keeper's refreshes do not wait for the loop, so load
-    cannot cost the leadership; a frozen or killed process stops them at once, so failover stays as fast.
-    It refreshes only while `progressing()` says the loop still ticks, and it reports the loss (the lease
-    expired or could not be refreshed in time) to the loop through `on_lost`, early enough that the leader
-    stops acting before the lease can have expired on etcd's side.
-    """
-
-    def __init__(self, channel: ChannelFactory, lease_id: int, ttl: float, progressing: Callable[[], bool],
-                 on_lost: Callable[[str], None]) -> None:
-        self._channel = channel
-        self.lease_id = lease_id
-        self.ttl = ttl
+    def __init__(self, target: str, ca: str | None, cert: str | None, key: str | None,
+                 progressing: Callable[[], bool]) -> None:
+        self.command = [sys.executable, "-m", "shoal.manager.lease_keeper", "--target", target]
+        for flag, value in (("--ca", ca), ("--cert", cert), ("--key", key)):
+            if value:
+                self.command += [flag, value]
         self._progressing = progressing
-        self._on_lost = on_lost
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
-        self.refreshes = 0
+        self._proc: asyncio.subprocess.Process | None = None
+        self._write_fd = -1
+        self._waiting: dict[int, asyncio.Future[str]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._ticking = threading.Event()
 
-    def start(self) -> None:
-        self._thread.start()
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
 
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _run(self) -> None:
-        interval = self.ttl / 4
-        # The lease was granted just before this started: etcd keeps it at least this long.
-        valid_until = time.monotonic() + self.ttl
-        channel = self._channel()
+    async def start(self) -> None:
+        read_fd, self._write_fd = os.pipe()
         try:
-            stub = rpc.LeaseStub(channel)
-            while not self._stop.is_set():
-                if not self._progressing():
-                    self._lost(f"the event loop made no progress for {MAX_LOOP_STALL:.0f}s")
-                    return
-                sent = time.monotonic()
-                try:
-                    replies = stub.LeaseKeepAlive(iter([rpc.LeaseKeepAliveRequest(ID=self.lease_id)]),
-                                                  timeout=interval * 2)
-                    for reply in replies:
-                        if reply.TTL <= 0:
-                            self._lost("the lease expired")
-                            return
-                        valid_until = sent + reply.TTL
-                        self.refreshes += 1
-                except grpc.RpcError as exc:
-                    log.warning("leader lease refresh failed: %s", exc.code() if hasattr(exc, "code") else exc)
-                    # Stop acting with a margin before the lease can have expired on the store's side.
-                    if time.monotonic() > valid_until - interval * 2:
-                        self._lost("the lease could not be refreshed in time")
-                        return
-                self._stop.wait(max(0.0, interval - (time.monotonic() - sent)))
+            self._proc = await asyncio.create_subprocess_exec(
+                *self.command, stdin=read_fd, stdout=asyncio.subprocess.PIPE, start_new_session=True)
         finally:
-            channel.close()
+            os.close(read_fd)
+        with contextlib.suppress(OSError):  # only as root: renewals then get the CPU first on a busy machine
+            os.setpriority(os.PRIO_PROCESS, self._proc.pid, KEEPER_NICENESS)
+        self._reader = asyncio.create_task(self._read(self._proc), name="lease-keeper-reader")
+        self._ticking.set()
+        threading.Thread(target=self._tick, args=(self._write_fd,), name="lease-keeper-ticks", daemon=True).start()
 
-    def _lost(self, why: str) -> None:
-        if not self._stop.is_set():
-            self._on_lost(why)
+    def _tick(self, fd: int) -> None:
+        """From a thread, not the loop: a busy loop must not look like a dead daemon (the tick says whether the
+        loop progresses; a frozen or killed daemon sends none)."""
+        while self._ticking.is_set() and fd == self._write_fd:
+            self._send({"tick": True, "ok": self._progressing()})
+            time.sleep(lease_keeper.TICK_INTERVAL)
+
+    def _send(self, message: dict[str, object]) -> None:
+        with contextlib.suppress(OSError):  # a keeper that died: its reader reports the loss
+            os.write(self._write_fd, (json.dumps(message) + "\n").encode())  # one short line: written whole
+
+    async def _read(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        try:
+            async for line in proc.stdout:
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    message = json.loads(line)
+                    waiting = self._waiting.pop(int(message["lost"]), None)
+                    if waiting is not None and not waiting.done():
+                        waiting.set_result(str(message.get("why") or "lost"))
+        finally:
+            for waiting in self._waiting.values():
+                if not waiting.done():
+                    waiting.set_result("the lease keeper exited")
+            self._waiting.clear()
+
+    async def keep(self, lease_id: int, ttl: float) -> asyncio.Future[str]:
+        """Keep the lease alive; the future gets the reason once it can no longer be (cancel it to stop)."""
+        if not self.running:
+            await self.close()
+            await self.start()
+        lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiting[lease_id] = lost
+        self._send({"keep": lease_id, "ttl": ttl})
+
+        def release(_: asyncio.Future[str]) -> None:
+            self._waiting.pop(lease_id, None)
+            self._send({"stop": lease_id})
+
+        lost.add_done_callback(release)
+        return lost
+
+    async def close(self) -> None:
+        """Stop the keeper; it revokes the leases it still keeps on its way out."""
+        self._ticking.clear()
+        if self._write_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._write_fd)
+            self._write_fd = -1
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.returncode is None:
+            try:
+                await within(proc.wait(), 3)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+            self._reader = None
 
 
 class LeaderElection:
-    def __init__(self, client: aetcd.Client, node_id: str, ttl: int = LEASE_TTL,
-                 channel: ChannelFactory | None = None, progressing: Callable[[], bool] | None = None) -> None:
+    def __init__(self, client: aetcd.Client, node_id: str, keeper: KeeperProcess, ttl: int = LEASE_TTL) -> None:
         self.client = client
         self.node_id = node_id
         self.ttl = ttl
         self.is_leader = False
         self.leader_id: str | None = None
         self.changed = asyncio.Event()
-        self._channel = channel
-        self._progressing = progressing or (lambda: True)
+        self.keeper = keeper
         self.elections_won = 0
         self.leaderships_lost = 0
 
@@ -121,15 +150,17 @@ class LeaderElection:
         """Campaign forever; call the hooks on every change of this manager's leadership."""
         t = self.client.transactions
         while True:
+            lost: asyncio.Future[str] | None = None
             try:
                 lease = await self.client.lease(self.ttl)
+                # Kept alive from the moment it exists: the campaign itself may wait on a busy loop.
+                lost = await self.keeper.keep(lease.id, self.ttl)
                 won, _ = await self.client.transaction(
                     compare=[t.create(LEADER_KEY.encode()) == 0],
                     success=[t.put(LEADER_KEY.encode(), self.node_id.encode(), lease=lease.id)],
                     failure=[],
                 )
                 if won:
-                    lost = self._keep_alive(lease.id)
                     self._set(True, self.node_id)
                     self.elections_won += 1
                     log.info("this manager (%s) is now the leader", self.node_id)
@@ -138,42 +169,27 @@ class LeaderElection:
                         why = await lost
                         log.warning("this manager (%s) lost the leadership: %s", self.node_id, why)
                     finally:
-                        lost.cancel()  # stops the keeper thread, whatever ended the leadership
+                        lost.cancel()  # stops the renewals, whatever ended the leadership
                         self._set(False, None)
                         self.leaderships_lost += 1
                         await on_deposed()
                         with contextlib.suppress(Exception):
                             await within(lease.revoke(), 1)
                 else:
+                    lost.cancel()
                     with contextlib.suppress(Exception):
                         await lease.revoke()
-                    self._set(False, await self.current_leader())
                     await self._wait_for_vacancy()
             except asyncio.CancelledError:
+                if lost is not None:
+                    lost.cancel()
                 raise
             except Exception as exc:
+                if lost is not None:
+                    lost.cancel()
                 log.warning("leader election: %s", exc)
                 self._set(False, None)
                 await asyncio.sleep(0.3)
-
-    def _keep_alive(self, lease_id: int) -> asyncio.Future[str]:
-        """Start keeping the lease alive; the future gets the reason once the leadership is lost."""
-        loop = asyncio.get_running_loop()
-        lost: asyncio.Future[str] = loop.create_future()
-
-        def settle(why: str) -> None:
-            if not lost.done():
-                lost.set_result(why)
-
-        def on_lost(why: str) -> None:
-            loop.call_soon_threadsafe(settle, why)
-
-        if self._channel is None:
-            raise RuntimeError("LeaderElection needs a channel factory to keep its lease alive")
-        keeper = LeaseKeeper(self._channel, lease_id, self.ttl, self._progressing, on_lost)
-        keeper.start()
-        lost.add_done_callback(lambda _: keeper.stop())
-        return lost
 
     async def end_dead_leader(self, leader_id: str) -> bool:
         """End the lease of a leader whose daemon is known to be gone, so that the next one is elected now
@@ -187,17 +203,19 @@ class LeaderElection:
         return True
 
     async def _wait_for_vacancy(self) -> None:
-        """Return when the leader key is deleted (lease expired) or after a short poll interval."""
-        watch = await self.client.watch(LEADER_KEY.encode())
+        """Follow the leader key until it is gone (the leader's lease ended): watched from the revision it was
+        read at, so no change can slip between the read and the watch, and no follower campaigns in vain."""
+        kv = await self.client.get(LEADER_KEY.encode())
+        if kv is None:
+            self._set(False, None)
+            return
+        self._set(False, kv.value.decode())
+        watch = await self.client.watch(LEADER_KEY.encode(), start_revision=kv.mod_revision + 1)
         try:
-            async def first_delete() -> None:
-                async for ev in watch:
-                    if ev.kind == "DELETE":
-                        return
-            # The key may have vanished between our read and the watch start: poll as a backstop.
-            await within(first_delete(), timeout=self.ttl)
-        except TimeoutError:
-            pass
+            async for event in watch:
+                if event.kind == "DELETE":
+                    return
+                self._set(False, event.kv.value.decode())
         finally:
             await watch.cancel()
 

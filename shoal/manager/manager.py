@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from shoal.manager.ca import RootCA
 from shoal.manager.cache import Cache
 from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.etcd_member import EtcdMember, MemberConfig, client_url
-from shoal.manager.leader import MAX_LOOP_STALL, LeaderElection
+from shoal.manager.leader import MAX_LOOP_STALL, KeeperProcess, LeaderElection
 from shoal.manager.orchestrator.loop import OrchestratorLoop
 from shoal.manager.scheduler.loop import SchedulerLoop
 from shoal.manager.store.base import CA_KEY, Batch
@@ -33,6 +34,7 @@ from shoal.manager.store.etcd import (
     MAX_OPS_PER_TXN,
     EtcdClient,
     EtcdStore,
+    channel_target,
     make_client,
 )
 from shoal.supervise import Supervisor
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 
 MEMBER_ADD_TIMEOUT = 30.0
 PROBE_TIMEOUT = 1.0
+DEAD_LEADER_DEADLINE = 5.0  # past it, the dead leader's lease has expired anyway
 HEARTBEAT_LAG_WINDOW = 10.0  # the loop lag a manager reports to its agents: the worst of the last this-many s
 
 
@@ -73,6 +76,7 @@ class Manager:
         self.loops = Supervisor("manager")
         self.leader_loops = Supervisor("leader")
         self.election: LeaderElection | None = None
+        self.keeper: KeeperProcess | None = None
         self.dispatcher: Dispatcher | None = None
         self.api_applier: Applier | None = None
         self._root_ca: RootCA | None = None
@@ -107,8 +111,9 @@ class Manager:
         await self._wait_for_store()
         client = self.client
         monitor = self.monitor
-        self.election = LeaderElection(client, self.node_id, channel=client.sync_channel,
-                                       progressing=lambda: monitor.progressing(MAX_LOOP_STALL))
+        self.keeper = self._lease_keeper(lambda: monitor.progressing(MAX_LOOP_STALL))
+        await self.keeper.start()
+        self.election = LeaderElection(client, self.node_id, self.keeper)
         leader_applier = Applier(self.store, fence=lambda: self.node_id)
         self.api_applier = Applier(self.store, fence=lambda: None)
         self.dispatcher = Dispatcher(self.cache, self.store, leader_applier, self.clock,
@@ -123,6 +128,15 @@ class Manager:
         self.loops.start("election", lambda: election.run(self._on_elected, self._on_deposed))
         # Serve reads only once the cache holds the store's contents.
         await within(self.cache.ready.wait(), 30)
+
+    def _lease_keeper(self, progressing: Callable[[], bool]) -> KeeperProcess:
+        """The leader lease's keeper process, connected to the store as this manager is."""
+        e = self.external_etcd
+        if e is None:
+            return KeeperProcess(channel_target([client_url(self.advertise_ip)]), str(self.tls.ca),
+                                 str(self.tls.cert), str(self.tls.key), progressing)
+        tls = any(url.startswith("https://") for url in e.urls)
+        return KeeperProcess(channel_target(e.urls), e.cacert if tls else None, e.cert, e.key, progressing)
 
     async def _wait_for_store(self, timeout: float = 30.0) -> None:
         assert self.client is not None
@@ -169,6 +183,8 @@ class Manager:
     async def stop(self) -> None:
         # Stepping down revoked the leader lease (leader.py), so the next manager need not wait for it.
         await self.stop_leading()
+        if self.keeper is not None:
+            await self.keeper.close()
         if self.store is not None:
             with contextlib.suppress(Exception):
                 await self.store.close()
@@ -211,10 +227,16 @@ class Manager:
             return
         if not await refuses_connections(addr):
             return
-        try:
-            await election.end_dead_leader(leader)
-        except Exception as exc:  # the store may be electing a leader of its own: the lease then expires
-            log.info("could not end the lease of leader %s: %s", leader, exc)
+        # The store may be electing a leader of its own (the dead manager's etcd member led it): a request sent
+        # then is lost and waits out its whole timeout, so try again in short attempts.
+        deadline = asyncio.get_running_loop().time() + DEAD_LEADER_DEADLINE
+        while asyncio.get_running_loop().time() < deadline:
+            try:
+                await within(election.end_dead_leader(leader), 1.0)
+                return
+            except Exception as exc:
+                log.info("could not end the lease of leader %s yet: %s", leader, exc or type(exc).__name__)
+                await asyncio.sleep(0.1)
 
     async def root_ca(self) -> RootCA:
         if self._root_ca is None:

@@ -38,7 +38,7 @@ REPLICAS = 6
 RECOVERY_WITHIN = 10.0  # seconds from a worker's death until its replicas run elsewhere
 LOAD_REPLICAS = 600  # 200 task processes per node
 LOAD_SCALED = 660
-LOAD_PROCESSES = int(os.environ.get("TEMP_HOGS", "4"))  # CPU-bound processes on a 2-core machine
+LOAD_PROCESSES = 4  # CPU-bound processes on a 2-core machine
 LOAD_SECONDS = 20.0
 
 
@@ -52,11 +52,6 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     finally:
         if request.node.stash.get(FAILED_KEY, False):
             dump_logs(c, lines=150)
-            import shutil  # TEMP
-            keep = f"/tmp/stability-failure-{int(time.time())}"  # TEMP
-            shutil.copytree(c.base, keep, ignore=shutil.ignore_patterns("etcd", "*.sock", "tasks"),  # TEMP
-                            ignore_dangling_symlinks=True, dirs_exist_ok=True)  # TEMP
-            print("TEMP kept", keep)  # TEMP
         c.down()
 
 
@@ -209,7 +204,7 @@ class Watch:
 
 
 class StoreHistory:
-    """Every state the store went through from its creation on, replayed from etcd's own history (each revision
+    """Every state the store went through since this was made, replayed from etcd's own history (each revision
     in commit order): what the swarm claimed at every moment, not only when a sampler happened to look. A
     window of a few milliseconds is as visible here as one of seconds."""
 
@@ -399,6 +394,13 @@ def test_a_worker_killed_with_its_tasks_has_them_replaced_at_once(cluster: Clust
     assert doubled == [], f"the store said a slot ran twice on ready nodes: {doubled}"
 
 
+def log_lines(cluster: Cluster, name: str, *words: str) -> list[str]:
+    """The lines of a node's daemon log that mention any of `words`: the evidence for a failed assertion."""
+    log = Path(cluster.node(name).state_dir) / "daemon.log"
+    return [line for line in log.read_text(errors="replace").splitlines()
+            if "aiohttp.access" not in line and any(word in line for word in words)]
+
+
 # ---- a loaded machine -------------------------------------------------------------------------------------
 
 
@@ -458,29 +460,33 @@ def test_a_loaded_machine_costs_no_leadership_and_no_node(cluster: Cluster) -> N
     assert {key: first["Manager"][key] for key in must_stay} == must_stay
     cpu_before = first["Process"]["CPUSeconds"]
 
-    with Watch(cluster, "web", interval=0.25, tasks=False, must_stay=must_stay) as watch, \
-            cpu_load(LOAD_PROCESSES):
-        loaded_at = time.monotonic()
-        cycles: list[str] = []
-        while time.monotonic() - loaded_at < LOAD_SECONDS / 2:  # scale up and down under load
-            cluster.ok("service", "scale", "-d", f"web={LOAD_SCALED}", timeout=60)
-            up = wait_converged(cluster, LOAD_SCALED, timeout=60)
-            cluster.ok("service", "scale", "-d", f"web={LOAD_REPLICAS}", timeout=60)
-            cycles.append(f"up {up}, down {wait_converged(cluster, LOAD_REPLICAS, timeout=60)}")
-        time.sleep(max(0.0, LOAD_SECONDS - (time.monotonic() - loaded_at)))  # hold the load
-        loaded_for = time.monotonic() - loaded_at
-    settled = wait_converged(cluster, LOAD_REPLICAS, timeout=60)
-
-    with cluster.api() as client:
-        last = debug(client)
-    print(f"load of {LOAD_PROCESSES} CPU-bound processes for {loaded_for:.1f}s, scaling {LOAD_REPLICAS} -> "
-          f"{LOAD_SCALED} -> {LOAD_REPLICAS} (converged, task processes counted) {len(cycles)} times: {cycles}; "
-          f"converged {settled} after the load ended; manager loop lag max {watch.lag_max_ms:.0f} ms, "
-          f"stalls {watch.stalls}, manager CPU {last['Process']['CPUSeconds'] - cpu_before:.1f}s, store "
-          f"{last['Manager']['Store']}; {watch.samples} samples (slowest {watch.slowest:.2f}s), sampling errors "
-          f"{watch.errors}; node states {watch.transitions}; agents seen disconnected "
-          f"{sorted(watch.agents_disconnected)}")
-    assert {key: last["Manager"][key] for key in must_stay} == must_stay, last["Manager"]
-    assert watch.counters == [], watch.counters
-    assert watch.not_ready == set(), f"nodes not ready under load: {watch.transitions}"
+    cycles: list[str] = []
+    loaded_for = settled = "-"
+    watch = Watch(cluster, "web", interval=0.25, tasks=False, must_stay=must_stay)
+    try:
+        with watch, cpu_load(LOAD_PROCESSES):
+            loaded_at = time.monotonic()
+            while time.monotonic() - loaded_at < LOAD_SECONDS / 2:  # scale up and down under load
+                cluster.ok("service", "scale", "-d", f"web={LOAD_SCALED}", timeout=60)
+                up = wait_converged(cluster, LOAD_SCALED, timeout=60)
+                cluster.ok("service", "scale", "-d", f"web={LOAD_REPLICAS}", timeout=60)
+                cycles.append(f"up {up}, down {wait_converged(cluster, LOAD_REPLICAS, timeout=60)}")
+            time.sleep(max(0.0, LOAD_SECONDS - (time.monotonic() - loaded_at)))  # hold the load
+            loaded_for = f"{time.monotonic() - loaded_at:.1f}s"
+        settled = wait_converged(cluster, LOAD_REPLICAS, timeout=60)
+    finally:
+        with cluster.api() as client:
+            last = debug(client)
+        print(f"load of {LOAD_PROCESSES} CPU-bound processes for {loaded_for}, scaling {LOAD_REPLICAS} -> "
+              f"{LOAD_SCALED} -> {LOAD_REPLICAS} (converged, task processes counted) {len(cycles)} times: {cycles}; "
+              f"converged {settled} after the load ended; manager loop lag max {watch.lag_max_ms:.0f} ms, stalls "
+              f"{watch.stalls}, manager CPU {last['Process']['CPUSeconds'] - cpu_before:.1f}s, store "
+              f"{last['Manager']['Store']}; {watch.samples} samples (slowest {watch.slowest:.2f}s), sampling "
+              f"errors {watch.errors}; node states {watch.transitions}; agents seen disconnected "
+              f"{sorted(watch.agents_disconnected)}; manager log lines on lease renewals that failed: "
+              f"{sum('fail' in line for line in log_lines(cluster, 'manager1', 'lease'))}")
+    evidence = "\n".join(log_lines(cluster, "manager1", "leader", "lease", "is down", "election", "stall"))
+    assert {key: last["Manager"][key] for key in must_stay} == must_stay, f"{last['Manager']}\n{evidence}"
+    assert watch.counters == [], f"{watch.counters}\n{evidence}"
+    assert watch.not_ready == set(), f"nodes not ready under load: {watch.transitions}\n{evidence}"
     assert watch.samples > 0, watch.errors

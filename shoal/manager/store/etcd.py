@@ -38,7 +38,11 @@ MAX_OPS_PER_TXN = 1000
 EXTERNAL_MAX_OPS_PER_TXN = 100
 # During an etcd leader election (or with quorum lost) a request hangs until its deadline, and callers retry;
 # but a transaction of hundreds of writes on a loaded machine must not be cut off, so not too short.
-REQUEST_TIMEOUT = 5.0
+REQUEST_TIMEOUT = 6.0
+# A write is sent again after this long without an answer (see EtcdStore.commit), within REQUEST_TIMEOUT.
+ATTEMPT_TIMEOUT = 1.5
+RETRIED_CODES = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
+RETRY_PAUSE = 0.1
 
 
 # The certificates name "localhost"; members are addressed by IP, so verify against that name.
@@ -73,18 +77,17 @@ class EtcdClient(aetcd.Client):
     def request_timeout(self) -> float | None:
         return self._timeout
 
-    def sync_channel(self) -> grpc.Channel:
-        """A blocking channel to the same endpoints, for a thread of its own (the leader's lease keeper)."""
-        if self._credentials is not None:
-            return grpc.secure_channel(self._target, self._credentials, options=CHANNEL_OPTIONS)
-        return grpc.insecure_channel(self._target, options=CHANNEL_OPTIONS)
+
+def channel_target(endpoints: list[str]) -> str:
+    """The gRPC target for etcd endpoints ("https://10.0.0.1:2379", …)."""
+    hosts = [e.split("://", 1)[-1].rstrip("/") for e in endpoints]
+    return hosts[0] if len(hosts) == 1 else "ipv4:" + ",".join(hosts)
 
 
 def make_client(endpoints: list[str], cacert: bytes | None, cert: bytes | None, key: bytes | None,
                 timeout: float = REQUEST_TIMEOUT) -> EtcdClient:
     """A client for `endpoints` ("https://10.0.0.1:2379", …); TLS when any endpoint is https."""
-    hosts = [e.split("://", 1)[-1].rstrip("/") for e in endpoints]
-    target = hosts[0] if len(hosts) == 1 else "ipv4:" + ",".join(hosts)
+    target = channel_target(endpoints)
     tls = any(e.startswith("https://") for e in endpoints)
     credentials = grpc.ssl_channel_credentials(cacert, key, cert) if tls else None
     return EtcdClient(target, credentials, timeout)
@@ -201,9 +204,7 @@ class EtcdStore:
     # ---- writes -----------------------------------------------------------------------------------------
 
     def _request(self, ops: list[Op], fence: str | None) -> tuple[rpc.TxnRequest, int]:
-        """The transaction for a batch, and the bytes of the values it writes. Its failure branch reads the
-        revisions of every key the batch checks (and the leader key), so a refused transaction says at once
-        which operations failed: a writer of 500 retries the other 499 in one more transaction."""
+        """The transaction for a batch, and the bytes of the values it writes."""
         compare: list[rpc.Compare] = []
         success: list[rpc.RequestOp] = []
         size = 0
@@ -239,11 +240,7 @@ class EtcdStore:
                 value = op.raw
                 success.append(_put(key, value))
             size += len(key) + len(value)
-        failure = [rpc.RequestOp(request_range=rpc.RangeRequest(key=k.encode(), keys_only=True))
-                   for k in checked_keys(ops)]
-        if fence is not None:
-            failure.append(rpc.RequestOp(request_range=rpc.RangeRequest(key=LEADER_KEY.encode())))
-        return rpc.TxnRequest(compare=compare, success=success, failure=failure), size
+        return rpc.TxnRequest(compare=compare, success=success), size
 
     async def commit(self, batch: Batch, fence: str | None = None) -> int:
         if not batch.ops:
@@ -252,17 +249,32 @@ class EtcdStore:
             raise ValueError(f"batch of {len(batch.ops)} operations is larger than {self.max_ops}")
         request, size = self._request(batch.ops, fence)
         started = time.monotonic()
+        retried = False
         try:
             await self.client.connect()
-            response = await self.client.kvstub.Txn(request, timeout=self.client.request_timeout)
+            while True:
+                try:
+                    response = await self.client.kvstub.Txn(request, timeout=ATTEMPT_TIMEOUT)
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    # Sent while the store elects a new leader, a write waits out etcd's whole request timeout
+                    # (6 s) although the election takes well under a second: give up on the attempt early and
+                    # send it again (its compares make a second application impossible).
+                    if (exc.code() not in RETRIED_CODES
+                            or time.monotonic() - started + ATTEMPT_TIMEOUT > (self.client.request_timeout or 0)):
+                        raise
+                    retried = True
+                    await asyncio.sleep(RETRY_PAUSE)
         except Exception as exc:
             self.stats.failed += 1
             raise _wrap_errors(exc) from exc
         finally:
             self.stats.seconds += time.monotonic() - started
+        if not response.succeeded and retried and (landed := await self._landed(batch)):
+            response = landed  # the attempt that seemed lost was applied after all
         if not response.succeeded:
             self.stats.failed += 1
-            raise self._why_refused(batch, fence, response)
+            raise await self._why_refused(batch, fence)
         self.stats.transactions += 1
         self.stats.operations += len(batch.ops)
         self.stats.largest = max(self.stats.largest, len(batch.ops))
@@ -274,8 +286,40 @@ class EtcdStore:
                 op.doc["Version"] = {"Index": revision}
         return revision
 
-    @staticmethod
-    def _why_refused(batch: Batch, fence: str | None, response: rpc.TxnResponse) -> Exception:
+    async def _landed(self, batch: Batch) -> rpc.TxnResponse | None:
+        """After a retry was refused: whether an earlier attempt of the batch was applied (every key holds
+        what the batch wrote, every deleted one is gone); a response carrying its revision if so."""
+        written = {op.key: encode(op.doc) for op in batch.ops if op.doc is not None and op.kind != "delete"}
+        reads = [rpc.RequestOp(request_range=rpc.RangeRequest(key=op.key.encode())) for op in batch.ops]
+        try:
+            response = await self.client.kvstub.Txn(rpc.TxnRequest(success=reads),
+                                                    timeout=self.client.request_timeout)
+        except Exception as exc:
+            raise _wrap_errors(exc) from exc
+        revision = 0
+        for op, result in zip(batch.ops, response.responses, strict=True):
+            kvs = result.response_range.kvs
+            if op.kind == "delete":
+                if kvs:
+                    return None
+                continue
+            if not kvs or kvs[0].value != written.get(op.key, op.raw):
+                return None
+            revision = max(revision, int(kvs[0].mod_revision))
+        return rpc.TxnResponse(succeeded=True, header=rpc.ResponseHeader(revision=revision))
+
+    async def _why_refused(self, batch: Batch, fence: str | None) -> Exception:
+        """Which operations of a refused batch failed, read in one more request (paid only on a refusal), so a
+        writer of 500 retries the other 499 at once."""
+        reads = [rpc.RequestOp(request_range=rpc.RangeRequest(key=k.encode(), keys_only=True))
+                 for k in checked_keys(batch.ops)]
+        if fence is not None:
+            reads.append(rpc.RequestOp(request_range=rpc.RangeRequest(key=LEADER_KEY.encode())))
+        try:
+            response = await self.client.kvstub.Txn(rpc.TxnRequest(success=reads),
+                                                    timeout=self.client.request_timeout)
+        except Exception as exc:
+            raise _wrap_errors(exc) from exc
         ranges = [r.response_range.kvs for r in response.responses]
         if fence is not None:
             leader = ranges.pop()
