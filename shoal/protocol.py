@@ -5,6 +5,8 @@ agent -> manager
   {"type": "status", "updates": [...]}        (right after hello: all it runs, possibly nothing; the node is
                                                marked ready only once these are in the store)
   {"type": "heartbeat", "lag": seconds}       (every heartbeat period; lag: the agent's recent loop lag)
+  {"type": "bye", "restarting": true}         (the daemon stops for a restart; its tasks keep running)
+  {"type": "bye", "silent": true}             (the manager did not answer in time: the agent tries another)
   {"type": "status", "updates": [{"TaskID": id, "Status": TaskStatus}, …]}
   {"type": "mesh", "errors": [text, …]}        (published ports this node cannot listen on; [] when all fine)
   {"type": "log", "req": n, "task": id, "stream": 1|2, "ts": unix, "line": text}

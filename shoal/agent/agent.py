@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 STATUS_BATCH_INTERVAL = 0.05
 # A session whose manager says nothing for this many heartbeat periods (plus the manager's own reported loop
 # lag, up to MAX_LAG_ALLOWANCE) is given up for another manager: the leader answers every heartbeat.
-SILENCE_PERIODS = 2.5
+SILENCE_PERIODS = 3.0
 MAX_LAG_ALLOWANCE = 10.0
 SILENCE_CHECK_INTERVAL = 0.2
 CONNECT_TIMEOUT = 1.0
@@ -232,6 +232,11 @@ class Agent:
                 self._suspect = addr
                 if self._preferred == addr:
                     self._preferred = None
+                ws = self._ws
+                if ws is not None and not ws.closed:
+                    # If it is only slow, it learns the node is not gone (a dead one hears nothing anyway).
+                    with contextlib.suppress(Exception):
+                        await within(ws.send_str('{"type":"bye","silent":true}'), 0.5)
                 return
             if silent < self.heartbeat_period and self._suspect == addr:
                 self._suspect = None

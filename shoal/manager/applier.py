@@ -33,6 +33,12 @@ class ApplyResult:
     def __str__(self) -> str:
         return f"written={self.written} conflicts={self.conflicts}"
 
+    def merge(self, other: ApplyResult) -> None:
+        self.written += other.written
+        self.conflicts += other.conflicts
+        self.revision = max(self.revision, other.revision)
+        self.failed_keys += other.failed_keys
+
 
 def plan_batch(plan: Plan, kind: str = TASKS, batch: Batch | None = None) -> Batch:
     """The plan's creates, updates and deletes of `kind` documents, added to `batch` (or a new one)."""

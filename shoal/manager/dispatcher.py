@@ -128,6 +128,7 @@ class NodeSession:
     check_role: bool = False
     send_managers: bool = False
     restarting: bool = False  # the agent said its daemon is restarting
+    gave_up: bool = False  # the agent left because this manager did not answer in time
     background: list[asyncio.Task[None]] = field(default_factory=list)
     known: set[str] = field(default_factory=set)
     dirty: set[str] = field(default_factory=set)
@@ -240,20 +241,29 @@ class Dispatcher:
                     await task
             if self.sessions.get(identity.node_id) is session:
                 del self.sessions[identity.node_id]
-                period = self.heartbeat_period()
-                now = self._alive()
-                if session.restarting:
-                    # A daemon restart (tasks keep running): the node has RESTART_GRACE to come back.
-                    self.last_heartbeat[identity.node_id] = now - period * GRACE_MULTIPLIER + RESTART_GRACE
-                else:
-                    # A connection closed unannounced is a strong hint the node died: give the agent one
-                    # heartbeat period to reconnect (to us or another manager) rather than the full grace.
-                    hinted = now - period * (GRACE_MULTIPLIER - 1)
-                    last = self.last_heartbeat.get(identity.node_id, hinted)
-                    self.last_heartbeat[identity.node_id] = min(last, hinted)
+                self.session_ended(session)
             for queue in session.log_queues.values():
                 queue.put_nowait(None)
         return ws
+
+    def session_ended(self, session: NodeSession) -> None:
+        """How long the node of a session that just closed has to come back, by how it ended."""
+        node_id = session.node_id
+        period = self.heartbeat_period()
+        now = self._alive()
+        if session.restarting:
+            # A daemon restart (tasks keep running): the node has RESTART_GRACE to come back.
+            self.last_heartbeat[node_id] = now - period * GRACE_MULTIPLIER + RESTART_GRACE
+        elif session.gave_up:
+            # The agent found this manager too slow to answer and is reconnecting: nothing says it died, so
+            # it keeps the usual grace from its last heartbeat.
+            pass
+        else:
+            # A connection closed unannounced is a strong hint the node died: give the agent one heartbeat
+            # period to reconnect (to us or another manager) rather than the full grace.
+            hinted = now - period * (GRACE_MULTIPLIER - 1)
+            last = self.last_heartbeat.get(node_id, hinted)
+            self.last_heartbeat[node_id] = min(last, hinted)
 
     async def _serve(self, session: NodeSession, peer_ip: str) -> None:
         ws = session.ws
@@ -276,6 +286,7 @@ class Dispatcher:
                     self._welcome(session, data.get("description") or {}, peer_ip), name=f"hello:{session.node_id}"))
             elif kind == "bye":
                 session.restarting = bool(data.get("restarting"))
+                session.gave_up = bool(data.get("silent"))
             elif kind == "renew":
                 await self._renew(session, data)
             elif kind == "status":

@@ -35,7 +35,9 @@ from aetcd import rpc
 log = logging.getLogger(__name__)
 
 TICK_INTERVAL = 0.2  # how often the daemon says it is alive
-TICK_LIMIT = 1.0  # silence after which the daemon counts as frozen: renewals stop
+# Silence after which the daemon counts as frozen (SIGSTOP, a hung machine thread): renewals stop. A killed daemon
+# is noticed at once (its end of the pipe closes); this only has to outlast a busy process's slowest tick.
+TICK_LIMIT = 3.0
 # Renewals per lease period; each try may take this share of the period before it counts as failed, and the
 # keeper gives up this share of the period before the lease could end on etcd's side.
 RENEWALS_PER_TTL = 4

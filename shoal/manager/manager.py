@@ -47,7 +47,9 @@ log = logging.getLogger(__name__)
 MEMBER_ADD_TIMEOUT = 30.0
 PROBE_TIMEOUT = 1.0
 DEAD_LEADER_DEADLINE = 5.0  # past it, the dead leader's lease has expired anyway
-HEARTBEAT_LAG_WINDOW = 10.0  # the loop lag a manager reports to its agents: the worst of the last this-many s
+# The loop lag a daemon reports in heartbeats (and their answers): the worst of the last this-many seconds, so a
+# peer that stalled once is given that much more time for a while.
+HEARTBEAT_LAG_WINDOW = 60.0
 
 
 @dataclass

@@ -6,6 +6,10 @@
   not cost fast recovery.
 - A machine whose CPUs are saturated costs no leadership and no node: heartbeats and the leader's lease keep
   up, and the service still converges.
+
+What must never happen is watched while it could: the API is sampled from a background thread, and every
+revision the store went through is replayed from etcd's history afterwards, so that a slot claimed twice for
+a few milliseconds is seen as surely as one claimed for seconds.
 """
 
 from __future__ import annotations
@@ -325,6 +329,8 @@ def start_web(cluster: Cluster, replicas: int = REPLICAS) -> dict[str, list[int]
 
 
 def test_a_worker_daemon_killed_and_restarted_keeps_its_tasks(cluster: Cluster) -> None:
+    """A crashed daemon's tasks never stopped: restarting them, or running their slots twice, would be the swarm
+    undoing work the node still does."""
     before = start_web(cluster)
     worker1 = cluster.node_ids()["worker1"]
     on_worker1 = {t["ID"] for t in cluster.running("web") if t["NodeID"] == worker1}
@@ -366,6 +372,7 @@ def test_a_worker_daemon_killed_and_restarted_keeps_its_tasks(cluster: Cluster) 
 
 
 def test_a_worker_killed_with_its_tasks_has_them_replaced_at_once(cluster: Cluster) -> None:
+    """The grace that lets a crashed daemon keep its tasks must not delay replacing those of a dead machine."""
     before = start_web(cluster)
     worker1 = cluster.node_ids()["worker1"]
     on_worker1 = {t["ID"] for t in cluster.running("web") if t["NodeID"] == worker1}
@@ -447,6 +454,8 @@ def wait_converged(cluster: Cluster, replicas: int, timeout: float) -> str:
 
 
 def test_a_loaded_machine_costs_no_leadership_and_no_node(cluster: Cluster) -> None:
+    """Busy is not dead: a leader or node that only waits for a CPU must not be replaced, which would make the
+    swarm stop and restart work on a machine that is already short of CPU."""
     started = time.monotonic()
     cluster.ok("service", "create", "-d", "--name", "web", "--replicas", str(LOAD_REPLICAS), "busybox", "sleep",
                "100000")

@@ -17,6 +17,7 @@ from shoal.manager.dispatcher import (
     ELECTION_EXTRA_PERIODS,
     GRACE_MULTIPLIER,
     MAX_LAG_ALLOWANCE,
+    RESTART_GRACE,
     Dispatcher,
     NodeSession,
     agent_should_know,
@@ -573,3 +574,25 @@ def test_a_running_task_can_withdraw_its_ports_from_the_mesh() -> None:
     merged = merge_status(task, {**task["Status"], BACKEND_PORTS: []}, NOW + 2)
     assert merged is not None and merged["Status"][BACKEND_PORTS] == []
     assert merged["Status"]["State"] == "running"
+
+
+@pytest.mark.parametrize("bye, grace_left", [
+    (None, PERIOD),  # closed unannounced: a hint the node died, one period to come back
+    ({"type": "bye", "restarting": True}, RESTART_GRACE),  # a daemon restart: its tasks run on meanwhile
+    ({"type": "bye", "silent": True}, GRACE),  # left a manager it found too slow: the usual grace
+])
+async def test_a_closed_session_leaves_its_node_the_time_its_goodbye_says(
+        harness: Harness, bye: Doc | None, grace_left: float) -> None:
+    await harness.add_nodes(make_node("n1"))
+    dispatcher = make_dispatcher(harness)
+    socket = FakeSocket([bye] if bye else [])
+    session = NodeSession("n1", cast(web.WebSocketResponse, socket), "worker")
+    dispatcher.last_heartbeat["n1"] = harness.clock.monotonic()
+
+    await dispatcher._serve(session, "10.0.0.9")
+    dispatcher.session_ended(session)
+
+    harness.clock.advance(grace_left - 0.1)
+    assert await dispatcher.check_nodes() == []
+    harness.clock.advance(0.2)
+    assert await dispatcher.check_nodes() == ["n1"]

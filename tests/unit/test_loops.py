@@ -11,7 +11,9 @@ import pytest
 from shoal.clock import FakeClock
 from shoal.manager.applier import Applier
 from shoal.manager.cache import Cache
+from shoal.manager.orchestrator import loop as orchestrator_loop
 from shoal.manager.orchestrator.loop import OrchestratorLoop, reconcile_removed_service
+from shoal.manager.scheduler import loop as scheduler_loop
 from shoal.manager.scheduler.loop import SchedulerLoop
 from shoal.manager.scheduler.pipeline import NodeLoad
 from shoal.manager.store.base import Batch
@@ -389,3 +391,39 @@ async def test_the_scheduler_keeps_what_each_node_runs_current_from_events(harne
     assert scheduler.load.total == recounted.total
     assert dict(scheduler.load.by_service) == {k: v for k, v in recounted.by_service.items() if v}
     assert sum(scheduler.load.total.values()) == len(live(harness.tasks_of("web")))
+
+
+async def test_a_large_service_is_decided_in_pieces_of_slots(harness: Harness,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(orchestrator_loop, "SLOTS_PER_PIECE", 10)
+    orchestrator = OrchestratorLoop(harness.cache, harness.applier, harness.clock)
+    await harness.add_service(make_service("web", "web", replicas=25))
+
+    await orchestrator.run_once()
+
+    assert sorted(task_slot(t) for t in harness.tasks_of("web")) == list(range(1, 26))
+    assert orchestrator.passes == {"full": 0, "slots": 3}  # 1-10, 11-20, 21-25: the loop turned in between
+
+
+async def test_the_scheduler_places_a_tick_at_a_time_and_every_task_gets_its_turn(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scheduler_loop, "TASKS_PER_TICK", 4)
+    await harness.add_nodes(make_node("n1"))
+    orchestrator, scheduler = loops(harness)
+    # Six tasks that fit nowhere come first; the ones that fit must not wait behind them for ever.
+    stuck = make_service("stuck", "stuck", replicas=6)
+    stuck["Spec"]["TaskTemplate"]["Placement"] = {"Constraints": ["node.hostname==nowhere"]}
+    await harness.add_service(stuck)
+    await orchestrator.run_once()
+    await harness.add_service(make_service("web", "web", replicas=3))
+    await orchestrator.run_once()
+
+    for _ in range(5):
+        await scheduler.run_once()
+
+    assert all(task_state(t) == TaskState.ASSIGNED for t in harness.tasks_of("web"))
+    assert all(task_state(t) == TaskState.PENDING for t in harness.tasks_of("stuck"))
+    # Everything has been tried since the last change: no tick is asked for until something changes.
+    scheduler._signal.clear()
+    await scheduler.run_once()
+    assert not scheduler._signal.is_set()

@@ -13,10 +13,11 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from shoal.clock import Clock
-from shoal.manager.applier import Applier, plan_batch
+from shoal.manager.applier import Applier, ApplyResult, plan_batch
 from shoal.manager.cache import Cache
 from shoal.manager.controlapi.service import IngressPort, ingress_ports_in_use
 from shoal.manager.orchestrator.common import is_task_dirty, never_reached_an_agent, set_desired
@@ -35,6 +36,7 @@ from shoal.types import (
     desired_state,
     is_global,
     node_state,
+    replicas,
     task_is_live,
     task_node,
     task_slot,
@@ -46,6 +48,7 @@ log = logging.getLogger(__name__)
 # Update states in which a change to any slot is the updater's to decide, over the whole service.
 UPDATE_ACTIVE = frozenset({*IN_PROGRESS, PAUSED, ROLLBACK_PAUSED})
 ENDED_STATES = frozenset(state.wire for state in TaskState if state.terminal)
+SLOTS_PER_PIECE = 1000  # slots decided between two turns of the loop
 
 
 def reconcile_removed_service(tasks: list[Doc], nodes: dict[str, Doc], now: float) -> Plan:
@@ -95,11 +98,6 @@ def decide(work: Work, nodes: dict[str, Doc], now: float, history_limit: int) ->
     if update.wake_at is not None:
         plan.wake_at = update.wake_at if plan.wake_at is None else min(plan.wake_at, update.wake_at)
     return plan, None
-
-
-def _decide_all(work: list[Work], nodes: dict[str, Doc], now: float,
-                history_limit: int) -> list[tuple[Plan, Doc | None]]:
-    return [decide(item, nodes, now, history_limit) for item in work]
 
 
 class OrchestratorLoop:
@@ -173,21 +171,36 @@ class OrchestratorLoop:
         limit = cluster["Spec"].get("Orchestration", {}).get("TaskHistoryRetentionLimit")
         return 5 if limit is None else int(limit)
 
-    def _work_for(self, service_id: str, slots: set[int] | None) -> Work:
-        """What deciding a service (or some of its slots) needs, gathered from the cache: the decision itself
-        then runs off the loop, on documents nobody changes."""
+    def _pieces(self, service_id: str, slots: set[int] | None) -> Iterator[Work]:
+        """The decisions a service (or some of its slots) needs, in pieces of at most SLOTS_PER_PIECE slots,
+        each with its documents from the cache. The updater and the global reconciler decide over the whole
+        service in one piece; a replicated service that no update concerns is decided slot range by slot
+        range, with the loop serving sessions in between (a service of a hundred thousand replicas would
+        otherwise hold it for seconds). Generated lazily, so each piece reads the cache as it is then."""
         service = self.cache.get(SERVICES, service_id)
-        if slots is not None and service is not None and (
-                is_global(service) or update_state(service) in UPDATE_ACTIVE):
-            slots = None  # the updater and the global reconciler decide over the whole service
-        tasks = (self.cache.tasks_of_service(service_id) if slots is None
-                 else self.cache.tasks_in_slots(service_id, slots))
-        if slots is not None and service is not None and any(
-                task_is_live(t) and is_task_dirty(service, t) for t in tasks):
-            slots, tasks = None, self.cache.tasks_of_service(service_id)  # an outdated task: the updater's
-        used_ports = (ingress_ports_in_use(self.cache.services().values(), service_id)
-                      if service is not None and slots is None else set())
-        return Work(service_id, service, tasks, slots, used_ports)
+        if service is None:
+            tasks = (self.cache.tasks_of_service(service_id) if slots is None
+                     else self.cache.tasks_in_slots(service_id, slots))
+            yield Work(service_id, None, tasks, slots, set())
+            return
+        whole = is_global(service) or update_state(service) in UPDATE_ACTIVE or any(
+            task_is_live(t) and is_task_dirty(service, t)
+            for t in (self.cache.tasks_of_service(service_id) if slots is None
+                      else self.cache.tasks_in_slots(service_id, slots)))
+        if whole:
+            used_ports = ingress_ports_in_use(self.cache.services().values(), service_id)
+            yield Work(service_id, service, self.cache.tasks_of_service(service_id), None, used_ports)
+            return
+        if slots is None:
+            # Every slot up to Replicas, and those above it that still hold tasks (to scale down).
+            wanted = replicas(service)
+            extra = [s for s in self.cache.tasks_by_slot.get(service_id, {}) if not 1 <= s <= wanted]
+            numbers: list[int] = [*range(1, wanted + 1), *sorted(extra)]
+        else:
+            numbers = sorted(slots)
+        for start in range(0, len(numbers), SLOTS_PER_PIECE):
+            piece = set(numbers[start:start + SLOTS_PER_PIECE])
+            yield Work(service_id, service, self.cache.tasks_in_slots(service_id, piece), piece, set())
 
     def _due_wakeups(self, now: float) -> None:
         for service_id, (at, slots) in list(self._wakeups.items()):
@@ -210,46 +223,39 @@ class OrchestratorLoop:
         self._due_wakeups(now)
         services, self.dirty = self.dirty, set()
         partial, self.dirty_slots = self.dirty_slots, defaultdict(set)
-        work = [self._work_for(sid, None) for sid in services]
-        work += [self._work_for(sid, slots) for sid, slots in partial.items() if sid not in services]
-        if not work:
-            return ""
-        for item in work:
-            self.passes["full" if item.slots is None else "slots"] += 1
-        nodes = dict(self.cache.nodes())
+        dirty: list[tuple[str, set[int] | None]] = [(sid, None) for sid in services]
+        dirty += [(sid, slots) for sid, slots in partial.items() if sid not in services]
+        totals = Plan()
+        service_writes = 0
+        decided: set[str] = set()
+        written = ApplyResult()
         limit = self._history_limit()
-        # Pure and possibly long (a hundred thousand slots): on a thread, so the loop keeps serving meanwhile.
-        decisions = await asyncio.to_thread(_decide_all, work, nodes, now, limit)
-        plan = Plan()
-        service_writes: list[Doc] = []
-        updating: set[str] = set()
-        updating_slots: dict[str, set[int]] = {}
-        for item, (item_plan, service_doc) in zip(work, decisions, strict=True):
-            if item_plan.wake_at is not None:
-                self._wake(item.service_id, item_plan.wake_at,
-                           None if item.slots is None else frozenset(item.slots))
-            if service_doc is not None:
-                service_writes.append(service_doc)
-            if service_doc is not None or not item_plan.empty():
-                if item.slots is None:
-                    updating.add(item.service_id)
-                else:
-                    updating_slots[item.service_id] = item.slots
-            plan.extend(item_plan)
-        if plan.empty() and not service_writes:
+        for service_id, slots in dirty:
+            for work in self._pieces(service_id, slots):
+                decided.add(service_id)
+                self.passes["full" if work.slots is None else "slots"] += 1
+                plan, service_doc = decide(work, self.cache.nodes(), now, limit)
+                if plan.wake_at is not None:
+                    self._wake(service_id, plan.wake_at, None if work.slots is None else frozenset(work.slots))
+                if not plan.empty() or service_doc is not None:
+                    batch = plan_batch(plan, TASKS, Batch().update(SERVICES, service_doc) if service_doc else None)
+                    result = await self.applier.write(batch)
+                    written.merge(result)
+                    await self.cache.caught_up(result.revision, "orchestrator")
+                    # Decided again from the state just written: a rolling update moves one step per pass,
+                    # and writes that raced another writer are redone from the fresh cache.
+                    if work.slots is None:
+                        self.dirty.add(service_id)
+                    else:
+                        self.dirty_slots[service_id].update(work.slots)
+                    service_writes += service_doc is not None
+                    totals.extend(plan)
+                # Other work (sessions, reports) between pieces.
+                await asyncio.sleep(0)
+        if totals.empty() and not service_writes:
             return ""
-        batch = Batch()
-        for doc in service_writes:
-            batch.update(SERVICES, doc)
-        result = await self.applier.write(plan_batch(plan, TASKS, batch))
-        await self.cache.caught_up(result.revision, "orchestrator")
-        # Decide again from the state just written: a rolling update moves one step per pass, and writes
-        # that raced another writer are redone from the fresh cache.
-        self.dirty.update(updating)
-        for service_id, slots in updating_slots.items():
-            self.dirty_slots[service_id].update(slots)
-        changed = f" service updates={len(service_writes)}" if service_writes else ""
-        self.last_decision = f"{len(work)} services: {_brief(plan)}{changed} -> {result}"
+        changed = f" service updates={service_writes}" if service_writes else ""
+        self.last_decision = f"{len(decided)} services: {_brief(totals)}{changed} -> {written}"
         log.info("orchestrator: %s", self.last_decision)
         return self.last_decision
 

@@ -8,6 +8,7 @@ go. A tick costs in proportion to the pending tasks and the nodes, not to the ta
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 
 from shoal.clock import Clock
@@ -15,9 +16,12 @@ from shoal.manager.applier import Applier
 from shoal.manager.cache import Cache
 from shoal.manager.scheduler.pipeline import NodeLoad, schedule
 from shoal.manager.store.base import Event
-from shoal.types import NODES, TASKS, Doc, Plan, TaskState, desired_state, task_state
+from shoal.types import NODES, TASKS, Doc, Plan, TaskState, desired_state, task_node, task_state
 
 log = logging.getLogger(__name__)
+
+
+TASKS_PER_TICK = 2000  # pending tasks placed in one tick
 
 
 def needs_scheduling(task: Doc) -> bool:
@@ -29,14 +33,18 @@ class SchedulerLoop:
         self.cache = cache
         self.applier = applier
         self.clock = clock
-        self.pending: set[str] = set()
+        # Tasks waiting for a node, oldest first; a tick takes the first TASKS_PER_TICK and sends those it could
+        # not place to the back, so every one gets its turn.
+        self.pending: dict[str, None] = {}
+        self._tried = 0  # tasks tried since the last change that could let one fit
         self.load = NodeLoad()  # what the nodes run, kept current from the cache's events
         self._signal = asyncio.Event()
         self.last_decision = ""
         cache.subscribe(self._on_event, self._on_resync)
 
     def _on_resync(self) -> None:
-        self.pending = {tid for tid, t in self.cache.tasks().items() if needs_scheduling(t)}
+        self.pending = {tid: None for tid, t in self.cache.tasks().items() if needs_scheduling(t)}
+        self._tried = 0
         self.load = NodeLoad()
         for task in self.cache.tasks().values():
             self.load.add(task)
@@ -49,22 +57,39 @@ class SchedulerLoop:
             if event.doc is not None:
                 self.load.add(event.doc)
             if event.doc is not None and needs_scheduling(event.doc):
-                self.pending.add(event.obj_id)
-                self._signal.set()
+                if event.obj_id not in self.pending:
+                    self.pending[event.obj_id] = None
+                    self._signal.set()
             else:
-                self.pending.discard(event.obj_id)
+                self.pending.pop(event.obj_id, None)
+                if prev is not None and task_node(prev) and NodeLoad.counts(prev):
+                    self._tried = 0  # a node has room again
         elif event.kind == NODES and self.pending:
             # A node became ready, active or changed labels: unplaced tasks may fit now.
+            self._tried = 0
             self._signal.set()
 
     async def run_once(self) -> str:
-        tasks = [t for tid in self.pending if (t := self.cache.get(TASKS, tid)) is not None and needs_scheduling(t)]
+        tasks = []
+        for task_id in list(itertools.islice(self.pending, TASKS_PER_TICK)):
+            task = self.cache.get(TASKS, task_id)
+            if task is None or not needs_scheduling(task):
+                del self.pending[task_id]
+            else:
+                tasks.append(task)
         if not tasks:
             return ""
         nodes = list(self.cache.nodes().values())
-        load = self.load.snapshot({t["ServiceID"] for t in tasks})
-        # Pure and possibly long (a hundred thousand pending tasks): on a thread, so the loop keeps serving.
-        result = await asyncio.to_thread(schedule, tasks, nodes, load, self.clock.now())
+        # On the loop, TASKS_PER_TICK at a time: the rest in the next ticks, with sessions served in between.
+        result = schedule(tasks, nodes, self.load, self.clock.now())
+        placed = {t["ID"] for t in result.assigned}
+        for task in tasks:
+            if task["ID"] not in placed and task["ID"] in self.pending:
+                del self.pending[task["ID"]]
+                self.pending[task["ID"]] = None  # to the back: the others get their turn
+        self._tried = 0 if placed else self._tried + len(tasks)
+        if self.pending and self._tried < len(self.pending):
+            self._signal.set()  # some have not been tried since anything changed
         plan = Plan(update=result.assigned + result.unassigned)
         if plan.empty():
             return ""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,18 +98,6 @@ class NodeLoad:
             for task in node_tasks:
                 load.add(task)
         return load
-
-    def snapshot(self, service_ids: Iterable[str]) -> NodeLoad:
-        """A copy of what the scheduling of these services' tasks reads, for a decision made off the loop
-        while this one keeps changing."""
-        copy = NodeLoad()
-        copy.total = Counter(self.total)
-        for service_id in service_ids:
-            if service_id in self.by_service:
-                copy.by_service[service_id] = Counter(self.by_service[service_id])
-        copy.host_ports = defaultdict(Counter, {nid: Counter(ports) for nid, ports in self.host_ports.items()
-                                                if ports})
-        return copy
 
     @staticmethod
     def counts(task: Doc) -> bool:
