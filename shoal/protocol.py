@@ -13,7 +13,8 @@ agent -> manager
   {"type": "log_end", "req": n}
 manager -> agent
   {"type": "welcome", "node_id": id, "heartbeat_period": seconds, "managers": ["ip:port", …]}
-  {"type": "heartbeat", "lag": seconds}       (the answer to each heartbeat; lag: the manager's loop lag)
+  {"type": "heartbeat", "lag": s, "period": s} (the answer to each heartbeat: the manager's loop lag, and the
+                                               heartbeat period, which grows with the swarm)
   {"type": "assignments", "full": bool, "tasks": [Task, …], "remove": [id, …]}
   {"type": "logs", "req": n, "tasks": [id, …], "tail": int (-1 = all), "follow": bool}
   {"type": "logs_cancel", "req": n}

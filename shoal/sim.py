@@ -20,7 +20,9 @@ import contextlib
 import json
 import logging
 import signal
+import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,6 +41,9 @@ from shoal.types import Doc
 log = logging.getLogger(__name__)
 
 JOINS_AT_ONCE = 16  # joins in flight: each costs the manager a certificate signature and a store write
+# Nodes per process: an event loop serving more makes each of them late (a burst of assignments for a thousand
+# nodes holds it for seconds, and their heartbeats wait).
+NODES_PER_PROCESS = 250
 
 
 @dataclass
@@ -52,10 +57,11 @@ class Identity:
 
 class HollowNodes:
     def __init__(self, manager: str, token: str, count: int, state_dir: Path, prefix: str = "hollow",
-                 advertise_addr: str = "127.0.0.1", start_delay: float = 0.01) -> None:
+                 advertise_addr: str = "127.0.0.1", start_delay: float = 0.01, first: int = 0) -> None:
         self.manager = manager
         self.token = token
         self.count = count
+        self.first = first
         self.state_dir = state_dir
         self.prefix = prefix
         self.advertise_addr = advertise_addr
@@ -114,7 +120,7 @@ class HollowNodes:
                 print(f"{done}/{self.count} hollow nodes up", flush=True)
             return agent
 
-        self.agents = list(await asyncio.gather(*(bring_up(i) for i in range(self.count))))
+        self.agents = list(await asyncio.gather(*(bring_up(i) for i in range(self.first, self.first + self.count))))
 
     async def stop(self) -> None:
         await asyncio.gather(*(agent.stop() for agent in self.agents), return_exceptions=True)
@@ -123,7 +129,7 @@ class HollowNodes:
 
 async def serve(args: argparse.Namespace) -> int:
     nodes = HollowNodes(args.manager, args.token, args.nodes, Path(args.state_dir), args.prefix,
-                        args.advertise_addr, args.start_delay)
+                        args.advertise_addr, args.start_delay, args.first)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -140,6 +146,29 @@ async def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_children(argv: list[str], nodes: int, processes: int) -> int:
+    """Share the nodes among `processes` children (each one this program for its share); stop them all on
+    SIGTERM or SIGINT, or when one of them ends."""
+    share = -(-nodes // processes)
+    children = []
+    for first in range(0, nodes, share):
+        count = min(share, nodes - first)
+        children.append(subprocess.Popen([sys.executable, "-m", "shoal.sim", *argv, "--processes", "1",
+                                          "--first", str(first), "--nodes", str(count)]))
+
+    def stop(*_: object) -> None:
+        for child in children:
+            with contextlib.suppress(OSError):
+                child.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while all(child.poll() is None for child in children):
+        time.sleep(0.2)
+    stop()
+    return max(child.wait() for child in children)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m shoal.sim", description=__doc__.split("\n\n")[0])
     parser.add_argument("--manager", required=True, metavar="IP:PORT", help="A manager to join through")
@@ -150,10 +179,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--advertise-addr", default="127.0.0.1", help="The address the nodes report")
     parser.add_argument("--start-delay", type=float, default=0.01, metavar="SECONDS",
                         help="Mean time a simulated task takes to start (default 0.01)")
+    parser.add_argument("--processes", type=int, default=None, metavar="N",
+                        help=f"Processes to share the nodes (default: one per {NODES_PER_PROCESS} nodes)")
+    parser.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)  # a child's first node
     parser.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
     args = parser.parse_args(argv)
     if args.nodes < 1:
         parser.error("--nodes must be 1 or more")
+    processes = args.processes or -(-args.nodes // NODES_PER_PROCESS)
+    if processes > 1:
+        return run_children(argv if argv is not None else sys.argv[1:], args.nodes, processes)
     setup_logging(args.log_level)
     raise_open_file_limit()
     with contextlib.suppress(ImportError):

@@ -283,6 +283,7 @@ class Agent:
                 self._report_mesh_errors([f"could not apply the endpoint table: {exc}"])
         elif kind == "heartbeat":
             self._manager_lag = float(message.get("lag") or 0.0)
+            self.heartbeat_period = float(message.get("period") or self.heartbeat_period)
         elif kind == "managers":
             self._set_managers(message.get("managers") or [])
         elif kind == "redirect":

@@ -277,8 +277,10 @@ class Dispatcher:
             self.last_heartbeat[session.node_id] = self._alive()
             if kind == "heartbeat":
                 self.node_lag[session.node_id] = _seconds(data.get("lag"))
-                # Answered, so the agent knows this manager still hears it (and how busy it is).
-                await session.send({"type": "heartbeat", "lag": round(self._loop_lag(), 3)})
+                # Answered, so the agent knows this manager still hears it (and how busy it is, and how often
+                # to beat: the period grows with the swarm).
+                await session.send({"type": "heartbeat", "lag": round(self._loop_lag(), 3),
+                                    "period": self.heartbeat_period()})
             elif kind == "hello":
                 # Registering writes the store, which can be slow right after a leader change: do it beside
                 # the message loop, so heartbeats keep being read meanwhile.

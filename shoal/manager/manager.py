@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 MEMBER_ADD_TIMEOUT = 30.0
 PROBE_TIMEOUT = 1.0
+MAX_HEARTBEATS_PER_SECOND = 200
 DEAD_LEADER_DEADLINE = 5.0  # past it, the dead leader's lease has expired anyway
 # The loop lag a daemon reports in heartbeats (and their answers): the worst of the last this-many seconds, so a
 # peer that stalled once is given that much more time for a while.
@@ -209,9 +210,7 @@ class Manager:
         return node.get("ManagerAddr") if node else None
 
     def heartbeat_period(self) -> float:
-        cluster = self.cache.cluster()
-        ns = ((cluster or {}).get("Spec", {}).get("Dispatcher", {}) or {}).get("HeartbeatPeriod") or SECOND
-        return float(ns) / SECOND
+        return heartbeat_period(self.cache.cluster(), len(self.cache.nodes()))
 
     def manager_addrs(self) -> list[str]:
         return sorted(
@@ -312,6 +311,14 @@ class Manager:
         batch.put_raw(CA_KEY, json.dumps({"cert": ca.cert_pem.decode(), "key": ca.key_pem.decode()}).encode())
         rev = await self.store.commit(batch)
         await self.cache.wait_for_revision(rev, timeout=10)
+
+
+def heartbeat_period(cluster: Doc | None, nodes: int) -> float:
+    """The swarm's heartbeat period in seconds (`swarm update --dispatcher-heartbeat`, 1 s by default),
+    lengthened in a large swarm so the leader reads at most MAX_HEARTBEATS_PER_SECOND: a thousand nodes beat
+    every 5 s, Docker's own default period."""
+    ns = ((cluster or {}).get("Spec", {}).get("Dispatcher", {}) or {}).get("HeartbeatPeriod") or SECOND
+    return max(float(ns) / SECOND, nodes / MAX_HEARTBEATS_PER_SECOND)
 
 
 async def refuses_connections(addr: str) -> bool:

@@ -23,6 +23,7 @@ from shoal.manager.dispatcher import (
     agent_should_know,
     merge_status,
 )
+from shoal.manager.manager import heartbeat_period
 from shoal.manager.orchestrator.common import DOWN_SINCE
 from shoal.manager.orchestrator.loop import OrchestratorLoop
 from shoal.manager.store.base import Batch
@@ -470,7 +471,7 @@ async def test_every_heartbeat_is_answered_and_its_lag_recorded(harness: Harness
 
     socket = await serve(dispatcher, "n1", [{"type": "heartbeat", "lag": reported}, {"type": "heartbeat"}])
 
-    assert socket.sent[1:] == [{"type": "heartbeat", "lag": 0.25}] * 2
+    assert socket.sent[1:] == [{"type": "heartbeat", "lag": 0.25, "period": PERIOD}] * 2
     assert dispatcher.node_lag["n1"] == 0.0  # the last heartbeat carried none
     socket = await serve(dispatcher, "n1", [{"type": "heartbeat", "lag": reported}])
     assert dispatcher.node_lag["n1"] == recorded
@@ -596,3 +597,14 @@ async def test_a_closed_session_leaves_its_node_the_time_its_goodbye_says(
     assert await dispatcher.check_nodes() == []
     harness.clock.advance(0.2)
     assert await dispatcher.check_nodes() == ["n1"]
+
+
+@pytest.mark.parametrize("configured, nodes, period", [
+    (None, 3, 1.0),  # shoal's default
+    (5_000_000_000, 3, 5.0),  # swarm update --dispatcher-heartbeat 5s
+    (None, 1000, 5.0),  # a thousand nodes: the leader reads at most 200 heartbeats a second
+    (10_000_000_000, 1000, 10.0),
+])
+def test_the_heartbeat_period_grows_with_the_swarm(configured: int | None, nodes: int, period: float) -> None:
+    cluster = {"Spec": {"Dispatcher": {"HeartbeatPeriod": configured}}}
+    assert heartbeat_period(cluster, nodes) == period
