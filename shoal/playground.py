@@ -252,6 +252,13 @@ def processes_under(base: Path) -> list[int]:
     return pids
 
 
+def kill_node(node: PlaygroundNode) -> None:
+    """SIGKILL a node's daemon and what it started (etcd member, task processes): a machine crashing."""
+    for pid in {node.pid, *processes_under(Path(node.state_dir))}:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def _remove_mesh_rules(nodes: list[PlaygroundNode]) -> None:
     """The kernel mesh rules the nodes leave: a stopped daemon keeps them for its restart, and a killed one
     could not remove them; a removed playground has no use for them."""

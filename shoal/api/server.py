@@ -307,7 +307,7 @@ async def service_delete(request: web.Request) -> web.StreamResponse:
 # ---- tasks --------------------------------------------------------------------------------------------
 
 async def task_list(request: web.Request) -> web.StreamResponse:
-    return reply(daemon_of(request).require_control().list_tasks(request.query.get("filters")))
+    return reply(await daemon_of(request).require_control().list_tasks(request.query.get("filters")))
 
 
 async def task_inspect(request: web.Request) -> web.StreamResponse:

@@ -4,6 +4,7 @@ store with the version the client read. Any manager serves these; none needs to 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from shoal.clock import Clock
@@ -45,6 +46,8 @@ from shoal.types import (
 )
 
 log = logging.getLogger(__name__)
+
+VIEWS_PER_TURN = 2000  # tasks shaped for a list between two turns of the loop
 
 
 class ControlAPI:
@@ -221,23 +224,33 @@ class ControlAPI:
 
     # ---- tasks ------------------------------------------------------------------------------------------
 
-    def list_tasks(self, raw_filters: str | None) -> list[Doc]:
+    async def list_tasks(self, raw_filters: str | None) -> list[Doc]:
+        """The tasks the filters match, shaped for the API; a few thousand at a time, so listing a hundred
+        thousand does not hold the loop (and the sessions it serves) for seconds."""
         filters = flt.parse_filters(raw_filters)
+        candidates = self._task_candidates(filters)
         services = self.cache.services()
         nodes = self.cache.nodes()
-        candidates: list[Doc]
+        found: list[Doc] = []
+        for start in range(0, len(candidates), VIEWS_PER_TURN):
+            if start:
+                await asyncio.sleep(0)
+            found += [task_view(t) for t in candidates[start:start + VIEWS_PER_TURN]
+                      if flt.match_task(t, filters, services, nodes, self.manager.node_id)]
+        return found
+
+    def _task_candidates(self, filters: flt.Filters) -> list[Doc]:
+        """The tasks worth matching: those of the services or nodes asked for (from the cache's indexes), else
+        all."""
+        services = self.cache.services()
         wanted_services = filters.get("service")
         if wanted_services and all(s in services for s in wanted_services):
-            candidates = [t for s in wanted_services for t in self.cache.tasks_of_service(s)]
-        elif filters.get("node"):
-            # Only the tasks of the nodes asked for, through the cache's index (a node's tasks, not all).
-            on_nodes = flt.nodes_with_tasks_matching(filters["node"], list(self.cache.tasks_by_node), nodes,
-                                                     self.manager.node_id)
-            candidates = [t for node_id in on_nodes for t in self.cache.tasks_on_node(node_id)]
-        else:
-            candidates = list(self.cache.tasks().values())
-        return [task_view(t) for t in candidates
-                if flt.match_task(t, filters, services, nodes, self.manager.node_id)]
+            return [t for s in wanted_services for t in self.cache.tasks_of_service(s)]
+        if filters.get("node"):
+            on_nodes = flt.nodes_with_tasks_matching(filters["node"], list(self.cache.tasks_by_node),
+                                                     self.cache.nodes(), self.manager.node_id)
+            return [t for node_id in on_nodes for t in self.cache.tasks_on_node(node_id)]
+        return list(self.cache.tasks().values())
 
     def find_task(self, ref: str) -> Doc:
         return resolve(list(self.cache.tasks().values()), ref, "task", task_name_of)

@@ -61,6 +61,7 @@ GRACE_MULTIPLIER = 3  # heartbeat periods without a heartbeat before a node is m
 # own silence deadline (shoal.agent.agent.SILENCE_PERIODS) and a reconnect.
 ELECTION_EXTRA_PERIODS = 3
 MAX_LAG_ALLOWANCE = 10.0  # at most this much of a node's reported loop lag is added to its grace
+JOIN_GRACE = 30.0  # a node that just joined has this long, beyond the usual grace, to open its first session
 FIRST_REPORT_WAIT = 5.0  # how long a new session's node waits for its first status report before it is ready
 RESTART_GRACE = 15.0  # seconds a node that announced a daemon restart has to come back
 # On a node document: until when (unix time) a manager that announced its restart is given to come back, so
@@ -553,7 +554,8 @@ class Dispatcher:
         expired = []
         wall = self.clock.now()
         for node_id, node in list(self.cache.nodes().items()):
-            last = self.last_heartbeat.setdefault(node_id, now)
+            # A node just joined has to start first (a manager its etcd member and cache): more time.
+            last = self.last_heartbeat.setdefault(node_id, now + JOIN_GRACE)
             if (node_state(node) != NodeState.DOWN and now - last > self.grace(node_id)
                     and wall > node.get(RESTARTING_UNTIL, 0)):
                 expired.append(node_id)

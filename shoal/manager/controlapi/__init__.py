@@ -126,9 +126,12 @@ def optional_object_list(doc: Doc, key: str, path: str) -> list[Doc] | None:
     raise InvalidArgument(f"{field_path(path, key)} must be a list of JSON objects (got {shown(value)})")
 
 
+PRIVATE = "Shoal"  # the prefix of shoal's own bookkeeping keys on stored documents
+
+
 def without_private_fields(doc: Doc) -> Doc:
     """A copy of `doc` without shoal's own bookkeeping keys (those starting with "Shoal"), at any depth."""
-    return {key: _strip(value) for key, value in doc.items() if not key.startswith("Shoal")}
+    return {key: _strip(value) for key, value in doc.items() if not key.startswith(PRIVATE)}
 
 
 def _strip(value: Any) -> Any:

@@ -76,6 +76,8 @@ class Work:
     tasks: list[Doc]  # the service's tasks, or those of `slots`
     slots: set[int] | None
     used_ports: set[IngressPort]  # the other services' ingress ports (a rollback may need its own back)
+    # Deciding the whole service for the updater, the slots the reconciler must look at after it (None: all).
+    changed: set[int] | None = None
 
 
 def decide(work: Work, nodes: dict[str, Doc], now: float, history_limit: int) -> tuple[Plan, Doc | None]:
@@ -94,7 +96,7 @@ def decide(work: Work, nodes: dict[str, Doc], now: float, history_limit: int) ->
     if is_global(service):
         plan = reconcile_global(service, work.tasks, nodes, now, history_limit)
     else:
-        plan = reconcile_replicated(service, work.tasks, nodes, now, history_limit)
+        plan = reconcile_replicated(service, work.tasks, nodes, now, history_limit, slots=work.changed)
     if update.wake_at is not None:
         plan.wake_at = update.wake_at if plan.wake_at is None else min(plan.wake_at, update.wake_at)
     return plan, None
@@ -189,7 +191,8 @@ class OrchestratorLoop:
                       else self.cache.tasks_in_slots(service_id, slots)))
         if whole:
             used_ports = ingress_ports_in_use(self.cache.services().values(), service_id)
-            yield Work(service_id, service, self.cache.tasks_of_service(service_id), None, used_ports)
+            yield Work(service_id, service, self.cache.tasks_of_service(service_id), None, used_ports,
+                       changed=None if is_global(service) else slots)
             return
         if slots is None:
             # Every slot up to Replicas, and those above it that still hold tasks (to scale down).
@@ -244,10 +247,14 @@ class OrchestratorLoop:
                     await self.cache.caught_up(result.revision, "orchestrator")
                     # Decided again from the state just written: a rolling update moves one step per pass,
                     # and writes that raced another writer are redone from the fresh cache.
-                    if work.slots is None:
-                        self.dirty.add(service_id)
-                    else:
+                    written_slots = {task_slot(t) for t in (*plan.create, *plan.update, *plan.delete)}
+                    if work.slots is not None:
                         self.dirty_slots[service_id].update(work.slots)
+                    elif service_doc is None and work.service is not None and not is_global(work.service) \
+                            and 0 not in written_slots:
+                        self.dirty_slots[service_id].update(written_slots)  # the updater looks at them all
+                    else:
+                        self.dirty.add(service_id)
                     service_writes += service_doc is not None
                     totals.extend(plan)
                 # Other work (sessions, reports) between pieces.

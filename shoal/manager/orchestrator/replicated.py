@@ -63,7 +63,8 @@ def reconcile_replicated(
         _reconcile_slot(draft, service, slot, by_slot.get(slot, []), nodes, now)
 
     view = draft.view()
-    doomed = {t["ID"]: t for t in trim_history(view, history_limit, existing_nodes=nodes.keys())}
+    away = {t["ID"] for t in view if (down_task_kept_until(t, nodes) or 0) > now}
+    doomed = {t["ID"]: t for t in trim_history(view, history_limit, existing_nodes=nodes.keys(), away=away)}
     doomed.update((t["ID"], t) for t in gone_for_good(view, wanted, nodes.keys()))
     return draft.finish(list(doomed.values()))
 

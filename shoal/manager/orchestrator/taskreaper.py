@@ -35,12 +35,14 @@ def trim_history(
     tasks_of_service: list[Doc],
     history_limit: int,
     existing_nodes: Collection[str] | None = None,
+    away: Collection[str] = (),
 ) -> list[Doc]:
     """The tasks to delete so each slot keeps at most `history_limit` tasks, the live one included.
 
     A negative limit keeps everything. A task the agent may still be running (observed state not terminal) is
     kept unless its node is not in `existing_nodes` (None: assume every node still exists). When a slot has no
-    live task, its newest task is kept whatever the limit: it holds the slot's restart state.
+    live task, its newest task is kept whatever the limit: it holds the slot's restart state. Live tasks whose
+    IDs are in `away` (kept on a node that is down) do not hold their slot for this.
     """
     if history_limit < 0:
         return []
@@ -53,7 +55,8 @@ def trim_history(
         if len(group) <= history_limit:
             continue
         oldest_first = sorted(group, key=age_order)
-        protected = None if any(task_is_live(t) for t in group) else oldest_first[-1]["ID"]
+        held = any(task_is_live(t) and t["ID"] not in away for t in group)
+        protected = None if held else oldest_first[-1]["ID"]
         excess = len(group) - history_limit
         for task in oldest_first:
             if excess == 0:

@@ -57,8 +57,10 @@ from shoal.manager.orchestrator.common import (
     never_reached_an_agent,
     new_task,
     node_trouble,
+    service_digest,
     set_desired,
     short,
+    task_digest,
 )
 from shoal.manager.scheduler.constraints import matches, parse_constraints
 from shoal.timefmt import SECOND, from_rfc3339, to_rfc3339
@@ -201,12 +203,27 @@ class _Slot:
     slot: int
     node_id: str
     tasks: list[Doc]
+    # (tasks, service, old live, new live): the split of `tasks` last computed, reused while neither changed (a
+    # pass asks several times per slot, over a hundred thousand slots).
+    _split: tuple[list[Doc], Doc, list[Doc], list[Doc]] | None = field(default=None, repr=False)
+
+    def _live(self, service: Doc) -> tuple[list[Doc], list[Doc]]:
+        split = self._split
+        if split is None or split[0] is not self.tasks or split[1] is not service:
+            old: list[Doc] = []
+            new: list[Doc] = []
+            current = service_digest(service)
+            for task in self.tasks:
+                if task_is_live(task):
+                    (old if task_digest(task) != current else new).append(task)
+            split = self._split = (self.tasks, service, old, new)
+        return split[2], split[3]
 
     def old_live(self, service: Doc) -> list[Doc]:
-        return [t for t in self.tasks if task_is_live(t) and is_task_dirty(service, t)]
+        return self._live(service)[0]
 
     def new_live(self, service: Doc) -> list[Doc]:
-        return [t for t in self.tasks if task_is_live(t) and not is_task_dirty(service, t)]
+        return self._live(service)[1]
 
     def old_stopping(self, service: Doc, nodes: dict[str, Doc]) -> list[Doc]:
         """Old tasks asked to stop that have not yet: their agent will report the end."""
@@ -232,8 +249,8 @@ def _slots(service: Doc, own: list[Doc], nodes: dict[str, Doc]) -> list[_Slot]:
     for task in own:
         by_slot[task_slot(task)].append(task)
     slots = []
-    for number in range(1, replicas(service) + 1):
-        tasks = by_slot.get(number, [])
+    for number in sorted(n for n in by_slot if 1 <= n <= replicas(service)):
+        tasks = by_slot[number]
         live = [t for t in tasks if task_is_live(t)]
         # A slot whose tasks all sit on a failed node is the reconciler's to refill, with the new spec.
         if live and all(node_trouble(t, nodes) is not None for t in live):
@@ -325,7 +342,8 @@ def plan_update(
     draft = _Draft(new_task_id)
     slots = _slots(service, own, nodes)
     started_at = _timestamp((service.get("UpdateStatus") or {}).get("StartedAt"))
-    of_this_update = [t for t in own if not is_task_dirty(service, t)
+    current = service_digest(service)
+    of_this_update = [t for t in own if task_digest(t) == current
                       and started_at is not None and created_at(t) >= started_at]
 
     if state in IN_PROGRESS and policy.failure_action != "continue":
