@@ -18,6 +18,7 @@ import contextlib
 import itertools
 import json
 import logging
+from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import cast
@@ -32,8 +33,9 @@ from shoal.manager.applier import Applier
 from shoal.manager.cache import Cache
 from shoal.manager.controlapi.node import MESH_ERRORS_FIELD
 from shoal.manager.orchestrator.common import DOWN_SINCE
+from shoal.manager.orchestrator.replicated import reconcile_replicated
 from shoal.manager.orchestrator.update import RUNNING_SINCE
-from shoal.manager.store.base import Batch, Event, Store
+from shoal.manager.store.base import Batch, Event, Store, object_key
 from shoal.mesh.table import BACKEND_PORTS, endpoint_table, published_ports
 from shoal.timefmt import from_rfc3339, to_rfc3339
 from shoal.timeouts import within
@@ -45,7 +47,10 @@ from shoal.types import (
     NodeState,
     TaskState,
     desired_state,
+    is_global,
     node_state,
+    task_node,
+    task_slot,
     task_state,
 )
 
@@ -343,9 +348,12 @@ class Dispatcher:
             new.pop(RESTARTING_UNTIL, None)
             new.pop(DOWN_SINCE, None)
             new["UpdatedAt"] = to_rfc3339(self.clock.now())
+            batch = Batch().update(NODES, new)
+            for task in self._made_redundant(new):
+                batch.update(TASKS, task)
             try:
-                result = await self.applier.write(Batch().update(NODES, new))
-                if result.written:
+                result = await self.applier.write(batch)
+                if result.written and object_key(NODES, node_id) not in result.failed_keys:
                     return
                 # A stale version: wait for the cache to catch up, then again.
                 await asyncio.sleep(0.05)
@@ -355,6 +363,28 @@ class Dispatcher:
                 log.info("registering node %s (attempt %d): %s", node_id, attempt + 1, exc.message)
                 await asyncio.sleep(0.2)
         log.warning("could not register node %s as ready", node_id)
+
+    def _made_redundant(self, node: Doc) -> list[Doc]:
+        """The replacements a node coming back makes redundant, told to stop in the very write that shows the
+        node ready: the tasks it still runs are kept (the orchestrator's rule, decided here as it would decide
+        it), and no moment shows a slot running twice on ready nodes. Only those stops: the rest of what the
+        node's return changes is the orchestrator's, a moment later."""
+        nodes = {**self.cache.nodes(), node["ID"]: node}
+        now = self.clock.now()
+        slots: dict[str, set[int]] = defaultdict(set)
+        for task in self.cache.tasks_on_node(node["ID"]):
+            if task_state(task) == TaskState.RUNNING and desired_state(task) == TaskState.RUNNING:
+                slots[task["ServiceID"]].add(task_slot(task))
+        stops = []
+        for service_id, numbers in slots.items():
+            service = self.cache.get(SERVICES, service_id)
+            if service is None or is_global(service) or 0 in numbers:
+                continue
+            plan = reconcile_replicated(service, self.cache.tasks_in_slots(service_id, numbers), nodes, now,
+                                        slots=numbers)
+            stops += [t for t in plan.update if desired_state(t) == TaskState.SHUTDOWN
+                      and task_node(t) != node["ID"]]
+        return stops
 
     async def _record_mesh_errors(self, node_id: str, errors: list[str]) -> None:
         """Keep what the node's routing mesh cannot serve on its document (`node inspect` shows it)."""

@@ -30,7 +30,7 @@ from shoal.manager.orchestrator.loop import OrchestratorLoop
 from shoal.manager.store.base import Batch
 from shoal.mesh.table import BACKEND_PORTS
 from shoal.timefmt import to_rfc3339
-from shoal.types import NODES, TASKS, Doc, NodeState, TaskState, node_state, task_state
+from shoal.types import NODES, TASKS, Doc, NodeState, TaskState, desired_state, node_state, task_state
 from tests.unit.manager_fixtures import (
     CountingStore,
     Harness,
@@ -612,3 +612,26 @@ async def test_a_closed_session_leaves_its_node_the_time_its_goodbye_says(
 def test_the_heartbeat_period_grows_with_the_swarm(configured: int | None, nodes: int, period: float) -> None:
     cluster = {"Spec": {"Dispatcher": {"HeartbeatPeriod": configured}}}
     assert heartbeat_period(cluster, nodes) == period
+
+
+async def test_a_node_back_with_its_task_running_stops_the_replacement_in_the_same_write(harness: Harness) -> None:
+    # Its daemon restarted within the grace: the task it never stopped stays, and no store revision shows the
+    # slot running on two ready nodes.
+    service = make_service("web", "web", replicas=1)
+    await harness.add_service(service)
+    back = make_node("back", state="down")
+    back[DOWN_SINCE] = harness.clock.now() - 2
+    await harness.add_nodes(back, make_node("other"))
+    original = make_task("orig", "web", node_id="back", state=TaskState.RUNNING, at=NOW - 100)
+    replacement = make_task("repl", "web", node_id="other", state=TaskState.RUNNING, at=NOW - 1)
+    await harness.add_tasks(original, replacement)
+    dispatcher = make_dispatcher(harness)
+    seen: list[tuple[str, str]] = []
+    harness.cache.subscribe(lambda event, prev: seen.append((event.obj_id, str(event.revision))))
+
+    await serve(dispatcher, "back", [{"type": "hello", "description": {}}, {"type": "status", "updates": []}])
+
+    assert desired_state(await stored(harness, TASKS, "repl")) == TaskState.SHUTDOWN
+    assert desired_state(await stored(harness, TASKS, "orig")) == TaskState.RUNNING
+    revisions = {obj: rev for obj, rev in seen}
+    assert revisions["back"] == revisions["repl"]  # one transaction
