@@ -33,7 +33,8 @@ LEASE_TTL = 2
 # The lease keeper stops refreshing once the event loop has made no progress for this long: a leader whose
 # loops are wedged must give way, one that is merely busy must not.
 MAX_LOOP_STALL = 10.0
-KEEPER_NICENESS = -10  # the keeper's scheduling priority, where the daemon may raise it (as root)
+KEEPER_NICENESS = -10
+ATTEMPT_TIMEOUT = 1.5  # a store request of the election is given up (and made again) after this long  # the keeper's scheduling priority, where the daemon may raise it (as root)
 
 class KeeperProcess:
     """The lease keeper process (`shoal.manager.lease_keeper`), fed ticks by a thread of this daemon, so the
@@ -147,19 +148,23 @@ class LeaderElection:
         return kv.value.decode() if kv is not None else None
 
     async def run(self, on_elected: Callable[[], Awaitable[None]], on_deposed: Callable[[], Awaitable[None]]) -> None:
-        """Campaign forever; call the hooks on every change of this manager's leadership."""
+        """Campaign whenever the leader key is free; follow the leader while it is not; call the hooks on every
+        change of this manager's leadership. Store requests are made in short attempts: cut off from the
+        store's majority, a request would otherwise hang for etcd's whole timeout, and a manager coming back
+        would learn the leader that much later."""
         t = self.client.transactions
         while True:
             lost: asyncio.Future[str] | None = None
             try:
-                lease = await self.client.lease(self.ttl)
+                await self._wait_for_vacancy()
+                lease = await within(self.client.lease(self.ttl), ATTEMPT_TIMEOUT)
                 # Kept alive from the moment it exists: the campaign itself may wait on a busy loop.
                 lost = await self.keeper.keep(lease.id, self.ttl)
-                won, _ = await self.client.transaction(
+                won, _ = await within(self.client.transaction(
                     compare=[t.create(LEADER_KEY.encode()) == 0],
                     success=[t.put(LEADER_KEY.encode(), self.node_id.encode(), lease=lease.id)],
                     failure=[],
-                )
+                ), ATTEMPT_TIMEOUT)
                 if won:
                     self._set(True, self.node_id)
                     self.elections_won += 1
@@ -178,8 +183,7 @@ class LeaderElection:
                 else:
                     lost.cancel()
                     with contextlib.suppress(Exception):
-                        await lease.revoke()
-                    await self._wait_for_vacancy()
+                        await within(lease.revoke(), ATTEMPT_TIMEOUT)
             except asyncio.CancelledError:
                 if lost is not None:
                     lost.cancel()
@@ -187,7 +191,7 @@ class LeaderElection:
             except Exception as exc:
                 if lost is not None:
                     lost.cancel()
-                log.warning("leader election: %s", exc)
+                log.warning("leader election: %s", exc or type(exc).__name__)
                 self._set(False, None)
                 await asyncio.sleep(0.3)
 
@@ -205,9 +209,8 @@ class LeaderElection:
     async def _wait_for_vacancy(self) -> None:
         """Follow the leader key until it is gone (the leader's lease ended): watched from the revision it was
         read at, so no change can slip between the read and the watch, and no follower campaigns in vain."""
-        kv = await self.client.get(LEADER_KEY.encode())
+        kv = await within(self.client.get(LEADER_KEY.encode()), ATTEMPT_TIMEOUT)
         if kv is None:
-            self._set(False, None)
             return
         self._set(False, kv.value.decode())
         watch = await self.client.watch(LEADER_KEY.encode(), start_revision=kv.mod_revision + 1)
