@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -50,6 +51,35 @@ def wait_for(what: str, check: Callable[[], T | None], timeout: float = 30.0, in
             last = exc  # shown if the deadline passes; an error is never a success
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+class Sampler:
+    """Looks at the cluster from a thread of its own while a scenario runs (`with SomeSampler(...) as s:`):
+    `_run` calls `sample()` every `interval` seconds until the block ends."""
+
+    interval = 0.2
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self: S) -> S:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+
+S = TypeVar("S", bound=Sampler)
 
 
 @dataclass

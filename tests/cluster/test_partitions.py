@@ -9,7 +9,6 @@ without the returning manager taking the leadership back.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +17,7 @@ import httpx
 import pytest
 
 from shoal import playground
-from tests.cluster.conftest import FAILED_KEY, dump_logs, wait_for
+from tests.cluster.conftest import FAILED_KEY, Sampler, dump_logs, wait_for
 from tests.cluster.netns import NetnsCluster, make_netns_cluster, requires_netns
 
 pytestmark = [pytest.mark.cluster, requires_netns]
@@ -39,12 +38,16 @@ def api_get(cluster: NetnsCluster, name: str, path: str, **params: Any) -> Any:
 
 
 def debug(cluster: NetnsCluster, name: str) -> dict[str, Any]:
-    return api_get(cluster, name, "/shoal/debug")  # type: ignore[no-any-return]
+    return api_get(cluster, name, "/shoal/debug")
 
 
 def leaders(cluster: NetnsCluster) -> list[str]:
     """The managers that consider themselves the leader right now."""
     return [name for name in MANAGERS if debug(cluster, name).get("Manager", {}).get("Leader")]
+
+
+def a_leader(cluster: NetnsCluster) -> str | None:
+    return next(iter(leaders(cluster)), None)
 
 
 def elections(cluster: NetnsCluster) -> int:
@@ -90,41 +93,31 @@ def steady(cluster: NetnsCluster, replicas: int) -> str | None:
     return None
 
 
-class Watch:
+class Watch(Sampler):
     """Samples the cluster while a scenario runs, from the managers that answer: any ready node declared
     down, and any slot run twice on ready nodes."""
 
     def __init__(self, cluster: NetnsCluster, managers: tuple[str, ...]) -> None:
+        super().__init__()
         self.cluster = cluster
         self.managers = managers
         self.downs: set[str] = set()
         self.doubles: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> Watch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.2):
-            for manager in self.managers:
-                try:
-                    if not debug(self.cluster, manager).get("Manager", {}).get("Leader"):
-                        continue
-                    states, tasks = view(self.cluster, manager)
-                    names = node_names(self.cluster, manager)
-                except (httpx.HTTPError, OSError):
+    def sample(self) -> None:
+        for manager in self.managers:
+            try:
+                if not debug(self.cluster, manager).get("Manager", {}).get("Leader"):
                     continue
-                self.downs.update(name for name, state in states.items() if state == "down")
-                slots = [t["Slot"] for t in running_on_ready(states, tasks, names)]
-                twice = sorted({s for s in slots if slots.count(s) > 1})
-                if twice:
-                    self.doubles.append(f"slots {twice} on {manager}")
+                states, tasks = view(self.cluster, manager)
+                names = node_names(self.cluster, manager)
+            except (httpx.HTTPError, OSError):
+                continue
+            self.downs.update(name for name, state in states.items() if state == "down")
+            slots = [t["Slot"] for t in running_on_ready(states, tasks, names)]
+            twice = sorted({s for s in slots if slots.count(s) > 1})
+            if twice:
+                self.doubles.append(f"slots {twice} on {manager}")
 
 
 # ---- the cluster ------------------------------------------------------------------------------------------
@@ -146,7 +139,7 @@ def cluster(request: pytest.FixtureRequest, swarm: NetnsCluster) -> Iterator[Net
     """The module's swarm with service "web" (4 replicas) steady on the workers; afterwards healed and the
     service removed, its logs shown if the test failed."""
     swarm.heal_all()
-    manager = wait_for("a leader", lambda: (leaders(swarm) or [None])[0], timeout=30)
+    manager = wait_for("a leader", lambda: a_leader(swarm), timeout=30)
     swarm.ok("service", "create", "-d", "--name", "web", "--replicas", "4", "busybox", "sleep", "100000",
              node=manager)
     wait_for("the service to be steady", lambda: steady(swarm, 4) is None, timeout=60)
@@ -156,7 +149,7 @@ def cluster(request: pytest.FixtureRequest, swarm: NetnsCluster) -> Iterator[Net
         if request.node.stash.get(FAILED_KEY, False):
             dump_logs(swarm, lines=80)
         swarm.heal_all()
-        leader = wait_for("a leader", lambda: (leaders(swarm) or [None])[0], timeout=30)
+        leader = wait_for("a leader", lambda: a_leader(swarm), timeout=30)
         swarm.shoal("service", "rm", "web", node=leader)
         wait_for("no task process left", lambda: not swarm.task_processes(), timeout=60)
 

@@ -19,7 +19,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import AsyncGenerator, Iterator
 from contextlib import contextmanager
@@ -34,7 +33,7 @@ from shoal import playground
 from shoal.manager.store.base import Event, Snapshot
 from shoal.manager.store.etcd import EtcdStore, make_client
 from shoal.types import NODES, SERVICES, TASKS
-from tests.cluster.conftest import FAILED_KEY, Cluster, dump_logs, make_cluster, wait_for
+from tests.cluster.conftest import FAILED_KEY, Cluster, Sampler, dump_logs, make_cluster, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -113,13 +112,14 @@ def debug(client: httpx.Client) -> dict[str, Any]:
     return get(client, "/shoal/debug")
 
 
-class Watch:
+class Watch(Sampler):
     """Samples the cluster through its manager in a background thread while a scenario runs, because what
     must never happen may last less than the scenario's own checks can see: node states other than ready,
     slots running twice on ready nodes (with `tasks`), and the manager's leadership and node-loss counters."""
 
     def __init__(self, cluster: Cluster, service: str, interval: float, tasks: bool = True,
                  must_stay: dict[str, Any] | None = None) -> None:
+        super().__init__()
         self.cluster = cluster
         self.must_stay = must_stay or {}
         self.service = service
@@ -137,16 +137,6 @@ class Watch:
         self.errors: list[str] = []
         self.samples = 0
         self.slowest = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Watch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
 
     def at(self) -> str:
         return f"+{time.monotonic() - self.started:.2f}s"
