@@ -192,7 +192,9 @@ def test_seed_commands_with_the_real_docker_cli(bare_nodes: Cluster) -> None:
 
     docker.ok("service", "update", "-d", "--update-failure-action", "continue", "myweb3")
     rolled = docker.ok("service", "rollback", "myweb3")
-    assert rolled.splitlines()[0] == "myweb3" and "rollback: manually requested rollback" in rolled
+    # A rollback that changes no task completes at once: the CLI may see it requested or already completed.
+    assert rolled.splitlines()[0] == "myweb3"
+    assert "rollback: manually requested rollback" in rolled or "rollback: rollback completed" in rolled, rolled
     after = json.loads(docker.ok("service", "inspect", "myweb3"))[0]
     assert after["UpdateStatus"]["State"] == "rollback_completed"
     assert after["Spec"]["UpdateConfig"]["FailureAction"] == "pause"
