@@ -19,7 +19,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from shoal.errors import InvalidArgument
@@ -30,6 +30,15 @@ MANAGER_OU = "swarm-manager"
 WORKER_OU = "swarm-worker"
 ROLE_BY_OU = {MANAGER_OU: "manager", WORKER_OU: "worker"}
 OU_BY_ROLE = {role: ou for ou, role in ROLE_BY_OU.items()}
+
+
+def csr_for_key(key_pem: bytes) -> bytes:
+    """A CSR for an existing key (a certificate renewal keeps the node's key)."""
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise InvalidArgument("the node key must be an ECDSA or RSA key")
+    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
+    return csr.public_bytes(serialization.Encoding.PEM)
 
 
 def make_key_and_csr() -> tuple[bytes, bytes]:
@@ -100,9 +109,16 @@ def identity_from_peercert(peercert: Mapping[str, Any] | None) -> NodeIdentity:
     )
 
 
-def cert_not_after(cert_pem: bytes) -> datetime:
-    """When the certificate expires (timezone-aware UTC), so the agent can renew it in time."""
-    return load_certificate(cert_pem).not_valid_after_utc
+def cert_validity(cert_pem: bytes) -> tuple[datetime, datetime]:
+    """When the certificate starts and stops being valid (timezone-aware UTC)."""
+    cert = load_certificate(cert_pem)
+    return cert.not_valid_before_utc, cert.not_valid_after_utc
+
+
+def renewal_time(not_before: datetime, not_after: datetime, draw: float) -> datetime:
+    """When to renew a certificate: at a random point (`draw` in [0, 1)) between 50 % and 80 % of its life, as
+    swarmkit does, so that nodes whose certificates were issued together do not all renew at once."""
+    return not_before + (not_after - not_before) * (0.5 + 0.3 * draw)
 
 
 def check_issued_by(cert_pem: bytes, ca_cert_pem: bytes) -> None:
@@ -132,13 +148,33 @@ def server_ssl_context(ca_pem_path: StrPath, cert_path: StrPath, key_path: StrPa
     return context
 
 
+class ManagerPeerSSLObject(ssl.SSLObject):
+    """A TLS connection that fails its handshake unless the server presented a manager certificate.
+
+    Every certificate of the cluster CA passes the CA check, a worker's too; a worker posing as a manager (to
+    agents, or to a node that joins) is refused before a byte of the request is sent.
+    """
+
+    def do_handshake(self) -> None:
+        super().do_handshake()
+        try:
+            role = identity_from_peercert(self.getpeercert()).role
+        except InvalidArgument as error:
+            raise ssl.SSLCertVerificationError(f"the server is not a swarm manager: {error.message}") from None
+        if role != "manager":
+            raise ssl.SSLCertVerificationError(
+                f"the server presented a {role} certificate where a manager's is required"
+            )
+
+
 def client_ssl_context(
-    ca_pem_path: StrPath, cert_path: StrPath | None = None, key_path: StrPath | None = None
+    ca_pem_path: StrPath, cert_path: StrPath | None = None, key_path: StrPath | None = None,
+    require_manager: bool = True,
 ) -> ssl.SSLContext:
     """TLS client context that trusts only the cluster CA, presenting the node certificate when given.
 
-    Host names are not checked: the CA is private to the cluster and signs only its nodes, and the handler
-    checks the peer's role from its certificate.
+    Host names are not checked: the CA is private to the cluster and signs only its nodes. The server must
+    hold a manager certificate (every shoal client talks to a manager), unless `require_manager` is False.
     """
     if (cert_path is None) != (key_path is None):
         raise InvalidArgument("a client certificate needs both the certificate and the key file")
@@ -149,6 +185,8 @@ def client_ssl_context(
     context.load_verify_locations(cafile=ca_pem_path)
     if cert_path is not None and key_path is not None:
         context.load_cert_chain(cert_path, key_path)
+    if require_manager:
+        context.sslobject_class = ManagerPeerSSLObject
     return context
 
 

@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import logging
 import os
 import platform
+import random
 import resource
 import shutil
 import signal
 import socket
+import ssl
+import threading
+import time
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from aiohttp import web
@@ -27,26 +33,76 @@ from shoal import __version__
 from shoal.agent.agent import Agent
 from shoal.agent.executor.base import Executor
 from shoal.agent.join import join as join_cluster
-from shoal.certs import client_ssl_context, server_ssl_context, write_private
+from shoal.certs import (
+    cert_validity,
+    client_ssl_context,
+    make_key_and_csr,
+    renewal_time,
+    server_ssl_context,
+    write_private,
+)
 from shoal.clock import Clock, SystemClock
 from shoal.config import DEFAULT_PORT, DaemonConfig
-from shoal.errors import AlreadyInSwarm, InvalidArgument, NotAManager, NotInSwarm, ShoalError, Unavailable
+from shoal.errors import (
+    AlreadyInSwarm,
+    InvalidArgument,
+    NotAManager,
+    NotInSwarm,
+    ShoalError,
+    SwarmLocked,
+    Unavailable,
+)
 from shoal.ids import new_id
 from shoal.loopmonitor import LoopMonitor
+from shoal.manager import store_access
+from shoal.manager.autolock import (
+    KEY_ID_FIELD,
+    UNLOCK_KEY_STORE,
+    ManagerSecrets,
+    MemoryFile,
+    autolock_on,
+    key_id,
+    locked_path,
+    new_unlock_key,
+    read_unlock_key,
+    set_unlock_key,
+)
 from shoal.manager.ca import RootCA
 from shoal.manager.control import ControlAPI
-from shoal.manager.controlapi.swarm import default_swarm_spec, merge_swarm_spec
+from shoal.manager.controlapi.swarm import (
+    min_cert_expiry_from_environment,
+    node_cert_expiry_seconds,
+    validate_swarm_spec,
+)
 from shoal.manager.dispatcher import RESTART_GRACE
 from shoal.manager.join import new_node
-from shoal.manager.manager import HEARTBEAT_LAG_WINDOW, Manager, TLSFiles
+from shoal.manager.keys import key_from_wire, new_manager_key
+from shoal.manager.manager import HEARTBEAT_LAG_WINDOW, Bootstrap, Manager, TLSFiles
+from shoal.manager.store.base import Batch
+from shoal.manager.store_access import StoreCredentials, create_store_ca
 from shoal.mesh.mesh import RoutingMesh
 from shoal.supervise import Supervisor
 from shoal.timefmt import to_rfc3339
 from shoal.timeouts import within
 from shoal.tokens import make_token
-from shoal.types import Doc, Role
+from shoal.types import NODES, Doc, NodeState, Role, node_state
 
 log = logging.getLogger(__name__)
+
+# `swarm init` waits this long for its node to be ready; long enough for a loaded machine, and it is a wait on
+# a condition, so an idle one returns at once.
+READY_TIMEOUT = 30.0
+# A graceful stop (SIGTERM) that takes longer than this is cut short: the daemon kills its etcd member and lease
+# keeper and exits. Tasks keep running either way, for the next daemon to adopt.
+SHUTDOWN_DEADLINE = 30.0
+# A node looks at its certificate's age this often, and asks again this long after an unanswered renewal.
+RENEWAL_CHECK_PERIOD = 1.0
+RENEWAL_RETRY = 30.0
+AUTOLOCK_CHECK_PERIOD = 0.5  # how often a manager compares its sealed keys with the swarm's autolock setting
+# How long a closing server waits for its requests and sessions to end before it cancels them (aiohttp's own
+# default, 60 s, would hold `swarm leave` that long for a session that never closes by itself).
+RUNNER_SHUTDOWN_TIMEOUT = 2.0
+LEAVE_STEP_TIMEOUT = 10.0  # each step of `swarm leave` that talks to the store or stops a part
 
 
 @dataclass
@@ -133,6 +189,11 @@ class Daemon:
         self.error = ""
         self.monitor = LoopMonitor()
         self.loops = Supervisor("daemon")
+        # A manager's TLS key and the managers' key, held in memory files while it runs (autolock.py).
+        self._secrets: tuple[MemoryFile, MemoryFile] | None = None
+        self.locked = False  # a manager whose secrets autolock sealed, waiting for `swarm unlock`
+        self._server_context: ssl.SSLContext | None = None
+        self._expired_logged = False
 
     # ---- paths ------------------------------------------------------------------------------------------
 
@@ -142,14 +203,40 @@ class Daemon:
 
     @property
     def tls(self) -> TLSFiles:
-        certs = self.state_dir / "certs"
-        return TLSFiles(ca=certs / "ca.pem", cert=certs / "node.pem", key=certs / "node-key.pem")
+        """The files the node's TLS and store access read: a manager's keys from memory."""
+        files = self.disk_tls
+        if self._secrets is not None:
+            files = dataclasses.replace(files, key=self._secrets[0].path, manager_key=self._secrets[1].path)
+        return files
+
+    @property
+    def disk_tls(self) -> TLSFiles:
+        """Where the node's keys and certificates are kept (and written)."""
+        return TLSFiles.under(self.state_dir / "certs")
+
+    @property
+    def manager_secrets(self) -> ManagerSecrets:
+        return ManagerSecrets(self.disk_tls.key, self.disk_tls.manager_key)
+
+    def _load_secrets(self, unlock_key: str | None = None) -> None:
+        """Hold this manager's keys in memory, unsealing them with `unlock_key` when autolock sealed them."""
+        clear = self.manager_secrets.read(unlock_key)
+        self._drop_secrets()
+        self._secrets = (MemoryFile("node-key", clear[0]), MemoryFile("manager-key", clear[1]))
+
+    def _drop_secrets(self) -> None:
+        if self._secrets is not None:
+            for memory in self._secrets:
+                memory.close()
+            self._secrets = None
+
+    def clear_secrets(self) -> tuple[bytes, bytes]:
+        assert self._secrets is not None
+        return self._secrets[0].path.read_bytes(), self._secrets[1].path.read_bytes()
 
     def _save_record(self) -> None:
         assert self.record is not None
-        tmp = self.record_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self.record), indent=2))
-        os.replace(tmp, self.record_path)
+        write_private(self.record_path, json.dumps(asdict(self.record), indent=2).encode())
 
     def _load_record(self) -> NodeRecord | None:
         try:
@@ -158,6 +245,8 @@ class Daemon:
             return None
 
     def _wipe_state(self) -> None:
+        self._drop_secrets()
+        self.locked = False
         for name in ("state.json", "certs", "etcd", "etcd.log", "agent"):
             path = self.state_dir / name
             if path.is_dir():
@@ -197,11 +286,20 @@ class Daemon:
         }
 
     async def start(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Keys, the task record and task logs live here: only root may read them (mkdir's mode spares an
+        # existing directory, hence the chmods).
+        for private in (self.state_dir, self.state_dir / "agent"):
+            private.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(private, 0o700)
         self.loops.start("loop-monitor", self.monitor.run)
+        self.loops.start("autolock", self._follow_autolock)
+        self.loops.start("certificate-renewal", self._renew_certificate)
         self._executor = self.make_executor()
         self.record = self._load_record()
-        if self.record is not None:
+        if self.record is not None and self.record.role == Role.MANAGER.value and self.manager_secrets.is_locked():
+            self.locked = True
+            log.warning("this manager is locked (autolock): unlock it with \"shoal swarm unlock\" and the key")
+        elif self.record is not None:
             log.info("resuming as %s %s in swarm %s", self.record.role, self.record.node_id, self.record.cluster_id)
             try:
                 await self._activate()
@@ -211,7 +309,8 @@ class Daemon:
                 log.error("could not resume swarm membership: %s", exc.message)
         from shoal.api.server import make_app
 
-        self._api_runner = web.AppRunner(make_app(self, remote=False), handle_signals=False, access_log=None)
+        self._api_runner = web.AppRunner(make_app(self, remote=False), handle_signals=False, access_log=None,
+                                         shutdown_timeout=RUNNER_SHUTDOWN_TIMEOUT)
         await self._api_runner.setup()
         self.config.socket.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
@@ -235,6 +334,8 @@ class Daemon:
         record = self.record
         assert record is not None
         if record.role == Role.MANAGER.value:
+            if self._secrets is None:  # else just loaded (a join, an unlock)
+                self._load_secrets()
             await self._start_manager(initial_cluster, initial_state)
         managers = record.managers or [record.manager_addr]
         if record.role == Role.MANAGER.value and record.manager_addr not in managers:
@@ -243,7 +344,7 @@ class Daemon:
 
     async def _start_manager(self, initial_cluster: str | None = None, initial_state: str = "new",
                              force_new_cluster: bool = False,
-                             bootstrap: tuple[Doc, RootCA, Doc] | None = None) -> None:
+                             bootstrap: Bootstrap | None = None) -> None:
         """Run this node's manager: its etcd member (or the external store), the control API and the swarm
         port. `bootstrap` holds the first objects of a new swarm (cluster, CA, node) to write once it runs."""
         record = self.record
@@ -252,7 +353,7 @@ class Daemon:
                                self.tls, self.clock, self.config.external_etcd, monitor=self.monitor)
         await self.manager.start(record.cluster_id, initial_cluster, initial_state, force_new_cluster)
         if bootstrap is not None:
-            await self.manager.bootstrap(*bootstrap)
+            await self.manager.bootstrap(bootstrap)
         self.control = ControlAPI(self.manager, self.clock)
         await self._start_cluster_server(record)
 
@@ -287,11 +388,16 @@ class Daemon:
                 return
             role = str(answer["role"])
             if role == record.role:
+                self._use_renewed_certificate(answer, key_pem)
                 return
             log.info("changing role: %s -> %s", record.role, role)
-            write_private(self.tls.key, key_pem)
-            write_private(self.tls.cert, str(answer["certificate"]).encode())
+            if record.role == Role.MANAGER.value and self.manager_secrets.is_locked():
+                self.manager_secrets.unlock(self.clear_secrets())  # the key changes: a worker's is not sealed
+            write_private(self.disk_tls.key, key_pem)
+            write_private(self.disk_tls.cert, str(answer["certificate"]).encode())
             if role == Role.MANAGER.value:
+                self._write_manager_files(answer)
+                self._load_secrets()
                 record.role = role
                 await self._start_manager(answer.get("etcd_initial_cluster"), "existing")
                 managers = [record.manager_addr, *[m for m in self.agent.managers if m != record.manager_addr]]
@@ -305,11 +411,71 @@ class Daemon:
                 if manager is not None:
                     await manager.stop()
                 shutil.rmtree(self.state_dir / "etcd", ignore_errors=True)
+                self._remove_manager_files()
+                self._drop_secrets()
                 record.role = role
                 managers = [m for m in self.agent.managers if m != record.manager_addr]
             record.managers = managers
             self._save_record()
             await self.agent.reconnect(client_ssl_context(self.tls.ca, self.tls.cert, self.tls.key), managers)
+
+    def _use_renewed_certificate(self, answer: Doc, key_pem: bytes) -> None:
+        """A renewed certificate for the node's own key: new connections present it from now on."""
+        if key_pem != self.tls.key.read_bytes():
+            log.warning("ignoring a certificate for a key this node does not hold")
+            return
+        cert = str(answer["certificate"]).encode()
+        write_private(self.disk_tls.cert, cert)
+        tls = self.tls
+        if self._server_context is not None:
+            self._server_context.load_cert_chain(tls.cert, tls.key)  # the swarm port's next handshakes
+        if self.agent is not None:
+            self.agent.use_certificate(client_ssl_context(tls.ca, tls.cert, tls.key))
+        self._expired_logged = False
+        log.info("certificate renewed: valid until %s", cert_validity(cert)[1].isoformat())
+
+    async def _renew_certificate(self) -> None:
+        """Renew the node's certificate before it expires, at a random point of the second half of its life."""
+        draw = random.random()
+        asked_at = -RENEWAL_RETRY
+        while True:
+            await asyncio.sleep(RENEWAL_CHECK_PERIOD)
+            if self.record is None or self.agent is None or self.locked:
+                continue
+            try:
+                not_before, not_after = cert_validity(self.disk_tls.cert.read_bytes())
+            except (OSError, InvalidArgument):
+                continue
+            now = datetime.fromtimestamp(self.clock.now(), UTC)
+            if now >= not_after:
+                self._report_expired(not_after)
+                continue
+            retry = min(RENEWAL_RETRY, (not_after - not_before).total_seconds() / 10)
+            due = now >= renewal_time(not_before, not_after, draw) and time.monotonic() - asked_at >= retry
+            if due and await self.agent.request_certificate(self.tls.key.read_bytes()):
+                asked_at = time.monotonic()
+                log.info("renewing this node's certificate (it expires at %s)", not_after.isoformat())
+
+    def _report_expired(self, not_after: datetime) -> None:
+        self.error = (f"this node's certificate expired at {not_after.isoformat()}, so the swarm no longer lets it "
+                      "in: run \"shoal swarm leave --force\" here, then join again with a token from a manager "
+                      "(\"shoal swarm join-token worker\" prints the command)")
+        if not self._expired_logged:
+            log.error("%s", self.error)
+            self._expired_logged = True
+
+    def _write_manager_files(self, answer: Doc) -> None:
+        """The managers' key and the store access a node receives when it becomes a manager."""
+        tls = self.disk_tls
+        write_private(tls.manager_key, key_from_wire(str(answer.get("ManagerKey") or "")))
+        credentials = StoreCredentials.from_wire(answer)
+        if credentials is not None:
+            credentials.write(tls.store_ca, tls.store_cert, tls.store_crl)
+
+    def _remove_manager_files(self) -> None:
+        for path in self.disk_tls.manager_files():
+            path.unlink(missing_ok=True)
+            locked_path(path).unlink(missing_ok=True)
 
     def _remember_managers(self, managers: list[str]) -> None:
         if self.record is not None and managers != self.record.managers:
@@ -321,7 +487,9 @@ class Daemon:
 
         host, port = split_addr(record.listen_addr)
         context = server_ssl_context(self.tls.ca, self.tls.cert, self.tls.key)
-        self._cluster_runner = web.AppRunner(make_app(self, remote=True), handle_signals=False, access_log=None)
+        self._server_context = context
+        self._cluster_runner = web.AppRunner(make_app(self, remote=True), handle_signals=False, access_log=None,
+                                             shutdown_timeout=RUNNER_SHUTDOWN_TIMEOUT)
         await self._cluster_runner.setup()
         self._cluster_site = web.TCPSite(self._cluster_runner, host, port, ssl_context=context, reuse_address=True)
         try:
@@ -354,6 +522,8 @@ class Daemon:
     # ---- membership -------------------------------------------------------------------------------------
 
     def require_control(self) -> ControlAPI:
+        if self.locked:
+            raise SwarmLocked()
         if self.control is None:
             raise NotAManager(worker=self.record is not None)
         return self.control
@@ -376,15 +546,24 @@ class Daemon:
                                       "addresses - specify one with --advertise-addr")
             if body.get("ForceNewCluster"):
                 raise InvalidArgument("--force-new-cluster needs an existing swarm state on this node; none is here")
+            spec = validate_swarm_spec(body.get("Spec") or {}, min_cert_expiry_from_environment())
             cluster_id, node_id = new_id(), new_id()
             now = self.clock.now()
-            ca = RootCA.create(cluster_id)
-            cert, key = ca.issue_node_cert(node_id, Role.MANAGER.value, cluster_id, [advertise_ip, "127.0.0.1"])
-            tls = self.tls
+            ca, store_ca = RootCA.create(cluster_id), create_store_ca(cluster_id)
+            key, csr = make_key_and_csr()
+            addrs = [advertise_ip, "127.0.0.1"]
+            cert = ca.sign_csr(csr, node_id, Role.MANAGER.value, cluster_id, addrs,
+                               expiry_seconds=node_cert_expiry_seconds({"Spec": spec}))
+            store_records = Batch()
+            store = store_access.bootstrap(store_records, store_ca, node_id, csr, cluster_id, addrs)
+            tls = self.disk_tls
             write_private(tls.ca, ca.cert_pem)
             write_private(tls.cert, cert)
             write_private(tls.key, key)
-            spec = merge_swarm_spec(default_swarm_spec(), body.get("Spec") or {})
+            manager_key = new_manager_key()
+            write_private(tls.manager_key, manager_key)
+            store.write(tls.store_ca, tls.store_cert, tls.store_crl)
+            self._load_secrets()
             timestamp = to_rfc3339(now)
             cluster: Doc = {
                 "ID": cluster_id, "CreatedAt": timestamp, "UpdatedAt": timestamp, "Spec": spec,
@@ -393,6 +572,10 @@ class Daemon:
                 "DataPathPort": 4789,
                 "JoinTokens": {"Worker": make_token(ca.cert_pem), "Manager": make_token(ca.cert_pem)},
             }
+            if body.get("AutoLockManagers"):
+                spec["EncryptionConfig"] = {**(spec.get("EncryptionConfig") or {}), "AutoLockManagers": True}
+            if autolock_on(cluster):
+                set_unlock_key(store_records, cluster, new_unlock_key(), manager_key)
             node = new_node(node_id, Role.MANAGER, self.hostname, advertise_ip, listen_port, now)
             node["Description"] = self.describe()
             if body.get("Availability") in ("active", "pause", "drain"):
@@ -400,9 +583,10 @@ class Daemon:
             self.record = NodeRecord(node_id, cluster_id, Role.MANAGER.value, advertise_ip,
                                      f"{listen_host}:{listen_port}", self.hostname)
             try:
-                await self._start_manager(bootstrap=(cluster, ca, node))
+                await self._start_manager(bootstrap=Bootstrap(cluster, node, ca, store_ca, store_records))
                 self._save_record()
                 await self._start_agent([self.record.manager_addr])
+                await self._until_ready(node_id)
             except BaseException:
                 await self._deactivate(kill_tasks=True)
                 self.record = None
@@ -410,6 +594,60 @@ class Daemon:
                 raise
             log.info("swarm %s initialised; this node %s is its first manager", cluster_id, node_id)
             return node_id
+
+    async def _until_ready(self, node_id: str) -> None:
+        """Return from `swarm init` as Docker does, with the node ready (its agent's session registered it): a
+        `node update` right after must not find the version already moved on."""
+        manager = self.manager
+        assert manager is not None
+        cache = manager.cache
+        try:
+            await cache.wait_until(lambda: node_state(cache.get(NODES, node_id) or {}) == NodeState.READY,
+                                   READY_TIMEOUT)
+        except TimeoutError:
+            log.warning("this node is not ready %.0fs after swarm init; see the log above", READY_TIMEOUT)
+
+    async def _follow_autolock(self) -> None:
+        """Seal or unseal this manager's keys on disk as the swarm's autolock setting and unlock key say: on
+        when turned on, again after a rotation, back in clear when turned off."""
+        while True:
+            await asyncio.sleep(AUTOLOCK_CHECK_PERIOD)
+            manager = self.manager
+            cluster = manager.cache.cluster() if manager is not None else None
+            if manager is None or manager.store is None or cluster is None or self._secrets is None:
+                continue
+            wanted = (cluster.get(KEY_ID_FIELD) or None) if autolock_on(cluster) else None
+            secrets = self.manager_secrets
+            if wanted == secrets.sealed_with():
+                continue
+            async with self._membership:
+                if self._secrets is None or self.manager is not manager:
+                    continue
+                clear = self.clear_secrets()
+                if wanted is None:
+                    await asyncio.to_thread(secrets.unlock, clear)
+                    log.info("autolock is off: this manager's keys are kept in clear")
+                    continue
+                key = read_unlock_key(await manager.store.get_raw(UNLOCK_KEY_STORE), manager.manager_key())
+                if key is not None and key_id(key) == wanted:
+                    await asyncio.to_thread(secrets.lock, key, clear)
+                    log.info("autolock: this manager's keys are sealed with the current unlock key")
+
+    async def unlock_swarm(self, unlock_key: str) -> None:
+        """`swarm unlock`: open this manager's sealed keys with the unlock key and take part in the swarm."""
+        async with self._membership:
+            if self.record is None:
+                raise NotInSwarm()
+            if not self.locked:
+                raise InvalidArgument("swarm is not locked: nothing to unlock")
+            self._load_secrets(unlock_key)  # a wrong key: InvalidArgument, and the node stays locked
+            self.locked = False
+            log.info("unlocked: resuming as manager %s", self.record.node_id)
+            try:
+                await self._activate()
+            except ShoalError as exc:
+                self.error = exc.message
+                raise
 
     async def force_new_cluster(self) -> str:
         """Recover a swarm that lost its quorum for good: this manager's etcd member restarts as the only
@@ -458,10 +696,13 @@ class Daemon:
                 advertise_ip = local_ip_towards(remote_ip)
             result = await join_cluster(f"{remote_ip}:{remote_port}", str(body.get("JoinToken") or ""),
                                         self.hostname, advertise_ip, listen_port)
-            tls = self.tls
+            tls = self.disk_tls
             write_private(tls.ca, result.ca_pem)
             write_private(tls.cert, result.cert_pem)
             write_private(tls.key, result.key_pem)
+            if result.role == Role.MANAGER.value:
+                self._write_manager_files(result.answer)
+                self._load_secrets()
             managers = result.managers or [f"{remote_ip}:{remote_port}"]
             self.record = NodeRecord(result.node_id, result.cluster_id, result.role, advertise_ip,
                                      f"{listen_host}:{listen_port}", self.hostname, managers)
@@ -480,13 +721,25 @@ class Daemon:
                 raise NotInSwarm()
             if self.record.role == Role.MANAGER.value and not force:
                 self._refuse_unsafe_manager_leave()
+            # Each step is bounded: a swarm without quorum must not hold `leave` (and the membership lock).
             if self.manager is not None and self.control is not None:
                 # Others must stop counting this node as a manager (it stays listed, Down, as in Docker).
-                with contextlib.suppress(ShoalError):
-                    await self.control.retire_manager(self.record.node_id)
+                with contextlib.suppress(ShoalError, TimeoutError):
+                    await within(self.control.retire_manager(self.record.node_id), LEAVE_STEP_TIMEOUT)
+                if self.manager.access is not None and self.manager.external_etcd is None:
+                    # This node's certificate for the store stays on its disk: make it worthless.
+                    with contextlib.suppress(ShoalError, TimeoutError):
+                        await within(self.manager.access.revoke(self.record.node_id), LEAVE_STEP_TIMEOUT)
             if self.manager is not None and self.manager.client is not None and self.manager.external_etcd is None:
-                await self._remove_own_member()
-            await self._deactivate(kill_tasks=True)
+                with contextlib.suppress(TimeoutError):
+                    await within(self._remove_own_member(), LEAVE_STEP_TIMEOUT)
+            try:
+                await within(self._deactivate(kill_tasks=True), LEAVE_STEP_TIMEOUT * 2)
+            except TimeoutError:
+                log.error("leaving: stopping this node's parts took over %.0fs; stopping them by force",
+                          LEAVE_STEP_TIMEOUT * 2)
+                self.kill_children()
+                self.manager, self.control, self.agent, self._cluster_runner = None, None, None, None
             self.record = None
             self._wipe_state()
 
@@ -520,6 +773,16 @@ class Daemon:
         except Exception as exc:
             log.warning("could not remove this node's etcd member: %s", exc)
 
+    def kill_children(self) -> None:
+        """SIGKILL the processes this daemon started and would stop on a clean exit (not its tasks)."""
+        manager = self.manager
+        if manager is None:
+            return
+        for pid in (manager.member.pid if manager.member else None, manager.keeper.pid if manager.keeper else None):
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+
     # ---- what /info and the debug endpoint report --------------------------------------------------------
 
     def debug_info(self) -> Doc:
@@ -551,8 +814,9 @@ class Daemon:
 
 
     def swarm_info(self) -> Doc:
-        if self.record is None:
-            return {"NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive", "ControlAvailable": False,
+        if self.record is None or self.locked:
+            return {"NodeID": self.record.node_id if self.record else "", "NodeAddr": "",
+                    "LocalNodeState": "locked" if self.locked else "inactive", "ControlAvailable": False,
                     "Error": self.error, "RemoteManagers": None}
         info: Doc = {
             "NodeID": self.record.node_id, "NodeAddr": self.record.advertise_addr, "LocalNodeState": "active",
@@ -592,8 +856,24 @@ async def serve(config: DaemonConfig) -> int:
     log.info("shoal daemon %s ready (state %s)", __version__, config.state_dir)
     await stop.wait()
     log.info("shutting down")
+    start_exit_watchdog(daemon, SHUTDOWN_DEADLINE)
     await daemon.stop()
     return 0
+
+
+def start_exit_watchdog(daemon: Daemon, deadline: float) -> None:
+    """Make sure the process ends within `deadline`, whatever its loop or its threads are stuck on (a thread
+    cannot be cancelled, and asyncio.run waits for them). From a thread, so a blocked loop cannot stop it."""
+
+    def cut_short() -> None:
+        log.error("shutdown did not finish within %.0fs: stopping the etcd member and exiting now", deadline)
+        daemon.kill_children()
+        logging.shutdown()
+        os._exit(1)
+
+    timer = threading.Timer(deadline, cut_short)
+    timer.daemon = True
+    timer.start()
 
 
 def raise_open_file_limit() -> None:

@@ -23,6 +23,12 @@ class InvalidArgument(ShoalError):
     status = 400
 
 
+class TooLarge(InvalidArgument):
+    """A request body or a spec larger than shoal keeps."""
+
+    status = 413
+
+
 class NotFound(ShoalError):
     """The named object does not exist (404)."""
 
@@ -71,6 +77,12 @@ class NotAManager(Unavailable):
                 'This node is not a swarm manager. Use "shoal swarm init" or "shoal swarm join" to connect '
                 "this node to swarm and try again."
             )
+
+
+class SwarmLocked(Unavailable):
+    def __init__(self) -> None:
+        super().__init__("Swarm is encrypted and needs to be unlocked before it can be used. Please use "
+                         "\"shoal swarm unlock\" to unlock it.")
 
 
 class AlreadyInSwarm(Unavailable):

@@ -109,9 +109,10 @@ def check_ca(token: JoinToken, ca_cert_pem: bytes) -> None:
             f"the manager sent an invalid CA certificate ({error.message}): check the manager address"
         ) from None
     if actual != token.ca_digest:
+        # Whole digests: a token altered near its end has the same prefix as the real one.
         raise JoinRefused(
-            f"the manager's CA certificate does not match the join token (digest {actual[:12]}..., "
-            f"token expects {token.ca_digest[:12]}...): check the token and the manager address"
+            f"the manager's CA certificate does not match the join token (its digest is {actual}, the token "
+            f"expects {token.ca_digest}): check the token and the manager address"
         )
 
 

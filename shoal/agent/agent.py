@@ -23,7 +23,7 @@ import aiohttp
 from shoal import codec
 from shoal.agent.executor.base import Executor
 from shoal.agent.worker import Worker
-from shoal.certs import make_key_and_csr
+from shoal.certs import csr_for_key, make_key_and_csr
 from shoal.clock import Clock
 from shoal.mesh.mesh import RoutingMesh
 from shoal.mesh.table import Listener
@@ -264,11 +264,7 @@ class Agent:
                 await self.worker.forget(task_id)
         elif kind == "role" and self.on_certificate is not None:
             # Promoted or demoted: ask for a certificate with the new role, on a fresh key.
-            key_pem, csr_pem = make_key_and_csr()
-            self._pending_key = key_pem
-            assert self._ws is not None
-            await self._ws.send_str(json.dumps({"type": "renew", "csr": csr_pem.decode(),
-                                                "listen_port": self.listen_port}))
+            await self.request_certificate()
         elif kind == "certificate" and self.on_certificate is not None and self._pending_key is not None:
             key, self._pending_key = self._pending_key, None
             # The daemon changes role outside the session (it may stop the manager this session talks to).
@@ -313,6 +309,24 @@ class Agent:
         check = asyncio.create_task(self._on_manager_gone(addr), name=f"manager-gone:{addr}")
         self._checks.add(check)
         check.add_done_callback(self._checks.discard)
+
+    async def request_certificate(self, key_pem: bytes | None = None) -> bool:
+        """Ask the manager for a certificate for the node's current role: on a fresh key after a role change, on
+        the node's own key (`key_pem`) to renew it before it expires. False when no session is open."""
+        ws = self._ws
+        if ws is None or ws.closed:
+            return False
+        if key_pem is None:
+            key_pem, csr_pem = make_key_and_csr()
+        else:
+            csr_pem = csr_for_key(key_pem)
+        self._pending_key = key_pem
+        await ws.send_str(json.dumps({"type": "renew", "csr": csr_pem.decode(), "listen_port": self.listen_port}))
+        return True
+
+    def use_certificate(self, ssl_context: ssl.SSLContext) -> None:
+        """A renewed certificate: the next session presents it (the current one goes on)."""
+        self.ssl_context = ssl_context
 
     async def reconnect(self, ssl_context: ssl.SSLContext, managers: list[str]) -> None:
         """Use a new certificate (and manager list): end the current session so the next one presents it."""

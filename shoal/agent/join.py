@@ -27,6 +27,7 @@ class JoinResult:
     key_pem: bytes
     managers: list[str]
     etcd_initial_cluster: str | None
+    answer: Doc  # all the manager said: a new manager's key and store access are in it
 
 
 def connection_problem(exc: BaseException) -> str:
@@ -77,5 +78,5 @@ async def join(remote: str, token_text: str, hostname: str, advertise_ip: str, l
     return JoinResult(
         node_id=answer["NodeID"], cluster_id=answer["ClusterID"], role=answer["Role"], ca_pem=ca_pem,
         cert_pem=answer["Certificate"].encode(), key_pem=key_pem, managers=list(answer.get("Managers") or []),
-        etcd_initial_cluster=answer.get("EtcdInitialCluster"),
+        etcd_initial_cluster=answer.get("EtcdInitialCluster"), answer=answer,
     )

@@ -22,7 +22,8 @@ from aiohttp import web
 from shoal import __version__, codec
 from shoal.api.proxy import EngineProxy, distribution_inspect
 from shoal.certs import client_ssl_context, identity_from_peercert
-from shoal.errors import InvalidArgument, NotAManager, ShoalError
+from shoal.errors import InvalidArgument, NotAManager, ShoalError, TooLarge
+from shoal.manager.controlapi import INT64_MAX
 from shoal.manager.join import handle_join
 from shoal.protocol import CA_PATH, DEBUG_PATH, JOIN_PATH, SESSION_PATH
 from shoal.timefmt import to_rfc3339
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_API_VERSION = "1.47"
+# A JSON body (a spec, a secret's data) is never larger: what a client sends beyond it is not read.
+MAX_JSON_BODY = 1024 * 1024
 MIN_API_VERSION = "1.24"
 DAEMON = web.AppKey("daemon", object)
 ENGINE_PROXY = web.AppKey("engine_proxy", EngineProxy)
@@ -67,14 +70,37 @@ def query_int(request: web.Request, name: str, default: int = 0) -> int:
         raise InvalidArgument(f"invalid value for {name}: {value!r} is not a number") from None
 
 
+def query_version(request: web.Request, what: str) -> int:
+    """The `version` an update must carry (the Version.Index the client read), as Docker requires it."""
+    value = request.query.get("version", "")
+    if not value.isdigit() or int(value) > INT64_MAX:
+        raise InvalidArgument(f"invalid {what} version {value!r}: give the Version.Index of the {what} as read "
+                              "(e.g. ?version=42)")
+    return int(value)
+
+
 async def json_body(request: web.Request) -> Any:
-    raw = await request.read()
+    if (request.content_length or 0) > MAX_JSON_BODY:
+        raise _too_large(request.content_length or 0)
+    raw = bytearray()
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        raw += chunk
+        if len(raw) > MAX_JSON_BODY:
+            raise _too_large(len(raw))
     if not raw.strip():
         return {}
     try:
         return json.loads(raw)
     except json.JSONDecodeError as exc:
         raise InvalidArgument(f"malformed JSON body: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise InvalidArgument("malformed JSON body: nested too deeply") from None
+    except ValueError as exc:  # e.g. a number of more digits than Python converts
+        raise InvalidArgument(f"malformed JSON body: {exc}") from None
+
+
+def _too_large(size: int) -> TooLarge:
+    return TooLarge(f"request body too large: {size} bytes or more, at most {MAX_JSON_BODY} are accepted")
 
 
 def reply(data: Any, status: int = 200) -> web.Response:
@@ -242,14 +268,24 @@ async def swarm_leave(request: web.Request) -> web.StreamResponse:
 
 async def swarm_update(request: web.Request) -> web.StreamResponse:
     control = daemon_of(request).require_control()
-    await control.update_swarm(query_int(request, "version"), await json_body(request),
-                               query_bool(request, "rotateWorkerToken"), query_bool(request, "rotateManagerToken"))
+    await control.update_swarm(query_version(request, "swarm"), await json_body(request),
+                               query_bool(request, "rotateWorkerToken"), query_bool(request, "rotateManagerToken"),
+                               query_bool(request, "rotateManagerUnlockKey"))
     return web.Response(status=200)
 
 
 async def swarm_unlockkey(request: web.Request) -> web.StreamResponse:
-    daemon_of(request).require_control()
-    return reply({"UnlockKey": ""})
+    control = daemon_of(request).require_control()
+    return reply({"UnlockKey": await control.unlock_key()})
+
+
+async def swarm_unlock(request: web.Request) -> web.StreamResponse:
+    body = await json_body(request)
+    key = body.get("UnlockKey") if isinstance(body, dict) else None
+    if not isinstance(key, str) or not key:
+        raise InvalidArgument('give the unlock key: {"UnlockKey": "SWMKEY-1-..."}')
+    await daemon_of(request).unlock_swarm(key)
+    return web.Response(status=200)
 
 
 # ---- nodes --------------------------------------------------------------------------------------------
@@ -264,7 +300,7 @@ async def node_inspect(request: web.Request) -> web.StreamResponse:
 
 async def node_update(request: web.Request) -> web.StreamResponse:
     control = daemon_of(request).require_control()
-    await control.update_node(request.match_info["id"], query_int(request, "version"), await json_body(request))
+    await control.update_node(request.match_info["id"], query_version(request, "node"), await json_body(request))
     return web.Response(status=200)
 
 
@@ -294,7 +330,7 @@ async def service_inspect(request: web.Request) -> web.StreamResponse:
 async def service_update(request: web.Request) -> web.StreamResponse:
     control = daemon_of(request).require_control()
     rollback = request.query.get("rollback") == "previous"
-    await control.update_service(request.match_info["id"], query_int(request, "version"), await json_body(request),
+    await control.update_service(request.match_info["id"], query_version(request, "service"), await json_body(request),
                                  rollback)
     return reply({"Warnings": None})
 
@@ -436,7 +472,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/version", version), ("GET", "/info", info), ("GET", DEBUG_PATH, debug),
     ("GET", "/swarm", swarm_inspect), ("POST", "/swarm/init", swarm_init), ("POST", "/swarm/join", swarm_join),
     ("POST", "/swarm/leave", swarm_leave), ("POST", "/swarm/update", swarm_update),
-    ("GET", "/swarm/unlockkey", swarm_unlockkey),
+    ("GET", "/swarm/unlockkey", swarm_unlockkey), ("POST", "/swarm/unlock", swarm_unlock),
     ("GET", "/nodes", node_list), ("GET", "/nodes/{id}", node_inspect), ("DELETE", "/nodes/{id}", node_delete),
     ("POST", "/nodes/{id}/update", node_update),
     ("GET", "/services", service_list), ("POST", "/services/create", service_create),

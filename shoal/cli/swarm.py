@@ -1,15 +1,17 @@
-"""`shoal swarm init|join|join-token|leave|update|inspect`."""
+"""`shoal swarm init|join|join-token|leave|update|inspect|unlock|unlock-key`."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
+import sys
 from typing import Any
 
 from shoal import config
 from shoal.api.client import ApiError
 from shoal.cli.autostart import ensure_local_daemon
 from shoal.cli.common import CliContext, CliError, print_json
-from shoal.cli.spec import uint_flag
+from shoal.cli.spec import duration_flag, uint_flag
 
 
 def register(commands: Any) -> None:
@@ -22,6 +24,10 @@ def register(commands: Any) -> None:
     init.add_argument("--listen-addr", metavar="IP:PORT",
                       help="Listen address (default: the advertised address, port 2377)")
     init.add_argument("--force-new-cluster", action="store_true", help="Force create a new cluster from current state")
+    init.add_argument("--cert-expiry", metavar="DURATION",
+                      help="Validity period for node certificates (ns|us|ms|s|m|h) (default 2160h0m0s)")
+    init.add_argument("--autolock", action="store_true",
+                      help="Enable manager autolocking (requiring an unlock key to start a stopped manager)")
     init.add_argument("--task-history-limit", metavar="N", help="Task history retention limit (default 5)")
     init.add_argument("--state-dir", help="State directory of a daemon started for this command")
     init.set_defaults(handler=run_init)
@@ -48,10 +54,30 @@ def register(commands: Any) -> None:
 
     update = sub.add_parser("update", help="Update the swarm")
     update.add_argument("--task-history-limit", metavar="N", help="Task history retention limit")
+    update.add_argument("--cert-expiry", metavar="DURATION",
+                        help="Validity period for node certificates (ns|us|ms|s|m|h)")
+    update.add_argument("--autolock", metavar="BOOL", type=bool_flag,
+                        help="Change manager autolocking setting (true|false)")
     update.set_defaults(handler=run_update)
 
     inspect = sub.add_parser("inspect", help="Display the swarm's details")
     inspect.set_defaults(handler=run_inspect)
+
+    unlock = sub.add_parser("unlock", help="Unlock swarm")
+    unlock.set_defaults(handler=run_unlock)
+
+    unlock_key = sub.add_parser("unlock-key", help="Manage the unlock key")
+    unlock_key.add_argument("-q", "--quiet", action="store_true", help="Only display the key")
+    unlock_key.add_argument("--rotate", action="store_true", help="Rotate the unlock key")
+    unlock_key.set_defaults(handler=run_unlock_key)
+
+
+def bool_flag(value: str) -> bool:
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f'invalid boolean value "{value}": use true or false')
 
 
 def default_listen_addr(advertise: str | None) -> str:
@@ -82,11 +108,12 @@ def init_request(args: argparse.Namespace) -> dict[str, Any]:
             "Orchestration": orchestration,
             "Raft": {"ElectionTick": 0, "HeartbeatTick": 0},
             "Dispatcher": {},
-            "CAConfig": {},
+            "CAConfig": ({"NodeCertExpiry": duration_flag("--cert-expiry", args.cert_expiry)}
+                         if args.cert_expiry else {}),
             "TaskDefaults": {},
-            "EncryptionConfig": {"AutoLockManagers": False},
+            "EncryptionConfig": {"AutoLockManagers": bool(args.autolock)},
         },
-        "AutoLockManagers": False,
+        "AutoLockManagers": bool(args.autolock),
         "Availability": "",
         "DefaultAddrPool": [],
         "SubnetSize": 24,
@@ -131,7 +158,17 @@ def run_init(ctx: CliContext, args: argparse.Namespace) -> int:
     ctx.print(f"Swarm initialized: current node ({node_id}) is now a manager.\n")
     print_join_command(ctx, str(node_id), worker=True, manager=False)
     ctx.print("To add a manager to this swarm, run 'shoal swarm join-token manager' and follow the instructions.\n")
+    if args.autolock:
+        print_unlock_key(ctx, str(ctx.client().get("/swarm/unlockkey")["UnlockKey"]))
     return 0
+
+
+def print_unlock_key(ctx: CliContext, key: str) -> None:
+    ctx.print("To unlock a swarm manager after it restarts, run the `shoal swarm unlock`\n"
+              "command and provide the following key:\n\n"
+              f"    {key}\n\n"
+              "Please remember to store this key in a password manager, since without it you\n"
+              "will not be able to restart the manager.")
 
 
 def run_join(ctx: CliContext, args: argparse.Namespace) -> int:
@@ -178,17 +215,55 @@ def run_leave(ctx: CliContext, args: argparse.Namespace) -> int:
 
 
 def run_update(ctx: CliContext, args: argparse.Namespace) -> int:
-    if args.task_history_limit is None:
-        raise CliError("nothing to update: use --task-history-limit N")
-    limit = uint_flag("--task-history-limit", args.task_history_limit)
+    if args.task_history_limit is None and args.autolock is None and args.cert_expiry is None:
+        raise CliError("nothing to update: use --task-history-limit N, --cert-expiry DURATION or "
+                       "--autolock true|false")
     client = ctx.client()
     swarm = client.get("/swarm")
     spec = swarm["Spec"]
-    spec.setdefault("Orchestration", {})["TaskHistoryRetentionLimit"] = limit
+    if args.task_history_limit is not None:
+        limit = uint_flag("--task-history-limit", args.task_history_limit)
+        spec.setdefault("Orchestration", {})["TaskHistoryRetentionLimit"] = limit
+    if args.cert_expiry is not None:
+        spec.setdefault("CAConfig", {})["NodeCertExpiry"] = duration_flag("--cert-expiry", args.cert_expiry)
+    was_locked = bool((spec.get("EncryptionConfig") or {}).get("AutoLockManagers"))
+    if args.autolock is not None:
+        spec.setdefault("EncryptionConfig", {})["AutoLockManagers"] = args.autolock
     params = {"rotateManagerToken": "false", "rotateManagerUnlockKey": "false", "rotateWorkerToken": "false",
               "version": swarm["Version"]["Index"]}
     client.post("/swarm/update", params=params, json=spec)
     ctx.print("Swarm updated.")
+    if args.autolock and not was_locked:
+        print_unlock_key(ctx, str(client.get("/swarm/unlockkey")["UnlockKey"]))
+    return 0
+
+
+def run_unlock(ctx: CliContext, args: argparse.Namespace) -> int:
+    client = ctx.client()
+    state = ((client.get("/info") or {}).get("Swarm") or {}).get("LocalNodeState")
+    if state != "locked":
+        raise CliError("swarm is not locked: nothing to unlock")
+    key = getpass.getpass("Please enter unlock key: ") if sys.stdin.isatty() else sys.stdin.readline()
+    client.post("/swarm/unlock", json={"UnlockKey": key.strip()})
+    return 0
+
+
+def run_unlock_key(ctx: CliContext, args: argparse.Namespace) -> int:
+    client = ctx.client()
+    if args.rotate:
+        swarm = client.get("/swarm")
+        if not (swarm["Spec"].get("EncryptionConfig") or {}).get("AutoLockManagers"):
+            raise CliError("cannot rotate because autolock is not turned on: turn it on with \"shoal swarm update --autolock=true\"")
+        params = {"rotateManagerToken": "false", "rotateManagerUnlockKey": "true", "rotateWorkerToken": "false",
+                  "version": swarm["Version"]["Index"]}
+        client.post("/swarm/update", params=params, json=swarm["Spec"])
+        if not args.quiet:
+            ctx.print("Successfully rotated manager unlock key.\n")
+    key = str(client.get("/swarm/unlockkey")["UnlockKey"])
+    if args.quiet:
+        ctx.print(key)
+    else:
+        print_unlock_key(ctx, key)
     return 0
 
 

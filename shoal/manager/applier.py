@@ -9,11 +9,11 @@ fresh cache.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from shoal.errors import Conflict, NotLeader
-from shoal.manager.store.base import Batch, Op, Store
+from shoal.manager.store.base import Batch, Op, Store, encode
 from shoal.types import TASKS, Plan
 
 log = logging.getLogger(__name__)
@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 # Operations per transaction: large enough that a plan of thousands of tasks is a handful of transactions (etcd
 # raft-commits each as one entry), small enough to stay far below etcd's request size limit.
 CHUNK = 500
+# And bytes per transaction: a service with a large spec has large tasks. Below the request limit of etcd's
+# default configuration (1.5 MiB), which an external cluster may keep.
+CHUNK_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -52,6 +55,24 @@ def plan_batch(plan: Plan, kind: str = TASKS, batch: Batch | None = None) -> Bat
     return batch
 
 
+def chunks(ops: list[Op], most_ops: int, most_bytes: int) -> Iterator[list[Op]]:
+    """`ops` in order, in pieces of at most `most_ops` operations and about `most_bytes` (a piece holds at least
+    one operation, however large). Each document is encoded here once; the store sends what was encoded."""
+    chunk: list[Op] = []
+    size = 0
+    for op in ops:
+        if op.doc is not None and op.kind != "delete" and op.raw is None:
+            op.raw = encode(op.doc)
+        op_size = len(op.key) + len(op.raw or b"")
+        if chunk and (len(chunk) >= most_ops or size + op_size > most_bytes):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(op)
+        size += op_size
+    if chunk:
+        yield chunk
+
+
 class Applier:
     def __init__(self, store: Store, fence: Callable[[], str | None]) -> None:
         self.store = store
@@ -63,9 +84,8 @@ class Applier:
     async def write(self, batch: Batch) -> ApplyResult:
         result = ApplyResult()
         fence = self.fence()
-        size = min(CHUNK, self.store.max_ops)
-        for start in range(0, len(batch.ops), size):
-            await self._write_chunk(batch.ops[start:start + size], fence, result)
+        for chunk in chunks(batch.ops, min(CHUNK, self.store.max_ops), CHUNK_BYTES):
+            await self._write_chunk(chunk, fence, result)
         return result
 
     async def _write_chunk(self, ops: list[Op], fence: str | None, result: ApplyResult) -> None:

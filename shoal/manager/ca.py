@@ -8,6 +8,7 @@ the CSR asks for and writes the identity the manager decided.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -22,9 +23,12 @@ from shoal.errors import InvalidArgument
 from shoal.tokens import ca_digest
 
 CA_COMMON_NAME = "swarm-ca"
+# The store's own CA: only managers hold certificates from it, so only they reach etcd (store_access.py).
+STORE_CA_COMMON_NAME = "shoal-store-ca"
 ROOT_CA_VALIDITY = timedelta(days=20 * 365)
 NODE_CERT_VALIDITY_SECONDS = 90 * 24 * 3600
-# Certificates start an hour in the past so a node whose clock lags the manager's still accepts them.
+# Certificates start an hour in the past so a node whose clock lags the manager's still accepts them (a tenth of
+# their life when that is shorter, so that renewing in their second half still means after they were issued).
 BACKDATE = timedelta(hours=1)
 MIN_RSA_KEY_BITS = 2048
 
@@ -39,13 +43,13 @@ class RootCA:
     key_pem: bytes = field(repr=False)
 
     @classmethod
-    def create(cls, cluster_id: str, now: datetime | None = None) -> RootCA:
+    def create(cls, cluster_id: str, now: datetime | None = None, common_name: str = CA_COMMON_NAME) -> RootCA:
         """A new self-signed ECDSA P-256 root CA for the cluster, valid 20 years."""
         issued_at = _now(now)
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name(
             [
-                x509.NameAttribute(NameOID.COMMON_NAME, CA_COMMON_NAME),
+                x509.NameAttribute(NameOID.COMMON_NAME, common_name),
                 x509.NameAttribute(NameOID.ORGANIZATION_NAME, cluster_id),
             ]
         )
@@ -159,7 +163,7 @@ class RootCA:
             .issuer_name(ca_cert.subject)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
-            .not_valid_before(issued_at - BACKDATE)
+            .not_valid_before(issued_at - min(BACKDATE, timedelta(seconds=expiry_seconds) / 10))
             .not_valid_after(issued_at + timedelta(seconds=expiry_seconds))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
@@ -191,12 +195,40 @@ class RootCA:
         )
         return cert.public_bytes(serialization.Encoding.PEM)
 
+    def sign_crl(self, revoked_serials: Iterable[int], now: datetime | None = None) -> bytes:
+        """A certificate revocation list (PEM) naming `revoked_serials`, valid as long as the CA."""
+        issued_at = _now(now)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self._certificate.subject)
+            .last_update(issued_at - BACKDATE)
+            .next_update(self._certificate.not_valid_after_utc)
+        )
+        for serial in sorted(set(revoked_serials)):
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(issued_at).build()
+            )
+        return builder.sign(self._private_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
     def issue_node_cert(
         self, node_id: str, role: str, cluster_id: str, ip_addrs: list[str]
     ) -> tuple[bytes, bytes]:
         """A new key pair and its node certificate, (cert_pem, key_pem): for the first manager at `swarm init`."""
         key_pem, csr_pem = make_key_and_csr()
         return self.sign_csr(csr_pem, node_id, role, cluster_id, ip_addrs), key_pem
+
+
+def revoked_serials(crl_pem: bytes) -> set[int]:
+    """The serial numbers a CRL (PEM) revokes."""
+    try:
+        crl = x509.load_pem_x509_crl(crl_pem)
+    except ValueError as error:
+        raise InvalidArgument(f"not a valid PEM certificate revocation list: {error}") from None
+    return {revoked.serial_number for revoked in crl}
+
+
+def serial_number(cert_pem: bytes) -> int:
+    return load_certificate(cert_pem).serial_number
 
 
 def _parse_addresses(ip_addrs: list[str]) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:

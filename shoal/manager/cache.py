@@ -93,6 +93,11 @@ class Cache:
         async with self._revision_changed:
             await within(self._revision_changed.wait_for(lambda: self.revision >= revision), timeout)
 
+    async def wait_until(self, condition: Callable[[], bool], timeout: float) -> None:
+        """Wait until `condition` (read from the cache) holds; it is checked again after every change."""
+        async with self._revision_changed:
+            await within(self._revision_changed.wait_for(condition), timeout)
+
     # ---- feeding ----------------------------------------------------------------------------------------
 
     def load(self, snapshot: Snapshot) -> None:

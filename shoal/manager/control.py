@@ -10,6 +10,14 @@ import logging
 from shoal.clock import Clock
 from shoal.errors import Conflict, InvalidArgument, NotFound, SequenceConflict
 from shoal.ids import generated_name, new_id
+from shoal.manager.autolock import (
+    KEY_ID_FIELD,
+    UNLOCK_KEY_STORE,
+    autolock_on,
+    new_unlock_key,
+    read_unlock_key,
+    set_unlock_key,
+)
 from shoal.manager.controlapi import filters as flt
 from shoal.manager.controlapi.node import node_view, validate_node_spec_update
 from shoal.manager.controlapi.resolve import node_names, resolve, service_name, task_name_of
@@ -22,7 +30,11 @@ from shoal.manager.controlapi.service import (
     updated_service,
     validate_service_spec,
 )
-from shoal.manager.controlapi.swarm import swarm_view, validate_swarm_spec_update
+from shoal.manager.controlapi.swarm import (
+    min_cert_expiry_from_environment,
+    swarm_view,
+    validate_swarm_spec_update,
+)
 from shoal.manager.controlapi.task import task_view
 from shoal.manager.dispatcher import RESTARTING_UNTIL
 from shoal.manager.manager import Manager
@@ -78,12 +90,18 @@ class ControlAPI:
     def get_swarm(self) -> Doc:
         return swarm_view(self.cluster())
 
-    async def update_swarm(self, version: int, spec: object, rotate_worker: bool, rotate_manager: bool) -> None:
+    async def update_swarm(self, version: int, spec: object, rotate_worker: bool, rotate_manager: bool,
+                           rotate_unlock_key: bool = False) -> None:
         cluster = self.cluster()
         if version != version_of(cluster):
             raise SequenceConflict()
         new = dict(cluster)
-        new["Spec"] = validate_swarm_spec_update(spec)
+        new["Spec"] = validate_swarm_spec_update(spec, min_cert_expiry_from_environment())
+        batch = Batch()
+        if autolock_on(new) and (rotate_unlock_key or not cluster.get(KEY_ID_FIELD)):
+            set_unlock_key(batch, new, new_unlock_key(), self.manager.manager_key())
+        elif not autolock_on(new) and cluster.get(KEY_ID_FIELD):
+            set_unlock_key(batch, new, None, self.manager.manager_key())
         tokens = dict(cluster["JoinTokens"])
         if rotate_worker or rotate_manager:
             ca = await self.manager.root_ca()
@@ -93,7 +111,14 @@ class ControlAPI:
                 tokens["Manager"] = make_token(ca.cert_pem)
         new["JoinTokens"] = tokens
         new["UpdatedAt"] = to_rfc3339(self.clock.now())
-        await self._commit(Batch().update(CLUSTERS, new))
+        await self._commit(batch.update(CLUSTERS, new))
+
+    async def unlock_key(self) -> str:
+        """The swarm's unlock key (`swarm unlock-key`), for a manager's user."""
+        key = read_unlock_key(await self.store.get_raw(UNLOCK_KEY_STORE), self.manager.manager_key())
+        if not autolock_on(self.cluster()) or key is None:
+            raise NotFound("no unlock key is set")
+        return key
 
     # ---- nodes ------------------------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """The etcd member a manager runs and supervises: the store's replica on this node.
 
-Client and peer traffic use the node's certificate from the cluster CA (mutual TLS on both). The member's data
+Client and peer traffic use the node's certificate from the store CA (mutual TLS on both), which only managers
+hold (store_access.py). The member's data
 lives under the node's state dir, so a restarted daemon restarts its member on the same data.
 """
 
@@ -58,6 +59,7 @@ class MemberConfig:
     ca_file: Path
     cert_file: Path
     key_file: Path
+    crl_file: Path  # certificates of the store CA revoked since (read by etcd on every new connection)
     cluster_token: str
     # "name=https://ip:2380,…" — only read by etcd when the data dir is new.
     initial_cluster: str
@@ -78,9 +80,10 @@ class MemberConfig:
             "--initial-cluster-state", self.initial_state,
             "--initial-cluster-token", self.cluster_token,
             "--cert-file", str(self.cert_file), "--key-file", str(self.key_file),
-            "--trusted-ca-file", str(self.ca_file), "--client-cert-auth",
+            "--trusted-ca-file", str(self.ca_file), "--client-cert-auth", "--client-crl-file", str(self.crl_file),
             "--peer-cert-file", str(self.cert_file), "--peer-key-file", str(self.key_file),
             "--peer-trusted-ca-file", str(self.ca_file), "--peer-client-cert-auth",
+            "--peer-crl-file", str(self.crl_file),
             # Fast failure detection on loopback and LANs: leader failover within about a second.
             "--heartbeat-interval", "50", "--election-timeout", "500",
             # A member that comes back from a partition asks before it campaigns, so it does not depose a
@@ -132,9 +135,10 @@ class EtcdMember:
             time.sleep(0.05)
 
     def _spawn(self) -> None:
-        self.config.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.config.data_dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._stop_orphan()
-        logfile = open(self.log_path, "ab")  # noqa: SIM115 — handed to the child
+        descriptor = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        logfile = os.fdopen(descriptor, "ab")  # handed to the child
         try:
             self._proc = subprocess.Popen(
                 self.config.command(), stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -9,6 +9,7 @@ import logging
 from shoal.clock import Clock
 from shoal.errors import InvalidArgument, JoinRefused, ShoalError
 from shoal.ids import new_id
+from shoal.manager.controlapi.swarm import node_cert_expiry_seconds
 from shoal.manager.etcd_member import peer_url
 from shoal.manager.manager import Manager
 from shoal.manager.store.base import Batch
@@ -63,9 +64,12 @@ async def handle_join(manager: Manager, clock: Clock, body: Doc, peer_ip: str, m
         raise InvalidArgument(f"advertise address {addr!r} is not an IP address") from None
     node_id = new_id()
     ca = await manager.root_ca()
-    cert = ca.sign_csr(csr, node_id, role.value, cluster["ID"], [addr, "127.0.0.1"])
+    cert = ca.sign_csr(csr, node_id, role.value, cluster["ID"], [addr, "127.0.0.1"],
+                       expiry_seconds=node_cert_expiry_seconds(cluster))
     answer: Doc = {"NodeID": node_id, "ClusterID": cluster["ID"], "Role": role.value,
                    "Certificate": cert.decode(), "Managers": manager.manager_addrs()}
+    if role == Role.MANAGER:
+        answer.update(await manager.manager_credentials(node_id, csr, cluster["ID"], addr))
     port = int(body.get("ListenPort") or manager_port)
     node = new_node(node_id, role, hostname, addr, port, clock.now())
     rev = await manager.store.commit(Batch().create(NODES, node)) if manager.store else 0

@@ -57,6 +57,10 @@ class KeeperProcess:
     def running(self) -> bool:
         return self._proc is not None and self._proc.returncode is None
 
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self.running and self._proc is not None else None
+
     async def start(self) -> None:
         read_fd, self._write_fd = os.pipe()
         try:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,8 +22,10 @@ from shoal.loopmonitor import LoopMonitor
 from shoal.manager.applier import Applier
 from shoal.manager.ca import RootCA
 from shoal.manager.cache import Cache
+from shoal.manager.controlapi.swarm import node_cert_expiry_seconds
 from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.etcd_member import EtcdMember, MemberConfig, client_url
+from shoal.manager.keys import decode_ca, encode_ca, key_to_wire
 from shoal.manager.leader import MAX_LOOP_STALL, KeeperProcess, LeaderElection
 from shoal.manager.orchestrator.loop import OrchestratorLoop
 from shoal.manager.scheduler.loop import SchedulerLoop
@@ -37,6 +38,7 @@ from shoal.manager.store.etcd import (
     channel_target,
     make_client,
 )
+from shoal.manager.store_access import STORE_CA_KEY, StoreAccess
 from shoal.supervise import Supervisor
 from shoal.timefmt import SECOND
 from shoal.timeouts import within
@@ -55,9 +57,35 @@ HEARTBEAT_LAG_WINDOW = 60.0
 
 @dataclass
 class TLSFiles:
+    """A node's key and certificates. The store files and the managers' key exist on managers only."""
+
     ca: Path
     cert: Path
     key: Path
+    store_ca: Path
+    store_cert: Path  # for `key`, from the store CA: what etcd lets in
+    store_crl: Path
+    manager_key: Path
+
+    @classmethod
+    def under(cls, certs: Path) -> TLSFiles:
+        return cls(ca=certs / "ca.pem", cert=certs / "node.pem", key=certs / "node-key.pem",
+                   store_ca=certs / "store-ca.pem", store_cert=certs / "store.pem",
+                   store_crl=certs / "store-crl.pem", manager_key=certs / "manager.key")
+
+    def manager_files(self) -> list[Path]:
+        return [self.store_ca, self.store_cert, self.store_crl, self.manager_key]
+
+
+@dataclass
+class Bootstrap:
+    """A new swarm's first objects: written by its first manager once its store runs."""
+
+    cluster: Doc
+    node: Doc
+    ca: RootCA
+    store_ca: RootCA
+    store_records: Batch  # the revocation list and the first manager's store certificate
 
 
 class Manager:
@@ -83,6 +111,8 @@ class Manager:
         self.dispatcher: Dispatcher | None = None
         self.api_applier: Applier | None = None
         self._root_ca: RootCA | None = None
+        self._store_ca: RootCA | None = None
+        self.access: StoreAccess | None = None
 
     # ---- start and stop ---------------------------------------------------------------------------------
 
@@ -91,7 +121,8 @@ class Manager:
         return MemberConfig(
             force_new_cluster=force_new_cluster,
             name=self.node_id, ip=self.advertise_ip, data_dir=self.state_dir / "etcd",
-            ca_file=self.tls.ca, cert_file=self.tls.cert, key_file=self.tls.key, cluster_token=cluster_id,
+            ca_file=self.tls.store_ca, cert_file=self.tls.store_cert, key_file=self.tls.key,
+            crl_file=self.tls.store_crl, cluster_token=cluster_id,
             initial_cluster=initial_cluster or f"{self.node_id}=https://{self.advertise_ip}:2380",
             initial_state=initial_state,
         )
@@ -108,9 +139,10 @@ class Manager:
             self.member = EtcdMember(self.member_config(cluster_id, initial_cluster, initial_state,
                                                         force_new_cluster), self.state_dir / "etcd.log")
             await self.member.start()
-            self.client = make_client([client_url(self.advertise_ip)], self.tls.ca.read_bytes(),
-                                      self.tls.cert.read_bytes(), self.tls.key.read_bytes())
+            self.client = make_client([client_url(self.advertise_ip)], self.tls.store_ca.read_bytes(),
+                                      self.tls.store_cert.read_bytes(), self.tls.key.read_bytes())
         self.store = EtcdStore(self.client, EXTERNAL_MAX_OPS_PER_TXN if self.external_etcd else MAX_OPS_PER_TXN)
+        self.access = StoreAccess(self.store, self.store_ca, self.tls.store_crl)
         await self._wait_for_store()
         client = self.client
         monitor = self.monitor
@@ -127,6 +159,8 @@ class Manager:
         self.scheduler = SchedulerLoop(self.cache, leader_applier, self.clock)
         store = self.store
         self.loops.start("cache", lambda: self.cache.run(store))
+        if self.member is not None:
+            self.loops.start("store-revocations", self.access.follow_revocations)
         election = self.election
         self.loops.start("election", lambda: election.run(self._on_elected, self._on_deposed))
         # Serve reads only once the cache holds the store's contents.
@@ -136,8 +170,8 @@ class Manager:
         """The leader lease's keeper process, connected to the store as this manager is."""
         e = self.external_etcd
         if e is None:
-            return KeeperProcess(channel_target([client_url(self.advertise_ip)]), str(self.tls.ca),
-                                 str(self.tls.cert), str(self.tls.key), progressing)
+            return KeeperProcess(channel_target([client_url(self.advertise_ip)]), str(self.tls.store_ca),
+                                 str(self.tls.store_cert), str(self.tls.key), progressing)
         tls = any(url.startswith("https://") for url in e.urls)
         return KeeperProcess(channel_target(e.urls), e.cacert if tls else None, e.cert, e.key, progressing)
 
@@ -239,15 +273,35 @@ class Manager:
                 log.info("could not end the lease of leader %s yet: %s", leader, exc or type(exc).__name__)
                 await asyncio.sleep(0.1)
 
+    def manager_key(self) -> bytes:
+        return self.tls.manager_key.read_bytes()
+
+    async def _load_ca(self, key: str, what: str) -> RootCA:
+        assert self.store is not None
+        raw = await self.store.get_raw(key)
+        if raw is None:
+            raise NoQuorum(f"the {what} is missing from the store")
+        return decode_ca(raw, self.manager_key(), key)
+
     async def root_ca(self) -> RootCA:
         if self._root_ca is None:
-            assert self.store is not None
-            raw = await self.store.get_raw(CA_KEY)
-            if raw is None:
-                raise NoQuorum("the cluster CA is missing from the store")
-            data = json.loads(raw)
-            self._root_ca = RootCA.load(data["cert"].encode(), data["key"].encode())
+            self._root_ca = await self._load_ca(CA_KEY, "cluster CA")
         return self._root_ca
+
+    async def store_ca(self) -> RootCA:
+        if self._store_ca is None:
+            self._store_ca = await self._load_ca(STORE_CA_KEY, "store CA")
+        return self._store_ca
+
+    async def manager_credentials(self, node_id: str, csr: bytes, cluster_id: str, addr: str) -> Doc:
+        """What a node that becomes a manager receives beside its certificate: the managers' key, and store
+        access for its etcd member."""
+        answer: Doc = {"ManagerKey": key_to_wire(self.manager_key())}
+        if self.external_etcd is None:
+            assert self.access is not None
+            credentials = await self.access.grant(node_id, csr, cluster_id, [addr, "127.0.0.1"])
+            answer.update(credentials.to_wire())
+        return answer
 
     async def issue_certificate(self, node_id: str, csr: bytes, listen_port: int) -> Doc:
         """A certificate for the node's current role; on promotion its etcd member is added, on demotion removed.
@@ -263,8 +317,11 @@ class Manager:
         role = node["Spec"].get("Role", Role.WORKER.value)
         addr = (node.get("Status") or {}).get("Addr") or ""
         ca = await self.root_ca()
-        cert = ca.sign_csr(csr, node_id, role, cluster["ID"], [addr, "127.0.0.1"])
+        cert = ca.sign_csr(csr, node_id, role, cluster["ID"], [addr, "127.0.0.1"],
+                           expiry_seconds=node_cert_expiry_seconds(cluster))
         answer: Doc = {"certificate": cert.decode(), "role": role}
+        if role == Role.MANAGER.value:
+            answer.update(await self.manager_credentials(node_id, csr, cluster["ID"], addr))
         updated = dict(node)
         if role == Role.MANAGER.value:
             updated["ManagerAddr"] = f"{addr}:{listen_port}"
@@ -280,6 +337,8 @@ class Manager:
                 mine = [m async for m in self.client.members() if url in m.peer_urls]
                 if mine:
                     await self.client.remove_member(mine[0].id)
+                assert self.access is not None
+                await self.access.revoke(node_id)
         log.info("issued a %s certificate to node %s", role, node_id)
         return answer
 
@@ -304,11 +363,13 @@ class Manager:
                 log.info("etcd member add for %s not possible yet (%s); retrying", url, exc)
                 await asyncio.sleep(0.5)
 
-    async def bootstrap(self, cluster: Doc, ca: RootCA, node: Doc) -> None:
+    async def bootstrap(self, first: Bootstrap) -> None:
         """Write the first objects of a new swarm in one transaction."""
         assert self.store is not None
-        batch = Batch().create("clusters", cluster).create(NODES, node)
-        batch.put_raw(CA_KEY, json.dumps({"cert": ca.cert_pem.decode(), "key": ca.key_pem.decode()}).encode())
+        batch = Batch().create("clusters", first.cluster).create(NODES, first.node)
+        batch.ops.extend(first.store_records.ops)
+        batch.put_raw(CA_KEY, encode_ca(first.ca, self.manager_key(), CA_KEY))
+        batch.put_raw(STORE_CA_KEY, encode_ca(first.store_ca, self.manager_key(), STORE_CA_KEY))
         rev = await self.store.commit(batch)
         await self.cache.wait_for_revision(rev, timeout=10)
 

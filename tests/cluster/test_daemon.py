@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -42,6 +43,16 @@ def test_swarm_init_starts_a_daemon_when_none_answers(tmp_path: Path) -> None:
         assert "Started the shoal daemon in the background" in result.stderr
         assert "Swarm initialized: current node (" in result.stdout
         assert "shoal swarm join --token SWMTKN-1-" in result.stdout and f"{address}:2377" in result.stdout
+        # init returns with the node ready, as Docker's does: an update right away is not out of sequence.
+        node_id = result.stdout.split("current node (", 1)[1].split(")", 1)[0]
+        update = subprocess.run([sys.executable, "-m", "shoal", "node", "update", "--label-add", "zone=a", node_id],
+                                capture_output=True, text=True, env=env, timeout=30)
+        assert update.returncode == 0, update.stderr
+        # Keys, the membership record, the store's data and its log are root's alone.
+        private = {path: stat.S_IMODE(path.stat().st_mode) for path in (
+            state, state / "state.json", state / "certs", state / "certs" / "node-key.pem", state / "agent",
+            state / "etcd", state / "etcd.log")}
+        assert private == {path: 0o700 if path.is_dir() else 0o600 for path in private}
         ls = subprocess.run([sys.executable, "-m", "shoal", "node", "ls"], capture_output=True, text=True, env=env)
         assert "Leader" in ls.stdout
         again = subprocess.run([sys.executable, "-m", "shoal", "swarm", "init", "--advertise-addr", address,
@@ -115,3 +126,31 @@ def test_task_history_limit_is_a_swarm_setting(cluster: Cluster) -> None:
     assert bad.code != 0
     assert cluster.get("/swarm")["Spec"]["Orchestration"]["TaskHistoryRetentionLimit"] == 2
     assert json.dumps(cluster.get("/swarm"))
+
+
+LEAVE_BOUND = 30.0  # seconds; a leave normally takes one or two
+
+
+def test_leave_right_after_init_fifty_times_then_a_bounded_sigterm(tmp_path: Path) -> None:
+    address = f"{_subnet()}.2"
+    proc, state_dir, sock = playground.start_daemon("quick", tmp_path)
+    try:
+        playground.wait_for_socket(sock, proc)
+        with playground.api(str(sock), timeout=LEAVE_BOUND) as api:
+            for attempt in range(50):
+                init = api.post("/swarm/init", json={"AdvertiseAddr": address, "ListenAddr": f"{address}:2377"})
+                assert init.status_code == 200, (attempt, init.text)
+                # The client's timeout is the bound: a leave that hangs fails the test.
+                leave = api.post("/swarm/leave", params={"force": "1"})
+                assert leave.status_code == 200, (attempt, leave.text)
+                assert api.get("/swarm").status_code == 503  # not in a swarm any more
+            assert api.post("/swarm/init", json={"AdvertiseAddr": address,
+                                                 "ListenAddr": f"{address}:2377"}).status_code == 200
+        # SIGTERM in the middle of work: the daemon exits in bounded time and leaves no etcd behind.
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=LEAVE_BOUND + 10)
+        wait_for("no etcd of this node", lambda: not playground.processes_under(tmp_path), timeout=15)
+    finally:
+        for pid in [proc.pid, *playground.processes_under(tmp_path)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -209,8 +209,9 @@ class StoreHistory:
     def _store(self) -> EtcdStore:
         manager = self.cluster.manager
         certs = Path(manager.state_dir) / "certs"
-        return EtcdStore(make_client([f"https://{manager.address}:2379"], (certs / "ca.pem").read_bytes(),
-                                     (certs / "node.pem").read_bytes(), (certs / "node-key.pem").read_bytes()))
+        # etcd lets in certificates of the store CA only, which managers hold.
+        return EtcdStore(make_client([f"https://{manager.address}:2379"], (certs / "store-ca.pem").read_bytes(),
+                                     (certs / "store.pem").read_bytes(), (certs / "node-key.pem").read_bytes()))
 
     async def _snapshot(self) -> Snapshot:
         store = self._store()

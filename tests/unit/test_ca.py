@@ -11,9 +11,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from shoal.certs import NodeIdentity, identity_from_cert, make_key_and_csr
+from shoal.certs import NodeIdentity, check_issued_by, identity_from_cert, make_key_and_csr
 from shoal.errors import InvalidArgument
-from shoal.manager.ca import RootCA
+from shoal.manager.ca import STORE_CA_COMMON_NAME, RootCA, revoked_serials, serial_number
 from shoal.tokens import ca_digest
 
 NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -209,3 +209,25 @@ def test_issue_node_cert_returns_a_matching_key_pair(ca: RootCA) -> None:
     key = serialization.load_pem_private_key(key_pem, password=None)
     assert _cert(cert_pem).public_key() == key.public_key()
     assert identity_from_cert(cert_pem) == NodeIdentity(node_id=NODE, role="manager", cluster_id=CLUSTER)
+
+
+def test_revocation_list_names_the_revoked_serials_and_is_signed_by_the_ca(ca: RootCA) -> None:
+    first, _ = ca.issue_node_cert(NODE, "manager", CLUSTER, [])
+    second, _ = ca.issue_node_cert(NODE, "manager", CLUSTER, [])
+
+    crl_pem = ca.sign_crl([serial_number(first)], now=NOW)
+
+    assert revoked_serials(crl_pem) == {serial_number(first)}
+    crl = x509.load_pem_x509_crl(crl_pem)
+    assert crl.is_signature_valid(_cert(ca.cert_pem).public_key())  # type: ignore[arg-type]
+    assert crl.get_revoked_certificate_by_serial_number(serial_number(second)) is None
+    assert revoked_serials(ca.sign_crl([], now=NOW)) == set()
+
+
+def test_store_ca_is_a_separate_root(ca: RootCA) -> None:
+    store_ca = RootCA.create(CLUSTER, now=NOW, common_name=STORE_CA_COMMON_NAME)
+    assert _name_value(_cert(store_ca.cert_pem).subject, NameOID.COMMON_NAME) == STORE_CA_COMMON_NAME
+    # A node certificate of the cluster CA is no certificate of the store CA.
+    cert, _ = ca.issue_node_cert(NODE, "worker", CLUSTER, [])
+    with pytest.raises(InvalidArgument):
+        check_issued_by(cert, store_ca.cert_pem)

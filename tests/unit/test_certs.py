@@ -19,13 +19,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from shoal.certs import (
     NodeIdentity,
-    cert_not_after,
+    cert_validity,
     check_issued_by,
     client_ssl_context,
+    csr_for_key,
     identity_from_cert,
     identity_from_peercert,
     insecure_probe_context,
+    load_certificate,
     make_key_and_csr,
+    renewal_time,
     server_ssl_context,
     write_private,
 )
@@ -99,11 +102,30 @@ def test_identity_from_peercert_refuses_incomplete_subjects(peercert: dict[str, 
         identity_from_peercert(peercert)
 
 
-def test_cert_not_after(ca: RootCA) -> None:
+def test_cert_validity(ca: RootCA) -> None:
     now = datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC)
     _, csr_pem = make_key_and_csr()
     cert_pem = ca.sign_csr(csr_pem, WORKER, "worker", CLUSTER, [], expiry_seconds=7200, now=now)
-    assert cert_not_after(cert_pem) == now + timedelta(hours=2)
+    # Backdated for clocks that lag: an hour, or a tenth of the life of a short certificate.
+    assert cert_validity(cert_pem) == (now - timedelta(minutes=12), now + timedelta(hours=2))
+    long_lived = ca.sign_csr(csr_pem, WORKER, "worker", CLUSTER, [], expiry_seconds=90 * 86400, now=now)
+    assert cert_validity(long_lived)[0] == now - timedelta(hours=1)
+
+
+def test_renewal_falls_between_half_and_four_fifths_of_the_life() -> None:
+    start = datetime(2031, 1, 1, tzinfo=UTC)
+    end = start + timedelta(days=90)
+    assert renewal_time(start, end, 0.0) == start + timedelta(days=45)
+    assert renewal_time(start, end, 0.999999) < start + timedelta(days=72)
+    times = {renewal_time(start, end, draw / 10) for draw in range(10)}
+    assert len(times) == 10  # spread, not one instant for every node
+
+
+def test_a_renewal_keeps_the_key(ca: RootCA) -> None:
+    key_pem, _ = make_key_and_csr()
+    cert_pem = ca.sign_csr(csr_for_key(key_pem), WORKER, "worker", CLUSTER, [])
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    assert load_certificate(cert_pem).public_key() == key.public_key()
 
 
 def test_check_issued_by(ca: RootCA, other_ca: RootCA) -> None:
@@ -267,3 +289,17 @@ async def test_client_refuses_a_server_from_another_ca(tmp_path: Path, ca: RootC
 
         # The join probe still connects, to fetch the CA certificate it then checks against the token.
         assert await _exchange(server.port, insecure_probe_context()) == b"hello\n"
+
+
+async def test_client_refuses_a_server_that_holds_a_worker_certificate(tmp_path: Path, ca: RootCA) -> None:
+    # A compromised worker posing as a manager: its certificate is from the right CA but names a worker.
+    worker = _write_node_files(
+        tmp_path / "worker", ca, ca.issue_node_cert(WORKER, "worker", CLUSTER, ["127.0.0.1"])
+    )
+    async with _serve(server_ssl_context(worker.ca, worker.cert, worker.key)) as server:
+        with pytest.raises(ssl.SSLCertVerificationError, match="worker certificate"):
+            await _exchange(server.port, client_ssl_context(worker.ca, worker.cert, worker.key))
+
+        # Only a context that asks for no manager (none in shoal) would talk to it.
+        context = client_ssl_context(worker.ca, worker.cert, worker.key, require_manager=False)
+        assert await _exchange(server.port, context) == b"hello\n"

@@ -13,7 +13,8 @@ from shoal.manager.etcd_member import MemberConfig
 
 def config(tmp_path: Path) -> MemberConfig:
     return MemberConfig(name="n1", ip="10.1.2.3", data_dir=tmp_path / "etcd", ca_file=tmp_path / "ca.pem",
-                        cert_file=tmp_path / "node.pem", key_file=tmp_path / "node-key.pem", cluster_token="c1",
+                        cert_file=tmp_path / "node.pem", key_file=tmp_path / "node-key.pem",
+                        crl_file=tmp_path / "crl.pem", cluster_token="c1",
                         initial_cluster="n1=https://10.1.2.3:2380")
 
 

@@ -6,6 +6,7 @@ import asyncio
 import os
 import pwd
 import signal
+import stat
 import time
 from pathlib import Path
 
@@ -116,6 +117,9 @@ async def test_process_gets_env_scratch_dir_and_logs_to_files(executor: ProcessE
     assert stdout[0] == f"id={task['ID']} name=web greet=hi"
     assert Path(stdout[1]) == executor.state_dir / "scratch" / task["ID"]
     assert (log_dir / "stderr.log").read_text() == "oops\n"
+    # A task's output may hold anything it prints: no other local user may read it.
+    assert stat.S_IMODE(log_dir.stat().st_mode) == 0o700
+    assert {stat.S_IMODE((log_dir / name).stat().st_mode) for name in ("stdout.log", "stderr.log")} == {0o600}
 
 
 async def test_given_working_directory_is_used_and_must_exist(executor: ProcessExecutor, tmp_path: Path) -> None:

@@ -133,9 +133,18 @@ def test_check_ca_refuses_another_ca(ca: RootCA, other_ca: RootCA) -> None:
     with pytest.raises(JoinRefused) as caught:
         check_ca(token, other_ca.cert_pem)
     assert caught.value.message.startswith(
-        "the manager's CA certificate does not match the join token (digest "
+        "the manager's CA certificate does not match the join token (its digest is "
     )
     assert caught.value.message.endswith("): check the token and the manager address")
+
+
+def test_a_digest_altered_at_its_end_is_told_apart(ca: RootCA) -> None:
+    real = ca_digest(ca.cert_pem)
+    altered = real[:-1] + ("0" if real[-1] != "0" else "1")
+    with pytest.raises(JoinRefused) as caught:
+        check_ca(JoinToken(1, altered, SECRET), ca.cert_pem)
+    # Both digests are shown whole, so the difference is there to see.
+    assert f"its digest is {real}, the token expects {altered}" in caught.value.message
 
 
 def test_secrets_match() -> None:

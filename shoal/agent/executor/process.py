@@ -392,7 +392,7 @@ class ProcessController(Controller):
         else:
             self._mkdir(self._cwd)
         self._find_program()
-        self._mkdir(self._executor.log_dir(self._task_id))
+        self._mkdir(self._executor.log_dir(self._task_id), mode=0o700)
 
     async def start(self) -> None:
         if not self._argv:
@@ -404,7 +404,8 @@ class ProcessController(Controller):
     def _spawn(self) -> None:
         log_dir = self._executor.log_dir(self._task_id)
         try:
-            with open(log_dir / "stdout.log", "ab") as stdout, open(log_dir / "stderr.log", "ab") as stderr:
+            with open(log_dir / "stdout.log", "ab", opener=_private) as stdout, \
+                    open(log_dir / "stderr.log", "ab", opener=_private) as stderr:
                 run_as = self._run_as
                 self._popen = subprocess.Popen(
                     self._argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, cwd=self._cwd,
@@ -528,11 +529,16 @@ class ProcessController(Controller):
         elif shutil.which(program, path=self._env.get("PATH")) is None:
             raise TaskRejected(f'exec: "{program}": executable file not found in $PATH')
 
-    def _mkdir(self, folder: Path) -> None:
+    def _mkdir(self, folder: Path, mode: int = 0o777) -> None:
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True, mode=mode)
         except OSError as exc:
             raise ExecutorError(f"cannot create {folder}: {exc}") from exc
+
+
+def _private(path: str, flags: int) -> int:
+    """Open a file that only its owner may read (task logs can hold anything a task prints)."""
+    return os.open(path, flags, 0o600)
 
 
 def _remove_folders(folders: Sequence[Path]) -> None:

@@ -19,6 +19,9 @@ from typing import Any
 from shoal.errors import InvalidArgument
 from shoal.types import Doc
 
+# Docker's integer fields are int64 or uint64 on the wire: a larger number is refused as its decoder would.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
 
 def field_path(path: str, key: str) -> str:
     """`TaskTemplate` + `ContainerSpec` -> `TaskTemplate.ContainerSpec`."""
@@ -52,9 +55,12 @@ def optional_int(doc: Doc, key: str, path: str, minimum: int | None = 0, maximum
     value = doc.get(key)
     if value is None:
         return None
-    if _is_int(value) and (minimum is None or value >= minimum) and (maximum is None or value <= maximum):
+    if _is_int(value) and (INT64_MIN if minimum is None else minimum) <= value <= (
+            INT64_MAX if maximum is None else maximum):
         return int(value)
-    if minimum is not None and maximum is not None:
+    if _is_int(value) and maximum is None:
+        wanted = "a whole number that fits in 64 bits"
+    elif minimum is not None and maximum is not None:
         wanted = f"a whole number from {minimum} to {maximum}"
     elif minimum is not None:
         wanted = f"a whole number >= {minimum}"

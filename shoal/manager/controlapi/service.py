@@ -12,7 +12,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
-from shoal.errors import Conflict, InvalidArgument
+from shoal import codec
+from shoal.errors import Conflict, InvalidArgument, TooLarge
 from shoal.manager.controlapi import (
     field_path,
     optional_bool,
@@ -176,6 +177,13 @@ def parse_constraint(text: str) -> Constraint:
 
 # ---- validation -----------------------------------------------------------------------------------------
 
+# The most replicas one service may ask for: the largest swarm measured (bench/scale.py, 100,000 tasks on 1,000
+# nodes). Docker takes any uint64; shoal refuses a count it would take hours and gigabytes of store to reach.
+MAX_REPLICAS = 100_000
+# Every task carries a copy of its service's spec, so a spec's size is paid once per replica, in the store
+# and on the wire to each node.
+MAX_SPEC_BYTES = 256 * 1024
+
 def validate_service_spec(spec: object) -> Doc:
     """Check a ServiceSpec body and return a normalised copy, or raise InvalidArgument naming the field.
 
@@ -207,6 +215,10 @@ def validate_service_spec(spec: object) -> Doc:
             _check_update_config(config, key, actions)
     out["EndpointSpec"] = _normalised_endpoint_spec(out.get("EndpointSpec"))
     _check_network_attachments(out, "")
+    size = len(codec.dumps(out))
+    if size > MAX_SPEC_BYTES:
+        raise TooLarge(f"the service spec is {size} bytes; shoal keeps at most {MAX_SPEC_BYTES} (each task carries "
+                       "a copy): keep large data such as long environment values out of the spec")
     return out
 
 
@@ -378,7 +390,7 @@ def _normalised_mode(mode: object) -> Doc:
     if GLOBAL in out:
         return out
     replicated = out.setdefault(REPLICATED, {})
-    count = optional_int(replicated, "Replicas", "Mode.Replicated")
+    count = optional_int(replicated, "Replicas", "Mode.Replicated", maximum=MAX_REPLICAS)
     replicated["Replicas"] = 1 if count is None else count
     return out
 

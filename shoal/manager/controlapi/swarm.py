@@ -8,6 +8,7 @@ defaults.
 from __future__ import annotations
 
 import copy
+import os
 from typing import Any
 
 from shoal.errors import InvalidArgument
@@ -76,8 +77,9 @@ def _is_zero(value: Any) -> bool:
     return value is None or value is False or value == 0 or value == "" or value == {} or value == []
 
 
-def validate_swarm_spec(spec: object) -> Doc:
-    """Check a SwarmSpec (the body of `POST /swarm/update`, or `Spec` of `/swarm/init`) and fill defaults."""
+def validate_swarm_spec(spec: object, min_cert_expiry: int = MIN_NODE_CERT_EXPIRY) -> Doc:
+    """Check a SwarmSpec (the body of `POST /swarm/update`, or `Spec` of `/swarm/init`) and fill defaults.
+    `min_cert_expiry` (ns) is swarmkit's floor of an hour; tests lower it to watch certificates renew."""
     if spec is None:
         spec = {}
     if not isinstance(spec, dict):
@@ -101,10 +103,10 @@ def validate_swarm_spec(spec: object) -> Doc:
     optional_duration(dispatcher, "HeartbeatPeriod", "Dispatcher")
     ca_config = optional_object(spec, "CAConfig", "") or {}
     expiry = optional_duration(ca_config, "NodeCertExpiry", "CAConfig")
-    if expiry and expiry < MIN_NODE_CERT_EXPIRY:
+    if expiry and expiry < min_cert_expiry:
         raise InvalidArgument(
-            f"CAConfig.NodeCertExpiry must be at least 1h ({MIN_NODE_CERT_EXPIRY} ns) or 0 for the default "
-            f"(got {expiry})"
+            f"CAConfig.NodeCertExpiry must be at least {min_cert_expiry // SECOND}s ({min_cert_expiry} ns) or 0 for "
+            f"the default (got {expiry})"
         )
     optional_object_list(ca_config, "ExternalCAs", "CAConfig")
     for key in ("SigningCACert", "SigningCAKey"):
@@ -120,9 +122,21 @@ def validate_swarm_spec(spec: object) -> Doc:
     return merge_swarm_spec(default_swarm_spec(), spec)
 
 
-def validate_swarm_spec_update(spec: object) -> Doc:
+def validate_swarm_spec_update(spec: object, min_cert_expiry: int = MIN_NODE_CERT_EXPIRY) -> Doc:
     """The body of `POST /swarm/update`, checked; zeros take the defaults as swarm does."""
-    return validate_swarm_spec(spec)
+    return validate_swarm_spec(spec, min_cert_expiry)
+
+
+def node_cert_expiry_seconds(cluster: Doc | None) -> int:
+    """How long the node certificates the CA issues are valid (`--cert-expiry`, 90 days by default)."""
+    ns = (((cluster or {}).get("Spec") or {}).get("CAConfig") or {}).get("NodeCertExpiry") or DEFAULT_NODE_CERT_EXPIRY
+    return max(1, int(ns) // SECOND)
+
+
+def min_cert_expiry_from_environment() -> int:
+    """The floor of NodeCertExpiry in ns: an hour, or SHOAL_MIN_CERT_EXPIRY seconds (a test's setting)."""
+    text = os.environ.get("SHOAL_MIN_CERT_EXPIRY", "")
+    return int(text) * SECOND if text.isdigit() and int(text) > 0 else MIN_NODE_CERT_EXPIRY
 
 
 def swarm_view(cluster_doc: Doc) -> Doc:

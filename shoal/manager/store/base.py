@@ -65,7 +65,7 @@ class Op:
     expect_version: int = 0
     # A unique-name key written (create) or released (delete) in the same transaction.
     name_key: str | None = None
-    raw: bytes | None = None
+    raw: bytes | None = None  # the value of a "put"; of a create or update, `doc` encoded (when done already)
 
 
 @dataclass

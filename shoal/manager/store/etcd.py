@@ -162,6 +162,39 @@ class EtcdStore:
             raise _wrap_errors(exc) from exc
         return None if kv is None else bytes(kv.value)
 
+    async def list_raw(self, prefix: str) -> dict[str, bytes]:
+        """Every key under `prefix` with its value (keys that are not objects: the store CA's records)."""
+        try:
+            result = await self.client.get_prefix(prefix.encode())
+        except Exception as exc:
+            raise _wrap_errors(exc) from exc
+        return {kv.key.decode(): bytes(kv.value) for kv in result}
+
+    async def follow_raw(self, key: str) -> AsyncIterator[bytes | None]:
+        """The value of `key` now and after every change (None once deleted). The watch starts before the
+        first read, so no change falls between them; a value may be told twice."""
+        try:
+            await self.client.connect()
+            call = rpc.WatchStub(self.client.channel).Watch()
+            await call.write(rpc.WatchRequest(create_request=rpc.WatchCreateRequest(key=key.encode())))
+            if (await call.read()) is grpc.aio.EOF:  # the "created" answer
+                raise NoQuorum("store watch ended")
+        except Exception as exc:
+            raise _wrap_errors(exc) from exc
+        try:
+            yield await self.get_raw(key)
+            while True:
+                try:
+                    response = await call.read()
+                except Exception as exc:
+                    raise _wrap_errors(exc) from exc
+                if response is grpc.aio.EOF or response.canceled:
+                    raise NoQuorum("store watch ended")
+                for event in response.events:
+                    yield bytes(event.kv.value) if event.type == rpc.Event.PUT else None
+        finally:
+            call.cancel()
+
     async def snapshot(self) -> Snapshot:
         """Every object at one revision (a single range read is consistent)."""
         try:
@@ -216,7 +249,7 @@ class EtcdStore:
             value = b""
             if op.kind == "create":
                 assert op.doc is not None
-                value = encode(op.doc)
+                value = op.raw if op.raw is not None else encode(op.doc)  # the applier may have encoded it
                 compare.append(_created(key, rpc.Compare.EQUAL))
                 success.append(_put(key, value))
                 if op.name_key:
@@ -224,7 +257,7 @@ class EtcdStore:
                     success.append(_put(op.name_key.encode(), op.doc["ID"].encode()))
             elif op.kind == "update":
                 assert op.doc is not None
-                value = encode(op.doc)
+                value = op.raw if op.raw is not None else encode(op.doc)
                 compare.append(_modified(key, op.expect_version) if op.expect_version
                                else _created(key, rpc.Compare.GREATER))
                 success.append(_put(key, value))
