@@ -7,6 +7,7 @@ CA is that node, so servers read the identity from the peer certificate rather t
 
 from __future__ import annotations
 
+import base64
 import os
 import ssl
 import tempfile
@@ -107,6 +108,48 @@ def identity_from_peercert(peercert: Mapping[str, Any] | None) -> NodeIdentity:
     return _identity(
         fields.get("commonName"), fields.get("organizationalUnitName"), fields.get("organizationName")
     )
+
+
+def split_pem(bundle: bytes) -> list[bytes]:
+    """The certificates of a PEM bundle (a chain, or the roots a node trusts), each as PEM."""
+    marker = b"-----END CERTIFICATE-----"
+    return [part.strip() + b"\n" for part in (chunk + marker for chunk in bundle.split(marker)[:-1])
+            if b"-----BEGIN CERTIFICATE-----" in part]
+
+
+def issuer_of(chain_pem: bytes, trusted_pem: bytes) -> x509.Certificate | None:
+    """The certificate that signed the first one of `chain_pem`, among the rest of the chain and the trusted
+    roots (several roots share a name during a root rotation, so the signature decides)."""
+    certs = split_pem(chain_pem)
+    if not certs:
+        return None
+    leaf = load_certificate(certs[0])
+    for candidate_pem in [*certs[1:], *split_pem(trusted_pem)]:
+        candidate = load_certificate(candidate_pem)
+        try:
+            leaf.verify_directly_issued_by(candidate)
+        except (InvalidSignature, ValueError, TypeError):
+            continue
+        return candidate
+    return None
+
+
+def public_key_der(cert: x509.Certificate) -> bytes:
+    return cert.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def tls_info(chain_pem: bytes, trusted_pem: bytes) -> dict[str, str]:
+    """Docker's node `Description.TLSInfo`: the root the node trusts and who issued its certificate (the
+    issuer's subject and public key, DER in base64), which `swarm ca --rotate` watches change."""
+    issuer = issuer_of(chain_pem, trusted_pem)
+    roots = split_pem(trusted_pem)
+    if issuer is None:
+        return {"TrustRoot": (roots[-1] if roots else b"").decode(), "CertIssuerSubject": "",
+                "CertIssuerPublicKey": ""}
+    return {"TrustRoot": (roots[-1] if roots else b"").decode(),
+            "CertIssuerSubject": base64.b64encode(issuer.subject.public_bytes()).decode(),
+            "CertIssuerPublicKey": base64.b64encode(public_key_der(issuer)).decode()}
 
 
 def cert_validity(cert_pem: bytes) -> tuple[datetime, datetime]:

@@ -39,6 +39,8 @@ from shoal.certs import (
     make_key_and_csr,
     renewal_time,
     server_ssl_context,
+    split_pem,
+    tls_info,
     write_private,
 )
 from shoal.clock import Clock, SystemClock
@@ -54,7 +56,7 @@ from shoal.errors import (
 )
 from shoal.ids import new_id
 from shoal.loopmonitor import LoopMonitor
-from shoal.manager import store_access
+from shoal.manager import ca_rotation, store_access
 from shoal.manager.autolock import (
     KEY_ID_FIELD,
     UNLOCK_KEY_STORE,
@@ -275,15 +277,19 @@ class Daemon:
         return ProcessExecutor(self.state_dir / "agent")
 
     def describe(self) -> Doc:
+        """What the node reports of itself in its session's hello (the node's Description)."""
         executor_desc = self._executor.describe()
         engine = dict(executor_desc.get("Engine") or {})
         engine["Labels"] = {**(engine.get("Labels") or {}), **self.config.engine_labels}
-        return {
+        description: Doc = {
             "Hostname": self.hostname,
             "Platform": executor_desc.get("Platform") or {"Architecture": platform.machine(), "OS": "linux"},
             "Resources": executor_desc.get("Resources") or {},
             "Engine": engine,
         }
+        with contextlib.suppress(OSError, InvalidArgument):
+            description["TLSInfo"] = tls_info(self.disk_tls.cert.read_bytes(), self.disk_tls.ca.read_bytes())
+        return description
 
     async def start(self) -> None:
         # Keys, the task record and task logs live here: only root may read them (mkdir's mode spares an
@@ -372,7 +378,7 @@ class Daemon:
         return Agent(self.record.node_id, managers, context, self.state_dir / "agent", self._executor, self.clock,
                      self.describe, self._remember_managers, self.change_role, self.record.port, mesh=mesh,
                      liveness=monitor.alive, loop_lag=lambda: monitor.recent_max(HEARTBEAT_LAG_WINDOW),
-                     on_manager_gone=self._manager_gone)
+                     on_manager_gone=self._manager_gone, on_trust=self._on_trust)
 
     async def _manager_gone(self, addr: str) -> None:
         """This node's agent lost its session unexpectedly: a manager here checks whether the leader died."""
@@ -388,7 +394,7 @@ class Daemon:
                 return
             role = str(answer["role"])
             if role == record.role:
-                self._use_renewed_certificate(answer, key_pem)
+                await self._use_renewed_certificate(answer, key_pem)
                 return
             log.info("changing role: %s -> %s", record.role, role)
             if record.role == Role.MANAGER.value and self.manager_secrets.is_locked():
@@ -419,8 +425,22 @@ class Daemon:
             self._save_record()
             await self.agent.reconnect(client_ssl_context(self.tls.ca, self.tls.cert, self.tls.key), managers)
 
-    def _use_renewed_certificate(self, answer: Doc, key_pem: bytes) -> None:
-        """A renewed certificate for the node's own key: new connections present it from now on."""
+    async def _on_trust(self, bundle: str, renew: bool) -> None:
+        """The roots this node trusts now (a root rotation adds the new one, then drops the old one), and
+        whether to renew its certificate from the new root."""
+        tls = self.disk_tls
+        roots = split_pem(bundle.encode())
+        if roots and bundle.encode() != _read_or_empty(tls.ca):
+            write_private(tls.ca, bundle.encode())
+            if self._server_context is not None:
+                self._server_context.load_verify_locations(cadata=bundle)
+            log.info("trusting %d root certificate%s now", len(roots), "s" if len(roots) != 1 else "")
+        if renew and self.agent is not None and await self.agent.request_certificate(self.tls.key.read_bytes()):
+            log.info("renewing this node's certificate from the swarm's new root CA")
+
+    async def _use_renewed_certificate(self, answer: Doc, key_pem: bytes) -> None:
+        """A renewed certificate for the node's own key: the session starts again presenting it (and the node's
+        TLSInfo, which a root rotation waits for), and the swarm port serves it."""
         if key_pem != self.tls.key.read_bytes():
             log.warning("ignoring a certificate for a key this node does not hold")
             return
@@ -430,7 +450,7 @@ class Daemon:
         if self._server_context is not None:
             self._server_context.load_cert_chain(tls.cert, tls.key)  # the swarm port's next handshakes
         if self.agent is not None:
-            self.agent.use_certificate(client_ssl_context(tls.ca, tls.cert, tls.key))
+            await self.agent.reconnect(client_ssl_context(tls.ca, tls.cert, tls.key), self.agent.managers)
         self._expired_logged = False
         log.info("certificate renewed: valid until %s", cert_validity(cert)[1].isoformat())
 
@@ -567,8 +587,7 @@ class Daemon:
             timestamp = to_rfc3339(now)
             cluster: Doc = {
                 "ID": cluster_id, "CreatedAt": timestamp, "UpdatedAt": timestamp, "Spec": spec,
-                "TLSInfo": {"TrustRoot": ca.cert_pem.decode(), "CertIssuerSubject": "", "CertIssuerPublicKey": ""},
-                "RootRotationInProgress": False, "DefaultAddrPool": ["10.0.0.0/8"], "SubnetSize": 24,
+                **ca_rotation.initial_fields(ca), "DefaultAddrPool": ["10.0.0.0/8"], "SubnetSize": 24,
                 "DataPathPort": 4789,
                 "JoinTokens": {"Worker": make_token(ca.cert_pem), "Manager": make_token(ca.cert_pem)},
             }
@@ -832,6 +851,13 @@ class Daemon:
                 info["Cluster"] = self.control.get_swarm()
                 info["Cluster"].pop("JoinTokens", None)
         return info
+
+
+def _read_or_empty(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
 
 
 def setup_logging(level: str) -> None:

@@ -54,7 +54,8 @@ class Agent:
                  on_certificate: Callable[[Doc, bytes], Coroutine[Any, Any, None]] | None = None,
                  listen_port: int = 2377, mesh: RoutingMesh | None = None,
                  liveness: Callable[[], float] | None = None, loop_lag: Callable[[], float] | None = None,
-                 on_manager_gone: Callable[[str], Coroutine[Any, Any, None]] | None = None) -> None:
+                 on_manager_gone: Callable[[str], Coroutine[Any, Any, None]] | None = None,
+                 on_trust: Callable[[str, bool], Coroutine[Any, Any, None]] | None = None) -> None:
         self.node_id = node_id
         self.managers = list(managers)
         self.ssl_context = ssl_context
@@ -63,6 +64,7 @@ class Agent:
         self.description = description
         self.on_managers = on_managers
         self.on_certificate = on_certificate
+        self.on_trust = on_trust
         self.listen_port = listen_port
         self._pending_key: bytes | None = None
         self._role_change: asyncio.Task[None] | None = None
@@ -269,6 +271,9 @@ class Agent:
             key, self._pending_key = self._pending_key, None
             # The daemon changes role outside the session (it may stop the manager this session talks to).
             self._role_change = asyncio.create_task(self.on_certificate(message, key), name="role-change")
+        elif kind == "trust" and self.on_trust is not None:
+            # The roots to trust (a root rotation adds the new one, then drops the old), and whether to renew.
+            await self.on_trust(str(message.get("bundle") or ""), bool(message.get("renew")))
         elif kind == "endpoints" and self.mesh is not None:
             try:
                 table = [Listener.from_wire(doc) for doc in message.get("listeners") or []]

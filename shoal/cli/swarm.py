@@ -1,10 +1,11 @@
-"""`shoal swarm init|join|join-token|leave|update|inspect|unlock|unlock-key`."""
+"""`shoal swarm init|join|join-token|leave|update|inspect|unlock|unlock-key|ca`."""
 
 from __future__ import annotations
 
 import argparse
 import getpass
 import sys
+import time
 from typing import Any
 
 from shoal import config
@@ -65,6 +66,13 @@ def register(commands: Any) -> None:
 
     unlock = sub.add_parser("unlock", help="Unlock swarm")
     unlock.set_defaults(handler=run_unlock)
+
+    ca = sub.add_parser("ca", help="Display and rotate the root CA")
+    ca.add_argument("--rotate", action="store_true", help="Rotate the swarm CA: a new root for every node")
+    ca.add_argument("-d", "--detach", action="store_true",
+                    help="Exit immediately instead of waiting for the root rotation to finish")
+    ca.add_argument("-q", "--quiet", action="store_true", help="Suppress progress output")
+    ca.set_defaults(handler=run_ca)
 
     unlock_key = sub.add_parser("unlock-key", help="Manage the unlock key")
     unlock_key.add_argument("-q", "--quiet", action="store_true", help="Only display the key")
@@ -270,3 +278,46 @@ def run_unlock_key(ctx: CliContext, args: argparse.Namespace) -> int:
 def run_inspect(ctx: CliContext, args: argparse.Namespace) -> int:
     print_json(ctx, ctx.client().get("/swarm"))
     return 0
+
+
+ROTATION_POLL = 0.5
+
+
+def run_ca(ctx: CliContext, args: argparse.Namespace) -> int:
+    client = ctx.client()
+    swarm = client.get("/swarm")
+    if args.rotate:
+        spec = swarm["Spec"]
+        ca_config = spec.setdefault("CAConfig", {})
+        ca_config["ForceRotate"] = int(ca_config.get("ForceRotate") or 0) + 1
+        params = {"rotateManagerToken": "false", "rotateManagerUnlockKey": "false", "rotateWorkerToken": "false",
+                  "version": swarm["Version"]["Index"]}
+        client.post("/swarm/update", params=params, json=spec)
+        if args.detach:
+            return 0
+        swarm = wait_for_rotation(ctx, args.quiet)
+    ctx.print(str((swarm.get("TLSInfo") or {}).get("TrustRoot") or "").rstrip("\n"))
+    return 0
+
+
+def wait_for_rotation(ctx: CliContext, quiet: bool) -> dict[str, Any]:
+    """Show how many nodes run on a certificate of the new root until the rotation ends (as docker does)."""
+    client = ctx.client()
+    shown = ""
+    while True:
+        swarm = client.get("/swarm")
+        nodes = [n for n in client.get("/nodes") if (n.get("Status") or {}).get("State") != "down"]
+        if not swarm.get("RootRotationInProgress"):
+            return dict(swarm)
+        line = f"rotated TLS certificates: {_on_new_root(swarm, nodes)}/{len(nodes)} nodes"
+        if line != shown and not quiet:
+            print(line, file=sys.stderr, flush=True)
+            shown = line
+        time.sleep(ROTATION_POLL)
+
+
+def _on_new_root(swarm: dict[str, Any], nodes: list[dict[str, Any]]) -> int:
+    """Nodes whose certificate no longer comes from the old root (GET /swarm names it until the end)."""
+    old = (swarm.get("TLSInfo") or {}).get("CertIssuerPublicKey")
+    issuers = [((n.get("Description") or {}).get("TLSInfo") or {}).get("CertIssuerPublicKey") for n in nodes]
+    return sum(1 for issuer in issuers if issuer and issuer != old)

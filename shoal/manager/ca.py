@@ -195,6 +195,35 @@ class RootCA:
         )
         return cert.public_bytes(serialization.Encoding.PEM)
 
+    def cross_sign(self, other: RootCA) -> bytes:
+        """`other`'s root certificate re-issued by this CA (PEM): during a root rotation, certificates of the new
+        root carry it, so that nodes which trust only the old root still accept them."""
+        theirs = other._certificate
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(theirs.subject)
+            .issuer_name(self._certificate.subject)
+            .public_key(theirs.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(theirs.not_valid_before_utc)
+            .not_valid_after(min(theirs.not_valid_after_utc, self._certificate.not_valid_after_utc))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=False, content_commitment=False, key_encipherment=False,
+                    data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                    encipher_only=False, decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(theirs.public_key()), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._private_key.public_key()), critical=False
+            )
+            .sign(self._private_key, hashes.SHA256())
+        )
+        return cert.public_bytes(serialization.Encoding.PEM)
+
     def sign_crl(self, revoked_serials: Iterable[int], now: datetime | None = None) -> bytes:
         """A certificate revocation list (PEM) naming `revoked_serials`, valid as long as the CA."""
         issued_at = _now(now)

@@ -10,6 +10,7 @@ import logging
 from shoal.clock import Clock
 from shoal.errors import Conflict, InvalidArgument, NotFound, SequenceConflict
 from shoal.ids import generated_name, new_id
+from shoal.manager import ca_rotation
 from shoal.manager.autolock import (
     KEY_ID_FIELD,
     UNLOCK_KEY_STORE,
@@ -18,6 +19,7 @@ from shoal.manager.autolock import (
     read_unlock_key,
     set_unlock_key,
 )
+from shoal.manager.ca import RootCA
 from shoal.manager.controlapi import filters as flt
 from shoal.manager.controlapi.node import node_view, validate_node_spec_update
 from shoal.manager.controlapi.resolve import node_names, resolve, service_name, task_name_of
@@ -37,8 +39,9 @@ from shoal.manager.controlapi.swarm import (
 )
 from shoal.manager.controlapi.task import task_view
 from shoal.manager.dispatcher import RESTARTING_UNTIL
+from shoal.manager.keys import encode_ca
 from shoal.manager.manager import Manager
-from shoal.manager.store.base import Batch
+from shoal.manager.store.base import CA_KEY, Batch
 from shoal.manager.store.etcd import EtcdStore
 from shoal.timefmt import to_rfc3339
 from shoal.tokens import make_token
@@ -98,17 +101,23 @@ class ControlAPI:
         new = dict(cluster)
         new["Spec"] = validate_swarm_spec_update(spec, min_cert_expiry_from_environment())
         batch = Batch()
+        if ca_rotation.force_rotate(new["Spec"]) != ca_rotation.force_rotate(cluster.get("Spec")):
+            old_ca = await self.manager.root_ca()
+            new_ca = RootCA.create(cluster["ID"])
+            new = ca_rotation.start(new, old_ca, new_ca)
+            batch.put_raw(CA_KEY, encode_ca(new_ca, self.manager.manager_key(), CA_KEY))
         if autolock_on(new) and (rotate_unlock_key or not cluster.get(KEY_ID_FIELD)):
             set_unlock_key(batch, new, new_unlock_key(), self.manager.manager_key())
         elif not autolock_on(new) and cluster.get(KEY_ID_FIELD):
             set_unlock_key(batch, new, None, self.manager.manager_key())
         tokens = dict(cluster["JoinTokens"])
         if rotate_worker or rotate_manager:
-            ca = await self.manager.root_ca()
+            # A token pins the root nodes trust first (during a root rotation, still the old one).
+            trust_root = str((cluster.get("TLSInfo") or {}).get("TrustRoot") or "").encode()
             if rotate_worker:
-                tokens["Worker"] = make_token(ca.cert_pem)
+                tokens["Worker"] = make_token(trust_root)
             if rotate_manager:
-                tokens["Manager"] = make_token(ca.cert_pem)
+                tokens["Manager"] = make_token(trust_root)
         new["JoinTokens"] = tokens
         new["UpdatedAt"] = to_rfc3339(self.clock.now())
         await self._commit(batch.update(CLUSTERS, new))

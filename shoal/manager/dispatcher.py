@@ -29,6 +29,7 @@ from shoal import codec
 from shoal.certs import identity_from_peercert
 from shoal.clock import Clock
 from shoal.errors import InvalidArgument, NotLeader, ShoalError
+from shoal.manager import ca_rotation
 from shoal.manager.applier import Applier
 from shoal.manager.cache import Cache
 from shoal.manager.controlapi.node import MESH_ERRORS_FIELD
@@ -40,6 +41,7 @@ from shoal.mesh.table import BACKEND_PORTS, endpoint_table, published_ports
 from shoal.timefmt import from_rfc3339, to_rfc3339
 from shoal.timeouts import within
 from shoal.types import (
+    CLUSTERS,
     NODES,
     SERVICES,
     TASKS,
@@ -132,6 +134,8 @@ class NodeSession:
     transport: asyncio.Transport | None = None
     role_told: str = ""  # the role we last asked the agent to take on
     check_role: bool = False
+    check_trust: bool = False
+    trust_told: tuple[str, bool] | None = None  # the roots and the renewal we last told the agent of
     send_managers: bool = False
     restarting: bool = False  # the agent said its daemon is restarting
     gave_up: bool = False  # the agent left because this manager did not answer in time
@@ -329,6 +333,7 @@ class Dispatcher:
         # The first assignment set is complete; later ones carry only changes.
         await self._send_full(session)
         await self._tell_role(session)
+        await self._tell_trust(session)
 
     async def _register(self, node_id: str, description: Doc, peer_ip: str) -> None:
         """Record the node as ready with what it reports about itself (retried until written)."""
@@ -431,6 +436,18 @@ class Dispatcher:
             session.role_told = wanted
             await session.send({"type": "role", "role": wanted})
 
+    async def _tell_trust(self, session: NodeSession) -> None:
+        """Tell the agent which roots to trust, and to renew its certificate during a root rotation while an
+        old root issued it (ca_rotation.py)."""
+        cluster = self.cache.cluster()
+        if cluster is None:
+            return
+        told = (ca_rotation.trust_bundle(cluster),
+                ca_rotation.needs_renewal(self.cache.get(NODES, session.node_id), cluster))
+        if told != session.trust_told:
+            session.trust_told = told
+            await session.send({"type": "trust", "bundle": told[0], "renew": told[1]})
+
     def _on_event(self, event: Event, prev: Doc | None) -> None:
         if self._may_change_endpoints(event, prev):
             self._endpoints = None
@@ -443,8 +460,12 @@ class Dispatcher:
                 session.wake.set()
         if event.kind == NODES and event.obj_id in self.sessions:
             session = self.sessions[event.obj_id]
-            session.check_role = True
+            session.check_role = session.check_trust = True
             session.wake.set()
+        if event.kind == CLUSTERS:
+            for session in self.sessions.values():
+                session.check_trust = True
+                session.wake.set()
         if event.kind != TASKS or not self.sessions:
             return
         for doc in (prev, event.doc):
@@ -509,6 +530,9 @@ class Dispatcher:
             if session.check_role:
                 session.check_role = False
                 await self._tell_role(session)
+            if session.check_trust:
+                session.check_trust = False
+                await self._tell_trust(session)
             if session.send_managers:
                 session.send_managers = False
                 await session.send({"type": "managers", "managers": self.managers()})

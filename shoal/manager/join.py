@@ -9,6 +9,7 @@ import logging
 from shoal.clock import Clock
 from shoal.errors import InvalidArgument, JoinRefused, ShoalError
 from shoal.ids import new_id
+from shoal.manager import ca_rotation
 from shoal.manager.controlapi.swarm import node_cert_expiry_seconds
 from shoal.manager.etcd_member import peer_url
 from shoal.manager.manager import Manager
@@ -65,7 +66,7 @@ async def handle_join(manager: Manager, clock: Clock, body: Doc, peer_ip: str, m
     node_id = new_id()
     ca = await manager.root_ca()
     cert = ca.sign_csr(csr, node_id, role.value, cluster["ID"], [addr, "127.0.0.1"],
-                       expiry_seconds=node_cert_expiry_seconds(cluster))
+                       expiry_seconds=node_cert_expiry_seconds(cluster)) + ca_rotation.ca_chain(cluster)
     answer: Doc = {"NodeID": node_id, "ClusterID": cluster["ID"], "Role": role.value,
                    "Certificate": cert.decode(), "Managers": manager.manager_addrs()}
     if role == Role.MANAGER:

@@ -19,6 +19,7 @@ from shoal.clock import Clock
 from shoal.config import EtcdEndpoints
 from shoal.errors import NoQuorum, ShoalError
 from shoal.loopmonitor import LoopMonitor
+from shoal.manager import ca_rotation
 from shoal.manager.applier import Applier
 from shoal.manager.ca import RootCA
 from shoal.manager.cache import Cache
@@ -40,13 +41,15 @@ from shoal.manager.store.etcd import (
 )
 from shoal.manager.store_access import STORE_CA_KEY, StoreAccess
 from shoal.supervise import Supervisor
-from shoal.timefmt import SECOND
+from shoal.timefmt import SECOND, to_rfc3339
 from shoal.timeouts import within
-from shoal.types import NODES, Doc, Role
+from shoal.tokens import make_token
+from shoal.types import CLUSTERS, NODES, Doc, Role
 
 log = logging.getLogger(__name__)
 
 MEMBER_ADD_TIMEOUT = 30.0
+ROTATION_CHECK_PERIOD = 1.0  # how often the leader looks whether a root CA rotation can end
 PROBE_TIMEOUT = 1.0
 MAX_HEARTBEATS_PER_SECOND = 200
 DEAD_LEADER_DEADLINE = 5.0  # past it, the dead leader's lease has expired anyway
@@ -110,7 +113,7 @@ class Manager:
         self.keeper: KeeperProcess | None = None
         self.dispatcher: Dispatcher | None = None
         self.api_applier: Applier | None = None
-        self._root_ca: RootCA | None = None
+        self.leader_applier: Applier | None = None
         self._store_ca: RootCA | None = None
         self.access: StoreAccess | None = None
 
@@ -149,7 +152,7 @@ class Manager:
         self.keeper = self._lease_keeper(lambda: monitor.progressing(MAX_LOOP_STALL))
         await self.keeper.start()
         self.election = LeaderElection(client, self.node_id, self.keeper)
-        leader_applier = Applier(self.store, fence=lambda: self.node_id)
+        leader_applier = self.leader_applier = Applier(self.store, fence=lambda: self.node_id)
         self.api_applier = Applier(self.store, fence=lambda: None)
         self.dispatcher = Dispatcher(self.cache, self.store, leader_applier, self.clock,
                                      heartbeat_period=self.heartbeat_period, managers=self.manager_addrs,
@@ -206,6 +209,26 @@ class Manager:
         self.leader_loops.start("scheduler", self.scheduler.run)
         self.leader_loops.start("node-health", dispatcher.node_health_loop)
         self.leader_loops.start("task-status", dispatcher.flush_status_loop)
+        self.leader_loops.start("ca-rotation", self._finish_ca_rotation)
+
+    async def _finish_ca_rotation(self) -> None:
+        """End a root CA rotation once every node that is not down runs on a certificate of the new root."""
+        while True:
+            await asyncio.sleep(ROTATION_CHECK_PERIOD)
+            cluster = self.cache.cluster()
+            if cluster is None or not cluster.get(ca_rotation.IN_PROGRESS):
+                continue
+            done, total = ca_rotation.progress(cluster, list(self.cache.nodes().values()))
+            if done < total:
+                continue
+            ca = await self.root_ca()
+            finished = ca_rotation.finish(cluster, ca, {"Worker": make_token(ca.cert_pem),
+                                                         "Manager": make_token(ca.cert_pem)})
+            finished["UpdatedAt"] = to_rfc3339(self.clock.now())
+            assert self.leader_applier is not None
+            result = await self.leader_applier.write(Batch().update(CLUSTERS, finished))
+            if result.written:
+                log.info("root CA rotation complete: %d nodes on the new root; new join tokens", total)
 
     async def _on_deposed(self) -> None:
         await self.leader_loops.stop()
@@ -284,9 +307,8 @@ class Manager:
         return decode_ca(raw, self.manager_key(), key)
 
     async def root_ca(self) -> RootCA:
-        if self._root_ca is None:
-            self._root_ca = await self._load_ca(CA_KEY, "cluster CA")
-        return self._root_ca
+        """The CA that signs node certificates now (read each time: a root rotation replaces it)."""
+        return await self._load_ca(CA_KEY, "cluster CA")
 
     async def store_ca(self) -> RootCA:
         if self._store_ca is None:
@@ -318,7 +340,7 @@ class Manager:
         addr = (node.get("Status") or {}).get("Addr") or ""
         ca = await self.root_ca()
         cert = ca.sign_csr(csr, node_id, role, cluster["ID"], [addr, "127.0.0.1"],
-                           expiry_seconds=node_cert_expiry_seconds(cluster))
+                           expiry_seconds=node_cert_expiry_seconds(cluster)) + ca_rotation.ca_chain(cluster)
         answer: Doc = {"certificate": cert.decode(), "role": role}
         if role == Role.MANAGER.value:
             answer.update(await self.manager_credentials(node_id, csr, cluster["ID"], addr))

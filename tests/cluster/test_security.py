@@ -211,3 +211,34 @@ def test_short_lived_certificates_renew_themselves(tmp_path_factory: pytest.Temp
         assert "shoal swarm leave --force" in message and "join-token" in message
     finally:
         cluster.down()
+
+
+def test_root_ca_rotation_moves_every_node_to_the_new_root_without_restarting_tasks(cluster: Cluster) -> None:
+    from shoal.certs import issuer_of, load_certificate, split_pem
+
+    cluster.ok("service", "create", "-d", "--name", "steady", "--replicas", "3", "busybox", "sleep", "600")
+    cluster.wait_running("steady", 3)
+    before = cluster.task_processes()
+    old_root = cluster.get("/swarm")["TLSInfo"]["TrustRoot"]
+    old_token = cluster.ok("swarm", "join-token", "-q", "worker").strip()
+
+    printed = cluster.ok("swarm", "ca", "--rotate", timeout=120)
+
+    swarm = cluster.get("/swarm")
+    new_root = swarm["TLSInfo"]["TrustRoot"]
+    assert swarm["RootRotationInProgress"] is False and new_root != old_root
+    assert printed.strip() == new_root.strip()
+    new_key = load_certificate(new_root.encode()).public_key()
+    for node in cluster.nodes:
+        certs = certs_of(cluster, node.name)
+        wait_for(f"{node.name} to trust the new root alone",
+                 lambda certs=certs: (certs / "ca.pem").read_text().strip() == new_root.strip(), timeout=30)
+        chain = (certs / "node.pem").read_bytes()
+        issuer = issuer_of(chain, new_root.encode())
+        assert issuer is not None and issuer.public_key() == new_key, f"{node.name} still on the old root"
+        assert len(split_pem(chain)) >= 1
+    new_token = cluster.ok("swarm", "join-token", "-q", "worker").strip()
+    assert new_token != old_token and new_token.split("-")[2] != old_token.split("-")[2]  # the digest moved
+    cluster.add_node("worker3")  # joins with the new token, pinning the new root
+    wait_for("worker3 ready", lambda: cluster.node_state("worker3") == "ready", timeout=30)
+    assert cluster.task_processes() == before, "a task was restarted by the rotation"
