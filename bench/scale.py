@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import tempfile
 import time
@@ -114,6 +115,7 @@ def main() -> None:
     parser.add_argument("--managers", type=int, default=3)
     parser.add_argument("--parallelism", type=int, default=1000)
     parser.add_argument("--subnet", default="127.0.47")
+    parser.add_argument("--keep-logs", metavar="DIR", help="copy the daemons' logs here before tearing down")
     parser.add_argument("--skip-update", action="store_true",
                         help="leave out the rolling update (its passes are O(tasks): at 100,000 it takes an hour)")
     args = parser.parse_args()
@@ -214,6 +216,11 @@ def main() -> None:
               f"{sum(debug(m)['Manager']['ElectionsWon'] for m in managers)}, nodes marked down "
               f"{debug(leader)['Manager']['NodesMarkedDown']}", flush=True)
     finally:
+        if args.keep_logs:
+            for log in base.glob("*/*.log"):
+                target = Path(args.keep_logs) / log.parent.name / log.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(log, target)
         playground.down(lambda _: None, base)
 
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import ssl
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -168,7 +169,8 @@ class Agent:
                     backoff = 0.1
                     break  # a follower named the leader: start over with it first
             else:
-                await asyncio.sleep(backoff)
+                # Jittered, so a thousand agents whose leader died do not knock on the new one in step.
+                await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
                 # Short: right after a leader change, followers know the new leader within a second or two.
                 backoff = min(backoff * 2, 0.4)
                 continue

@@ -180,6 +180,10 @@ class Dispatcher:
         self._endpoints: list[Doc] | None = None  # the routing mesh's table, recomputed when it may have changed
         self._publishing: dict[str, tuple[Doc, bool]] = {}
         self.active = False
+        # After an election every agent reconnects at once; with a thousand of them the wave takes a while, and a
+        # node's silence means little while others are still getting through (see check_nodes).
+        self._reconnected: set[str] = set()
+        self._last_session_opened = 0.0
         cache.subscribe(self._on_event)
 
     # ---- leadership -------------------------------------------------------------------------------------
@@ -190,6 +194,8 @@ class Dispatcher:
         now = self._alive() + ELECTION_EXTRA_PERIODS * self.heartbeat_period()
         self.last_heartbeat = {nid: now for nid in self.cache.nodes()}
         self.node_lag = {}
+        self._reconnected = set()
+        self._last_session_opened = self._alive()
         self.active = True
 
     async def mark_nodes_unknown(self) -> int:
@@ -239,6 +245,7 @@ class Dispatcher:
         if old is not None:
             old.drop()  # the agent gave up on it: it may be dead
         self.sessions[identity.node_id] = session
+        self.session_opened(identity.node_id)
         peer = request.transport.get_extra_info("peername") if request.transport else None
         sender = asyncio.create_task(self._send_assignments(session), name=f"assign:{identity.node_id}")
         try:
@@ -255,6 +262,11 @@ class Dispatcher:
             for queue in session.log_queues.values():
                 queue.put_nowait(None)
         return ws
+
+    def session_opened(self, node_id: str) -> None:
+        self._reconnected.add(node_id)
+        self._last_session_opened = self._alive()
+        self.last_heartbeat[node_id] = self._alive()
 
     def session_ended(self, session: NodeSession) -> None:
         """How long the node of a session that just closed has to come back, by how it ended."""
@@ -610,6 +622,10 @@ class Dispatcher:
         for node_id, node in list(self.cache.nodes().items()):
             # A node just joined has to start first (a manager its etcd member and cache): more time.
             last = self.last_heartbeat.setdefault(node_id, now + JOIN_GRACE)
+            if node_id not in self._reconnected:
+                # Not back since this manager became the leader: silent only once the reconnection wave is over
+                # (no session opened for a grace), not while this leader is still taking the others in.
+                last = max(last, self._last_session_opened)
             if (node_state(node) != NodeState.DOWN and now - last > self.grace(node_id)
                     and wall > node.get(RESTARTING_UNTIL, 0)):
                 expired.append(node_id)

@@ -342,6 +342,24 @@ async def test_a_new_leader_waits_for_agents_to_leave_the_old_one_before_countin
     assert await dispatcher.check_nodes() == ["n1"]
 
 
+async def test_silence_counts_only_once_the_reconnection_wave_after_an_election_is_over(
+        harness: Harness) -> None:
+    # A thousand agents reconnecting to a busy new leader take longer than the grace; while sessions keep
+    # opening, a node not back yet is waiting its turn, not dead. Once they stop, the grace runs out.
+    await harness.add_nodes(*(make_node(f"n{i}") for i in range(5)))
+    dispatcher = make_dispatcher(harness)
+    for i in range(4):
+        harness.clock.advance(ELECTION_GRACE - 1)
+        dispatcher.session_opened(f"n{i}")
+        for back in range(i):  # the nodes back already keep beating
+            dispatcher.last_heartbeat[f"n{back}"] = harness.clock.monotonic()
+        assert await dispatcher.check_nodes() == []
+
+    harness.clock.advance(GRACE + 0.5)  # no session opened for a grace: n4 is not coming back
+    dispatcher.last_heartbeat.update({f"n{i}": harness.clock.monotonic() for i in range(4)})
+    assert await dispatcher.check_nodes() == ["n4"]
+
+
 async def test_a_node_reporting_loop_lag_gets_that_much_longer(harness: Harness) -> None:
     await harness.add_nodes(make_node("busy"), make_node("idle"))
     dispatcher = make_dispatcher(harness)
@@ -592,7 +610,7 @@ async def test_a_closed_session_leaves_its_node_the_time_its_goodbye_says(
     dispatcher = make_dispatcher(harness)
     socket = FakeSocket([bye] if bye else [])
     session = NodeSession("n1", cast(web.WebSocketResponse, socket), "worker")
-    dispatcher.last_heartbeat["n1"] = harness.clock.monotonic()
+    dispatcher.session_opened("n1")
 
     await dispatcher._serve(session, "10.0.0.9")
     dispatcher.session_ended(session)
