@@ -43,6 +43,7 @@ REQUEST_TIMEOUT = 6.0
 ATTEMPT_TIMEOUT = 1.5
 RETRIED_CODES = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
 RETRY_PAUSE = 0.1
+DECODE_SLICE = 500  # watch events decoded between two turns of the loop
 
 
 # The certificates name "localhost"; members are addressed by IP, so verify against that name.
@@ -228,7 +229,14 @@ class EtcdStore:
                 if response.canceled:
                     # E.g. the revision was compacted: the cache starts again from a fresh snapshot.
                     raise NoQuorum(f"store watch cancelled: {response.cancel_reason or 'compacted'}")
-                events = [event for ev in response.events if (event := _event(ev)) is not None]
+                # A response can carry thousands of events (several large transactions): decoded a slice at a
+                # time, with the loop serving sessions in between, then handed on whole.
+                raw = response.events
+                events: list[Event] = []
+                for start in range(0, len(raw), DECODE_SLICE):
+                    if start:
+                        await asyncio.sleep(0)
+                    events += [event for ev in raw[start:start + DECODE_SLICE] if (event := _event(ev)) is not None]
                 if events:
                     yield events
         finally:
