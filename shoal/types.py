@@ -85,7 +85,9 @@ NODES = "nodes"
 SERVICES = "services"
 TASKS = "tasks"
 CLUSTERS = "clusters"  # exactly one: the swarm itself (the GET /swarm document)
-KINDS = (NODES, SERVICES, TASKS, CLUSTERS)
+SECRETS = "secrets"  # data sealed with the cluster's data key (manager/keys.py)
+CONFIGS = "configs"
+KINDS = (NODES, SERVICES, TASKS, CLUSTERS, SECRETS, CONFIGS)
 
 
 # ---- task accessors -------------------------------------------------------------------------------------

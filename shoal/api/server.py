@@ -27,7 +27,7 @@ from shoal.manager.controlapi import INT64_MAX
 from shoal.manager.join import handle_join
 from shoal.protocol import CA_PATH, DEBUG_PATH, JOIN_PATH, SESSION_PATH
 from shoal.timefmt import to_rfc3339
-from shoal.types import Doc
+from shoal.types import CONFIGS, SECRETS, Doc
 
 if TYPE_CHECKING:
     from shoal.daemon import Daemon
@@ -335,6 +335,36 @@ async def service_update(request: web.Request) -> web.StreamResponse:
     return reply({"Warnings": None})
 
 
+def object_routes(kind: str) -> list[tuple[str, str, Handler]]:
+    """`/secrets…` or `/configs…`: the same five routes over either kind."""
+    noun = "secret" if kind == SECRETS else "config"
+
+    async def listing(request: web.Request) -> web.StreamResponse:
+        control = daemon_of(request).require_control()
+        return reply(control.list_objects(kind, request.query.get("filters")))
+
+    async def create(request: web.Request) -> web.StreamResponse:
+        control = daemon_of(request).require_control()
+        return reply({"ID": await control.create_object(kind, await json_body(request))}, 201)
+
+    async def inspect(request: web.Request) -> web.StreamResponse:
+        return reply(daemon_of(request).require_control().get_object(kind, request.match_info["id"]))
+
+    async def update(request: web.Request) -> web.StreamResponse:
+        control = daemon_of(request).require_control()
+        await control.update_object(kind, request.match_info["id"], query_version(request, noun),
+                                    await json_body(request))
+        return web.Response(status=200)
+
+    async def delete(request: web.Request) -> web.StreamResponse:
+        await daemon_of(request).require_control().remove_object(kind, request.match_info["id"])
+        return web.Response(status=204)
+
+    base = f"/{kind}"
+    return [("GET", base, listing), ("POST", f"{base}/create", create), ("GET", base + "/{id}", inspect),
+            ("POST", base + "/{id}/update", update), ("DELETE", base + "/{id}", delete)]
+
+
 async def service_delete(request: web.Request) -> web.StreamResponse:
     await daemon_of(request).require_control().remove_service(request.match_info["id"])
     return web.Response(status=200)
@@ -480,6 +510,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/services/{id}/update", service_update), ("GET", "/services/{id}/logs", logs),
     ("GET", "/tasks", task_list), ("GET", "/tasks/{id}", task_inspect), ("GET", "/tasks/{id}/logs", logs),
     ("GET", "/distribution/{name:.+}/json", distribution),
+    *object_routes(SECRETS), *object_routes(CONFIGS),
 ]
 
 

@@ -5,6 +5,7 @@ store with the version the client read. Any manager serves these; none needs to 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 
 from shoal.clock import Clock
@@ -21,6 +22,8 @@ from shoal.manager.autolock import (
 )
 from shoal.manager.ca import RootCA
 from shoal.manager.controlapi import filters as flt
+from shoal.manager.controlapi import secret as secret_api
+from shoal.manager.controlapi import without_private_fields
 from shoal.manager.controlapi.node import node_view, validate_node_spec_update
 from shoal.manager.controlapi.resolve import node_names, resolve, service_name, task_name_of
 from shoal.manager.controlapi.service import (
@@ -39,7 +42,7 @@ from shoal.manager.controlapi.swarm import (
 )
 from shoal.manager.controlapi.task import task_view
 from shoal.manager.dispatcher import RESTARTING_UNTIL
-from shoal.manager.keys import encode_ca
+from shoal.manager.keys import encode_ca, seal_secret
 from shoal.manager.manager import Manager
 from shoal.manager.store.base import CA_KEY, Batch
 from shoal.manager.store.etcd import EtcdStore
@@ -48,6 +51,7 @@ from shoal.tokens import make_token
 from shoal.types import (
     CLUSTERS,
     NODES,
+    SECRETS,
     SERVICES,
     Doc,
     NodeState,
@@ -255,6 +259,50 @@ class ControlAPI:
         service = self.find_service(ref)
         await self._commit(Batch().delete(SERVICES, service, unique_name=service["Spec"]["Name"],
                                           check_version=False))
+
+    # ---- secrets and configs ----------------------------------------------------------------------------
+
+    def find_object(self, kind: str, ref: str) -> Doc:
+        return resolve(list(self.cache.docs[kind].values()), ref, secret_api.what(kind),
+                       lambda obj: str(obj["Spec"]["Name"]))
+
+    def list_objects(self, kind: str, raw_filters: str | None) -> list[Doc]:
+        filters = flt.parse_filters(raw_filters)
+        return [without_private_fields(obj) for obj in self.cache.docs[kind].values()
+                if secret_api.matches(obj, filters)]
+
+    def get_object(self, kind: str, ref: str) -> Doc:
+        return without_private_fields(self.find_object(kind, ref))
+
+    async def create_object(self, kind: str, body: object) -> str:
+        """`secret create` / `config create`: a secret's data is sealed with the data key before it is stored."""
+        spec, data = secret_api.validate_spec(body, kind)
+        noun, name = secret_api.what(kind), spec["Name"]
+        if any(obj["Spec"]["Name"] == name for obj in self.cache.docs[kind].values()):
+            raise Conflict(f"rpc error: code = AlreadyExists desc = {noun} {name} already exists")
+        obj_id = new_id()
+        if kind == SECRETS:
+            stored = {secret_api.SEALED_DATA: seal_secret(await self.manager.data_key(), obj_id, data)}
+        else:
+            spec["Data"] = base64.b64encode(data).decode()
+            stored = {}
+        doc = secret_api.new_object(spec, obj_id, self.clock.now(), stored)
+        await self._commit(Batch().create(kind, doc, unique_name=name))
+        return obj_id
+
+    async def update_object(self, kind: str, ref: str, version: int, body: object) -> None:
+        current = self.find_object(kind, ref)
+        if version != version_of(current):
+            raise SequenceConflict()
+        await self._commit(Batch().update(kind, secret_api.updated_object(current, body, kind, self.clock.now())))
+
+    async def remove_object(self, kind: str, ref: str) -> None:
+        """Refused while a service uses it, naming the services (Docker's message)."""
+        obj = self.find_object(kind, ref)
+        using = secret_api.users(str(obj["ID"]), kind, list(self.cache.services().values()))
+        if using:
+            raise secret_api.in_use_error(str(obj["Spec"]["Name"]), kind, using)
+        await self._commit(Batch().delete(kind, obj, unique_name=str(obj["Spec"]["Name"]), check_version=False))
 
     # ---- tasks ------------------------------------------------------------------------------------------
 

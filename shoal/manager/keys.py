@@ -20,6 +20,7 @@ from shoal.manager.ca import RootCA
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
+DATA_KEY_PURPOSE = b"/shoal/data-key"
 
 
 def new_manager_key() -> bytes:
@@ -51,6 +52,28 @@ def decode_ca(raw: bytes, manager_key: bytes, purpose: str) -> RootCA:
     record = codec.loads(raw)
     sealed = base64.b64decode(record["sealed_key"])
     return RootCA.load(str(record["cert"]).encode(), unseal(manager_key, sealed, purpose.encode()))
+
+
+def new_data_key() -> bytes:
+    """The cluster's data key, which seals secrets in the store; kept there wrapped with the managers' key."""
+    return AESGCM.generate_key(bit_length=8 * KEY_BYTES)
+
+
+def wrap_data_key(data_key: bytes, manager_key: bytes) -> bytes:
+    return seal(manager_key, data_key, DATA_KEY_PURPOSE)
+
+
+def unwrap_data_key(wrapped: bytes, manager_key: bytes) -> bytes:
+    return unseal(manager_key, wrapped, DATA_KEY_PURPOSE)
+
+
+def seal_secret(data_key: bytes, secret_id: str, data: bytes) -> str:
+    """A secret's data as stored: sealed, bound to the secret's ID, in base64."""
+    return base64.b64encode(seal(data_key, data, b"secret:" + secret_id.encode())).decode()
+
+
+def open_secret(data_key: bytes, secret_id: str, stored: str) -> bytes:
+    return unseal(data_key, base64.b64decode(stored), b"secret:" + secret_id.encode())
 
 
 def key_to_wire(key: bytes) -> str:

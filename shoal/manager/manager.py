@@ -26,11 +26,18 @@ from shoal.manager.cache import Cache
 from shoal.manager.controlapi.swarm import node_cert_expiry_seconds
 from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.etcd_member import EtcdMember, MemberConfig, client_url
-from shoal.manager.keys import decode_ca, encode_ca, key_to_wire
+from shoal.manager.keys import (
+    decode_ca,
+    encode_ca,
+    key_to_wire,
+    new_data_key,
+    unwrap_data_key,
+    wrap_data_key,
+)
 from shoal.manager.leader import MAX_LOOP_STALL, KeeperProcess, LeaderElection
 from shoal.manager.orchestrator.loop import OrchestratorLoop
 from shoal.manager.scheduler.loop import SchedulerLoop
-from shoal.manager.store.base import CA_KEY, Batch
+from shoal.manager.store.base import CA_KEY, DATA_KEY_STORE, Batch
 from shoal.manager.store.etcd import (
     EXTERNAL_MAX_OPS_PER_TXN,
     MAX_OPS_PER_TXN,
@@ -314,6 +321,15 @@ class Manager:
         if self._store_ca is None:
             self._store_ca = await self._load_ca(STORE_CA_KEY, "store CA")
         return self._store_ca
+
+    async def data_key(self) -> bytes:
+        """The cluster's data key (seals secrets), made on first use; stored wrapped with the managers' key."""
+        assert self.store is not None
+        wrapped = await self.store.get_raw(DATA_KEY_STORE)
+        if wrapped is None:
+            wrapped = await self.store.put_raw_if_absent(
+                DATA_KEY_STORE, wrap_data_key(new_data_key(), self.manager_key()))
+        return unwrap_data_key(wrapped, self.manager_key())
 
     async def manager_credentials(self, node_id: str, csr: bytes, cluster_id: str, addr: str) -> Doc:
         """What a node that becomes a manager receives beside its certificate: the managers' key, and store

@@ -138,10 +138,13 @@ async def test_without_an_engine_other_routes_get_a_clear_501(
 
 async def test_swarm_routes_shoal_lacks_are_never_sent_to_the_engine(
         engine: FakeEngine, client: TestClient[web.Request, web.Application]) -> None:
-    response = await client.get("/v1.47/secrets")
+    response = await client.get("/v1.47/swarm/nothing-here")
     assert response.status == 501
-    assert (await response.json())["message"] == "GET /secrets is not implemented by shoal"
-    assert not [seen for seen in engine.seen if "secrets" in seen[1]]
+    assert (await response.json())["message"] == "GET /swarm/nothing-here is not implemented by shoal"
+    # Secrets are shoal's own: on a node that is no manager, refused here, never asked of the engine.
+    secrets = await client.get("/v1.47/secrets")
+    assert secrets.status == 503
+    assert not [seen for seen in engine.seen if "secrets" in seen[1] or "swarm" in seen[1]]
 
 
 async def test_requests_reach_the_engine_with_the_version_lowered_to_its_own(

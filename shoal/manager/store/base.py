@@ -18,6 +18,7 @@ from shoal.types import Doc
 
 PREFIX = "/shoal/"
 CA_KEY = PREFIX + "ca"
+DATA_KEY_STORE = PREFIX + "data-key"  # the key that seals secrets, wrapped with the managers' key
 LEADER_KEY = PREFIX + "leader"
 MEMBERS_PREFIX = PREFIX + "members/"
 
@@ -173,5 +174,7 @@ class Store(Protocol):
     def watch(self, from_revision: int) -> AsyncIterator[list[Event]]: ...
 
     async def get_raw(self, key: str) -> bytes | None: ...
+
+    async def put_raw_if_absent(self, key: str, value: bytes) -> bytes: ...
 
     async def close(self) -> None: ...

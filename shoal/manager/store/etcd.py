@@ -163,6 +163,20 @@ class EtcdStore:
             raise _wrap_errors(exc) from exc
         return None if kv is None else bytes(kv.value)
 
+    async def put_raw_if_absent(self, key: str, value: bytes) -> bytes:
+        """Write `key` unless it exists; returns what it holds then (ours, or what another writer put first)."""
+        try:
+            await self.client.connect()
+            response = await self.client.kvstub.Txn(rpc.TxnRequest(
+                compare=[_created(key.encode(), rpc.Compare.EQUAL)], success=[_put(key.encode(), value)],
+                failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key.encode()))]),
+                timeout=self.client.request_timeout)
+        except Exception as exc:
+            raise _wrap_errors(exc) from exc
+        if response.succeeded:
+            return value
+        return bytes(response.responses[0].response_range.kvs[0].value)
+
     async def list_raw(self, prefix: str) -> dict[str, bytes]:
         """Every key under `prefix` with its value (keys that are not objects: the store CA's records)."""
         try:

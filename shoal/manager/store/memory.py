@@ -46,6 +46,11 @@ class MemoryStore:
         entry = self._kv.get(key)
         return None if entry is None else entry[0]
 
+    async def put_raw_if_absent(self, key: str, value: bytes) -> bytes:
+        if key not in self._kv:
+            await self.commit(Batch().put_raw(key, value))
+        return self._kv[key][0]
+
     async def snapshot(self) -> Snapshot:
         docs: dict[str, dict[str, Doc]] = {kind: {} for kind in KINDS}
         for key, (value, rev) in self._kv.items():

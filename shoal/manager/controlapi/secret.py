@@ -1,0 +1,125 @@
+"""Secrets and configs as the control API sees them: spec checks, the documents kept, the views served.
+
+Both are named blobs with labels (Docker's `SecretSpec` / `ConfigSpec`). A secret's data is stored sealed with
+the cluster's data key (`ShoalSealedData`, see manager/keys.py) and never served; a config's data is stored
+and served as sent (base64 in `Spec.Data`), as Docker does. Only labels may change after creation.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+
+from shoal.errors import InvalidArgument
+from shoal.manager.controlapi import field_path, optional_object, optional_str, optional_str_map, shown
+from shoal.manager.controlapi.filters import check_filter_keys, labels_match
+from shoal.timefmt import to_rfc3339
+from shoal.types import SECRETS, Doc
+
+# Docker's limits (swarmkit `validateSecretSpec`, `validateConfigSpec`).
+MAX_DATA_BYTES = 500 * 1024
+MAX_NAME_LENGTH = 64
+NAME_PATTERN = re.compile(r"[a-zA-Z0-9]+(?:[a-zA-Z0-9-_.]*[a-zA-Z0-9])?")
+SEALED_DATA = "ShoalSealedData"  # a secret's data, sealed; private (never in a view)
+
+
+def what(kind: str) -> str:
+    return "secret" if kind == SECRETS else "config"
+
+
+def validate_spec(body: object, kind: str) -> tuple[Doc, bytes]:
+    """A create body checked: the spec to store (without the data) and the data itself."""
+    noun = what(kind)
+    if not isinstance(body, dict):
+        raise InvalidArgument(f'the {noun} spec must be a JSON object such as {{"Name": "db_password", '
+                              f'"Data": "<base64>"}} (got {shown(body)})')
+    name = optional_str(body, "Name", "") or ""
+    check_name(name, noun)
+    labels = optional_str_map(body, "Labels", "") or {}
+    raw = body.get("Data")
+    if not isinstance(raw, str):
+        raise InvalidArgument(f"Data must be the {noun}'s content in base64 (got {shown(raw)})")
+    try:
+        data = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidArgument(f"Data must be the {noun}'s content in base64: it is not valid base64") from None
+    if not 0 < len(data) <= MAX_DATA_BYTES:
+        raise InvalidArgument(f"{noun} data must be larger than 0 and less than {MAX_DATA_BYTES // 1024}KB "
+                              f"(got {len(data)} bytes)")
+    spec: Doc = {"Name": name, "Labels": labels}
+    driver = optional_object(body, "Driver", "")
+    if driver:
+        raise InvalidArgument(f"{field_path('', 'Driver')}: shoal keeps {noun}s itself; external drivers are not "
+                              "supported")
+    if optional_object(body, "Templating", ""):
+        raise InvalidArgument("Templating is not supported by shoal: give the final content")
+    return spec, data
+
+
+def check_name(name: str, noun: str) -> None:
+    if not name or len(name) > MAX_NAME_LENGTH or not NAME_PATTERN.fullmatch(name):
+        raise InvalidArgument(
+            f'invalid {noun} name "{name}": use 1 to {MAX_NAME_LENGTH} letters, digits, "-", "_" or ".", starting '
+            "and ending with a letter or digit")
+
+
+def new_object(spec: Doc, obj_id: str, now: float, stored_data: Doc) -> Doc:
+    """The stored document: `stored_data` holds the sealed secret or the config's base64 data."""
+    stamp = to_rfc3339(now)
+    return {"ID": obj_id, "CreatedAt": stamp, "UpdatedAt": stamp, "Spec": dict(spec), **stored_data}
+
+
+def updated_object(current: Doc, body: object, kind: str, now: float) -> Doc:
+    """`secret|config update`: only Labels may change (Docker: "only updates to Labels are allowed")."""
+    noun = what(kind)
+    if not isinstance(body, dict):
+        raise InvalidArgument(f"the {noun} spec must be a JSON object (got {shown(body)})")
+    labels = optional_str_map(body, "Labels", "") or {}
+    spec = current["Spec"]
+    if body.get("Name", spec["Name"]) != spec["Name"]:
+        raise InvalidArgument(f"only updates to Labels are allowed: the {noun}'s name cannot change")
+    sent = body.get("Data")
+    if kind == SECRETS and sent:
+        raise InvalidArgument("only updates to Labels are allowed: a secret's data cannot change; create a new "
+                              "secret and move services to it (service update --secret-rm / --secret-add)")
+    if kind != SECRETS and sent and sent != spec.get("Data"):
+        raise InvalidArgument("only updates to Labels are allowed: a config's data cannot change")
+    out = dict(current)
+    out["Spec"] = {**spec, "Labels": labels}
+    out["UpdatedAt"] = to_rfc3339(now)
+    return out
+
+
+def users(obj_id: str, kind: str, services: list[Doc]) -> list[str]:
+    """The names of the services whose tasks mount the secret or config."""
+    key, ref = ("Secrets", "SecretID") if kind == SECRETS else ("Configs", "ConfigID")
+    found = []
+    for service in services:
+        container = ((service.get("Spec") or {}).get("TaskTemplate") or {}).get("ContainerSpec") or {}
+        if any((item or {}).get(ref) == obj_id for item in container.get(key) or []):
+            found.append(str(service["Spec"]["Name"]))
+    return sorted(found)
+
+
+def in_use_error(name: str, kind: str, service_names: list[str]) -> InvalidArgument:
+    noun = what(kind)
+    which = "service" if len(service_names) == 1 else "services"
+    return InvalidArgument(f"rpc error: code = InvalidArgument desc = {noun} '{name}' is in use by the following "
+                           f"{which}: {', '.join(service_names)}")
+
+
+FILTERS = frozenset({"id", "name", "names", "label"})
+
+
+def matches(obj: Doc, filters: dict[str, list[str]]) -> bool:
+    """The list filters of `GET /secrets|configs`: id and name prefixes, exact names, labels."""
+    check_filter_keys(filters, FILTERS)
+    name = str(obj["Spec"]["Name"])
+    if "id" in filters and not any(str(obj["ID"]).startswith(v) for v in filters["id"]):
+        return False
+    if "name" in filters and not any(name.startswith(v) for v in filters["name"]):
+        return False
+    if "names" in filters and name not in filters["names"]:
+        return False
+    return "label" not in filters or labels_match(obj["Spec"].get("Labels"), filters["label"])
