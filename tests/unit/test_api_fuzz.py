@@ -4,6 +4,7 @@ the answer is a 2xx or a 4xx with a message, within a deadline, and a refused re
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import copy
 import json
@@ -82,6 +83,9 @@ class FakeManager:
     leader_id: str = NODE_ID
     dispatcher: None = None
     external_etcd: None = None
+
+    async def data_key(self) -> bytes:
+        return b"k" * 32
 
 
 @dataclass
@@ -189,6 +193,19 @@ def test_strange_swarm_and_node_updates(route: str, body: Any, version: str) -> 
         async with swarm() as s:
             before = await s.contents()
             status, answer = await s.post(route, json.dumps(body).encode(), version=version)
+            check_answer(status, answer, before, await s.contents())
+
+    asyncio.run(run())
+
+
+@FUZZ
+@given(kind=st.sampled_from(["secrets", "configs"]), body=json_values | st.fixed_dictionaries(
+    {"Name": json_scalars, "Data": json_scalars | st.binary(max_size=64).map(lambda b: base64.b64encode(b).decode())}))
+def test_strange_secret_and_config_bodies(kind: str, body: Any) -> None:
+    async def run() -> None:
+        async with swarm() as s:
+            before = await s.contents()
+            status, answer = await s.post(f"/{kind}/create", json.dumps(body).encode())
             check_answer(status, answer, before, await s.contents())
 
     asyncio.run(run())

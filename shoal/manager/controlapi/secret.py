@@ -60,7 +60,7 @@ def validate_spec(body: object, kind: str) -> tuple[Doc, bytes]:
 def check_name(name: str, noun: str) -> None:
     if not name or len(name) > MAX_NAME_LENGTH or not NAME_PATTERN.fullmatch(name):
         raise InvalidArgument(
-            f'invalid {noun} name "{name}": use 1 to {MAX_NAME_LENGTH} letters, digits, "-", "_" or ".", starting '
+            f'invalid {noun} name {shown(name)}: use 1 to {MAX_NAME_LENGTH} letters, digits, "-", "_" or ".", starting '
             "and ending with a letter or digit")
 
 

@@ -226,11 +226,11 @@ def check_service_name(name: str) -> None:
     """Docker's rule for service names: a DNS-label-like name of at most 63 characters."""
     if len(name) > SERVICE_NAME_MAX_LENGTH:
         raise InvalidArgument(
-            f'invalid service name "{name}": use at most {SERVICE_NAME_MAX_LENGTH} characters'
+            f'invalid service name {shown(name)}: use at most {SERVICE_NAME_MAX_LENGTH} characters'
         )
     if not SERVICE_NAME_PATTERN.fullmatch(name):
         raise InvalidArgument(
-            f'invalid service name "{name}": use letters, digits, "_", "." or "-", starting with a letter or digit'
+            f'invalid service name {shown(name)}: use letters, digits, "_", "." or "-", starting with a letter or digit'
         )
 
 
