@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from shoal import config
-from shoal.api.client import Client, TlsFiles
+from shoal.api.client import ApiError, Client, TlsFiles
 from shoal.types import Doc
 
 
@@ -115,6 +115,28 @@ class CliContext:
 def print_json(ctx: CliContext, value: Any) -> None:
     """JSON as docker prints inspect output: 4-space indent, non-ASCII kept."""
     ctx.print(json.dumps(value, indent=4, ensure_ascii=False))
+
+
+def inspect_objects(ctx: CliContext, refs: list[str], fetch: Callable[[str], Doc],
+                    pretty: Callable[[Doc], str] | None) -> int:
+    """docker's inspect of several objects: the JSON (or `--pretty` text) of those found, then one error line
+    for each reference that was not (with --pretty the first miss is the error)."""
+    found: list[Doc] = []
+    errors: list[str] = []
+    for ref in refs:
+        try:
+            found.append(fetch(ref))
+        except ApiError as exc:
+            if pretty is not None:
+                raise
+            errors.append(str(exc))
+    if pretty is not None:
+        ctx.out.write("\n\n".join(pretty(obj) for obj in found) + "\n")
+    else:
+        print_json(ctx, found)
+    if errors:
+        raise CliError("\n".join(errors))
+    return 0
 
 
 def self_node_id(ctx: CliContext) -> str:

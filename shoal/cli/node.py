@@ -10,10 +10,10 @@ from shoal.api.client import ApiError, filters_param
 from shoal.cli.common import (
     CliContext,
     CliError,
+    inspect_objects,
     node_name_resolver,
     node_reference,
     parse_filters,
-    print_json,
     self_node_id,
 )
 from shoal.cli.format import bytes_size, capitalize, go_time, node_table, task_table
@@ -83,22 +83,8 @@ def run_ls(ctx: CliContext, args: argparse.Namespace) -> int:
 
 def run_inspect(ctx: CliContext, args: argparse.Namespace) -> int:
     client = ctx.client()
-    found: list[Doc] = []
-    errors: list[str] = []
-    for ref in args.nodes:
-        try:
-            found.append(client.get(f"/nodes/{node_reference(ctx, ref)}"))
-        except ApiError as exc:
-            if args.pretty:
-                raise
-            errors.append(str(exc))
-    if args.pretty:
-        ctx.out.write("\n\n".join(node_pretty(n) for n in found) + "\n")
-    else:
-        print_json(ctx, found)
-    if errors:
-        raise CliError("\n".join(errors))
-    return 0
+    return inspect_objects(ctx, args.nodes, lambda ref: client.get(f"/nodes/{node_reference(ctx, ref)}"),
+                           node_pretty if args.pretty else None)
 
 
 def node_pretty(node: Doc) -> str:

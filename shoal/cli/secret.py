@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.api.client import ApiError, filters_param
-from shoal.cli.common import CliContext, CliError, parse_filters, print_json
+from shoal.cli.common import CliContext, CliError, inspect_objects, parse_filters
 from shoal.cli.format import go_time, render_table, time_ago
 from shoal.cli.spec import labels_map
 from shoal.types import Doc
@@ -79,22 +79,8 @@ def run_ls(ctx: CliContext, args: argparse.Namespace) -> int:
 
 def run_inspect(ctx: CliContext, args: argparse.Namespace) -> int:
     client = ctx.client()
-    found: list[Doc] = []
-    errors: list[str] = []
-    for ref in args.refs:
-        try:
-            found.append(client.get(f"/{args.kind}/{ref}"))
-        except ApiError as exc:
-            if args.pretty:
-                raise
-            errors.append(str(exc))
-    if args.pretty:
-        ctx.out.write("\n\n".join(pretty(obj, args.noun) for obj in found) + "\n")
-    else:
-        print_json(ctx, found)
-    if errors:
-        raise CliError("\n".join(errors))
-    return 0
+    return inspect_objects(ctx, args.refs, lambda ref: client.get(f"/{args.kind}/{ref}"),
+                           (lambda obj: pretty(obj, args.noun)) if args.pretty else None)
 
 
 def pretty(obj: Doc, noun: str) -> str:
