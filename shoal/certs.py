@@ -246,6 +246,14 @@ def insecure_probe_context() -> ssl.SSLContext:
     return context
 
 
+def read_if_present(path: Path) -> bytes | None:
+    """A file's content, or None when it cannot be read (not there yet)."""
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
 def write_private(path: Path, data: bytes) -> None:
     """Write a file only its owner can read (keys, certificates), creating parent directories.
 

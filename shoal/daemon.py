@@ -37,6 +37,7 @@ from shoal.certs import (
     cert_validity,
     client_ssl_context,
     make_key_and_csr,
+    read_if_present,
     renewal_time,
     server_ssl_context,
     split_pem,
@@ -397,8 +398,6 @@ class Daemon:
                 await self._use_renewed_certificate(answer, key_pem)
                 return
             log.info("changing role: %s -> %s", record.role, role)
-            if record.role == Role.MANAGER.value and self.manager_secrets.is_locked():
-                self.manager_secrets.unlock(self.clear_secrets())  # the key changes: a worker's is not sealed
             write_private(self.disk_tls.key, key_pem)
             write_private(self.disk_tls.cert, str(answer["certificate"]).encode())
             if role == Role.MANAGER.value:
@@ -430,7 +429,7 @@ class Daemon:
         whether to renew its certificate from the new root."""
         tls = self.disk_tls
         roots = split_pem(bundle.encode())
-        if roots and bundle.encode() != _read_or_empty(tls.ca):
+        if roots and bundle.encode() != read_if_present(tls.ca):
             write_private(tls.ca, bundle.encode())
             if self._server_context is not None:
                 self._server_context.load_verify_locations(cadata=bundle)
@@ -493,8 +492,11 @@ class Daemon:
             credentials.write(tls.store_ca, tls.store_cert, tls.store_crl)
 
     def _remove_manager_files(self) -> None:
-        for path in self.disk_tls.manager_files():
+        """A demoted node keeps no manager secret, nor a sealed copy of its old key (a worker's is not sealed)."""
+        tls = self.disk_tls
+        for path in tls.manager_files():
             path.unlink(missing_ok=True)
+        for path in (tls.key, tls.manager_key):
             locked_path(path).unlink(missing_ok=True)
 
     def _remember_managers(self, managers: list[str]) -> None:
@@ -851,13 +853,6 @@ class Daemon:
                 info["Cluster"] = self.control.get_swarm()
                 info["Cluster"].pop("JoinTokens", None)
         return info
-
-
-def _read_or_empty(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError:
-        return b""
 
 
 def setup_logging(level: str) -> None:

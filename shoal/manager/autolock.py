@@ -107,7 +107,7 @@ class ManagerSecrets:
             raise InvalidArgument("this manager is locked: unlock it with \"shoal swarm unlock\"")
         sealing = _sealing_key(unlock_key)
         try:
-            return tuple(_open(sealing, locked_path(path)) for path in self.paths)  # type: ignore[return-value]
+            return _open(sealing, locked_path(self.tls_key)), _open(sealing, locked_path(self.manager_key))
         except InvalidArgument:
             raise InvalidArgument("invalid unlock key: it does not open this manager's keys") from None
 

@@ -62,7 +62,8 @@ STATUS_FLUSH_INTERVAL = 0.1
 MERGE_YIELD_EVERY = 500
 
 # (node ID, CSR, the node's swarm port) -> {"certificate", "role", ["etcd_initial_cluster"]}
-CertificateIssuer = Callable[[str, bytes, int], Awaitable[Doc]]
+# (node ID, CSR, the node's listen port, the role its current certificate holds) -> the answer to send it.
+CertificateIssuer = Callable[[str, bytes, int, str], Awaitable[Doc]]
 GRACE_MULTIPLIER = 3  # heartbeat periods without a heartbeat before a node is marked down
 # After a leader change, the periods a node has to find the new leader on top of the usual grace: the agent's
 # own silence deadline (shoal.agent.agent.SILENCE_PERIODS) and a reconnect.
@@ -425,7 +426,7 @@ class Dispatcher:
         """A promoted or demoted node asks for a certificate carrying its new role."""
         try:
             answer = await self.issue_certificate(session.node_id, str(data.get("csr", "")).encode(),
-                                                  int(data.get("listen_port") or 2377))
+                                                  int(data.get("listen_port") or 2377), session.role)
         except Exception as exc:
             # etcd refuses membership changes until every member has been healthy for a few seconds; the
             # role change is asked for again shortly.

@@ -341,8 +341,9 @@ class Manager:
             answer.update(credentials.to_wire())
         return answer
 
-    async def issue_certificate(self, node_id: str, csr: bytes, listen_port: int) -> Doc:
-        """A certificate for the node's current role; on promotion its etcd member is added, on demotion removed.
+    async def issue_certificate(self, node_id: str, csr: bytes, listen_port: int, held_role: str) -> Doc:
+        """A certificate for the node's current role. A renewal (the role its certificate holds already) is just
+        that; on promotion its etcd member is added and it gets store access, on demotion both are taken away.
 
         The node document is written first: adding a member leaves the store without quorum until the new
         member starts (with two members), so nothing else may need the store after that.
@@ -358,6 +359,9 @@ class Manager:
         cert = ca.sign_csr(csr, node_id, role, cluster["ID"], [addr, "127.0.0.1"],
                            expiry_seconds=node_cert_expiry_seconds(cluster)) + ca_rotation.ca_chain(cluster)
         answer: Doc = {"certificate": cert.decode(), "role": role}
+        if role == held_role:
+            log.info("renewed the %s certificate of node %s", role, node_id)
+            return answer
         if role == Role.MANAGER.value:
             answer.update(await self.manager_credentials(node_id, csr, cluster["ID"], addr))
         updated = dict(node)

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from shoal.certs import write_private
+from shoal.certs import read_if_present, write_private
 from shoal.errors import NoQuorum
 from shoal.manager.ca import STORE_CA_COMMON_NAME, RootCA, revoked_serials, serial_number
 from shoal.manager.store.base import PREFIX, Batch
@@ -113,14 +113,8 @@ class StoreAccess:
     async def follow_revocations(self) -> None:
         """Keep the revocation list file that this manager's etcd member reads current (a supervised loop)."""
         async for crl in self.store.follow_raw(STORE_CRL_KEY):
-            if crl is not None and crl != _read(self.crl_file):
+            if crl is not None and crl != read_if_present(self.crl_file):
                 await asyncio.to_thread(write_private, self.crl_file, crl)
                 log.info("store revocation list updated: %d certificates revoked", len(revoked_serials(crl)))
 
-
-def _read(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except OSError:
-        return None
 

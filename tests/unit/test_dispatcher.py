@@ -157,7 +157,7 @@ async def harness(store: CountingStore) -> AsyncIterator[Harness]:
         yield running
 
 
-async def no_certificates(node_id: str, csr: bytes, port: int) -> Doc:
+async def no_certificates(node_id: str, csr: bytes, port: int, held_role: str) -> Doc:
     raise AssertionError("no role change is asked for in these tests")
 
 

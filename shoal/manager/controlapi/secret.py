@@ -12,7 +12,7 @@ import binascii
 import re
 
 from shoal.errors import InvalidArgument
-from shoal.manager.controlapi import field_path, optional_object, optional_str, optional_str_map, shown
+from shoal.manager.controlapi import optional_object, optional_str, optional_str_map, shown
 from shoal.manager.controlapi.filters import check_filter_keys, labels_match
 from shoal.timefmt import to_rfc3339
 from shoal.types import SECRETS, Doc
@@ -48,10 +48,8 @@ def validate_spec(body: object, kind: str) -> tuple[Doc, bytes]:
         raise InvalidArgument(f"{noun} data must be larger than 0 and less than {MAX_DATA_BYTES // 1024}KB "
                               f"(got {len(data)} bytes)")
     spec: Doc = {"Name": name, "Labels": labels}
-    driver = optional_object(body, "Driver", "")
-    if driver:
-        raise InvalidArgument(f"{field_path('', 'Driver')}: shoal keeps {noun}s itself; external drivers are not "
-                              "supported")
+    if optional_object(body, "Driver", ""):
+        raise InvalidArgument(f"Driver: shoal keeps {noun}s itself; external drivers are not supported")
     if optional_object(body, "Templating", ""):
         raise InvalidArgument("Templating is not supported by shoal: give the final content")
     return spec, data
