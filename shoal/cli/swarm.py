@@ -306,9 +306,9 @@ def wait_for_rotation(ctx: CliContext, quiet: bool) -> dict[str, Any]:
     shown = ""
     while True:
         swarm = client.get("/swarm")
-        nodes = [n for n in client.get("/nodes") if (n.get("Status") or {}).get("State") != "down"]
         if not swarm.get("RootRotationInProgress"):
             return dict(swarm)
+        nodes = [n for n in client.get("/nodes") if (n.get("Status") or {}).get("State") != "down"]
         line = f"rotated TLS certificates: {_on_new_root(swarm, nodes)}/{len(nodes)} nodes"
         if line != shown and not quiet:
             print(line, file=sys.stderr, flush=True)
