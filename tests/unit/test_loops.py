@@ -13,6 +13,7 @@ from shoal.manager.applier import Applier
 from shoal.manager.cache import Cache
 from shoal.manager.orchestrator import loop as orchestrator_loop
 from shoal.manager.orchestrator.loop import OrchestratorLoop, reconcile_removed_service
+from shoal.manager.orchestrator.update_progress import UpdateProgress
 from shoal.manager.scheduler import loop as scheduler_loop
 from shoal.manager.scheduler.loop import SchedulerLoop
 from shoal.manager.scheduler.pipeline import NodeLoad
@@ -26,6 +27,7 @@ from shoal.types import (
     Doc,
     TaskState,
     desired_state,
+    task_is_live,
     task_node,
     task_slot,
     task_state,
@@ -346,7 +348,7 @@ async def test_a_task_report_is_decided_over_its_slot_alone(harness: Harness) ->
     assert desired_state(next(t for t in harness.tasks_of("web") if t["ID"] == failed["ID"])) == TaskState.SHUTDOWN
 
 
-async def test_a_task_report_during_a_rolling_update_is_decided_over_the_whole_service(harness: Harness) -> None:
+async def test_a_task_report_during_a_rolling_update_reads_its_slot_into_the_kept_progress(harness: Harness) -> None:
     await harness.add_nodes(make_node("n1"))
     orchestrator, scheduler = loops(harness)
     await start_web(harness, orchestrator, scheduler, replicas=3)
@@ -359,11 +361,62 @@ async def test_a_task_report_during_a_rolling_update_is_decided_over_the_whole_s
     await scheduler.run_once()
     full_before = orchestrator.passes["full"]
 
+    updates_before = orchestrator.passes["update"]
+
     new = next(t for t in harness.tasks_of("web") if t["Spec"]["ContainerSpec"]["Image"] == "busybox:2")
+    old = next(t for t in harness.tasks_of("web") if task_slot(t) == task_slot(new) and t["ID"] != new["ID"])
+    await harness.report(old["ID"], TaskState.SHUTDOWN)  # stop-first: the old task stops, then the new one runs
+    assert orchestrator.dirty_slots == {"web": {task_slot(new)}}
+    await orchestrator.run_once()
     await harness.report(new["ID"], TaskState.RUNNING)
     await orchestrator.run_once()
 
-    assert orchestrator.passes["full"] > full_before
+    assert orchestrator.passes["full"] == full_before and orchestrator.passes["update"] > updates_before
+    # The next slot's batch followed from the progress alone: the old task of slot 1 stopped, slot 2 replaced.
+    running = [t for t in harness.tasks_of("web") if task_is_live(t)]
+    assert sorted(task_slot(t) for t in running if t["Spec"]["ContainerSpec"]["Image"] == "busybox:2") == [1, 2]
+
+
+async def test_a_rolling_update_driven_to_its_end_keeps_a_progress_equal_to_a_fresh_build(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Built a few slots per turn of the loop, refreshed from events: never different from a build from the
+    cache, and the update completes with every slot replaced."""
+    monkeypatch.setattr(orchestrator_loop, "SLOTS_PER_PIECE", 2)
+    await harness.add_nodes(make_node("n1"), make_node("n2"))
+    orchestrator, scheduler = loops(harness)
+    await start_web(harness, orchestrator, scheduler, replicas=7)
+    service = await harness.store.get(SERVICES, "web")
+    assert service is not None
+    service["PreviousSpec"] = service["Spec"]
+    service["Spec"] = {**service["Spec"], "TaskTemplate": {"ContainerSpec": {"Image": "busybox:2"}},
+                       "UpdateConfig": {"Parallelism": 3, "Monitor": 0}}
+    await harness.commit(Batch().update(SERVICES, service))
+
+    for _ in range(40):
+        await orchestrator.run_once()
+        await scheduler.run_once()
+        kept = orchestrator._progress.get("web")
+        current = harness.cache.get(SERVICES, "web")
+        assert current is not None
+        if kept is not None and kept.fits(current) and not kept.stale:
+            fresh = UpdateProgress.build(current, harness.cache.tasks_of_service("web"), harness.cache.nodes())
+            assert (kept.outdated, kept.in_flight, kept.finishing, kept.waiting, kept.waiting_busy,
+                    kept.covered, kept.new_running) == (fresh.outdated, fresh.in_flight, fresh.finishing,
+                                                         fresh.waiting, fresh.waiting_busy, fresh.covered,
+                                                         fresh.new_running)
+        for task in harness.tasks_of("web"):  # the agent: stops what it is told to stop, starts the rest
+            if desired_state(task) >= TaskState.SHUTDOWN and not task_state(task).terminal:
+                await harness.report(task["ID"], TaskState.SHUTDOWN)
+            elif task_state(task) == TaskState.ASSIGNED and desired_state(task) == TaskState.RUNNING:
+                await harness.report(task["ID"], TaskState.RUNNING)
+        if (current.get("UpdateStatus") or {}).get("State") == "completed":
+            break
+
+    final = harness.cache.get(SERVICES, "web")
+    assert final is not None and final["UpdateStatus"]["State"] == "completed"
+    running = [t for t in harness.tasks_of("web") if task_is_live(t)]
+    assert len(running) == 7 and all(t["Spec"]["ContainerSpec"]["Image"] == "busybox:2" for t in running)
+    assert orchestrator.passes["update"] > 0
 
 
 async def test_a_node_going_down_marks_the_slots_of_its_tasks_only(harness: Harness) -> None:
@@ -402,7 +455,7 @@ async def test_a_large_service_is_decided_in_pieces_of_slots(harness: Harness,
     await orchestrator.run_once()
 
     assert sorted(task_slot(t) for t in harness.tasks_of("web")) == list(range(1, 26))
-    assert orchestrator.passes == {"full": 0, "slots": 3}  # 1-10, 11-20, 21-25: the loop turned in between
+    assert orchestrator.passes == {"full": 0, "slots": 3, "update": 0}  # 1-10, 11-20, 21-25: the loop turned in between
 
 
 async def test_the_scheduler_places_a_tick_at_a_time_and_every_task_gets_its_turn(

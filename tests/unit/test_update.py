@@ -14,9 +14,11 @@ from shoal.manager.orchestrator.update import (
     RUNNING_SINCE,
     UpdatePlan,
     failed_within_monitor,
+    plan_progress,
     plan_update,
     running_since,
 )
+from shoal.manager.orchestrator.update_progress import UpdateProgress, slot_key
 from shoal.timefmt import SECOND, from_rfc3339, to_rfc3339
 from shoal.types import Doc, TaskState, clone, task_is_live, task_slot, task_state
 from tests.unit.plans import apply
@@ -483,6 +485,14 @@ def test_planning_again_after_applying_writes_nothing_more() -> None:
     assert again.empty()
 
 
+def _summary(progress: UpdateProgress) -> tuple[object, ...]:
+    """Everything the updater reads from a progress."""
+    return (progress.basis, progress.covered, progress.new_running, progress.outdated, progress.in_flight,
+            progress.finishing, progress.waiting, progress.waiting_busy, progress.started,
+            {key: sorted(t["ID"] for t in tasks) for key, tasks in progress.failures.items()},
+            {key: sorted(t["ID"] for t in state.tasks) for key, state in progress.slots.items()})
+
+
 # ---- a simulated run ------------------------------------------------------------------------------------
 
 class FakeCluster:
@@ -497,6 +507,9 @@ class FakeCluster:
                  fail_image: str | None = None) -> None:
         self.service, self.now, self.holds_ready, self.fail_image = service, now, holds_ready, fail_image
         self.tasks = {t["ID"]: t for t in tasks}
+        # Kept as the orchestrator keeps it: refreshed slot by slot from the tasks that changed.
+        self.progress = UpdateProgress.build(service, tasks, NODES)
+        self.seen = dict(self.tasks)
         self.start_time = 2.0
         self.new_id = ids()
         self.created_by_updater: list[tuple[float, str]] = []
@@ -522,10 +535,28 @@ class FakeCluster:
     def since(task: Doc) -> float:
         return from_rfc3339(task["Status"]["Timestamp"])
 
+    def _kept_progress(self) -> UpdateProgress:
+        """The progress refreshed over the slots whose tasks changed since the last step; it must equal one
+        built from scratch, and plan the same."""
+        changed = {tid for tid in self.tasks.keys() | self.seen.keys() if self.tasks.get(tid) is not self.seen.get(tid)}
+        if not self.progress.rebase(self.service):
+            self.progress = UpdateProgress.build(self.service, [], NODES)
+            changed = set(self.tasks)
+        keys = {slot_key(self.service, (self.tasks.get(tid) or self.seen[tid])) for tid in changed}
+        for key in keys | self.progress.stale:
+            self.progress.refresh(key, [t for t in self.tasks.values() if slot_key(self.service, t) == key], NODES)
+        self.progress.stale.clear()
+        self.seen = dict(self.tasks)
+        fresh = UpdateProgress.build(self.service, list(self.tasks.values()), NODES)
+        assert _summary(self.progress) == _summary(fresh)
+        return self.progress
+
     def leader_step(self) -> UpdatePlan:
         """What the loop is asked to do: the updater first, then the reconciler on the result."""
         tasks = list(self.tasks.values())
         result = plan_update(self.service, tasks, NODES, self.now, new_task_id=self.new_id)
+        kept = plan_progress(self.service, self._kept_progress(), NODES, self.now, new_task_id=ids())
+        assert (kept.summary(), kept.notes, kept.wake_at) == (result.summary(), result.notes, result.wake_at)
         self.created_by_updater += [(self.now, t["ID"]) for t in result.plan.create]
         tasks = apply(tasks, result.plan)
         if result.service is not None:

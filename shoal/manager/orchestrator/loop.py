@@ -2,9 +2,10 @@
 
 It only marks what is dirty as committed changes arrive, then runs the pure reconcilers over it and hands their
 plans to the applier. A task change dirties its slot, and a pass over a few slots reads only their tasks, so a
-service of a hundred thousand replicas costs nothing extra per task report; a spec change, a rolling update
-under way or a global service is decided over the whole service. A node change dirties the slots of the tasks
-on that node, plus global services.
+service of a hundred thousand replicas costs nothing extra per task report. A rolling update reads an
+`UpdateProgress` the loop keeps per service, refreshed slot by slot as tasks change, so each of its passes
+costs the slots it acts on; a spec change or a global service is decided over the whole service. A node
+change dirties the slots of the tasks on that node, plus global services.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from shoal.clock import Clock
@@ -23,7 +24,15 @@ from shoal.manager.controlapi.service import IngressPort, ingress_ports_in_use
 from shoal.manager.orchestrator.common import is_task_dirty, never_reached_an_agent, set_desired
 from shoal.manager.orchestrator.global_ import reconcile_global
 from shoal.manager.orchestrator.replicated import reconcile_replicated
-from shoal.manager.orchestrator.update import IN_PROGRESS, PAUSED, ROLLBACK_PAUSED, plan_update, update_state
+from shoal.manager.orchestrator.update import (
+    IN_PROGRESS,
+    PAUSED,
+    ROLLBACK_PAUSED,
+    plan_progress,
+    plan_update,
+    update_state,
+)
+from shoal.manager.orchestrator.update_progress import Basis, UpdateProgress
 from shoal.manager.store.base import Batch, Event
 from shoal.timeouts import within
 from shoal.types import (
@@ -78,6 +87,7 @@ class Work:
     used_ports: set[IngressPort]  # the other services' ingress ports (a rollback may need its own back)
     # Deciding the whole service for the updater, the slots the reconciler must look at after it (None: all).
     changed: set[int] | None = None
+    progress: UpdateProgress | None = None  # a replicated service's update, kept by the loop
 
 
 def decide(work: Work, nodes: dict[str, Doc], now: float, history_limit: int) -> tuple[Plan, Doc | None]:
@@ -90,7 +100,10 @@ def decide(work: Work, nodes: dict[str, Doc], now: float, history_limit: int) ->
         return reconcile_removed_service(work.tasks, nodes, now), None
     if work.slots is not None:
         return reconcile_replicated(service, work.tasks, nodes, now, history_limit, slots=work.slots), None
-    update = plan_update(service, work.tasks, nodes, now, used_ports=work.used_ports)
+    if work.progress is not None:
+        update = plan_progress(service, work.progress, nodes, now, used_ports=work.used_ports)
+    else:
+        update = plan_update(service, work.tasks, nodes, now, used_ports=work.used_ports)
     if not update.empty():
         return update.plan, update.service
     if is_global(service):
@@ -112,10 +125,12 @@ class OrchestratorLoop:
         self._wakeups: dict[str, tuple[float, frozenset[int] | None]] = {}  # when, and which slots (None: all)
         self._signal = asyncio.Event()
         self.last_decision = ""
-        self.passes = {"full": 0, "slots": 0}  # decisions made, by kind (tests and the debug endpoint)
+        self.passes = {"full": 0, "slots": 0, "update": 0}  # decisions made, by kind (tests, debug endpoint)
+        self._progress: dict[str, UpdateProgress] = {}  # replicated services under update
         cache.subscribe(self._on_event, self._on_resync)
 
     def _on_resync(self) -> None:
+        self._progress.clear()
         self.dirty.update(self.cache.services())
         self.dirty.update(self.cache.tasks_by_service)
         self._signal.set()
@@ -123,6 +138,9 @@ class OrchestratorLoop:
     def _mark_task(self, task: Doc) -> None:
         """A change to this task: its slot needs deciding again (a global service's task: the service)."""
         slot = task_slot(task)
+        progress = self._progress.get(task["ServiceID"])
+        if progress is not None:
+            progress.stale.add(slot)
         if slot > 0:
             self.dirty_slots[task["ServiceID"]].add(slot)
         else:
@@ -131,10 +149,15 @@ class OrchestratorLoop:
     def _on_event(self, event: Event, prev: Doc | None) -> None:
         if event.kind == SERVICES:
             self.dirty.add(event.obj_id)
+            if event.doc is None:
+                self._progress.pop(event.obj_id, None)
         elif event.kind == TASKS:
             doc = event.doc or prev
             if doc is None:
                 return
+            progress = self._progress.get(doc["ServiceID"])
+            if progress is not None:
+                progress.stale.add(task_slot(doc))  # whatever changed: the progress must equal a fresh build
             if prev is not None and event.doc is not None and not self._matters(prev, event.doc):
                 return
             self._mark_task(doc)
@@ -173,12 +196,13 @@ class OrchestratorLoop:
         limit = cluster["Spec"].get("Orchestration", {}).get("TaskHistoryRetentionLimit")
         return 5 if limit is None else int(limit)
 
-    def _pieces(self, service_id: str, slots: set[int] | None) -> Iterator[Work]:
+    async def _pieces(self, service_id: str, slots: set[int] | None) -> AsyncIterator[Work]:
         """The decisions a service (or some of its slots) needs, in pieces of at most SLOTS_PER_PIECE slots,
-        each with its documents from the cache. The updater and the global reconciler decide over the whole
-        service in one piece; a replicated service that no update concerns is decided slot range by slot
-        range, with the loop serving sessions in between (a service of a hundred thousand replicas would
-        otherwise hold it for seconds). Generated lazily, so each piece reads the cache as it is then."""
+        each with its documents from the cache. A replicated service under update is decided from its kept
+        progress and the changed slots; the global reconciler decides over the whole service in one piece; a
+        replicated service that no update concerns is decided slot range by slot range, with the loop
+        serving sessions in between (a service of a hundred thousand replicas would otherwise hold it for
+        seconds). Generated lazily, so each piece reads the cache as it is then."""
         service = self.cache.get(SERVICES, service_id)
         if service is None:
             tasks = (self.cache.tasks_of_service(service_id) if slots is None
@@ -189,10 +213,22 @@ class OrchestratorLoop:
             task_is_live(t) and is_task_dirty(service, t)
             for t in (self.cache.tasks_of_service(service_id) if slots is None
                       else self.cache.tasks_in_slots(service_id, slots)))
-        if whole:
-            used_ports = ingress_ports_in_use(self.cache.services().values(), service_id)
-            yield Work(service_id, service, self.cache.tasks_of_service(service_id), None, used_ports,
-                       changed=None if is_global(service) else slots)
+        if not whole:
+            self._progress.pop(service_id, None)
+        elif is_global(service):
+            yield Work(service_id, service, self.cache.tasks_of_service(service_id), None,
+                       ingress_ports_in_use(self.cache.services().values(), service_id))
+            return
+        else:
+            current = await self._current_progress(service_id)
+            if current is None:
+                return
+            service, progress = current
+            tasks = (self.cache.tasks_of_service(service_id) if slots is None
+                     else self.cache.tasks_in_slots(service_id, slots))
+            yield Work(service_id, service, tasks, None,
+                       ingress_ports_in_use(self.cache.services().values(), service_id),
+                       changed=slots, progress=progress)
             return
         if slots is None:
             # Every slot up to Replicas, and those above it that still hold tasks (to scale down).
@@ -204,6 +240,32 @@ class OrchestratorLoop:
         for start in range(0, len(numbers), SLOTS_PER_PIECE):
             piece = set(numbers[start:start + SLOTS_PER_PIECE])
             yield Work(service_id, service, self.cache.tasks_in_slots(service_id, piece), piece, set())
+
+    async def _current_progress(self, service_id: str) -> tuple[Doc, UpdateProgress] | None:
+        """The service and its update progress, refreshed over every slot that changed since the last pass.
+
+        Built from scratch when the service's spec or replica count changed (after a leader change, at the
+        start of an update, on a rollback), SLOTS_PER_PIECE slots between two turns of the loop; the slots
+        that change meanwhile are marked stale and refreshed too, so the result equals a fresh build from
+        the cache as it is when this returns.
+        """
+        while True:
+            service = self.cache.get(SERVICES, service_id)
+            if service is None:
+                self._progress.pop(service_id, None)
+                return None
+            progress = self._progress.get(service_id)
+            if progress is None or not progress.rebase(service):
+                progress = self._progress[service_id] = UpdateProgress(Basis.of(service))
+                progress.stale.update(self.cache.tasks_by_slot.get(service_id, {}))
+            by_slot = self.cache.tasks_by_slot.get(service_id, {})
+            nodes = self.cache.nodes()
+            for _ in range(min(SLOTS_PER_PIECE, len(progress.stale))):
+                slot = progress.stale.pop()
+                progress.refresh(slot, (by_slot.get(int(slot)) or {}).values(), nodes)
+            if not progress.stale and progress.fits(service):
+                return service, progress
+            await asyncio.sleep(0)
 
     def _due_wakeups(self, now: float) -> None:
         for service_id, (at, slots) in list(self._wakeups.items()):
@@ -234,12 +296,14 @@ class OrchestratorLoop:
         written = ApplyResult()
         limit = self._history_limit()
         for service_id, slots in dirty:
-            for work in self._pieces(service_id, slots):
+            async for work in self._pieces(service_id, slots):
                 decided.add(service_id)
-                self.passes["full" if work.slots is None else "slots"] += 1
+                kind = "update" if work.progress is not None else "full" if work.slots is None else "slots"
+                self.passes[kind] += 1
                 plan, service_doc = decide(work, self.cache.nodes(), now, limit)
                 if plan.wake_at is not None:
-                    self._wake(service_id, plan.wake_at, None if work.slots is None else frozenset(work.slots))
+                    reread = work.changed if work.progress is not None else work.slots
+                    self._wake(service_id, plan.wake_at, None if reread is None else frozenset(reread))
                 if not plan.empty() or service_doc is not None:
                     batch = plan_batch(plan, TASKS, Batch().update(SERVICES, service_doc) if service_doc else None)
                     result = await self.applier.write(batch)

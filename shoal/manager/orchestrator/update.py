@@ -1,8 +1,10 @@
 """The rolling update planner: which tasks to replace now, and how the service's UpdateStatus moves.
 
 Pure: the service, its tasks, the nodes and the time in; an `UpdatePlan` out. Docker's `service update`
-semantics (swarmkit `manager/orchestrator/update/updater.go`), but with no memory between calls: everything
-is read back from the store each time, so a new leader carries an update on where the old one left it.
+semantics (swarmkit `manager/orchestrator/update/updater.go`), but with no memory of its own: everything
+is read back from the store, so a new leader carries an update on where the old one left it. What it reads
+is sorted per slot into an `UpdateProgress` (update_progress.py), which the orchestrator keeps current slot by
+slot, so a pass costs the slots it acts on, not the service's size.
 
 Reading the store:
 
@@ -43,10 +45,10 @@ held at "ready" or two tasks running.
 
 from __future__ import annotations
 
-from collections import defaultdict
+import heapq
 from dataclasses import dataclass, field
 
-from shoal.errors import InvalidArgument, ShoalError
+from shoal.errors import ShoalError
 from shoal.manager.controlapi.service import IngressPort, effective_update_config, updated_service
 from shoal.manager.orchestrator import restart
 from shoal.manager.orchestrator.common import (
@@ -62,19 +64,23 @@ from shoal.manager.orchestrator.common import (
     short,
     task_digest,
 )
-from shoal.manager.scheduler.constraints import matches, parse_constraints
-from shoal.timefmt import SECOND, from_rfc3339, to_rfc3339
+from shoal.manager.orchestrator.update_progress import (
+    FAILURE_STATES,
+    RUNNING_SINCE,
+    SlotKey,
+    UpdateProgress,
+    is_running,
+    running_stamp,
+    timestamp,
+)
+from shoal.timefmt import SECOND, to_rfc3339
 from shoal.types import (
-    Availability,
     Doc,
     Plan,
     TaskState,
     clone,
-    constraints,
     desired_state,
     is_global,
-    node_availability,
-    node_is_ready,
     replicas,
     task_is_live,
     task_node,
@@ -90,13 +96,6 @@ ROLLBACK_STARTED = "rollback_started"
 ROLLBACK_PAUSED = "rollback_paused"
 ROLLBACK_COMPLETED = "rollback_completed"
 IN_PROGRESS = (UPDATING, ROLLBACK_STARTED)
-
-# Private key in a task's Status: when the manager saw the task reach "running" (hidden from the API).
-RUNNING_SINCE = "ShoalRunningSince"
-
-# Observed states that count as a failure of a new task ("failure or early termination").
-FAILURE_STATES = frozenset({TaskState.FAILED, TaskState.REJECTED, TaskState.COMPLETE})
-
 
 @dataclass(frozen=True)
 class UpdatePolicy:
@@ -155,21 +154,9 @@ def update_state(service: Doc) -> str | None:
     return ((service.get("UpdateStatus") or {}).get("State")) or None
 
 
-def _timestamp(text: object) -> float | None:
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        return from_rfc3339(text)
-    except (ValueError, InvalidArgument):
-        return None
-
-
 def running_since(task: Doc, now: float) -> float | None:
     """When the task started running (never later than `now`), or None when that is not known."""
-    status = task.get("Status") or {}
-    stamp = _timestamp(status.get(RUNNING_SINCE))
-    if stamp is None and task_state(task) == TaskState.RUNNING:
-        stamp = _timestamp(status.get("Timestamp"))
+    stamp = running_stamp(task)
     return None if stamp is None else min(stamp, now)
 
 
@@ -183,41 +170,39 @@ def failed_within_monitor(task: Doc, monitor: float, now: float) -> bool:
         return False
     if state == TaskState.REJECTED:
         return True
-    started = _timestamp((task.get("Status") or {}).get(RUNNING_SINCE))
+    started = timestamp((task.get("Status") or {}).get(RUNNING_SINCE))
     if started is None:
         started = created_at(task)
     return restart.ended_at(task, now) - started <= monitor
 
 
-def _is_running(task: Doc) -> bool:
-    return task_state(task) == TaskState.RUNNING
-
-
-# ---- slots ----------------------------------------------------------------------------------------------
-
 @dataclass
 class _Slot:
     """One slot's tasks as they will be once this decision is applied (`tasks` is updated in place)."""
 
-    name: str
-    slot: int
-    node_id: str
+    key: SlotKey
     tasks: list[Doc]
-    # (tasks, service, old live, new live): the split of `tasks` last computed, reused while neither changed (a
-    # pass asks several times per slot, over a hundred thousand slots).
-    _split: tuple[list[Doc], Doc, list[Doc], list[Doc]] | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return f"node {short(self.key)}" if isinstance(self.key, str) else f"slot {self.key}"
+
+    @property
+    def slot(self) -> int:
+        return 0 if isinstance(self.key, str) else self.key
+
+    @property
+    def node_id(self) -> str:
+        return self.key if isinstance(self.key, str) else ""
 
     def _live(self, service: Doc) -> tuple[list[Doc], list[Doc]]:
-        split = self._split
-        if split is None or split[0] is not self.tasks or split[1] is not service:
-            old: list[Doc] = []
-            new: list[Doc] = []
-            current = service_digest(service)
-            for task in self.tasks:
-                if task_is_live(task):
-                    (old if task_digest(task) != current else new).append(task)
-            split = self._split = (self.tasks, service, old, new)
-        return split[2], split[3]
+        old: list[Doc] = []
+        new: list[Doc] = []
+        current = service_digest(service)
+        for task in self.tasks:
+            if task_is_live(task):
+                (old if task_digest(task) != current else new).append(task)
+        return old, new
 
     def old_live(self, service: Doc) -> list[Doc]:
         return self._live(service)[0]
@@ -235,51 +220,10 @@ class _Slot:
         ]
 
     def in_flight(self, service: Doc) -> bool:
-        new = self.new_live(service)
-        if any(not _is_running(t) or desired_state(t) < TaskState.RUNNING for t in new):
+        old, new = self._live(service)
+        if any(not is_running(t) or desired_state(t) < TaskState.RUNNING for t in new):
             return True
-        return bool(new) and bool(self.old_live(service))
-
-
-def _slots(service: Doc, own: list[Doc], nodes: dict[str, Doc]) -> list[_Slot]:
-    """The slots the update covers, in the order they are updated."""
-    if is_global(service):
-        return _global_slots(service, own, nodes)
-    by_slot: dict[int, list[Doc]] = defaultdict(list)
-    for task in own:
-        by_slot[task_slot(task)].append(task)
-    slots = []
-    for number in sorted(n for n in by_slot if 1 <= n <= replicas(service)):
-        tasks = by_slot[number]
-        live = [t for t in tasks if task_is_live(t)]
-        # A slot whose tasks all sit on a failed node is the reconciler's to refill, with the new spec.
-        if live and all(node_trouble(t, nodes) is not None for t in live):
-            continue
-        if live:
-            slots.append(_Slot(f"slot {number}", number, "", tasks))
-    return slots
-
-
-def _global_slots(service: Doc, own: list[Doc], nodes: dict[str, Doc]) -> list[_Slot]:
-    """Nodes that run a task of the service and can take its replacement: ready, active, and matching the
-    current constraints (a paused node keeps its task, as in swarmkit)."""
-    try:
-        wanted = parse_constraints(constraints(service["Spec"].get("TaskTemplate") or {}))
-    except ShoalError:
-        return []  # the global reconciler places nowhere either
-    by_node: dict[str, list[Doc]] = defaultdict(list)
-    for task in own:
-        by_node[task_node(task)].append(task)
-    slots = []
-    for node_id in sorted(by_node):
-        node = nodes.get(node_id)
-        tasks = by_node[node_id]
-        if node is None or not node_is_ready(node) or node_availability(node) != Availability.ACTIVE:
-            continue
-        if not matches(wanted, node) or not any(task_is_live(t) for t in tasks):
-            continue
-        slots.append(_Slot(f"node {short(node_id)}", 0, node_id, tasks))
-    return slots
+        return bool(new) and bool(old)
 
 
 # ---- the decision ---------------------------------------------------------------------------------------
@@ -337,30 +281,50 @@ def plan_update(
     ports (see `controlapi.service.ingress_ports_in_use`). Tasks of other services in `tasks` are ignored.
     """
     own = [t for t in tasks if t.get("ServiceID") == service["ID"]]
+    progress = UpdateProgress.build(service, own, nodes)
+    return plan_progress(service, progress, nodes, now, used_ports=used_ports, new_task_id=new_task_id)
+
+
+def plan_progress(
+    service: Doc,
+    progress: UpdateProgress,
+    nodes: dict[str, Doc],
+    now: float,
+    *,
+    used_ports: set[IngressPort] | None = None,
+    new_task_id: IdFactory | None = None,
+) -> UpdatePlan:
+    """`plan_update` from a progress kept current slot by slot: reads only the slots it acts on."""
+    if not progress.fits(service):
+        raise ValueError("update progress of another spec")  # the caller's bug: rebuild it
     state = update_state(service)
     policy = UpdatePolicy.of(service["Spec"], rollback=state == ROLLBACK_STARTED)
     draft = _Draft(new_task_id)
-    slots = _slots(service, own, nodes)
-    started_at = _timestamp((service.get("UpdateStatus") or {}).get("StartedAt"))
-    current = service_digest(service)
-    of_this_update = [t for t in own if task_digest(t) == current
-                      and started_at is not None and created_at(t) >= started_at]
+    finishing = [_Slot(key, list(progress.slots[key].tasks)) for key in sorted(progress.finishing)]
 
     if state in IN_PROGRESS and policy.failure_action != "continue":
-        stopped = _failure_action(service, of_this_update, len(slots), policy, now, used_ports, draft)
+        stopped = _failure_action(service, progress.failed_tasks(), progress.covered, policy, now, used_ports,
+                                  draft)
         if stopped is not None:
             if update_state(stopped) in (PAUSED, ROLLBACK_PAUSED):
-                _finish_in_flight(draft, service, slots, nodes, policy, now)
+                _finish_in_flight(draft, service, finishing, nodes, policy, now)
             return draft.finish(stopped)
     if state in (PAUSED, ROLLBACK_PAUSED):
-        _finish_in_flight(draft, service, slots, nodes, policy, now)
+        _finish_in_flight(draft, service, finishing, nodes, policy, now)
         draft.note(f"update {state}: no new tasks until the service is updated")
         return draft.finish()
 
-    outdated = any(s.old_live(service) for s in slots)
-    _finish_in_flight(draft, service, slots, nodes, policy, now)
-    in_flight = [s for s in slots if s.in_flight(service)]
-    to_update = [s for s in slots if s.old_live(service) and not s.in_flight(service)]
+    outdated = bool(progress.outdated)
+    _finish_in_flight(draft, service, finishing, nodes, policy, now)
+    # The slots just finished are classified again from what this decision wrote; the others as they are.
+    touched = {slot.key for slot in finishing}
+    in_flight = (progress.in_flight - touched) | {slot.key for slot in finishing if slot.in_flight(service)}
+    waiting = progress.waiting - touched
+    waiting_busy = progress.waiting_busy - touched
+    for slot in finishing:
+        old = slot.old_live(service)
+        if old and not slot.in_flight(service):
+            (waiting_busy if any(is_running(t) for t in old) else waiting).add(slot.key)
 
     new_status: Doc | None = None
     if state is None and outdated:
@@ -369,22 +333,30 @@ def plan_update(
 
     if in_flight:
         draft.note(f"waiting for the new tasks of {len(in_flight)} slot{'s' if len(in_flight) != 1 else ''} "
-                   "to run: " + ", ".join(s.name for s in in_flight))
-    elif to_update:
-        _next_batch(draft, service, to_update, of_this_update, policy, now)
+                   "to run: " + _names(in_flight))
+    elif waiting or waiting_busy:
+        _next_batch(draft, service, progress, waiting, waiting_busy, policy, now)
     elif state in IN_PROGRESS:
-        waiting = _slots_not_running_current_spec(service, slots) if state == ROLLBACK_STARTED else 0
-        if waiting:
+        expected = progress.covered if is_global(service) else replicas(service)
+        missing = max(0, expected - progress.new_running) if state == ROLLBACK_STARTED else 0
+        if missing:
             # A slot emptied by the failed task that caused the rollback is refilled by the reconciler; the
             # rollback is complete only when every slot runs the previous spec again. (An update completes
             # once every slot was replaced, as swarmkit's does, so "continue" ends even if tasks fail.)
-            draft.note(f"waiting for {waiting} slot{'s' if waiting != 1 else ''} to run the current spec")
+            draft.note(f"waiting for {missing} slot{'s' if missing != 1 else ''} to run the current spec")
         else:
-            new_status = _completion(draft, service, of_this_update, policy, now)
+            new_status = _completion(draft, service, progress.last_running(now), policy, now)
 
     if new_status is None:
         return draft.finish()
     return draft.finish(_with_status(service, new_status, now))
+
+
+def _names(keys: set[SlotKey], shown: int = 20) -> str:
+    """Some of the slots' names, in order (an update of a hundred thousand has a thousand in flight)."""
+    first = heapq.nsmallest(shown, keys)
+    names = ", ".join(_Slot(key, []).name for key in first)
+    return names + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
 
 
 def _finish_in_flight(
@@ -398,7 +370,7 @@ def _finish_in_flight(
         if not new:
             continue
         old = slot.old_live(service)
-        if old and (not policy.start_first or any(_is_running(t) for t in new)):
+        if old and (not policy.start_first or any(is_running(t) for t in new)):
             for task in old:
                 draft.shut_down(slot, task, now, "replaced by the new spec")
             draft.note(f"{slot.name}: stopping old task{'s' if len(old) != 1 else ''} "
@@ -412,19 +384,20 @@ def _finish_in_flight(
 
 
 def _next_batch(
-    draft: _Draft, service: Doc, to_update: list[_Slot], of_this_update: list[Doc], policy: UpdatePolicy,
-    now: float,
+    draft: _Draft, service: Doc, progress: UpdateProgress, waiting: set[SlotKey], waiting_busy: set[SlotKey],
+    policy: UpdatePolicy, now: float,
 ) -> None:
     """Start the next batch, or say when it may start (Delay after the previous batch runs)."""
-    last_running = max((at for t in of_this_update if task_is_live(t)
-                        if (at := running_since(t, now)) is not None), default=None)
+    last_running = progress.last_running(now)
     if last_running is not None and now < last_running + policy.delay:
         draft.wake(last_running + policy.delay)
         draft.note(f"next batch in {last_running + policy.delay - now:.1f}s (update delay)")
         return
-    # Slots whose old task serves nothing anyway go first.
-    ordered = sorted(to_update, key=lambda s: any(_is_running(t) for t in s.old_live(service)))
-    batch = ordered[:policy.parallelism] if policy.parallelism else ordered
+    # Slots whose old task serves nothing anyway go first, then in slot (or node) order.
+    size = policy.parallelism or len(waiting) + len(waiting_busy)
+    keys = heapq.nsmallest(size, waiting)
+    keys += heapq.nsmallest(size - len(keys), waiting_busy)
+    batch = [_Slot(key, list(progress.slots[key].tasks)) for key in keys]
     for slot in batch:
         task_id = draft.new_task_id() if draft.new_task_id else None
         task = new_task(service, slot.slot, slot.node_id, now, task_id)
@@ -433,23 +406,15 @@ def _next_batch(
                 draft.shut_down(slot, old, now, "replaced by the new spec")
             task["DesiredState"] = TaskState.READY.wire  # raised to running once the old task has stopped
         draft.create(slot, task)
+    more = len(waiting) + len(waiting_busy) - len(batch)
     draft.note(f"batch of {len(batch)} ({'start-first' if policy.start_first else 'stop-first'}): "
-               + ", ".join(s.name for s in batch) + f"; {len(to_update) - len(batch)} more to update")
-
-
-def _slots_not_running_current_spec(service: Doc, slots: list[_Slot]) -> int:
-    """How many of the service's slots (replicas, or covered nodes) lack a running task of the current spec."""
-    expected = len(slots) if is_global(service) else replicas(service)
-    ready = sum(1 for slot in slots if any(_is_running(t) for t in slot.new_live(service)))
-    return max(0, expected - ready)
+               + _names({slot.key for slot in batch}) + f"; {more} more to update")
 
 
 def _completion(
-    draft: _Draft, service: Doc, of_this_update: list[Doc], policy: UpdatePolicy, now: float
+    draft: _Draft, service: Doc, last_running: float | None, policy: UpdatePolicy, now: float
 ) -> Doc | None:
     """The completed status once the newest task of the update has run for Monitor; else a wake-up."""
-    last_running = max((at for t in of_this_update if task_is_live(t)
-                        if (at := running_since(t, now)) is not None), default=None)
     if last_running is not None and now < last_running + policy.monitor:
         draft.wake(last_running + policy.monitor)
         draft.note(f"all slots updated; monitoring for {last_running + policy.monitor - now:.1f}s more")
