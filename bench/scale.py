@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--subnet", default="127.0.47")
     parser.add_argument("--keep-logs", metavar="DIR", help="copy the daemons' logs here before tearing down")
     parser.add_argument("--skip-update", action="store_true",
-                        help="leave out the rolling update (its passes are O(tasks): at 100,000 it takes an hour)")
+                        help="leave out the rolling update")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="shoal-bench-scale-"))
     print(f"starting {args.managers} managers and {args.nodes} simulated nodes", flush=True)
