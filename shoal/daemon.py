@@ -33,6 +33,7 @@ from shoal import __version__
 from shoal.agent.agent import Agent
 from shoal.agent.executor.base import Executor
 from shoal.agent.join import join as join_cluster
+from shoal.agent.task_files import TaskFiles, default_root
 from shoal.certs import (
     cert_validity,
     client_ssl_context,
@@ -55,6 +56,7 @@ from shoal.errors import (
     SwarmLocked,
     Unavailable,
 )
+from shoal.gcpauses import GCPauses
 from shoal.ids import new_id
 from shoal.loopmonitor import LoopMonitor
 from shoal.manager import ca_rotation, store_access
@@ -85,6 +87,7 @@ from shoal.manager.store.base import Batch
 from shoal.manager.store_access import StoreCredentials, create_store_ca
 from shoal.mesh.mesh import RoutingMesh
 from shoal.supervise import Supervisor
+from shoal.task_files import CONFIG, SECRET
 from shoal.timefmt import to_rfc3339
 from shoal.timeouts import within
 from shoal.tokens import make_token
@@ -191,6 +194,7 @@ class Daemon:
         self.stopped = asyncio.Event()
         self.error = ""
         self.monitor = LoopMonitor()
+        self.gc_pauses = GCPauses()
         self.loops = Supervisor("daemon")
         # A manager's TLS key and the managers' key, held in memory files while it runs (autolock.py).
         self._secrets: tuple[MemoryFile, MemoryFile] | None = None
@@ -250,6 +254,7 @@ class Daemon:
     def _wipe_state(self) -> None:
         self._drop_secrets()
         self.locked = False
+        shutil.rmtree(default_root(self.state_dir), ignore_errors=True)  # task files on the tmpfs
         for name in ("state.json", "certs", "etcd", "etcd.log", "agent"):
             path = self.state_dir / name
             if path.is_dir():
@@ -266,7 +271,7 @@ class Daemon:
 
             # The engine named by DOCKER_HOST (and DOCKER_TLS_VERIFY/DOCKER_CERT_PATH), else the local socket;
             # Unavailable, with the reason, when it does not answer.
-            return DockerExecutor.connect()
+            return DockerExecutor.connect(task_files=TaskFiles(default_root(self.state_dir)))
         if self.config.executor == "sim":
             from shoal.agent.executor.sim import SimExecutor
 
@@ -275,7 +280,7 @@ class Daemon:
             raise InvalidArgument(f"unknown executor {self.config.executor!r}: use process, docker or sim")
         from shoal.agent.executor.process import ProcessExecutor
 
-        return ProcessExecutor(self.state_dir / "agent")
+        return ProcessExecutor(self.state_dir / "agent", TaskFiles(default_root(self.state_dir)))
 
     def describe(self) -> Doc:
         """What the node reports of itself in its session's hello (the node's Description)."""
@@ -299,6 +304,7 @@ class Daemon:
             private.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.chmod(private, 0o700)
         self.loops.start("loop-monitor", self.monitor.run)
+        self.loops.start("gc-pauses", self.gc_pauses.run)
         self.loops.start("autolock", self._follow_autolock)
         self.loops.start("certificate-renewal", self._renew_certificate)
         self._executor = self.make_executor()
@@ -813,6 +819,7 @@ class Daemon:
             "NodeID": self.record.node_id if self.record else "",
             "Role": self.record.role if self.record else "",
             "Loop": self.monitor.stats(),
+            "GC": self.gc_pauses.stats(),
             "Process": {"CPUSeconds": round(usage.ru_utime + usage.ru_stime, 3), "MaxRSSBytes": usage.ru_maxrss * 1024},
         }
         manager = self.manager
@@ -831,6 +838,12 @@ class Daemon:
         if agent is not None:
             info["Agent"] = {"Manager": agent.current_manager or "", "Connected": agent.connected.is_set(),
                              "Tasks": len(agent.worker.known_task_ids()), "TaskRecord": agent.worker.record_stats()}
+            files = getattr(self._executor, "task_files", None)
+            if isinstance(files, TaskFiles):
+                # Which secrets and configs the node holds (their IDs only), for least-privilege checks.
+                held = files.held()
+                info["Agent"]["Holds"] = {"Secrets": sorted(i for k, i in held if k == SECRET),
+                                          "Configs": sorted(i for k, i in held if k == CONFIG)}
         return info
 
 

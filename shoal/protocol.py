@@ -15,7 +15,9 @@ manager -> agent
   {"type": "welcome", "node_id": id, "heartbeat_period": seconds, "managers": ["ip:port", …]}
   {"type": "heartbeat", "lag": s, "period": s} (the answer to each heartbeat: the manager's loop lag, and the
                                                heartbeat period, which grows with the swarm)
-  {"type": "assignments", "full": bool, "tasks": [Task, …], "remove": [id, …]}
+  {"type": "assignments", "full": bool, "tasks": [Task, …], "remove": [id, …],
+   "secrets": [{"ID", "Data": base64}, …], "configs": […],   (values the node did not hold and a task of
+   "forget": {"secrets": [id, …], "configs": [id, …]}}         this message needs; those no task needs now)
   {"type": "logs", "req": n, "tasks": [id, …], "tail": int (-1 = all), "follow": bool}
   {"type": "logs_cancel", "req": n}
   {"type": "managers", "managers": ["ip:port", …]}

@@ -33,6 +33,7 @@ from shoal.certs import client_ssl_context, write_private
 from shoal.clock import SystemClock
 from shoal.daemon import raise_open_file_limit, setup_logging
 from shoal.errors import ShoalError
+from shoal.gcpauses import GCPauses
 from shoal.loopmonitor import LoopMonitor
 from shoal.manager.manager import HEARTBEAT_LAG_WINDOW
 from shoal.supervise import Supervisor
@@ -106,6 +107,7 @@ class HollowNodes:
 
     async def start(self, progress: bool = True) -> None:
         self.loops.start("loop-monitor", self.monitor.run)
+        self.loops.start("gc-pauses", GCPauses().run)
         gate = asyncio.Semaphore(JOINS_AT_ONCE)
         done = 0
 

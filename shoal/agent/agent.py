@@ -256,6 +256,10 @@ class Agent:
             self.connected.set()
             log.info("session open with manager %s", addr)
         elif kind == "assignments":
+            # The secrets and configs its new tasks use come first; those no task needs any more go last.
+            files = getattr(self.executor, "task_files", None)
+            if files is not None:
+                files.receive(message)
             tasks = message.get("tasks") or []
             await self.worker.assign(tasks, full=bool(message.get("full")))
             remove_orphans = getattr(self.executor, "remove_orphans", None)
@@ -266,6 +270,8 @@ class Agent:
                     await remove_orphans(self.node_id, keep)
             for task_id in message.get("remove") or []:
                 await self.worker.forget(task_id)
+            if files is not None:
+                files.forget(message)
         elif kind == "role" and self.on_certificate is not None:
             # Promoted or demoted: ask for a certificate with the new role, on a fresh key.
             await self.request_certificate()

@@ -81,6 +81,12 @@ def add_create_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-e", "--env", action="append", metavar="K=V", help="Set environment variables")
     parser.add_argument("-l", "--label", action="append", metavar="K=V", help="Service labels")
     parser.add_argument("--constraint", action="append", metavar="EXPR", help="Placement constraints")
+    parser.add_argument("--secret", action="append", metavar="SECRET",
+                        help="Specify secrets to expose to the service (NAME or source=NAME,target=FILE,uid=,gid=,"
+                             "mode=0400)")
+    parser.add_argument("--config", action="append", metavar="CONFIG",
+                        help="Specify configurations to expose to the service (NAME or source=NAME,target=PATH,"
+                             "mode=0444)")
     add_common_service_flags(parser)
     parser.add_argument("image", metavar="IMAGE")
     command = parser.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
@@ -99,6 +105,10 @@ def add_update_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-add", action="append", metavar="K=V", help="Add or update a service label")
     parser.add_argument("--label-rm", action="append", metavar="K", help="Remove a label by its key")
     parser.add_argument("--force", action="store_true", help="Force update even if no changes require it")
+    for kind in ("secret", "config"):
+        parser.add_argument(f"--{kind}-add", action="append", metavar=kind.upper(),
+                            help=f"Add or update a {kind} on a service")
+        parser.add_argument(f"--{kind}-rm", action="append", metavar="NAME", help=f"Remove a {kind}")
     add_common_service_flags(parser)
     parser.add_argument("service", metavar="SERVICE")
 
@@ -343,13 +353,81 @@ def _shell_words(flag: str, value: str) -> list[str]:
 
 _CONTAINER_ORDER = ("Image", "Labels", "Command", "Args", "Hostname", "Env", "Dir", "User", "Groups",
                     "Privileges", "Init", "StopSignal", "TTY", "OpenStdin", "ReadOnly", "Mounts",
-                    "StopGracePeriod", "Healthcheck", "Hosts", "DNSConfig")
+                    "StopGracePeriod", "Healthcheck", "Hosts", "DNSConfig", "Secrets", "Configs")
 
 
 def _ordered(doc: Doc, order: tuple[str, ...]) -> Doc:
     """Keys in the Go struct's order (as docker sends them), unknown keys last."""
     known = {k: doc[k] for k in order if k in doc}
     return known | {k: v for k, v in doc.items() if k not in known}
+
+
+# ---- secrets and configs --------------------------------------------------------------------------------
+
+_FILE_REF_KEYS = {"secret": ("Secrets", "SecretName"), "config": ("Configs", "ConfigName")}
+
+
+def parse_file_ref(kind: str, flag: str, value: str) -> Doc:
+    """docker's SecretOpt / ConfigOpt: "NAME", or "source=NAME,target=…,uid=…,gid=…,mode=0400" (csv).
+
+    Only the name is sent; the daemon resolves it to the object's ID and refuses an unknown one.
+    """
+    fields = {"source": "", "target": "", "uid": "0", "gid": "0", "mode": "0444"}
+    if "=" not in value and "," not in value:
+        fields["source"] = value.strip()
+    else:
+        for part in value.split(","):
+            key, sep, text = part.partition("=")
+            key = key.strip().lower()
+            if not sep:
+                raise _bad(flag, value, f"invalid field '{part}' must be a key=value pair")
+            if key == "src":
+                key = "source"
+            if key not in fields:
+                raise _bad(flag, value, f"invalid field key '{key}': use source, target, uid, gid or mode")
+            fields[key] = text.strip()
+    if not fields["source"]:
+        raise _bad(flag, value, "source is required")
+    for key in ("uid", "gid"):
+        if not fields[key].isdigit():
+            raise _bad(flag, value, f"{key} must be a numeric id")
+    try:
+        mode = int(fields["mode"], 8)
+    except ValueError:
+        raise _bad(flag, value, f"mode {fields['mode']!r} is not an octal file mode such as 0400") from None
+    if not 0 <= mode <= 0o7777:
+        raise _bad(flag, value, f"mode {fields['mode']!r} is not a file mode")
+    _, name_key = _FILE_REF_KEYS[kind]
+    target = fields["target"] or fields["source"]
+    return {"File": {"Name": target, "UID": fields["uid"], "GID": fields["gid"], "Mode": mode},
+            name_key: fields["source"]}
+
+
+def file_refs(kind: str, flag: str, values: list[str] | None) -> list[Doc]:
+    refs = [parse_file_ref(kind, flag, value) for value in values or []]
+    _check_targets(kind, refs)
+    return refs
+
+
+def _check_targets(kind: str, refs: list[Doc]) -> None:
+    seen: set[str] = set()
+    for ref in refs:
+        target = str(ref["File"]["Name"])
+        if target in seen:
+            raise CliError(f"duplicate {kind} target for {ref[_FILE_REF_KEYS[kind][1]]} not allowed")
+        seen.add(target)
+
+
+def update_file_refs(kind: str, current: list[Doc], add: list[str] | None, remove: list[str] | None) -> list[Doc]:
+    """docker's getUpdatedSecrets / getUpdatedConfigs: drop the removed names, then add (a new reference with
+    the target of an old one replaces it, which is how a secret is rotated)."""
+    _, name_key = _FILE_REF_KEYS[kind]
+    added = file_refs(kind, f"--{kind}-add", add)
+    removed = set(remove or [])
+    targets = {str(ref["File"]["Name"]) for ref in added}
+    kept = [ref for ref in current if ref.get(name_key) not in removed and ref.get(f"{kind.capitalize()}ID")
+            not in removed and str((ref.get("File") or {}).get("Name")) not in targets]
+    return kept + added
 
 
 # ---- create ---------------------------------------------------------------------------------------------
@@ -382,6 +460,10 @@ def build_service_spec(args: argparse.Namespace) -> Doc:
         container["Env"] = env
     container["Init"] = False
     container["DNSConfig"] = {}
+    for kind in ("secret", "config"):
+        refs = file_refs(kind, f"--{kind}", getattr(args, kind))
+        if refs:
+            container[_FILE_REF_KEYS[kind][0]] = refs
     _apply_container_flags(args, container)
 
     task: Doc = {"ContainerSpec": _ordered(container, _CONTAINER_ORDER),
@@ -460,6 +542,11 @@ def apply_service_update(spec: Doc, args: argparse.Namespace) -> Doc:
                 env.append(entry)
         container["Env"] = env
     _apply_container_flags(args, container)
+    for kind in ("secret", "config"):
+        add, remove = getattr(args, f"{kind}_add"), getattr(args, f"{kind}_rm")
+        if add or remove:
+            list_key = _FILE_REF_KEYS[kind][0]
+            container[list_key] = update_file_refs(kind, list(container.get(list_key) or []), add, remove)
 
     if args.replicas is not None:
         replicas = uint_flag("--replicas", args.replicas)

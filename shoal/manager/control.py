@@ -50,6 +50,7 @@ from shoal.timefmt import to_rfc3339
 from shoal.tokens import make_token
 from shoal.types import (
     CLUSTERS,
+    CONFIGS,
     NODES,
     SECRETS,
     SERVICES,
@@ -233,8 +234,11 @@ class ControlAPI:
     def get_service(self, ref: str, insert_defaults: bool) -> Doc:
         return service_view(self.find_service(ref), with_defaults=insert_defaults)
 
+    def _with_references(self, spec: Doc) -> Doc:
+        return secret_api.resolve_references(spec, self.cache.docs[SECRETS], self.cache.docs[CONFIGS])
+
     async def create_service(self, body: object) -> str:
-        spec = validate_service_spec(body)
+        spec = self._with_references(validate_service_spec(body))
         if not spec.get("Name"):
             spec["Name"] = generated_name(set(self.cache.service_by_name))
         if spec["Name"] in self.cache.service_by_name:
@@ -250,7 +254,7 @@ class ControlAPI:
         service = self.find_service(ref)
         if version != version_of(service):
             raise SequenceConflict()
-        spec = validate_service_spec(body) if not rollback else service["Spec"]
+        spec = self._with_references(validate_service_spec(body)) if not rollback else service["Spec"]
         used = ingress_ports_in_use(self.cache.services().values(), except_service_id=service["ID"])
         new = updated_service(service, spec, self.clock.now(), used, rollback=rollback)
         await self._commit(Batch().update(SERVICES, new))

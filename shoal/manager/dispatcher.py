@@ -14,12 +14,13 @@ heartbeat, so no node is declared down only because it was still talking to the 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import json
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -33,16 +34,22 @@ from shoal.manager import ca_rotation
 from shoal.manager.applier import Applier
 from shoal.manager.cache import Cache
 from shoal.manager.controlapi.node import MESH_ERRORS_FIELD
+from shoal.manager.controlapi.secret import SEALED_DATA
+from shoal.manager.dependencies import NodeDependencies, needed_by
+from shoal.manager.keys import open_secret
 from shoal.manager.orchestrator.common import DOWN_SINCE
 from shoal.manager.orchestrator.replicated import reconcile_replicated
 from shoal.manager.orchestrator.update import RUNNING_SINCE
 from shoal.manager.store.base import Batch, Event, Store, object_key
 from shoal.mesh.table import BACKEND_PORTS, endpoint_table, published_ports
+from shoal.task_files import SECRET, DependencyKey
 from shoal.timefmt import from_rfc3339, to_rfc3339
 from shoal.timeouts import within
 from shoal.types import (
     CLUSTERS,
+    CONFIGS,
     NODES,
+    SECRETS,
     SERVICES,
     TASKS,
     Doc,
@@ -145,6 +152,7 @@ class NodeSession:
     dirty: set[str] = field(default_factory=set)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     endpoints_sent: list[Doc] | None = None  # the endpoint table this agent has
+    dependencies: NodeDependencies = field(default_factory=NodeDependencies)  # the secrets and configs it holds
     reported: asyncio.Event = field(default_factory=asyncio.Event)  # its first status report arrived
     log_queues: dict[int, asyncio.Queue[Doc | None]] = field(default_factory=dict)
 
@@ -161,7 +169,8 @@ class Dispatcher:
     def __init__(self, cache: Cache, store: Store, applier: Applier, clock: Clock,
                  heartbeat_period: Callable[[], float], managers: Callable[[], list[str]],
                  issue_certificate: CertificateIssuer, liveness: Callable[[], float] | None = None,
-                 loop_lag: Callable[[], float] | None = None) -> None:
+                 loop_lag: Callable[[], float] | None = None,
+                 data_key: Callable[[], Awaitable[bytes]] | None = None) -> None:
         self.cache = cache
         self.store = store
         self.applier = applier
@@ -169,6 +178,7 @@ class Dispatcher:
         self.heartbeat_period = heartbeat_period
         self.managers = managers
         self.issue_certificate = issue_certificate
+        self.data_key = data_key  # opens secrets for delivery (None: no secret is ever delivered)
         self.sessions: dict[str, NodeSession] = {}
         # On the liveness clock (stands still while this process's loop is stalled).
         self.last_heartbeat: dict[str, float] = {}
@@ -491,8 +501,40 @@ class Dispatcher:
         tasks = [t for t in self.cache.tasks_on_node(session.node_id) if agent_should_know(t)]
         session.known = {t["ID"] for t in tasks}
         session.dirty.clear()
-        await session.send({"type": "assignments", "full": True, "tasks": tasks, "remove": []})
+        session.dependencies = NodeDependencies()
+        for task in tasks:
+            session.dependencies.set_task(str(task["ID"]), needed_by(task))
+        values = await self._values(session.dependencies.held())
+        await session.send({"type": "assignments", "full": True, "tasks": tasks, "remove": [], **values})
         await self._send_endpoints(session)
+
+    # ---- secrets and configs: sent with the first task that needs them, forgotten after the last ----------
+
+    async def _values(self, gained: Collection[DependencyKey], lost: Collection[DependencyKey] = ()) -> Doc:
+        """The assignment's fields carrying what the node now needs and what it may forget."""
+        fields: Doc = {}
+        for kind, obj_id in sorted(gained):
+            data = await self._reveal(kind, obj_id)
+            if data is not None:
+                fields.setdefault(f"{kind}s", []).append({"ID": obj_id, "Data": base64.b64encode(data).decode()})
+        forget: Doc = {}
+        for kind, obj_id in sorted(lost):
+            forget.setdefault(f"{kind}s", []).append(obj_id)
+        if forget:
+            fields["forget"] = forget
+        return fields
+
+    async def _reveal(self, kind: str, obj_id: str) -> bytes | None:
+        """A secret's or config's value; None when it is gone (the task that needs it is then rejected)."""
+        if kind == SECRET:
+            secret = self.cache.get(SECRETS, obj_id)
+            if secret is None or self.data_key is None:
+                return None
+            return open_secret(await self.data_key(), obj_id, str(secret.get(SEALED_DATA) or ""))
+        config = self.cache.get(CONFIGS, obj_id)
+        if config is None:
+            return None
+        return base64.b64decode(str(config["Spec"].get("Data") or ""))
 
     # ---- the routing mesh's endpoint table --------------------------------------------------------------
 
@@ -552,16 +594,22 @@ class Dispatcher:
             dirty, session.dirty = session.dirty, set()
             changed: list[Doc] = []
             removed: list[str] = []
+            held = session.dependencies.held()
             for task_id in dirty:
                 task = self.cache.get(TASKS, task_id)
                 if task is not None and task.get("NodeID") == session.node_id and agent_should_know(task):
                     changed.append(task)
                     session.known.add(task_id)
+                    session.dependencies.set_task(task_id, needed_by(task))
                 elif task_id in session.known:
                     removed.append(task_id)
                     session.known.discard(task_id)
+                    session.dependencies.drop_task(task_id)
             if changed or removed:
-                await session.send({"type": "assignments", "full": False, "tasks": changed, "remove": removed})
+                now_held = session.dependencies.held()
+                values = await self._values(now_held - held, held - now_held)
+                await session.send({"type": "assignments", "full": False, "tasks": changed, "remove": removed,
+                                    **values})
             if session.endpoints_sent is not None:  # else the full assignment, still to come, sends it
                 await self._send_endpoints(session)
 

@@ -122,6 +122,7 @@ class Manager:
         self.api_applier: Applier | None = None
         self.leader_applier: Applier | None = None
         self._store_ca: RootCA | None = None
+        self._data_key: bytes | None = None
         self.access: StoreAccess | None = None
 
     # ---- start and stop ---------------------------------------------------------------------------------
@@ -164,7 +165,8 @@ class Manager:
         self.dispatcher = Dispatcher(self.cache, self.store, leader_applier, self.clock,
                                      heartbeat_period=self.heartbeat_period, managers=self.manager_addrs,
                                      issue_certificate=self.issue_certificate, liveness=monitor.alive,
-                                     loop_lag=lambda: monitor.recent_max(HEARTBEAT_LAG_WINDOW))
+                                     loop_lag=lambda: monitor.recent_max(HEARTBEAT_LAG_WINDOW),
+                                     data_key=self.data_key)
         self.orchestrator = OrchestratorLoop(self.cache, leader_applier, self.clock)
         self.scheduler = SchedulerLoop(self.cache, leader_applier, self.clock)
         store = self.store
@@ -323,13 +325,16 @@ class Manager:
         return self._store_ca
 
     async def data_key(self) -> bytes:
-        """The cluster's data key (seals secrets), made on first use; stored wrapped with the managers' key."""
-        assert self.store is not None
-        wrapped = await self.store.get_raw(DATA_KEY_STORE)
-        if wrapped is None:
-            wrapped = await self.store.put_raw_if_absent(
-                DATA_KEY_STORE, wrap_data_key(new_data_key(), self.manager_key()))
-        return unwrap_data_key(wrapped, self.manager_key())
+        """The cluster's data key (seals secrets), made on first use; stored wrapped with the managers' key,
+        kept in this process's memory once read (it never changes)."""
+        if self._data_key is None:
+            assert self.store is not None
+            wrapped = await self.store.get_raw(DATA_KEY_STORE)
+            if wrapped is None:
+                wrapped = await self.store.put_raw_if_absent(
+                    DATA_KEY_STORE, wrap_data_key(new_data_key(), self.manager_key()))
+            self._data_key = unwrap_data_key(wrapped, self.manager_key())
+        return self._data_key
 
     async def manager_credentials(self, node_id: str, csr: bytes, cluster_id: str, addr: str) -> Doc:
         """What a node that becomes a manager receives beside its certificate: the managers' key, and store

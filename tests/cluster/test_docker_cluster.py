@@ -10,7 +10,9 @@ removed after each test, whatever its outcome.
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -177,6 +179,29 @@ def test_service_logs_show_the_containers_output(swarm: DockerSwarm) -> None:
     out = both_said_hello() or wait_for("both tasks' output in service logs", both_said_hello)
     for task in tasks:
         assert f"talker.{task['Slot']}." in out, out
+
+
+def test_a_container_reads_its_secret_and_config_at_dockers_paths(swarm: DockerSwarm) -> None:
+    cluster = swarm.cluster
+    env = dict(os.environ, SHOAL_HOST=f"unix://{cluster.manager.socket}")
+    for kind, name, value in (("secret", "db", b"s3cr3t-in-a-container"), ("config", "app.conf", b"port=80\n")):
+        subprocess.run([sys.executable, "-m", "shoal", kind, "create", name, "-"], input=value, env=env, check=True,
+                       capture_output=True, timeout=60)
+    cluster.ok("service", "create", "-d", "--name", "reader", "--stop-grace-period", STOP_GRACE,
+               "--secret", "source=db,mode=0400", "--config", "app.conf", IMAGE_1, "sh", "-c",
+               'cat /run/secrets/db; echo; stat -c "%a" /run/secrets/db; cat /app.conf; sleep 100000')
+    (task,) = cluster.wait_running("reader", 1, timeout=CONVERGE_SECONDS)
+
+    def said() -> str | None:
+        out = cluster.ok("service", "logs", "--raw", "reader")
+        return out if "port=80" in out else None
+
+    assert (said() or wait_for("the container's output", said)).split() == ["s3cr3t-in-a-container", "400",
+                                                                             "port=80"]
+    (container,) = swarm.containers("reader")
+    mounts = {m["Destination"]: m for m in container.attrs["Mounts"]}
+    assert set(mounts) == {"/run/secrets/db", "/app.conf"}
+    assert all(not m["RW"] and m["Source"].startswith("/dev/shm/") for m in mounts.values()), mounts
 
 
 def test_a_missing_image_is_a_rejected_task_with_a_clear_error(swarm: DockerSwarm) -> None:

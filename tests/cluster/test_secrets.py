@@ -4,6 +4,7 @@ CLI and the real docker CLI — and a secret's value nowhere in the store or on 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import shutil
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.conftest import Cluster
+from tests.cluster.conftest import Cluster, wait_for
 from tests.cluster.test_security import CLIENT_PORT, certs_of, etcd_request
 
 pytestmark = pytest.mark.cluster
@@ -84,6 +85,68 @@ def test_a_secret_value_is_in_neither_the_store_nor_a_managers_disk(cluster: Clu
             assert VALUE not in content and base64.b64encode(VALUE) not in content, f"{path} holds the secret"
 
 
+def held(cluster: Cluster, node: str) -> dict[str, list[str]]:
+    """The secret and config IDs a node's agent holds (IDs only: the debug endpoint never shows values)."""
+    with cluster.api(node) as client:
+        return client.get("/shoal/debug").json()["Agent"]["Holds"]
+
+
+def logs_of(cluster: Cluster, service: str) -> str:
+    return cluster.ok("service", "logs", "--raw", service)
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_a_task_reads_its_secret_and_config_and_a_rotation_rolls_it_to_the_new_secret(cluster: Cluster) -> None:
+    new_value = b"second-secret-value-0815"
+    v1 = shoal_with_input(cluster, VALUE, "secret", "create", "db_v1", "-")
+    assert v1.returncode == 0, v1.stderr
+    v1_id = v1.stdout.decode().strip()
+    assert shoal_with_input(cluster, b"listen 8080\n", "config", "create", "app", "-").returncode == 0
+    reader = ('sha256sum "$SHOAL_SECRETS_DIR/db" "$SHOAL_CONFIGS_DIR/etc/app.conf" | cut -d" " -f1; '
+              'exec sleep 600')
+
+    # An unknown secret refuses the service, and nothing is stored.
+    refused = cluster.shoal("service", "create", "-d", "--name", "nope", "--secret", "missing", "busybox", "true")
+    assert refused.code != 0 and refused.err.strip().endswith("secret not found: missing")
+    assert cluster.get("/services") == []
+
+    cluster.ok("service", "create", "-d", "--name", "app", "--constraint", "node.hostname==worker1",
+               "--secret", "source=db_v1,target=db,mode=0400", "--config", "source=app,target=/etc/app.conf",
+               "busybox", "sh", "-c", reader)
+    (task,) = cluster.wait_running("app", 1)
+    wait_for("the task's output", lambda: logs_of(cluster, "app").count("\n") >= 2 or None)
+    assert logs_of(cluster, "app").split() == [digest(VALUE), digest(b"listen 8080\n")]
+    # Only the node running the task was ever given the secret.
+    assert held(cluster, "worker1")["Secrets"] == [v1_id]
+    assert held(cluster, "worker2")["Secrets"] == [] and held(cluster, "manager1")["Secrets"] == []
+    assert cluster.get(f"/tasks/{task['ID']}")["Spec"]["ContainerSpec"]["Secrets"][0]["SecretID"] == v1_id
+    assert cluster.shoal("secret", "rm", "db_v1").code != 0  # in use
+
+    # Rotation: a new secret at the same target, rolled out as an update; the old one is then free to go.
+    v2 = shoal_with_input(cluster, new_value, "secret", "create", "db_v2", "-")
+    v2_id = v2.stdout.decode().strip()
+    cluster.ok("service", "update", "-d", "--secret-rm", "db_v1", "--secret-add", "source=db_v2,target=db,mode=0400",
+               "app")
+    wait_for("the new task's output", lambda: digest(new_value) in logs_of(cluster, "app") or None, timeout=60)
+    (rotated,) = cluster.wait_running("app", 1)
+    assert rotated["ID"] != task["ID"]
+    wait_for("the old secret to be forgotten", lambda: held(cluster, "worker1")["Secrets"] == [v2_id] or None)
+    assert cluster.ok("secret", "rm", "db_v1").strip() == "db_v1"
+
+    # Never in a log line, `service ps`, `inspect` or a task document.
+    for text in (cluster.ok("service", "ps", "--no-trunc", "app"), cluster.ok("service", "inspect", "app"),
+                 json.dumps(cluster.tasks("app"))):
+        assert VALUE.decode() not in text and new_value.decode() not in text
+    for node in cluster.nodes:
+        for path in Path(node.state_dir).rglob("*"):
+            if path.is_file():  # records, certificates, logs (task output holds only digests)
+                content = path.read_bytes()
+                assert VALUE not in content and new_value not in content, f"{path} holds a secret"
+
+
 @pytest.mark.skipif(not shutil.which("docker"), reason="no docker CLI")
 def test_the_docker_cli_manages_secrets_and_configs(cluster: Cluster) -> None:
     env = dict(os.environ, DOCKER_HOST=f"unix://{cluster.manager.socket}")
@@ -99,6 +162,18 @@ def test_the_docker_cli_manages_secrets_and_configs(cluster: Cluster) -> None:
     assert '"Name": "s1"' in docker("secret", "inspect", "s1") and VALUE.decode() not in docker("secret", "inspect", "s1")
     docker("config", "create", "c1", "-", data=b"hello config\n")
     assert "hello config" in docker("config", "inspect", "--pretty", "c1")
+    # A service that mounts them, as `docker service create --secret/--config` sends it (names resolved to IDs).
+    docker("service", "create", "-d", "--name", "dsvc", "--secret", "source=s1,target=pw", "--config", "c1",
+           "busybox", "sleep", "600")
+    container = cluster.get("/services/dsvc")["Spec"]["TaskTemplate"]["ContainerSpec"]
+    assert [(r["SecretID"], r["SecretName"], r["File"]["Name"]) for r in container["Secrets"]] == [
+        (secret_id, "s1", "pw")]
+    assert [r["ConfigName"] for r in container["Configs"]] == ["c1"]
+    cluster.wait_running("dsvc", 1)
+    docker("service", "update", "-d", "--secret-rm", "s1", "dsvc")
+    assert "Secrets" not in cluster.get("/services/dsvc")["Spec"]["TaskTemplate"]["ContainerSpec"] or \
+        not cluster.get("/services/dsvc")["Spec"]["TaskTemplate"]["ContainerSpec"]["Secrets"]
+    docker("service", "rm", "dsvc")
     docker("secret", "rm", "s1")
     docker("config", "rm", "c1")
     assert docker("secret", "ls", "-q").strip() == "" and docker("config", "ls", "-q").strip() == ""

@@ -153,6 +153,11 @@ def test_no_healthcheck() -> None:
     (["--update-failure-action", "explode"], 'invalid argument "explode" for "--update-failure-action" flag'),
     (["--restart-condition", "always"], 'invalid argument "always" for "--restart-condition" flag'),
     (["--no-healthcheck", "--health-cmd", "true"], "--no-healthcheck conflicts with --health-* options"),
+    (["--secret", "target=x"], 'invalid argument "target=x" for "--secret" flag: source is required'),
+    (["--secret", "source=db,mode=rw"], "is not an octal file mode"),
+    (["--secret", "source=db,owner=me"], "invalid field key 'owner'"),
+    (["--secret", "source=db,uid=root"], "uid must be a numeric id"),
+    (["--config", "src=a,target=/x", "--config", "src=b,target=/x"], "duplicate config target for b not allowed"),
 ])
 def test_bad_create_input_is_one_error_and_nothing_is_sent(argv: list[str], message: str) -> None:
     daemon = created()
@@ -161,6 +166,36 @@ def test_bad_create_input_is_one_error_and_nothing_is_sent(argv: list[str], mess
     assert message in err
     assert err.count("\n") == 1
     assert daemon.requests == []
+
+
+def test_create_with_secrets_and_configs_sends_dockers_references() -> None:
+    daemon = created()
+    code, _, err = daemon.cli("service", "create", "-d", "--secret", "db", "--secret",
+                              "source=tls,target=server.key,uid=100,gid=101,mode=0400",
+                              "--config", "src=app,target=/etc/app.conf", "nginx")
+    assert (code, err) == (0, "")
+    container = daemon.bodies("POST /services/create")[0]["TaskTemplate"]["ContainerSpec"]
+    assert container["Secrets"] == [
+        {"File": {"Name": "db", "UID": "0", "GID": "0", "Mode": 0o444}, "SecretName": "db"},
+        {"File": {"Name": "server.key", "UID": "100", "GID": "101", "Mode": 0o400}, "SecretName": "tls"}]
+    assert container["Configs"] == [
+        {"File": {"Name": "/etc/app.conf", "UID": "0", "GID": "0", "Mode": 0o444}, "ConfigName": "app"}]
+
+
+def test_update_rotates_a_secret_by_removing_one_and_adding_another_at_the_same_target() -> None:
+    old = {"SecretID": "id-old", "SecretName": "db_v1", "File": {"Name": "db", "UID": "0", "GID": "0", "Mode": 292}}
+    keep = {"SecretID": "id-k", "SecretName": "other", "File": {"Name": "other", "UID": "0", "GID": "0", "Mode": 292}}
+    service = current_service()
+    service["Spec"]["TaskTemplate"]["ContainerSpec"]["Secrets"] = [old, keep]
+    daemon = updatable(service)
+    code, _, err = daemon.cli("service", "update", "-d", "--secret-rm", "db_v1", "--secret-add",
+                              "source=db_v2,target=db", "--config-add", "app", "web")
+    assert (code, err) == (0, "")
+    container = daemon.bodies(f"POST /services/{SERVICE_ID}/update")[0]["TaskTemplate"]["ContainerSpec"]
+    assert container["Secrets"] == [keep, {"File": {"Name": "db", "UID": "0", "GID": "0", "Mode": 292},
+                                           "SecretName": "db_v2"}]
+    assert container["Configs"] == [{"File": {"Name": "app", "UID": "0", "GID": "0", "Mode": 292},
+                                     "ConfigName": "app"}]
 
 
 def test_usage_errors_exit_2_with_a_hint_and_send_nothing() -> None:

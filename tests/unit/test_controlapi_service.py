@@ -128,7 +128,7 @@ def test_stack_body_fills_endpoint_mode_and_default_order() -> None:
     assert spec["UpdateConfig"]["Order"] == "stop-first"
     assert spec["UpdateConfig"]["Parallelism"] == 1
     assert spec["TaskTemplate"]["Networks"] == [{"Target": "app_front", "Aliases": ["web"]}]
-    # Unknown-to-shoal fields pass through untouched.
+    # Secret references are kept as sent (the control API then resolves them against the store).
     assert spec["TaskTemplate"]["ContainerSpec"]["Secrets"][0]["SecretName"] == "app_db_pw"
 
 

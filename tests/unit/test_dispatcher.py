@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from types import SimpleNamespace
 from typing import cast
 
@@ -13,6 +15,7 @@ from aiohttp import WSMsgType, web
 
 from shoal.manager.applier import Applier
 from shoal.manager.controlapi.node import node_view
+from shoal.manager.controlapi.secret import SEALED_DATA
 from shoal.manager.dispatcher import (
     ELECTION_EXTRA_PERIODS,
     GRACE_MULTIPLIER,
@@ -24,13 +27,25 @@ from shoal.manager.dispatcher import (
     agent_should_know,
     merge_status,
 )
+from shoal.manager.keys import new_data_key, seal_secret
 from shoal.manager.manager import heartbeat_period
 from shoal.manager.orchestrator.common import DOWN_SINCE
 from shoal.manager.orchestrator.loop import OrchestratorLoop
 from shoal.manager.store.base import Batch
 from shoal.mesh.table import BACKEND_PORTS
 from shoal.timefmt import to_rfc3339
-from shoal.types import NODES, TASKS, Doc, NodeState, TaskState, desired_state, node_state, task_state
+from shoal.types import (
+    CONFIGS,
+    NODES,
+    SECRETS,
+    TASKS,
+    Doc,
+    NodeState,
+    TaskState,
+    desired_state,
+    node_state,
+    task_state,
+)
 from tests.unit.manager_fixtures import (
     CountingStore,
     Harness,
@@ -39,6 +54,7 @@ from tests.unit.manager_fixtures import (
     make_task,
     running_harness,
 )
+from tests.unit.waiting import wait_until
 
 NOW = 1_800_000_000.0
 PERIOD = 5.0
@@ -653,3 +669,103 @@ async def test_a_node_back_with_its_task_running_stops_the_replacement_in_the_sa
     assert desired_state(await stored(harness, TASKS, "orig")) == TaskState.RUNNING
     revisions = {obj: rev for obj, rev in seen}
     assert revisions["back"] == revisions["repl"]  # one transaction
+
+
+# ---- secrets and configs: least-privilege delivery ------------------------------------------------------
+
+DATA_KEY = new_data_key()
+SECRET_VALUE = b"hunter2-the-db-password"
+
+
+def using(task: Doc, secrets: Sequence[str] = (), configs: Sequence[str] = ()) -> Doc:
+    container = task["Spec"]["ContainerSpec"]
+    container["Secrets"] = [{"SecretID": s, "SecretName": s, "File": {"Name": s, "UID": "0", "GID": "0",
+                                                                     "Mode": 0o400}} for s in secrets]
+    container["Configs"] = [{"ConfigID": c, "ConfigName": c, "File": {"Name": f"/etc/{c}", "UID": "0", "GID": "0",
+                                                                     "Mode": 0o444}} for c in configs]
+    return task
+
+
+async def secrets_harness(harness: Harness) -> Dispatcher:
+    await harness.add_nodes(make_node("n1"), make_node("n2"))
+    secret = {"ID": "s1", "Spec": {"Name": "s1", "Labels": {}},
+              SEALED_DATA: seal_secret(DATA_KEY, "s1", SECRET_VALUE)}
+    config = {"ID": "c1", "Spec": {"Name": "c1", "Labels": {}, "Data": base64.b64encode(b"port=80").decode()}}
+    await harness.commit(Batch().create(SECRETS, secret).create(CONFIGS, config))
+
+    async def data_key() -> bytes:
+        return DATA_KEY
+
+    dispatcher = Dispatcher(harness.cache, harness.store, Applier(harness.store, fence=lambda: None), harness.clock,
+                            heartbeat_period=lambda: PERIOD, managers=lambda: ["10.0.0.1:4242"],
+                            issue_certificate=no_certificates, data_key=data_key)
+    dispatcher.activate()
+    return dispatcher
+
+
+def delivered(message: Doc) -> dict[str, list[tuple[str, bytes]]]:
+    return {kind: [(item["ID"], base64.b64decode(item["Data"])) for item in message.get(kind) or []]
+            for kind in ("secrets", "configs")}
+
+
+async def test_a_node_is_sent_only_the_secrets_of_the_tasks_it_runs(harness: Harness) -> None:
+    dispatcher = await secrets_harness(harness)
+    await harness.add_tasks(using(make_task("t1", "web", node_id="n1", state=TaskState.ASSIGNED), ["s1"], ["c1"]),
+                            make_task("t2", "web", node_id="n2", state=TaskState.ASSIGNED, slot=2))
+    hello = [{"type": "hello", "description": {}}, {"type": "status", "updates": []}]
+
+    first = (await serve(dispatcher, "n1", hello)).sent[1]
+    second = (await serve(dispatcher, "n2", hello)).sent[1]
+
+    assert delivered(first) == {"secrets": [("s1", SECRET_VALUE)], "configs": [("c1", b"port=80")]}
+    assert delivered(second) == {"secrets": [], "configs": []}
+    assert SECRET_VALUE.decode() not in json.dumps(second)
+    # The task document itself refers to the secret by ID only.
+    assert SECRET_VALUE.decode() not in json.dumps(first["tasks"])
+
+
+async def test_a_secret_comes_with_the_first_task_using_it_and_goes_after_the_last(harness: Harness) -> None:
+    dispatcher = await secrets_harness(harness)
+    socket = FakeSocket([])
+    session = NodeSession("n1", cast(web.WebSocketResponse, socket), "worker")
+    dispatcher.sessions["n1"] = session
+    sender = asyncio.create_task(dispatcher._send_assignments(session))
+
+    async def next_assignment(change: Batch) -> Doc:
+        count = len(socket.sent)
+        await harness.commit(change)
+        await wait_until(lambda: len(socket.sent) > count)
+        return socket.sent[-1]
+
+    try:
+        t1 = using(make_task("t1", "web", node_id="n1", state=TaskState.ASSIGNED), ["s1"])
+        t2 = using(make_task("t2", "web", node_id="n1", state=TaskState.ASSIGNED, slot=2), ["s1"])
+        first = await next_assignment(Batch().create(TASKS, t1))
+        assert delivered(first)["secrets"] == [("s1", SECRET_VALUE)] and "forget" not in first
+        second = await next_assignment(Batch().create(TASKS, t2))
+        assert delivered(second)["secrets"] == [], "the node holds it already"
+        assert session.dependencies.held() == {("secret", "s1")}
+
+        ended = await stored(harness, TASKS, "t1")
+        ended["Status"] = {**ended["Status"], "State": "failed"}
+        third = await next_assignment(Batch().update(TASKS, ended))
+        assert "forget" not in third, "t2 still needs it"
+
+        gone = await stored(harness, TASKS, "t2")
+        fourth = await next_assignment(Batch().delete(TASKS, gone))
+        assert fourth["remove"] == ["t2"] and fourth["forget"] == {"secrets": ["s1"]}
+        assert session.dependencies.held() == set()
+    finally:
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sender
+
+
+async def test_a_removed_secret_is_not_sent(harness: Harness) -> None:
+    dispatcher = await secrets_harness(harness)
+    await harness.add_tasks(using(make_task("t1", "web", node_id="n1", state=TaskState.ASSIGNED), ["gone"]))
+
+    first = (await serve(dispatcher, "n1", [{"type": "hello", "description": {}},
+                                            {"type": "status", "updates": []}])).sent[1]
+
+    assert delivered(first)["secrets"] == []  # the agent rejects the task for want of it

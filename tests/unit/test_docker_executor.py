@@ -8,7 +8,9 @@ The images are the local busybox ones of `tests/dockerimages.py` (no registry is
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import shutil
 import socket
 import time
 import urllib.request
@@ -39,6 +41,7 @@ from shoal.agent.executor.docker import (
     port_bindings,
 )
 from shoal.agent.health import ERR_UNHEALTHY, HealthMonitor, HealthStatus, health_check_of
+from shoal.agent.task_files import SHM, TaskFiles
 from shoal.agent.worker import Worker
 from shoal.clock import SystemClock
 from shoal.ids import new_id
@@ -179,6 +182,34 @@ async def collect(lines: AsyncIterator[LogLine]) -> list[LogLine]:
 
 def never() -> bool:
     return False
+
+
+async def test_secrets_and_configs_are_read_only_files_at_their_targets_from_a_tmpfs(executor: DockerExecutor,
+                                                                                      run_label: str) -> None:
+    files = TaskFiles(SHM / "shoal-test" / new_id()[:12])
+    executor.task_files = files
+    files.receive({"secrets": [{"ID": "s1", "Data": base64.b64encode(b"hunter2").decode()}],
+                   "configs": [{"ID": "c1", "Data": base64.b64encode(b"port=80").decode()}]})
+    script = ('cat /run/secrets/db_password; echo; stat -c "%a %u %g" /run/secrets/db_password; cat /etc/app.conf; '
+              'echo; (echo x > /run/secrets/db_password) 2>/dev/null && echo writable || echo read-only')
+    task = make_task(["-c", script], run_label, Command=["sh"],
+                     Secrets=[{"SecretID": "s1", "SecretName": "db", "File": {"Name": "db_password", "UID": "100",
+                                                                              "GID": "101", "Mode": 0o400}}],
+                     Configs=[{"ConfigID": "c1", "ConfigName": "app",
+                               "File": {"Name": "/etc/app.conf", "UID": "0", "GID": "0", "Mode": 0o444}}])
+    try:
+        controller = await started(executor, task)
+        assert await controller.wait() == 0
+        output = await collect(executor.logs(task["ID"], None, False, never, time.time))
+        assert [line for _, _, line in output] == [b"hunter2\n", b"400 100 101\n", b"port=80\n", b"read-only\n"]
+        mounts = executor.api.inspect_container(controller.container_id)["Mounts"]
+        assert {m["Destination"]: (m["Source"].startswith(str(files.root)), m["RW"]) for m in mounts} == {
+            "/run/secrets/db_password": (True, False), "/etc/app.conf": (True, False)}
+        assert not files.task_dir(task["ID"]).exists(), "gone when the task ended"
+        await controller.remove()
+    finally:
+        executor.task_files = None
+        shutil.rmtree(files.root, ignore_errors=True)
 
 
 async def test_task_runs_as_a_container_with_swarms_name_labels_and_settings(executor: DockerExecutor,

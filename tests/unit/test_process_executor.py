@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import pwd
+import shutil
 import signal
 import stat
 import time
@@ -24,6 +26,7 @@ from shoal.agent.executor.process import (
     task_argv,
     task_environment,
 )
+from shoal.agent.task_files import SHM, TaskFiles
 from shoal.ids import new_id
 from shoal.timefmt import MILLISECOND
 from tests.unit.agent_fixtures import group_members, pids_with
@@ -120,6 +123,46 @@ async def test_process_gets_env_scratch_dir_and_logs_to_files(executor: ProcessE
     # A task's output may hold anything it prints: no other local user may read it.
     assert stat.S_IMODE(log_dir.stat().st_mode) == 0o700
     assert {stat.S_IMODE((log_dir / name).stat().st_mode) for name in ("stdout.log", "stderr.log")} == {0o600}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+async def test_secrets_and_configs_are_files_only_the_tasks_user_reads_until_it_ends(tmp_path: Path) -> None:
+    files = TaskFiles(SHM / "shoal-test" / new_id()[:12])
+    executor = ProcessExecutor(tmp_path / "state", files)
+    files.receive({"secrets": [{"ID": "s1", "Data": base64.b64encode(b"hunter2").decode()}],
+                   "configs": [{"ID": "c1", "Data": base64.b64encode(b"port=80").decode()}]})
+    script = ('cat "$SHOAL_SECRETS_DIR/db_password"; echo; cat "$SHOAL_CONFIGS_DIR/etc/app.conf"; echo; '
+              'ls -ld "$SHOAL_SECRETS_DIR/.." | cut -c1-10; '
+              'ls "$SHOAL_SECRETS_DIR/../.." >/dev/null 2>&1 && echo listed || echo "cannot list"')
+    task = make_task(["sh", "-c", script], User="nobody",
+                     Secrets=[{"SecretID": "s1", "SecretName": "db", "File": {"Name": "db_password", "UID": "0",
+                                                                              "GID": "0", "Mode": 0o444}}],
+                     Configs=[{"ConfigID": "c1", "ConfigName": "app",
+                               "File": {"Name": "/etc/app.conf", "UID": "0", "GID": "0", "Mode": 0o444}}])
+    try:
+        controller = await started(executor, task)
+        assert await asyncio.wait_for(controller.wait(), DEADLINE) == 0
+        out = (executor.state_dir / "logs" / task["ID"] / "stdout.log").read_text().splitlines()
+        assert out == ["hunter2", "port=80", "drwx------", "cannot list"]
+        assert not files.task_dir(task["ID"]).exists(), "removed when the task ended"
+        # Another task, as another user, cannot reach the first one's folder while it runs.
+        other = await started(executor, make_task(["sleep", "30"], User="nobody", Secrets=task["Spec"][
+            "ContainerSpec"]["Secrets"]))
+        folder = files.task_dir(other._task_id)
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        assert folder.stat().st_uid == pwd.getpwnam("nobody").pw_uid
+        await other.shutdown(1.0, "SIGKILL")
+        await asyncio.wait_for(other.wait(), DEADLINE)
+        await other.remove()
+        assert not folder.exists()
+    finally:
+        shutil.rmtree(files.root, ignore_errors=True)
+
+
+async def test_a_task_with_secrets_is_refused_where_they_cannot_be_placed(executor: ProcessExecutor) -> None:
+    task = make_task(["true"], Secrets=[{"SecretID": "s1", "SecretName": "db"}])
+    with pytest.raises(TaskRejected, match="secrets"):
+        await executor.controller(task).prepare()
 
 
 async def test_given_working_directory_is_used_and_must_exist(executor: ProcessExecutor, tmp_path: Path) -> None:

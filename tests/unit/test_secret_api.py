@@ -89,3 +89,33 @@ def test_secret_data_is_sealed_with_the_data_key_which_is_wrapped_with_the_manag
     assert open_secret(data_key, "s1", stored) == b"hunter2"
     with pytest.raises(InvalidArgument):
         open_secret(data_key, "s2", stored)  # bound to its secret: not movable to another
+
+
+# ---- references in a service spec ----------------------------------------------------------------------------
+
+def spec_with(secrets: list[dict[str, object]], configs: list[dict[str, object]] | None = None) -> dict[str, object]:
+    container: dict[str, object] = {"Image": "busybox", "Secrets": secrets}
+    if configs is not None:
+        container["Configs"] = configs
+    return {"Name": "web", "TaskTemplate": {"ContainerSpec": container}}
+
+
+STORED = {"sid1": {"ID": "sid1", "Spec": {"Name": "db_password"}}}
+CONFIGS_STORED = {"cid1": {"ID": "cid1", "Spec": {"Name": "app.conf"}}}
+
+
+def test_references_are_resolved_to_id_and_name_with_dockers_file_defaults() -> None:
+    spec = spec_with([{"SecretName": "db_password"}], [{"ConfigID": "cid1", "File": {"Name": "/etc/app.conf"}}])
+    resolved = secret_api.resolve_references(spec, STORED, CONFIGS_STORED)
+    container = resolved["TaskTemplate"]["ContainerSpec"]  # type: ignore[index]
+    assert container["Secrets"] == [{"SecretID": "sid1", "SecretName": "db_password",
+                                     "File": {"Name": "db_password", "UID": "0", "GID": "0", "Mode": 0o444}}]
+    assert container["Configs"] == [{"ConfigID": "cid1", "ConfigName": "app.conf",
+                                     "File": {"Name": "/etc/app.conf", "UID": "0", "GID": "0", "Mode": 0o444}}]
+
+
+@pytest.mark.parametrize("ref", [{"SecretName": "nope"}, {"SecretID": "nope"},
+                                 {"SecretID": "sid1", "SecretName": "another"}])
+def test_an_unknown_secret_refuses_the_spec(ref: dict[str, object]) -> None:
+    with pytest.raises(InvalidArgument, match="^secret not found: (nope|another)$"):
+        secret_api.resolve_references(spec_with([ref]), STORED, CONFIGS_STORED)

@@ -14,6 +14,7 @@ cannot be known (it was not our child any more).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -39,6 +40,12 @@ def backend_port(port: Doc, node_port: int, probe_host: str, probe_port: int) ->
             "PublishMode": str(port.get("PublishMode") or "ingress"),
             "PublishedPort": int(port.get("PublishedPort") or 0), "Port": node_port,
             "ProbeHost": probe_host, "ProbePort": probe_port}
+
+
+def cancelling() -> bool:
+    """Whether the current task is being cancelled (in a `finally`: the agent stops, the task does not end)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 class ExecutorError(Exception):

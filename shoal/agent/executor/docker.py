@@ -48,8 +48,10 @@ from shoal.agent.executor.base import (
     ProbeResult,
     TaskRejected,
     backend_port,
+    cancelling,
 )
 from shoal.agent.health import HealthStatus, health_check_of
+from shoal.agent.task_files import PlacedFile, TaskFiles, files_off_loop
 from shoal.errors import InvalidArgument, Unavailable
 from shoal.mesh.table import published_ports
 from shoal.timefmt import SECOND, from_rfc3339
@@ -219,14 +221,17 @@ def create_arguments(task: Doc) -> dict[str, Any]:
     return arguments
 
 
-def host_config_arguments(task: Doc) -> dict[str, Any]:
-    """The arguments of the SDK's `create_host_config` for a task."""
+def host_config_arguments(task: Doc, files: Sequence[PlacedFile] = ()) -> dict[str, Any]:
+    """The arguments of the SDK's `create_host_config` for a task; `files` are its secrets and configs, each
+    bind-mounted read-only from the node's tmpfs at its container path."""
     spec = _container_spec(task)
     arguments: dict[str, Any] = {}
     bindings = port_bindings(task)
     if bindings:
         arguments["port_bindings"] = bindings
     mounts = docker_mounts(spec)
+    mounts += [docker.types.Mount(target=placed.ref.container_path, source=str(placed.path), type="bind",
+                                  read_only=True) for placed in files]
     if mounts:
         arguments["mounts"] = mounts
     if spec.get("ReadOnly"):
@@ -350,13 +355,27 @@ class EngineFacts:
 class DockerExecutor:
     """Runs tasks as containers of one Docker Engine."""
 
-    def __init__(self, client: docker.DockerClient) -> None:
+    def __init__(self, client: docker.DockerClient, task_files: TaskFiles | None = None) -> None:
         self.client = client
         self.api: docker.APIClient = client.api
+        self.task_files = task_files  # where tasks' secrets and configs come from (None: refused)
         self._facts: EngineFacts | None = None
 
+    async def place_files(self, task: Doc) -> list[PlacedFile]:
+        """Write the task's secrets and configs to the node's tmpfs (they are bind-mounted from there)."""
+        files = self.task_files
+        if files is None:
+            if _container_spec(task).get("Secrets") or _container_spec(task).get("Configs"):
+                raise TaskRejected("this node was not given a place for secrets and configs")
+            return []
+        return await files_off_loop(files.write, task, None)
+
+    async def remove_files(self, task_id: str) -> None:
+        if self.task_files is not None:
+            await files_off_loop(self.task_files.remove, task_id)
+
     @classmethod
-    def connect(cls, base_url: str | None = None) -> DockerExecutor:
+    def connect(cls, base_url: str | None = None, task_files: TaskFiles | None = None) -> DockerExecutor:
         """An executor for the engine at `base_url` ("unix:///var/run/docker.sock", "tcp://…"), or the one the
         environment names (DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH; default the local socket).
         Raises Unavailable when the engine does not answer."""
@@ -370,7 +389,7 @@ class DockerExecutor:
         except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
             where = base_url or "DOCKER_HOST or unix:///var/run/docker.sock"
             raise Unavailable(f"the docker executor cannot reach a Docker Engine at {where}: {exc}") from exc
-        return cls(client)
+        return cls(client, task_files)
 
     # -- what the node offers --
 
@@ -626,7 +645,8 @@ class DockerController(Controller):
     async def prepare(self) -> None:
         """Pull the image if needed and create the container (or take the one an earlier prepare created)."""
         arguments = create_arguments(self._task)
-        host_config = self._api.create_host_config(**host_config_arguments(self._task))
+        placed = await self._executor.place_files(self._task)
+        host_config = self._api.create_host_config(**host_config_arguments(self._task, placed))
         await self._executor.ensure_image(arguments["image"])
         for container in await self._executor.task_containers(self._task_id):
             self._container_id = str(container["Id"])
@@ -655,7 +675,11 @@ class DockerController(Controller):
             self._pid = int(state["State"].get("Pid") or 0)
 
     async def wait(self) -> int:
-        return await _exit_code(self._api, self._container_id, timeout=None)
+        try:
+            return await _exit_code(self._api, self._container_id, timeout=None)
+        finally:
+            if not cancelling():
+                await self._executor.remove_files(self._task_id)  # the task ended: its secrets go
 
     async def shutdown(self, grace_seconds: float, signal_name: str) -> None:
         """The stop signal, then SIGKILL after `grace_seconds` (Docker's `stop`, with a grace finer than its
@@ -688,6 +712,7 @@ class DockerController(Controller):
         ids |= {str(c["Id"]) for c in await self._executor.task_containers(self._task_id)}
         for container_id in ids:
             await self._executor.remove_container(container_id)
+        await self._executor.remove_files(self._task_id)
 
     async def probe(self, command: Sequence[str], timeout_seconds: float) -> ProbeResult:
         """Docker's next health check result not yet handed over (the container was created with the check, so

@@ -8,7 +8,9 @@ Conventions (a process has no image, so the task document is read this way):
 - The process runs in its own session and process group, so signals reach everything it started and it keeps
   running when the agent dies. Its stdin is /dev/null; its stdout and stderr are written by the child itself to
   `<state_dir>/logs/<task_id>/stdout.log` and `stderr.log` (files, not pipes: no agent needed to keep them open).
-- Environment: PATH and HOME, then `ContainerSpec.Env`, then SHOAL_TASK_ID, SHOAL_SERVICE_NAME and SHOAL_TASK_SLOT.
+- Environment: PATH and HOME, then `ContainerSpec.Env`, then SHOAL_TASK_ID, SHOAL_SERVICE_NAME and SHOAL_TASK_SLOT;
+  for a task that mounts secrets or configs, SHOAL_SECRETS_DIR and SHOAL_CONFIGS_DIR: its own folders on a
+  tmpfs holding one file per reference at its target (shoal.agent.task_files), removed when the task ends.
 - Working directory: `ContainerSpec.Dir`, which must exist; else a scratch directory `<state_dir>/scratch/<task_id>`.
 - `ContainerSpec.User` ("name", "uid", "name:group" or "uid:gid") needs the agent to run as root.
 - Stop: the StopSignal (default SIGTERM) to the process group, SIGKILL to the group after the grace period. When
@@ -55,7 +57,9 @@ from shoal.agent.executor.base import (
     TaskRejected,
     backend_port,
 )
+from shoal.agent.task_files import TaskFiles
 from shoal.mesh.table import published_ports
+from shoal.task_files import CONFIG, SECRET, BadReference, task_references
 from shoal.timeouts import within
 from shoal.types import Doc, task_slot
 
@@ -266,8 +270,9 @@ def signal_group(pgid: int, sig: int) -> None:
 class ProcessExecutor:
     """Runs tasks as host processes; files live under `state_dir` (logs/, scratch/)."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, task_files: TaskFiles | None = None) -> None:
         self.state_dir = Path(state_dir)
+        self.task_files = task_files  # where tasks' secrets and configs come from (None: refused)
         self._ports_in_use: dict[int, str] = {}  # node port -> task id, for tasks with published ports
         self._spawner = ThreadPoolExecutor(max_workers=SPAWN_THREADS, thread_name_prefix="spawn")
 
@@ -393,6 +398,12 @@ class ProcessController(Controller):
             self._mkdir(self._cwd)
         self._find_program()
         self._mkdir(self._executor.log_dir(self._task_id), mode=0o700)
+        files = self._executor.task_files
+        if files is not None:
+            run_as = self._run_as
+            files.write(self._task, (run_as.uid, run_as.gid) if run_as else None)
+        elif _mounts_files(self._task):
+            raise TaskRejected("this node was not given a place for secrets and configs")
 
     async def start(self) -> None:
         if not self._argv:
@@ -425,6 +436,7 @@ class ProcessController(Controller):
 
     async def wait(self) -> int:
         await until_exited(self._pid, self._start_ticks)
+        await self._executor.off_loop(self._remove_task_files)  # the task ended: its secrets go
         # The main process has ended (a zombie still holds its pid, so the group id cannot be reused yet).
         signal_group(self._pid, signal.SIGKILL)
         if self._popen is None:
@@ -469,6 +481,7 @@ class ProcessController(Controller):
             raise ExecutorError(f"task {self._task_id} is still running")
         folders = (self._executor.scratch_dir(self._task_id), self._executor.log_dir(self._task_id))
         await self._executor.off_loop(lambda: _remove_folders(folders))
+        await self._executor.off_loop(self._remove_task_files)
         self._executor.release_ports(self._task_id)
 
     async def probe(self, command: Sequence[str], timeout_seconds: float) -> ProbeResult:
@@ -517,8 +530,22 @@ class ProcessController(Controller):
         base = {"PATH": os.environ.get("PATH") or DEFAULT_PATH,
                 "HOME": self._run_as.home if self._run_as else os.environ.get("HOME", "/")}
         self._env = task_environment(self._task, base, self.ports)
+        files = self._executor.task_files
+        if files is not None:
+            try:
+                kinds = {ref.kind for ref in task_references(self._task)}
+            except BadReference:
+                kinds = set()  # prepare rejects the task
+            if SECRET in kinds:
+                self._env["SHOAL_SECRETS_DIR"] = str(files.kind_dir(self._task_id, SECRET))
+            if CONFIG in kinds:
+                self._env["SHOAL_CONFIGS_DIR"] = str(files.kind_dir(self._task_id, CONFIG))
         work_dir = str(self._spec.get("Dir") or "")
         self._cwd = Path(work_dir) if work_dir else self._executor.scratch_dir(self._task_id)
+
+    def _remove_task_files(self) -> None:
+        if self._executor.task_files is not None:
+            self._executor.task_files.remove(self._task_id)
 
     def _find_program(self) -> None:
         program = self._argv[0]
@@ -534,6 +561,11 @@ class ProcessController(Controller):
             folder.mkdir(parents=True, exist_ok=True, mode=mode)
         except OSError as exc:
             raise ExecutorError(f"cannot create {folder}: {exc}") from exc
+
+
+def _mounts_files(task: Doc) -> bool:
+    spec = ((task.get("Spec") or {}).get("ContainerSpec")) or {}
+    return bool(spec.get("Secrets") or spec.get("Configs"))
 
 
 def _private(path: str, flags: int) -> int:

@@ -14,6 +14,7 @@ import re
 from shoal.errors import InvalidArgument
 from shoal.manager.controlapi import optional_object, optional_str, optional_str_map, shown
 from shoal.manager.controlapi.filters import check_filter_keys, labels_match
+from shoal.task_files import CONFIG, DEFAULT_MODE, KEYS, SECRET
 from shoal.timefmt import to_rfc3339
 from shoal.types import SECRETS, Doc
 
@@ -121,3 +122,31 @@ def matches(obj: Doc, filters: dict[str, list[str]]) -> bool:
     if "names" in filters and name not in filters["names"]:
         return False
     return "label" not in filters or labels_match(obj["Spec"].get("Labels"), filters["label"])
+
+
+def resolve_references(spec: Doc, secrets: dict[str, Doc], configs: dict[str, Doc]) -> Doc:
+    """The service spec with each secret and config reference naming an existing object by both ID and name,
+    and with its File target filled in (Docker's CLI sends both; an API caller may give either). A reference
+    to an object that does not exist refuses the whole spec: "secret not found: db_password"."""
+    container = ((spec.get("TaskTemplate") or {}).get("ContainerSpec")) or {}
+    if not container.get("Secrets") and not container.get("Configs"):
+        return spec
+    container = dict(container)
+    for kind, objects in ((SECRET, secrets), (CONFIG, configs)):
+        list_key, id_key, name_key = KEYS[kind]
+        by_name = {str(obj["Spec"]["Name"]): obj for obj in objects.values()}
+        resolved, missing = [], []
+        for ref in container.get(list_key) or []:
+            obj = objects.get(str(ref.get(id_key) or "")) or by_name.get(str(ref.get(name_key) or ""))
+            if obj is None or (ref.get(name_key) and ref.get(name_key) != obj["Spec"]["Name"]):
+                missing.append(str(ref.get(name_key) or ref.get(id_key)))
+                continue
+            name = str(obj["Spec"]["Name"])
+            file = {"Name": name, "UID": "0", "GID": "0", "Mode": DEFAULT_MODE, **(ref.get("File") or {})}
+            resolved.append({**ref, id_key: obj["ID"], name_key: name, "File": file})
+        if missing:
+            raise InvalidArgument(f"{kind} not found: {', '.join(missing)}")
+        if list_key in container:
+            container[list_key] = resolved
+    template = {**spec["TaskTemplate"], "ContainerSpec": container}
+    return {**spec, "TaskTemplate": template}

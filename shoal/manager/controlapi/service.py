@@ -28,6 +28,7 @@ from shoal.manager.controlapi import (
     shown,
     without_private_fields,
 )
+from shoal.task_files import BadReference, all_references
 from shoal.timefmt import SECOND, to_rfc3339
 from shoal.types import Doc, NodeState, TaskState, clone, is_global, node_state, replicas
 
@@ -287,8 +288,10 @@ def _check_container_spec(container: object, path: str) -> None:
     optional_int(container, "OomScoreAdj", path, minimum=-1000, maximum=1000)
     optional_str_map(container, "Sysctls", path)
     optional_object(container, "Privileges", path)
-    optional_object_list(container, "Secrets", path)
-    optional_object_list(container, "Configs", path)
+    try:
+        all_references(container, path)
+    except BadReference as exc:
+        raise InvalidArgument(str(exc)) from None
     optional_object_list(container, "Ulimits", path)
     dns = optional_object(container, "DNSConfig", path)
     if dns is not None:
