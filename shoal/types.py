@@ -87,7 +87,8 @@ TASKS = "tasks"
 CLUSTERS = "clusters"  # exactly one: the swarm itself (the GET /swarm document)
 SECRETS = "secrets"  # data sealed with the cluster's data key (manager/keys.py)
 CONFIGS = "configs"
-KINDS = (NODES, SERVICES, TASKS, CLUSTERS, SECRETS, CONFIGS)
+NETWORKS = "networks"  # swarm (overlay) networks
+KINDS = (NODES, SERVICES, TASKS, CLUSTERS, SECRETS, CONFIGS, NETWORKS)
 
 
 # ---- task accessors -------------------------------------------------------------------------------------

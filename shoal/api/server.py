@@ -22,7 +22,7 @@ from aiohttp import web
 from shoal import __version__, codec
 from shoal.api.proxy import EngineProxy, distribution_inspect
 from shoal.certs import client_ssl_context, identity_from_peercert
-from shoal.errors import InvalidArgument, NotAManager, ShoalError, TooLarge
+from shoal.errors import InvalidArgument, NotAManager, NotFound, ShoalError, TooLarge
 from shoal.manager.controlapi import INT64_MAX
 from shoal.manager.join import handle_join
 from shoal.protocol import CA_PATH, DEBUG_PATH, JOIN_PATH, SESSION_PATH
@@ -463,6 +463,54 @@ async def engine(request: web.Request) -> web.StreamResponse:
     return await request.app[ENGINE_PROXY].forward(request)
 
 
+# ---- networks: the swarm's overlays here, a node's local networks from its engine -------------------------
+
+def _has_engine(daemon: Daemon) -> bool:
+    return daemon.config.executor == "docker"
+
+
+async def networks_list(request: web.Request) -> web.StreamResponse:
+    daemon = daemon_of(request)
+    if daemon.control is None and _has_engine(daemon):
+        return await engine(request)
+    return reply(daemon.require_control().list_networks(request.query.get("filters")))
+
+
+async def network_create(request: web.Request) -> web.StreamResponse:
+    daemon = daemon_of(request)
+    if daemon.control is None and _has_engine(daemon):
+        return await engine(request)  # a worker's engine makes its local networks
+    control = daemon.require_control()
+    return reply({"Id": await control.create_network(await json_body(request)), "Warning": ""}, 201)
+
+
+async def network_inspect(request: web.Request) -> web.StreamResponse:
+    daemon = daemon_of(request)
+    if daemon.control is None and _has_engine(daemon):
+        return await engine(request)
+    control = daemon.require_control()
+    try:
+        return reply(control.get_network(request.match_info["id"]))
+    except NotFound:
+        if _has_engine(daemon) and request.query.get("scope") != "swarm":
+            return await engine(request)  # bridge, host, none, …
+        raise
+
+
+async def network_remove(request: web.Request) -> web.StreamResponse:
+    daemon = daemon_of(request)
+    if daemon.control is None and _has_engine(daemon):
+        return await engine(request)
+    control = daemon.require_control()
+    try:
+        await control.remove_network(request.match_info["id"])
+    except NotFound:
+        if _has_engine(daemon):
+            return await engine(request)
+        raise
+    return web.Response(status=204)
+
+
 async def _close_engine_proxy(app: web.Application) -> None:
     await app[ENGINE_PROXY].close()
 
@@ -511,6 +559,8 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/tasks", task_list), ("GET", "/tasks/{id}", task_inspect), ("GET", "/tasks/{id}/logs", logs),
     ("GET", "/distribution/{name:.+}/json", distribution),
     *object_routes(SECRETS), *object_routes(CONFIGS),
+    ("GET", "/networks", networks_list), ("POST", "/networks/create", network_create),
+    ("GET", "/networks/{id}", network_inspect), ("DELETE", "/networks/{id}", network_remove),
 ]
 
 

@@ -109,6 +109,9 @@ def run_create(ctx: CliContext, args: argparse.Namespace) -> int:
 def run_update(ctx: CliContext, args: argparse.Namespace) -> int:
     client = ctx.client()
     service = client.get(f"/services/{args.service}")
+    if args.network_rm:
+        # The spec names networks by ID: look the names up, as the docker CLI does.
+        args.network_rm = [*args.network_rm, *(_network_id(client, ref) for ref in args.network_rm)]
     spec = apply_service_update(service["Spec"], args)
     response = client.post(f"/services/{service['ID']}/update",
                            params={"version": service["Version"]["Index"]}, json=spec)
@@ -117,6 +120,13 @@ def run_update(ctx: CliContext, args: argparse.Namespace) -> int:
     if not args.detach:
         _wait(ctx, args.service, args.quiet, fail_on_rollback=True)
     return 0
+
+
+def _network_id(client: Any, ref: str) -> str:
+    try:
+        return str(client.get(f"/networks/{ref}", params={"scope": "swarm"})["Id"])
+    except ApiError:
+        return ref
 
 
 def run_rollback(ctx: CliContext, args: argparse.Namespace) -> int:

@@ -72,6 +72,7 @@ def add_common_service_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--health-start-period", metavar="DURATION",
                         help="Start period for the container to initialize before counting retries")
     parser.add_argument("--no-healthcheck", action="store_true", help="Disable any container-specified HEALTHCHECK")
+    parser.add_argument("--endpoint-mode", metavar="MODE", help='Endpoint mode (vip or dnsrr) (default "vip")')
 
 
 def add_create_flags(parser: argparse.ArgumentParser) -> None:
@@ -81,6 +82,8 @@ def add_create_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-e", "--env", action="append", metavar="K=V", help="Set environment variables")
     parser.add_argument("-l", "--label", action="append", metavar="K=V", help="Service labels")
     parser.add_argument("--constraint", action="append", metavar="EXPR", help="Placement constraints")
+    parser.add_argument("--network", action="append", metavar="NETWORK",
+                        help="Network attachments (NAME or name=NAME,alias=ALIAS,driver-opt=K=V)")
     parser.add_argument("--secret", action="append", metavar="SECRET",
                         help="Specify secrets to expose to the service (NAME or source=NAME,target=FILE,uid=,gid=,"
                              "mode=0400)")
@@ -105,6 +108,8 @@ def add_update_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-add", action="append", metavar="K=V", help="Add or update a service label")
     parser.add_argument("--label-rm", action="append", metavar="K", help="Remove a label by its key")
     parser.add_argument("--force", action="store_true", help="Force update even if no changes require it")
+    parser.add_argument("--network-add", action="append", metavar="NETWORK", help="Add a network")
+    parser.add_argument("--network-rm", action="append", metavar="NETWORK", help="Remove a network")
     for kind in ("secret", "config"):
         parser.add_argument(f"--{kind}-add", action="append", metavar=kind.upper(),
                             help=f"Add or update a {kind} on a service")
@@ -430,6 +435,46 @@ def update_file_refs(kind: str, current: list[Doc], add: list[str] | None, remov
     return kept + added
 
 
+# ---- networks ---------------------------------------------------------------------------------------------
+
+def parse_network(flag: str, value: str) -> Doc:
+    """docker's NetworkOpt: "NAME", or "name=NAME,alias=A,alias=B,driver-opt=K=V" (csv)."""
+    if "=" not in value:
+        if not value.strip():
+            raise _bad(flag, value, "network name is required")
+        return {"Target": value.strip()}
+    target, aliases, options = "", [], {}
+    for part in value.split(","):
+        key, sep, text = part.partition("=")
+        key = key.strip().lower()
+        if not sep:
+            raise _bad(flag, value, f"invalid field '{part}' must be a key=value pair")
+        if key in ("name", "target"):
+            target = text.strip()
+        elif key == "alias":
+            aliases.append(text.strip())
+        elif key == "driver-opt":
+            opt_key, opt_sep, opt_value = text.partition("=")
+            if not opt_sep:
+                raise _bad(flag, value, f"invalid driver-opt '{text}': use driver-opt=KEY=VALUE")
+            options[opt_key] = opt_value
+        else:
+            raise _bad(flag, value, f"invalid field key '{key}': use name, alias or driver-opt")
+    if not target:
+        raise _bad(flag, value, "network name is required")
+    attachment: Doc = {"Target": target}
+    if aliases:
+        attachment["Aliases"] = aliases
+    if options:
+        attachment["DriverOpts"] = options
+    return attachment
+
+
+def _endpoint_mode(args: argparse.Namespace, endpoint: Doc) -> None:
+    if args.endpoint_mode is not None:
+        endpoint["Mode"] = choice_flag("--endpoint-mode", args.endpoint_mode, ("vip", "dnsrr"))
+
+
 # ---- create ---------------------------------------------------------------------------------------------
 
 def build_service_spec(args: argparse.Namespace) -> Doc:
@@ -472,6 +517,9 @@ def build_service_spec(args: argparse.Namespace) -> Doc:
     if restart is not None:
         task["RestartPolicy"] = restart
     task["Placement"] = {"Constraints": list(args.constraint)} if args.constraint else {}
+    networks = [parse_network("--network", value) for value in args.network or []]
+    if networks:
+        task["Networks"] = networks
     task["ForceUpdate"] = 0
 
     spec: Doc = {}
@@ -487,6 +535,7 @@ def build_service_spec(args: argparse.Namespace) -> Doc:
     if rollback_config is not None:
         spec["RollbackConfig"] = rollback_config
     endpoint: Doc = {"Mode": "vip"}
+    _endpoint_mode(args, endpoint)
     if ports:
         endpoint["Ports"] = ports
     spec["EndpointSpec"] = endpoint
@@ -565,10 +614,25 @@ def apply_service_update(spec: Doc, args: argparse.Namespace) -> Doc:
         placement["Constraints"] = sorted(c for c in constraints if c not in removed)
         task["Placement"] = placement
 
-    if args.publish_add or args.publish_rm:
+    if args.publish_add or args.publish_rm or args.endpoint_mode is not None:
         endpoint = spec.get("EndpointSpec") or {"Mode": "vip"}
-        endpoint["Ports"] = _update_ports(list(endpoint.get("Ports") or []), args.publish_add, args.publish_rm)
+        if args.publish_add or args.publish_rm:
+            endpoint["Ports"] = _update_ports(list(endpoint.get("Ports") or []), args.publish_add,
+                                              args.publish_rm)
+        _endpoint_mode(args, endpoint)
         spec["EndpointSpec"] = endpoint
+
+    if args.network_add or args.network_rm:
+        # `network_rm` holds names and IDs (the caller adds the IDs of the names, as the docker CLI does).
+        removed = set(args.network_rm or [])
+        networks = [n for n in task.get("Networks") or spec.pop("Networks", None) or [] if n.get("Target") not in removed]
+        targets = {n.get("Target") for n in networks}
+        for value in args.network_add or []:
+            attachment = parse_network("--network-add", value)
+            if attachment["Target"] in targets:
+                raise CliError(f"service is already attached to network {attachment['Target']}")
+            networks.append(attachment)
+        task["Networks"] = networks
 
     if args.label_rm and spec.get("Labels"):
         for key in args.label_rm:

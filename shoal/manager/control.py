@@ -22,6 +22,7 @@ from shoal.manager.autolock import (
 )
 from shoal.manager.ca import RootCA
 from shoal.manager.controlapi import filters as flt
+from shoal.manager.controlapi import network as network_api
 from shoal.manager.controlapi import secret as secret_api
 from shoal.manager.controlapi import without_private_fields
 from shoal.manager.controlapi.node import node_view, validate_node_spec_update
@@ -51,6 +52,7 @@ from shoal.tokens import make_token
 from shoal.types import (
     CLUSTERS,
     CONFIGS,
+    NETWORKS,
     NODES,
     SECRETS,
     SERVICES,
@@ -235,7 +237,9 @@ class ControlAPI:
         return service_view(self.find_service(ref), with_defaults=insert_defaults)
 
     def _with_references(self, spec: Doc) -> Doc:
-        return secret_api.resolve_references(spec, self.cache.docs[SECRETS], self.cache.docs[CONFIGS])
+        """Secrets, configs and networks named by the spec, resolved to their IDs (unknown ones refused)."""
+        spec = secret_api.resolve_references(spec, self.cache.docs[SECRETS], self.cache.docs[CONFIGS])
+        return network_api.resolve_attachments(spec, self.cache.docs[NETWORKS])
 
     async def create_service(self, body: object) -> str:
         spec = self._with_references(validate_service_spec(body))
@@ -307,6 +311,42 @@ class ControlAPI:
         if using:
             raise secret_api.in_use_error(str(obj["Spec"]["Name"]), kind, using)
         await self._commit(Batch().delete(kind, obj, unique_name=str(obj["Spec"]["Name"]), check_version=False))
+
+    # ---- networks ---------------------------------------------------------------------------------------
+
+    def find_network(self, ref: str) -> Doc:
+        return resolve(list(self.cache.docs[NETWORKS].values()), ref, "network",
+                       lambda network: str(network["Spec"]["Name"]))
+
+    def list_networks(self, raw_filters: str | None) -> list[Doc]:
+        filters = flt.parse_filters(raw_filters)
+        return [network_api.view(n) for n in self.cache.docs[NETWORKS].values() if network_api.matches(n, filters)]
+
+    def get_network(self, ref: str) -> Doc:
+        return network_api.view(self.find_network(ref))
+
+    async def create_network(self, body: object) -> str:
+        existing = list(self.cache.docs[NETWORKS].values())
+        spec = network_api.validate_create(body, existing)
+        if any(n["Spec"]["Name"] == spec["Name"] for n in existing):
+            raise Conflict(f"network with name {spec['Name']} already exists")
+        network = network_api.new_network(spec, new_id(), self.clock.now(), existing)
+        await self._commit(Batch().create(NETWORKS, network, unique_name=spec["Name"]))
+        return str(network["ID"])
+
+    async def remove_network(self, ref: str) -> None:
+        """Refused while a service is attached to it (the ingress network: while a service publishes a port
+        through the routing mesh)."""
+        network = self.find_network(ref)
+        services = self.cache.services().values()
+        if network["Spec"]["Ingress"]:
+            using = sorted(str(s["Spec"]["Name"]) for s in services if ingress_ports_in_use([s]))
+        else:
+            using = network_api.users(str(network["ID"]), services)
+        if using:
+            raise network_api.in_use_error(str(network["Spec"]["Name"]), using)
+        await self._commit(Batch().delete(NETWORKS, network, unique_name=str(network["Spec"]["Name"]),
+                                          check_version=False))
 
     # ---- tasks ------------------------------------------------------------------------------------------
 

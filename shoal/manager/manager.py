@@ -18,11 +18,13 @@ import aetcd.exceptions
 from shoal.clock import Clock
 from shoal.config import EtcdEndpoints
 from shoal.errors import NoQuorum, ShoalError
+from shoal.ids import new_id
 from shoal.loopmonitor import LoopMonitor
 from shoal.manager import ca_rotation
 from shoal.manager.applier import Applier
 from shoal.manager.ca import RootCA
 from shoal.manager.cache import Cache
+from shoal.manager.controlapi import network as network_api
 from shoal.manager.controlapi.swarm import node_cert_expiry_seconds
 from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.etcd_member import EtcdMember, MemberConfig, client_url
@@ -51,7 +53,7 @@ from shoal.supervise import Supervisor
 from shoal.timefmt import SECOND, to_rfc3339
 from shoal.timeouts import within
 from shoal.tokens import make_token
-from shoal.types import CLUSTERS, NODES, Doc, Role
+from shoal.types import CLUSTERS, NETWORKS, NODES, Doc, Role
 
 log = logging.getLogger(__name__)
 
@@ -413,7 +415,9 @@ class Manager:
     async def bootstrap(self, first: Bootstrap) -> None:
         """Write the first objects of a new swarm in one transaction."""
         assert self.store is not None
+        ingress = network_api.new_network(network_api.ingress_spec(), new_id(), self.clock.now(), [])
         batch = Batch().create("clusters", first.cluster).create(NODES, first.node)
+        batch.create(NETWORKS, ingress, unique_name=network_api.INGRESS_NAME)
         batch.ops.extend(first.store_records.ops)
         batch.put_raw(CA_KEY, encode_ca(first.ca, self.manager_key(), CA_KEY))
         batch.put_raw(STORE_CA_KEY, encode_ca(first.store_ca, self.manager_key(), STORE_CA_KEY))

@@ -9,16 +9,19 @@ from tests.unit.waiting import wait_until
 
 
 def pids_with(marker: str) -> list[int]:
-    """Live processes whose command line mentions `marker` (zombies have an empty command line)."""
-    found = []
+    """Live processes whose command line mentions `marker` (zombies have an empty command line), leaving out
+    a child forked by one of them that has not exec'd yet (for that instant it carries its parent's command
+    line: a shell loop forking `sleep` would otherwise show up twice now and then)."""
+    found: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 if marker.encode() in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
+                    stat = (entry / "stat").read_text()
+                    found[int(entry.name)] = int(stat.rpartition(")")[2].split()[1])
+            except (OSError, ValueError, IndexError):
                 continue
-    return found
+    return sorted(pid for pid, parent in found.items() if parent not in found)
 
 
 def group_members(pgid: int) -> list[int]:

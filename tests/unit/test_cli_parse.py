@@ -198,6 +198,56 @@ def test_update_rotates_a_secret_by_removing_one_and_adding_another_at_the_same_
                                      "ConfigName": "app"}]
 
 
+def test_create_with_networks_and_endpoint_mode() -> None:
+    daemon = created()
+    code, _, err = daemon.cli("service", "create", "-d", "--network", "back", "--network",
+                              "name=front,alias=web,alias=www,driver-opt=com.example=1", "--endpoint-mode", "dnsrr",
+                              "nginx")
+    assert (code, err) == (0, "")
+    body = daemon.bodies("POST /services/create")[0]
+    assert body["TaskTemplate"]["Networks"] == [
+        {"Target": "back"}, {"Target": "front", "Aliases": ["web", "www"], "DriverOpts": {"com.example": "1"}}]
+    assert body["EndpointSpec"] == {"Mode": "dnsrr"}
+    code, _, err = created().cli("service", "create", "-d", "--network", "alias=x", "nginx")
+    assert code == 1 and "network name is required" in err
+
+
+def test_update_adds_and_removes_networks_by_name_or_id() -> None:
+    service = current_service()
+    service["Spec"]["TaskTemplate"]["Networks"] = [{"Target": "netid-back", "Aliases": []},
+                                                   {"Target": "netid-keep"}]
+    daemon = updatable(service)
+    daemon.routes["GET /networks/back"] = {"Id": "netid-back", "Name": "back"}
+    code, _, err = daemon.cli("service", "update", "-d", "--network-rm", "back", "--network-add", "front", "web")
+    assert (code, err) == (0, "")
+    spec = daemon.bodies(f"POST /services/{SERVICE_ID}/update")[0]
+    assert spec["TaskTemplate"]["Networks"] == [{"Target": "netid-keep"}, {"Target": "front"}]
+
+
+def test_network_create_sends_dockers_body_and_prints_the_id() -> None:
+    daemon = FakeDaemon({"POST /networks/create": {"Id": "n" * 25, "Warning": ""}})
+    code, out, err = daemon.cli("network", "create", "-d", "overlay", "--subnet", "10.9.0.0/24", "--attachable",
+                                "--label", "team=a", "back")
+    assert (code, out, err) == (0, "n" * 25 + "\n", "")
+    body = daemon.bodies("POST /networks/create")[0]
+    assert (body["Name"], body["Driver"], body["Attachable"], body["Labels"]) == ("back", "overlay", True,
+                                                                                    {"team": "a"})
+    assert body["IPAM"] == {"Driver": "default", "Config": [{"Subnet": "10.9.0.0/24"}]}
+    code, _, err = daemon.cli("network", "create", "--gateway", "10.9.0.1", "x")
+    assert code == 1 and "corresponding subnet" in err
+
+
+def test_network_ls_has_dockers_columns() -> None:
+    daemon = FakeDaemon({"GET /networks": [
+        {"Id": "b" * 25, "Name": "back", "Driver": "overlay", "Scope": "swarm"},
+        {"Id": "a" * 25, "Name": "ingress", "Driver": "overlay", "Scope": "swarm"}]})
+    code, out, _ = daemon.cli("network", "ls")
+    assert code == 0
+    assert [line.split() for line in out.splitlines()] == [
+        ["NETWORK", "ID", "NAME", "DRIVER", "SCOPE"], ["b" * 12, "back", "overlay", "swarm"],
+        ["a" * 12, "ingress", "overlay", "swarm"]]
+
+
 def test_usage_errors_exit_2_with_a_hint_and_send_nothing() -> None:
     daemon = created()
     code, out, err = daemon.cli("service", "create", "--bogus", "nginx")
