@@ -679,6 +679,12 @@ class Dispatcher:
                     and wall > node.get(RESTARTING_UNTIL, 0)):
                 expired.append(node_id)
         for node_id in expired:
+            # Why, for whoever reads the log after a false Down: back since the election, and how long silent.
+            log.info("node %s: silent for %.1fs (grace %.1fs), %s", node_id,
+                     now - self.last_heartbeat.get(node_id, now), self.grace(node_id),
+                     "back since this manager became the leader" if node_id in self._reconnected else
+                     f"not back since this manager became the leader; last session opened "
+                     f"{now - self._last_session_opened:.1f}s ago")
             await self.set_node_down(node_id, "heartbeat failure")
         return expired
 
