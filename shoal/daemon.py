@@ -95,6 +95,8 @@ from shoal.types import NODES, Doc, NodeState, Role, node_state
 
 log = logging.getLogger(__name__)
 
+SWARM_PORT_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
+
 # `swarm init` waits this long for its node to be ready; long enough for a loaded machine, and it is a wait on
 # a condition, so an idle one returns at once.
 READY_TIMEOUT = 30.0
@@ -519,7 +521,10 @@ class Daemon:
         self._cluster_runner = web.AppRunner(make_app(self, remote=True), handle_signals=False, access_log=None,
                                              shutdown_timeout=RUNNER_SHUTDOWN_TIMEOUT)
         await self._cluster_runner.setup()
-        self._cluster_site = web.TCPSite(self._cluster_runner, host, port, ssl_context=context, reuse_address=True)
+        # A new leader takes a thousand agents' connections at once: with aiohttp's backlog of 128 the kernel
+        # drops the rest of the SYNs, and agents time out connecting (seen in bench.scale) although the port is up.
+        self._cluster_site = web.TCPSite(self._cluster_runner, host, port, ssl_context=context, reuse_address=True,
+                                         backlog=SWARM_PORT_BACKLOG)
         try:
             await self._cluster_site.start()
         except OSError as exc:
