@@ -80,6 +80,7 @@ class Agent:
         self._log_streams: dict[int, asyncio.Task[None]] = {}
         self._preferred: str | None = None
         self._suspect: str | None = None  # the manager that last went silent on us: tried last
+        self._connect_timeouts: dict[str, float] = {}  # managers whose handshake ran out of time: longer now
         # Liveness is timed on a clock that stops while this process's loop is stalled (shoal.loopmonitor).
         self._alive = liveness or clock.monotonic
         self._loop_lag = loop_lag or (lambda: 0.0)
@@ -177,13 +178,21 @@ class Agent:
             await asyncio.sleep(0.05)
 
     async def _run_session(self, addr: str) -> None:
-        # A TCP connect is answered by the kernel however busy the manager is, so its timeout can be short;
-        # the TLS handshake and the upgrade need the manager's loop, so they get longer.
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT)
+        # aiohttp's connect timeout covers the TLS handshake too, which needs the manager's loop: short at first
+        # (a cut-off manager is given up on quickly), but doubled for a manager each time it runs out, so a new
+        # leader busy taking a thousand agents in is not given up on forever (seen in bench.scale: every agent
+        # timed out against it, and was marked down).
+        connect = self._connect_timeouts.get(addr, CONNECT_TIMEOUT)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect)
         async with aiohttp.ClientSession(timeout=timeout) as http:
-            ws = await within(http.ws_connect(
-                f"https://{addr}{SESSION_PATH}", ssl=self.ssl_context, max_msg_size=MAX_MESSAGE,
-                autoping=True, timeout=aiohttp.ClientWSTimeout(ws_close=1.0)), HANDSHAKE_TIMEOUT)
+            try:
+                ws = await within(http.ws_connect(
+                    f"https://{addr}{SESSION_PATH}", ssl=self.ssl_context, max_msg_size=MAX_MESSAGE,
+                    autoping=True, timeout=aiohttp.ClientWSTimeout(ws_close=1.0)), HANDSHAKE_TIMEOUT)
+            except TimeoutError:  # aiohttp's ConnectionTimeoutError is one
+                self._connect_timeouts[addr] = min(connect * 2, HANDSHAKE_TIMEOUT)
+                raise
+            self._connect_timeouts.pop(addr, None)
             self._ws = ws
             self._last_heard = self._alive()
             self._manager_lag = 0.0

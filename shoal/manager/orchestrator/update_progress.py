@@ -105,7 +105,7 @@ class Basis:
             return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SlotState:
     """One slot as the updater sees it. Only `covered` slots take part in the update."""
 
