@@ -182,7 +182,9 @@ class Agent:
         # (a cut-off manager is given up on quickly), but doubled for a manager each time it runs out, so a new
         # leader busy taking a thousand agents in is not given up on forever (seen in bench.scale: every agent
         # timed out against it, and was marked down).
-        connect = self._connect_timeouts.get(addr, CONNECT_TIMEOUT)
+        # The leader a follower just named is up: it gets the whole handshake time at once (a new leader has a
+        # thousand agents to take in, and every attempt given up on is work it does for nothing).
+        connect = HANDSHAKE_TIMEOUT if addr == self._preferred else self._connect_timeouts.get(addr, CONNECT_TIMEOUT)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect)
         async with aiohttp.ClientSession(timeout=timeout) as http:
             try:

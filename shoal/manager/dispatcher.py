@@ -76,6 +76,9 @@ GRACE_MULTIPLIER = 3  # heartbeat periods without a heartbeat before a node is m
 # own silence deadline (shoal.agent.agent.SILENCE_PERIODS) and a reconnect.
 ELECTION_EXTRA_PERIODS = 3
 MAX_LAG_ALLOWANCE = 10.0  # at most this much of a node's reported loop lag is added to its grace
+# After an election, seconds of patience per node not yet back (on top of the grace): a new leader takes a
+# thousand agents in at a few dozen a second on a busy machine.
+RECONNECT_ALLOWANCE = 0.05
 JOIN_GRACE = 30.0  # a node that just joined has this long, beyond the usual grace, to open its first session
 FIRST_REPORT_WAIT = 5.0  # how long a new session's node waits for its first status report before it is ready
 RESTART_GRACE = 15.0  # seconds a node that announced a daemon restart has to come back
@@ -195,6 +198,7 @@ class Dispatcher:
         # node's silence means little while others are still getting through (see check_nodes).
         self._reconnected: set[str] = set()
         self._last_session_opened = 0.0
+        self._activated = 0.0
         cache.subscribe(self._on_event)
 
     # ---- leadership -------------------------------------------------------------------------------------
@@ -206,7 +210,7 @@ class Dispatcher:
         self.last_heartbeat = {nid: now for nid in self.cache.nodes()}
         self.node_lag = {}
         self._reconnected = set()
-        self._last_session_opened = self._alive()
+        self._last_session_opened = self._activated = self._alive()
         self.active = True
 
     async def mark_nodes_unknown(self) -> int:
@@ -668,13 +672,15 @@ class Dispatcher:
         now = self._alive()
         expired = []
         wall = self.clock.now()
+        waiting = len(self.cache.nodes()) - len(self._reconnected)
         for node_id, node in list(self.cache.nodes().items()):
             # A node just joined has to start first (a manager its etcd member and cache): more time.
             last = self.last_heartbeat.setdefault(node_id, now + JOIN_GRACE)
             if node_id not in self._reconnected:
                 # Not back since this manager became the leader: silent only once the reconnection wave is over
-                # (no session opened for a grace), not while this leader is still taking the others in.
-                last = max(last, self._last_session_opened)
+                # (no session opened for a grace), not while this leader is still taking the others in, and
+                # not before it could have taken in all that are still out (a thousand take a while).
+                last = max(last, self._last_session_opened, self._activated + waiting * RECONNECT_ALLOWANCE)
             if (node_state(node) != NodeState.DOWN and now - last > self.grace(node_id)
                     and wall > node.get(RESTARTING_UNTIL, 0)):
                 expired.append(node_id)

@@ -21,6 +21,7 @@ from shoal.manager.dispatcher import (
     GRACE_MULTIPLIER,
     JOIN_GRACE,
     MAX_LAG_ALLOWANCE,
+    RECONNECT_ALLOWANCE,
     RESTART_GRACE,
     Dispatcher,
     NodeSession,
@@ -374,6 +375,18 @@ async def test_silence_counts_only_once_the_reconnection_wave_after_an_election_
     harness.clock.advance(GRACE + 0.5)  # no session opened for a grace: n4 is not coming back
     dispatcher.last_heartbeat.update({f"n{i}": harness.clock.monotonic() for i in range(4)})
     assert await dispatcher.check_nodes() == ["n4"]
+
+
+async def test_a_new_leader_waits_longer_for_a_large_swarm_to_come_back(harness: Harness) -> None:
+    # No session opened at all yet (a leader that busy takes a thousand agents in slowly): nodes not back are
+    # given time in proportion to how many are still out, then the grace.
+    await harness.add_nodes(*(make_node(f"n{i}") for i in range(400)))
+    dispatcher = make_dispatcher(harness)
+    patience = 400 * RECONNECT_ALLOWANCE  # 20 s on top of the grace
+    harness.clock.advance(patience + GRACE - 1)
+    assert await dispatcher.check_nodes() == []
+    harness.clock.advance(2)
+    assert len(await dispatcher.check_nodes()) == 400
 
 
 async def test_a_node_reporting_loop_lag_gets_that_much_longer(harness: Harness) -> None:
