@@ -667,31 +667,38 @@ class Dispatcher:
         """How long the node may be silent: a few heartbeat periods, plus the loop lag it last reported."""
         return self.heartbeat_period() * GRACE_MULTIPLIER + min(self.node_lag.get(node_id, 0.0), MAX_LAG_ALLOWANCE)
 
+    def _silence(self, node_id: str, now: float, waiting: int) -> float:
+        """How long the node has been silent, as far as this leader can tell (0 or less: not silent)."""
+        # A node just joined has to start first (a manager its etcd member and cache): more time.
+        last = self.last_heartbeat.setdefault(node_id, now + JOIN_GRACE)
+        if node_id not in self._reconnected:
+            # Not back since this manager became the leader: silent only once the reconnection wave is over
+            # (no session opened for a grace), not while this leader is still taking the others in, and not
+            # before it could have taken in all that are still out (a thousand take a while).
+            last = max(last, self._last_session_opened, self._activated + waiting * RECONNECT_ALLOWANCE)
+        return now - last
+
     async def check_nodes(self) -> list[str]:
         """Mark down every ready node whose heartbeats stopped; returns their IDs."""
-        now = self._alive()
-        expired = []
         wall = self.clock.now()
         waiting = len(self.cache.nodes()) - len(self._reconnected)
-        for node_id, node in list(self.cache.nodes().items()):
-            # A node just joined has to start first (a manager its etcd member and cache): more time.
-            last = self.last_heartbeat.setdefault(node_id, now + JOIN_GRACE)
-            if node_id not in self._reconnected:
-                # Not back since this manager became the leader: silent only once the reconnection wave is over
-                # (no session opened for a grace), not while this leader is still taking the others in, and
-                # not before it could have taken in all that are still out (a thousand take a while).
-                last = max(last, self._last_session_opened, self._activated + waiting * RECONNECT_ALLOWANCE)
-            if (node_state(node) != NodeState.DOWN and now - last > self.grace(node_id)
-                    and wall > node.get(RESTARTING_UNTIL, 0)):
-                expired.append(node_id)
-        for node_id in expired:
+        candidates = [node_id for node_id, node in list(self.cache.nodes().items())
+                      if node_state(node) != NodeState.DOWN and wall > node.get(RESTARTING_UNTIL, 0)
+                      and self._silence(node_id, self._alive(), waiting) > self.grace(node_id)]
+        expired = []
+        for node_id in candidates:
+            # Asked again right before each write: marking hundreds down takes a while, and heartbeats that
+            # arrived meanwhile count.
+            silence = self._silence(node_id, self._alive(), waiting)
+            if silence <= self.grace(node_id):
+                continue
             # Why, for whoever reads the log after a false Down: back since the election, and how long silent.
-            log.info("node %s: silent for %.1fs (grace %.1fs), %s", node_id,
-                     now - self.last_heartbeat.get(node_id, now), self.grace(node_id),
+            log.info("node %s: silent for %.1fs (grace %.1fs), %s", node_id, silence, self.grace(node_id),
                      "back since this manager became the leader" if node_id in self._reconnected else
                      f"not back since this manager became the leader; last session opened "
-                     f"{now - self._last_session_opened:.1f}s ago")
+                     f"{self._alive() - self._last_session_opened:.1f}s ago")
             await self.set_node_down(node_id, "heartbeat failure")
+            expired.append(node_id)
         return expired
 
     async def set_node_down(self, node_id: str, message: str) -> None:

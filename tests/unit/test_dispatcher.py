@@ -389,6 +389,23 @@ async def test_a_new_leader_waits_longer_for_a_large_swarm_to_come_back(harness:
     assert len(await dispatcher.check_nodes()) == 400
 
 
+async def test_a_heartbeat_that_arrives_while_other_nodes_are_marked_down_counts(
+        harness: Harness, store: CountingStore) -> None:
+    # Marking hundreds of nodes down takes a while; each is asked again right before its write.
+    await harness.add_nodes(make_node("n1"), make_node("n2"))
+    dispatcher = make_dispatcher(harness)
+    for node_id in ("n1", "n2"):
+        dispatcher.session_opened(node_id)
+    harness.clock.advance(GRACE + 1)
+
+    def n2_beats() -> None:
+        dispatcher.last_heartbeat["n2"] = harness.clock.monotonic()
+
+    store.before_commit = n2_beats  # n2's heartbeat comes in while n1 is being written down
+    assert await dispatcher.check_nodes() == ["n1"]
+    assert node_state(await stored(harness, NODES, "n2")) == NodeState.READY
+
+
 async def test_a_node_reporting_loop_lag_gets_that_much_longer(harness: Harness) -> None:
     await harness.add_nodes(make_node("busy"), make_node("idle"))
     dispatcher = make_dispatcher(harness)
