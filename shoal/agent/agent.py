@@ -182,9 +182,13 @@ class Agent:
         # (a cut-off manager is given up on quickly), but doubled for a manager each time it runs out, so a new
         # leader busy taking a thousand agents in is not given up on forever (seen in bench.scale: every agent
         # timed out against it, and was marked down).
-        # The leader a follower just named is up: it gets the whole handshake time at once (a new leader has a
-        # thousand agents to take in, and every attempt given up on is work it does for nothing).
-        connect = HANDSHAKE_TIMEOUT if addr == self._preferred else self._connect_timeouts.get(addr, CONNECT_TIMEOUT)
+        connect = self._connect_timeouts.get(addr, CONNECT_TIMEOUT)
+        if addr == self._preferred and connect < HANDSHAKE_TIMEOUT:
+            # The leader a follower just named gets the whole handshake time at once, once its port answers (a
+            # new leader has a thousand agents to take in, and each attempt given up on is work for nothing;
+            # a follower may still name a leader that is cut off, which the port check finds out in a second).
+            await _port_answers(addr)
+            connect = HANDSHAKE_TIMEOUT
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect)
         async with aiohttp.ClientSession(timeout=timeout) as http:
             try:
@@ -421,3 +425,11 @@ def _drop(ws: aiohttp.ClientWebSocketResponse) -> None:
     response = getattr(ws, "_response", None)
     if response is not None:
         response.close()
+
+
+async def _port_answers(addr: str) -> None:
+    """A bare TCP connection to "ip:port", closed at once: the kernel answers it however busy the manager is.
+    Raises TimeoutError or OSError when nothing answers within CONNECT_TIMEOUT."""
+    host, _, port = addr.rpartition(":")
+    _, writer = await within(asyncio.open_connection(host.strip("[]"), int(port)), CONNECT_TIMEOUT)
+    writer.close()
