@@ -151,6 +151,8 @@ class NodeSession:
     restarting: bool = False  # the agent said its daemon is restarting
     gave_up: bool = False  # the agent left because this manager did not answer in time
     background: list[asyncio.Task[None]] = field(default_factory=list)
+    answerer: asyncio.Task[None] | None = None  # sends the heartbeat answers owed, beside the reading loop
+    answers_owed: int = 0
     known: set[str] = field(default_factory=set)
     dirty: set[str] = field(default_factory=set)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -266,9 +268,10 @@ class Dispatcher:
         try:
             await self._serve(session, peer[0] if peer else "")
         finally:
-            for task in [sender, *session.background]:
+            tasks = [sender, *session.background, *([session.answerer] if session.answerer else [])]
+            for task in tasks:
                 task.cancel()
-            for task in [sender, *session.background]:
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             if self.sessions.get(identity.node_id) is session:
@@ -315,9 +318,12 @@ class Dispatcher:
             if kind == "heartbeat":
                 self.node_lag[session.node_id] = _seconds(data.get("lag"))
                 # Answered, so the agent knows this manager still hears it (and how busy it is, and how often
-                # to beat: the period grows with the swarm).
-                await session.send({"type": "heartbeat", "lag": round(self._loop_lag(), 3),
-                                    "period": self.heartbeat_period()})
+                # to beat: the period grows with the swarm). Not from here: an agent slow to read (busy with a
+                # hundred thousand assignments) would stop this loop reading its heartbeats, and be marked down.
+                session.answers_owed += 1
+                if session.answerer is None or session.answerer.done():
+                    session.answerer = asyncio.create_task(self._answer_heartbeats(session),
+                                                           name=f"heartbeats:{session.node_id}")
             elif kind == "hello":
                 # Registering writes the store, which can be slow right after a leader change: do it beside
                 # the message loop, so heartbeats keep being read meanwhile.
@@ -347,6 +353,12 @@ class Dispatcher:
                 queue = session.log_queues.get(int(data["req"]))
                 if queue is not None:
                     queue.put_nowait(None)
+
+    async def _answer_heartbeats(self, session: NodeSession) -> None:
+        while session.answers_owed:
+            session.answers_owed -= 1
+            await session.send({"type": "heartbeat", "lag": round(self._loop_lag(), 3),
+                                "period": self.heartbeat_period()})
 
     async def _welcome(self, session: NodeSession, description: Doc, peer_ip: str) -> None:
         # Ready only once the store shows what the node runs: a node back from a daemon restart keeps the tasks

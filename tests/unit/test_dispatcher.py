@@ -470,8 +470,8 @@ async def serve(dispatcher: Dispatcher, node_id: str, messages: list[Doc]) -> Fa
     socket = FakeSocket(messages)
     session = NodeSession(node_id, cast(web.WebSocketResponse, socket), "worker")
     await dispatcher._serve(session, "10.0.0.9")
-    # Registration (after "hello") runs beside the message loop; let it finish.
-    await asyncio.gather(*session.background)
+    # Registration (after "hello") and heartbeat answers run beside the message loop; let them finish.
+    await asyncio.gather(*session.background, *([session.answerer] if session.answerer else []))
     return socket
 
 
@@ -543,6 +543,27 @@ async def test_every_heartbeat_is_answered_and_its_lag_recorded(harness: Harness
     assert dispatcher.node_lag["n1"] == 0.0  # the last heartbeat carried none
     socket = await serve(dispatcher, "n1", [{"type": "heartbeat", "lag": reported}])
     assert dispatcher.node_lag["n1"] == recorded
+
+
+async def test_an_agent_slow_to_read_answers_does_not_stop_its_heartbeats_being_read(harness: Harness) -> None:
+    await harness.add_nodes(make_node("n1"))
+    dispatcher = make_dispatcher(harness)
+    socket = FakeSocket([{"type": "heartbeat", "lag": 1}, {"type": "heartbeat", "lag": 2},
+                         {"type": "heartbeat", "lag": 3}])
+    stuck = asyncio.Event()
+
+    async def never_drains(text: str) -> None:
+        if '"heartbeat"' in text:
+            await stuck.wait()  # the agent's receive buffer is full by now
+
+    socket.send_str = never_drains  # type: ignore[method-assign]
+    session = NodeSession("n1", cast(web.WebSocketResponse, socket), "worker")
+
+    await asyncio.wait_for(dispatcher._serve(session, "10.0.0.9"), 5)
+
+    assert dispatcher.node_lag["n1"] == 3.0, "every heartbeat was read"
+    assert session.answers_owed == 2 and session.answerer is not None and not session.answerer.done()
+    session.answerer.cancel()
 
 
 async def test_a_session_queues_status_reports_for_the_next_flush(harness: Harness) -> None:
