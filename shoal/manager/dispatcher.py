@@ -192,6 +192,8 @@ class Dispatcher:
         self._loop_lag = loop_lag or (lambda: 0.0)
         self.nodes_marked_down = 0  # for the debug endpoint and the benchmarks
         self.pending_status: dict[str, Doc] = {}
+        self._flush_lock = asyncio.Lock()
+        self._status_revision = 0  # the store revision of the last status write
         self._log_ids = itertools.count(1)
         self._endpoints: list[Doc] | None = None  # the routing mesh's table, recomputed when it may have changed
         self._publishing: dict[str, tuple[Doc, bool]] = {}
@@ -366,8 +368,10 @@ class Dispatcher:
         # rebooted node's tasks are gone, and it says so in this first report).
         with contextlib.suppress(TimeoutError):
             await within(session.reported.wait(), FIRST_REPORT_WAIT)
-        if self.pending_status:
+            # In the store and in the cache, which the choice reads: a flush already under way may hold this
+            # report (the lock waits for it), and a write reaches the cache a moment after it is made.
             await self.flush_status()
+            await self.cache.wait_for_revision(self._status_revision, FIRST_REPORT_WAIT)
         await self._register(session.node_id, description, peer_ip)
         # The first assignment set is complete; later ones carry only changes.
         await self._send_full(session)
@@ -638,6 +642,10 @@ class Dispatcher:
                 await self.flush_status()
 
     async def flush_status(self) -> None:
+        async with self._flush_lock:  # one at a time: a caller that must see its reports written waits here
+            await self._flush_status()
+
+    async def _flush_status(self) -> None:
         pending, self.pending_status = self.pending_status, {}
         now = self.clock.now()
         batch = Batch()
@@ -660,6 +668,7 @@ class Dispatcher:
             for task_id, status in pending.items():
                 self.pending_status.setdefault(task_id, status)
             raise
+        self._status_revision = max(self._status_revision, result.revision)
         if result.failed_keys:
             # Stale versions: merge again next round against the fresh cache (newer reports win).
             for op in batch.ops:
