@@ -117,6 +117,22 @@ def print_json(ctx: CliContext, value: Any) -> None:
     ctx.print(json.dumps(value, indent=4, ensure_ascii=False))
 
 
+def remove_objects(ctx: CliContext, refs: list[str], path: str) -> int:
+    """docker's rm of several objects (`path` is "/secrets", "/networks", …): each name printed once removed,
+    then one error line for each that could not be."""
+    client = ctx.client()
+    errors: list[str] = []
+    for ref in refs:
+        try:
+            client.delete(f"{path}/{ref}")
+            ctx.print(ref)
+        except ApiError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise CliError("\n".join(errors))
+    return 0
+
+
 def inspect_objects(ctx: CliContext, refs: list[str], fetch: Callable[[str], Doc],
                     pretty: Callable[[Doc], str] | None) -> int:
     """docker's inspect of several objects: the JSON (or `--pretty` text) of those found, then one error line

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from shoal.api.client import ApiError, filters_param
-from shoal.cli.common import CliContext, CliError, inspect_objects, parse_filters
+from shoal.api.client import filters_param
+from shoal.cli.common import CliContext, CliError, inspect_objects, parse_filters, remove_objects
 from shoal.cli.format import render_table
 from shoal.cli.spec import labels_map
 from shoal.types import Doc
@@ -86,14 +86,4 @@ def run_inspect(ctx: CliContext, args: argparse.Namespace) -> int:
 
 
 def run_rm(ctx: CliContext, args: argparse.Namespace) -> int:
-    client = ctx.client()
-    errors: list[str] = []
-    for ref in args.refs:
-        try:
-            client.delete(f"/networks/{ref}")
-            ctx.print(ref)
-        except ApiError as exc:
-            errors.append(str(exc))
-    if errors:
-        raise CliError("\n".join(errors))
-    return 0
+    return remove_objects(ctx, args.refs, "/networks")

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shoal.api.client import ApiError, filters_param
-from shoal.cli.common import CliContext, CliError, inspect_objects, parse_filters
+from shoal.api.client import filters_param
+from shoal.cli.common import CliContext, CliError, inspect_objects, parse_filters, remove_objects
 from shoal.cli.format import go_time, render_table, time_ago
 from shoal.cli.spec import labels_map
 from shoal.types import Doc
@@ -101,14 +101,4 @@ def pretty(obj: Doc, noun: str) -> str:
 
 
 def run_rm(ctx: CliContext, args: argparse.Namespace) -> int:
-    client = ctx.client()
-    errors: list[str] = []
-    for ref in args.refs:
-        try:
-            client.delete(f"/{args.kind}/{ref}")
-            ctx.print(ref)
-        except ApiError as exc:
-            errors.append(str(exc))
-    if errors:
-        raise CliError("\n".join(errors))
-    return 0
+    return remove_objects(ctx, args.refs, f"/{args.kind}")
