@@ -114,6 +114,12 @@ def all_references(container: Doc, path: str = "ContainerSpec") -> list[FileRef]
     return refs
 
 
+def mounts_files(task: Doc) -> bool:
+    """Whether the task refers to any secret or config (well formed or not)."""
+    container = ((task.get("Spec") or {}).get("ContainerSpec")) or {}
+    return bool(container.get("Secrets") or container.get("Configs"))
+
+
 def task_references(task: Doc) -> list[FileRef]:
     """The files a task document mounts (its spec was checked when the service was created)."""
     return all_references(((task.get("Spec") or {}).get("ContainerSpec")) or {})

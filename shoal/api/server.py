@@ -31,6 +31,7 @@ from shoal.types import CONFIGS, SECRETS, Doc
 
 if TYPE_CHECKING:
     from shoal.daemon import Daemon
+    from shoal.manager.control import ControlAPI
 
 log = logging.getLogger(__name__)
 
@@ -469,43 +470,43 @@ def _has_engine(daemon: Daemon) -> bool:
     return daemon.config.executor == "docker"
 
 
-async def networks_list(request: web.Request) -> web.StreamResponse:
-    daemon = daemon_of(request)
-    if daemon.control is None and _has_engine(daemon):
-        return await engine(request)
-    return reply(daemon.require_control().list_networks(request.query.get("filters")))
+def swarm_or_engine(handler: Callable[[web.Request, ControlAPI], Awaitable[web.StreamResponse]]) -> Handler:
+    """A network route: a manager answers for the swarm's networks; a worker with a Docker Engine passes the
+    request to it (its local networks)."""
+    async def route(request: web.Request) -> web.StreamResponse:
+        daemon = daemon_of(request)
+        if daemon.control is None and _has_engine(daemon):
+            return await engine(request)
+        return await handler(request, daemon.require_control())
+    return route
 
 
-async def network_create(request: web.Request) -> web.StreamResponse:
-    daemon = daemon_of(request)
-    if daemon.control is None and _has_engine(daemon):
-        return await engine(request)  # a worker's engine makes its local networks
-    control = daemon.require_control()
+@swarm_or_engine
+async def networks_list(request: web.Request, control: ControlAPI) -> web.StreamResponse:
+    return reply(control.list_networks(request.query.get("filters")))
+
+
+@swarm_or_engine
+async def network_create(request: web.Request, control: ControlAPI) -> web.StreamResponse:
     return reply({"Id": await control.create_network(await json_body(request)), "Warning": ""}, 201)
 
 
-async def network_inspect(request: web.Request) -> web.StreamResponse:
-    daemon = daemon_of(request)
-    if daemon.control is None and _has_engine(daemon):
-        return await engine(request)
-    control = daemon.require_control()
+@swarm_or_engine
+async def network_inspect(request: web.Request, control: ControlAPI) -> web.StreamResponse:
     try:
         return reply(control.get_network(request.match_info["id"]))
     except NotFound:
-        if _has_engine(daemon) and request.query.get("scope") != "swarm":
+        if _has_engine(daemon_of(request)) and request.query.get("scope") != "swarm":
             return await engine(request)  # bridge, host, none, …
         raise
 
 
-async def network_remove(request: web.Request) -> web.StreamResponse:
-    daemon = daemon_of(request)
-    if daemon.control is None and _has_engine(daemon):
-        return await engine(request)
-    control = daemon.require_control()
+@swarm_or_engine
+async def network_remove(request: web.Request, control: ControlAPI) -> web.StreamResponse:
     try:
         await control.remove_network(request.match_info["id"])
     except NotFound:
-        if _has_engine(daemon):
+        if _has_engine(daemon_of(request)):
             return await engine(request)
         raise
     return web.Response(status=204)

@@ -54,6 +54,7 @@ from shoal.agent.health import HealthStatus, health_check_of
 from shoal.agent.task_files import PlacedFile, TaskFiles, files_off_loop
 from shoal.errors import InvalidArgument, Unavailable
 from shoal.mesh.table import published_ports
+from shoal.task_files import mounts_files
 from shoal.timefmt import SECOND, from_rfc3339
 from shoal.timeouts import within
 from shoal.types import Doc, task_slot
@@ -365,7 +366,7 @@ class DockerExecutor:
         """Write the task's secrets and configs to the node's tmpfs (they are bind-mounted from there)."""
         files = self.task_files
         if files is None:
-            if _container_spec(task).get("Secrets") or _container_spec(task).get("Configs"):
+            if mounts_files(task):
                 raise TaskRejected("this node was not given a place for secrets and configs")
             return []
         return await files_off_loop(files.write, task, None)

@@ -59,7 +59,7 @@ from shoal.agent.executor.base import (
 )
 from shoal.agent.task_files import TaskFiles
 from shoal.mesh.table import published_ports
-from shoal.task_files import CONFIG, SECRET, BadReference, task_references
+from shoal.task_files import CONFIG, SECRET, BadReference, mounts_files, task_references
 from shoal.timeouts import within
 from shoal.types import Doc, task_slot
 
@@ -402,7 +402,7 @@ class ProcessController(Controller):
         if files is not None:
             run_as = self._run_as
             files.write(self._task, (run_as.uid, run_as.gid) if run_as else None)
-        elif _mounts_files(self._task):
+        elif mounts_files(self._task):
             raise TaskRejected("this node was not given a place for secrets and configs")
 
     async def start(self) -> None:
@@ -561,11 +561,6 @@ class ProcessController(Controller):
             folder.mkdir(parents=True, exist_ok=True, mode=mode)
         except OSError as exc:
             raise ExecutorError(f"cannot create {folder}: {exc}") from exc
-
-
-def _mounts_files(task: Doc) -> bool:
-    spec = ((task.get("Spec") or {}).get("ContainerSpec")) or {}
-    return bool(spec.get("Secrets") or spec.get("Configs"))
 
 
 def _private(path: str, flags: int) -> int:
