@@ -7,6 +7,7 @@ import asyncio
 import socket
 import ssl
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,26 +18,17 @@ from shoal.agent.executor.sim import SimExecutor
 from shoal.clock import SystemClock
 
 
-async def test_a_manager_whose_handshake_runs_out_of_time_gets_twice_as_long_next_time(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(agent_module, "CONNECT_TIMEOUT", 0.05)
-    monkeypatch.setattr(agent_module, "HANDSHAKE_TIMEOUT", 0.15)
+@pytest.fixture
+async def busy_manager() -> AsyncIterator[str]:
+    """The address of a manager that accepts connections and never answers the TLS hello (too busy)."""
     held: list[asyncio.StreamWriter] = []
 
     async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)  # accepts, never answers the TLS hello: a manager too busy to shake hands
+        held.append(writer)
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    addr = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    agent = Agent("node1", [addr], ssl.create_default_context(), tmp_path, SimExecutor(), SystemClock(),
-                  lambda: {}, lambda managers: None)
     try:
-        waits = []
-        for _ in range(3):
-            with pytest.raises(TimeoutError):
-                await agent._run_session(addr)
-            waits.append(agent._connect_timeouts[addr])
-        assert waits == [0.1, 0.15, 0.15], "doubled, up to the handshake timeout"
+        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
     finally:
         for writer in held:
             writer.close()
@@ -44,27 +36,37 @@ async def test_a_manager_whose_handshake_runs_out_of_time_gets_twice_as_long_nex
         await server.wait_closed()
 
 
+def agent_for(managers: list[str], state_dir: Path) -> Agent:
+    return Agent("node1", managers, ssl.create_default_context(), state_dir, SimExecutor(), SystemClock(),
+                 lambda: {}, lambda managers: None)
+
+
+async def test_a_manager_whose_handshake_runs_out_of_time_gets_twice_as_long_next_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, busy_manager: str) -> None:
+    monkeypatch.setattr(agent_module, "CONNECT_TIMEOUT", 0.05)
+    monkeypatch.setattr(agent_module, "HANDSHAKE_TIMEOUT", 0.15)
+    agent = agent_for([busy_manager], tmp_path)
+    waits = []
+    for _ in range(3):
+        with pytest.raises(TimeoutError):
+            await agent._run_session(busy_manager)
+        waits.append(agent._connect_timeouts[busy_manager])
+    assert waits == [0.1, 0.15, 0.15], "doubled, up to the handshake timeout"
+
+
 async def test_the_leader_a_follower_named_gets_the_whole_handshake_time_once_its_port_answers(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, busy_manager: str) -> None:
     monkeypatch.setattr(agent_module, "CONNECT_TIMEOUT", 0.05)
     monkeypatch.setattr(agent_module, "HANDSHAKE_TIMEOUT", 0.5)
-    held: list[asyncio.StreamWriter] = []
-
-    async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)
-
-    server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    busy = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
     closed_socket = socket.socket()
     closed_socket.bind(("127.0.0.1", 0))
     gone = f"127.0.0.1:{closed_socket.getsockname()[1]}"  # bound, not listening: refused
-    agent = Agent("node1", [busy, gone], ssl.create_default_context(), tmp_path, SimExecutor(), SystemClock(),
-                  lambda: {}, lambda managers: None)
+    agent = agent_for([busy_manager, gone], tmp_path)
     try:
-        agent._preferred = busy
+        agent._preferred = busy_manager
         started = time.monotonic()
         with pytest.raises(TimeoutError):
-            await agent._run_session(busy)
+            await agent._run_session(busy_manager)
         assert time.monotonic() - started >= 0.45, "patient with the named leader"
         agent._preferred = gone
         with pytest.raises(OSError):
@@ -72,7 +74,3 @@ async def test_the_leader_a_follower_named_gets_the_whole_handshake_time_once_it
         assert gone not in agent._connect_timeouts
     finally:
         closed_socket.close()
-        for writer in held:
-            writer.close()
-        server.close()
-        await server.wait_closed()
