@@ -416,6 +416,9 @@ class Daemon:
                 managers = [record.manager_addr, *[m for m in self.agent.managers if m != record.manager_addr]]
             else:
                 manager, self.manager, self.control = self.manager, None, None
+                # Its store credentials and the managers' key go first, before it answers as a worker; what
+                # still runs (etcd, the store client, the lease keeper) holds what it loaded.
+                self._remove_manager_files()
                 if manager is not None:
                     await manager.stop_leading()
                 if self._cluster_runner is not None:
@@ -424,7 +427,6 @@ class Daemon:
                 if manager is not None:
                     await manager.stop()
                 shutil.rmtree(self.state_dir / "etcd", ignore_errors=True)
-                self._remove_manager_files()
                 self._drop_secrets()
                 record.role = role
                 managers = [m for m in self.agent.managers if m != record.manager_addr]
