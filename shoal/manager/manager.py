@@ -21,6 +21,7 @@ from shoal.errors import NoQuorum, ShoalError
 from shoal.ids import new_id
 from shoal.loopmonitor import LoopMonitor
 from shoal.manager import ca_rotation
+from shoal.manager.allocator import AllocatorLoop
 from shoal.manager.applier import Applier
 from shoal.manager.ca import RootCA
 from shoal.manager.cache import Cache
@@ -170,7 +171,8 @@ class Manager:
                                      loop_lag=lambda: monitor.recent_max(HEARTBEAT_LAG_WINDOW),
                                      data_key=self.data_key)
         self.orchestrator = OrchestratorLoop(self.cache, leader_applier, self.clock)
-        self.scheduler = SchedulerLoop(self.cache, leader_applier, self.clock)
+        self.allocator = AllocatorLoop(self.cache, leader_applier)
+        self.scheduler = SchedulerLoop(self.cache, leader_applier, self.clock, self.allocator.addresses)
         store = self.store
         self.loops.start("cache", lambda: self.cache.run(store))
         if self.member is not None:
@@ -217,6 +219,7 @@ class Manager:
         except ShoalError as exc:
             log.warning("could not mark nodes unknown after the leader change: %s", exc.message)
         self.leader_loops.start("orchestrator", self.orchestrator.run)
+        self.leader_loops.start("allocator", self.allocator.run)
         self.leader_loops.start("scheduler", self.scheduler.run)
         self.leader_loops.start("node-health", dispatcher.node_health_loop)
         self.leader_loops.start("task-status", dispatcher.flush_status_loop)

@@ -566,6 +566,9 @@ def updated_service(current: Doc, new_spec: Doc, now: float, used_ports: set[Ing
     # Our own ports cannot conflict with us, whether or not the caller left them out of `used_ports`.
     others = set(used_ports) - _own_published_ports(current)
     out["Endpoint"] = _endpoint(target, own_ports, others)
+    vips = (current.get("Endpoint") or {}).get("VirtualIPs")
+    if vips:  # the allocator's (shoal.manager.allocator): kept, so a service keeps its addresses
+        out["Endpoint"]["VirtualIPs"] = clone(vips)
     out["UpdatedAt"] = timestamp
     return out
 

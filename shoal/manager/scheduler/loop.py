@@ -12,10 +12,12 @@ import itertools
 import logging
 
 from shoal.clock import Clock
+from shoal.manager.allocator import AddressesExhausted, NetworkAddresses
 from shoal.manager.applier import Applier
 from shoal.manager.cache import Cache
-from shoal.manager.scheduler.pipeline import NodeLoad, schedule
+from shoal.manager.scheduler.pipeline import NodeLoad, refused, schedule
 from shoal.manager.store.base import Event
+from shoal.timefmt import to_rfc3339
 from shoal.types import NODES, TASKS, Doc, Plan, TaskState, desired_state, task_node, task_state
 
 log = logging.getLogger(__name__)
@@ -29,8 +31,10 @@ def needs_scheduling(task: Doc) -> bool:
 
 
 class SchedulerLoop:
-    def __init__(self, cache: Cache, applier: Applier, clock: Clock) -> None:
+    def __init__(self, cache: Cache, applier: Applier, clock: Clock,
+                 addresses: NetworkAddresses | None = None) -> None:
         self.cache = cache
+        self.addresses = addresses or NetworkAddresses()  # tasks get their network addresses when placed
         self.applier = applier
         self.clock = clock
         # Tasks waiting for a node, oldest first; a tick takes the first TASKS_PER_TICK and sends those it could
@@ -90,7 +94,16 @@ class SchedulerLoop:
         self._tried = 0 if placed else self._tried + len(tasks)
         if self.pending and self._tried < len(self.pending):
             self._signal.set()  # some have not been tried since anything changed
-        plan = Plan(update=result.assigned + result.unassigned)
+        assigned = []
+        for task in result.assigned:
+            try:
+                assigned.append(self.addresses.attach(task))
+            except AddressesExhausted as exc:
+                self._back_to_pending(task["ID"])
+                waiting = refused(self.cache.get(TASKS, task["ID"]) or task, str(exc), to_rfc3339(self.clock.now()))
+                if waiting is not None:
+                    result.unassigned.append(waiting)
+        plan = Plan(update=assigned + result.unassigned)
         if plan.empty():
             return ""
         applied = await self.applier.apply(plan)
@@ -98,6 +111,10 @@ class SchedulerLoop:
         self.last_decision = f"{len(result.assigned)} assigned, {len(result.unassigned)} unplaceable -> {applied}"
         log.info("scheduler: %s", self.last_decision)
         return self.last_decision
+
+    def _back_to_pending(self, task_id: str) -> None:
+        self.pending.pop(task_id, None)
+        self.pending[task_id] = None
 
     async def run(self) -> None:
         await self.cache.ready.wait()

@@ -296,11 +296,16 @@ def _assigned(task: Doc, node_id: str, message: str, stamp: str) -> Doc:
 
 
 def _refuse(result: SchedulingResult, task: Doc, error: str, stamp: str) -> None:
-    """Record why the task waits, unless it already says so (an unchanged reason is not worth a write)."""
+    if (waiting := refused(task, error, stamp)) is not None:
+        result.unassigned.append(waiting)
+
+
+def refused(task: Doc, error: str, stamp: str) -> Doc | None:
+    """The task, still pending, saying why it waits; None when it already says so (not worth a write)."""
     status = task.get("Status") or {}
     if status.get("Err") == error:
-        return
-    refused = dict(task)
-    refused["Status"] = {**status, "Timestamp": stamp, "Err": error}
-    refused["UpdatedAt"] = stamp
-    result.unassigned.append(refused)
+        return None
+    waiting = dict(task)
+    waiting["Status"] = {**status, "Timestamp": stamp, "Err": error}
+    waiting["UpdatedAt"] = stamp
+    return waiting
