@@ -85,7 +85,7 @@ def register(commands: Any) -> None:
     rollback.set_defaults(handler=run_rollback)
 
 
-def _wait(ctx: CliContext, service_ref: str, quiet: bool, fail_on_rollback: bool = False) -> None:
+def wait_for_service(ctx: CliContext, service_ref: str, quiet: bool, fail_on_rollback: bool = False) -> None:
     try:
         wait_on_service(ctx.client(), service_ref, ctx.out, quiet=quiet, tty=ctx.isatty(),
                         fail_on_rollback=fail_on_rollback)
@@ -102,7 +102,7 @@ def run_create(ctx: CliContext, args: argparse.Namespace) -> int:
     service_id = str(response.get("ID") or "")
     ctx.print(service_id)
     if not args.detach:
-        _wait(ctx, service_id, args.quiet)
+        wait_for_service(ctx, service_id, args.quiet)
     return 0
 
 
@@ -118,7 +118,7 @@ def run_update(ctx: CliContext, args: argparse.Namespace) -> int:
     ctx.print_warnings(response)
     ctx.print(args.service)
     if not args.detach:
-        _wait(ctx, args.service, args.quiet, fail_on_rollback=True)
+        wait_for_service(ctx, args.service, args.quiet, fail_on_rollback=True)
     return 0
 
 
@@ -138,7 +138,7 @@ def run_rollback(ctx: CliContext, args: argparse.Namespace) -> int:
     ctx.print_warnings(response)
     ctx.print(args.service)
     if not args.detach:
-        _wait(ctx, args.service, args.quiet)
+        wait_for_service(ctx, args.service, args.quiet)
     return 0
 
 
@@ -181,7 +181,7 @@ def run_scale(ctx: CliContext, args: argparse.Namespace) -> int:
     if not args.detach:
         for name in scaled:
             try:
-                _wait(ctx, name, quiet=False)
+                wait_for_service(ctx, name, quiet=False)
             except (CliError, ApiError) as exc:
                 errors.append(f"{name}: {exc}")
     if errors:

@@ -43,7 +43,7 @@ from shoal.manager.controlapi.swarm import (
 )
 from shoal.manager.controlapi.task import task_view
 from shoal.manager.dispatcher import RESTARTING_UNTIL
-from shoal.manager.keys import encode_ca, seal_secret
+from shoal.manager.keys import encode_ca, open_secret, seal_secret
 from shoal.manager.manager import Manager
 from shoal.manager.store.base import CA_KEY, Batch
 from shoal.manager.store.etcd import EtcdStore
@@ -302,7 +302,12 @@ class ControlAPI:
         current = self.find_object(kind, ref)
         if version != version_of(current):
             raise SequenceConflict()
-        await self._commit(Batch().update(kind, secret_api.updated_object(current, body, kind, self.clock.now())))
+        current_data = None
+        if kind == SECRETS and isinstance(body, dict) and body.get("Data"):
+            current_data = open_secret(await self.manager.data_key(), str(current["ID"]),
+                                       str(current.get(secret_api.SEALED_DATA) or ""))
+        updated = secret_api.updated_object(current, body, kind, self.clock.now(), current_data)
+        await self._commit(Batch().update(kind, updated))
 
     async def remove_object(self, kind: str, ref: str) -> None:
         """Refused while a service uses it, naming the services (Docker's message)."""

@@ -69,8 +69,9 @@ def new_object(spec: Doc, obj_id: str, now: float, stored_data: Doc) -> Doc:
     return {"ID": obj_id, "CreatedAt": stamp, "UpdatedAt": stamp, "Spec": dict(spec), **stored_data}
 
 
-def updated_object(current: Doc, body: object, kind: str, now: float) -> Doc:
-    """`secret|config update`: only Labels may change (Docker: "only updates to Labels are allowed")."""
+def updated_object(current: Doc, body: object, kind: str, now: float, current_data: bytes | None = None) -> Doc:
+    """`secret|config update`: only Labels may change (Docker: "only updates to Labels are allowed"). A body
+    may repeat the data it has (`docker stack deploy` sends it again): `current_data` is a secret's value."""
     noun = what(kind)
     if not isinstance(body, dict):
         raise InvalidArgument(f"the {noun} spec must be a JSON object (got {shown(body)})")
@@ -79,7 +80,7 @@ def updated_object(current: Doc, body: object, kind: str, now: float) -> Doc:
     if body.get("Name", spec["Name"]) != spec["Name"]:
         raise InvalidArgument(f"only updates to Labels are allowed: the {noun}'s name cannot change")
     sent = body.get("Data")
-    if kind == SECRETS and sent:
+    if kind == SECRETS and sent and (current_data is None or _decoded(sent) != current_data):
         raise InvalidArgument("only updates to Labels are allowed: a secret's data cannot change; create a new "
                               "secret and move services to it (service update --secret-rm / --secret-add)")
     if kind != SECRETS and sent and sent != spec.get("Data"):
@@ -88,6 +89,13 @@ def updated_object(current: Doc, body: object, kind: str, now: float) -> Doc:
     out["Spec"] = {**spec, "Labels": labels}
     out["UpdatedAt"] = to_rfc3339(now)
     return out
+
+
+def _decoded(data: object) -> bytes | None:
+    try:
+        return base64.b64decode(str(data), validate=True)
+    except ValueError:
+        return None
 
 
 def users(obj_id: str, kind: str, services: list[Doc]) -> list[str]:
