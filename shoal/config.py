@@ -40,3 +40,5 @@ class DaemonConfig:
     publish_addr: str = "0.0.0.0"
     # Processes the userspace mesh forwards in (the agent and helpers on the same ports); None: one per core.
     mesh_workers: int | None = None
+    # The port of the node's DNS server for service discovery, on its advertise address; 0: none.
+    dns_port: int = 53

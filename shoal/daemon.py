@@ -47,6 +47,7 @@ from shoal.certs import (
 )
 from shoal.clock import Clock, SystemClock
 from shoal.config import DEFAULT_PORT, DaemonConfig
+from shoal.discovery.node import NodeDiscovery
 from shoal.errors import (
     AlreadyInSwarm,
     InvalidArgument,
@@ -383,11 +384,14 @@ class Daemon:
         mesh = None if self.config.executor == "sim" else RoutingMesh(
             self.record.node_id, self.config.publish_addr, self.config.routing_mesh,
             executor_binds_host_ports=self.config.executor == "docker", workers=self.config.mesh_workers)
+        # Simulated tasks look nothing up either.
+        discovery = None if self.config.executor == "sim" else NodeDiscovery(self.record.advertise_addr,
+                                                                             self.config.dns_port)
         monitor = self.monitor
         return Agent(self.record.node_id, managers, context, self.state_dir / "agent", self._executor, self.clock,
                      self.describe, self._remember_managers, self.change_role, self.record.port, mesh=mesh,
                      liveness=monitor.alive, loop_lag=lambda: monitor.recent_max(HEARTBEAT_LAG_WINDOW),
-                     on_manager_gone=self._manager_gone, on_trust=self._on_trust)
+                     on_manager_gone=self._manager_gone, on_trust=self._on_trust, discovery=discovery)
 
     async def _manager_gone(self, addr: str) -> None:
         """This node's agent lost its session unexpectedly: a manager here checks whether the leader died."""
@@ -851,6 +855,8 @@ class Daemon:
                 held = files.held()
                 info["Agent"]["Holds"] = {"Secrets": sorted(i for k, i in held if k == SECRET),
                                           "Configs": sorted(i for k, i in held if k == CONFIG)}
+            if agent.discovery is not None:
+                info["Agent"]["Discovery"] = agent.discovery.debug()
         return info
 
 

@@ -26,6 +26,7 @@ from shoal.agent.executor.base import Executor
 from shoal.agent.worker import Worker
 from shoal.certs import csr_for_key, make_key_and_csr
 from shoal.clock import Clock
+from shoal.discovery.node import NodeDiscovery
 from shoal.mesh.mesh import RoutingMesh
 from shoal.mesh.table import Listener
 from shoal.protocol import SESSION_PATH
@@ -56,7 +57,8 @@ class Agent:
                  listen_port: int = 2377, mesh: RoutingMesh | None = None,
                  liveness: Callable[[], float] | None = None, loop_lag: Callable[[], float] | None = None,
                  on_manager_gone: Callable[[str], Coroutine[Any, Any, None]] | None = None,
-                 on_trust: Callable[[str, bool], Coroutine[Any, Any, None]] | None = None) -> None:
+                 on_trust: Callable[[str, bool], Coroutine[Any, Any, None]] | None = None,
+                 discovery: NodeDiscovery | None = None) -> None:
         self.node_id = node_id
         self.managers = list(managers)
         self.ssl_context = ssl_context
@@ -91,6 +93,7 @@ class Agent:
         self._ended_by_manager = False
         self._checks: set[asyncio.Task[None]] = set()
         self.mesh = mesh
+        self.discovery = discovery
         self._mesh_errors: list[str] | None = None  # to send to the manager
         if mesh is not None:
             mesh.report_errors = self._report_mesh_errors
@@ -98,6 +101,8 @@ class Agent:
     async def start(self) -> None:
         if self.mesh is not None:
             await self.mesh.start()
+        if self.discovery is not None:
+            await self.discovery.start()
         await self.worker.start()
         self.loops.start("session", self._session_loop)
         if self.mesh is not None:
@@ -116,6 +121,8 @@ class Agent:
         await self.worker.stop(kill_tasks=kill_tasks)
         if self.mesh is not None:
             await self.mesh.stop(keep_rules=not kill_tasks)
+        if self.discovery is not None:
+            self.discovery.stop()
 
     def _report(self, task_id: str, status: Doc) -> None:
         self._status[task_id] = status
@@ -286,6 +293,8 @@ class Agent:
                     await remove_orphans(self.node_id, keep)
             for task_id in message.get("remove") or []:
                 await self.worker.forget(task_id)
+            if self.discovery is not None:
+                self.discovery.track(tasks, full=bool(message.get("full")), removed=message.get("remove") or [])
             if files is not None:
                 files.forget(message)
         elif kind == "role" and self.on_certificate is not None:
@@ -306,6 +315,8 @@ class Agent:
                 # The session and the tasks must go on; the manager hears of it in the node's status.
                 log.exception("routing mesh: could not apply the endpoint table")
                 self._report_mesh_errors([f"could not apply the endpoint table: {exc}"])
+        elif kind == "names" and self.discovery is not None:
+            self.discovery.update(message.get("entries") or [])
         elif kind == "heartbeat":
             self._manager_lag = float(message.get("lag") or 0.0)
             self.heartbeat_period = float(message.get("period") or self.heartbeat_period)

@@ -133,6 +133,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             response = reply({"message": text}, exc.status)
         else:
             raise
+    except ConnectionResetError:
+        # The client went away mid-answer (an agent that gave up on its handshake): nobody to answer.
+        log.debug("%s %s: the client closed the connection", request.method, request.path)
+        raise
     except Exception as exc:
         log.exception("internal error in %s %s", request.method, request.path)
         response = reply({"message": f"internal error: {type(exc).__name__}: {exc}"}, 500)

@@ -25,6 +25,9 @@ def register(commands: Any) -> None:
                         help="Processes the userspace routing mesh forwards in (default: one per core)")
     daemon.add_argument("--publish-addr", default="0.0.0.0", metavar="IP",
                         help="Address published ports are served on (default 0.0.0.0: every address)")
+    daemon.add_argument("--dns-port", type=int, default=53, metavar="PORT",
+                        help="Port of the node's DNS server for service discovery, on its advertise address "
+                             "(default 53; 0: none)")
     daemon.add_argument("--etcd-endpoints", metavar="URL,URL", help="Use an external etcd cluster")
     daemon.add_argument("--etcd-cacert", metavar="FILE", help="CA certificate of the external etcd")
     daemon.add_argument("--etcd-cert", metavar="FILE", help="Client certificate for the external etcd")
@@ -45,6 +48,8 @@ def daemon_config(args: argparse.Namespace) -> config.DaemonConfig:
         raise CliError("--etcd-cacert/--etcd-cert/--etcd-key need --etcd-endpoints")
     if args.mesh_workers is not None and args.mesh_workers < 1:
         raise CliError(f"--mesh-workers must be 1 or more (got {args.mesh_workers})")
+    if not 0 <= args.dns_port <= 65535:
+        raise CliError(f"--dns-port must be a port number, or 0 for none (got {args.dns_port})")
     return config.DaemonConfig(
         state_dir=Path(args.state_dir) if args.state_dir else config.DEFAULT_STATE_DIR,
         socket=Path(args.socket) if args.socket else config.DEFAULT_SOCKET,
@@ -53,6 +58,7 @@ def daemon_config(args: argparse.Namespace) -> config.DaemonConfig:
         routing_mesh=args.routing_mesh,
         publish_addr=args.publish_addr,
         mesh_workers=args.mesh_workers,
+        dns_port=args.dns_port,
         external_etcd=external,
         log_level=args.log_level,
     )

@@ -29,8 +29,10 @@ from aiohttp import WSMsgType, web
 from shoal import codec
 from shoal.certs import identity_from_peercert
 from shoal.clock import Clock
+from shoal.discovery.names import NameEntry, name_entries
 from shoal.errors import InvalidArgument, NotLeader, ShoalError
 from shoal.manager import ca_rotation
+from shoal.manager.allocator import attached_networks
 from shoal.manager.applier import Applier
 from shoal.manager.cache import Cache
 from shoal.manager.controlapi.node import MESH_ERRORS_FIELD
@@ -157,6 +159,7 @@ class NodeSession:
     dirty: set[str] = field(default_factory=set)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     endpoints_sent: list[Doc] | None = None  # the endpoint table this agent has
+    names_sent: list[Doc] | None = None  # the name table entries this agent has
     dependencies: NodeDependencies = field(default_factory=NodeDependencies)  # the secrets and configs it holds
     reported: asyncio.Event = field(default_factory=asyncio.Event)  # its first status report arrived
     log_queues: dict[int, asyncio.Queue[Doc | None]] = field(default_factory=dict)
@@ -197,6 +200,8 @@ class Dispatcher:
         self._log_ids = itertools.count(1)
         self._endpoints: list[Doc] | None = None  # the routing mesh's table, recomputed when it may have changed
         self._publishing: dict[str, tuple[Doc, bool]] = {}
+        self._names: list[NameEntry] | None = None  # the name table, recomputed when it may have changed
+        self._networked: dict[str, tuple[Doc, bool]] = {}
         self.active = False
         # After an election every agent reconnects at once; with a thousand of them the wave takes a while, and a
         # node's silence means little while others are still getting through (see check_nodes).
@@ -492,8 +497,12 @@ class Dispatcher:
             await session.send({"type": "trust", "bundle": told[0], "renew": told[1]})
 
     def _on_event(self, event: Event, prev: Doc | None) -> None:
-        if self._may_change_endpoints(event, prev):
+        endpoints, names = self._may_change_endpoints(event, prev), self._may_change_names(event, prev)
+        if endpoints:
             self._endpoints = None
+        if names:
+            self._names = None
+        if endpoints or names:
             for session in self.sessions.values():
                 session.wake.set()
         if event.kind == NODES and (event.doc or {}).get("ManagerAddr") != (prev or {}).get("ManagerAddr"):
@@ -527,6 +536,7 @@ class Dispatcher:
         values = await self._values(session.dependencies.held())
         await session.send({"type": "assignments", "full": True, "tasks": tasks, "remove": [], **values})
         await self._send_endpoints(session)
+        await self._send_names(session)
 
     # ---- secrets and configs: sent with the first task that needs them, forgotten after the last ----------
 
@@ -597,6 +607,49 @@ class Dispatcher:
             session.endpoints_sent = table
             await session.send({"type": "endpoints", "listeners": table})
 
+    # ---- service discovery: the names of the networks a node's tasks are on ------------------------------
+
+    def _may_change_names(self, event: Event, prev: Doc | None) -> bool:
+        if event.kind == SERVICES:
+            return any(attached_networks(doc.get("Spec") or {}) for doc in (prev, event.doc) if doc)
+        if event.kind == NODES:
+            before, after = prev or {}, event.doc or {}
+            return bool(before.get("Status") != after.get("Status")) and bool(self._networked)
+        if event.kind == TASKS:
+            task = event.doc or prev or {}
+            return self._on_networks(str(task.get("ServiceID") or ""))
+        return False
+
+    def _on_networks(self, service_id: str) -> bool:
+        """Whether the service is attached to a network (or is gone), remembered per service document."""
+        service = self.cache.get(SERVICES, service_id)
+        if service is None:
+            self._networked.pop(service_id, None)
+            return True
+        known = self._networked.get(service_id)
+        if known is None or known[0] is not service:
+            known = self._networked[service_id] = (service, bool(attached_networks(service.get("Spec") or {})))
+        return known[1]
+
+    def names(self) -> list[NameEntry]:
+        if self._names is None:
+            services = [s for s in self.cache.services().values() if attached_networks(s.get("Spec") or {})]
+            tasks = [t for s in services for t in self.cache.tasks_of_service(str(s["ID"]))]
+            self._names = name_entries(services, tasks, self.cache.nodes())
+        return self._names
+
+    async def _send_names(self, session: NodeSession) -> None:
+        """The entries of the networks the node's tasks are attached to: a node learns no other names."""
+        names = self.names()
+        if not names and not session.names_sent:
+            return
+        networks = {network for task in self.cache.tasks_on_node(session.node_id) if agent_should_know(task)
+                    for network in attached_networks(task.get("Spec") or {})}
+        entries = [entry.to_wire() for entry in names if entry.network_id in networks]
+        if entries != session.names_sent:
+            session.names_sent = entries
+            await session.send({"type": "names", "entries": entries})
+
     async def _send_assignments(self, session: NodeSession) -> None:
         while True:
             await session.wake.wait()
@@ -632,6 +685,7 @@ class Dispatcher:
                                     **values})
             if session.endpoints_sent is not None:  # else the full assignment, still to come, sends it
                 await self._send_endpoints(session)
+                await self._send_names(session)
 
     # ---- status -----------------------------------------------------------------------------------------
 

@@ -120,10 +120,11 @@ class Cluster:
             response.raise_for_status()
             return response.json()
 
-    def shoal(self, *args: str, node: str | None = None, timeout: float = 60) -> Result:
-        """Run the real CLI against a node (the first manager by default)."""
+    def shoal(self, *args: str, node: str | None = None, timeout: float = 60,
+              environ: dict[str, str] | None = None) -> Result:
+        """Run the real CLI against a node (the first manager by default), `environ` added to its environment."""
         target = self.node(node) if node else self.manager
-        env = dict(os.environ, SHOAL_HOST=f"unix://{target.socket}")
+        env = dict(os.environ, **(environ or {}), SHOAL_HOST=f"unix://{target.socket}")
         proc = subprocess.run([sys.executable, "-m", "shoal", *args], capture_output=True, text=True, env=env,
                               timeout=timeout)
         return Result(proc.returncode, proc.stdout, proc.stderr)

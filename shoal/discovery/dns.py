@@ -1,0 +1,128 @@
+"""A node's DNS server: swarm names from the node's name table, every other question to the upstream resolvers.
+
+It answers A questions for the names of the services on the networks the asking task is attached to (a
+container is known by its address on a network; a question from any other address, such as a host process of
+the process executor, sees every network of the node's tasks), with TTL 0 so that a task that went away is not
+remembered by a client. For a swarm name, other types (AAAA, …) get an empty answer, as Docker's embedded DNS
+gives; names outside the swarm are forwarded to the nameservers of the node's /etc/resolv.conf, and a SERVFAIL
+answers when none of them does. Messages are parsed and built with dnspython.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import cast
+
+import dns.asyncquery
+import dns.exception
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+from shoal.discovery.names import NameTable
+
+log = logging.getLogger(__name__)
+
+FORWARD_TIMEOUT = 3.0  # per upstream; a client's own resolver retries after about 5 s
+TTL = 0
+_NAMESERVER = re.compile(r"^\s*nameserver\s+(\S+)", re.MULTILINE)
+
+
+def upstream_resolvers(resolv_conf: Path = Path("/etc/resolv.conf"), exclude: set[str] | None = None) -> list[str]:
+    try:
+        text = resolv_conf.read_text()
+    except OSError:
+        return []
+    return [ip for ip in _NAMESERVER.findall(text) if ip not in (exclude or set())]
+
+
+class DNSServer(asyncio.DatagramProtocol):
+    def __init__(self, table: Callable[[], NameTable], upstreams: list[tuple[str, int]],
+                 networks_of: Callable[[str], set[str] | None] = lambda _client: None) -> None:
+        self.table = table
+        self.upstreams = upstreams
+        self.networks_of = networks_of
+        self.transport: asyncio.DatagramTransport | None = None
+        self._pending: set[asyncio.Task[None]] = set()
+        self.answered = self.forwarded = self.failed = 0
+
+    # ---- lifecycle ----------------------------------------------------------------------------------------
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
+        self.transport = transport
+        address: tuple[str, int] = transport.get_extra_info("sockname")[:2]
+        return address
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        for task in self._pending:
+            task.cancel()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)  # uvloop's is not a subclass
+
+    # ---- questions --------------------------------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            query = dns.message.from_wire(data)
+        except dns.exception.DNSException:
+            return  # not a DNS message: nothing sensible to answer
+        response = self.answer(query, addr[0])
+        if response is not None:
+            self.answered += 1
+            self._send(response.to_wire(), addr)
+            return
+        task = asyncio.create_task(self._forward(query, addr), name="dns-forward")
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    def answer(self, query: dns.message.Message, client: str) -> dns.message.Message | None:
+        """The answer to a question about a swarm name, or None when it is not one (to be forwarded)."""
+        if len(query.question) != 1:
+            return None
+        question = query.question[0]
+        if question.rdclass != dns.rdataclass.IN:
+            return None
+        name = question.name.to_text()
+        addresses = self.table().resolve(name, self.networks_of(client))
+        if addresses is None:
+            return None
+        response = dns.message.make_response(query)
+        response.flags |= dns.flags.RA | dns.flags.AA
+        if question.rdtype == dns.rdatatype.A and addresses:
+            response.answer.append(dns.rrset.from_text_list(question.name, TTL, dns.rdataclass.IN,
+                                                            dns.rdatatype.A, addresses))
+        return response
+
+    async def _forward(self, query: dns.message.Message, addr: tuple[str, int]) -> None:
+        for host, port in self.upstreams:
+            try:
+                response = await dns.asyncquery.udp(query, host, timeout=FORWARD_TIMEOUT, port=port,
+                                                    ignore_unexpected=True)
+            except (dns.exception.DNSException, OSError) as exc:
+                log.debug("dns: upstream %s:%d did not answer %s: %s", host, port, query.question, exc)
+                continue
+            self.forwarded += 1
+            self._send(response.to_wire(), addr)
+            return
+        self.failed += 1
+        failure = dns.message.make_response(query)
+        failure.set_rcode(dns.rcode.SERVFAIL)
+        self._send(failure.to_wire(), addr)
+
+    def _send(self, wire: bytes, addr: tuple[str, int]) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            with contextlib.suppress(OSError):
+                self.transport.sendto(wire, addr)
