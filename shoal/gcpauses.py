@@ -9,8 +9,13 @@ FREEZE_INTERVAL the objects alive then move to the permanent generation (`gc.fre
 only what was allocated since. Cyclic garbage that was frozen while still alive (a closed session, say) is
 reclaimed by a full collection every UNFREEZE_INTERVAL, which is the one long pause left, once an hour.
 
+What survives a full collection of generation 2 is long-lived by definition: it is frozen right after (at the
+next CHECK_INTERVAL), so a daemon that allocates fast between freezes (a leader scaling a hundred thousand
+tasks) does not pay for the same survivors in every full collection.
+
 Every pause is timed through `gc.callbacks`; the figures are served by the debug endpoint, and a pause longer
-than LONG_PAUSE is logged.
+than LONG_PAUSE is logged. Nothing here counts the frozen objects: `gc.get_freeze_count()` walks all of them
+(hundreds of milliseconds for two million on a busy machine, seen stalling a leader in `bench.scale`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 FREEZE_INTERVAL = 30.0
+CHECK_INTERVAL = 1.0  # how soon the survivors of a full collection are frozen
 UNFREEZE_INTERVAL = 3600.0
 LONG_PAUSE = 0.25
 
@@ -38,6 +44,7 @@ class GCPauses:
         self.longest_generation = -1
         self.freezes = 0
         self._began = 0.0
+        self._full_collection_done = False
 
     def install(self) -> None:
         if self._callback not in gc.callbacks:
@@ -57,23 +64,30 @@ class GCPauses:
         self.total += took
         if took > self.longest:
             self.longest, self.longest_generation = took, generation
+        if generation == 2:
+            self._full_collection_done = True
         if took > LONG_PAUSE:
-            log.warning("garbage collection of generation %d held every thread for %.0f ms (%d objects frozen)",
-                        generation, took * 1000, gc.get_freeze_count())
+            log.warning("garbage collection of generation %d held every thread for %.0f ms", generation,
+                        took * 1000)
 
     async def run(self) -> None:
         """Freeze what is alive every FREEZE_INTERVAL; every UNFREEZE_INTERVAL, collect everything once."""
         self.install()
-        last_full = time.monotonic()
+        last_full = last_freeze = time.monotonic()
         try:
             while True:
-                await asyncio.sleep(FREEZE_INTERVAL)
-                if time.monotonic() - last_full >= UNFREEZE_INTERVAL:
+                await asyncio.sleep(min(CHECK_INTERVAL, FREEZE_INTERVAL))
+                now = time.monotonic()
+                if not self._full_collection_done and now - last_freeze < FREEZE_INTERVAL:
+                    continue
+                if now - last_full >= UNFREEZE_INTERVAL:
                     gc.unfreeze()
                     gc.collect()
                     last_full = time.monotonic()
                 gc.freeze()
+                self._full_collection_done = False
                 self.freezes += 1
+                last_freeze = time.monotonic()
         finally:
             gc.unfreeze()
             self.uninstall()
@@ -81,4 +95,4 @@ class GCPauses:
     def stats(self) -> dict[str, object]:
         return {"Collections": list(self.count), "TotalMs": round(self.total * 1000, 1),
                 "LongestMs": round(self.longest * 1000, 1), "LongestGeneration": self.longest_generation,
-                "Frozen": gc.get_freeze_count(), "Freezes": self.freezes}
+                "Freezes": self.freezes}

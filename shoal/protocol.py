@@ -31,6 +31,9 @@ plus the loop lag the peer last reported, so a dead or cut-off peer is noticed l
 """
 
 SESSION_PATH = "/shoal/session"
+# Sent by the agent with each session attempt: "<agent instance>:<attempt number>". A leader that answers an
+# attempt late never lets it replace a session the same agent opened after it.
+ATTEMPT_HEADER = "Shoal-Attempt"
 JOIN_PATH = "/shoal/join"
 CA_PATH = "/shoal/ca"
 DEBUG_PATH = "/shoal/debug"

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import random
+import secrets
 import ssl
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -29,7 +31,7 @@ from shoal.clock import Clock
 from shoal.discovery.node import NodeDiscovery
 from shoal.mesh.mesh import RoutingMesh
 from shoal.mesh.table import Listener
-from shoal.protocol import SESSION_PATH
+from shoal.protocol import ATTEMPT_HEADER, SESSION_PATH
 from shoal.supervise import Supervisor
 from shoal.timeouts import within
 from shoal.types import Doc
@@ -83,6 +85,8 @@ class Agent:
         self._preferred: str | None = None
         self._suspect: str | None = None  # the manager that last went silent on us: tried last
         self._connect_timeouts: dict[str, float] = {}  # managers whose handshake ran out of time: longer now
+        self._instance = secrets.token_hex(8)  # this agent's session attempts, in order (ATTEMPT_HEADER)
+        self._attempts = itertools.count(1)
         # Liveness is timed on a clock that stops while this process's loop is stalled (shoal.loopmonitor).
         self._alive = liveness or clock.monotonic
         self._loop_lag = loop_lag or (lambda: 0.0)
@@ -164,10 +168,11 @@ class Agent:
                 try:
                     log.debug("opening a session with %s", addr)
                     await self._run_session(addr)
+                    log.info("session with %s closed by the manager", addr)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    log.info("session with %s ended: %s", addr, exc or type(exc).__name__)
+                    log.info("session with %s ended: %s", addr, str(exc) or type(exc).__name__)
                 finally:
                     if self.connected.is_set() and not self._ended_by_manager and self._suspect != addr:
                         self._manager_gone(addr)
@@ -201,7 +206,8 @@ class Agent:
             try:
                 ws = await within(http.ws_connect(
                     f"https://{addr}{SESSION_PATH}", ssl=self.ssl_context, max_msg_size=MAX_MESSAGE,
-                    autoping=True, timeout=aiohttp.ClientWSTimeout(ws_close=1.0)), HANDSHAKE_TIMEOUT)
+                    autoping=True, timeout=aiohttp.ClientWSTimeout(ws_close=1.0),
+                    headers={ATTEMPT_HEADER: f"{self._instance}:{next(self._attempts)}"}), HANDSHAKE_TIMEOUT)
             except TimeoutError:  # aiohttp's ConnectionTimeoutError is one
                 self._connect_timeouts[addr] = min(connect * 2, HANDSHAKE_TIMEOUT)
                 raise

@@ -110,36 +110,61 @@ def run_deploy(ctx: CliContext, args: argparse.Namespace) -> int:
     if objects.ignored:
         ctx.warn(f"Ignoring unsupported options: {', '.join(objects.ignored)}")
         ctx.warn("")
-    client = ctx.client()
-    existing = {str(s["Spec"]["Name"]): s for s in client.get("/services", params=_label_filter(stack)) or []}
-    if args.prune:
-        for name, service in sorted(existing.items()):
-            if name not in objects.services:
-                ctx.print(f"Removing service {name}")
-                client.delete(f"/services/{service['ID']}")
-    network_ids = _ensure_networks(ctx, stack, objects)
-    secret_ids = _ensure_objects(ctx, "secret", objects.secrets, objects.external_secrets)
-    config_ids = _ensure_objects(ctx, "config", objects.configs, objects.external_configs)
-    changed: list[str] = []
-    for name, spec in objects.services.items():
-        spec = _resolved(spec, network_ids, secret_ids, config_ids)
-        service = existing.get(name)
-        if service is None:
-            ctx.print(f"Creating service {name}")
-            answer = client.post("/services/create", json=spec) or {}
-            ctx.print_warnings(answer)
-            changed.append(str(answer.get("ID") or name))
-        elif _normalised(spec) != _normalised(service["Spec"]):
-            ctx.print(f"Updating service {name} (id: {service['ID']})")
-            answer = client.post(f"/services/{service['ID']}/update",
-                                 params={"version": str(service["Version"]["Index"])}, json=spec)
-            ctx.print_warnings(answer)
-            changed.append(str(service["ID"]))
+    done = _Progress(ctx)
+    try:
+        changed = _deploy(ctx, done, stack, objects, args.prune)
+    except (ApiError, CliError) as exc:
+        if not done.steps:
+            raise
+        raise CliError(f"{exc} (stack {stack} is deployed in part: {'; '.join(done.steps)}; deploy again once "
+                       "this is fixed)") from None
     if detach:
         return 0
     for service_id in changed:
         wait_for_service(ctx, service_id, args.quiet)
     return 0
+
+
+class _Progress:
+    """What a deploy has changed so far: printed as it goes, and named if it stops half-way."""
+
+    def __init__(self, ctx: CliContext) -> None:
+        self.ctx = ctx
+        self.steps: list[str] = []
+
+    def __call__(self, text: str) -> None:
+        self.ctx.print(text)
+        self.steps.append(text[0].lower() + text[1:])
+
+
+def _deploy(ctx: CliContext, done: _Progress, stack: str, objects: StackObjects, prune: bool) -> list[str]:
+    """Everything a deploy changes, in docker's order; the IDs of the services created or updated."""
+    client = ctx.client()
+    existing = {str(s["Spec"]["Name"]): s for s in client.get("/services", params=_label_filter(stack)) or []}
+    if prune:
+        for name, service in sorted(existing.items()):
+            if name not in objects.services:
+                client.delete(f"/services/{service['ID']}")
+                done(f"Removing service {name}")
+    network_ids = _ensure_networks(ctx, done, stack, objects)
+    secret_ids = _ensure_objects(ctx, done, "secret", objects.secrets, objects.external_secrets)
+    config_ids = _ensure_objects(ctx, done, "config", objects.configs, objects.external_configs)
+    changed: list[str] = []
+    for name, spec in objects.services.items():
+        spec = _resolved(spec, network_ids, secret_ids, config_ids)
+        service = existing.get(name)
+        if service is None:
+            answer = client.post("/services/create", json=spec) or {}
+            done(f"Creating service {name}")
+            ctx.print_warnings(answer)
+            changed.append(str(answer.get("ID") or name))
+        elif _normalised(spec) != _normalised(service["Spec"]):
+            answer = client.post(f"/services/{service['ID']}/update",
+                                 params={"version": str(service["Version"]["Index"])}, json=spec)
+            done(f"Updating service {name} (id: {service['ID']})")
+            ctx.print_warnings(answer)
+            changed.append(str(service["ID"]))
+    return changed
 
 
 def _normalised(spec: Doc) -> Doc:
@@ -149,7 +174,7 @@ def _normalised(spec: Doc) -> Doc:
         return spec
 
 
-def _ensure_networks(ctx: CliContext, stack: str, objects: StackObjects) -> dict[str, str]:
+def _ensure_networks(ctx: CliContext, done: _Progress, stack: str, objects: StackObjects) -> dict[str, str]:
     client = ctx.client()
     ids: dict[str, str] = {}
     for name in objects.external_networks:
@@ -166,13 +191,14 @@ def _ensure_networks(ctx: CliContext, stack: str, objects: StackObjects) -> dict
     have = {str(n["Name"]): str(n["Id"]) for n in client.get("/networks", params=_label_filter(stack)) or []}
     for name, body in objects.networks.items():
         if name not in have:
-            ctx.print(f"Creating network {name}")
             have[name] = str((client.post("/networks/create", json=body) or {}).get("Id") or name)
+            done(f"Creating network {name}")
         ids[name] = have[name]
     return ids
 
 
-def _ensure_objects(ctx: CliContext, kind: str, bodies: dict[str, Doc], external: list[str]) -> dict[str, str]:
+def _ensure_objects(ctx: CliContext, done: _Progress, kind: str, bodies: dict[str, Doc],
+                    external: list[str]) -> dict[str, str]:
     """Secrets or configs: each made when missing; one that exists keeps its value (a changed value is refused
     by the swarm, as Docker's: give the new value a new name)."""
     client = ctx.client()
@@ -191,15 +217,15 @@ def _ensure_objects(ctx: CliContext, kind: str, bodies: dict[str, Doc], external
         except ApiError as exc:
             if not exc.not_found:
                 raise
-            ctx.print(f"Creating {kind} {name}")
             ids[name] = str((client.post(f"/{kind}s/create", json=body) or {}).get("ID") or name)
+            done(f"Creating {kind} {name}")
             continue
         ids[name] = str(current["ID"])
         if (current["Spec"].get("Labels") or {}) != body["Labels"]:
-            ctx.print(f"Updating {kind} {name}")
             client.post(f"/{kind}s/{current['ID']}/update", params={"version": str(current["Version"]["Index"])},
                         json={"Name": name, "Labels": body["Labels"], **({"Data": current["Spec"]["Data"]}
                                                                           if kind == "config" else {})})
+            done(f"Updating {kind} {name}")
     return ids
 
 

@@ -77,6 +77,7 @@ class ControlAPI:
         self.manager = manager
         self.cache = manager.cache
         self.clock = clock
+        self._node_views: dict[str, tuple[Doc, str | None, Doc]] = {}  # node ID -> (document, leader, view)
 
     @property
     def store(self) -> EtcdStore:
@@ -139,8 +140,17 @@ class ControlAPI:
     # ---- nodes ------------------------------------------------------------------------------------------
 
     def _node_view(self, node: Doc) -> Doc:
-        reachable = node_state(node) == NodeState.READY
-        return node_view(node, self.manager.leader_id, reachable)
+        """The node as the API shows it, made once per node document and leader (`node ls` of a thousand
+        nodes would otherwise copy every document on each call)."""
+        leader = self.manager.leader_id
+        cached = self._node_views.get(node["ID"])
+        if cached is not None and cached[0] is node and cached[1] == leader:
+            return cached[2]
+        view = node_view(node, leader, node_state(node) == NodeState.READY)
+        self._node_views[node["ID"]] = (node, leader, view)
+        if len(self._node_views) > 2 * len(self.cache.nodes()) + 16:  # removed nodes: forget their views
+            self._node_views = {k: v for k, v in self._node_views.items() if self.cache.get(NODES, k) is v[0]}
+        return view
 
     def find_node(self, ref: str) -> Doc:
         return resolve(list(self.cache.nodes().values()), ref, "node", node_names)

@@ -44,6 +44,7 @@ from shoal.manager.orchestrator.replicated import reconcile_replicated
 from shoal.manager.orchestrator.update import RUNNING_SINCE
 from shoal.manager.store.base import Batch, Event, Store, object_key
 from shoal.mesh.table import BACKEND_PORTS, endpoint_table, published_ports
+from shoal.protocol import ATTEMPT_HEADER
 from shoal.task_files import SECRET, DependencyKey
 from shoal.timefmt import from_rfc3339, to_rfc3339
 from shoal.timeouts import within
@@ -139,12 +140,31 @@ def merge_status(task: Doc, status: Doc, now: float) -> Doc | None:
     return new
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """Which connection attempt of which agent process a session is (ATTEMPT_HEADER); unknown: never later."""
+
+    instance: str = ""
+    number: int = 0
+
+    @classmethod
+    def parse(cls, header: str | None) -> Attempt:
+        instance, _, number = (header or "").partition(":")
+        return cls(instance, int(number)) if instance and number.isdigit() else cls()
+
+    def earlier_than(self, other: Attempt) -> bool:
+        """Whether this is an attempt the same agent process made before `other` (a restarted agent's
+        attempts are never earlier: it is another process)."""
+        return bool(self.instance) and self.instance == other.instance and self.number < other.number
+
+
 @dataclass
 class NodeSession:
     node_id: str
     ws: web.WebSocketResponse
     role: str  # the role its certificate carries
     transport: asyncio.Transport | None = None
+    attempt: Attempt = field(default_factory=Attempt)  # which of its agent's connection attempts
     role_told: str = ""  # the role we last asked the agent to take on
     check_role: bool = False
     check_trust: bool = False
@@ -253,6 +273,12 @@ class Dispatcher:
         if not peercert:
             raise web.HTTPForbidden(text="a node certificate is required")
         identity = identity_from_peercert(peercert)
+        attempt = Attempt.parse(request.headers.get(ATTEMPT_HEADER))
+        current = self.sessions.get(identity.node_id)
+        if current is not None and attempt.earlier_than(current.attempt):
+            # An attempt the agent gave up on, served late (a busy leader): it must not replace the session
+            # the agent opened after it, which would end that one and send the agent reconnecting again.
+            raise web.HTTPConflict(text="a later session of this node is open")
         ws = web.WebSocketResponse(max_msg_size=64 * 1024 * 1024, timeout=1.0)
         await ws.prepare(request)
         if not self.active:
@@ -264,8 +290,12 @@ class Dispatcher:
             await ws.send_str(json.dumps({"type": "rejected", "message": "node is not part of this swarm (removed?)"}))
             await ws.close()
             return ws
-        session = NodeSession(identity.node_id, ws, identity.role, transport=cast(asyncio.Transport | None, request.transport))
+        session = NodeSession(identity.node_id, ws, identity.role,
+                              transport=cast(asyncio.Transport | None, request.transport), attempt=attempt)
         old = self.sessions.get(identity.node_id)
+        if old is not None and attempt.earlier_than(old.attempt):
+            await ws.close()  # a later attempt got in while this one was being answered
+            return ws
         if old is not None:
             old.drop()  # the agent gave up on it: it may be dead
         self.sessions[identity.node_id] = session

@@ -2,7 +2,9 @@
 
 Variables come from the environment, then from `.env` beside the first file (the environment wins, as with
 docker compose). `${VAR}`, `$VAR`, `${VAR:-default}` (unset or empty), `${VAR-default}` (unset),
-`${VAR:?message}` / `${VAR?message}` (an error) and `$$` (a literal `$`) are understood.
+`${VAR:?message}` / `${VAR?message}` (an error) and `$$` (a literal `$`) are understood. A variable that is not
+set and has no default is an error (docker compose warns and uses ""; a blank image tag or password deployed
+by mistake is worse than a refusal). Schema errors name the file, the line and the field.
 
 Files merge in order, as `docker stack deploy -c a.yml -c b.yml` does: mappings merge key by key, a later
 scalar or list replaces an earlier one, except a service's `ports`, `secrets` and `configs`, which are joined
@@ -42,7 +44,11 @@ def interpolate(text: str, variables: Mapping[str, str], where: str) -> str:
         if match.group("escaped") is not None:
             return "$"
         if match.group("named") is not None:
-            return variables.get(match.group("named"), "")
+            if match.group("named") not in variables:
+                named = match.group("named")
+                raise StackError(f"{where}: variable {named} is not set: set it in the environment or in .env, "
+                                 f"or give a default with ${{{named}:-default}}")
+            return variables[match.group("named")]
         name = match.group("braced")
         if name is None:
             raise StackError(f"{where}: invalid interpolation format in {text!r}: use $VAR, ${{VAR}} or $$ "
@@ -50,7 +56,10 @@ def interpolate(text: str, variables: Mapping[str, str], where: str) -> str:
         op, arg = match.group("op"), match.group("arg") or ""
         value = variables.get(name)
         if op is None:
-            return value or ""
+            if value is None:
+                raise StackError(f"{where}: variable {name} is not set: set it in the environment or in .env, "
+                                 f"or give a default with ${{{name}:-default}}")
+            return value
         unset = value is None or (op.startswith(":") and value == "")
         if op.endswith("-"):
             return arg if unset else str(value)
@@ -87,22 +96,47 @@ def _error_path(error: jsonschema.ValidationError) -> str:
     return ".".join(parts).replace(".[", "[") or "(top level)"
 
 
-def _schema_message(error: jsonschema.ValidationError) -> str:
-    """The most telling error: for oneOf/anyOf failures the deepest of its sub-errors."""
-    best = jsonschema.exceptions.best_match([error])
+def _extra_keys(error: jsonschema.ValidationError) -> list[str]:
+    """The keys an additionalProperties error is about."""
+    schema = error.schema
+    if error.validator != "additionalProperties" or not isinstance(error.instance, dict) or not isinstance(
+            schema, dict):
+        return []
+    known, patterns = schema.get("properties") or {}, schema.get("patternProperties") or {}
+    return [key for key in error.instance if key not in known and not any(re.search(p, key) for p in patterns)]
+
+
+def _schema_message(best: jsonschema.ValidationError) -> str:
     path = _error_path(best)
     if best.validator == "additionalProperties":
-        known, patterns = best.schema.get("properties") or {}, best.schema.get("patternProperties") or {}
-        extra = [key for key in best.instance if key not in known and not any(re.search(p, key) for p in patterns)]
-        return f"{path}: additional property {', '.join(extra) or best.message} is not allowed"
+        return f"{path}: additional property {', '.join(_extra_keys(best)) or best.message} is not allowed"
     return f"{path}: {best.message}"
 
 
-def check(document: Any, name: str) -> None:
+def _line_of(tree: yaml.Node | None, path: list[str | int]) -> int | None:
+    """The line (1-based) of the YAML node at `path` in the composed document, or of its nearest parent."""
+    node, line = tree, None
+    for part in path:
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            node = next((value for key, value in node.value if key.value == part), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            node = None
+    return node.start_mark.line + 1 if node is not None else line
+
+
+def check(document: Any, name: str, tree: yaml.Node | None = None) -> None:
     validator = jsonschema.Draft202012Validator(COMPOSE)
     errors = sorted(validator.iter_errors(document), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
-        raise StackError(f"{name}: {_schema_message(errors[0])}")
+        # The most telling error: for oneOf/anyOf failures the deepest of its sub-errors.
+        best = jsonschema.exceptions.best_match([errors[0]])
+        line = _line_of(tree, [*best.absolute_path, *_extra_keys(best)[:1]])
+        raise StackError(f"{name}:{f' line {line}:' if line else ''} {_schema_message(best)}")
 
 
 def load_file(path: Path, variables: Mapping[str, str]) -> dict[str, Any]:
@@ -112,6 +146,7 @@ def load_file(path: Path, variables: Mapping[str, str]) -> dict[str, Any]:
         raise StackError(f"cannot read the compose file {path}: {exc.strerror or exc}") from None
     try:
         document = yaml.safe_load(text)
+        tree = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""
@@ -122,7 +157,7 @@ def load_file(path: Path, variables: Mapping[str, str]) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise StackError(f"{path}: a compose file must be a mapping with a top-level 'services' key")
     document = _interpolated(document, variables, str(path))
-    check(document, str(path))
+    check(document, str(path), tree)
     return document
 
 

@@ -145,6 +145,13 @@ def test_a_bad_compose_file_changes_nothing(cluster: Cluster, tmp_path: Path) ->
     assert cluster.get("/services") == [] and cluster.get("/secrets") == []
     assert [n["Name"] for n in cluster.get("/networks")] == ["ingress"]
 
+    # One the swarm refuses half-way: the error says what was made before it.
+    refused_spec = compose_dir(tmp_path, "services:\n  one: {image: busybox, deploy: {placement: "
+                                         "{constraints: ['node.colour==red']}}}\n")
+    half = cluster.shoal("stack", "deploy", "-c", str(refused_spec), "half")
+    assert half.code != 0 and half.err.count("\n") == 1, half.err
+    assert "node.colour" in half.err and "stack half is deployed in part: creating network half_default" in half.err
+
 
 @pytest.mark.skipif(not shutil.which("docker"), reason="no docker CLI")
 def test_the_docker_cli_deploys_lists_and_removes_a_stack(cluster: Cluster, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from shoal.discovery.dns import DNSServer, upstream_resolvers
 from shoal.discovery.names import NameEntry, NameTable, name_entries
+from shoal.discovery.node import NodeDiscovery
 from shoal.types import Doc, TaskState
 from tests.unit.manager_fixtures import make_node, make_service, make_task
 
@@ -143,3 +144,16 @@ async def test_without_any_upstream_answering_the_client_gets_servfail_not_silen
         assert response.rcode() == dns.rcode.SERVFAIL
     finally:
         server.close()
+
+
+def test_a_node_knows_which_networks_a_question_comes_from_by_its_tasks_addresses() -> None:
+    node = NodeDiscovery("127.0.0.1", port=0)
+    node.track([task("t1", "s-web", {"front": "10.0.2.5/24", "back": "10.0.1.30/24"}),
+                task("t2", "s-api", {"back": "10.0.1.10/24"})], full=True)
+    assert node.networks_of("10.0.2.5") == {"front"} and node.networks_of("10.0.1.10") == {"back"}
+    assert node.networks_of("192.0.2.1") is None  # a host process: every network of the node
+    node.track([], removed=["t2"])
+    assert node.networks_of("10.0.1.10") is None
+    node.update([entry.to_wire() for entry in name_entries(SERVICES, TASKS, NODES)])
+    assert node.table.resolve("api") == ["10.0.1.2"]
+    assert node.debug()["Names"] == 4

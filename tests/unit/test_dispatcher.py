@@ -13,6 +13,7 @@ from typing import cast
 import pytest
 from aiohttp import WSMsgType, web
 
+from shoal.manager import dispatcher as dispatcher_module
 from shoal.manager.applier import Applier
 from shoal.manager.controlapi.node import node_view
 from shoal.manager.controlapi.secret import SEALED_DATA
@@ -23,6 +24,7 @@ from shoal.manager.dispatcher import (
     MAX_LAG_ALLOWANCE,
     RECONNECT_ALLOWANCE,
     RESTART_GRACE,
+    Attempt,
     Dispatcher,
     NodeSession,
     agent_should_know,
@@ -34,6 +36,7 @@ from shoal.manager.orchestrator.common import DOWN_SINCE
 from shoal.manager.orchestrator.loop import OrchestratorLoop
 from shoal.manager.store.base import Batch
 from shoal.mesh.table import BACKEND_PORTS
+from shoal.protocol import ATTEMPT_HEADER
 from shoal.timefmt import to_rfc3339
 from shoal.types import (
     CONFIGS,
@@ -820,3 +823,34 @@ async def test_a_removed_secret_is_not_sent(harness: Harness) -> None:
                                             {"type": "status", "updates": []}])).sent[1]
 
     assert delivered(first)["secrets"] == []  # the agent rejects the task for want of it
+
+
+# ---- session attempts: one answered late never replaces a later one ---------------------------------------
+
+
+@pytest.mark.parametrize(("first", "second", "earlier"), [
+    ("agent1:3", "agent1:5", True), ("agent1:5", "agent1:3", False), ("agent1:3", "agent2:5", False),
+    ("", "agent1:5", False), ("agent1:x", "agent1:5", False),
+])
+def test_attempts_are_ordered_within_one_agent_process(first: str, second: str, earlier: bool) -> None:
+    assert Attempt.parse(first).earlier_than(Attempt.parse(second)) is earlier
+
+
+async def test_an_attempt_served_after_a_later_one_is_refused_and_the_open_session_kept(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    dispatcher = make_dispatcher(harness)
+    dispatcher.activate()
+    monkeypatch.setattr(dispatcher_module, "identity_from_peercert",
+                        lambda _cert: SimpleNamespace(node_id="n1", role="worker"))
+    dropped: list[str] = []
+    open_session = NodeSession("n1", cast(web.WebSocketResponse, FakeSocket([])), "worker",
+                               attempt=Attempt("agent1", 5))
+    monkeypatch.setattr(open_session, "drop", lambda: dropped.append("n1"))
+    dispatcher.sessions["n1"] = open_session
+    late = SimpleNamespace(transport=SimpleNamespace(get_extra_info=lambda _key: {"subject": ()}),
+                           headers={ATTEMPT_HEADER: "agent1:4"})
+
+    with pytest.raises(web.HTTPConflict):
+        await dispatcher.handle_session(cast(web.Request, late), None)
+
+    assert dispatcher.sessions["n1"] is open_session and dropped == []

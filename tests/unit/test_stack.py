@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import textwrap
 from pathlib import Path
 
@@ -76,7 +77,7 @@ def objects_of(path: Path, environ: dict[str, str] | None = None, stack: str = "
 
 @pytest.mark.parametrize(("text", "expected"), [
     ("$A-${A}", "a-a"), ("${UNSET:-d}", "d"), ("${EMPTY:-d}", "d"), ("${EMPTY-d}", ""), ("${UNSET-d}", "d"),
-    ("$$A", "$A"), ("${A:?need A}", "a"), ("x$UNSET.y", "x.y"),
+    ("$$A", "$A"), ("${A:?need A}", "a"), ("x${EMPTY}.y", "x.y"),
 ])
 def test_interpolation_follows_compose(text: str, expected: str) -> None:
     assert interpolate(text, {"A": "a", "EMPTY": ""}, "f") == expected
@@ -86,6 +87,8 @@ def test_interpolation_follows_compose(text: str, expected: str) -> None:
     ("${UNSET:?give it}", "required variable UNSET is missing a value: give it"),
     ("${EMPTY:?}", "required variable EMPTY is missing a value"),
     ("${bad name}", "invalid interpolation format"),
+    ("${UNSET}", "variable UNSET is not set: set it in the environment or in .env, or give a default"),
+    ("$UNSET", "variable UNSET is not set"),
 ])
 def test_bad_interpolation_is_one_clear_error(text: str, message: str) -> None:
     with pytest.raises(StackError, match=message):
@@ -222,6 +225,9 @@ def test_short_port_syntax() -> None:
     ("services:\n  web: {image: busybox, replicas: 3}\n", "services.web: additional property replicas is not allowed"),
     ("services:\n  web: {command: x}\n", "'image' is a required property"),
     ("services:\n  web: {image: b, deploy: {replicas: many}}\n", "services.web.deploy.replicas: 'many' is not of type"),
+    ("services:\n  web:\n    image: b\n    deploy:\n      replicas: many\n",
+     "compose.yml: line 5: services.web.deploy.replicas"),
+    ("services:\n  web: {image: b}\nvolumez: {}\n", "line 3: (top level): additional property volumez"),
     ("services:\n  web: {image: b, networks: [nope]}\n", "undefined network 'nope'"),
     ("services:\n  web: {image: b, secrets: [pw]}\n", "undefined secret 'pw'"),
     ("services:\n  web: {image: b, ports: ['x:80']}\n", "invalid port 'x:80'"),
@@ -233,6 +239,6 @@ def test_short_port_syntax() -> None:
 def test_bad_compose_files_are_refused_with_one_line(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "compose.yml"
     path.write_text(text)
-    with pytest.raises(StackError, match=message.replace("[", r"\[").replace("(", r"\(")) as caught:
+    with pytest.raises(StackError, match=re.escape(message)) as caught:
         objects_of(path)
     assert "\n" not in str(caught.value)
