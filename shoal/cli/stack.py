@@ -199,8 +199,8 @@ def _ensure_networks(ctx: CliContext, done: _Progress, stack: str, objects: Stac
 
 def _ensure_objects(ctx: CliContext, done: _Progress, kind: str, bodies: dict[str, Doc],
                     external: list[str]) -> dict[str, str]:
-    """Secrets or configs: each made when missing; one that exists keeps its value (a changed value is refused
-    by the swarm, as Docker's: give the new value a new name)."""
+    """Secrets or configs: each made when missing. One that exists may only change its labels: a changed value
+    is refused (as Docker's swarm refuses it: give the new value a new name)."""
     client = ctx.client()
     ids: dict[str, str] = {}
     for name in external:
@@ -221,11 +221,24 @@ def _ensure_objects(ctx: CliContext, done: _Progress, kind: str, bodies: dict[st
             done(f"Creating {kind} {name}")
             continue
         ids[name] = str(current["ID"])
-        if (current["Spec"].get("Labels") or {}) != body["Labels"]:
-            client.post(f"/{kind}s/{current['ID']}/update", params={"version": str(current["Version"]["Index"])},
-                        json={"Name": name, "Labels": body["Labels"], **({"Data": current["Spec"]["Data"]}
-                                                                          if kind == "config" else {})})
-            done(f"Updating {kind} {name}")
+        if kind == "config" and current["Spec"].get("Data") != body["Data"]:
+            raise CliError(f"config {name} already exists with other content, and a config cannot change: give "
+                           "the new content a new name (the config's `name:` in the compose file) or remove the "
+                           "stack first")
+        if kind == "secret":
+            # Its value is never served back: the swarm compares the one sent and refuses a different one.
+            try:
+                client.post(f"/secrets/{current['ID']}/update",
+                            params={"version": str(current["Version"]["Index"])},
+                            json={"Name": name, "Labels": body["Labels"], "Data": body["Data"]})
+            except ApiError as exc:
+                raise CliError(f"secret {name}: {exc}") from None
+            if (current["Spec"].get("Labels") or {}) != body["Labels"]:
+                done(f"Updating secret {name}")
+        elif (current["Spec"].get("Labels") or {}) != body["Labels"]:
+            client.post(f"/configs/{current['ID']}/update", params={"version": str(current["Version"]["Index"])},
+                        json={"Name": name, "Labels": body["Labels"], "Data": body["Data"]})
+            done(f"Updating config {name}")
     return ids
 
 

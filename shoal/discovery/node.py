@@ -30,7 +30,7 @@ class NodeDiscovery:
         self._networks_by_ip: dict[str, set[str]] = {}
         if upstreams is None:
             upstreams = [(ip, DNS_PORT) for ip in upstream_resolvers(exclude={host})]
-        self.server = DNSServer(lambda: self.table, upstreams, self.networks_of)
+        self.server = DNSServer(lambda: self.table, upstreams, self.networks_of, self.is_local)
         self.address: tuple[str, int] | None = None
         self.error = ""
 
@@ -70,7 +70,15 @@ class NodeDiscovery:
         """The networks of the task asking (known by its address on them); None for any other client."""
         return self._networks_by_ip.get(client)
 
+    def is_local(self, client: str) -> bool:
+        """A client on this machine (a host process asks from a loopback address or the node's own)."""
+        try:
+            return client == self.host or ipaddress.ip_address(client).is_loopback
+        except ValueError:
+            return False
+
     def debug(self) -> Doc:
         return {"Listen": f"{self.address[0]}:{self.address[1]}" if self.address else "", "Error": self.error,
                 "Names": len(self.table.entries), "Answered": self.server.answered,
-                "Forwarded": self.server.forwarded, "Failed": self.server.failed}
+                "Forwarded": self.server.forwarded, "Failed": self.server.failed,
+                "Refused": self.server.refused}

@@ -94,6 +94,8 @@ class AddressPool:
     def take(self) -> str:
         size = self.subnet.num_addresses
         gateway = int(self.gateway) - int(self.subnet.network_address)
+        if len(self.used) >= size - 3:  # full (network, broadcast, gateway are never used): no need to look
+            raise AddressesExhausted(f"no free address left in {self.subnet}")
         for step in range(1, size):
             offset = (self._cursor + step) % size
             if offset in (0, size - 1, gateway) or offset in self.used:
@@ -218,7 +220,7 @@ class NetworkAddresses:
         elif event.kind == TASKS:
             if event.doc is None or not holds_addresses(event.doc):
                 self.release(event.obj_id)
-            elif event.doc.get("NetworksAttachments"):
+            else:  # what the store says it holds, even nothing (a write of its addresses that failed)
                 self.hold(event.obj_id, task_addresses(event.doc))
 
 
@@ -230,6 +232,7 @@ class AllocatorLoop:
         self.applier = applier
         self.addresses = NetworkAddresses()
         self._dirty: set[str] = set()  # services whose VIPs may need a change
+        self._starved: set[str] = set()  # services refused a VIP (a full network): tried again on a release
         self._signal = asyncio.Event()
         cache.subscribe(self._on_event, self._on_resync)
 
@@ -241,6 +244,11 @@ class AllocatorLoop:
 
     def _on_event(self, event: Event, prev: Doc | None) -> None:
         self.addresses.observe(event)
+        if self._starved and event.kind in (TASKS, SERVICES) and (prev or {}).get(
+                "NetworksAttachments" if event.kind == TASKS else "Endpoint"):
+            self._dirty.update(self._starved)  # an address may have come free
+            self._starved.clear()
+            self._signal.set()
         if event.kind == SERVICES and event.doc is not None:
             self._dirty.add(event.obj_id)
             self._signal.set()
@@ -258,7 +266,9 @@ class AllocatorLoop:
             try:
                 vips = self.addresses.vips_for(service)
             except AddressesExhausted as exc:
-                log.warning("service %s gets no virtual IP: %s", service["Spec"]["Name"], exc)
+                if service_id not in self._starved:
+                    log.warning("service %s gets no virtual IP: %s", service["Spec"]["Name"], exc)
+                self._starved.add(service_id)
                 continue
             if vips is not None:
                 endpoint = dict(service.get("Endpoint") or {})
@@ -267,6 +277,7 @@ class AllocatorLoop:
         if not len(batch):
             return 0
         result = await self.applier.write(batch)
+        await self.cache.caught_up(result.revision, "allocator")
         if not result.written:  # a service changed meanwhile: its event brings it back
             log.info("allocator: virtual IPs not written (%s); trying again on the next change", result)
         return len(batch)

@@ -43,7 +43,7 @@ from shoal.manager.orchestrator.common import DOWN_SINCE
 from shoal.manager.orchestrator.replicated import reconcile_replicated
 from shoal.manager.orchestrator.update import RUNNING_SINCE
 from shoal.manager.store.base import Batch, Event, Store, object_key
-from shoal.mesh.table import BACKEND_PORTS, endpoint_table, published_ports
+from shoal.mesh.table import BACKEND_PORTS, endpoint_table, is_backend, published_ports
 from shoal.protocol import ATTEMPT_HEADER
 from shoal.task_files import SECRET, DependencyKey
 from shoal.timefmt import from_rfc3339, to_rfc3339
@@ -647,7 +647,15 @@ class Dispatcher:
             return bool(before.get("Status") != after.get("Status")) and bool(self._networked)
         if event.kind == TASKS:
             task = event.doc or prev or {}
-            return self._on_networks(str(task.get("ServiceID") or ""))
+            if not self._on_networks(str(task.get("ServiceID") or "")):
+                return False
+            # Only a change of what a name answers: a task becoming or ceasing to be a backend, or its
+            # addresses (most status changes of a rollout are neither).
+            nodes = self.cache.nodes()
+            was_backend = prev is not None and is_backend(prev, nodes)
+            is_now = event.doc is not None and is_backend(event.doc, nodes)
+            return was_backend != is_now or (is_now and (prev or {}).get("NetworksAttachments") != (
+                event.doc or {}).get("NetworksAttachments"))
         return False
 
     def _on_networks(self, service_id: str) -> bool:
@@ -671,8 +679,8 @@ class Dispatcher:
     async def _send_names(self, session: NodeSession) -> None:
         """The entries of the networks the node's tasks are attached to: a node learns no other names."""
         names = self.names()
-        if not names and not session.names_sent:
-            return
+        if not names and session.names_sent == []:
+            return  # nothing, and the agent knows it (a new session is told once, even of nothing)
         networks = {network for task in self.cache.tasks_on_node(session.node_id) if agent_should_know(task)
                     for network in attached_networks(task.get("Spec") or {})}
         entries = [entry.to_wire() for entry in names if entry.network_id in networks]

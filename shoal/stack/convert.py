@@ -67,7 +67,8 @@ def nanoseconds(value: Any, where: str) -> int:
 def _mapping(value: Any, environ: Mapping[str, str] | None = None) -> dict[str, str | None]:
     """A list of "K=V" or a mapping, as a mapping; "K" alone takes its value from `environ` when given."""
     if isinstance(value, dict):
-        return {str(k): None if v is None else _scalar(v) for k, v in value.items()}
+        return {str(k): (environ.get(str(k)) if environ is not None else "") if v is None else _scalar(v)
+                for k, v in value.items()}
     out: dict[str, str | None] = {}
     for entry in value or []:
         key, sep, item = str(entry).partition("=")
@@ -98,7 +99,10 @@ def _words(value: Any, where: str) -> list[str]:
 
 def _range(text: str, where: str) -> list[int]:
     first, _, last = text.partition("-")
-    numbers = list(range(int(first), int(last or first) + 1))
+    try:
+        numbers = list(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise StackError(f"{where}: invalid port {text!r}: give a number such as 8080") from None
     if not numbers or not all(0 < n < 65536 for n in numbers):
         raise StackError(f"{where}: invalid port {text!r}: ports are 1-65535")
     return numbers
@@ -109,8 +113,12 @@ def ports(entries: list[Any], where: str) -> list[Doc]:
     for index, entry in enumerate(entries):
         at = f"{where}[{index}]"
         if isinstance(entry, dict):
-            target = _range(str(entry["target"]), at)[0]
-            published = int(entry.get("published") or 0)
+            targets = _range(str(entry["target"]), at)
+            numbers = _range(str(entry["published"]), at) if entry.get("published") else [0]
+            if len(targets) > 1 or len(numbers) > 1:
+                raise StackError(f"{at}: port ranges are given in the short syntax (\"8000-8001:80-81\"), one "
+                                 "port per entry in the long one")
+            target, published = targets[0], numbers[0]
             out.append({"Protocol": entry.get("protocol") or "tcp", "TargetPort": target,
                         "PublishedPort": published, "PublishMode": entry.get("mode") or "ingress"})
             continue
@@ -150,7 +158,7 @@ def _resources(resources: Doc, where: str) -> Doc:
         if "cpus" in part:
             try:
                 out[name]["NanoCPUs"] = int(float(part["cpus"]) * 1e9)
-            except ValueError:
+            except (ValueError, OverflowError):
                 raise StackError(f"{where}.{key}.cpus: invalid number of CPUs {part['cpus']!r}") from None
         if "memory" in part:
             out[name]["MemoryBytes"] = memory_bytes(part["memory"], f"{where}.{key}.memory")
@@ -195,7 +203,7 @@ def _file_refs(kind: str, refs: list[Any], declared: Mapping[str, str], where: s
 
 def _networks(service: Doc, short_name: str, declared: Mapping[str, str], where: str) -> list[Doc]:
     wanted = service.get("networks")
-    if wanted is None:
+    if not wanted:  # none named (or an empty list): the stack's default network, as docker's CLI does
         wanted = {DEFAULT_NETWORK: None}
     elif isinstance(wanted, list):
         wanted = {name: None for name in wanted}
@@ -220,7 +228,7 @@ class Converter:
 
     def run(self) -> StackObjects:
         services = self.document.get("services") or {}
-        uses_default = any(service.get("networks") is None for service in services.values())
+        uses_default = any(not service.get("networks") for service in services.values())
         networks = self._networks(uses_default)
         secrets = self._file_objects("secret")
         configs = self._file_objects("config")

@@ -211,3 +211,23 @@ async def test_a_task_that_finds_its_network_full_waits_pending_saying_so(harnes
     waiting = next(t for t in tasks if task_state(t) == TaskState.PENDING)
     assert "no free address on network tiny" in waiting["Status"]["Err"]
     assert "NetworksAttachments" not in waiting
+
+
+async def test_a_service_refused_a_vip_on_a_full_network_gets_one_once_an_address_comes_free(
+        harness: Harness) -> None:
+    await harness.commit(Batch().create(NETWORKS, network("tiny", "10.0.9.0/29")))
+    allocator = AllocatorLoop(harness.cache, harness.applier)
+    allocator._on_resync()
+    fillers = [allocator.addresses.attach(task_on(f"f{index}", "tiny", state=TaskState.RUNNING))
+               for index in range(5)]
+    await harness.add_tasks(*fillers)
+    await harness.add_service(on(make_service("web", "web"), "tiny"))
+    await allocator.run_once()
+    assert not (harness.cache.get(SERVICES, "web") or {}).get("Endpoint", {}).get("VirtualIPs")
+
+    await harness.report("f0", TaskState.FAILED)  # its address is free again
+    assert await allocator.run_once() == 1
+
+    service = harness.cache.get(SERVICES, "web")
+    assert service is not None and service["Endpoint"]["VirtualIPs"] == [
+        {"NetworkID": "tiny", "Addr": fillers[0]["NetworksAttachments"][0]["Addresses"][0]}]

@@ -157,3 +157,31 @@ def test_a_node_knows_which_networks_a_question_comes_from_by_its_tasks_addresse
     node.update([entry.to_wire() for entry in name_entries(SERVICES, TASKS, NODES)])
     assert node.table.resolve("api") == ["10.0.1.2"]
     assert node.debug()["Names"] == 4
+
+
+async def test_a_stranger_is_refused_and_learns_no_name() -> None:
+    server = DNSServer(table, [], allowed=lambda client: client == "127.0.0.1")
+    _, port = await server.start("127.0.0.1", 0)
+    try:
+        refused = await ask(port, "api", source="127.0.0.7")
+        assert refused.rcode() == dns.rcode.REFUSED and refused.answer == []
+        assert addresses(await ask(port, "api")) == ["10.0.1.2"]
+        assert server.refused == 1
+    finally:
+        server.close()
+
+
+async def test_an_answer_too_big_for_the_client_carries_the_addresses_that_fit() -> None:
+    many = [task(f"t{n}", "s-api", {"back": f"10.0.{1 + n // 200}.{n % 200 + 10}/16"}) for n in range(300)]
+    big = NameTable(name_entries(SERVICES, many, NODES))
+    server = DNSServer(lambda: big, [])
+    _, port = await server.start("127.0.0.1", 0)
+    try:
+        classic = await dns.asyncquery.udp(dns.message.make_query("tasks.api", "A", use_edns=False), "127.0.0.1",
+                                           port=port, timeout=5)
+        assert 1 <= len(addresses(classic)) < 300 and len(classic.to_wire()) <= 512
+        edns = await dns.asyncquery.udp(dns.message.make_query("tasks.api", "A", use_edns=0, payload=8192),
+                                        "127.0.0.1", port=port, timeout=5)
+        assert len(addresses(edns)) == 300
+    finally:
+        server.close()

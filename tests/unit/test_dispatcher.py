@@ -493,12 +493,13 @@ async def test_a_session_registers_its_node_and_refreshes_its_heartbeat(harness:
     node = await stored(harness, NODES, "n1")
     assert node_state(node) == NodeState.READY
     assert node["Description"] == {"Hostname": "host-n1", "Platform": {"OS": "linux"}}
-    welcome, assignments, endpoints = socket.sent
+    welcome, assignments, endpoints, names = socket.sent
     assert welcome == {"type": "welcome", "node_id": "n1", "heartbeat_period": PERIOD,
                        "managers": ["10.0.0.1:4242"]}
     assert assignments["full"] is True
     assert [t["ID"] for t in assignments["tasks"]] == ["t1"]
     assert endpoints == {"type": "endpoints", "listeners": []}
+    assert names == {"type": "names", "entries": []}  # told once, even of nothing (a new leader's view)
     assert await dispatcher.check_nodes() == []
 
 
@@ -640,7 +641,7 @@ async def test_a_session_gets_the_table_after_its_assignments(harness: Harness) 
 
     socket = await serve(dispatcher, "n1", [{"type": "hello", "description": {}}, {"type": "status", "updates": []}])
 
-    assert [m["type"] for m in socket.sent] == ["welcome", "assignments", "endpoints"]
+    assert [m["type"] for m in socket.sent] == ["welcome", "assignments", "endpoints", "names"]
     assert [(x["PublishedPort"], x["Protocol"], x["Backends"]) for x in socket.sent[2]["listeners"]] == [
         (5353, "udp", [])]
 

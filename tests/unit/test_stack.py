@@ -242,3 +242,83 @@ def test_bad_compose_files_are_refused_with_one_line(tmp_path: Path, text: str, 
     with pytest.raises(StackError, match=re.escape(message)) as caught:
         objects_of(path)
     assert "\n" not in str(caught.value)
+
+
+# ---- found in review ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("${IMG:-${REG}/x}", "reg/x"), ("${UNSET:-$B}", "b"), ("${A:-$B}", "a"), ("${UNSET:-${ALSO_UNSET:-deep}}", "deep"),
+    ("pre-${A}-post-$$", "pre-a-post-$"),
+])
+def test_defaults_are_interpolated_too(text: str, expected: str) -> None:
+    assert interpolate(text, {"A": "a", "B": "b", "REG": "reg"}, "f") == expected
+
+
+def test_typed_fields_take_their_value_from_a_variable(tmp_path: Path) -> None:
+    path = write(tmp_path, "c.yml", """
+        services:
+          web:
+            image: busybox
+            tty: ${TTY:-true}
+            ports: [{target: "${PORT:-80}", published: 8080}]
+            deploy: {replicas: "${N:-2}", update_config: {parallelism: "${P}"}}
+    """)
+    spec = objects_of(path, {"P": "3"}).services["app_web"]
+    assert spec["Mode"] == {"Replicated": {"Replicas": 2}} and spec["UpdateConfig"]["Parallelism"] == 3
+    assert spec["EndpointSpec"]["Ports"][0]["TargetPort"] == 80
+    assert spec["TaskTemplate"]["ContainerSpec"]["TTY"] is True
+
+
+def test_yaml_base_60_numbers_are_not_read(tmp_path: Path) -> None:
+    path = write(tmp_path, "c.yml", "services:\n  web:\n    image: busybox\n    ports:\n      - 22:22\n")
+    assert objects_of(path).services["app_web"]["EndpointSpec"]["Ports"][0]["PublishedPort"] == 22
+
+
+def test_an_environment_entry_without_a_value_comes_from_the_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, "c.yml", "services:\n  web:\n    image: busybox\n    environment: {FOO: , BAR: 1}\n")
+    assert objects_of(path, {"FOO": "from-shell"}).services["app_web"]["TaskTemplate"]["ContainerSpec"]["Env"] == [
+        "BAR=1", "FOO=from-shell"]
+
+
+def test_an_empty_network_list_joins_the_default_network(tmp_path: Path) -> None:
+    path = write(tmp_path, "c.yml", "services:\n  web: {image: busybox, networks: []}\n")
+    objects = objects_of(path)
+    assert list(objects.networks) == ["app_default"]
+    assert objects.services["app_web"]["TaskTemplate"]["Networks"][0]["Target"] == "app_default"
+
+
+def test_merged_ports_and_secrets_are_matched_as_dockers_cli_matches_them(tmp_path: Path) -> None:
+    base = write(tmp_path, "a.yml", """
+        services:
+          web: {image: busybox, ports: ["8080:80"], secrets: [{source: pw, target: one}]}
+        secrets:
+          pw: {content: x}
+    """)
+    override = write(tmp_path, "b.yml", """
+        services:
+          web: {ports: [{target: 80, published: 8080}], secrets: [{source: pw, target: two}]}
+    """)
+    web = convert("app", load([base, override], {}), tmp_path, {}).services["app_web"]
+    assert len(web["EndpointSpec"]["Ports"]) == 1
+    assert [s["File"]["Name"] for s in web["TaskTemplate"]["ContainerSpec"]["Secrets"]] == ["two"]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("on: {}\nservices:\n  web: {image: b}\n", "line 1: (top level): the key True is not text: quote it"),
+    ("services:\n  web: {image: b, ports: [{target: abc}]}\n", "invalid port 'abc'"),
+    ("services:\n  web: {image: b, ports: [{target: 80, published: 8000-8001}]}\n", "ports[0]"),
+    ("services:\n  web: {image: b, deploy: {resources: {limits: {cpus: .inf}}}}\n", "invalid number of CPUs"),
+])
+def test_more_bad_files_give_one_line_not_a_crash(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "compose.yml"
+    path.write_text(text)
+    with pytest.raises(StackError, match=re.escape(message)):
+        objects_of(path)
+
+
+def test_a_file_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "compose.yml"
+    path.write_bytes(b"services:\n  web: {image: \xff}\n")
+    with pytest.raises(StackError, match="must be UTF-8"):
+        objects_of(path)

@@ -86,7 +86,17 @@ class SchedulerLoop:
         nodes = list(self.cache.nodes().values())
         # On the loop, TASKS_PER_TICK at a time: the rest in the next ticks, with sessions served in between.
         result = schedule(tasks, nodes, self.load, self.clock.now())
-        placed = {t["ID"] for t in result.assigned}
+        # A task is placed once it also has its network addresses; one whose network is full waits like a
+        # task no node can take (a released address is a task event, which wakes the loop).
+        assigned = []
+        for task in result.assigned:
+            try:
+                assigned.append(self.addresses.attach(task))
+            except AddressesExhausted as exc:
+                waiting = refused(self.cache.get(TASKS, task["ID"]) or task, str(exc), to_rfc3339(self.clock.now()))
+                if waiting is not None:
+                    result.unassigned.append(waiting)
+        placed = {t["ID"] for t in assigned}
         for task in tasks:
             if task["ID"] not in placed and task["ID"] in self.pending:
                 del self.pending[task["ID"]]
@@ -94,27 +104,14 @@ class SchedulerLoop:
         self._tried = 0 if placed else self._tried + len(tasks)
         if self.pending and self._tried < len(self.pending):
             self._signal.set()  # some have not been tried since anything changed
-        assigned = []
-        for task in result.assigned:
-            try:
-                assigned.append(self.addresses.attach(task))
-            except AddressesExhausted as exc:
-                self._back_to_pending(task["ID"])
-                waiting = refused(self.cache.get(TASKS, task["ID"]) or task, str(exc), to_rfc3339(self.clock.now()))
-                if waiting is not None:
-                    result.unassigned.append(waiting)
         plan = Plan(update=assigned + result.unassigned)
         if plan.empty():
             return ""
         applied = await self.applier.apply(plan)
         await self.cache.caught_up(applied.revision, "scheduler")
-        self.last_decision = f"{len(result.assigned)} assigned, {len(result.unassigned)} unplaceable -> {applied}"
+        self.last_decision = f"{len(assigned)} assigned, {len(result.unassigned)} unplaceable -> {applied}"
         log.info("scheduler: %s", self.last_decision)
         return self.last_decision
-
-    def _back_to_pending(self, task_id: str) -> None:
-        self.pending.pop(task_id, None)
-        self.pending[task_id] = None
 
     async def run(self) -> None:
         await self.cache.ready.wait()
