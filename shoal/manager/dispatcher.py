@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import itertools
 import json
@@ -82,6 +83,9 @@ MAX_LAG_ALLOWANCE = 10.0  # at most this much of a node's reported loop lag is a
 # After an election, seconds of patience per node not yet back (on top of the grace): a new leader takes a
 # thousand agents in at a few dozen a second on a busy machine.
 RECONNECT_ALLOWANCE = 0.05
+# Sessions opened within one heartbeat period that make a reconnection wave (a busy leader taking agents in):
+# a session closed unannounced meanwhile is more likely one of them given up than a dead node.
+WAVE_SESSIONS = 8
 JOIN_GRACE = 30.0  # a node that just joined has this long, beyond the usual grace, to open its first session
 FIRST_REPORT_WAIT = 5.0  # how long a new session's node waits for its first status report before it is ready
 RESTART_GRACE = 15.0  # seconds a node that announced a daemon restart has to come back
@@ -227,6 +231,7 @@ class Dispatcher:
         # node's silence means little while others are still getting through (see check_nodes).
         self._reconnected: set[str] = set()
         self._last_session_opened = 0.0
+        self._recent_opens: collections.deque[float] = collections.deque()  # session opens of the last period
         self._activated = 0.0
         cache.subscribe(self._on_event)
 
@@ -320,7 +325,12 @@ class Dispatcher:
 
     def session_opened(self, node_id: str) -> None:
         self._reconnected.add(node_id)
-        self._last_session_opened = self._alive()
+        now = self._alive()
+        self._last_session_opened = now
+        self._recent_opens.append(now)
+        period = self.heartbeat_period()
+        while self._recent_opens and self._recent_opens[0] < now - period:
+            self._recent_opens.popleft()
         self.last_heartbeat[node_id] = self._alive()
 
     def session_ended(self, session: NodeSession) -> None:
@@ -341,6 +351,11 @@ class Dispatcher:
             hinted = now - period * (GRACE_MULTIPLIER - 1)
             last = self.last_heartbeat.get(node_id, hinted)
             self.last_heartbeat[node_id] = min(last, hinted)
+            if sum(1 for opened in self._recent_opens if opened >= now - period) >= WAVE_SESSIONS:
+                # Unless this leader is taking many agents in right now: sessions then end because it is slow
+                # (seen in bench.scale after a failover), and the node waits its turn like one not back since
+                # the election: silent only once the wave is over.
+                self._reconnected.discard(node_id)
 
     async def _serve(self, session: NodeSession, peer_ip: str) -> None:
         ws = session.ws

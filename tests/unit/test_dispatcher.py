@@ -24,6 +24,7 @@ from shoal.manager.dispatcher import (
     MAX_LAG_ALLOWANCE,
     RECONNECT_ALLOWANCE,
     RESTART_GRACE,
+    WAVE_SESSIONS,
     Attempt,
     Dispatcher,
     NodeSession,
@@ -855,3 +856,27 @@ async def test_an_attempt_served_after_a_later_one_is_refused_and_the_open_sessi
         await dispatcher.handle_session(cast(web.Request, late), None)
 
     assert dispatcher.sessions["n1"] is open_session and dropped == []
+
+
+async def test_a_session_closed_during_a_reconnection_wave_waits_for_the_wave_like_a_node_not_back(
+        harness: Harness) -> None:
+    # A leader taking many agents in at once is slow; a session that ends then was more likely given up on by
+    # its agent than ended by a dead node. Outside a wave, the close is a hint of death (tested above).
+    await harness.add_nodes(*(make_node(f"n{i}") for i in range(WAVE_SESSIONS + 1)))
+    dispatcher = make_dispatcher(harness)
+    harness.clock.advance(ELECTION_GRACE + 60)
+    for i in range(WAVE_SESSIONS + 1):
+        dispatcher.session_opened(f"n{i}")
+    session = NodeSession("n0", cast(web.WebSocketResponse, FakeSocket([])), "worker")
+    await dispatcher._serve(session, "10.0.0.9")
+    dispatcher.session_ended(session)
+
+    for _ in range(3):  # sessions keep opening for longer than the grace: n0 waits its turn
+        harness.clock.advance(GRACE / 2)
+        dispatcher.session_opened("n1")
+        dispatcher.last_heartbeat.update({f"n{i}": harness.clock.monotonic() for i in range(1, WAVE_SESSIONS + 1)})
+        assert await dispatcher.check_nodes() == []
+
+    harness.clock.advance(GRACE + 0.5)  # the wave is over and n0 never came back
+    dispatcher.last_heartbeat.update({f"n{i}": harness.clock.monotonic() for i in range(1, WAVE_SESSIONS + 1)})
+    assert await dispatcher.check_nodes() == ["n0"]
