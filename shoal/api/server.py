@@ -134,9 +134,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         else:
             raise
     except ConnectionResetError:
-        # The client went away mid-answer (an agent that gave up on its handshake): nobody to answer.
+        # The client went away mid-answer (an agent that gave up on its handshake): nobody to answer, and
+        # nothing worth a traceback in the log.
         log.debug("%s %s: the client closed the connection", request.method, request.path)
-        raise
+        return web.Response(status=499)
     except Exception as exc:
         log.exception("internal error in %s %s", request.method, request.path)
         response = reply({"message": f"internal error: {type(exc).__name__}: {exc}"}, 500)
