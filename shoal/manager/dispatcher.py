@@ -841,6 +841,8 @@ class Dispatcher:
         if result.written:
             self.nodes_marked_down += 1
             log.warning("node %s is down: %s", node_id, message)
+            # The next check must see it down, not mark (and log) it again from a cache a moment behind.
+            await self.cache.caught_up(result.revision, "node health")
         session = self.sessions.pop(node_id, None)
         if session is not None:
             session.drop()
