@@ -144,6 +144,9 @@ def merge_status(task: Doc, status: Doc, now: float) -> Doc | None:
     return new
 
 
+_NO_NAMES: list[Doc] = []  # a network with no names (one object: compared by identity)
+
+
 @dataclass(frozen=True)
 class Attempt:
     """Which connection attempt of which agent process a session is (ATTEMPT_HEADER); unknown: never later."""
@@ -183,7 +186,8 @@ class NodeSession:
     dirty: set[str] = field(default_factory=set)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     endpoints_sent: list[Doc] | None = None  # the endpoint table this agent has
-    names_sent: list[Doc] | None = None  # the name table entries this agent has
+    names_sent: dict[str, list[Doc]] | None = None  # the name table entries this agent has, by network
+    networks: frozenset[str] | None = None  # the networks of its tasks (None: to be read again)
     dependencies: NodeDependencies = field(default_factory=NodeDependencies)  # the secrets and configs it holds
     reported: asyncio.Event = field(default_factory=asyncio.Event)  # its first status report arrived
     log_queues: dict[int, asyncio.Queue[Doc | None]] = field(default_factory=dict)
@@ -225,6 +229,7 @@ class Dispatcher:
         self._endpoints: list[Doc] | None = None  # the routing mesh's table, recomputed when it may have changed
         self._publishing: dict[str, tuple[Doc, bool]] = {}
         self._names: list[NameEntry] | None = None  # the name table, recomputed when it may have changed
+        self._names_by_network: dict[str, list[Doc]] = {}  # the same on the wire, by network
         self._networked: dict[str, tuple[Doc, bool]] = {}
         self.active = False
         # After an election every agent reconnects at once; with a thousand of them the wave takes a while, and a
@@ -575,6 +580,7 @@ class Dispatcher:
         tasks = [t for t in self.cache.tasks_on_node(session.node_id) if agent_should_know(t)]
         session.known = {t["ID"] for t in tasks}
         session.dirty.clear()
+        session.networks = None
         session.dependencies = NodeDependencies()
         for task in tasks:
             session.dependencies.set_task(str(task["ID"]), needed_by(task))
@@ -689,19 +695,32 @@ class Dispatcher:
             services = [s for s in self.cache.services().values() if attached_networks(s.get("Spec") or {})]
             tasks = [t for s in services for t in self.cache.tasks_of_service(str(s["ID"]))]
             self._names = name_entries(services, tasks, self.cache.nodes())
+            by_network: dict[str, list[Doc]] = {}
+            for entry in self._names:
+                by_network.setdefault(entry.network_id, []).append(entry.to_wire())
+            # A network whose entries did not change keeps its list object: sessions compare by identity.
+            previous = self._names_by_network
+            self._names_by_network = {network: previous[network] if previous.get(network) == entries else entries
+                                      for network, entries in by_network.items()}
         return self._names
 
     async def _send_names(self, session: NodeSession) -> None:
-        """The entries of the networks the node's tasks are attached to: a node learns no other names."""
-        names = self.names()
-        if not names and session.names_sent == []:
-            return  # nothing, and the agent knows it (a new session is told once, even of nothing)
-        networks = {network for task in self.cache.tasks_on_node(session.node_id) if agent_should_know(task)
-                    for network in attached_networks(task.get("Spec") or {})}
-        entries = [entry.to_wire() for entry in names if entry.network_id in networks]
-        if entries != session.names_sent:
-            session.names_sent = entries
-            await session.send({"type": "names", "entries": entries})
+        """The entries of the networks the node's tasks are attached to: a node learns no other names. Costs
+        the node's networks when nothing changed for it (the networks are read again only when its tasks
+        change), not the swarm's names."""
+        self.names()
+        if session.networks is None:
+            session.networks = frozenset(
+                network for task in self.cache.tasks_on_node(session.node_id) if agent_should_know(task)
+                for network in attached_networks(task.get("Spec") or {}))
+        wanted = {network: self._names_by_network.get(network, _NO_NAMES) for network in session.networks}
+        sent = session.names_sent
+        if sent is not None and sent.keys() == wanted.keys() and all(
+                sent[network] is entries for network, entries in wanted.items()):
+            return
+        session.names_sent = wanted
+        await session.send({"type": "names", "entries": [entry for network in sorted(wanted)
+                                                         for entry in wanted[network]]})
 
     async def _send_assignments(self, session: NodeSession) -> None:
         while True:
@@ -732,6 +751,7 @@ class Dispatcher:
                     session.known.discard(task_id)
                     session.dependencies.drop_task(task_id)
             if changed or removed:
+                session.networks = None  # its tasks changed: their networks may have
                 now_held = session.dependencies.held()
                 values = await self._values(now_held - held, held - now_held)
                 await session.send({"type": "assignments", "full": False, "tasks": changed, "remove": removed,

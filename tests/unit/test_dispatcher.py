@@ -880,3 +880,48 @@ async def test_a_session_closed_during_a_reconnection_wave_waits_for_the_wave_li
     harness.clock.advance(GRACE + 0.5)  # the wave is over and n0 never came back
     dispatcher.last_heartbeat.update({f"n{i}": harness.clock.monotonic() for i in range(1, WAVE_SESSIONS + 1)})
     assert await dispatcher.check_nodes() == ["n0"]
+
+
+# ---- the name table: each node gets its networks' names, and only when they change -----------------------
+
+
+def networked(service_id: str, name: str, network: str, vip: str) -> Doc:
+    service = make_service(service_id, name)
+    service["Spec"]["TaskTemplate"]["Networks"] = [{"Target": network, "Aliases": [name]}]
+    service["Endpoint"] = {"VirtualIPs": [{"NetworkID": network, "Addr": vip}]}
+    return service
+
+
+def attached_task(task_id: str, service_id: str, node_id: str, network: str, address: str) -> Doc:
+    task = make_task(task_id, service_id, node_id=node_id, state=TaskState.RUNNING)
+    task["Spec"]["Networks"] = [{"Target": network}]
+    task["NetworksAttachments"] = [{"Network": {"ID": network}, "Addresses": [address]}]
+    return task
+
+
+async def test_a_node_is_told_the_names_of_its_networks_only_and_again_only_when_they_change(
+        harness: Harness) -> None:
+    await harness.add_nodes(make_node("n1"), make_node("n2"))
+    await harness.add_service(networked("s-api", "api", "back", "10.0.1.2/24"))
+    await harness.add_service(networked("s-web", "web", "front", "10.0.2.2/24"))
+    await harness.add_tasks(attached_task("t1", "s-api", "n1", "back", "10.0.1.5/24"),
+                            attached_task("t2", "s-web", "n2", "front", "10.0.2.5/24"))
+    dispatcher = make_dispatcher(harness)
+    socket = FakeSocket([])
+    session = NodeSession("n1", cast(web.WebSocketResponse, socket), "worker")
+
+    await dispatcher._send_names(session)
+    assert [e["Name"] for e in socket.sent[-1]["entries"]] == ["api"]  # not "web": n1 runs nothing on front
+    assert socket.sent[-1]["entries"][0]["Tasks"] == ["10.0.1.5"]
+
+    # A change on another network: n1 is not told anything.
+    await harness.add_tasks(attached_task("t3", "s-web", "n2", "front", "10.0.2.6/24"))
+    dispatcher._names = None
+    await dispatcher._send_names(session)
+    assert len(socket.sent) == 1
+
+    # A second api task: n1 is told.
+    await harness.add_tasks(attached_task("t4", "s-api", "n2", "back", "10.0.1.6/24"))
+    dispatcher._names = None
+    await dispatcher._send_names(session)
+    assert len(socket.sent) == 2 and socket.sent[-1]["entries"][0]["Tasks"] == ["10.0.1.5", "10.0.1.6"]
