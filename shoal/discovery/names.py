@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from shoal.mesh.table import is_backend
+from shoal.task_networks import task_addresses
 from shoal.types import Doc
 
 TASKS_PREFIX = "tasks."
@@ -53,9 +54,8 @@ def name_entries(services: Iterable[Doc], tasks: Iterable[Doc], nodes_by_id: Map
     for task in tasks:
         if not is_backend(task, nodes_by_id):
             continue
-        for attachment in task.get("NetworksAttachments") or []:
-            key = (str(task.get("ServiceID") or ""), str(attachment["Network"]["ID"]))
-            addresses.setdefault(key, []).extend(_ip(a) for a in attachment.get("Addresses") or [])
+        for network_id, address in task_addresses(task):
+            addresses.setdefault((str(task.get("ServiceID") or ""), network_id), []).append(_ip(address))
     entries: list[NameEntry] = []
     for service in services:
         spec = service.get("Spec") or {}

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 from shoal.discovery.dns import DNSServer, upstream_resolvers
 from shoal.discovery.names import NameEntry, NameTable
+from shoal.task_networks import task_addresses
 from shoal.types import Doc
 
 log = logging.getLogger(__name__)
@@ -55,9 +56,8 @@ class NodeDiscovery:
         if full:
             self._task_addresses = {}
         for task in tasks:
-            self._task_addresses[str(task["ID"])] = [
-                (str(ipaddress.ip_interface(address).ip), str(attachment["Network"]["ID"]))
-                for attachment in task.get("NetworksAttachments") or [] for address in attachment.get("Addresses") or []]
+            self._task_addresses[str(task["ID"])] = [(str(ipaddress.ip_interface(address).ip), network_id)
+                                                     for network_id, address in task_addresses(task)]
         for task_id in removed:
             self._task_addresses.pop(task_id, None)
         by_ip: dict[str, set[str]] = {}

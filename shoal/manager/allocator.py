@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from shoal.manager.applier import Applier
 from shoal.manager.cache import Cache
 from shoal.manager.store.base import Batch, Event
+from shoal.task_networks import attached_networks, task_addresses
 from shoal.types import NETWORKS, SERVICES, TASKS, Doc, TaskState, task_state
 
 log = logging.getLogger(__name__)
@@ -32,12 +33,6 @@ log = logging.getLogger(__name__)
 
 class AddressesExhausted(Exception):
     """A network's subnet has no free address left."""
-
-
-def attached_networks(spec: Doc) -> list[str]:
-    """The network IDs a service spec (or a task's spec, a copy of its template) is attached to, in order."""
-    template = spec.get("TaskTemplate", spec) or {}
-    return [str(a["Target"]) for a in template.get("Networks") or [] if isinstance(a, dict) and a.get("Target")]
 
 
 def wants_vips(service: Doc) -> bool:
@@ -48,12 +43,6 @@ def wants_vips(service: Doc) -> bool:
 def holds_addresses(task: Doc) -> bool:
     """Whether a task may still be using its addresses: until it has stopped."""
     return task_state(task) <= TaskState.RUNNING
-
-
-def task_addresses(task: Doc) -> list[tuple[str, str]]:
-    """(network ID, "a.b.c.d/len") for each of a task's attachments."""
-    return [(str(a["Network"]["ID"]), str(address)) for a in task.get("NetworksAttachments") or []
-            for address in a.get("Addresses") or []]
 
 
 def service_vips(service: Doc) -> list[tuple[str, str]]:
@@ -161,6 +150,18 @@ class NetworkAddresses:
             name = self.networks[network_id]["Spec"]["Name"]
             raise AddressesExhausted(f"no free address on network {name}: {exc}") from None
 
+    def _take_all(self, network_ids: list[str]) -> list[tuple[str, str]]:
+        """An address on each network; on a full one, those taken on the others are given back."""
+        taken: list[tuple[str, str]] = []
+        try:
+            for network_id in network_ids:
+                taken.append((network_id, self._take(network_id)))
+        except AddressesExhausted:
+            for network_id, address in taken:
+                self.pools[network_id].release(address)
+            raise
+        return taken
+
     def vips_for(self, service: Doc) -> list[Doc] | None:
         """The service's VirtualIPs as they should be, or None when they already are. Keeps the VIPs of
         networks it stays on; takes one on each new network; gives back the others."""
@@ -170,15 +171,7 @@ class NetworkAddresses:
         kept = {network_id: address for network_id, address in current if network_id in wanted}
         if set(kept) == set(wanted) and len(current) == len(kept):
             return None
-        taken: list[tuple[str, str]] = []
-        try:
-            for network_id in wanted:
-                if network_id not in kept:
-                    taken.append((network_id, self._take(network_id)))
-        except AddressesExhausted:
-            for network_id, address in taken:
-                self.pools[network_id].release(address)
-            raise
+        taken = self._take_all([n for n in wanted if n not in kept])
         vips = [(n, kept[n]) for n in wanted if n in kept] + taken
         order = {n: i for i, n in enumerate(wanted)}
         vips.sort(key=lambda v: order[v[0]])
@@ -187,19 +180,11 @@ class NetworkAddresses:
 
     def attach(self, task: Doc) -> Doc:
         """The task with an address on each of its networks (held from now on), or AddressesExhausted."""
-        task_id = str(task["ID"])
-        if task.get("NetworksAttachments") or not attached_networks(task.get("Spec") or {}):
+        networks = attached_networks(task.get("Spec") or {})
+        if task.get("NetworksAttachments") or not networks:
             return task
-        taken: list[tuple[str, str]] = []
-        try:
-            for network_id in attached_networks(task.get("Spec") or {}):
-                if network_id in self.pools:
-                    taken.append((network_id, self._take(network_id)))
-        except AddressesExhausted:
-            for network_id, address in taken:
-                self.pools[network_id].release(address)
-            raise
-        self.hold(task_id, taken)
+        taken = self._take_all([n for n in networks if n in self.pools])
+        self.hold(str(task["ID"]), taken)
         attached = dict(task)
         attached["NetworksAttachments"] = [{"Network": self.networks[network_id], "Addresses": [address]}
                                            for network_id, address in taken]

@@ -30,10 +30,9 @@ from aiohttp import WSMsgType, web
 from shoal import codec
 from shoal.certs import identity_from_peercert
 from shoal.clock import Clock
-from shoal.discovery.names import NameEntry, name_entries
+from shoal.discovery.names import name_entries
 from shoal.errors import InvalidArgument, NotLeader, ShoalError
 from shoal.manager import ca_rotation
-from shoal.manager.allocator import attached_networks
 from shoal.manager.applier import Applier
 from shoal.manager.cache import Cache
 from shoal.manager.controlapi.node import MESH_ERRORS_FIELD
@@ -47,6 +46,7 @@ from shoal.manager.store.base import Batch, Event, Store, object_key
 from shoal.mesh.table import BACKEND_PORTS, endpoint_table, is_backend, published_ports
 from shoal.protocol import ATTEMPT_HEADER
 from shoal.task_files import SECRET, DependencyKey
+from shoal.task_networks import attached_networks
 from shoal.timefmt import from_rfc3339, to_rfc3339
 from shoal.timeouts import within
 from shoal.types import (
@@ -228,8 +228,8 @@ class Dispatcher:
         self._log_ids = itertools.count(1)
         self._endpoints: list[Doc] | None = None  # the routing mesh's table, recomputed when it may have changed
         self._publishing: dict[str, tuple[Doc, bool]] = {}
-        self._names: list[NameEntry] | None = None  # the name table, recomputed when it may have changed
-        self._names_by_network: dict[str, list[Doc]] = {}  # the same on the wire, by network
+        self._names_stale = True  # the name table may have changed since it was last made
+        self._names_by_network: dict[str, list[Doc]] = {}  # the name table on the wire, by network
         self._networked: dict[str, tuple[Doc, bool]] = {}
         self.active = False
         # After an election every agent reconnects at once; with a thousand of them the wave takes a while, and a
@@ -333,10 +333,14 @@ class Dispatcher:
         now = self._alive()
         self._last_session_opened = now
         self._recent_opens.append(now)
-        period = self.heartbeat_period()
+        self._opens_within(now, self.heartbeat_period())  # keeps the record to one period
+        self.last_heartbeat[node_id] = now
+
+    def _opens_within(self, now: float, period: float) -> int:
+        """How many sessions opened in the last `period` (older ones are forgotten)."""
         while self._recent_opens and self._recent_opens[0] < now - period:
             self._recent_opens.popleft()
-        self.last_heartbeat[node_id] = self._alive()
+        return len(self._recent_opens)
 
     def session_ended(self, session: NodeSession) -> None:
         """How long the node of a session that just closed has to come back, by how it ended."""
@@ -356,7 +360,7 @@ class Dispatcher:
             hinted = now - period * (GRACE_MULTIPLIER - 1)
             last = self.last_heartbeat.get(node_id, hinted)
             self.last_heartbeat[node_id] = min(last, hinted)
-            if sum(1 for opened in self._recent_opens if opened >= now - period) >= WAVE_SESSIONS:
+            if self._opens_within(now, period) >= WAVE_SESSIONS:
                 # Unless this leader is taking many agents in right now: sessions then end because it is slow
                 # (seen in bench.scale after a failover), and the node waits its turn like one not back since
                 # the election: silent only once the wave is over.
@@ -551,7 +555,7 @@ class Dispatcher:
         if endpoints:
             self._endpoints = None
         if names:
-            self._names = None
+            self._names_stale = True
         if endpoints or names:
             for session in self.sessions.values():
                 session.wake.set()
@@ -633,14 +637,19 @@ class Dispatcher:
         return False
 
     def _publishes(self, service_id: str) -> bool:
-        """Whether the service publishes ports (or is gone), remembered per service document: asked for every
-        task change, a hundred thousand times when a service that size starts."""
+        """Whether the service publishes ports (or is gone)."""
+        return self._remembered(self._publishing, service_id, published_ports)
+
+    def _remembered(self, memo: dict[str, tuple[Doc, bool]], service_id: str, test: Callable[[Doc], object]) -> bool:
+        """Whether `test` holds for the service (True when it is gone), remembered per service document: asked
+        for every task change, a hundred thousand times when a service that size starts."""
         service = self.cache.get(SERVICES, service_id)
         if service is None:
+            memo.pop(service_id, None)
             return True
-        known = self._publishing.get(service_id)
+        known = memo.get(service_id)
         if known is None or known[0] is not service:
-            known = self._publishing[service_id] = (service, bool(published_ports(service)))
+            known = memo[service_id] = (service, bool(test(service)))
         return known[1]
 
     def endpoints(self) -> list[Doc]:
@@ -665,7 +674,8 @@ class Dispatcher:
             return any(attached_networks(doc.get("Spec") or {}) for doc in (prev, event.doc) if doc)
         if event.kind == NODES:
             before, after = prev or {}, event.doc or {}
-            return bool(before.get("Status") != after.get("Status")) and bool(self._networked)
+            return bool(before.get("Status") != after.get("Status")) and any(
+                attached for _, attached in self._networked.values())
         if event.kind == TASKS:
             task = event.doc or prev or {}
             if not self._on_networks(str(task.get("ServiceID") or "")):
@@ -680,35 +690,29 @@ class Dispatcher:
         return False
 
     def _on_networks(self, service_id: str) -> bool:
-        """Whether the service is attached to a network (or is gone), remembered per service document."""
-        service = self.cache.get(SERVICES, service_id)
-        if service is None:
-            self._networked.pop(service_id, None)
-            return True
-        known = self._networked.get(service_id)
-        if known is None or known[0] is not service:
-            known = self._networked[service_id] = (service, bool(attached_networks(service.get("Spec") or {})))
-        return known[1]
+        """Whether the service is attached to a network (or is gone)."""
+        return self._remembered(self._networked, service_id, lambda s: attached_networks(s.get("Spec") or {}))
 
-    def names(self) -> list[NameEntry]:
-        if self._names is None:
-            services = [s for s in self.cache.services().values() if attached_networks(s.get("Spec") or {})]
-            tasks = [t for s in services for t in self.cache.tasks_of_service(str(s["ID"]))]
-            self._names = name_entries(services, tasks, self.cache.nodes())
-            by_network: dict[str, list[Doc]] = {}
-            for entry in self._names:
-                by_network.setdefault(entry.network_id, []).append(entry.to_wire())
-            # A network whose entries did not change keeps its list object: sessions compare by identity.
-            previous = self._names_by_network
-            self._names_by_network = {network: previous[network] if previous.get(network) == entries else entries
-                                      for network, entries in by_network.items()}
-        return self._names
+    def _refresh_names(self) -> None:
+        """The name table on the wire by network, made again when it may have changed."""
+        if not self._names_stale:
+            return
+        self._names_stale = False
+        services = [s for s in self.cache.services().values() if attached_networks(s.get("Spec") or {})]
+        tasks = [t for s in services for t in self.cache.tasks_of_service(str(s["ID"]))]
+        by_network: dict[str, list[Doc]] = {}
+        for entry in name_entries(services, tasks, self.cache.nodes()):
+            by_network.setdefault(entry.network_id, []).append(entry.to_wire())
+        # A network whose entries did not change keeps its list object: sessions compare by identity.
+        previous = self._names_by_network
+        self._names_by_network = {network: previous[network] if previous.get(network) == entries else entries
+                                  for network, entries in by_network.items()}
 
     async def _send_names(self, session: NodeSession) -> None:
         """The entries of the networks the node's tasks are attached to: a node learns no other names. Costs
         the node's networks when nothing changed for it (the networks are read again only when its tasks
         change), not the swarm's names."""
-        self.names()
+        self._refresh_names()
         if session.networks is None:
             session.networks = frozenset(
                 network for task in self.cache.tasks_on_node(session.node_id) if agent_should_know(task)

@@ -106,16 +106,6 @@ def _braced(body: str, variables: Mapping[str, str], where: str, text: str) -> s
     return str(value)
 
 
-def _interpolated(value: Any, variables: Mapping[str, str], where: str) -> Any:
-    if isinstance(value, str):
-        return interpolate(value, variables, where)
-    if isinstance(value, dict):
-        return {key: _interpolated(item, variables, f"{where}.{key}") for key, item in value.items()}
-    if isinstance(value, list):
-        return [_interpolated(item, variables, f"{where}[{index}]") for index, item in enumerate(value)]
-    return value
-
-
 def _to_bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("true", "yes", "y", "on", "1"):
@@ -166,19 +156,23 @@ def _cast_for(path: tuple[str, ...]) -> Callable[[str], Any] | None:
     return None
 
 
-def cast_types(value: Any, path: tuple[str, ...] = ()) -> Any:
-    """Text in a typed field (`replicas: ${N:-2}`) as the field's type; text that is no such value is left
-    for the schema to refuse with its path."""
+def _interpolated(value: Any, variables: Mapping[str, str], where: str, path: tuple[str, ...] = ()) -> Any:
+    """The document with its variables replaced; text in a typed field (`replicas: ${N:-2}`) becomes the field's
+    type, and text that is no such value is left for the schema to refuse with its path."""
     if isinstance(value, dict):
-        return {key: cast_types(item, (*path, str(key))) for key, item in value.items()}
+        return {key: _interpolated(item, variables, f"{where}.{key}", (*path, str(key))) for key, item in value.items()}
     if isinstance(value, list):
-        return [cast_types(item, (*path, str(index))) for index, item in enumerate(value)]
-    if isinstance(value, str) and (cast := _cast_for(path)) is not None:
+        return [_interpolated(item, variables, f"{where}[{index}]", (*path, str(index)))
+                for index, item in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+    text = interpolate(value, variables, where)
+    if (cast := _cast_for(path)) is not None:
         try:
-            return cast(value)
+            return cast(text)
         except ValueError:
-            return value
-    return value
+            pass
+    return text
 
 
 class ComposeLoader(yaml.SafeLoader):
@@ -297,12 +291,14 @@ def load_file(path: Path, variables: Mapping[str, str]) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise StackError(f"{path}: a compose file must be a mapping with a top-level 'services' key")
     _check_keys(document, tree, str(path))
-    document = cast_types(_interpolated(document, variables, str(path)))
+    document = _interpolated(document, variables, str(path))
     check(document, str(path), tree)
     return document
 
 
-def _as_mapping(value: Any) -> dict[str, Any]:
+def as_mapping(value: Any) -> dict[str, Any]:
+    """`environment` or `labels` in either form (a list of "K=V", or a mapping) as a mapping; "K" alone maps
+    to None."""
     if isinstance(value, dict):
         return dict(value)
     out: dict[str, Any] = {}
@@ -329,7 +325,7 @@ def _merge_service(base: dict[str, Any], override: dict[str, Any]) -> dict[str, 
     out = dict(base)
     for key, value in override.items():
         if key in MAPPING_LISTS and key in out:
-            out[key] = {**_as_mapping(out[key]), **_as_mapping(value)}
+            out[key] = {**as_mapping(out[key]), **as_mapping(value)}
         elif key in JOINED_LISTS and key in out:
             merged = {_ref_key(entry, key): entry for entry in out[key]}
             merged.update({_ref_key(entry, key): entry for entry in value})

@@ -19,6 +19,7 @@ from typing import Any
 
 from shoal.errors import InvalidArgument
 from shoal.stack import IMAGE_LABEL, NAMESPACE_LABEL, StackError
+from shoal.stack.compose import as_mapping
 from shoal.stack.schema import IGNORED_SERVICE_KEYS
 from shoal.timefmt import parse_duration
 from shoal.types import Doc
@@ -65,15 +66,9 @@ def nanoseconds(value: Any, where: str) -> int:
 
 
 def _mapping(value: Any, environ: Mapping[str, str] | None = None) -> dict[str, str | None]:
-    """A list of "K=V" or a mapping, as a mapping; "K" alone takes its value from `environ` when given."""
-    if isinstance(value, dict):
-        return {str(k): (environ.get(str(k)) if environ is not None else "") if v is None else _scalar(v)
-                for k, v in value.items()}
-    out: dict[str, str | None] = {}
-    for entry in value or []:
-        key, sep, item = str(entry).partition("=")
-        out[key] = item if sep else (environ.get(key) if environ is not None else "")
-    return out
+    """A list of "K=V" or a mapping, as a mapping of text; "K" alone takes its value from `environ` when given."""
+    return {str(k): (environ.get(str(k)) if environ is not None else "") if v is None else _scalar(v)
+            for k, v in as_mapping(value).items()}
 
 
 def _scalar(value: Any) -> str:

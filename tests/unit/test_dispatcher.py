@@ -916,12 +916,10 @@ async def test_a_node_is_told_the_names_of_its_networks_only_and_again_only_when
 
     # A change on another network: n1 is not told anything.
     await harness.add_tasks(attached_task("t3", "s-web", "n2", "front", "10.0.2.6/24"))
-    dispatcher._names = None
     await dispatcher._send_names(session)
     assert len(socket.sent) == 1
 
     # A second api task: n1 is told.
     await harness.add_tasks(attached_task("t4", "s-api", "n2", "back", "10.0.1.6/24"))
-    dispatcher._names = None
     await dispatcher._send_names(session)
     assert len(socket.sent) == 2 and socket.sent[-1]["entries"][0]["Tasks"] == ["10.0.1.5", "10.0.1.6"]
