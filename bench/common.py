@@ -17,11 +17,12 @@ from shoal import playground
 
 
 class Swarm:
-    def __init__(self, managers: int, workers: int, subnet: str, routing_mesh: str = "auto") -> None:
+    def __init__(self, managers: int, workers: int, subnet: str, routing_mesh: str = "auto",
+                 executor: str = "process") -> None:
         self.base = Path(tempfile.mkdtemp(prefix="shoal-bench-"))
         self.subnet = subnet
         self.nodes = playground.up(managers, workers, lambda _: None, base=self.base, subnet=subnet,
-                                   routing_mesh=routing_mesh)
+                                   routing_mesh=routing_mesh, executor=executor)
 
     def api(self) -> Any:
         return playground.api(self.nodes[0].socket)

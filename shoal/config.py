@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shoal.task_networks import DEFAULT_DATA_PATH_PORT
+
 DEFAULT_STATE_DIR = Path(os.environ.get("SHOAL_STATE_DIR", "/var/lib/shoal"))
 DEFAULT_SOCKET = Path(os.environ.get("SHOAL_SOCKET", "/run/shoal/shoal.sock"))
 DEFAULT_PORT = 2377
@@ -42,3 +44,5 @@ class DaemonConfig:
     mesh_workers: int | None = None
     # The port of the node's DNS server for service discovery, on its advertise address; 0: none.
     dns_port: int = 53
+    # The UDP port this node takes overlay (VXLAN) traffic on, on its advertise address (shoal.overlay).
+    data_path_port: int = DEFAULT_DATA_PATH_PORT

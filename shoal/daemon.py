@@ -87,8 +87,10 @@ from shoal.manager.manager import HEARTBEAT_LAG_WINDOW, Bootstrap, Manager, TLSF
 from shoal.manager.store.base import Batch
 from shoal.manager.store_access import StoreCredentials, create_store_ca
 from shoal.mesh.mesh import RoutingMesh
+from shoal.overlay.linux import OverlayDataPath, overlay_problem
 from shoal.supervise import Supervisor
 from shoal.task_files import CONFIG, SECRET
+from shoal.task_networks import DATA_PATH_PORT
 from shoal.timefmt import to_rfc3339
 from shoal.timeouts import within
 from shoal.tokens import make_token
@@ -190,6 +192,7 @@ class Daemon:
         self.manager: Manager | None = None
         self.control: ControlAPI | None = None
         self.agent: Agent | None = None
+        self.overlay: OverlayDataPath | None = None
         self._cluster_site: web.TCPSite | None = None
         self._cluster_runner: web.AppRunner | None = None
         self._api_runner: web.AppRunner | None = None
@@ -296,6 +299,8 @@ class Daemon:
             "Resources": executor_desc.get("Resources") or {},
             "Engine": engine,
         }
+        if self.overlay is not None:
+            description[DATA_PATH_PORT] = self.overlay.port
         with contextlib.suppress(OSError, InvalidArgument):
             description["TLSInfo"] = tls_info(self.disk_tls.cert.read_bytes(), self.disk_tls.ca.read_bytes())
         return description
@@ -387,11 +392,31 @@ class Daemon:
         # Simulated tasks look nothing up either.
         discovery = None if self.config.executor == "sim" else NodeDiscovery(self.record.advertise_addr,
                                                                              self.config.dns_port)
+        self.overlay = self._make_overlay(discovery)
         monitor = self.monitor
         return Agent(self.record.node_id, managers, context, self.state_dir / "agent", self._executor, self.clock,
                      self.describe, self._remember_managers, self.change_role, self.record.port, mesh=mesh,
                      liveness=monitor.alive, loop_lag=lambda: monitor.recent_max(HEARTBEAT_LAG_WINDOW),
-                     on_manager_gone=self._manager_gone, on_trust=self._on_trust, discovery=discovery)
+                     on_manager_gone=self._manager_gone, on_trust=self._on_trust, discovery=discovery,
+                     overlay=self.overlay)
+
+    def _make_overlay(self, discovery: NodeDiscovery | None) -> OverlayDataPath | None:
+        """The node's overlay, for an executor that can put tasks on swarm networks (the docker executor)."""
+        assert self.record is not None
+        from shoal.agent.executor.docker import DockerExecutor
+
+        executor = self._executor
+        if not isinstance(executor, DockerExecutor):
+            return None
+        problem = overlay_problem()
+        if problem is not None:
+            executor.overlay_problem = problem
+            log.warning("overlay: containers cannot join swarm networks on this node: %s", problem)
+            return None
+        overlay = OverlayDataPath(self.record.node_id, self.record.advertise_addr, self.config.data_path_port,
+                                  discovery.serve_in if discovery is not None else None)
+        executor.overlay = overlay
+        return overlay
 
     async def _manager_gone(self, addr: str) -> None:
         """This node's agent lost its session unexpectedly: a manager here checks whether the leader died."""
@@ -857,6 +882,8 @@ class Daemon:
                                           "Configs": sorted(i for k, i in held if k == CONFIG)}
             if agent.discovery is not None:
                 info["Agent"]["Discovery"] = agent.discovery.debug()
+            if agent.overlay is not None:
+                info["Agent"]["Overlay"] = agent.overlay.debug()
         return info
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -98,6 +99,15 @@ def _port_free(address: str, port: int) -> bool:
     return True
 
 
+def free_udp_port() -> int:
+    """A UDP port free on every address: the nodes of a playground share the host, so each needs its own
+    data-path (VXLAN) port, which the kernel binds on every address."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 def start_daemon(name: str, base: Path, extra: list[str] | None = None,
                  wrapper: list[str] | None = None) -> tuple[subprocess.Popen[bytes], Path, Path]:
     """Start one node's daemon; `wrapper` goes before its command line (e.g. `ip netns exec NS` to run it in
@@ -171,7 +181,8 @@ def _start(managers: int, workers: int, progress: Callable[[str], None], base: P
         address = f"{subnet}.{FIRST_ADDRESS + index}"
         if role == "manager" and not all(_port_free(address, p) for p in (DEFAULT_PORT, 2379, 2380)):
             raise Unavailable(f"ports 2377/2379/2380 on {address} are in use: is another cluster running?")
-        proc, state_dir, sock = start_daemon(name, base, [*daemon_args, "--publish-addr", address])
+        proc, state_dir, sock = start_daemon(name, base, [*daemon_args, "--publish-addr", address,
+                                                          "--data-path-port", str(free_udp_port())])
         nodes.append(PlaygroundNode(name, role, address, proc.pid, str(sock), str(state_dir)))
         _state_file(base).write_text(json.dumps([asdict(n) for n in nodes], indent=2))
         wait_for_socket(sock, proc)
@@ -259,20 +270,49 @@ def kill_node(node: PlaygroundNode) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def _remove_mesh_rules(nodes: list[PlaygroundNode]) -> None:
-    """The kernel mesh rules the nodes leave: a stopped daemon keeps them for its restart, and a killed one
-    could not remove them; a removed playground has no use for them."""
+def _remove_node_leftovers(nodes: list[PlaygroundNode]) -> None:
+    """What the nodes leave behind outside their state directories: kernel mesh rules and overlay namespaces
+    (a stopped daemon keeps them for its restart; a killed one could not remove them) and the containers of
+    the docker executor. A removed playground has no use for any of them."""
     import asyncio
 
     from shoal.mesh.kernel import KernelDataPath, KernelPathError
+    from shoal.overlay.linux import node_namespaces
 
+    node_ids: list[str] = []
     for node in nodes:
         try:
-            node_id = json.loads((Path(node.state_dir) / "state.json").read_text())["node_id"]
+            node_ids.append(str(json.loads((Path(node.state_dir) / "state.json").read_text())["node_id"]))
         except (OSError, ValueError, KeyError):
             continue
+    for node_id in node_ids:
         with contextlib.suppress(KernelPathError):
-            asyncio.run(KernelDataPath(str(node_id), "").clear())
+            asyncio.run(KernelDataPath(node_id, "").clear())
+    _remove_containers(node_ids)
+    for node_id in node_ids:
+        for name in node_namespaces(node_id):
+            subprocess.run([shutil.which("ip", path="/usr/sbin:/sbin:/usr/bin:/bin") or "ip", "netns", "del", name], capture_output=True,
+                           check=False)
+
+
+def _remove_containers(node_ids: list[str]) -> None:
+    """The docker executor's containers of these nodes, on this machine's engine (if it has one)."""
+    if not node_ids:
+        return
+    try:
+        import docker
+        import docker.errors
+
+        client = docker.from_env(timeout=30)
+        try:
+            for container in client.containers.list(all=True, filters={"label": "com.docker.swarm.node.id"}):
+                if container.labels.get("com.docker.swarm.node.id") in node_ids:
+                    with contextlib.suppress(docker.errors.DockerException):
+                        container.remove(force=True)
+        finally:
+            client.close()
+    except Exception:  # no engine here, or it does not answer: nothing of ours runs on it
+        return
 
 
 def down(progress: Callable[[str], None] = print, base: Path = PLAYGROUND_DIR) -> None:
@@ -294,10 +334,8 @@ def down(progress: Callable[[str], None] = print, base: Path = PLAYGROUND_DIR) -
             with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGKILL) if os.getpgid(pid) == pid else os.kill(pid, signal.SIGKILL)
         time.sleep(0.1)
-    _remove_mesh_rules(nodes)
+    _remove_node_leftovers(nodes)
     if base.exists():
-        import shutil
-
         shutil.rmtree(base, ignore_errors=True)
     if nodes:
         progress(f"playground removed ({len(nodes)} nodes)")

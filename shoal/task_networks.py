@@ -10,6 +10,11 @@ from __future__ import annotations
 
 from shoal.types import Doc
 
+# In a node's Description: the UDP port its overlay takes VXLAN traffic on (shoal.overlay). Docker uses one
+# port for the whole swarm (4789); shoal lets each node say its own, so that several nodes can share a host.
+DATA_PATH_PORT = "ShoalDataPathPort"
+DEFAULT_DATA_PATH_PORT = 4789
+
 
 def attached_networks(spec: Doc) -> list[str]:
     """The network IDs a service spec (or a task's spec) is attached to, in order."""
@@ -21,3 +26,9 @@ def task_addresses(task: Doc) -> list[tuple[str, str]]:
     """(network ID, "a.b.c.d/len") for each address of a task's attachments."""
     return [(str(a["Network"]["ID"]), str(address)) for a in task.get("NetworksAttachments") or []
             for address in a.get("Addresses") or []]
+
+
+def task_networks(task: Doc) -> list[tuple[Doc, str]]:
+    """(network document, "a.b.c.d/len") for each attachment of a placed task, in order."""
+    return [(a["Network"], str(address)) for a in task.get("NetworksAttachments") or []
+            for address in (a.get("Addresses") or [])[:1]]

@@ -28,9 +28,11 @@ from shoal.agent.executor.base import Executor
 from shoal.agent.worker import Worker
 from shoal.certs import csr_for_key, make_key_and_csr
 from shoal.clock import Clock
+from shoal.discovery.names import NameEntry
 from shoal.discovery.node import NodeDiscovery
 from shoal.mesh.mesh import RoutingMesh
 from shoal.mesh.table import Listener
+from shoal.overlay.linux import OverlayDataPath
 from shoal.protocol import ATTEMPT_HEADER, SESSION_PATH
 from shoal.supervise import Supervisor
 from shoal.timeouts import within
@@ -60,7 +62,7 @@ class Agent:
                  liveness: Callable[[], float] | None = None, loop_lag: Callable[[], float] | None = None,
                  on_manager_gone: Callable[[str], Coroutine[Any, Any, None]] | None = None,
                  on_trust: Callable[[str, bool], Coroutine[Any, Any, None]] | None = None,
-                 discovery: NodeDiscovery | None = None) -> None:
+                 discovery: NodeDiscovery | None = None, overlay: OverlayDataPath | None = None) -> None:
         self.node_id = node_id
         self.managers = list(managers)
         self.ssl_context = ssl_context
@@ -98,6 +100,7 @@ class Agent:
         self._checks: set[asyncio.Task[None]] = set()
         self.mesh = mesh
         self.discovery = discovery
+        self.overlay = overlay
         self._mesh_errors: list[str] | None = None  # to send to the manager
         if mesh is not None:
             mesh.report_errors = self._report_mesh_errors
@@ -111,6 +114,8 @@ class Agent:
         self.loops.start("session", self._session_loop)
         if self.mesh is not None:
             self.loops.start("mesh-retry", self._mesh_retry_loop)
+        if self.overlay is not None:
+            self.loops.start("overlay", self.overlay.run)
 
     async def stop(self, kill_tasks: bool = False) -> None:
         """Stop the session and the worker. Without `kill_tasks` (a daemon restart) the manager is told the
@@ -125,6 +130,8 @@ class Agent:
         await self.worker.stop(kill_tasks=kill_tasks)
         if self.mesh is not None:
             await self.mesh.stop(keep_rules=not kill_tasks)
+        if self.overlay is not None:
+            await self.overlay.close(remove=kill_tasks)
         if self.discovery is not None:
             self.discovery.stop()
 
@@ -321,8 +328,12 @@ class Agent:
                 # The session and the tasks must go on; the manager hears of it in the node's status.
                 log.exception("routing mesh: could not apply the endpoint table")
                 self._report_mesh_errors([f"could not apply the endpoint table: {exc}"])
-        elif kind == "names" and self.discovery is not None:
-            self.discovery.update(message.get("entries") or [])
+        elif kind == "names":
+            entries = [NameEntry.from_wire(entry) for entry in message.get("entries") or []]
+            if self.discovery is not None:
+                self.discovery.update(entries)
+            if self.overlay is not None:
+                self.overlay.update(entries)
         elif kind == "heartbeat":
             self._manager_lag = float(message.get("lag") or 0.0)
             self.heartbeat_period = float(message.get("period") or self.heartbeat_period)

@@ -65,8 +65,8 @@ MAX_RETRY_DELAY = 5.0
 FIRST_RETRY_DELAY = 0.1
 # A health monitor that crashed is started again after this pause (so a bug cannot spin the loop).
 HEALTH_RESTART_DELAY = 1.0
-# A task the routing mesh sends connections to is stopped this long after it left the endpoint table, so that
-# every node has stopped sending it new connections before it gets its stop signal.
+# A task the routing mesh or a virtual IP sends connections to is stopped this long after it left the endpoint
+# and name tables, so that every node has stopped sending it new connections before it gets its stop signal.
 DRAIN_SECONDS = 1.0
 # How often, at most, a running task's published ports are tried until they accept connections.
 PORT_CHECK_MAX_INTERVAL = 0.5
@@ -502,7 +502,10 @@ class Worker:
 
     @staticmethod
     def _is_mesh_backend(run: _TaskRun) -> bool:
-        return bool(run.record.status and run.record.status.get(BACKEND_PORTS))
+        """Whether other nodes may be sending the task connections: through the routing mesh, or through a
+        virtual IP or name on one of its networks."""
+        return bool(run.record.status and (run.record.status.get(BACKEND_PORTS)
+                                           or run.record.task.get("NetworksAttachments")))
 
     def _amend_status(self, run: _TaskRun, fields: Doc) -> None:
         """Report the task's current state again with some fields changed (the state itself stays)."""

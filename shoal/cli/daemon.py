@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
 from shoal import config
 from shoal.cli.common import CliContext, CliError
+from shoal.task_networks import DEFAULT_DATA_PATH_PORT
 
 
 def register(commands: Any) -> None:
@@ -28,6 +30,9 @@ def register(commands: Any) -> None:
     daemon.add_argument("--dns-port", type=int, default=53, metavar="PORT",
                         help="Port of the node's DNS server for service discovery, on its advertise address "
                              "(default 53; 0: none)")
+    daemon.add_argument("--data-path-port", type=int, default=DEFAULT_DATA_PATH_PORT, metavar="PORT",
+                        help="UDP port of the node's overlay (VXLAN) traffic, on its advertise address "
+                             f"(default {DEFAULT_DATA_PATH_PORT}, Docker's; nodes sharing a host need one each)")
     daemon.add_argument("--etcd-endpoints", metavar="URL,URL", help="Use an external etcd cluster")
     daemon.add_argument("--etcd-cacert", metavar="FILE", help="CA certificate of the external etcd")
     daemon.add_argument("--etcd-cert", metavar="FILE", help="Client certificate for the external etcd")
@@ -50,6 +55,8 @@ def daemon_config(args: argparse.Namespace) -> config.DaemonConfig:
         raise CliError(f"--mesh-workers must be 1 or more (got {args.mesh_workers})")
     if not 0 <= args.dns_port <= 65535:
         raise CliError(f"--dns-port must be a port number, or 0 for none (got {args.dns_port})")
+    if not 1 <= args.data_path_port <= 65535:
+        raise CliError(f"--data-path-port must be a port number (got {args.data_path_port})")
     return config.DaemonConfig(
         state_dir=Path(args.state_dir) if args.state_dir else config.DEFAULT_STATE_DIR,
         socket=Path(args.socket) if args.socket else config.DEFAULT_SOCKET,
@@ -59,6 +66,7 @@ def daemon_config(args: argparse.Namespace) -> config.DaemonConfig:
         publish_addr=args.publish_addr,
         mesh_workers=args.mesh_workers,
         dns_port=args.dns_port,
+        data_path_port=args.data_path_port,
         external_etcd=external,
         log_level=args.log_level,
     )
@@ -66,6 +74,9 @@ def daemon_config(args: argparse.Namespace) -> config.DaemonConfig:
 
 def run_daemon(ctx: CliContext, args: argparse.Namespace) -> int:
     cfg = daemon_config(args)
+    # The daemon forks only to exec programs (nft, ip), never to use gRPC in the child: gRPC's fork handlers
+    # would only log a line for each of them. Read when gRPC loads, so set before the store's client is imported.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     from shoal import daemon
 
     return int(daemon.run(cfg) or 0)

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import random
 import re
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import cast
@@ -55,11 +56,13 @@ def upstream_resolvers(resolv_conf: Path = Path("/etc/resolv.conf"), exclude: se
 class DNSServer(asyncio.DatagramProtocol):
     def __init__(self, table: Callable[[], NameTable], upstreams: list[tuple[str, int]],
                  networks_of: Callable[[str], set[str] | None] = lambda _client: None,
-                 allowed: Callable[[str], bool] = lambda _client: True) -> None:
+                 allowed: Callable[[str], bool] = lambda _client: True,
+                 may_forward: Callable[[str], bool] = lambda _client: True) -> None:
         self.table = table
         self.upstreams = upstreams
         self.networks_of = networks_of
         self.allowed = allowed  # whether a client that is not one of the node's tasks may ask
+        self.may_forward = may_forward  # whether a client may learn names outside the swarm (not on --internal)
         self._forwards = asyncio.Semaphore(MAX_FORWARDS)
         self.transport: asyncio.DatagramTransport | None = None
         self._pending: set[asyncio.Task[None]] = set()
@@ -73,6 +76,12 @@ class DNSServer(asyncio.DatagramProtocol):
         self.transport = transport
         address: tuple[str, int] = transport.get_extra_info("sockname")[:2]
         return address
+
+    async def start_on(self, sock: socket.socket) -> None:
+        """Serve on a bound UDP socket (one made in another network namespace)."""
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(lambda: self, sock=sock)
+        self.transport = transport
 
     def close(self) -> None:
         if self.transport is not None:
@@ -100,6 +109,10 @@ class DNSServer(asyncio.DatagramProtocol):
         if response is not None:
             self.answered += 1
             self._send(_fitted(response, query), addr)
+            return
+        if not self.may_forward(addr[0]):
+            self.refused += 1
+            self._send(self._failure(query, dns.rcode.REFUSED), addr)
             return
         if self._forwards.locked():
             self.failed += 1

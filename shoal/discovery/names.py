@@ -16,9 +16,9 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from shoal.mesh.table import is_backend
-from shoal.task_networks import task_addresses
-from shoal.types import Doc
+from shoal.mesh.table import is_backend, node_address
+from shoal.task_networks import DATA_PATH_PORT, task_addresses
+from shoal.types import Doc, TaskState, task_state
 
 TASKS_PREFIX = "tasks."
 
@@ -32,30 +32,57 @@ class NameEntry:
     aliases: tuple[str, ...]
     vip: str  # "" in dnsrr mode
     task_addresses: tuple[str, ...]
+    # (address, where its node takes overlay traffic: "addr:port") of every task that may still be running,
+    # wanted or not: the overlay (shoal.overlay) sends a task's frames there until it has ended, so that a
+    # task being stopped still finishes its open connections. Tasks on nodes without an overlay are left out.
+    peers: tuple[tuple[str, str], ...] = ()
 
     def to_wire(self) -> Doc:
         return {"Network": self.network_id, "Name": self.service_name, "Aliases": list(self.aliases),
-                "VIP": self.vip, "Tasks": list(self.task_addresses)}
+                "VIP": self.vip, "Tasks": list(self.task_addresses), "Peers": [list(p) for p in self.peers]}
 
     @classmethod
     def from_wire(cls, doc: Doc) -> NameEntry:
         return cls(network_id=str(doc["Network"]), service_name=str(doc["Name"]),
                    aliases=tuple(str(a) for a in doc.get("Aliases") or []), vip=str(doc.get("VIP") or ""),
-                   task_addresses=tuple(str(a) for a in doc.get("Tasks") or []))
+                   task_addresses=tuple(str(a) for a in doc.get("Tasks") or []),
+                   peers=tuple((str(ip), str(endpoint)) for ip, endpoint in doc.get("Peers") or []))
 
 
 def _ip(address: str) -> str:
     return str(ipaddress.ip_interface(address).ip)
 
 
+def data_endpoint(node: Doc | None) -> str:
+    """Where a node takes overlay traffic: "addr:port" from its address and the data-path port it reported,
+    "" when it reported none (its executor has no overlay)."""
+    if node is None:
+        return ""
+    port = int((node.get("Description") or {}).get(DATA_PATH_PORT) or 0)
+    address = node_address(node)
+    return f"{address}:{port}" if port and address else ""
+
+
+def is_peer(task: Doc) -> bool:
+    """Whether a task may have a process on its node: assigned there and not known to have ended."""
+    return bool(task.get("NodeID")) and TaskState.ASSIGNED <= task_state(task) < TaskState.COMPLETE
+
+
 def name_entries(services: Iterable[Doc], tasks: Iterable[Doc], nodes_by_id: Mapping[str, Doc]) -> list[NameEntry]:
     """Every attachment of every service to a swarm network, sorted so that equal tables compare equal."""
     addresses: dict[tuple[str, str], list[str]] = {}  # (service ID, network ID) -> running task addresses
+    peers: dict[tuple[str, str], list[tuple[str, str]]] = {}  # -> (address, node's data endpoint)
     for task in tasks:
-        if not is_backend(task, nodes_by_id):
+        backend, peer = is_backend(task, nodes_by_id), is_peer(task)
+        if not (backend or peer):
             continue
+        endpoint = data_endpoint(nodes_by_id.get(str(task.get("NodeID") or ""))) if peer else ""
         for network_id, address in task_addresses(task):
-            addresses.setdefault((str(task.get("ServiceID") or ""), network_id), []).append(_ip(address))
+            key = (str(task.get("ServiceID") or ""), network_id)
+            if backend:
+                addresses.setdefault(key, []).append(_ip(address))
+            if endpoint:
+                peers.setdefault(key, []).append((_ip(address), endpoint))
     entries: list[NameEntry] = []
     for service in services:
         spec = service.get("Spec") or {}
@@ -64,12 +91,13 @@ def name_entries(services: Iterable[Doc], tasks: Iterable[Doc], nodes_by_id: Map
         dnsrr = str((spec.get("EndpointSpec") or {}).get("Mode") or "vip") == "dnsrr"
         for attachment in (spec.get("TaskTemplate") or {}).get("Networks") or []:
             network_id = str(attachment.get("Target") or "")
+            key = (str(service["ID"]), network_id)
             entries.append(NameEntry(
                 network_id=network_id, service_name=str(spec.get("Name") or ""),
                 aliases=tuple(str(a) for a in attachment.get("Aliases") or []),
                 vip="" if dnsrr else vips.get(network_id, ""),
-                task_addresses=tuple(sorted(addresses.get((str(service["ID"]), network_id), []),
-                                            key=ipaddress.ip_address))))
+                task_addresses=tuple(sorted(addresses.get(key, []), key=ipaddress.ip_address)),
+                peers=tuple(sorted(peers.get(key, []), key=lambda peer: ipaddress.ip_address(peer[0])))))
     entries.sort()
     return entries
 

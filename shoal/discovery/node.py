@@ -3,18 +3,24 @@
 The agent hands it the name table the leader sends (the networks of this node's tasks only) and the tasks it
 is assigned, whose addresses tell which networks a question comes from. The server listens on the node's
 address (port 53 unless configured; 0 turns it off); a node that cannot bind it (not root, port taken) runs on
-without it, saying why in its log and in `/shoal/debug`.
+without it, saying why in its log and in `/shoal/debug`. Where the node has an overlay (`shoal.overlay`), it
+also listens on port 53 of each network's gateway inside the network's namespace: the containers' resolver.
+
+A task whose networks are all `--internal` learns swarm names only: nothing is forwarded for it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
-from collections.abc import Iterable
+import socket
+from collections.abc import Callable, Iterable
 
 from shoal.discovery.dns import DNSServer, upstream_resolvers
 from shoal.discovery.names import NameEntry, NameTable
-from shoal.task_networks import task_addresses
+from shoal.overlay.netns import bound_socket_in
+from shoal.task_networks import task_addresses, task_networks
 from shoal.types import Doc
 
 log = logging.getLogger(__name__)
@@ -28,10 +34,14 @@ class NodeDiscovery:
         self.port = port
         self.table = NameTable()
         self._task_addresses: dict[str, list[tuple[str, str]]] = {}  # task ID -> (IP, network ID)
+        self._internal: set[str] = set()  # the internal networks among them
         self._networks_by_ip: dict[str, set[str]] = {}
+        self._closed_ips: set[str] = set()  # addresses of tasks on internal networks only
         if upstreams is None:
             upstreams = [(ip, DNS_PORT) for ip in upstream_resolvers(exclude={host})]
-        self.server = DNSServer(lambda: self.table, upstreams, self.networks_of, self.is_local)
+        self.upstreams = upstreams
+        self.server = self._server(self.is_local)
+        self._network_servers: list[DNSServer] = []
         self.address: tuple[str, int] | None = None
         self.error = ""
 
@@ -45,19 +55,43 @@ class NodeDiscovery:
             self.error = f"the DNS server cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"
             log.warning("service discovery: %s; tasks on this node cannot resolve service names", self.error)
 
+    def _server(self, allowed: Callable[[str], bool]) -> DNSServer:
+        return DNSServer(lambda: self.table, self.upstreams, self.networks_of, allowed,
+                         lambda client: client not in self._closed_ips)
+
+    async def serve_in(self, namespace: str, host: str) -> Callable[[], None] | None:
+        """Also answer on `host`:53 inside a network namespace (a path); returns what stops it."""
+        if not self.port:
+            return None
+        sock = await bound_socket_in(namespace, socket.SOCK_DGRAM, (host, DNS_PORT))
+        server = self._server(lambda _client: False)  # only the node's tasks reach it
+        await server.start_on(sock)
+        self._network_servers.append(server)
+
+        def close() -> None:
+            server.close()
+            with contextlib.suppress(ValueError):
+                self._network_servers.remove(server)
+        return close
+
     def stop(self) -> None:
         self.server.close()
+        for server in list(self._network_servers):
+            server.close()
 
-    def update(self, entries: Iterable[Doc]) -> None:
-        self.table = NameTable(NameEntry.from_wire(entry) for entry in entries)
+    def update(self, entries: Iterable[NameEntry]) -> None:
+        self.table = NameTable(entries)
 
     def track(self, tasks: Iterable[Doc], full: bool = False, removed: Iterable[str] = ()) -> None:
         """Follow the tasks assigned to this node: which of their addresses is on which network."""
         if full:
             self._task_addresses = {}
+            self._internal = set()
         for task in tasks:
             self._task_addresses[str(task["ID"])] = [(str(ipaddress.ip_interface(address).ip), network_id)
                                                      for network_id, address in task_addresses(task)]
+            self._internal |= {str(network["ID"]) for network, _ in task_networks(task)
+                               if (network.get("Spec") or {}).get("Internal")}
         for task_id in removed:
             self._task_addresses.pop(task_id, None)
         by_ip: dict[str, set[str]] = {}
@@ -65,6 +99,7 @@ class NodeDiscovery:
             for ip, network_id in addresses:
                 by_ip.setdefault(ip, set()).add(network_id)
         self._networks_by_ip = by_ip
+        self._closed_ips = {ip for ip, networks in by_ip.items() if networks <= self._internal}
 
     def networks_of(self, client: str) -> set[str] | None:
         """The networks of the task asking (known by its address on them); None for any other client."""
@@ -78,7 +113,8 @@ class NodeDiscovery:
             return False
 
     def debug(self) -> Doc:
+        servers = [self.server, *self._network_servers]
         return {"Listen": f"{self.address[0]}:{self.address[1]}" if self.address else "", "Error": self.error,
-                "Names": len(self.table.entries), "Answered": self.server.answered,
-                "Forwarded": self.server.forwarded, "Failed": self.server.failed,
-                "Refused": self.server.refused}
+                "Names": len(self.table.entries), "NetworkServers": len(self._network_servers),
+                "Answered": sum(s.answered for s in servers), "Forwarded": sum(s.forwarded for s in servers),
+                "Failed": sum(s.failed for s in servers), "Refused": sum(s.refused for s in servers)}

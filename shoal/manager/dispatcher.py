@@ -30,7 +30,7 @@ from aiohttp import WSMsgType, web
 from shoal import codec
 from shoal.certs import identity_from_peercert
 from shoal.clock import Clock
-from shoal.discovery.names import name_entries
+from shoal.discovery.names import is_peer, name_entries
 from shoal.errors import InvalidArgument, NotLeader, ShoalError
 from shoal.manager import ca_rotation
 from shoal.manager.applier import Applier
@@ -681,12 +681,15 @@ class Dispatcher:
             if not self._on_networks(str(task.get("ServiceID") or "")):
                 return False
             # Only a change of what a name answers: a task becoming or ceasing to be a backend, or its
-            # addresses (most status changes of a rollout are neither).
+            # addresses (most status changes of a rollout are neither)…
             nodes = self.cache.nodes()
             was_backend = prev is not None and is_backend(prev, nodes)
             is_now = event.doc is not None and is_backend(event.doc, nodes)
-            return was_backend != is_now or (is_now and (prev or {}).get("NetworksAttachments") != (
-                event.doc or {}).get("NetworksAttachments"))
+            # …or a task's process appearing on a node or ending there (the overlay's peers).
+            was_peer = prev is not None and is_peer(prev)
+            peer_now = event.doc is not None and is_peer(event.doc)
+            return was_backend != is_now or was_peer != peer_now or ((is_now or peer_now) and (prev or {}).get(
+                "NetworksAttachments") != (event.doc or {}).get("NetworksAttachments"))
         return False
 
     def _on_networks(self, service_id: str) -> bool:

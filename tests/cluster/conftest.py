@@ -102,6 +102,11 @@ class Cluster:
     def daemon_args(self) -> list[str]:
         return ["--executor", self.executor, "--routing-mesh", self.routing_mesh]
 
+    @staticmethod
+    def data_path_args() -> list[str]:
+        """Nodes sharing this host each need a VXLAN port of their own."""
+        return ["--data-path-port", str(playground.free_udp_port())]
+
     # ---- access ---------------------------------------------------------------------------------------
 
     def node(self, name: str) -> PlaygroundNode:
@@ -169,7 +174,7 @@ class Cluster:
         index = len(self.nodes)
         address = f"{self.subnet}.{playground.FIRST_ADDRESS + index}"
         proc, state_dir, sock = playground.start_daemon(name, self.base, [*self.daemon_args(), "--publish-addr",
-                                                                           address])
+                                                                           address, *self.data_path_args()])
         node = PlaygroundNode(name, role, address, proc.pid, str(sock), str(state_dir))
         self.nodes.append(node)
         self._save()
@@ -196,7 +201,7 @@ class Cluster:
         """Start a node's daemon again on its existing state."""
         node = self.node(name)
         proc, _, sock = playground.start_daemon(name, self.base, [*self.daemon_args(), "--publish-addr",
-                                                                   node.address])
+                                                                   node.address, *self.data_path_args()])
         node.pid = proc.pid
         self._save()
         playground.wait_for_socket(sock, proc)

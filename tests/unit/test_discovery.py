@@ -13,6 +13,7 @@ import pytest
 from shoal.discovery.dns import DNSServer, upstream_resolvers
 from shoal.discovery.names import NameEntry, NameTable, name_entries
 from shoal.discovery.node import NodeDiscovery
+from shoal.task_networks import DATA_PATH_PORT
 from shoal.types import Doc, TaskState
 from tests.unit.manager_fixtures import make_node, make_service, make_task
 
@@ -33,6 +34,7 @@ def task(task_id: str, service_id: str, addresses: dict[str, str], state: TaskSt
 
 
 NODES = {"n1": make_node("n1"), "n2": make_node("n2", state="down")}
+NODES["n1"]["Description"][DATA_PATH_PORT] = 4790  # n1 has an overlay; its tasks' frames go there
 SERVICES = [
     service("s-api", "app_api", [{"Target": "back", "Aliases": ["api"]}], {"back": "10.0.1.2/24"}),
     service("s-db", "app_db", [{"Target": "back", "Aliases": ["db"]}], {}, mode="dnsrr"),
@@ -55,7 +57,10 @@ def table() -> NameTable:
 def test_entries_carry_vips_and_the_addresses_of_running_tasks_only() -> None:
     entries = name_entries(SERVICES, TASKS, NODES)
     api = next(e for e in entries if e.service_name == "app_api")
-    assert api == NameEntry("back", "app_api", ("api",), "10.0.1.2", ("10.0.1.9", "10.0.1.10"))
+    # Peers: every task that may have a process (t3 starting too), on a node with an overlay (not n2).
+    assert api == NameEntry("back", "app_api", ("api",), "10.0.1.2", ("10.0.1.9", "10.0.1.10"),
+                            (("10.0.1.9", "127.0.0.2:4790"), ("10.0.1.10", "127.0.0.2:4790"),
+                             ("10.0.1.11", "127.0.0.2:4790")))
     assert NameEntry.from_wire(api.to_wire()) == api
     assert name_entries(list(reversed(SERVICES)), list(reversed(TASKS)), NODES) == entries
 
@@ -154,7 +159,7 @@ def test_a_node_knows_which_networks_a_question_comes_from_by_its_tasks_addresse
     assert node.networks_of("192.0.2.1") is None  # a host process: every network of the node
     node.track([], removed=["t2"])
     assert node.networks_of("10.0.1.10") is None
-    node.update([entry.to_wire() for entry in name_entries(SERVICES, TASKS, NODES)])
+    node.update(name_entries(SERVICES, TASKS, NODES))
     assert node.table.resolve("api") == ["10.0.1.2"]
     assert node.debug()["Names"] == 4
 

@@ -13,6 +13,10 @@ The container is made the way Docker swarm mode's own executor makes it (moby `d
 - Published ports in host mode (`task["Endpoint"]["Ports"]` with PublishMode "host") are bound on the node;
   PublishedPort 0 lets Docker choose. Ingress ports are bound on a port Docker chooses, which the routing mesh
   of every node forwards to.
+- Swarm networks (`NetworksAttachments`): the container keeps the engine's default bridge for its way out
+  (none when all its networks are `--internal`) and gets one more interface per network from the node's
+  overlay (`shoal.overlay`) as soon as it has started, before the task is reported running; its resolver
+  is the node's DNS server on the first network's gateway. A node without an overlay rejects such tasks.
 - The image: used as it is when the engine has it, else pulled; a pull that fails rejects the task with
   Docker's "No such image: …".
 - `prepare` creates the container (a task held at `ready` has its container created, not started), `start`
@@ -54,7 +58,10 @@ from shoal.agent.health import HealthStatus, health_check_of
 from shoal.agent.task_files import PlacedFile, TaskFiles, files_off_loop
 from shoal.errors import InvalidArgument, Unavailable
 from shoal.mesh.table import published_ports
+from shoal.overlay.linux import OverlayDataPath
+from shoal.overlay.plan import OverlayError, OverlayNetwork
 from shoal.task_files import mounts_files
+from shoal.task_networks import task_networks
 from shoal.timefmt import SECOND, from_rfc3339
 from shoal.timeouts import within
 from shoal.types import Doc, task_slot
@@ -241,7 +248,18 @@ def host_config_arguments(task: Doc, files: Sequence[PlacedFile] = ()) -> dict[s
         arguments["init"] = bool(spec["Init"])
     if spec.get("Groups"):
         arguments["group_add"] = [str(group) for group in spec["Groups"]]
+    networks = [OverlayNetwork.of(network) for network, _ in task_networks(task)]
+    if networks:
+        arguments["dns"] = [networks[0].gateway]  # the node's DNS server, in the network's namespace
+        if all(network.internal for network in networks):
+            arguments["network_mode"] = "none"  # no way out
     return arguments
+
+
+def first_overlay_interface(task: Doc) -> int:
+    """The index of the task's first overlay interface: eth0 is the engine's bridge unless it has none."""
+    networks = [OverlayNetwork.of(network) for network, _ in task_networks(task)]
+    return 0 if networks and all(network.internal for network in networks) else 1
 
 
 def image_pull_reference(image: str) -> tuple[str, str]:
@@ -361,6 +379,9 @@ class DockerExecutor:
         self.api: docker.APIClient = client.api
         self.task_files = task_files  # where tasks' secrets and configs come from (None: refused)
         self._facts: EngineFacts | None = None
+        # The node's overlay, set by the daemon; without it, why tasks cannot go on swarm networks here.
+        self.overlay: OverlayDataPath | None = None
+        self.overlay_problem = "the node has no overlay"
 
     async def place_files(self, task: Doc) -> list[PlacedFile]:
         """Write the task's secrets and configs to the node's tmpfs (they are bind-mounted from there)."""
@@ -634,6 +655,7 @@ class DockerController(Controller):
         self._spec = _container_spec(task)
         self._container_id = ""
         self._pid = 0
+        self._adopted = False  # taken over after an agent restart: its networks are attached again
         # The end time of the last Docker health result handed to the worker's monitor.
         self._health_seen_until = 0.0
 
@@ -646,6 +668,8 @@ class DockerController(Controller):
     async def prepare(self) -> None:
         """Pull the image if needed and create the container (or take the one an earlier prepare created)."""
         arguments = create_arguments(self._task)
+        if task_networks(self._task) and self._executor.overlay is None:
+            raise TaskRejected(f"this node cannot put containers on swarm networks: {self._executor.overlay_problem}")
         placed = await self._executor.place_files(self._task)
         host_config = self._api.create_host_config(**host_config_arguments(self._task, placed))
         await self._executor.ensure_image(arguments["image"])
@@ -674,12 +698,33 @@ class DockerController(Controller):
         with contextlib.suppress(docker.errors.APIError, ExecutorError):
             state = await _in_thread(self._api.inspect_container, self._container_id)
             self._pid = int(state["State"].get("Pid") or 0)
+        await self._attach_networks()
+
+    async def _attach_networks(self) -> None:
+        """Put the started container on its swarm networks; one that cannot be attached is killed."""
+        overlay = self._executor.overlay
+        if overlay is None or not task_networks(self._task):
+            return
+        try:
+            if not self._pid:
+                raise OverlayError("the container has no process")
+            await overlay.attach(self._task, self._pid, first_overlay_interface(self._task))
+        except OverlayError as exc:
+            with contextlib.suppress(ExecutorError):
+                await self._signal("SIGKILL")
+            raise ExecutorError(f"attaching the container to its networks: {exc}") from exc
 
     async def wait(self) -> int:
+        if self._adopted:
+            self._adopted = False
+            with contextlib.suppress(ExecutorError):  # a container that cannot be attached is killed
+                await self._attach_networks()
         try:
             return await _exit_code(self._api, self._container_id, timeout=None)
         finally:
             if not cancelling():
+                if self._executor.overlay is not None:
+                    self._executor.overlay.detach(self._task_id)
                 await self._executor.remove_files(self._task_id)  # the task ended: its secrets go
 
     async def shutdown(self, grace_seconds: float, signal_name: str) -> None:
@@ -768,6 +813,7 @@ class DockerController(Controller):
         """Take over a running container (from `inspect_container`); health results it already has are old."""
         self._container_id = str(inspected["Id"])
         self._pid = int(inspected["State"].get("Pid") or 0)
+        self._adopted = True
         log_entries = ((inspected["State"].get("Health") or {}).get("Log")) or []
         self._health_seen_until = max((_timestamp(entry.get("End")) for entry in log_entries), default=0.0)
 

@@ -1,0 +1,169 @@
+"""Swarm networks on the wire, with the docker executor: the example application of `examples/app` (web → api →
+db by name, over an overlay network, with a secret), through a node failure, a scale-up and a rolling update
+with no failed request; and what the overlay keeps apart (two networks, an `--internal` one).
+
+The three nodes share this machine's Docker Engine, but each has its own namespaces, VXLAN device and
+data-path port, so frames between containers of different nodes really cross a VXLAN tunnel.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from tests.cluster.conftest import wait_for
+from tests.cluster.test_docker_cluster import DockerSwarm, docker_swarm_fixture, engine  # noqa: F401
+
+pytestmark = pytest.mark.cluster
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "app" / "compose.yml"
+CONVERGE_SECONDS = 90.0
+ANSWER = "rows from db"
+
+
+@pytest.fixture
+def swarm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+          engine: docker.DockerClient) -> Iterator[DockerSwarm]:  # noqa: F811
+    yield from docker_swarm_fixture(request, tmp_path_factory, engine)
+
+
+def fetch(address: str, timeout: float = 30.0) -> str:
+    try:
+        with urllib.request.urlopen(f"http://{address}:8080/", timeout=timeout) as response:
+            return response.read().decode(errors="replace")
+    except (urllib.error.URLError, OSError) as exc:
+        return f"failed: {exc}"
+
+
+class Requests:
+    """Requests sent one after another to the web service while something changes; every answer is kept."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.answers: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Requests:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            answer = fetch(self.address)
+            self.answers.append(answer if ANSWER in answer else f"{answer} (after {time.monotonic() - started:.1f}s)")
+
+    @property
+    def failures(self) -> list[str]:
+        return [answer for answer in self.answers if ANSWER not in answer]
+
+
+def node_of(swarm: DockerSwarm, service: str) -> str | None:
+    """The node running the service's task (None while none runs)."""
+    names = {v: k for k, v in swarm.node_ids.items()}
+    running = swarm.cluster.running(service)
+    return names[running[0]["NodeID"]] if running else None
+
+
+def exec_in(container: Any, *command: str) -> tuple[int, str]:
+    code, output = container.exec_run(list(command))
+    return int(code), output.decode(errors="replace")
+
+
+def test_the_example_application_survives_a_node_failure_scaling_and_an_update(swarm: DockerSwarm) -> None:
+    cluster = swarm.cluster
+    cluster.ok("stack", "deploy", "-c", str(EXAMPLE), "app")
+    for service, count in (("app_web", 1), ("app_api", 2), ("app_db", 1)):
+        cluster.wait_running(service, count, timeout=CONVERGE_SECONDS)
+    # Every node answers (the routing mesh), with data web got from api, which got it from db, by name.
+    for node in cluster.nodes:
+        answer = wait_for(f"the example to answer on {node.name}",
+                          lambda n=node: a if ANSWER in (a := fetch(n.address, timeout=10)) else None,
+                          timeout=CONVERGE_SECONDS)
+        assert answer.startswith("web ") and " api " in answer, answer
+
+    # db on a worker, so that killing its node leaves the manager; then kill that node.
+    if node_of(swarm, "app_db") == "manager1":
+        cluster.ok("service", "update", "-d", "--constraint-add", "node.role==worker", "app_db")
+        wait_for("db to move to a worker", lambda: node_of(swarm, "app_db") not in (None, "manager1"),
+                 timeout=CONVERGE_SECONDS)
+    victim = node_of(swarm, "app_db")
+    assert victim is not None
+    cluster.kill(victim)
+    wait_for("db to run on another node", lambda: node_of(swarm, "app_db") not in (None, victim),
+             timeout=CONVERGE_SECONDS)
+    manager = cluster.manager.address
+    wait_for("the example to answer again", lambda: ANSWER in fetch(manager, timeout=10), timeout=CONVERGE_SECONDS)
+
+    # Scale api to 4 and roll an update over it while requests keep coming: not one fails.
+    with Requests(manager) as requests:
+        cluster.ok("service", "scale", "-d", "app_api=4")
+        cluster.wait_running("app_api", 4, timeout=CONVERGE_SECONDS)
+        cluster.ok("service", "update", "--env-add", "VERSION=2", "app_api", timeout=CONVERGE_SECONDS * 2)
+        def updated() -> list[Any] | None:
+            running = cluster.running("app_api")
+            fresh = [t for t in running if "VERSION=2" in (t["Spec"]["ContainerSpec"].get("Env") or [])]
+            return running if len(running) == len(fresh) == 4 else None
+        wait_for("4 updated api tasks", updated, timeout=CONVERGE_SECONDS)
+        time.sleep(1)  # a few requests more against the updated tasks
+    assert len(requests.answers) > 20, requests.answers
+    assert requests.failures == [], f"{len(requests.failures)} of {len(requests.answers)} failed: {requests.failures[:5]}"
+    # The answers came from several api tasks: the virtual IP balances.
+    assert len({answer.split(" api ")[1].split(":")[0] for answer in requests.answers}) >= 2
+
+
+def test_networks_are_isolated_and_an_internal_network_has_no_way_out(swarm: DockerSwarm) -> None:
+    cluster = swarm.cluster
+    cluster.ok("network", "create", "-d", "overlay", "--subnet", "10.31.0.0/24", "front")
+    cluster.ok("network", "create", "-d", "overlay", "--subnet", "10.32.0.0/24", "--internal", "back")
+    sleep = ("sleep", "100000")
+    for name, networks, node in (("one", ["front"], "worker1"), ("two", ["back"], "worker2"),
+                                 ("both", ["front", "back"], "manager1")):
+        flags = [f for network in networks for f in ("--network", network)]
+        cluster.ok("service", "create", "-d", "--name", name, "--stop-grace-period", "1s", *flags,
+                   "--constraint", f"node.hostname=={node}", "shoal-busybox:1", *sleep)
+    for name in ("one", "two", "both"):
+        cluster.wait_running(name, 1, timeout=CONVERGE_SECONDS)
+
+    def container(service: str) -> Any:
+        return wait_for(f"the container of {service}", lambda: (c := swarm.containers(service)) and c[0],
+                        timeout=CONVERGE_SECONDS)
+
+    def address(service: str, network: str) -> str:
+        task = cluster.running(service)[0]
+        for attachment in task["NetworksAttachments"]:
+            if attachment["Network"]["Spec"]["Name"] == network:
+                return str(attachment["Addresses"][0]).split("/")[0]
+        raise AssertionError(f"{service} has no address on {network}")
+
+    one, two, both = container("one"), container("two"), container("both")
+    # Across nodes, on a shared network: reachable by address and by name (each lookup answers at once).
+    assert exec_in(both, "ping", "-c", "1", "-W", "5", address("one", "front"))[0] == 0
+    assert exec_in(both, "ping", "-c", "1", "-W", "5", address("two", "back"))[0] == 0
+    assert exec_in(one, "ping", "-c", "1", "-W", "5", "tasks.both")[0] == 0
+    code, output = exec_in(one, "nslookup", "both")
+    assert code == 0 and address("both", "front") not in output  # the service's virtual IP, not the task's
+    # Different networks do not meet: one cannot reach two, nor even learn its name.
+    assert exec_in(one, "ping", "-c", "1", "-W", "2", address("two", "back"))[0] != 0
+    assert exec_in(one, "nslookup", "two")[0] != 0
+    # The internal network's task has no interface but its overlay one, so no way out.
+    code, output = exec_in(two, "ip", "-o", "-4", "addr")
+    assert code == 0 and "172.17." not in output and "eth0" in output, output
+    code, output = exec_in(two, "ip", "route")
+    assert "default" not in output, output
+    # A task on a normal network keeps the engine's bridge for its way out.
+    code, output = exec_in(one, "ip", "route")
+    assert "default" in output, output
