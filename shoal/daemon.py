@@ -401,12 +401,13 @@ class Daemon:
                      overlay=self.overlay)
 
     def _make_overlay(self, discovery: NodeDiscovery | None) -> OverlayDataPath | None:
-        """The node's overlay, for an executor that can put tasks on swarm networks (the docker executor)."""
+        """The node's overlay, for an executor that puts tasks on swarm networks (docker, process)."""
         assert self.record is not None
         from shoal.agent.executor.docker import DockerExecutor
+        from shoal.agent.executor.process import ProcessExecutor
 
         executor = self._executor
-        if not isinstance(executor, DockerExecutor):
+        if not isinstance(executor, DockerExecutor | ProcessExecutor):
             return None
         problem = overlay_problem()
         if problem is not None:

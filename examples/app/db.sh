@@ -2,7 +2,7 @@
 read -r request
 while read -r header && [ "${header%?}" != "" ] && [ "$header" != "" ]; do :; done
 case "$request" in
-  *"pw=$(cat /run/secrets/db_password) "*) body="rows from db" ;;
+  *"pw=$(cat "${SHOAL_SECRETS_DIR:-/run/secrets}/db_password") "*) body="rows from db" ;;
   *) body="wrong password" ;;
 esac
 printf 'HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n%s\n' "$body"

@@ -103,9 +103,30 @@ async def succeeds(*argv: str) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class TaskNamespace:
+    """A task's own network namespace: a container's (by its process) or one made for a process task."""
+
+    ip_ref: str  # how `ip link … netns` names it: a PID, or a name under /run/netns
+    path: str  # its file, for nsenter
+
+    @classmethod
+    def of_process(cls, pid: int) -> TaskNamespace:
+        return cls(str(pid), f"/proc/{pid}/ns/net")
+
+    @classmethod
+    def named(cls, name: str) -> TaskNamespace:
+        return cls(name, f"{NETNS_DIR}/{name}")
+
+
+def task_namespace_name(node_id: str, task_id: str) -> str:
+    """A process task's own namespace (named after its node too, so the node's leftovers can be found)."""
+    return f"{namespace_name(node_id, '')}task-{task_id}"
+
+
 @dataclass
 class AttachedTask:
-    pid: int
+    namespace: TaskNamespace
     networks: list[str]
     vips: dict[str, tuple[str, ...]] | None = None  # as last applied
 
@@ -142,8 +163,8 @@ class OverlayDataPath:
         self._entries = list(entries)
         self._changed.set()
 
-    async def attach(self, task: Doc, pid: int, first_interface: int) -> None:
-        """Put a running task (its process `pid`) on its networks: interfaces eth<first_interface>, …"""
+    async def attach(self, task: Doc, namespace: TaskNamespace, first_interface: int) -> None:
+        """Put a task (its namespace) on its networks: interfaces eth<first_interface>, …"""
         attachments = [(OverlayNetwork.of(network), address) for network, address in task_networks(task)]
         if not attachments:
             return
@@ -151,10 +172,24 @@ class OverlayDataPath:
         async with self._lock:
             for index, (network, address) in enumerate(attachments):
                 local = await self._ensure_network(network)
-                await self._attach_interface(local, task_id, pid, f"eth{first_interface + index}", address)
-            attached = AttachedTask(pid, [network.id for network, _ in attachments])
+                await self._attach_interface(local, task_id, namespace, f"eth{first_interface + index}", address)
+            attached = AttachedTask(namespace, [network.id for network, _ in attachments])
             self._tasks[task_id] = attached
             await self._apply_vips(attached)
+
+    async def make_task_namespace(self, task_id: str) -> TaskNamespace:
+        """A namespace of its own for a process task (kept if an earlier agent made it)."""
+        name = task_namespace_name(self.node_id, task_id)
+        if not os.path.exists(f"{NETNS_DIR}/{name}"):
+            await run("ip", "netns", "add", name)
+            await run("ip", "-n", name, "link", "set", "lo", "up")
+        return TaskNamespace.named(name)
+
+    async def remove_task_namespace(self, task_id: str) -> None:
+        """The process task has ended: its namespace (and with it its interfaces) goes."""
+        self.detach(task_id)
+        if os.path.exists(f"{NETNS_DIR}/{task_namespace_name(self.node_id, task_id)}"):
+            await run("ip", "netns", "del", task_namespace_name(self.node_id, task_id))
 
     def detach(self, task_id: str) -> None:
         """The task's process has ended (its interfaces went with its namespace)."""
@@ -211,7 +246,7 @@ class OverlayDataPath:
             try:
                 await self._apply_vips(attached)
             except OverlayError as exc:
-                if not os.path.exists(f"/proc/{attached.pid}"):
+                if not os.path.exists(attached.namespace.path):
                     self._tasks.pop(task_id, None)  # ended before its controller said so
                     continue
                 raise exc
@@ -270,21 +305,22 @@ class OverlayDataPath:
 
     # ---- tasks -----------------------------------------------------------------------------------------------
 
-    async def _attach_interface(self, local: LocalNetwork, task_id: str, pid: int, name: str, address: str) -> None:
+    async def _attach_interface(self, local: LocalNetwork, task_id: str, namespace: TaskNamespace, name: str,
+                                address: str) -> None:
         veth = veth_device(task_id, local.network.id)
         if await succeeds("ip", "-n", local.namespace, "link", "show", "dev", veth):
             return  # attached by an earlier agent
         await run("ip", "link", "add", veth, "netns", local.namespace, "mtu", str(OVERLAY_MTU), "type", "veth",
-                  "peer", "name", name, "mtu", str(OVERLAY_MTU), "netns", str(pid))
+                  "peer", "name", name, "mtu", str(OVERLAY_MTU), "netns", namespace.ip_ref)
         await run("ip", "-n", local.namespace, "link", "set", veth, "master", BRIDGE, "up")
         ip = address.partition("/")[0]
-        await run("nsenter", f"--net=/proc/{pid}/ns/net", _tool("ip") or "ip", "-batch", "-", stdin=(
+        await run("nsenter", f"--net={namespace.path}", _tool("ip") or "ip", "-batch", "-", stdin=(
             f"link set {name} address {mac_of(ip)}\naddr add {address} dev {name}\nlink set {name} up\n"))
 
     async def _apply_vips(self, attached: AttachedTask) -> None:
         vips = vip_backends(self._entries, attached.networks)
         if vips == attached.vips:
             return
-        await run("nsenter", f"--net=/proc/{attached.pid}/ns/net", _tool("nft") or "nft", "-f", "-",
+        await run("nsenter", f"--net={attached.namespace.path}", _tool("nft") or "nft", "-f", "-",
                   stdin=render_vips(vips))
         attached.vips = vips

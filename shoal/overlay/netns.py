@@ -23,6 +23,15 @@ def _setns(fd: int) -> None:
         raise OSError(error, f"setns: {os.strerror(error)}")
 
 
+def enter_namespace(namespace: str) -> None:
+    """Move the calling thread into the network namespace at path `namespace`, for good."""
+    target = os.open(namespace, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _setns(target)
+    finally:
+        os.close(target)
+
+
 def _bound_socket_in(namespace: str, kind: socket.SocketKind, address: tuple[str, int]) -> socket.socket:
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:

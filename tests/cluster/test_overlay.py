@@ -1,6 +1,7 @@
-"""Swarm networks on the wire, with the docker executor: the example application of `examples/app` (web → api →
-db by name, over an overlay network, with a secret), through a node failure, a scale-up and a rolling update
-with no failed request; and what the overlay keeps apart (two networks, an `--internal` one).
+"""Swarm networks on the wire: the example application of `examples/app` (web → api → db by name, over an overlay
+network, with a secret) through a node failure, a scale-up and a rolling update with no failed request, with
+the docker executor and with the process executor (each task in a namespace of its own); and, with containers,
+what the overlay keeps apart (two networks, an `--internal` one).
 
 The three nodes share this machine's Docker Engine, but each has its own namespaces, VXLAN device and
 data-path port, so frames between containers of different nodes really cross a VXLAN tunnel.
@@ -19,12 +20,13 @@ from typing import Any
 import docker
 import pytest
 
-from tests.cluster.conftest import wait_for
+from tests.cluster.conftest import Cluster, wait_for
 from tests.cluster.test_docker_cluster import DockerSwarm, docker_swarm_fixture, engine  # noqa: F401
 
 pytestmark = pytest.mark.cluster
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "app" / "compose.yml"
+PROCESS_OVERRIDE = EXAMPLE.with_name("compose.process.yml")
 CONVERGE_SECONDS = 90.0
 ANSWER = "rows from db"
 
@@ -71,10 +73,9 @@ class Requests:
         return [answer for answer in self.answers if ANSWER not in answer]
 
 
-def node_of(swarm: DockerSwarm, service: str) -> str | None:
-    """The node running the service's task (None while none runs)."""
-    names = {v: k for k, v in swarm.node_ids.items()}
-    running = swarm.cluster.running(service)
+def node_of(cluster: Cluster, names: dict[str, str], service: str) -> str | None:
+    """The node running the service's task (None while none runs); `names`: node ID -> name."""
+    running = cluster.running(service)
     return names[running[0]["NodeID"]] if running else None
 
 
@@ -83,9 +84,19 @@ def exec_in(container: Any, *command: str) -> tuple[int, str]:
     return int(code), output.decode(errors="replace")
 
 
-def test_the_example_application_survives_a_node_failure_scaling_and_an_update(swarm: DockerSwarm) -> None:
-    cluster = swarm.cluster
-    cluster.ok("stack", "deploy", "-c", str(EXAMPLE), "app")
+def test_the_example_application_with_containers(swarm: DockerSwarm) -> None:
+    check_the_example(swarm.cluster, EXAMPLE)
+
+
+def test_the_example_application_with_processes(cluster: Cluster) -> None:
+    check_the_example(cluster, EXAMPLE, PROCESS_OVERRIDE)
+
+
+def check_the_example(cluster: Cluster, *compose_files: Path) -> None:
+    """Deploy, ask every node, kill db's node, then scale and update api under requests: none may fail."""
+    names = {node_id: name for name, node_id in cluster.node_ids().items()}
+    files = [arg for path in compose_files for arg in ("-c", str(path))]
+    cluster.ok("stack", "deploy", *files, "app")
     for service, count in (("app_web", 1), ("app_api", 2), ("app_db", 1)):
         cluster.wait_running(service, count, timeout=CONVERGE_SECONDS)
     # Every node answers (the routing mesh), with data web got from api, which got it from db, by name.
@@ -96,14 +107,14 @@ def test_the_example_application_survives_a_node_failure_scaling_and_an_update(s
         assert answer.startswith("web ") and " api " in answer, answer
 
     # db on a worker, so that killing its node leaves the manager; then kill that node.
-    if node_of(swarm, "app_db") == "manager1":
+    if node_of(cluster, names, "app_db") == "manager1":
         cluster.ok("service", "update", "-d", "--constraint-add", "node.role==worker", "app_db")
-        wait_for("db to move to a worker", lambda: node_of(swarm, "app_db") not in (None, "manager1"),
+        wait_for("db to move to a worker", lambda: node_of(cluster, names, "app_db") not in (None, "manager1"),
                  timeout=CONVERGE_SECONDS)
-    victim = node_of(swarm, "app_db")
+    victim = node_of(cluster, names, "app_db")
     assert victim is not None
     cluster.kill(victim)
-    wait_for("db to run on another node", lambda: node_of(swarm, "app_db") not in (None, victim),
+    wait_for("db to run on another node", lambda: node_of(cluster, names, "app_db") not in (None, victim),
              timeout=CONVERGE_SECONDS)
     manager = cluster.manager.address
     wait_for("the example to answer again", lambda: ANSWER in fetch(manager, timeout=10), timeout=CONVERGE_SECONDS)

@@ -1,14 +1,16 @@
 """The overlay's decisions (pure): network parameters, MACs, device names, peers and their changes, VIP rules;
-the docker executor's network settings; a node's DNS server refusing to forward for internal networks; and a
-socket made in another network namespace (root only)."""
+the docker and process executors' network settings; a node's DNS server refusing to forward for internal
+networks; a socket made in another network namespace and a published port carried into one (root only)."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import os
 import socket
 import subprocess
 import uuid
+from pathlib import Path
 
 import dns.asyncquery
 import dns.message
@@ -16,8 +18,10 @@ import dns.rcode
 import pytest
 
 from shoal.agent.executor.docker import first_overlay_interface, host_config_arguments
+from shoal.agent.executor.process import ProcessController, ProcessExecutor, RunAs, namespace_argv
 from shoal.discovery.names import NameEntry
 from shoal.discovery.node import NodeDiscovery
+from shoal.overlay.forward import PortForwarder
 from shoal.overlay.netns import bound_socket_in
 from shoal.overlay.plan import (
     OverlayNetwork,
@@ -165,4 +169,73 @@ async def test_a_socket_made_in_another_namespace_listens_there() -> None:
             sock.settimeout(5)
             assert sock.recvfrom(16)[0] == b"hi"
     finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def test_a_process_on_swarm_networks_is_started_through_its_namespaces_keeping_its_pid() -> None:
+    argv = namespace_argv("/run/netns/t1", Path("/state/t1.resolv.conf"), ["busybox", "nc", "-l"], None)
+    assert argv[0].endswith("nsenter") and argv[1] == "--net=/run/netns/t1"
+    assert "unshare" in argv[3] and argv[4:7] == ["--mount", "--propagation", "private"]
+    assert argv[8:10] == ["/bin/sh", "-c"] and 'mount --bind "$0" /etc/resolv.conf' in argv[10]
+    assert 'exec "$@"' in argv[10]  # every step execs the next: the task keeps the first pid
+    assert argv[11:] == ["/state/t1.resolv.conf", "busybox", "nc", "-l"]
+    as_user = namespace_argv("/ns", Path("/r"), ["id"], RunAs(uid=1000, gid=100, extra_groups=[27]))
+    assert as_user[-6:] == [as_user[-6], "--reuid=1000", "--regid=100", "--groups=27", "--", "id"]
+    assert as_user[-6].endswith("setpriv")
+
+
+def test_a_process_in_its_own_namespace_listens_on_its_target_ports() -> None:
+    published = {"Endpoint": {"Ports": [{"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 8080}]}}
+    networked = {**task("t1", (network("back"), "10.0.1.5/24")), **published}
+    controller = ProcessController(ProcessExecutor(Path("/nonexistent")), networked)
+    controller.ports = {80: 41234}  # the node port the routing mesh connects to, forwarded inside
+    controller._resolve_context()
+    assert controller._env["PORT"] == "80" and controller._env["PORT_80"] == "80"
+    plain = ProcessController(ProcessExecutor(Path("/nonexistent")), {**task("t2"), **published})
+    plain.ports = {80: 41235}
+    plain._resolve_context()
+    assert plain._env["PORT"] == "41235"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+async def test_a_published_port_opens_once_the_task_listens_inside_and_carries_connections_there() -> None:
+    name = f"shoal-test-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    forwarder: PortForwarder | None = None
+    server: asyncio.Server | None = None
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            host_port = probe.getsockname()[1]
+        inside = await bound_socket_in(f"/run/netns/{name}", socket.SOCK_STREAM, ("0.0.0.0", 0))
+        target = inside.getsockname()[1]
+        forwarder = PortForwarder(f"/run/netns/{name}", {target: host_port})
+        forwarder.start()
+        await asyncio.sleep(0.3)
+        with pytest.raises(OSError):  # nothing listens inside yet: the host port stays closed
+            await asyncio.open_connection("127.0.0.1", host_port)
+
+        async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"inside:" + await reader.readline())
+            await writer.drain()
+            writer.close()
+        server = await asyncio.start_server(echo, sock=inside)
+        deadline = asyncio.get_running_loop().time() + 10
+        while True:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", host_port)
+                break
+            except OSError:
+                assert asyncio.get_running_loop().time() < deadline, "the host port never opened"
+                await asyncio.sleep(0.05)
+        writer.write(b"hello\n")
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 5) == b"inside:hello\n"
+        writer.close()
+    finally:
+        if forwarder is not None:
+            forwarder.close()
+        if server is not None:
+            server.close()
         subprocess.run(["ip", "netns", "del", name], check=False)

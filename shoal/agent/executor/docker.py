@@ -58,7 +58,7 @@ from shoal.agent.health import HealthStatus, health_check_of
 from shoal.agent.task_files import PlacedFile, TaskFiles, files_off_loop
 from shoal.errors import InvalidArgument, Unavailable
 from shoal.mesh.table import published_ports
-from shoal.overlay.linux import OverlayDataPath
+from shoal.overlay.linux import OverlayDataPath, TaskNamespace
 from shoal.overlay.plan import OverlayError, OverlayNetwork
 from shoal.task_files import mounts_files
 from shoal.task_networks import task_networks
@@ -708,7 +708,7 @@ class DockerController(Controller):
         try:
             if not self._pid:
                 raise OverlayError("the container has no process")
-            await overlay.attach(self._task, self._pid, first_overlay_interface(self._task))
+            await overlay.attach(self._task, TaskNamespace.of_process(self._pid), first_overlay_interface(self._task))
         except OverlayError as exc:
             with contextlib.suppress(ExecutorError):
                 await self._signal("SIGKILL")

@@ -18,6 +18,12 @@ Conventions (a process has no image, so the task document is read this way):
 - Health check (`probe`): the check command runs as the task's user, with its environment and working directory,
   in a session of its own; at its timeout its whole process group is killed (Docker's result then: exit -1,
   "Health check exceeded timeout (…)"). A check that cannot be started is a failure (exit -1), never an error.
+- Swarm networks (`NetworksAttachments`, needs root and the node's overlay): the process runs in a network
+  namespace of its own, attached to its networks as a container is (`shoal.overlay`), so it listens on its
+  target ports (PORT / PORT_<target> say them) and reaches other services by name and virtual IP. Its
+  /etc/resolv.conf (in a mount namespace of its own) names the node's DNS server on the first network's
+  gateway. Its published ports (TCP) are carried from the node port the routing mesh connects to into its
+  namespace (`shoal.overlay.forward`). It has no way out but its networks and published ports.
 - Exit code: from waiting on the child; a signal death is reported as 128 + signal number (Docker's convention).
   A process adopted after an agent restart is not our child: we watch its pid (checking its start time in
   /proc/<pid>/stat, so a reused pid is never taken for it), and its exit status is unknown.
@@ -59,7 +65,11 @@ from shoal.agent.executor.base import (
 )
 from shoal.agent.task_files import TaskFiles
 from shoal.mesh.table import published_ports
+from shoal.overlay.forward import PortForwarder
+from shoal.overlay.linux import OverlayDataPath, TaskNamespace
+from shoal.overlay.plan import OverlayError, OverlayNetwork
 from shoal.task_files import CONFIG, SECRET, BadReference, mounts_files, task_references
+from shoal.task_networks import task_networks
 from shoal.timeouts import within
 from shoal.types import Doc, task_slot
 
@@ -144,6 +154,23 @@ def task_environment(task: Doc, base: dict[str, str], ports: dict[int, int] | No
             env["PORT"] = str(port)
         env[f"PORT_{target}"] = str(port)
     return env
+
+
+def namespace_argv(namespace: str, resolv_conf: Path, argv: list[str], run_as: RunAs | None) -> list[str]:
+    """argv run in the task's network namespace, with `resolv_conf` as its /etc/resolv.conf (in a mount namespace
+    of its own) and as `run_as`: each step execs the next, so the task's process keeps the first one's pid."""
+    tail = list(argv)
+    if run_as is not None:
+        groups = f"--groups={','.join(str(g) for g in run_as.extra_groups)}" if run_as.extra_groups else "--clear-groups"
+        tail = [_tool("setpriv"), f"--reuid={run_as.uid}", f"--regid={run_as.gid}", groups, "--", *tail]
+    script = ('mount --bind "$0" /etc/resolv.conf 2>/dev/null || echo "shoal: no /etc/resolv.conf to replace: '
+              'service names resolve only through the node\'s DNS server" >&2; exec "$@"')
+    return [_tool("nsenter"), f"--net={namespace}", "--", _tool("unshare"), "--mount", "--propagation", "private",
+            "--", "/bin/sh", "-c", script, str(resolv_conf), *tail]
+
+
+def _tool(name: str) -> str:
+    return shutil.which(name) or shutil.which(name, path="/usr/bin:/bin:/usr/sbin:/sbin") or name
 
 
 def parse_signal(name: str) -> signal.Signals:
@@ -275,6 +302,9 @@ class ProcessExecutor:
         self.task_files = task_files  # where tasks' secrets and configs come from (None: refused)
         self._ports_in_use: dict[int, str] = {}  # node port -> task id, for tasks with published ports
         self._spawner = ThreadPoolExecutor(max_workers=SPAWN_THREADS, thread_name_prefix="spawn")
+        # The node's overlay, set by the daemon; without it, why tasks cannot go on swarm networks here.
+        self.overlay: OverlayDataPath | None = None
+        self.overlay_problem = "the node has no overlay"
 
     async def off_loop(self, work: Callable[[], T]) -> T:
         """Run blocking work (fork/exec, file system) on the executor's own threads. Cancelled meanwhile, it
@@ -304,6 +334,9 @@ class ProcessExecutor:
 
     def scratch_dir(self, task_id: str) -> Path:
         return self.state_dir / "scratch" / _checked_task_id(task_id)
+
+    def resolv_conf(self, task_id: str) -> Path:
+        return self.state_dir / "net" / f"{_checked_task_id(task_id)}.resolv.conf"
 
     def allocate_port(self, task_id: str) -> int:
         """A port free for both TCP and UDP on this machine, not handed to another live task by us."""
@@ -337,6 +370,7 @@ class ProcessExecutor:
             raise ExitStatusUnknown(f"process {pid} of task {task['ID']} is gone")
         controller = ProcessController(self, task)
         controller.adopt(pid, start_ticks)
+        controller.adopted = True
         controller.ports = {int(target): int(port) for target, port in (handle.get("Ports") or {}).items()}
         for port in controller.ports.values():
             self._ports_in_use[port] = str(task["ID"])
@@ -374,11 +408,21 @@ class ProcessController(Controller):
         self._start_ticks = -1
         # Target port -> the node port the task listens on instead (several tasks of a service share a node,
         # and the routing mesh owns the published port): the task reads it from $PORT / $PORT_<target>.
+        # A task on swarm networks listens on the target port in its namespace; the node port is forwarded.
         self.ports: dict[int, int] = {}
+        self._networks = [OverlayNetwork.of(network) for network, _ in task_networks(task)]
+        self._namespace: TaskNamespace | None = None
+        self._forwarder: PortForwarder | None = None
+        self.adopted = False  # taken over after an agent restart: its networks and forwarders are set up again
 
     # -- steps --
 
     async def prepare(self) -> None:
+        if self._networks:
+            if self._executor.overlay is None:
+                raise TaskRejected(f"this node cannot put processes on swarm networks: {self._executor.overlay_problem}")
+            if any(str(port.get("Protocol") or "tcp") != "tcp" for port in published_ports(self._task)):
+                raise TaskRejected("a process task on swarm networks can publish TCP ports only")
         self._argv = task_argv(self._spec)
         if not self.ports:
             for port in published_ports(self._task):
@@ -408,18 +452,60 @@ class ProcessController(Controller):
     async def start(self) -> None:
         if not self._argv:
             await self.prepare()
+        argv, run_as = self._argv, self._run_as
+        if self._networks:
+            await self._join_networks()
+            assert self._namespace is not None
+            argv = namespace_argv(self._namespace.path, self._executor.resolv_conf(self._task_id), argv, run_as)
+            run_as = None  # the wrapper changes user once it has entered the namespaces
         _reap_finished()
-        await self._executor.off_loop(self._spawn)
+        try:
+            await self._executor.off_loop(lambda: self._spawn(argv, run_as))
+        except BaseException:
+            await self._leave_networks()
+            raise
         _UNREAPED[self._pid] = self._popen  # type: ignore[assignment]
+        self._forward_ports()
 
-    def _spawn(self) -> None:
+    async def _join_networks(self) -> None:
+        """The task's namespace, attached to its networks, and its resolver's file."""
+        overlay = self._executor.overlay
+        if overlay is None:
+            raise TaskRejected(f"this node cannot put processes on swarm networks: {self._executor.overlay_problem}")
+        resolv = self._executor.resolv_conf(self._task_id)
+        text = f"nameserver {self._networks[0].gateway}\noptions ndots:0\n"
+        await self._executor.off_loop(lambda: _write_file(resolv, text))
+        try:
+            self._namespace = await overlay.make_task_namespace(self._task_id)
+            await overlay.attach(self._task, self._namespace, 0)
+        except OverlayError as exc:
+            with contextlib.suppress(OverlayError):
+                await overlay.remove_task_namespace(self._task_id)
+            raise ExecutorError(f"attaching the task to its networks: {exc}") from exc
+
+    def _forward_ports(self) -> None:
+        if self._networks and self.ports and self._namespace is not None and self._forwarder is None:
+            self._forwarder = PortForwarder(self._namespace.path, self.ports)
+            self._forwarder.start()
+
+    async def _leave_networks(self) -> None:
+        if self._forwarder is not None:
+            self._forwarder.close()
+            self._forwarder = None
+        overlay = self._executor.overlay
+        if self._networks and overlay is not None:
+            with contextlib.suppress(OverlayError):
+                await overlay.remove_task_namespace(self._task_id)
+            resolv = self._executor.resolv_conf(self._task_id)
+            await self._executor.off_loop(lambda: resolv.unlink(missing_ok=True))
+
+    def _spawn(self, argv: list[str], run_as: RunAs | None) -> None:
         log_dir = self._executor.log_dir(self._task_id)
         try:
             with open(log_dir / "stdout.log", "ab", opener=_private) as stdout, \
                     open(log_dir / "stderr.log", "ab", opener=_private) as stderr:
-                run_as = self._run_as
                 self._popen = subprocess.Popen(
-                    self._argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, cwd=self._cwd,
+                    argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, cwd=self._cwd,
                     env=self._env, start_new_session=True, close_fds=True,
                     user=run_as.uid if run_as else None, group=run_as.gid if run_as else None,
                     extra_groups=run_as.extra_groups if run_as else None,
@@ -435,7 +521,15 @@ class ProcessController(Controller):
         self._start_ticks = stat.start_ticks if stat else -1
 
     async def wait(self) -> int:
+        if self.adopted and self._networks:
+            self.adopted = False
+            try:
+                await self._join_networks()  # attached already: this finds it so, and sets up the VIP rules
+                self._forward_ports()
+            except (ExecutorError, TaskRejected) as exc:
+                log.warning("task %s: %s", self._task_id, exc)
         await until_exited(self._pid, self._start_ticks)
+        await self._leave_networks()
         await self._executor.off_loop(self._remove_task_files)  # the task ended: its secrets go
         # The main process has ended (a zombie still holds its pid, so the group id cannot be reused yet).
         signal_group(self._pid, signal.SIGKILL)
@@ -479,6 +573,7 @@ class ProcessController(Controller):
     async def remove(self) -> None:
         if self.running():
             raise ExecutorError(f"task {self._task_id} is still running")
+        await self._leave_networks()
         folders = (self._executor.scratch_dir(self._task_id), self._executor.log_dir(self._task_id))
         await self._executor.off_loop(lambda: _remove_folders(folders))
         await self._executor.off_loop(self._remove_task_files)
@@ -488,11 +583,14 @@ class ProcessController(Controller):
         try:
             if not self._env:
                 self._resolve_context()  # an adopted process: prepare() did not run in this agent
-            run_as = self._run_as
+            run_as, argv = self._run_as, list(command)
+            if self._namespace is not None:  # the check sees what the task sees
+                argv = namespace_argv(self._namespace.path, self._executor.resolv_conf(self._task_id), argv, run_as)
+                run_as = None
             with tempfile.TemporaryFile() as output:
                 # A file, not a pipe: a check that leaves a background child holding it open cannot hang us.
                 checker = await self._executor.off_loop(lambda: subprocess.Popen(
-                    list(command), stdin=subprocess.DEVNULL, stdout=output, stderr=output, cwd=self._cwd,
+                    argv, stdin=subprocess.DEVNULL, stdout=output, stderr=output, cwd=self._cwd,
                     env=self._env, start_new_session=True, close_fds=True,
                     user=run_as.uid if run_as else None, group=run_as.gid if run_as else None,
                     extra_groups=run_as.extra_groups if run_as else None,
@@ -529,7 +627,9 @@ class ProcessController(Controller):
         self._run_as = resolve_user(str(self._spec.get("User") or ""))
         base = {"PATH": os.environ.get("PATH") or DEFAULT_PATH,
                 "HOME": self._run_as.home if self._run_as else os.environ.get("HOME", "/")}
-        self._env = task_environment(self._task, base, self.ports)
+        # In a namespace of its own, the task listens on the target ports themselves.
+        ports = {target: target for target in self.ports} if self._networks else self.ports
+        self._env = task_environment(self._task, base, ports)
         files = self._executor.task_files
         if files is not None:
             try:
@@ -566,6 +666,12 @@ class ProcessController(Controller):
 def _private(path: str, flags: int) -> int:
     """Open a file that only its owner may read (task logs can hold anything a task prints)."""
     return os.open(path, flags, 0o600)
+
+
+def _write_file(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(0o644)  # read by the task, whoever it runs as
 
 
 def _remove_folders(folders: Sequence[Path]) -> None:
