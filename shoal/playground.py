@@ -35,6 +35,7 @@ class PlaygroundNode:
     socket: str
     state_dir: str
     alive: bool = True
+    data_path_port: int = 0  # its overlay's UDP port (nodes sharing a host each need one); kept for restarts
 
 
 def _state_file(base: Path) -> Path:
@@ -181,9 +182,11 @@ def _start(managers: int, workers: int, progress: Callable[[str], None], base: P
         address = f"{subnet}.{FIRST_ADDRESS + index}"
         if role == "manager" and not all(_port_free(address, p) for p in (DEFAULT_PORT, 2379, 2380)):
             raise Unavailable(f"ports 2377/2379/2380 on {address} are in use: is another cluster running?")
+        data_path_port = free_udp_port()
         proc, state_dir, sock = start_daemon(name, base, [*daemon_args, "--publish-addr", address,
-                                                          "--data-path-port", str(free_udp_port())])
-        nodes.append(PlaygroundNode(name, role, address, proc.pid, str(sock), str(state_dir)))
+                                                          "--data-path-port", str(data_path_port)])
+        nodes.append(PlaygroundNode(name, role, address, proc.pid, str(sock), str(state_dir),
+                                    data_path_port=data_path_port))
         _state_file(base).write_text(json.dumps([asdict(n) for n in nodes], indent=2))
         wait_for_socket(sock, proc)
         with api(str(sock), timeout=90) as client:

@@ -126,3 +126,8 @@ def remove_images(client: docker.DockerClient) -> None:
     for tag in TAGS:
         with contextlib.suppress(docker.errors.ImageNotFound):
             client.api.remove_image(f"{REPOSITORY}:{tag}", force=True)
+
+
+if __name__ == "__main__":
+    # `python -m tests.dockerimages`: build the images (e.g. for the example in examples/app).
+    print(", ".join(ensure_busybox_images()))

@@ -30,7 +30,7 @@ from aiohttp import WSMsgType, web
 from shoal import codec
 from shoal.certs import identity_from_peercert
 from shoal.clock import Clock
-from shoal.discovery.names import is_peer, name_entries
+from shoal.discovery.names import data_endpoint, is_peer, name_entries
 from shoal.errors import InvalidArgument, NotLeader, ShoalError
 from shoal.manager import ca_rotation
 from shoal.manager.applier import Applier
@@ -674,8 +674,8 @@ class Dispatcher:
             return any(attached_networks(doc.get("Spec") or {}) for doc in (prev, event.doc) if doc)
         if event.kind == NODES:
             before, after = prev or {}, event.doc or {}
-            return bool(before.get("Status") != after.get("Status")) and any(
-                attached for _, attached in self._networked.values())
+            return bool(before.get("Status") != after.get("Status") or data_endpoint(before) != data_endpoint(
+                after)) and any(attached for _, attached in self._networked.values())
         if event.kind == TASKS:
             task = event.doc or prev or {}
             if not self._on_networks(str(task.get("ServiceID") or "")):

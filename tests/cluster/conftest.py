@@ -103,9 +103,9 @@ class Cluster:
         return ["--executor", self.executor, "--routing-mesh", self.routing_mesh]
 
     @staticmethod
-    def data_path_args() -> list[str]:
-        """Nodes sharing this host each need a VXLAN port of their own."""
-        return ["--data-path-port", str(playground.free_udp_port())]
+    def data_path_args(node: PlaygroundNode) -> list[str]:
+        """Nodes sharing this host each need a VXLAN port of their own; a restarted node keeps its own."""
+        return ["--data-path-port", str(node.data_path_port or playground.free_udp_port())]
 
     # ---- access ---------------------------------------------------------------------------------------
 
@@ -173,9 +173,10 @@ class Cluster:
     def add_node(self, name: str, role: str = "worker") -> PlaygroundNode:
         index = len(self.nodes)
         address = f"{self.subnet}.{playground.FIRST_ADDRESS + index}"
-        proc, state_dir, sock = playground.start_daemon(name, self.base, [*self.daemon_args(), "--publish-addr",
-                                                                           address, *self.data_path_args()])
-        node = PlaygroundNode(name, role, address, proc.pid, str(sock), str(state_dir))
+        data_path_port = playground.free_udp_port()
+        proc, state_dir, sock = playground.start_daemon(name, self.base, [
+            *self.daemon_args(), "--publish-addr", address, "--data-path-port", str(data_path_port)])
+        node = PlaygroundNode(name, role, address, proc.pid, str(sock), str(state_dir), data_path_port=data_path_port)
         self.nodes.append(node)
         self._save()
         playground.wait_for_socket(sock, proc)
@@ -201,7 +202,7 @@ class Cluster:
         """Start a node's daemon again on its existing state."""
         node = self.node(name)
         proc, _, sock = playground.start_daemon(name, self.base, [*self.daemon_args(), "--publish-addr",
-                                                                   node.address, *self.data_path_args()])
+                                                                   node.address, *self.data_path_args(node)])
         node.pid = proc.pid
         self._save()
         playground.wait_for_socket(sock, proc)

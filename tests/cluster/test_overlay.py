@@ -9,6 +9,8 @@ data-path port, so frames between containers of different nodes really cross a V
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 import urllib.error
@@ -20,6 +22,7 @@ from typing import Any
 import docker
 import pytest
 
+from shoal import playground
 from tests.cluster.conftest import Cluster, wait_for
 from tests.cluster.test_docker_cluster import DockerSwarm, docker_swarm_fixture, engine  # noqa: F401
 
@@ -178,3 +181,43 @@ def test_networks_are_isolated_and_an_internal_network_has_no_way_out(swarm: Doc
     # A task on a normal network keeps the engine's bridge for its way out.
     code, output = exec_in(one, "ip", "route")
     assert "default" in output, output
+
+
+@pytest.fixture(params=["process", "docker"])
+def example_cluster(request: pytest.FixtureRequest,
+                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, list[str]]]:
+    """A fresh cluster of either executor, and the compose files that deploy the example with it."""
+    if request.param == "docker":
+        swarms = docker_swarm_fixture(request, tmp_path_factory, request.getfixturevalue("engine"))
+        yield next(swarms).cluster, ["-c", str(EXAMPLE)]
+        swarms.close()
+    else:
+        yield request.getfixturevalue("cluster"), ["-c", str(EXAMPLE), "-c", str(PROCESS_OVERRIDE)]
+
+
+def test_a_restarted_agent_keeps_its_tasks_on_their_networks(example_cluster: tuple[Cluster, list[str]]) -> None:
+    """The daemon of the node running db restarts (as `systemctl restart` does): its tasks keep running and stay
+    reachable by name, and the node's overlay, DNS server and VIP rules are set up again around them."""
+    cluster, files = example_cluster
+    cluster.ok("stack", "deploy", *files, "app")
+    manager = cluster.manager.address
+    wait_for("the example to answer", lambda: ANSWER in fetch(manager, timeout=10), timeout=CONVERGE_SECONDS)
+    names = {node_id: name for name, node_id in cluster.node_ids().items()}
+    db_node = node_of(cluster, names, "app_db")
+    assert db_node is not None
+    db_task = cluster.running("app_db")[0]["ID"]
+
+    node = cluster.node(db_node)
+    os.kill(node.pid, signal.SIGTERM)
+    wait_for(f"{db_node}'s daemon to exit", lambda: not playground._alive(node.pid))
+    cluster.restart(db_node)
+    wait_for(f"{db_node} ready", lambda: cluster.node_state(db_node) == "ready", timeout=CONVERGE_SECONDS)
+    # The same db task, adopted; requests work again, and a new api task there reaches it too.
+    wait_for("the example to answer after the restart", lambda: ANSWER in fetch(manager, timeout=10),
+             timeout=CONVERGE_SECONDS)
+    assert [t["ID"] for t in cluster.running("app_db")] == [db_task]
+    cluster.ok("service", "scale", "-d", "app_api=6")
+    cluster.wait_running("app_api", 6, timeout=CONVERGE_SECONDS)
+    with Requests(manager) as requests:
+        wait_for("20 answers", lambda: len(requests.answers) >= 20, timeout=CONVERGE_SECONDS)
+    assert requests.failures == [], requests.failures[:5]

@@ -38,6 +38,7 @@ from shoal.manager.orchestrator.loop import OrchestratorLoop
 from shoal.manager.store.base import Batch
 from shoal.mesh.table import BACKEND_PORTS
 from shoal.protocol import ATTEMPT_HEADER
+from shoal.task_networks import DATA_PATH_PORT
 from shoal.timefmt import to_rfc3339
 from shoal.types import (
     CONFIGS,
@@ -923,3 +924,39 @@ async def test_a_node_is_told_the_names_of_its_networks_only_and_again_only_when
     await harness.add_tasks(attached_task("t4", "s-api", "n2", "back", "10.0.1.6/24"))
     await dispatcher._send_names(session)
     assert len(socket.sent) == 2 and socket.sent[-1]["entries"][0]["Tasks"] == ["10.0.1.5", "10.0.1.6"]
+
+
+async def test_overlay_peers_follow_a_task_from_its_assignment_to_its_end_and_a_node_changing_its_port(
+        harness: Harness) -> None:
+    n1, n2 = make_node("n1"), make_node("n2")
+    for node, port in ((n1, 4790), (n2, 4791)):
+        node["Description"][DATA_PATH_PORT] = port
+    await harness.add_nodes(n1, n2)
+    await harness.add_service(networked("s-api", "api", "back", "10.0.1.2/24"))
+    await harness.add_tasks(attached_task("t1", "s-api", "n1", "back", "10.0.1.5/24"))
+    dispatcher = make_dispatcher(harness)
+    socket = FakeSocket([])
+    session = NodeSession("n1", cast(web.WebSocketResponse, socket), "worker")
+
+    def peers() -> list[list[str]]:
+        return cast(list[list[str]], socket.sent[-1]["entries"][0]["Peers"])
+
+    await dispatcher._send_names(session)
+    assert peers() == [["10.0.1.5", "127.0.0.2:4790"]]
+    # A task only assigned on n2 is a peer already (its frames must reach it from its first packet)…
+    starting = attached_task("t2", "s-api", "n2", "back", "10.0.1.6/24")
+    starting["Status"]["State"] = TaskState.ASSIGNED.wire
+    await harness.add_tasks(starting)
+    await dispatcher._send_names(session)
+    assert peers()[1] == ["10.0.1.6", "127.0.0.2:4791"] and socket.sent[-1]["entries"][0]["Tasks"] == ["10.0.1.5"]
+    # …n2 restarting with another data-path port is followed…
+    node = await harness.store.get(NODES, "n2")
+    assert node is not None
+    node["Description"][DATA_PATH_PORT] = 4799
+    await harness.commit(Batch().update(NODES, node))
+    await dispatcher._send_names(session)
+    assert peers()[1] == ["10.0.1.6", "127.0.0.2:4799"]
+    # …and a task that has ended is a peer no more.
+    await harness.report("t2", TaskState.FAILED, "exit 1")
+    await dispatcher._send_names(session)
+    assert peers() == [["10.0.1.5", "127.0.0.2:4790"]]
