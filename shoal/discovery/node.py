@@ -34,7 +34,7 @@ class NodeDiscovery:
         self.port = port
         self.table = NameTable()
         self._task_addresses: dict[str, list[tuple[str, str]]] = {}  # task ID -> (IP, network ID)
-        self._internal: set[str] = set()  # the internal networks among them
+        self._closed_tasks: set[str] = set()  # tasks on internal networks only: nothing is forwarded for them
         self._networks_by_ip: dict[str, set[str]] = {}
         self._closed_ips: set[str] = set()  # addresses of tasks on internal networks only
         if upstreams is None:
@@ -83,23 +83,29 @@ class NodeDiscovery:
         self.table = NameTable(entries)
 
     def track(self, tasks: Iterable[Doc], full: bool = False, removed: Iterable[str] = ()) -> None:
-        """Follow the tasks assigned to this node: which of their addresses is on which network."""
+        """Follow the tasks assigned to this node: which of their addresses is on which network, and which
+        tasks are on internal networks only."""
         if full:
             self._task_addresses = {}
-            self._internal = set()
+            self._closed_tasks = set()
         for task in tasks:
-            self._task_addresses[str(task["ID"])] = [(str(ipaddress.ip_interface(address).ip), network_id)
-                                                     for network_id, address in task_addresses(task)]
-            self._internal |= {str(network["ID"]) for network, _ in task_networks(task)
-                               if (network.get("Spec") or {}).get("Internal")}
+            task_id = str(task["ID"])
+            self._task_addresses[task_id] = [(str(ipaddress.ip_interface(address).ip), network_id)
+                                             for network_id, address in task_addresses(task)]
+            networks = [network for network, _ in task_networks(task)]
+            if networks and all((network.get("Spec") or {}).get("Internal") for network in networks):
+                self._closed_tasks.add(task_id)
+            else:
+                self._closed_tasks.discard(task_id)
         for task_id in removed:
             self._task_addresses.pop(task_id, None)
+            self._closed_tasks.discard(task_id)
         by_ip: dict[str, set[str]] = {}
         for addresses in self._task_addresses.values():
             for ip, network_id in addresses:
                 by_ip.setdefault(ip, set()).add(network_id)
         self._networks_by_ip = by_ip
-        self._closed_ips = {ip for ip, networks in by_ip.items() if networks <= self._internal}
+        self._closed_ips = {ip for task_id in self._closed_tasks for ip, _ in self._task_addresses.get(task_id, [])}
 
     def networks_of(self, client: str) -> set[str] | None:
         """The networks of the task asking (known by its address on them); None for any other client."""

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 LISTEN_POLL_SECONDS = 0.05
 CONNECT_TIMEOUT_SECONDS = 5.0
 COPY_CHUNK = 65536
+RETRY_SECONDS = 2.0
 
 
 class NamespaceSockets:
@@ -33,6 +34,7 @@ class NamespaceSockets:
         self.namespace = namespace
         self._requests: queue.Queue[tuple[asyncio.AbstractEventLoop, asyncio.Future[socket.socket]] | None] = (
             queue.Queue())
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="netns-sockets", daemon=True)
         self._thread.start()
 
@@ -54,9 +56,20 @@ class NamespaceSockets:
                 loop.call_soon_threadsafe(_settle, future, None, exc)
             else:
                 loop.call_soon_threadsafe(_settle, future, sock, None)
+        # Closed: whoever still waits for a socket gets an error rather than waiting for ever.
+        while True:
+            try:
+                request = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            if request is not None:
+                loop, future = request
+                loop.call_soon_threadsafe(_settle, future, None, OSError("the task's namespace is closed"))
 
     async def connect(self, port: int) -> socket.socket:
         """A socket connected to 127.0.0.1:`port` inside the namespace."""
+        if self._closed:
+            raise OSError("the task's namespace is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[socket.socket] = loop.create_future()
         self._requests.put((loop, future))
@@ -69,6 +82,7 @@ class NamespaceSockets:
         return sock
 
     def close(self) -> None:
+        self._closed = True
         self._requests.put(None)
 
 
@@ -104,8 +118,15 @@ class PortForwarder:
                     break
                 except (OSError, TimeoutError):
                     await asyncio.sleep(LISTEN_POLL_SECONDS)
-            server = await asyncio.start_server(functools.partial(self._serve, target=target), "0.0.0.0", host_port,
-                                                reuse_address=True)
+            while True:
+                try:
+                    server = await asyncio.start_server(functools.partial(self._serve, target=target), "0.0.0.0",
+                                                        host_port, reuse_address=True)
+                    break
+                except OSError as exc:  # e.g. taken meanwhile: the task shows as not listening, and we say why
+                    log.warning("port %d of the task cannot be served on node port %d: %s; retrying", target,
+                                host_port, exc)
+                    await asyncio.sleep(RETRY_SECONDS)
             self._servers.append(server)
 
     async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter,

@@ -7,9 +7,14 @@ tasks attached here and the name table the leader sends (`shoal.overlay.plan` de
   node's address and data-path port) and then moved into the network's namespace, as Docker's overlay does.
 - The node's DNS server also listens in each network's namespace, on the gateway address, which the task's
   resolver names.
-- Attaching a task: a veth pair from the network's bridge into the task's namespace (by the PID of its
-  process), its address and MAC, and its VIP table. Idempotent, so a task adopted after an agent restart is
-  attached again without harm.
+- Every task's namespace is named (`shoal-<node>-task-<task>`): a process task's is made for it; a
+  container's is its own, named by its process once it runs (`ip netns attach`), so that no later command can
+  reach another process's namespace through a reused PID. The name goes when the task has ended.
+- Attaching a task: a veth pair from the network's bridge into the task's namespace, its address and MAC,
+  and its VIP table. Idempotent, so a task adopted after an agent restart is attached again without harm.
+- Namespaces of this node that nothing claims (left by an earlier agent whose tasks ended meanwhile) go after
+  NETWORK_LINGER_SECONDS. A change that fails is retried every RETRY_SECONDS; one network's or task's failure
+  does not hold up the others.
 - The peers (tasks on other nodes) and every local task's VIP table follow each name table change; only the
   differences are written, with one `bridge -batch` and one `ip -batch` per network.
 
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -50,6 +56,7 @@ log = logging.getLogger(__name__)
 
 NETNS_DIR = "/run/netns"
 NETWORK_LINGER_SECONDS = 30.0
+RETRY_SECONDS = 2.0
 TOOLS = ("ip", "bridge", "nsenter", "nft")
 SBIN = "/usr/sbin:/sbin:/usr/bin:/bin"
 
@@ -76,6 +83,7 @@ def node_namespaces(node_id: str) -> list[str]:
         return []
 
 
+@functools.cache
 def _tool(name: str) -> str | None:
     return shutil.which(name) or shutil.which(name, path=SBIN)
 
@@ -105,22 +113,17 @@ async def succeeds(*argv: str) -> bool:
 
 @dataclass(frozen=True)
 class TaskNamespace:
-    """A task's own network namespace: a container's (by its process) or one made for a process task."""
+    """A task's own network namespace, by its name under /run/netns."""
 
-    ip_ref: str  # how `ip link … netns` names it: a PID, or a name under /run/netns
-    path: str  # its file, for nsenter
+    name: str
 
-    @classmethod
-    def of_process(cls, pid: int) -> TaskNamespace:
-        return cls(str(pid), f"/proc/{pid}/ns/net")
-
-    @classmethod
-    def named(cls, name: str) -> TaskNamespace:
-        return cls(name, f"{NETNS_DIR}/{name}")
+    @property
+    def path(self) -> str:  # for nsenter
+        return f"{NETNS_DIR}/{self.name}"
 
 
 def task_namespace_name(node_id: str, task_id: str) -> str:
-    """A process task's own namespace (named after its node too, so the node's leftovers can be found)."""
+    """A task's own namespace (named after its node too, so the node's leftovers can be found)."""
     return f"{namespace_name(node_id, '')}task-{task_id}"
 
 
@@ -154,8 +157,10 @@ class OverlayDataPath:
         self._tasks: dict[str, AttachedTask] = {}
         self._lock = asyncio.Lock()  # one change of the kernel's state at a time
         self._changed = asyncio.Event()
-        self._unused_since: dict[str, float] = {}  # network ID -> when its last local task left
-        self.last_error = ""
+        # Namespaces of this node (by name) that no task or network of this agent claims, and since when.
+        self._unclaimed_since: dict[str, float] = {}
+        self._retry = False  # the last sync failed somewhere: try again soon
+        self.errors: dict[str, str] = {}  # what failed, by network or task, at the last sync
 
     # ---- inputs ----------------------------------------------------------------------------------------------
 
@@ -177,40 +182,43 @@ class OverlayDataPath:
             self._tasks[task_id] = attached
             await self._apply_vips(attached)
 
+    async def name_container(self, task_id: str, pid: int) -> TaskNamespace:
+        """Name a started container's namespace (its process `pid`, checked by the caller just before)."""
+        name = task_namespace_name(self.node_id, task_id)
+        if not os.path.exists(f"{NETNS_DIR}/{name}"):
+            await run("ip", "netns", "attach", name, str(pid))
+        return TaskNamespace(name)
+
     async def make_task_namespace(self, task_id: str) -> TaskNamespace:
         """A namespace of its own for a process task (kept if an earlier agent made it)."""
         name = task_namespace_name(self.node_id, task_id)
         if not os.path.exists(f"{NETNS_DIR}/{name}"):
             await run("ip", "netns", "add", name)
             await run("ip", "-n", name, "link", "set", "lo", "up")
-        return TaskNamespace.named(name)
+        return TaskNamespace(name)
 
-    async def remove_task_namespace(self, task_id: str) -> None:
-        """The process task has ended: its namespace (and with it its interfaces) goes."""
+    async def release(self, task_id: str) -> None:
+        """The task has ended: its namespace's name goes (and with a process task's, its interfaces)."""
         self.detach(task_id)
-        if os.path.exists(f"{NETNS_DIR}/{task_namespace_name(self.node_id, task_id)}"):
-            await run("ip", "netns", "del", task_namespace_name(self.node_id, task_id))
+        name = task_namespace_name(self.node_id, task_id)
+        if os.path.exists(f"{NETNS_DIR}/{name}"):
+            await run("ip", "netns", "del", name)
 
     def detach(self, task_id: str) -> None:
-        """The task's process has ended (its interfaces went with its namespace)."""
         if self._tasks.pop(task_id, None) is not None:
             self._changed.set()
 
     # ---- the loop --------------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Apply each change (supervised by the agent)."""
+        """Apply each change (supervised by the agent); retry what failed; remove what nothing claims."""
         while True:
+            wait = RETRY_SECONDS if self._retry else NETWORK_LINGER_SECONDS if self._unclaimed_since else None
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), NETWORK_LINGER_SECONDS if self._unused_since else None)
+                await asyncio.wait_for(self._changed.wait(), wait)
             self._changed.clear()
             async with self._lock:
-                try:
-                    await self._sync()
-                    self.last_error = ""
-                except OverlayError as exc:
-                    self.last_error = str(exc)
-                    log.warning("overlay: %s", exc)
+                await self._sync()
 
     async def close(self, remove: bool = False) -> None:
         """Stop serving DNS in the namespaces. They and the tasks' interfaces stay for the next agent, unless
@@ -228,28 +236,58 @@ class OverlayDataPath:
 
     def debug(self) -> Doc:
         return {"Endpoint": self.endpoint, "Networks": sorted(self._networks), "Tasks": len(self._tasks),
-                "Peers": sum(len(n.peers) for n in self._networks.values()), "Error": self.last_error}
+                "Peers": sum(len(n.peers) for n in self._networks.values()), "Errors": dict(self.errors)}
 
     async def _sync(self) -> None:
-        in_use = {network for task in self._tasks.values() for network in task.networks}
-        now = time.monotonic()
-        for network_id in list(self._networks):
-            if network_id in in_use:
-                self._unused_since.pop(network_id, None)
-            elif now - self._unused_since.setdefault(network_id, now) >= NETWORK_LINGER_SECONDS:
-                del self._unused_since[network_id]
-                await self._remove_network(self._networks.pop(network_id))
+        errors: dict[str, str] = {}
         wanted = peers_by_network(self._entries, self.endpoint, self._networks)
         for network_id, local in self._networks.items():
-            await self._apply_peers(local, wanted.get(network_id, {}))
+            try:
+                await self._apply_peers(local, wanted.get(network_id, {}))
+            except OverlayError as exc:
+                errors[f"network {network_id[:12]}"] = str(exc)
         for task_id, attached in list(self._tasks.items()):
             try:
                 await self._apply_vips(attached)
             except OverlayError as exc:
                 if not os.path.exists(attached.namespace.path):
                     self._tasks.pop(task_id, None)  # ended before its controller said so
-                    continue
-                raise exc
+                else:
+                    errors[f"task {task_id}"] = str(exc)
+        try:
+            await self._remove_unclaimed()
+        except OverlayError as exc:
+            errors["cleanup"] = str(exc)
+        for what, error in errors.items():
+            if self.errors.get(what) != error:
+                log.warning("overlay: %s: %s", what, error)
+        self.errors = errors
+        self._retry = bool(errors)
+
+    async def _remove_unclaimed(self) -> None:
+        """Networks no local task uses, and namespaces of this node nothing claims (an earlier agent's), once
+        unclaimed for NETWORK_LINGER_SECONDS: a rolling update that replaces the node's only task of a
+        network keeps the network's namespace."""
+        in_use = {network for task in self._tasks.values() for network in task.networks}
+        claimed = {local.namespace for network_id, local in self._networks.items() if network_id in in_use}
+        claimed |= {task.namespace.name for task in self._tasks.values()}
+        now = time.monotonic()
+        unclaimed = {name: self._unclaimed_since.get(name, now) for name in node_namespaces(self.node_id)
+                     if name not in claimed}
+        self._unclaimed_since = unclaimed
+        for name, since in list(unclaimed.items()):
+            if now - since < NETWORK_LINGER_SECONDS:
+                continue
+            local = next((n for n in self._networks.values() if n.namespace == name), None)
+            if local is not None and local.close_dns is not None:
+                local.close_dns()
+                local.close_dns = None
+            # The bridge and the VXLAN device go with a network's namespace; a task's interface with its own.
+            await run("ip", "netns", "del", name)
+            del self._unclaimed_since[name]
+            if local is not None:
+                del self._networks[local.network.id]
+                log.info("overlay: network %s removed from this node", local.network.id[:12])
 
     # ---- networks --------------------------------------------------------------------------------------------
 
@@ -260,13 +298,21 @@ class OverlayDataPath:
         namespace = namespace_name(self.node_id, network.id)
         device = vxlan_device(self.node_id, network.id)
         local = LocalNetwork(network, namespace, device)
+        if os.path.exists(f"{NETNS_DIR}/{namespace}") and not await succeeds(
+                "ip", "-n", namespace, "link", "show", "dev", BRIDGE):
+            await run("ip", "netns", "del", namespace)  # half made (an agent stopped while making it)
         if not os.path.exists(f"{NETNS_DIR}/{namespace}"):
             await run("ip", "netns", "add", namespace)
-            await run("ip", "-n", namespace, "-batch", "-", stdin=(
-                # A bridge's MAC follows its lowest port's unless set: a task joining must not change the
-                # gateway's MAC under the other tasks' ARP caches (their DNS would go unanswered).
-                f"link set lo up\nlink add {BRIDGE} address {mac_of(network.gateway)} type bridge\n"
-                f"addr add {network.gateway_interface} dev {BRIDGE}\nlink set {BRIDGE} up\n"))
+            try:
+                await run("ip", "-n", namespace, "-batch", "-", stdin=(
+                    # A bridge's MAC follows its lowest port's unless set: a task joining must not change the
+                    # gateway's MAC under the other tasks' ARP caches (their DNS would go unanswered).
+                    f"link set lo up\nlink add {BRIDGE} address {mac_of(network.gateway)} type bridge\n"
+                    f"addr add {network.gateway_interface} dev {BRIDGE}\nlink set {BRIDGE} up\n"))
+            except BaseException:
+                with contextlib.suppress(OverlayError):
+                    await run("ip", "netns", "del", namespace)
+                raise
         elif await succeeds("ip", "-n", namespace, "link", "show", "dev", device):
             # Left by an earlier agent (its tasks' interfaces are on the bridge): a fresh device, so no
             # forwarding entry of unknown age stays.
@@ -286,15 +332,10 @@ class OverlayDataPath:
             except OSError as exc:
                 log.warning("overlay: no DNS server on network %s: %s", network.id[:12], exc)
         self._networks[network.id] = local
+        # The peers known so far at once: the task about to start may talk to them from its first packet.
+        await self._apply_peers(local, peers_by_network(self._entries, self.endpoint, [network.id])[network.id])
         log.info("overlay: network %s set up (VXLAN %d, namespace %s)", network.id[:12], network.vni, namespace)
         return local
-
-    async def _remove_network(self, local: LocalNetwork) -> None:
-        if local.close_dns is not None:
-            local.close_dns()
-        # The bridge and the VXLAN device go with the namespace.
-        await run("ip", "netns", "del", local.namespace)
-        log.info("overlay: network %s removed from this node", local.network.id[:12])
 
     async def _apply_peers(self, local: LocalNetwork, wanted: dict[str, Peer]) -> None:
         fdb, neigh = peer_changes(local.device, local.peers, wanted)
@@ -308,14 +349,14 @@ class OverlayDataPath:
     async def _attach_interface(self, local: LocalNetwork, task_id: str, namespace: TaskNamespace, name: str,
                                 address: str) -> None:
         veth = veth_device(task_id, local.network.id)
-        if await succeeds("ip", "-n", local.namespace, "link", "show", "dev", veth):
-            return  # attached by an earlier agent
-        await run("ip", "link", "add", veth, "netns", local.namespace, "mtu", str(OVERLAY_MTU), "type", "veth",
-                  "peer", "name", name, "mtu", str(OVERLAY_MTU), "netns", namespace.ip_ref)
-        await run("ip", "-n", local.namespace, "link", "set", veth, "master", BRIDGE, "up")
+        if not await succeeds("ip", "-n", local.namespace, "link", "show", "dev", veth):
+            await run("ip", "link", "add", veth, "netns", local.namespace, "mtu", str(OVERLAY_MTU), "type",
+                      "veth", "peer", "name", name, "mtu", str(OVERLAY_MTU), "netns", namespace.name)
+            await run("ip", "-n", local.namespace, "link", "set", veth, "master", BRIDGE, "up")
+        # Also when the veth was there already: an agent stopped half-way may have left it unconfigured.
         ip = address.partition("/")[0]
-        await run("nsenter", f"--net={namespace.path}", _tool("ip") or "ip", "-batch", "-", stdin=(
-            f"link set {name} address {mac_of(ip)}\naddr add {address} dev {name}\nlink set {name} up\n"))
+        await run("ip", "-n", namespace.name, "-batch", "-", stdin=(
+            f"link set {name} address {mac_of(ip)}\naddr replace {address} dev {name}\nlink set {name} up\n"))
 
     async def _apply_vips(self, attached: AttachedTask) -> None:
         vips = vip_backends(self._entries, attached.networks)

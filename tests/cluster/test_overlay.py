@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
 import time
 import urllib.error
@@ -23,6 +24,7 @@ import docker
 import pytest
 
 from shoal import playground
+from shoal.agent.executor.docker import GATEWAY_BRIDGE
 from tests.cluster.conftest import Cluster, wait_for
 from tests.cluster.test_docker_cluster import DockerSwarm, docker_swarm_fixture, engine  # noqa: F401
 
@@ -74,6 +76,14 @@ class Requests:
     @property
     def failures(self) -> list[str]:
         return [answer for answer in self.answers if ANSWER not in answer]
+
+
+def db_process(cluster: Cluster, task_id: str) -> int:
+    """The PID of a task's process (its container's main process for the docker executor)."""
+    task = next(t for t in cluster.tasks("app_db") if t["ID"] == task_id)
+    pid = int(task["Status"]["ContainerStatus"]["PID"])
+    assert pid > 0, task["Status"]
+    return pid
 
 
 def node_of(cluster: Cluster, names: dict[str, str], service: str) -> str | None:
@@ -143,13 +153,14 @@ def test_networks_are_isolated_and_an_internal_network_has_no_way_out(swarm: Doc
     cluster = swarm.cluster
     cluster.ok("network", "create", "-d", "overlay", "--subnet", "10.31.0.0/24", "front")
     cluster.ok("network", "create", "-d", "overlay", "--subnet", "10.32.0.0/24", "--internal", "back")
+    cluster.ok("network", "create", "-d", "overlay", "--subnet", "10.33.0.0/24", "other")
     sleep = ("sleep", "100000")
     for name, networks, node in (("one", ["front"], "worker1"), ("two", ["back"], "worker2"),
-                                 ("both", ["front", "back"], "manager1")):
+                                 ("both", ["front", "back"], "manager1"), ("three", ["other"], "worker1")):
         flags = [f for network in networks for f in ("--network", network)]
         cluster.ok("service", "create", "-d", "--name", name, "--stop-grace-period", "1s", *flags,
                    "--constraint", f"node.hostname=={node}", "shoal-busybox:1", *sleep)
-    for name in ("one", "two", "both"):
+    for name in ("one", "two", "both", "three"):
         cluster.wait_running(name, 1, timeout=CONVERGE_SECONDS)
 
     def container(service: str) -> Any:
@@ -163,7 +174,7 @@ def test_networks_are_isolated_and_an_internal_network_has_no_way_out(swarm: Doc
                 return str(attachment["Addresses"][0]).split("/")[0]
         raise AssertionError(f"{service} has no address on {network}")
 
-    one, two, both = container("one"), container("two"), container("both")
+    one, two, both, three = container("one"), container("two"), container("both"), container("three")
     # Across nodes, on a shared network: reachable by address and by name (each lookup answers at once).
     assert exec_in(both, "ping", "-c", "1", "-W", "5", address("one", "front"))[0] == 0
     assert exec_in(both, "ping", "-c", "1", "-W", "5", address("two", "back"))[0] == 0
@@ -178,9 +189,13 @@ def test_networks_are_isolated_and_an_internal_network_has_no_way_out(swarm: Doc
     assert code == 0 and "172.17." not in output and "eth0" in output, output
     code, output = exec_in(two, "ip", "route")
     assert "default" not in output, output
-    # A task on a normal network keeps the engine's bridge for its way out.
+    # A task on a normal network has a way out: the gateway bridge. Two tasks of different networks on it
+    # (here on the same node, as the nodes share one engine) cannot reach each other there either.
     code, output = exec_in(one, "ip", "route")
     assert "default" in output, output
+    three.reload()
+    bridge_address = three.attrs["NetworkSettings"]["Networks"][GATEWAY_BRIDGE]["IPAddress"]
+    assert bridge_address and exec_in(one, "ping", "-c", "1", "-W", "2", bridge_address)[0] != 0
 
 
 @pytest.fixture(params=["process", "docker"])
@@ -206,6 +221,7 @@ def test_a_restarted_agent_keeps_its_tasks_on_their_networks(example_cluster: tu
     db_node = node_of(cluster, names, "app_db")
     assert db_node is not None
     db_task = cluster.running("app_db")[0]["ID"]
+    db_pid = db_process(cluster, db_task)
 
     node = cluster.node(db_node)
     os.kill(node.pid, signal.SIGTERM)
@@ -216,6 +232,13 @@ def test_a_restarted_agent_keeps_its_tasks_on_their_networks(example_cluster: tu
     wait_for("the example to answer after the restart", lambda: ANSWER in fetch(manager, timeout=10),
              timeout=CONVERGE_SECONDS)
     assert [t["ID"] for t in cluster.running("app_db")] == [db_task]
+    # The adopted task itself still resolves names through its node's DNS server, set up again.
+    gateway = str(cluster.running("app_db")[0]["NetworksAttachments"][0]["Network"]["Spec"]["IPAM"]["Config"][0][
+        "Gateway"])
+    lookup = wait_for("the adopted db to resolve api", lambda: (r := subprocess.run(
+        ["nsenter", "-t", str(db_pid), "-n", "busybox", "nslookup", "app_api", gateway], capture_output=True,
+        text=True)).returncode == 0 and r, timeout=CONVERGE_SECONDS)
+    assert "Address" in lookup.stdout
     cluster.ok("service", "scale", "-d", "app_api=6")
     cluster.wait_running("app_api", 6, timeout=CONVERGE_SECONDS)
     with Requests(manager) as requests:

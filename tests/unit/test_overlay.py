@@ -17,13 +17,16 @@ import dns.message
 import dns.rcode
 import pytest
 
-from shoal.agent.executor.docker import first_overlay_interface, host_config_arguments
+from shoal.agent.executor.docker import GATEWAY_BRIDGE, first_overlay_interface, host_config_arguments
 from shoal.agent.executor.process import ProcessController, ProcessExecutor, RunAs, namespace_argv
 from shoal.discovery.names import NameEntry
 from shoal.discovery.node import NodeDiscovery
+from shoal.overlay import linux as overlay_linux
 from shoal.overlay.forward import PortForwarder
+from shoal.overlay.linux import OverlayDataPath, task_namespace_name
 from shoal.overlay.netns import bound_socket_in
 from shoal.overlay.plan import (
+    OverlayError,
     OverlayNetwork,
     Peer,
     mac_of,
@@ -124,19 +127,24 @@ def test_a_container_on_swarm_networks_asks_the_nodes_dns_and_internal_ones_have
     front, back = network("front", "10.0.2.0/24"), network("back", internal=True)
     both = task("t1", (front, "10.0.2.5/24"), (back, "10.0.1.5/24"))
     arguments = host_config_arguments(both)
-    assert arguments["dns"] == ["10.0.2.1"] and "network_mode" not in arguments
-    assert first_overlay_interface(both) == 1  # eth0 is the engine's bridge
+    # The way out is a bridge on which containers cannot talk to each other, not the engine's default one.
+    assert arguments["dns"] == ["10.0.2.1"] and arguments["network_mode"] == GATEWAY_BRIDGE
+    assert first_overlay_interface(both) == 1  # eth0 is the gateway bridge's
     closed = task("t2", (back, "10.0.1.6/24"))
     arguments = host_config_arguments(closed)
     assert arguments["dns"] == ["10.0.1.1"] and arguments["network_mode"] == "none"
     assert first_overlay_interface(closed) == 0
-    assert "dns" not in host_config_arguments(task("t3"))
+    publishing = {**closed, "Endpoint": {"Ports": [{"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 8080}]}}
+    assert host_config_arguments(publishing)["network_mode"] == GATEWAY_BRIDGE  # its port needs the bridge
+    assert "dns" not in host_config_arguments(task("t3")) and "network_mode" not in host_config_arguments(task("t3"))
 
 
 async def test_names_outside_the_swarm_are_not_forwarded_for_a_task_on_internal_networks_only() -> None:
     node = NodeDiscovery("127.0.0.1", port=0, upstreams=[("127.0.0.1", 9)])
-    node.track([task("t1", (network("back", internal=True), "127.0.0.21/24")),
-                task("t2", (network("front", "127.0.0.0/24"), "127.0.0.22/24"))], full=True)
+    back, front = network("back", internal=True), network("front", "127.0.0.0/24")
+    # t3 asks from its internal network's address, but its other network has a way out: it may learn names.
+    node.track([task("t1", (back, "127.0.0.21/24")), task("t2", (front, "127.0.0.22/24")),
+                task("t3", (back, "127.0.0.23/24"), (front, "127.0.0.24/24"))], full=True)
     node.update([NameEntry("back", "db", (), "10.0.1.2", ())])
     server = node._server(lambda _client: False)
     _, port = await server.start("127.0.0.1", 0)
@@ -148,6 +156,7 @@ async def test_names_outside_the_swarm_are_not_forwarded_for_a_task_on_internal_
         assert (await ask("example.org", "127.0.0.21")).rcode() == dns.rcode.REFUSED
         # On a network with a way out, the question goes upstream (nothing answers there: SERVFAIL).
         assert (await ask("example.org", "127.0.0.22")).rcode() == dns.rcode.SERVFAIL
+        assert (await ask("example.org", "127.0.0.23")).rcode() == dns.rcode.SERVFAIL
     finally:
         server.close()
 
@@ -177,6 +186,7 @@ def test_a_process_on_swarm_networks_is_started_through_its_namespaces_keeping_i
     assert argv[0].endswith("nsenter") and argv[1] == "--net=/run/netns/t1"
     assert "unshare" in argv[3] and argv[4:7] == ["--mount", "--propagation", "private"]
     assert argv[8:10] == ["/bin/sh", "-c"] and 'mount --bind "$0" /etc/resolv.conf' in argv[10]
+    assert argv[10].startswith("/")  # mount by its path, whatever the task's PATH
     assert 'exec "$@"' in argv[10]  # every step execs the next: the task keeps the first pid
     assert argv[11:] == ["/state/t1.resolv.conf", "busybox", "nc", "-l"]
     as_user = namespace_argv("/ns", Path("/r"), ["id"], RunAs(uid=1000, gid=100, extra_groups=[27]))
@@ -239,3 +249,112 @@ async def test_a_published_port_opens_once_the_task_listens_inside_and_carries_c
         if server is not None:
             server.close()
         subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+# ---- the overlay's kernel side, against a fake kernel ------------------------------------------------------
+
+class FakeKernel:
+    """Namespaces as files in a folder (as /run/netns), devices per namespace, and every command run."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.devices: dict[str, set[str]] = {"": set()}
+        self.commands: list[tuple[str, ...]] = []
+        self.batches: list[tuple[str, str]] = []  # (program and namespace, stdin)
+        self.failing: set[str] = set()  # a command whose text holds one of these fails
+
+    async def run(self, *argv: str, stdin: str | None = None) -> str:
+        self.commands.append(argv)
+        text = " ".join(argv)
+        if any(failing in text for failing in self.failing):
+            raise OverlayError(f"`{text}` failed: injected")
+        if argv[:3] in (("ip", "netns", "add"), ("ip", "netns", "attach")):
+            (self.folder / argv[3]).touch()
+            self.devices[argv[3]] = {"lo"}
+        elif argv[:3] == ("ip", "netns", "del"):
+            (self.folder / argv[3]).unlink()
+            self.devices.pop(argv[3], None)
+        elif argv[:2] == ("ip", "-n") and argv[3:5] == ("link", "show"):
+            if argv[6] not in self.devices.get(argv[2], set()):
+                raise OverlayError("no such device")
+        elif argv[:3] == ("ip", "link", "add"):
+            where = argv[argv.index("netns") + 1] if argv[4] == "netns" else ""
+            self.devices[where].add(argv[3])
+        elif argv[:3] == ("ip", "link", "set") and argv[4] == "netns":
+            self.devices[""].discard(argv[3])
+            self.devices[argv[5]].add(argv[3])
+        if stdin is not None:
+            self.batches.append((" ".join(argv[:3]), stdin))
+            if "link add br0" in stdin:
+                self.devices[argv[2]].add("br0")
+        return ""
+
+    def fdb_lines(self) -> list[str]:
+        return [line for program, text in self.batches if program.startswith("bridge") for line in text.splitlines()]
+
+    def vip_scripts(self) -> list[str]:
+        return [text for program, text in self.batches if program.startswith("nsenter")]
+
+
+@pytest.fixture
+def kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeKernel:
+    fake = FakeKernel(tmp_path)
+    monkeypatch.setattr(overlay_linux, "run", fake.run)
+    monkeypatch.setattr(overlay_linux, "NETNS_DIR", str(tmp_path))
+    return fake
+
+
+BACK = network("back-network-id-000000", "10.0.1.0/24")
+
+
+def api_entry(*peers: tuple[str, str]) -> NameEntry:
+    return NameEntry(BACK["ID"], "api", (), "10.0.1.2", tuple(ip for ip, _ in peers), peers)
+
+
+async def test_the_first_task_of_a_network_finds_its_peers_already_there(kernel: FakeKernel) -> None:
+    overlay = OverlayDataPath("node-a-0000000000000", "127.0.0.2", 4790)
+    overlay.update([api_entry(("10.0.1.6", "127.0.0.3:4791"))])
+    namespace = await overlay.make_task_namespace("t1")
+    await overlay.attach(task("t1", (BACK, "10.0.1.5/24")), namespace, 0)
+    assert "br0" in kernel.devices[namespace_name("node-a-0000000000000", BACK["ID"])]
+    # The remote task is reachable before any further name table: written when the network was set up.
+    assert kernel.fdb_lines() == ["fdb replace 02:42:0a:00:01:06 dev "
+                                  f"{vxlan_device('node-a-0000000000000', BACK['ID'])} dst 127.0.0.3 port 4791 "
+                                  "self permanent"]
+    assert "10.0.1.2 dnat to numgen inc mod 1 map { 0 : 10.0.1.6 }" in kernel.vip_scripts()[-1]
+    # Attaching again (an adopted task) creates nothing twice.
+    created = [c for c in kernel.commands if c[:3] == ("ip", "link", "add")]
+    await overlay.attach(task("t1", (BACK, "10.0.1.5/24")), namespace, 0)
+    assert [c for c in kernel.commands if c[:3] == ("ip", "link", "add")] == created
+
+
+async def test_a_failure_is_retried_and_holds_up_nothing_else(kernel: FakeKernel) -> None:
+    overlay = OverlayDataPath("node-a-0000000000000", "127.0.0.2", 4790)
+    for task_id, address in (("t1", "10.0.1.5/24"), ("t2", "10.0.1.7/24")):
+        await overlay.attach(task(task_id, (BACK, address)), await overlay.make_task_namespace(task_id), 0)
+    kernel.failing = {task_namespace_name("node-a-0000000000000", "t1")}  # t1's VIP table cannot be written
+    overlay.update([api_entry(("10.0.1.6", "127.0.0.3:4791"))])
+    scripts = len(kernel.vip_scripts())
+    await overlay._sync()
+    assert list(overlay.errors) == ["task t1"] and overlay._retry
+    assert len(kernel.vip_scripts()) == scripts + 1  # t2's table was written all the same
+    assert kernel.fdb_lines()[-1].startswith("fdb replace 02:42:0a:00:01:06")  # and the network's peers
+    kernel.failing = set()
+    await overlay._sync()  # the retry
+    assert overlay.errors == {} and not overlay._retry and len(kernel.vip_scripts()) == scripts + 2
+
+
+async def test_namespaces_nothing_claims_go_after_the_linger(kernel: FakeKernel,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    overlay = OverlayDataPath("node-a-0000000000000", "127.0.0.2", 4790)
+    leftover = task_namespace_name("node-a-0000000000000", "gone")  # an earlier agent's task, ended meanwhile
+    (kernel.folder / leftover).touch()
+    (kernel.folder / "shoal-other-node00-x").touch()  # another node's: never touched
+    await overlay.attach(task("t1", (BACK, "10.0.1.5/24")), await overlay.make_task_namespace("t1"), 0)
+    await overlay._sync()
+    assert (kernel.folder / leftover).exists()  # not yet: it lingers
+    monkeypatch.setattr(overlay_linux, "NETWORK_LINGER_SECONDS", 0.0)
+    await overlay.release("t1")  # the task ended; its network is now unused too
+    await overlay._sync()
+    assert sorted(p.name for p in kernel.folder.iterdir()) == ["shoal-other-node00-x"]
+    assert overlay.debug()["Networks"] == []

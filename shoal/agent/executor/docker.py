@@ -13,10 +13,12 @@ The container is made the way Docker swarm mode's own executor makes it (moby `d
 - Published ports in host mode (`task["Endpoint"]["Ports"]` with PublishMode "host") are bound on the node;
   PublishedPort 0 lets Docker choose. Ingress ports are bound on a port Docker chooses, which the routing mesh
   of every node forwards to.
-- Swarm networks (`NetworksAttachments`): the container keeps the engine's default bridge for its way out
-  (none when all its networks are `--internal`) and gets one more interface per network from the node's
-  overlay (`shoal.overlay`) as soon as it has started, before the task is reported running; its resolver
-  is the node's DNS server on the first network's gateway. A node without an overlay rejects such tasks.
+- Swarm networks (`NetworksAttachments`): the container's way out (and its published ports) is a bridge of
+  the engine's, `shoal_gwbridge`, on which containers cannot talk to each other (as Docker's docker_gwbridge),
+  so two swarm networks never meet there; a container whose networks are all `--internal` and that publishes
+  no port has none. It gets one more interface per network from the node's overlay (`shoal.overlay`) as soon
+  as it has started, before the task is reported running; its resolver is the node's DNS server on the first
+  network's gateway. A node without an overlay rejects such tasks.
 - The image: used as it is when the engine has it, else pulled; a pull that fails rejects the task with
   Docker's "No such image: …".
 - `prepare` creates the container (a task held at `ready` has its container created, not started), `start`
@@ -31,11 +33,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import docker
@@ -58,7 +63,7 @@ from shoal.agent.health import HealthStatus, health_check_of
 from shoal.agent.task_files import PlacedFile, TaskFiles, files_off_loop
 from shoal.errors import InvalidArgument, Unavailable
 from shoal.mesh.table import published_ports
-from shoal.overlay.linux import OverlayDataPath, TaskNamespace
+from shoal.overlay.linux import OverlayDataPath
 from shoal.overlay.plan import OverlayError, OverlayNetwork
 from shoal.task_files import mounts_files
 from shoal.task_networks import task_networks
@@ -91,6 +96,11 @@ MAX_PROBE_OUTPUT = 4096  # as Docker keeps
 LOG_DRAIN_SECONDS = 1.0
 LOG_STREAMS = ("stdout", "stderr")
 PULL_ERROR_SHOWN = 200
+# The engine's bridge for the way out of containers on swarm networks: no traffic between its containers.
+GATEWAY_BRIDGE = "shoal_gwbridge"
+GATEWAY_BRIDGE_LOCK = Path("/run/lock" if Path("/run/lock").is_dir() else tempfile.gettempdir()) / "shoal-gwbridge.lock"
+GATEWAY_BRIDGE_OPTIONS = {"com.docker.network.bridge.enable_icc": "false",
+                          "com.docker.network.bridge.enable_ip_masquerade": "true"}
 
 T = TypeVar("T")
 
@@ -229,9 +239,10 @@ def create_arguments(task: Doc) -> dict[str, Any]:
     return arguments
 
 
-def host_config_arguments(task: Doc, files: Sequence[PlacedFile] = ()) -> dict[str, Any]:
+def host_config_arguments(task: Doc, files: Sequence[PlacedFile] = (), bridge: str = GATEWAY_BRIDGE
+                          ) -> dict[str, Any]:
     """The arguments of the SDK's `create_host_config` for a task; `files` are its secrets and configs, each
-    bind-mounted read-only from the node's tmpfs at its container path."""
+    bind-mounted read-only from the node's tmpfs at its container path; `bridge` the gateway bridge (its ID)."""
     spec = _container_spec(task)
     arguments: dict[str, Any] = {}
     bindings = port_bindings(task)
@@ -251,15 +262,20 @@ def host_config_arguments(task: Doc, files: Sequence[PlacedFile] = ()) -> dict[s
     networks = [OverlayNetwork.of(network) for network, _ in task_networks(task)]
     if networks:
         arguments["dns"] = [networks[0].gateway]  # the node's DNS server, in the network's namespace
-        if all(network.internal for network in networks):
-            arguments["network_mode"] = "none"  # no way out
+        arguments["network_mode"] = bridge if has_way_out(task) else "none"
     return arguments
 
 
-def first_overlay_interface(task: Doc) -> int:
-    """The index of the task's first overlay interface: eth0 is the engine's bridge unless it has none."""
+def has_way_out(task: Doc) -> bool:
+    """Whether a task on swarm networks gets the gateway bridge: one of its networks is not internal, or it
+    publishes ports (which the engine binds there)."""
     networks = [OverlayNetwork.of(network) for network, _ in task_networks(task)]
-    return 0 if networks and all(network.internal for network in networks) else 1
+    return not all(network.internal for network in networks) or bool(published_ports(task))
+
+
+def first_overlay_interface(task: Doc) -> int:
+    """The index of the task's first overlay interface: eth0 is the gateway bridge's when it has one."""
+    return 1 if has_way_out(task) else 0
 
 
 def image_pull_reference(image: str) -> tuple[str, str]:
@@ -382,6 +398,7 @@ class DockerExecutor:
         # The node's overlay, set by the daemon; without it, why tasks cannot go on swarm networks here.
         self.overlay: OverlayDataPath | None = None
         self.overlay_problem = "the node has no overlay"
+        self._gateway_bridge = ""  # its ID, once known
 
     async def place_files(self, task: Doc) -> list[PlacedFile]:
         """Write the task's secrets and configs to the node's tmpfs (they are bind-mounted from there)."""
@@ -395,6 +412,36 @@ class DockerExecutor:
     async def remove_files(self, task_id: str) -> None:
         if self.task_files is not None:
             await files_off_loop(self.task_files.remove, task_id)
+
+    async def gateway_bridge(self) -> str:
+        """The ID of the engine's gateway bridge, created unless the engine has it."""
+        if not self._gateway_bridge:
+            try:
+                self._gateway_bridge = await _in_thread(self._find_or_create_gateway_bridge)
+            except docker.errors.APIError as exc:
+                raise ExecutorError(f"the engine's bridge {GATEWAY_BRIDGE}: {_describe_api_error(exc)}") from exc
+        return self._gateway_bridge
+
+    def forget_gateway_bridge(self) -> None:
+        self._gateway_bridge = ""
+
+    def _find_or_create_gateway_bridge(self) -> str:
+        # Nodes sharing an engine share a host: a lock there keeps two of them from making it at once (the
+        # engine allows two networks of one name, and then refuses to start a container on either).
+        with open(GATEWAY_BRIDGE_LOCK, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            found = [n for n in self.api.networks(names=[GATEWAY_BRIDGE]) if n.get("Name") == GATEWAY_BRIDGE]
+            if not found:
+                self.api.create_network(GATEWAY_BRIDGE, driver="bridge", check_duplicate=True,
+                                        options=GATEWAY_BRIDGE_OPTIONS, labels={"shoal": "gateway-bridge"})
+                found = [n for n in self.api.networks(names=[GATEWAY_BRIDGE]) if n.get("Name") == GATEWAY_BRIDGE]
+            found.sort(key=lambda n: (str(n.get("Created") or ""), str(n["Id"])))
+            for extra in found[1:]:  # made by an older shoal without the lock: unusable, so gone if unused
+                with contextlib.suppress(docker.errors.APIError):
+                    self.api.remove_network(extra["Id"])
+            if not found:
+                raise ExecutorError(f"the engine's bridge {GATEWAY_BRIDGE} vanished as it was made; retrying")
+            return str(found[0]["Id"])
 
     @classmethod
     def connect(cls, base_url: str | None = None, task_files: TaskFiles | None = None) -> DockerExecutor:
@@ -668,10 +715,12 @@ class DockerController(Controller):
     async def prepare(self) -> None:
         """Pull the image if needed and create the container (or take the one an earlier prepare created)."""
         arguments = create_arguments(self._task)
-        if task_networks(self._task) and self._executor.overlay is None:
+        networked = bool(task_networks(self._task))
+        if networked and self._executor.overlay is None:
             raise TaskRejected(f"this node cannot put containers on swarm networks: {self._executor.overlay_problem}")
+        bridge = await self._executor.gateway_bridge() if networked and has_way_out(self._task) else ""
         placed = await self._executor.place_files(self._task)
-        host_config = self._api.create_host_config(**host_config_arguments(self._task, placed))
+        host_config = self._api.create_host_config(**host_config_arguments(self._task, placed, bridge))
         await self._executor.ensure_image(arguments["image"])
         for container in await self._executor.task_containers(self._task_id):
             self._container_id = str(container["Id"])
@@ -680,6 +729,8 @@ class DockerController(Controller):
             created = await _in_thread(self._api.create_container, host_config=host_config, **arguments)
         except docker.errors.APIError as exc:
             text = _describe_api_error(exc)
+            if bridge and "network" in text:
+                self._executor.forget_gateway_bridge()  # removed behind our back: found or made again next time
             if exc.status_code == 404:
                 raise TaskRejected(text) from exc
             if exc.is_client_error():
@@ -703,12 +754,11 @@ class DockerController(Controller):
     async def _attach_networks(self) -> None:
         """Put the started container on its swarm networks; one that cannot be attached is killed."""
         overlay = self._executor.overlay
-        if overlay is None or not task_networks(self._task):
-            return
+        if overlay is None or not task_networks(self._task) or not self._pid:
+            return  # no process: it has ended already (its exit is what the task reports)
         try:
-            if not self._pid:
-                raise OverlayError("the container has no process")
-            await overlay.attach(self._task, TaskNamespace.of_process(self._pid), first_overlay_interface(self._task))
+            namespace = await overlay.name_container(self._task_id, self._pid)
+            await overlay.attach(self._task, namespace, first_overlay_interface(self._task))
         except OverlayError as exc:
             with contextlib.suppress(ExecutorError):
                 await self._signal("SIGKILL")
@@ -724,7 +774,8 @@ class DockerController(Controller):
         finally:
             if not cancelling():
                 if self._executor.overlay is not None:
-                    self._executor.overlay.detach(self._task_id)
+                    with contextlib.suppress(OverlayError):
+                        await self._executor.overlay.release(self._task_id)
                 await self._executor.remove_files(self._task_id)  # the task ended: its secrets go
 
     async def shutdown(self, grace_seconds: float, signal_name: str) -> None:
@@ -758,6 +809,9 @@ class DockerController(Controller):
         ids |= {str(c["Id"]) for c in await self._executor.task_containers(self._task_id)}
         for container_id in ids:
             await self._executor.remove_container(container_id)
+        if self._executor.overlay is not None:
+            with contextlib.suppress(OverlayError):
+                await self._executor.overlay.release(self._task_id)
         await self._executor.remove_files(self._task_id)
 
     async def probe(self, command: Sequence[str], timeout_seconds: float) -> ProbeResult:

@@ -23,7 +23,9 @@ Conventions (a process has no image, so the task document is read this way):
   target ports (PORT / PORT_<target> say them) and reaches other services by name and virtual IP. Its
   /etc/resolv.conf (in a mount namespace of its own) names the node's DNS server on the first network's
   gateway. Its published ports (TCP) are carried from the node port the routing mesh connects to into its
-  namespace (`shoal.overlay.forward`). It has no way out but its networks and published ports.
+  namespace (`shoal.overlay.forward`). It has no way out but its networks and published ports — as far as
+  its privileges go: a process task running as root can leave any namespace (the process executor isolates
+  nothing from a root task; give tasks a `User`, or use the docker executor).
 - Exit code: from waiting on the child; a signal death is reported as 128 + signal number (Docker's convention).
   A process adopted after an agent restart is not our child: we watch its pid (checking its start time in
   /proc/<pid>/stat, so a reused pid is never taken for it), and its exit status is unknown.
@@ -41,6 +43,7 @@ import os
 import platform
 import pwd
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -163,8 +166,9 @@ def namespace_argv(namespace: str, resolv_conf: Path, argv: list[str], run_as: R
     if run_as is not None:
         groups = f"--groups={','.join(str(g) for g in run_as.extra_groups)}" if run_as.extra_groups else "--clear-groups"
         tail = [_tool("setpriv"), f"--reuid={run_as.uid}", f"--regid={run_as.gid}", groups, "--", *tail]
-    script = ('mount --bind "$0" /etc/resolv.conf 2>/dev/null || echo "shoal: no /etc/resolv.conf to replace: '
-              'service names resolve only through the node\'s DNS server" >&2; exec "$@"')
+    script = (f'{shlex.quote(_tool("mount"))} --bind "$0" /etc/resolv.conf 2>/dev/null || echo "shoal: no '
+              '/etc/resolv.conf to replace: service names resolve only through the node\'s DNS server" >&2; '
+              'exec "$@"')
     return [_tool("nsenter"), f"--net={namespace}", "--", _tool("unshare"), "--mount", "--propagation", "private",
             "--", "/bin/sh", "-c", script, str(resolv_conf), *tail]
 
@@ -474,13 +478,13 @@ class ProcessController(Controller):
             raise TaskRejected(f"this node cannot put processes on swarm networks: {self._executor.overlay_problem}")
         resolv = self._executor.resolv_conf(self._task_id)
         text = f"nameserver {self._networks[0].gateway}\noptions ndots:0\n"
-        await self._executor.off_loop(lambda: _write_file(resolv, text))
+        await self._executor.off_loop(lambda: _write_file(resolv, text))  # unchanged for an adopted task
         try:
             self._namespace = await overlay.make_task_namespace(self._task_id)
             await overlay.attach(self._task, self._namespace, 0)
         except OverlayError as exc:
             with contextlib.suppress(OverlayError):
-                await overlay.remove_task_namespace(self._task_id)
+                await overlay.release(self._task_id)
             raise ExecutorError(f"attaching the task to its networks: {exc}") from exc
 
     def _forward_ports(self) -> None:
@@ -495,7 +499,7 @@ class ProcessController(Controller):
         overlay = self._executor.overlay
         if self._networks and overlay is not None:
             with contextlib.suppress(OverlayError):
-                await overlay.remove_task_namespace(self._task_id)
+                await overlay.release(self._task_id)
             resolv = self._executor.resolv_conf(self._task_id)
             await self._executor.off_loop(lambda: resolv.unlink(missing_ok=True))
 
@@ -527,7 +531,9 @@ class ProcessController(Controller):
                 await self._join_networks()  # attached already: this finds it so, and sets up the VIP rules
                 self._forward_ports()
             except (ExecutorError, TaskRejected) as exc:
-                log.warning("task %s: %s", self._task_id, exc)
+                # Off its networks it would run unreachable: end it, as a container that cannot be attached.
+                log.warning("task %s: %s; killing it", self._task_id, exc)
+                signal_group(self._pid, signal.SIGKILL)
         await until_exited(self._pid, self._start_ticks)
         await self._leave_networks()
         await self._executor.off_loop(self._remove_task_files)  # the task ended: its secrets go
@@ -669,6 +675,10 @@ def _private(path: str, flags: int) -> int:
 
 
 def _write_file(path: Path, text: str) -> None:
+    """Write `text` unless the file holds it already (a running task may have it bind-mounted)."""
+    with contextlib.suppress(OSError):
+        if path.read_text() == text:
+            return
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     path.chmod(0o644)  # read by the task, whoever it runs as
