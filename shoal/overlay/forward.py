@@ -17,7 +17,7 @@ import queue
 import socket
 import threading
 
-from shoal.overlay.netns import enter_namespace
+from shoal.overlay.netns import enter_namespace, settle_socket
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +53,9 @@ class NamespaceSockets:
                 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 sock.setblocking(False)
             except OSError as exc:
-                loop.call_soon_threadsafe(_settle, future, None, exc)
+                loop.call_soon_threadsafe(settle_socket, future, None, exc)
             else:
-                loop.call_soon_threadsafe(_settle, future, sock, None)
+                loop.call_soon_threadsafe(settle_socket, future, sock, None)
         # Closed: whoever still waits for a socket gets an error rather than waiting for ever.
         while True:
             try:
@@ -64,7 +64,7 @@ class NamespaceSockets:
                 return
             if request is not None:
                 loop, future = request
-                loop.call_soon_threadsafe(_settle, future, None, OSError("the task's namespace is closed"))
+                loop.call_soon_threadsafe(settle_socket, future, None, OSError("the task's namespace is closed"))
 
     async def connect(self, port: int) -> socket.socket:
         """A socket connected to 127.0.0.1:`port` inside the namespace."""
@@ -84,16 +84,6 @@ class NamespaceSockets:
     def close(self) -> None:
         self._closed = True
         self._requests.put(None)
-
-
-def _settle(future: asyncio.Future[socket.socket], sock: socket.socket | None, error: Exception | None) -> None:
-    if future.cancelled():
-        if sock is not None:
-            sock.close()
-    elif sock is not None:
-        future.set_result(sock)
-    else:
-        future.set_exception(error or OSError("no socket"))
 
 
 class PortForwarder:

@@ -56,27 +56,29 @@ def _bound_socket_in(namespace: str, kind: socket.SocketKind, address: tuple[str
     return sock
 
 
+def settle_socket(future: asyncio.Future[socket.socket], sock: socket.socket | None, error: Exception | None) -> None:
+    """Hand a socket made on another thread to its waiter (on the loop's thread); closed if nobody waits."""
+    if future.cancelled():
+        if sock is not None:
+            sock.close()
+    elif sock is not None:
+        future.set_result(sock)
+    else:
+        future.set_exception(error or OSError("no socket"))
+
+
 async def bound_socket_in(namespace: str, kind: socket.SocketKind, address: tuple[str, int]) -> socket.socket:
     """A socket bound to `address` in the namespace at path `namespace` (/run/netns/NAME, /proc/PID/ns/net)."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[socket.socket] = loop.create_future()
 
-    def settle(result: socket.socket | None, error: Exception | None) -> None:
-        if done.cancelled():
-            if result is not None:
-                result.close()
-        elif result is not None:
-            done.set_result(result)
-        else:
-            done.set_exception(error or OSError("no socket"))
-
     def run() -> None:
         try:
             result = _bound_socket_in(namespace, kind, address)
         except Exception as exc:  # handed to the awaiting coroutine
-            loop.call_soon_threadsafe(settle, None, exc)
+            loop.call_soon_threadsafe(settle_socket, done, None, exc)
         else:
-            loop.call_soon_threadsafe(settle, result, None)
+            loop.call_soon_threadsafe(settle_socket, done, result, None)
 
     threading.Thread(target=run, name="netns-socket", daemon=True).start()
     return await done

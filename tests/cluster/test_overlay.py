@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -25,7 +24,7 @@ import pytest
 
 from shoal import playground
 from shoal.agent.executor.docker import GATEWAY_BRIDGE
-from tests.cluster.conftest import Cluster, wait_for
+from tests.cluster.conftest import Cluster, Sampler, wait_for
 from tests.cluster.test_docker_cluster import DockerSwarm, docker_swarm_fixture, engine  # noqa: F401
 
 pytestmark = pytest.mark.cluster
@@ -50,28 +49,20 @@ def fetch(address: str, timeout: float = 30.0) -> str:
         return f"failed: {exc}"
 
 
-class Requests:
+class Requests(Sampler):
     """Requests sent one after another to the web service while something changes; every answer is kept."""
 
+    interval = 0.0
+
     def __init__(self, address: str) -> None:
+        super().__init__()
         self.address = address
         self.answers: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> Requests:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            started = time.monotonic()
-            answer = fetch(self.address)
-            self.answers.append(answer if ANSWER in answer else f"{answer} (after {time.monotonic() - started:.1f}s)")
+    def sample(self) -> None:
+        started = time.monotonic()
+        answer = fetch(self.address)
+        self.answers.append(answer if ANSWER in answer else f"{answer} (after {time.monotonic() - started:.1f}s)")
 
     @property
     def failures(self) -> list[str]:
