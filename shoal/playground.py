@@ -281,6 +281,7 @@ def _remove_node_leftovers(nodes: list[PlaygroundNode]) -> None:
 
     from shoal.mesh.kernel import KernelDataPath, KernelPathError
     from shoal.overlay.linux import node_namespaces
+    from shoal.overlay.plan import vxlan_table
 
     node_ids: list[str] = []
     for node in nodes:
@@ -292,10 +293,13 @@ def _remove_node_leftovers(nodes: list[PlaygroundNode]) -> None:
         with contextlib.suppress(KernelPathError):
             asyncio.run(KernelDataPath(node_id, "").clear())
     _remove_containers(node_ids)
+    sbin = "/usr/sbin:/sbin:/usr/bin:/bin"
     for node_id in node_ids:
         for name in node_namespaces(node_id):
-            subprocess.run([shutil.which("ip", path="/usr/sbin:/sbin:/usr/bin:/bin") or "ip", "netns", "del", name], capture_output=True,
+            subprocess.run([shutil.which("ip", path=sbin) or "ip", "netns", "del", name], capture_output=True,
                            check=False)
+        subprocess.run([shutil.which("nft", path=sbin) or "nft", "delete", "table", "ip", vxlan_table(node_id)],
+                       capture_output=True, check=False)
 
 
 def _remove_containers(node_ids: list[str]) -> None:

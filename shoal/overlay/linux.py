@@ -16,7 +16,8 @@ tasks attached here and the name table the leader sends (`shoal.overlay.plan` de
   NETWORK_LINGER_SECONDS. A change that fails is retried every RETRY_SECONDS; one network's or task's failure
   does not hold up the others.
 - The peers (tasks on other nodes) and every local task's VIP table follow each name table change; only the
-  differences are written, with one `bridge -batch` and one `ip -batch` per network.
+  differences are written, with one `bridge -batch` and one `ip -batch` per network. So does the filter on
+  the data-path port (`render_vxlan_filter`): each network's frames only from the nodes that run its tasks.
 
 All of it runs `ip`, `bridge`, `nsenter` and `nft` as subprocesses: the event loop never blocks on the kernel.
 """
@@ -45,9 +46,11 @@ from shoal.overlay.plan import (
     peer_changes,
     peers_by_network,
     render_vips,
+    render_vxlan_filter,
     veth_device,
     vip_backends,
     vxlan_device,
+    vxlan_table,
 )
 from shoal.task_networks import task_networks
 from shoal.types import Doc
@@ -160,6 +163,7 @@ class OverlayDataPath:
         # Namespaces of this node (by name) that no task or network of this agent claims, and since when.
         self._unclaimed_since: dict[str, float] = {}
         self._retry = False  # the last sync failed somewhere: try again soon
+        self._filter_applied = ""  # the VXLAN filter script last applied
         self.errors: dict[str, str] = {}  # what failed, by network or task, at the last sync
 
     # ---- inputs ----------------------------------------------------------------------------------------------
@@ -233,6 +237,8 @@ class OverlayDataPath:
                     with contextlib.suppress(OverlayError):
                         await run("ip", "netns", "del", name)
                 self._networks.clear()
+                with contextlib.suppress(OverlayError):
+                    await run("nft", "delete", "table", "ip", vxlan_table(self.node_id))
 
     def debug(self) -> Doc:
         return {"Endpoint": self.endpoint, "Networks": sorted(self._networks), "Tasks": len(self._tasks),
@@ -258,6 +264,10 @@ class OverlayDataPath:
             await self._remove_unclaimed()
         except OverlayError as exc:
             errors["cleanup"] = str(exc)
+        try:
+            await self._apply_vxlan_filter()
+        except OverlayError as exc:
+            errors["VXLAN filter"] = str(exc)
         for what, error in errors.items():
             if self.errors.get(what) != error:
                 log.warning("overlay: %s: %s", what, error)
@@ -334,8 +344,17 @@ class OverlayDataPath:
         self._networks[network.id] = local
         # The peers known so far at once: the task about to start may talk to them from its first packet.
         await self._apply_peers(local, peers_by_network(self._entries, self.endpoint, [network.id])[network.id])
+        await self._apply_vxlan_filter()
         log.info("overlay: network %s set up (VXLAN %d, namespace %s)", network.id[:12], network.vni, namespace)
         return local
+
+    async def _apply_vxlan_filter(self) -> None:
+        sources = {local.network.vni: {peer.address for peer in local.peers.values()}
+                   for local in self._networks.values()}
+        script = render_vxlan_filter(vxlan_table(self.node_id), self.port, sources)
+        if script != self._filter_applied:
+            await run("nft", "-f", "-", stdin=script)
+            self._filter_applied = script
 
     async def _apply_peers(self, local: LocalNetwork, wanted: dict[str, Peer]) -> None:
         fdb, neigh = peer_changes(local.device, local.peers, wanted)

@@ -6,6 +6,9 @@ address the managers allocated and a MAC made from it (as Docker makes them: 02:
 task on another node is reached through the VXLAN device: a forwarding entry sends its MAC to that node's
 data endpoint, and a neighbour entry lets the device answer ARP for it (`proxy`), so no broadcast ever
 crosses nodes. A service's virtual IP is a DNAT rule in each task's own namespace (`render_vips`).
+
+The node's data-path port takes a network's frames only from the nodes that run tasks of that network
+(`render_vxlan_filter`): a node, even a compromised one, cannot inject frames into a network it has no task on.
 """
 
 from __future__ import annotations
@@ -146,5 +149,30 @@ def render_vips(vips: Mapping[str, tuple[str, ...]]) -> str:
     if empty:
         lines.append(f"    ip daddr {{ {', '.join(empty)} }} meta l4proto tcp reject with tcp reset")
         lines.append(f"    ip daddr {{ {', '.join(empty)} }} reject")
+    lines += ["  }", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def vxlan_table(node_id: str) -> str:
+    """The nftables table (in the host's namespace) that filters what reaches the node's data-path port."""
+    return f"shoal_vx_{node_id[:12].lower()}"
+
+
+def render_vxlan_filter(table: str, port: int, sources: Mapping[int, Iterable[str]]) -> str:
+    """An nft script that replaces the node's VXLAN filter: a frame for VXLAN ID v (bits 32-55 of the UDP payload)
+    is taken only from the addresses in `sources[v]`; one for an ID this node has no network of, never."""
+    lines = [f"table ip {table}", f"delete table ip {table}", f"table ip {table} {{", "  chain input {",
+             "    type filter hook input priority -10; policy accept;"]
+    for vni in sorted(sources):
+        allowed = sorted(set(sources[vni]), key=ipaddress.IPv4Address)
+        if allowed:
+            lines.append(f"    udp dport {port} @th,96,24 {vni} ip saddr != {{ {', '.join(allowed)} }} counter drop")
+        else:
+            lines.append(f"    udp dport {port} @th,96,24 {vni} counter drop")
+    if sources:
+        known = ", ".join(str(v) for v in sorted(sources))
+        lines.append(f"    udp dport {port} @th,96,24 != {{ {known} }} counter drop")
+    else:
+        lines.append(f"    udp dport {port} counter drop")
     lines += ["  }", "}"]
     return "\n".join(lines) + "\n"

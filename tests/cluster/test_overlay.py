@@ -10,7 +10,9 @@ data-path port, so frames between containers of different nodes really cross a V
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -24,6 +26,7 @@ import pytest
 
 from shoal import playground
 from shoal.agent.executor.docker import GATEWAY_BRIDGE
+from shoal.overlay.plan import vxlan_table
 from tests.cluster.conftest import Cluster, Sampler, wait_for
 from tests.cluster.test_docker_cluster import DockerSwarm, docker_swarm_fixture, engine  # noqa: F401
 
@@ -67,6 +70,15 @@ class Requests(Sampler):
     @property
     def failures(self) -> list[str]:
         return [answer for answer in self.answers if ANSWER not in answer]
+
+
+def dropped(table: str, vni: int) -> int:
+    """How many frames of VXLAN ID `vni` from a non-peer a node's filter has dropped."""
+    listing = subprocess.run(["nft", "list", "table", "ip", table], capture_output=True, text=True,
+                             check=True).stdout
+    match = re.search(rf"@th,96,24 (?:{vni}|{vni:#x}) ip saddr != .*? counter packets (\d+)", listing)  # nft shows hex
+    assert match, listing
+    return int(match.group(1))
 
 
 def db_process(cluster: Cluster, task_id: str) -> int:
@@ -187,6 +199,20 @@ def test_networks_are_isolated_and_an_internal_network_has_no_way_out(swarm: Doc
     three.reload()
     bridge_address = three.attrs["NetworkSettings"]["Networks"][GATEWAY_BRIDGE]["IPAddress"]
     assert bridge_address and exec_in(one, "ping", "-c", "1", "-W", "2", bridge_address)[0] != 0
+    # Nor can a machine that runs no task of a network put frames into it: worker1's data-path port drops
+    # VXLAN frames of "front" from anyone but manager1 (which runs "both"), and of unknown networks from all.
+    worker1 = next(n for n in cluster.get("/nodes") if n["Description"]["Hostname"] == "worker1")
+    port = cluster.node("worker1").data_path_port
+    front = cluster.get("/networks/front")
+    vni = int(front["Options"]["com.docker.network.driver.overlay.vxlanid_list"])
+    table = vxlan_table(worker1["ID"])
+    stranger = f"{cluster.subnet}.99"
+    before = dropped(table, vni)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        sender.bind((stranger, 0))
+        frame = b"\x08\x00\x00\x00" + vni.to_bytes(3, "big") + b"\x00" + b"\xff" * 6 + b"\x02\x42" + b"\x00" * 50
+        sender.sendto(frame, (worker1["Status"]["Addr"], port))
+    wait_for("the stranger's frame to be dropped", lambda: dropped(table, vni) > before, timeout=10)
 
 
 @pytest.fixture(params=["process", "docker"])

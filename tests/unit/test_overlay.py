@@ -34,6 +34,7 @@ from shoal.overlay.plan import (
     peer_changes,
     peers_by_network,
     render_vips,
+    render_vxlan_filter,
     veth_device,
     vip_backends,
     vxlan_device,
@@ -121,6 +122,17 @@ def test_the_vip_script_is_one_nft_accepts() -> None:
     nft = "/usr/sbin/nft" if os.path.exists("/usr/sbin/nft") else "nft"
     checked = subprocess.run([nft, "--check", "-f", "-"], input=script, capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr
+
+
+def test_the_data_path_port_takes_a_networks_frames_only_from_the_nodes_running_its_tasks() -> None:
+    script = render_vxlan_filter("shoal_vx_n1", 4790, {4097: ["127.0.0.4", "127.0.0.3", "127.0.0.3"], 4098: []})
+    assert ("udp dport 4790 @th,96,24 4097 ip saddr != { 127.0.0.3, 127.0.0.4 } counter drop" in script)
+    assert "udp dport 4790 @th,96,24 4098 counter drop" in script  # no peer yet: nobody
+    assert "udp dport 4790 @th,96,24 != { 4097, 4098 } counter drop" in script  # no such network here
+    assert "udp dport 4790 counter drop" in render_vxlan_filter("shoal_vx_n1", 4790, {})
+    if os.geteuid() == 0 and os.path.exists("/usr/sbin/nft"):
+        checked = subprocess.run(["/usr/sbin/nft", "--check", "-f", "-"], input=script, capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stderr
 
 
 def test_a_container_on_swarm_networks_asks_the_nodes_dns_and_internal_ones_have_no_way_out() -> None:
@@ -358,3 +370,16 @@ async def test_namespaces_nothing_claims_go_after_the_linger(kernel: FakeKernel,
     await overlay._sync()
     assert sorted(p.name for p in kernel.folder.iterdir()) == ["shoal-other-node00-x"]
     assert overlay.debug()["Networks"] == []
+
+
+async def test_the_vxlan_filter_follows_the_peers(kernel: FakeKernel) -> None:
+    overlay = OverlayDataPath("node-a-0000000000000", "127.0.0.2", 4790)
+    await overlay.attach(task("t1", (BACK, "10.0.1.5/24")), await overlay.make_task_namespace("t1"), 0)
+    filters = [text for program, text in kernel.batches if program == "nft -f -"]
+    assert "@th,96,24 4097 counter drop" in filters[-1]  # the network is here, no other node runs it yet
+    overlay.update([api_entry(("10.0.1.6", "127.0.0.3:4791"))])
+    await overlay._sync()
+    filters = [text for program, text in kernel.batches if program == "nft -f -"]
+    assert "@th,96,24 4097 ip saddr != { 127.0.0.3 } counter drop" in filters[-1]
+    await overlay._sync()  # nothing changed: nothing written
+    assert len([text for program, text in kernel.batches if program == "nft -f -"]) == len(filters)
