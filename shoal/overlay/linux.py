@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 NETNS_DIR = "/run/netns"
 NETWORK_LINGER_SECONDS = 30.0
 RETRY_SECONDS = 2.0
+# VIP tables written at once (each is an nft run in a task's namespace).
+VIP_WRITERS = 8
 TOOLS = ("ip", "bridge", "nsenter", "nft")
 SBIN = "/usr/sbin:/sbin:/usr/bin:/bin"
 
@@ -135,6 +137,7 @@ class AttachedTask:
     namespace: TaskNamespace
     networks: list[str]
     vips: dict[str, tuple[str, ...]] | None = None  # as last applied
+    writing: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 @dataclass
@@ -184,7 +187,7 @@ class OverlayDataPath:
                 await self._attach_interface(local, task_id, namespace, f"eth{first_interface + index}", address)
             attached = AttachedTask(namespace, [network.id for network, _ in attachments])
             self._tasks[task_id] = attached
-            await self._apply_vips(attached)
+        await self._apply_vips(attached)
 
     async def name_container(self, task_id: str, pid: int) -> TaskNamespace:
         """Name a started container's namespace (its process `pid`, checked by the caller just before)."""
@@ -221,8 +224,7 @@ class OverlayDataPath:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), wait)
             self._changed.clear()
-            async with self._lock:
-                await self._sync()
+            await self._sync()
 
     async def close(self, remove: bool = False) -> None:
         """Stop serving DNS in the namespaces. They and the tasks' interfaces stay for the next agent, unless
@@ -245,29 +247,36 @@ class OverlayDataPath:
                 "Peers": sum(len(n.peers) for n in self._networks.values()), "Errors": dict(self.errors)}
 
     async def _sync(self) -> None:
+        """The networks' peers, filter and clean-up under the lock; then every task's VIP table, outside it and
+        several at a time (each task's namespace is its own): a task being attached never waits for them."""
         errors: dict[str, str] = {}
-        wanted = peers_by_network(self._entries, self.endpoint, self._networks)
-        for network_id, local in self._networks.items():
+        async with self._lock:
+            wanted = peers_by_network(self._entries, self.endpoint, self._networks)
+            for network_id, local in self._networks.items():
+                try:
+                    await self._apply_peers(local, wanted.get(network_id, {}))
+                except OverlayError as exc:
+                    errors[f"network {network_id[:12]}"] = str(exc)
             try:
-                await self._apply_peers(local, wanted.get(network_id, {}))
+                await self._remove_unclaimed()
             except OverlayError as exc:
-                errors[f"network {network_id[:12]}"] = str(exc)
-        for task_id, attached in list(self._tasks.items()):
+                errors["cleanup"] = str(exc)
             try:
-                await self._apply_vips(attached)
+                await self._apply_vxlan_filter()
             except OverlayError as exc:
-                if not os.path.exists(attached.namespace.path):
-                    self._tasks.pop(task_id, None)  # ended before its controller said so
-                else:
-                    errors[f"task {task_id}"] = str(exc)
-        try:
-            await self._remove_unclaimed()
-        except OverlayError as exc:
-            errors["cleanup"] = str(exc)
-        try:
-            await self._apply_vxlan_filter()
-        except OverlayError as exc:
-            errors["VXLAN filter"] = str(exc)
+                errors["VXLAN filter"] = str(exc)
+        limit = asyncio.Semaphore(VIP_WRITERS)
+
+        async def vips_of(task_id: str, attached: AttachedTask) -> None:
+            async with limit:
+                try:
+                    await self._apply_vips(attached)
+                except OverlayError as exc:
+                    if not os.path.exists(attached.namespace.path):
+                        self._tasks.pop(task_id, None)  # ended before its controller said so
+                    else:
+                        errors[f"task {task_id}"] = str(exc)
+        await asyncio.gather(*(vips_of(task_id, attached) for task_id, attached in list(self._tasks.items())))
         for what, error in errors.items():
             if self.errors.get(what) != error:
                 log.warning("overlay: %s: %s", what, error)
@@ -378,9 +387,10 @@ class OverlayDataPath:
             f"link set {name} address {mac_of(ip)}\naddr replace {address} dev {name}\nlink set {name} up\n"))
 
     async def _apply_vips(self, attached: AttachedTask) -> None:
-        vips = vip_backends(self._entries, attached.networks)
-        if vips == attached.vips:
-            return
-        await run("nsenter", f"--net={attached.namespace.path}", _tool("nft") or "nft", "-f", "-",
-                  stdin=render_vips(vips))
-        attached.vips = vips
+        async with attached.writing:  # one write at a time per task; the last one reads the latest table
+            vips = vip_backends(self._entries, attached.networks)
+            if vips == attached.vips:
+                return
+            await run("nsenter", f"--net={attached.namespace.path}", _tool("nft") or "nft", "-f", "-",
+                      stdin=render_vips(vips))
+            attached.vips = vips
