@@ -184,6 +184,9 @@ def test_networks_are_isolated_and_an_internal_network_has_no_way_out(swarm: Doc
     assert exec_in(one, "ping", "-c", "1", "-W", "5", "tasks.both")[0] == 0
     code, output = exec_in(one, "nslookup", "both")
     assert code == 0 and address("both", "front") not in output  # the service's virtual IP, not the task's
+    # A task's own name is on its overlay address, where other tasks reach it.
+    code, output = exec_in(one, "cat", "/etc/hosts")
+    assert f"{address('one', 'front')}\t" in output, output
     # Different networks do not meet: one cannot reach two, nor even learn its name.
     assert exec_in(one, "ping", "-c", "1", "-W", "2", address("two", "back"))[0] != 0
     assert exec_in(one, "nslookup", "two")[0] != 0

@@ -17,7 +17,12 @@ import dns.message
 import dns.rcode
 import pytest
 
-from shoal.agent.executor.docker import GATEWAY_BRIDGE, first_overlay_interface, host_config_arguments
+from shoal.agent.executor.docker import (
+    GATEWAY_BRIDGE,
+    first_overlay_interface,
+    host_config_arguments,
+    hosts_with_address,
+)
 from shoal.agent.executor.process import ProcessController, ProcessExecutor, RunAs, namespace_argv
 from shoal.discovery.names import NameEntry
 from shoal.discovery.node import NodeDiscovery
@@ -122,6 +127,12 @@ def test_the_vip_script_is_one_nft_accepts() -> None:
     nft = "/usr/sbin/nft" if os.path.exists("/usr/sbin/nft") else "nft"
     checked = subprocess.run([nft, "--check", "-f", "-"], input=script, capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr
+
+
+def test_a_containers_own_name_is_on_its_overlay_address() -> None:
+    hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n172.18.0.5\tabc123def456\n"
+    assert hosts_with_address(hosts, "abc123def456", "10.0.1.5") == (
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n10.0.1.5\tabc123def456\n")
 
 
 def test_the_data_path_port_takes_a_networks_frames_only_from_the_nodes_running_its_tasks() -> None:

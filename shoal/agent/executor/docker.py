@@ -278,6 +278,22 @@ def first_overlay_interface(task: Doc) -> int:
     return 1 if has_way_out(task) else 0
 
 
+def hosts_with_address(hosts: str, hostname: str, address: str) -> str:
+    """The container's hosts file with its own name on its first overlay address (as in swarm mode), not on
+    the gateway bridge's: a program that asks for its own address gets the one other tasks reach it on."""
+    kept = [line for line in hosts.splitlines() if hostname not in line.split()[1:]]
+    return "\n".join([*kept, f"{address}\t{hostname}"]) + "\n"
+
+
+def _name_overlay_address(inspected: Doc, address: str) -> None:
+    path = str(inspected.get("HostsPath") or "")
+    hostname = str((inspected.get("Config") or {}).get("Hostname") or "")
+    if not path or not hostname:
+        return
+    hosts = Path(path)
+    hosts.write_text(hosts_with_address(hosts.read_text(), hostname, address.partition("/")[0]))
+
+
 def image_pull_reference(image: str) -> tuple[str, str]:
     """(repository, tag or digest) to pull: "busybox" → ("busybox", "latest"); a digest wins over a tag."""
     name, _, digest = image.partition("@")
@@ -763,6 +779,9 @@ class DockerController(Controller):
             with contextlib.suppress(ExecutorError):
                 await self._signal("SIGKILL")
             raise ExecutorError(f"attaching the container to its networks: {exc}") from exc
+        with contextlib.suppress(docker.errors.APIError, ExecutorError, OSError):
+            inspected = await _in_thread(self._api.inspect_container, self._container_id)
+            await _in_thread(_name_overlay_address, inspected, task_networks(self._task)[0][1])
 
     async def wait(self) -> int:
         if self._adopted:
