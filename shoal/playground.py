@@ -298,8 +298,10 @@ def _remove_node_leftovers(nodes: list[PlaygroundNode]) -> None:
         for name in node_namespaces(node_id):
             subprocess.run([shutil.which("ip", path=sbin) or "ip", "netns", "del", name], capture_output=True,
                            check=False)
-        subprocess.run([shutil.which("nft", path=sbin) or "nft", "delete", "table", "ip", vxlan_table(node_id)],
-                       capture_output=True, check=False)
+    for node in nodes:
+        if node.data_path_port:
+            subprocess.run([shutil.which("nft", path=sbin) or "nft", "delete", "table", "ip",
+                            vxlan_table(node.data_path_port)], capture_output=True, check=False)
 
 
 def _remove_containers(node_ids: list[str]) -> None:

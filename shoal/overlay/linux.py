@@ -240,7 +240,7 @@ class OverlayDataPath:
                         await run("ip", "netns", "del", name)
                 self._networks.clear()
                 with contextlib.suppress(OverlayError):
-                    await run("nft", "delete", "table", "ip", vxlan_table(self.node_id))
+                    await run("nft", "delete", "table", "ip", vxlan_table(self.port))
 
     def debug(self) -> Doc:
         return {"Endpoint": self.endpoint, "Networks": sorted(self._networks), "Tasks": len(self._tasks),
@@ -360,7 +360,7 @@ class OverlayDataPath:
     async def _apply_vxlan_filter(self) -> None:
         sources = {local.network.vni: {peer.address for peer in local.peers.values()}
                    for local in self._networks.values()}
-        script = render_vxlan_filter(vxlan_table(self.node_id), self.port, sources)
+        script = render_vxlan_filter(vxlan_table(self.port), self.port, sources)
         if script != self._filter_applied:
             await run("nft", "-f", "-", stdin=script)
             self._filter_applied = script

@@ -153,9 +153,10 @@ def render_vips(vips: Mapping[str, tuple[str, ...]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def vxlan_table(node_id: str) -> str:
-    """The nftables table (in the host's namespace) that filters what reaches the node's data-path port."""
-    return f"shoal_vx_{node_id[:12].lower()}"
+def vxlan_table(port: int) -> str:
+    """The nftables table (in the host's namespace) that filters what reaches a data-path port. Named after the
+    port, which one node at a time owns: whoever takes the port next replaces a table a killed node left."""
+    return f"shoal_vx_{port}"
 
 
 def render_vxlan_filter(table: str, port: int, sources: Mapping[int, Iterable[str]]) -> str:

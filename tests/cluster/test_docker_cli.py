@@ -63,10 +63,11 @@ def bare_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     try:
         for index, name in enumerate(("manager1", "worker1", "worker2")):
             address = f"{SUBNET}.{playground.FIRST_ADDRESS + index}"
+            port = playground.free_udp_port()  # each node its own data-path port: they share this host
             proc, state_dir, sock = playground.start_daemon(
-                name, base, ["--publish-addr", address, "--routing-mesh", "userspace"])
+                name, base, ["--publish-addr", address, "--routing-mesh", "userspace", "--data-path-port", str(port)])
             cluster.nodes.append(PlaygroundNode(name, "manager" if index == 0 else "worker", address, proc.pid,
-                                                str(sock), str(state_dir)))
+                                                str(sock), str(state_dir), data_path_port=port))
             cluster._save()
             playground.wait_for_socket(sock, proc)
         yield cluster

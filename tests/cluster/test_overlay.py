@@ -208,7 +208,7 @@ def test_networks_are_isolated_and_an_internal_network_has_no_way_out(swarm: Doc
     port = cluster.node("worker1").data_path_port
     front = cluster.get("/networks/front")
     vni = int(front["Options"]["com.docker.network.driver.overlay.vxlanid_list"])
-    table = vxlan_table(worker1["ID"])
+    table = vxlan_table(port)
     stranger = f"{cluster.subnet}.99"
     before = dropped(table, vni)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
