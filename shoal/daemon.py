@@ -62,7 +62,7 @@ from shoal.ids import new_id
 from shoal.loopmonitor import LoopMonitor
 from shoal.manager import ca_rotation, store_access
 from shoal.manager.autolock import (
-    KEY_ID_FIELD,
+    UNLOCK_KEY_ID,
     UNLOCK_KEY_STORE,
     ManagerSecrets,
     MemoryFile,
@@ -88,9 +88,9 @@ from shoal.manager.store.base import Batch
 from shoal.manager.store_access import StoreCredentials, create_store_ca
 from shoal.mesh.mesh import RoutingMesh
 from shoal.overlay.linux import OverlayDataPath, overlay_problem
+from shoal.spec import AVAILABILITIES, DATA_PATH_PORT
 from shoal.supervise import Supervisor
 from shoal.task_files import CONFIG, SECRET
-from shoal.task_networks import DATA_PATH_PORT
 from shoal.timefmt import to_rfc3339
 from shoal.timeouts import within
 from shoal.tokens import make_token
@@ -642,7 +642,7 @@ class Daemon:
                 set_unlock_key(store_records, cluster, new_unlock_key(), manager_key)
             node = new_node(node_id, Role.MANAGER, self.hostname, advertise_ip, listen_port, now)
             node["Description"] = self.describe()
-            if body.get("Availability") in ("active", "pause", "drain"):
+            if body.get("Availability") in AVAILABILITIES:
                 node["Spec"]["Availability"] = body["Availability"]
             self.record = NodeRecord(node_id, cluster_id, Role.MANAGER.value, advertise_ip,
                                      f"{listen_host}:{listen_port}", self.hostname)
@@ -680,7 +680,7 @@ class Daemon:
             cluster = manager.cache.cluster() if manager is not None else None
             if manager is None or manager.store is None or cluster is None or self._secrets is None:
                 continue
-            wanted = (cluster.get(KEY_ID_FIELD) or None) if autolock_on(cluster) else None
+            wanted = (cluster.get(UNLOCK_KEY_ID) or None) if autolock_on(cluster) else None
             secrets = self.manager_secrets
             if wanted == secrets.sealed_with():
                 continue

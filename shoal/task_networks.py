@@ -12,7 +12,6 @@ from shoal.types import Doc
 
 # In a node's Description: the UDP port its overlay takes VXLAN traffic on (shoal.overlay). Docker uses one
 # port for the whole swarm (4789); shoal lets each node say its own, so that several nodes can share a host.
-DATA_PATH_PORT = "ShoalDataPathPort"
 DEFAULT_DATA_PATH_PORT = 4789
 
 

@@ -139,15 +139,12 @@ def constraints(spec: Doc) -> list[str]:
 
 def restart_policy(spec: Doc) -> Doc:
     """The TaskSpec's restart policy with swarmkit's defaults filled in."""
-    from shoal.timefmt import SECOND
+    from shoal.spec import DEFAULT_RESTART_POLICY
 
     policy = dict(spec.get("RestartPolicy") or {})
-    policy.setdefault("Condition", RestartCondition.ANY.value)
-    if policy.get("Condition") in (None, ""):
-        policy["Condition"] = RestartCondition.ANY.value
-    if policy.get("Delay") is None:
-        policy["Delay"] = 5 * SECOND
-    policy.setdefault("MaxAttempts", 0)
+    for key, default in DEFAULT_RESTART_POLICY.items():
+        if policy.get(key) in (None, ""):
+            policy[key] = default
     policy.setdefault("Window", 0)
     return policy
 

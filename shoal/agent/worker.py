@@ -48,15 +48,15 @@ from shoal.agent.health import (
 from shoal.agent.taskdb import TaskDB, TaskRecord
 from shoal.clock import Clock
 from shoal.errors import InvalidArgument, NotFound
-from shoal.mesh.table import BACKEND_PORTS, published_ports
+from shoal.mesh.table import published_ports
 from shoal.mesh.userspace import accepts_connections
+from shoal.spec import BACKEND_PORTS, DEFAULT_STOP_GRACE_PERIOD
 from shoal.timefmt import SECOND, from_rfc3339, to_rfc3339
 from shoal.timeouts import within
 from shoal.types import Doc, TaskState
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STOP_GRACE_NS = 10 * SECOND
 DEFAULT_STOP_SIGNAL = "SIGTERM"
 EXIT_UNKNOWN_AFTER_RESTART = "task exit status unknown: the agent restarted while it ran"
 EXIT_UNKNOWN_NO_RECORD = "task exit status unknown: this node has no record of the task"
@@ -89,7 +89,7 @@ def _container_spec(task: Doc) -> Doc:
 
 def stop_grace_seconds(task: Doc) -> float:
     grace = _container_spec(task).get("StopGracePeriod")
-    return (DEFAULT_STOP_GRACE_NS if grace is None else int(grace)) / SECOND
+    return (DEFAULT_STOP_GRACE_PERIOD if grace is None else int(grace)) / SECOND
 
 
 def _parse_state(text: object, default: TaskState) -> TaskState:

@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from shoal.spec import familiar_image
 from shoal.timefmt import from_rfc3339
 from shoal.types import Doc
 
@@ -172,19 +173,6 @@ def _natural_cmp(left: str, right: str) -> int:
 
 
 natural_key = functools.cmp_to_key(_natural_cmp)
-
-
-def familiar_image(image: str) -> str:
-    """The image as `service ls`/`service ps` show it: digest stripped when it has a tag, docker.io dropped."""
-    name, _, _digest = image.partition("@")
-    last = name.rsplit("/", 1)[-1]
-    if ":" not in last:
-        return image  # untagged (maybe digest-only) references are shown as they are
-    for prefix in ("docker.io/library/", "index.docker.io/library/", "docker.io/", "index.docker.io/"):
-        if name.startswith(prefix):
-            name = name[len(prefix):]
-            break
-    return name
 
 
 # ---- nodes ----------------------------------------------------------------------------------------------

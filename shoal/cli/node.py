@@ -17,6 +17,7 @@ from shoal.cli.common import (
     self_node_id,
 )
 from shoal.cli.format import bytes_size, capitalize, go_time, node_table, task_table
+from shoal.spec import AVAILABILITIES, ROLES
 from shoal.types import Doc
 
 
@@ -36,9 +37,9 @@ def register(commands: Any) -> None:
     inspect.set_defaults(handler=run_inspect)
 
     update = sub.add_parser("update", help="Update a node")
-    update.add_argument("--availability", choices=("active", "pause", "drain"),
+    update.add_argument("--availability", choices=AVAILABILITIES,
                         help='Availability of the node ("active", "pause", "drain")')
-    update.add_argument("--role", choices=("worker", "manager"), help='Role of the node ("worker", "manager")')
+    update.add_argument("--role", choices=ROLES, help='Role of the node ("worker", "manager")')
     update.add_argument("--label-add", action="append", metavar="K=V", help="Add or update a node label")
     update.add_argument("--label-rm", action="append", metavar="K", help="Remove a node label if exists")
     update.add_argument("node", metavar="NODE")

@@ -15,15 +15,19 @@ from typing import Any
 
 from shoal.cli.common import CliError
 from shoal.errors import InvalidArgument
-from shoal.timefmt import SECOND, parse_duration
+from shoal.spec import (
+    DEFAULT_RESTART_POLICY,
+    DEFAULT_UPDATE_CONFIG,
+    ENDPOINT_MODES,
+    PORT_PROTOCOLS,
+    PUBLISH_MODES,
+    RESTART_CONDITIONS,
+    ROLLBACK_FAILURE_ACTIONS,
+    UPDATE_FAILURE_ACTIONS,
+    UPDATE_ORDERS,
+)
+from shoal.timefmt import parse_duration
 from shoal.types import Doc
-
-PROTOCOLS = ("tcp", "udp")
-PUBLISH_MODES = ("ingress", "host")
-RESTART_CONDITIONS = ("none", "on-failure", "any")
-UPDATE_FAILURE_ACTIONS = ("pause", "continue", "rollback")
-ROLLBACK_FAILURE_ACTIONS = ("pause", "continue")
-ORDERS = ("stop-first", "start-first")
 
 
 def _bad(flag: str, value: str, why: str) -> CliError:
@@ -191,7 +195,7 @@ def parse_publish(value: str, flag: str = "-p, --publish") -> list[Doc]:
         return [_parse_long_publish(value, flag)]
     text, _, protocol = value.partition("/")
     protocol = protocol.lower() or "tcp"
-    if protocol not in PROTOCOLS:
+    if protocol not in PORT_PROTOCOLS:
         raise _bad(flag, value, f"invalid proto: {protocol} (the routing mesh forwards tcp and udp)")
     parts = text.split(":")
     if len(parts) == 3:
@@ -220,7 +224,7 @@ def _parse_long_publish(value: str, flag: str) -> Doc:
             raise _bad(flag, value, f"invalid field: {field}")
         key = key.lower()
         if key == "protocol":
-            if val not in PROTOCOLS:
+            if val not in PORT_PROTOCOLS:
                 raise _bad(flag, value, f"invalid protocol value '{val}': use tcp or udp")
             port["Protocol"] = val
         elif key == "mode":
@@ -254,8 +258,7 @@ def _flag(args: argparse.Namespace, name: str) -> Any:
 
 def default_update_config() -> Doc:
     """swarmkit's defaults, which docker fills in before applying any update/rollback flag."""
-    return {"Parallelism": 1, "Delay": 0, "FailureAction": "pause", "Monitor": 5 * SECOND,
-            "MaxFailureRatio": 0, "Order": "stop-first"}
+    return {**DEFAULT_UPDATE_CONFIG, "Delay": 0}
 
 
 def _update_flags_set(args: argparse.Namespace, kind: str) -> bool:
@@ -286,7 +289,7 @@ def apply_update_config(args: argparse.Namespace, kind: str, current: Doc | None
         config["MaxFailureRatio"] = float_flag(f"--{kind}-max-failure-ratio", value)
     value = _flag(args, f"{kind}_order")
     if value is not None:
-        config["Order"] = choice_flag(f"--{kind}-order", value, ORDERS)
+        config["Order"] = choice_flag(f"--{kind}-order", value, UPDATE_ORDERS)
     return config
 
 
@@ -294,7 +297,7 @@ def apply_restart_policy(args: argparse.Namespace, current: Doc | None) -> Doc |
     names = ("restart_condition", "restart_delay", "restart_max_attempts", "restart_window")
     if all(_flag(args, n) is None for n in names):
         return current
-    policy = copy.deepcopy(current) if current else {"Condition": "any", "Delay": 5 * SECOND, "MaxAttempts": 0}
+    policy = copy.deepcopy(current or DEFAULT_RESTART_POLICY)
     if args.restart_condition is not None:
         policy["Condition"] = choice_flag("--restart-condition", args.restart_condition, RESTART_CONDITIONS)
     if args.restart_delay is not None:
@@ -472,7 +475,7 @@ def parse_network(flag: str, value: str) -> Doc:
 
 def _endpoint_mode(args: argparse.Namespace, endpoint: Doc) -> None:
     if args.endpoint_mode is not None:
-        endpoint["Mode"] = choice_flag("--endpoint-mode", args.endpoint_mode, ("vip", "dnsrr"))
+        endpoint["Mode"] = choice_flag("--endpoint-mode", args.endpoint_mode, ENDPOINT_MODES)
 
 
 # ---- create ---------------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from shoal.mesh.table import is_backend, node_address
-from shoal.task_networks import DATA_PATH_PORT, task_addresses
+from shoal.spec import DATA_PATH_PORT
+from shoal.task_networks import task_addresses
 from shoal.types import Doc, TaskState, task_state
 
 TASKS_PREFIX = "tasks."

@@ -27,12 +27,12 @@ from shoal.certs import write_private
 from shoal.errors import InvalidArgument
 from shoal.manager.keys import seal, unseal
 from shoal.manager.store.base import PREFIX, Batch
+from shoal.spec import UNLOCK_KEY_ID
 from shoal.types import Doc
 
 # Where the swarm keeps its unlock key (sealed with the managers' key), and the cluster document's field naming
 # the current key (not the key: the cluster document is served to every manager's clients).
 UNLOCK_KEY_STORE = PREFIX + "unlock-key"
-KEY_ID_FIELD = "ShoalUnlockKeyID"
 UNLOCK_KEY_PREFIX = "SWMKEY-1-"
 UNLOCK_KEY_BYTES = 32
 LOCKED_SUFFIX = ".locked"
@@ -70,7 +70,7 @@ def autolock_on(cluster: Doc) -> bool:
 
 def set_unlock_key(batch: Batch, cluster: Doc, unlock_key: str | None, manager_key: bytes) -> None:
     """Record a new unlock key (None: autolock off, no key) in the cluster document and the store."""
-    cluster[KEY_ID_FIELD] = key_id(unlock_key) if unlock_key else ""
+    cluster[UNLOCK_KEY_ID] = key_id(unlock_key) if unlock_key else ""
     sealed = seal(manager_key, unlock_key.encode(), UNLOCK_KEY_STORE.encode()) if unlock_key else b""
     batch.put_raw(UNLOCK_KEY_STORE, sealed)
 

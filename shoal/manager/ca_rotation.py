@@ -18,11 +18,9 @@ import base64
 from shoal.certs import load_certificate, public_key_der
 from shoal.errors import InvalidArgument
 from shoal.manager.ca import RootCA
+from shoal.spec import CA_CHAIN, SIGNING_ISSUER, TRUST_BUNDLE
 from shoal.types import Doc, NodeState, node_state
 
-TRUST_BUNDLE = "ShoalTrustBundle"  # the roots nodes trust now (PEM)
-CA_CHAIN = "ShoalCAChain"  # appended to every certificate issued during a rotation: the cross-signed new root
-SIGNING_ISSUER = "ShoalSigningIssuer"  # who signs node certificates now (TLSInfo's issuer fields)
 IN_PROGRESS = "RootRotationInProgress"
 
 

@@ -13,7 +13,7 @@ from shoal.errors import Conflict, InvalidArgument, NotFound, SequenceConflict
 from shoal.ids import generated_name, new_id
 from shoal.manager import ca_rotation
 from shoal.manager.autolock import (
-    KEY_ID_FIELD,
+    UNLOCK_KEY_ID,
     UNLOCK_KEY_STORE,
     autolock_on,
     new_unlock_key,
@@ -42,11 +42,11 @@ from shoal.manager.controlapi.swarm import (
     validate_swarm_spec_update,
 )
 from shoal.manager.controlapi.task import task_view
-from shoal.manager.dispatcher import RESTARTING_UNTIL
 from shoal.manager.keys import encode_ca, open_secret, seal_secret
 from shoal.manager.manager import Manager
 from shoal.manager.store.base import CA_KEY, Batch
 from shoal.manager.store.etcd import EtcdStore
+from shoal.spec import RESTARTING_UNTIL, SEALED_DATA
 from shoal.timefmt import to_rfc3339
 from shoal.tokens import make_token
 from shoal.types import (
@@ -114,9 +114,9 @@ class ControlAPI:
             new_ca = RootCA.create(cluster["ID"])
             new = ca_rotation.start(new, old_ca, new_ca)
             batch.put_raw(CA_KEY, encode_ca(new_ca, self.manager.manager_key(), CA_KEY))
-        if autolock_on(new) and (rotate_unlock_key or not cluster.get(KEY_ID_FIELD)):
+        if autolock_on(new) and (rotate_unlock_key or not cluster.get(UNLOCK_KEY_ID)):
             set_unlock_key(batch, new, new_unlock_key(), self.manager.manager_key())
-        elif not autolock_on(new) and cluster.get(KEY_ID_FIELD):
+        elif not autolock_on(new) and cluster.get(UNLOCK_KEY_ID):
             set_unlock_key(batch, new, None, self.manager.manager_key())
         tokens = dict(cluster["JoinTokens"])
         if rotate_worker or rotate_manager:
@@ -300,7 +300,7 @@ class ControlAPI:
             raise Conflict(f"rpc error: code = AlreadyExists desc = {noun} {name} already exists")
         obj_id = new_id()
         if kind == SECRETS:
-            stored = {secret_api.SEALED_DATA: seal_secret(await self.manager.data_key(), obj_id, data)}
+            stored = {SEALED_DATA: seal_secret(await self.manager.data_key(), obj_id, data)}
         else:
             spec["Data"] = base64.b64encode(data).decode()
             stored = {}
@@ -315,7 +315,7 @@ class ControlAPI:
         current_data = None
         if kind == SECRETS and isinstance(body, dict) and body.get("Data"):
             current_data = open_secret(await self.manager.data_key(), str(current["ID"]),
-                                       str(current.get(secret_api.SEALED_DATA) or ""))
+                                       str(current.get(SEALED_DATA) or ""))
         updated = secret_api.updated_object(current, body, kind, self.clock.now(), current_data)
         await self._commit(Batch().update(kind, updated))
 

@@ -35,16 +35,13 @@ from shoal.errors import InvalidArgument, NotLeader, ShoalError
 from shoal.manager import ca_rotation
 from shoal.manager.applier import Applier
 from shoal.manager.cache import Cache
-from shoal.manager.controlapi.node import MESH_ERRORS_FIELD
-from shoal.manager.controlapi.secret import SEALED_DATA
 from shoal.manager.dependencies import NodeDependencies, needed_by
 from shoal.manager.keys import open_secret
-from shoal.manager.orchestrator.common import DOWN_SINCE
 from shoal.manager.orchestrator.replicated import reconcile_replicated
-from shoal.manager.orchestrator.update import RUNNING_SINCE
 from shoal.manager.store.base import Batch, Event, Store, object_key
-from shoal.mesh.table import BACKEND_PORTS, endpoint_table, is_backend, published_ports
+from shoal.mesh.table import endpoint_table, is_backend, published_ports
 from shoal.protocol import ATTEMPT_HEADER
+from shoal.spec import BACKEND_PORTS, DOWN_SINCE, MESH_ERRORS, RESTARTING_UNTIL, RUNNING_SINCE, SEALED_DATA
 from shoal.task_files import SECRET, DependencyKey
 from shoal.task_networks import attached_networks
 from shoal.timefmt import from_rfc3339, to_rfc3339
@@ -91,7 +88,6 @@ FIRST_REPORT_WAIT = 5.0  # how long a new session's node waits for its first sta
 RESTART_GRACE = 15.0  # seconds a node that announced a daemon restart has to come back
 # On a node document: until when (unix time) a manager that announced its restart is given to come back, so
 # that the next leader honours it too.
-RESTARTING_UNTIL = "ShoalRestartingUntil"
 
 
 def agent_should_know(task: Doc) -> bool:
@@ -497,13 +493,13 @@ class Dispatcher:
         """Keep what the node's routing mesh cannot serve on its document (`node inspect` shows it)."""
         for _attempt in range(20):
             node = self.cache.get(NODES, node_id)
-            if node is None or (node.get(MESH_ERRORS_FIELD) or []) == errors:
+            if node is None or (node.get(MESH_ERRORS) or []) == errors:
                 return
             new = dict(node)
             if errors:
-                new[MESH_ERRORS_FIELD] = errors
+                new[MESH_ERRORS] = errors
             else:
-                new.pop(MESH_ERRORS_FIELD, None)
+                new.pop(MESH_ERRORS, None)
             with contextlib.suppress(ShoalError):
                 if (await self.applier.write(Batch().update(NODES, new))).written:
                     return

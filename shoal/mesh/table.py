@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from shoal.spec import BACKEND_PORTS
 from shoal.types import Doc, NodeState, TaskState, desired_state, node_state, task_state
 
 # On a task's Status: the node ports its agent maps the task's target ports to, once they accept connections.
 # [{"Protocol": "tcp", "TargetPort": 80, "Port": 41234}, …]
-BACKEND_PORTS = "ShoalBackendPorts"
 
 INGRESS = "ingress"
 HOST = "host"

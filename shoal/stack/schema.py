@@ -10,6 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from shoal.spec import (
+    ENDPOINT_MODES,
+    PORT_PROTOCOLS,
+    PUBLISH_MODES,
+    RESTART_CONDITIONS,
+    UPDATE_FAILURE_ACTIONS,
+    UPDATE_ORDERS,
+)
+
 Schema = dict[str, Any]
 
 STRING: Schema = {"type": "string"}
@@ -31,20 +40,20 @@ RESOURCE: Schema = {"type": "object", "properties": {
 
 UPDATE_CONFIG: Schema = {"type": "object", "properties": {
     "parallelism": {"type": "integer", "minimum": 0}, "delay": DURATION,
-    "failure_action": {"enum": ["continue", "pause", "rollback"]}, "monitor": DURATION,
+    "failure_action": {"enum": list(UPDATE_FAILURE_ACTIONS)}, "monitor": DURATION,
     "max_failure_ratio": {"type": "number", "minimum": 0, "maximum": 1},
-    "order": {"enum": ["start-first", "stop-first"]},
+    "order": {"enum": list(UPDATE_ORDERS)},
 }, "additionalProperties": False, "patternProperties": EXTENSIONS}
 
 DEPLOY: Schema = {"type": "object", "properties": {
     "mode": {"enum": ["replicated", "global"]},
     "replicas": {"type": "integer", "minimum": 0},
-    "endpoint_mode": {"enum": ["vip", "dnsrr"]},
+    "endpoint_mode": {"enum": list(ENDPOINT_MODES)},
     "labels": LIST_OR_DICT,
     "update_config": UPDATE_CONFIG,
     "rollback_config": UPDATE_CONFIG,
     "restart_policy": {"type": "object", "properties": {
-        "condition": {"enum": ["none", "on-failure", "any"]}, "delay": DURATION,
+        "condition": {"enum": list(RESTART_CONDITIONS)}, "delay": DURATION,
         "max_attempts": {"type": "integer", "minimum": 0}, "window": DURATION,
     }, "additionalProperties": False, "patternProperties": EXTENSIONS},
     "placement": {"type": "object", "properties": {
@@ -59,7 +68,7 @@ DEPLOY: Schema = {"type": "object", "properties": {
 
 PORT_LONG: Schema = {"type": "object", "properties": {
     "target": {"type": ["integer", "string"]}, "published": {"type": ["integer", "string"]},
-    "protocol": {"enum": ["tcp", "udp"]}, "mode": {"enum": ["ingress", "host"]}, "name": STRING,
+    "protocol": {"enum": list(PORT_PROTOCOLS)}, "mode": {"enum": list(PUBLISH_MODES)}, "name": STRING,
     "host_ip": STRING, "app_protocol": STRING,
 }, "required": ["target"], "additionalProperties": False, "patternProperties": EXTENSIONS}
 

@@ -18,7 +18,8 @@ from shoal.api import proxy as proxy_module
 from shoal.api.proxy import engine_path, is_swarm_path, repo_digest, repository_of
 from shoal.api.server import GO_ARCH, make_app
 from shoal.errors import InvalidArgument
-from shoal.manager.controlapi.service import check_image_reference, go_field_names, validate_service_spec
+from shoal.manager.controlapi.service import go_field_names, validate_service_spec
+from shoal.spec import ImageReference
 
 
 class FakeDaemon:
@@ -222,7 +223,7 @@ def test_field_names_match_case_insensitively_like_go() -> None:
 @pytest.mark.parametrize("image", ["busybox", "busybox:1.36", "localhost:5000/team/app:v2",
                                    f"nginx:1.25@{DIGEST}", "shoaltest/busybox:1"])
 def test_valid_image_references(image: str) -> None:
-    check_image_reference(image, "TaskTemplate.ContainerSpec")
+    assert str(ImageReference.parse(image)) == image
 
 
 @pytest.mark.parametrize("image", ["BusyBox", "busy box", "busybox:", "-busybox", "busybox@sha256:xyz"])

@@ -7,7 +7,6 @@ from typing import Any
 from shoal.cli.format import (
     bytes_size,
     ellipsis,
-    familiar_image,
     go_time,
     human_duration,
     natural_key,
@@ -20,6 +19,7 @@ from shoal.cli.format import (
 )
 from shoal.cli.node import node_pretty
 from shoal.cli.service import service_pretty
+from shoal.spec import familiar_image
 from shoal.timefmt import from_rfc3339
 
 NOW = from_rfc3339("2026-11-27T14:10:00Z")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from shoal.errors import InvalidArgument
-from shoal.manager.scheduler.constraints import Constraint, matches, parse_constraint, parse_constraints
+from shoal.manager.scheduler.constraints import matches
+from shoal.spec import Constraint, parse_constraint, parse_constraints
 from shoal.types import Doc
 
 NODE: Doc = {
@@ -87,3 +88,43 @@ def test_missing_description_reads_as_empty() -> None:
     bare: Doc = {"ID": "x", "Spec": {}, "Status": {}}
     assert matches(parse_constraints(["node.hostname!=h", "engine.labels.a!=b", "node.platform.os!=linux"]), bare)
     assert not matches([parse_constraint("node.platform.os==linux")], bare)
+
+
+# ---- one parser: the API accepts exactly what the scheduler can place -----------------------------------
+
+# (expression, whether NODE satisfies it, or None when the expression is malformed)
+SHARED_TABLE: list[tuple[str, bool | None]] = [
+    ("node.role==manager", True),
+    ("Node.Role==manager", True),  # keys are case-insensitive: the API once refused this
+    ("node.ip==10.0.0.0/24", True),  # a network: the API once refused this too
+    ("node.ip==10.0.1.7", False),
+    ("node.hostname==node-1", True),
+    ("node.labels.zone!=east", False),
+    ("engine.labels.gpu==yes", True),
+    ("node.platform.os==linux", True),
+    ("node.role=manager", None),
+    ("node.colour==red", None),
+    ("node.ip==not-an-ip", None),
+    ("node.labels.==x", None),
+    ("node.role==a<b", None),
+]
+
+
+@pytest.mark.parametrize(("expr", "satisfied"), SHARED_TABLE)
+def test_the_api_and_the_scheduler_read_constraints_alike(expr: str, satisfied: bool | None) -> None:
+    from shoal.manager.controlapi.service import validate_service_spec
+    from shoal.manager.scheduler.pipeline import schedule
+
+    body = {"Name": "web", "TaskTemplate": {"ContainerSpec": {"Image": "busybox"},
+                                            "Placement": {"Constraints": [expr]}}}
+    task: Doc = {"ID": "t1", "ServiceID": "s1", "Slot": 1, "DesiredState": "running",
+                 "Status": {"State": "pending"}, "Spec": body["TaskTemplate"]}
+    result = schedule([task], [NODE], {}, now=0.0)
+    if satisfied is None:
+        with pytest.raises(InvalidArgument, match="invalid constraint"):
+            validate_service_spec(body)
+        assert not result.assigned
+        assert "invalid constraint" in result.unassigned[0]["Status"]["Err"]
+        return
+    validate_service_spec(body)
+    assert bool(result.assigned) is satisfied

@@ -10,18 +10,17 @@ import pytest
 
 from shoal.errors import Conflict, InvalidArgument
 from shoal.manager.controlapi.service import (
-    Constraint,
     effective_update_config,
     ingress_ports_in_use,
     insert_defaults,
     is_up_to_date,
     new_service,
-    parse_constraint,
     service_status,
     service_view,
     updated_service,
     validate_service_spec,
 )
+from shoal.spec import Constraint, parse_constraint
 from shoal.timefmt import SECOND, from_rfc3339
 from shoal.types import Doc
 

@@ -13,7 +13,7 @@ import pytest
 from shoal.discovery.dns import DNSServer, upstream_resolvers
 from shoal.discovery.names import NameEntry, NameTable, name_entries
 from shoal.discovery.node import NodeDiscovery
-from shoal.task_networks import DATA_PATH_PORT
+from shoal.spec import DATA_PATH_PORT
 from shoal.types import Doc, TaskState
 from tests.unit.manager_fixtures import make_node, make_service, make_task
 

@@ -16,7 +16,6 @@ from aiohttp import WSMsgType, web
 from shoal.manager import dispatcher as dispatcher_module
 from shoal.manager.applier import Applier
 from shoal.manager.controlapi.node import node_view
-from shoal.manager.controlapi.secret import SEALED_DATA
 from shoal.manager.dispatcher import (
     ELECTION_EXTRA_PERIODS,
     GRACE_MULTIPLIER,
@@ -33,12 +32,10 @@ from shoal.manager.dispatcher import (
 )
 from shoal.manager.keys import new_data_key, seal_secret
 from shoal.manager.manager import heartbeat_period
-from shoal.manager.orchestrator.common import DOWN_SINCE
 from shoal.manager.orchestrator.loop import OrchestratorLoop
 from shoal.manager.store.base import Batch
-from shoal.mesh.table import BACKEND_PORTS
 from shoal.protocol import ATTEMPT_HEADER
-from shoal.task_networks import DATA_PATH_PORT
+from shoal.spec import BACKEND_PORTS, DATA_PATH_PORT, DOWN_SINCE, SEALED_DATA
 from shoal.timefmt import to_rfc3339
 from shoal.types import (
     CONFIGS,

@@ -36,7 +36,6 @@ from shoal.agent.executor.docker import (
     create_arguments,
     docker_healthcheck,
     host_config_arguments,
-    image_pull_reference,
     parse_log_line,
     port_bindings,
 )
@@ -45,6 +44,7 @@ from shoal.agent.task_files import SHM, TaskFiles
 from shoal.agent.worker import Worker
 from shoal.clock import SystemClock
 from shoal.ids import new_id
+from shoal.spec import ImageReference
 from shoal.timefmt import MILLISECOND, SECOND
 from shoal.types import Doc
 from tests.dockerimages import IMAGE_1, IMAGE_2, ImagesUnavailable, ensure_busybox_images
@@ -132,9 +132,10 @@ def test_healthcheck_keeps_nanoseconds_and_none_is_passed_on() -> None:
 
 
 def test_image_pull_reference_names_a_tag_or_digest() -> None:
-    assert image_pull_reference("busybox") == ("busybox", "latest")
-    assert image_pull_reference("registry:5000/team/app:1.2") == ("registry:5000/team/app", "1.2")
-    assert image_pull_reference("nginx:1.25@sha256:abc") == ("nginx", "sha256:abc")
+    digest = "sha256:" + "ab" * 32
+    assert ImageReference.parse("busybox").pull() == ("busybox", "latest")
+    assert ImageReference.parse("registry:5000/team/app:1.2").pull() == ("registry:5000/team/app", "1.2")
+    assert ImageReference.parse(f"nginx:1.25@{digest}").pull() == ("nginx", digest)
 
 
 def test_log_lines_carry_dockers_timestamp() -> None:

@@ -6,7 +6,8 @@ import pytest
 
 from shoal.mesh.kernel import KernelPathError
 from shoal.mesh.mesh import choose_mode, local_plan
-from shoal.mesh.table import BACKEND_PORTS, Backend, Listener, endpoint_table
+from shoal.mesh.table import Backend, Listener, endpoint_table
+from shoal.spec import BACKEND_PORTS
 from shoal.types import Doc
 
 NODES: dict[str, Doc] = {

@@ -18,7 +18,6 @@ from shoal.agent.executor.base import ExitStatusUnknown, TaskRejected
 from shoal.agent.executor.process import (
     ProcessController,
     ProcessExecutor,
-    image_program,
     parse_signal,
     process_alive,
     read_log_files,
@@ -65,11 +64,10 @@ async def started(executor: ProcessExecutor, task: dict) -> ProcessController:
     ("nginx", "nginx"),
     ("nginx:1.11", "nginx"),
     ("docker.io/library/busybox:latest", "busybox"),
-    ("localhost:5000/team/tool:2@sha256:abcd", "tool"),
-    ("/usr/bin/top", "/usr/bin/top"),
+    ("localhost:5000/team/tool:2@sha256:" + "ab" * 32, "tool"),
 ])
 def test_image_names_the_program_without_registry_and_tag(image: str, program: str) -> None:
-    assert image_program(image) == program
+    assert task_argv({"Image": image}) == [program]
 
 
 def test_argv_is_command_plus_args_else_the_image_program() -> None:

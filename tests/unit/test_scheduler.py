@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shoal.manager.orchestrator.common import new_task
-from shoal.manager.scheduler.constraints import parse_constraints
 from shoal.manager.scheduler.filters import AvailabilityFilter, ConstraintFilter, ReadyFilter
 from shoal.manager.scheduler.pipeline import Pipeline, schedule
+from shoal.spec import parse_constraints
 from shoal.types import Doc
 
 NOW = 1_800_000_000.0

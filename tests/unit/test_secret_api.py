@@ -17,6 +17,7 @@ from shoal.manager.keys import (
     unwrap_data_key,
     wrap_data_key,
 )
+from shoal.spec import SEALED_DATA
 from shoal.types import CONFIGS, SECRETS
 
 
@@ -50,9 +51,9 @@ def test_bad_specs_are_refused_with_one_clear_line(bad: object, message: str) ->
 
 def test_only_labels_change() -> None:
     spec, _ = secret_api.validate_spec(body(), SECRETS)
-    current = secret_api.new_object(spec, "s1", 1.0, {secret_api.SEALED_DATA: "sealed"})
+    current = secret_api.new_object(spec, "s1", 1.0, {SEALED_DATA: "sealed"})
     updated = secret_api.updated_object(current, {"Name": "db_password", "Labels": {"v": "2"}}, SECRETS, 2.0)
-    assert updated["Spec"]["Labels"] == {"v": "2"} and updated[secret_api.SEALED_DATA] == "sealed"
+    assert updated["Spec"]["Labels"] == {"v": "2"} and updated[SEALED_DATA] == "sealed"
     with pytest.raises(InvalidArgument, match="only updates to Labels are allowed"):
         secret_api.updated_object(current, body(data=b"new"), SECRETS, 2.0)
     with pytest.raises(InvalidArgument, match="only updates to Labels are allowed"):

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from shoal.manager.orchestrator.common import SPEC_DIGEST, is_task_dirty, new_task
+from shoal.manager.orchestrator.common import is_task_dirty, new_task
 from shoal.manager.orchestrator.global_ import reconcile_global
 from shoal.manager.orchestrator.replicated import reconcile_replicated
 from shoal.manager.orchestrator.update import (
@@ -19,6 +19,7 @@ from shoal.manager.orchestrator.update import (
     running_since,
 )
 from shoal.manager.orchestrator.update_progress import UpdateProgress, slot_key
+from shoal.spec import SPEC_DIGEST
 from shoal.timefmt import SECOND, from_rfc3339, to_rfc3339
 from shoal.types import Doc, TaskState, clone, task_is_live, task_slot, task_state
 from tests.unit.plans import apply

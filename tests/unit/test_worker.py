@@ -23,8 +23,8 @@ from shoal.agent.worker import DRAIN_SECONDS, EXIT_UNKNOWN_AFTER_RESTART, Worker
 from shoal.clock import SystemClock
 from shoal.errors import NotFound
 from shoal.ids import new_id
-from shoal.mesh.table import BACKEND_PORTS
 from shoal.mesh.userspace import accepts_connections
+from shoal.spec import BACKEND_PORTS
 from shoal.timefmt import MILLISECOND, SECOND, from_rfc3339
 from shoal.types import Doc
 from tests.unit.agent_fixtures import Reports, pids_with, shell_past_its_trap

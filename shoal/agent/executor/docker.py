@@ -47,7 +47,6 @@ import docker
 import docker.errors
 import docker.types
 import requests.exceptions
-from docker.utils import parse_repository_tag
 
 from shoal.agent.executor.base import (
     Controller,
@@ -65,6 +64,7 @@ from shoal.errors import InvalidArgument, Unavailable
 from shoal.mesh.table import published_ports
 from shoal.overlay.linux import OverlayDataPath
 from shoal.overlay.plan import OverlayError, OverlayNetwork
+from shoal.spec import ImageReference
 from shoal.task_files import mounts_files
 from shoal.task_networks import task_networks
 from shoal.timefmt import SECOND, from_rfc3339
@@ -292,15 +292,6 @@ def _name_overlay_address(inspected: Doc, address: str) -> None:
         return
     hosts = Path(path)
     hosts.write_text(hosts_with_address(hosts.read_text(), hostname, address.partition("/")[0]))
-
-
-def image_pull_reference(image: str) -> tuple[str, str]:
-    """(repository, tag or digest) to pull: "busybox" → ("busybox", "latest"); a digest wins over a tag."""
-    name, _, digest = image.partition("@")
-    repository, tag = parse_repository_tag(name)
-    if digest:
-        return repository, digest
-    return repository, tag or "latest"
 
 
 def parse_log_line(raw: bytes) -> tuple[float, bytes]:
@@ -576,7 +567,10 @@ class DockerExecutor:
             pass
         except docker.errors.APIError as exc:
             raise TaskRejected(f"invalid image {image!r}: {_describe_api_error(exc)}") from exc
-        repository, tag = image_pull_reference(image)
+        try:
+            repository, tag = ImageReference.parse(image).pull()
+        except InvalidArgument as exc:
+            raise TaskRejected(f"invalid image {image!r}: {exc.message}") from None
         log.info("pulling image %s", image)
         try:
             await _in_thread(self.api.pull, repository, tag=tag)

@@ -67,10 +67,12 @@ from shoal.agent.executor.base import (
     backend_port,
 )
 from shoal.agent.task_files import TaskFiles
+from shoal.errors import InvalidArgument
 from shoal.mesh.table import published_ports
 from shoal.overlay.forward import PortForwarder
 from shoal.overlay.linux import OverlayDataPath, TaskNamespace
 from shoal.overlay.plan import OverlayError, OverlayNetwork
+from shoal.spec import ImageReference
 from shoal.task_files import CONFIG, SECRET, BadReference, mounts_files, task_references
 from shoal.task_networks import task_networks
 from shoal.timeouts import within
@@ -119,25 +121,17 @@ SPAWN_THREADS = 2
 
 # ---- reading the task document ----------------------------------------------------------------------------
 
-def image_program(image: str) -> str:
-    """The program an image names: "registry:5000/library/nginx:1.11@sha256:…" → "nginx"."""
-    name = image.split("@", 1)[0]
-    if name.startswith("/"):
-        return name
-    last = name.rsplit("/", 1)[-1]
-    return last.split(":", 1)[0]
-
-
 def task_argv(container_spec: Doc) -> list[str]:
     """Command + Args when either is given, else the program named by the image."""
     argv = [str(a) for a in (container_spec.get("Command") or [])]
     argv += [str(a) for a in (container_spec.get("Args") or [])]
     if argv:
         return argv
-    program = image_program(str(container_spec.get("Image") or ""))
-    if not program:
-        raise TaskRejected("no command given and the image names no program")
-    return [program]
+    image = str(container_spec.get("Image") or "")
+    try:
+        return [ImageReference.parse(image).program]
+    except InvalidArgument:
+        raise TaskRejected(f"no command given and the image {image!r} names no program") from None
 
 
 def task_environment(task: Doc, base: dict[str, str], ports: dict[int, int] | None = None) -> dict[str, str]:

@@ -17,6 +17,7 @@ from collections.abc import Collection
 from typing import Any
 
 from shoal.errors import InvalidArgument
+from shoal.spec import PRIVATE
 from shoal.types import Doc
 
 # Docker's integer fields are int64 or uint64 on the wire: a larger number is refused as its decoder would.
@@ -132,7 +133,6 @@ def optional_object_list(doc: Doc, key: str, path: str) -> list[Doc] | None:
     raise InvalidArgument(f"{field_path(path, key)} must be a list of JSON objects (got {shown(value)})")
 
 
-PRIVATE = "Shoal"  # the prefix of shoal's own bookkeeping keys on stored documents
 
 
 def without_private_fields(doc: Doc) -> Doc:

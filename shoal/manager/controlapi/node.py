@@ -7,6 +7,7 @@ import copy
 from shoal.config import DEFAULT_PORT
 from shoal.errors import InvalidArgument
 from shoal.manager.controlapi import optional_str, optional_str_map, shown, without_private_fields
+from shoal.spec import MESH_ERRORS
 from shoal.types import Availability, Doc, Role
 
 # Where the node document keeps the manager's advertised "ip:port"; private to shoal, not on the wire.
@@ -40,7 +41,6 @@ def validate_node_spec_update(current_node: Doc, new_spec: object) -> Doc:
 
 # On a node document: the published ports its routing mesh cannot serve, as its agent last reported them. Kept
 # apart from Status.Message, which registration and heartbeat failures rewrite.
-MESH_ERRORS_FIELD = "ShoalMeshErrors"
 
 
 def node_view(node: Doc, leader_id: str | None, reachable: bool) -> Doc:
@@ -50,7 +50,7 @@ def node_view(node: Doc, leader_id: str | None, reachable: bool) -> Doc:
     default swarm port, which is what `swarm init` / `join-token` print in the join command.
     """
     out = without_private_fields(node)
-    mesh_errors = node.get(MESH_ERRORS_FIELD) or []
+    mesh_errors = node.get(MESH_ERRORS) or []
     status = out.get("Status") or {}
     if mesh_errors and not status.get("Message"):
         # The node's own message (e.g. why it is down) comes first; else what its routing mesh cannot serve.

@@ -22,7 +22,6 @@ from shoal.types import SECRETS, Doc
 MAX_DATA_BYTES = 500 * 1024
 MAX_NAME_LENGTH = 64
 NAME_PATTERN = re.compile(r"[a-zA-Z0-9]+(?:[a-zA-Z0-9-_.]*[a-zA-Z0-9])?")
-SEALED_DATA = "ShoalSealedData"  # a secret's data, sealed; private (never in a view)
 
 
 def what(kind: str) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from typing import NamedTuple
 
 from shoal import codec
 from shoal.errors import Conflict, InvalidArgument, TooLarge
@@ -28,26 +27,31 @@ from shoal.manager.controlapi import (
     shown,
     without_private_fields,
 )
+from shoal.spec import (
+    DEFAULT_RESTART_DELAY,
+    DEFAULT_STOP_GRACE_PERIOD,
+    DEFAULT_UPDATE_CONFIG,
+    ENDPOINT_MODES,
+    GLOBAL,
+    JOB_MODES,
+    PORT_PROTOCOLS,
+    PUBLISH_MODES,
+    REPLICATED,
+    RESTART_CONDITIONS,
+    ROLLBACK_FAILURE_ACTIONS,
+    UPDATE_FAILURE_ACTIONS,
+    UPDATE_ORDERS,
+    ImageReference,
+    parse_constraint,
+)
 from shoal.task_files import BadReference, all_references
-from shoal.timefmt import SECOND, to_rfc3339
+from shoal.timefmt import to_rfc3339
 from shoal.types import Doc, NodeState, TaskState, clone, is_global, node_state, replicas
 
 # ---- names and enums of the wire format ------------------------------------------------------------------
 
 SERVICE_NAME_PATTERN = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
 SERVICE_NAME_MAX_LENGTH = 63
-
-REPLICATED = "Replicated"
-GLOBAL = "Global"
-JOB_MODES = ("ReplicatedJob", "GlobalJob")
-
-RESTART_CONDITIONS = ("none", "on-failure", "any")
-UPDATE_FAILURE_ACTIONS = ("pause", "continue", "rollback")
-ROLLBACK_FAILURE_ACTIONS = ("pause", "continue")
-UPDATE_ORDERS = ("stop-first", "start-first")
-ENDPOINT_MODES = ("vip", "dnsrr")
-PORT_PROTOCOLS = ("tcp", "udp")  # what the routing mesh forwards (Docker also takes sctp)
-PUBLISH_MODES = ("ingress", "host")
 
 # Published ports swarm hands out when a port is published as 0 (swarmkit's dynamic range).
 DYNAMIC_PORT_FIRST = 30000
@@ -56,17 +60,6 @@ DYNAMIC_PORT_LAST = 32767
 # swarmkit's minimums for resource values that are set at all.
 MIN_NANO_CPUS = 1_000_000
 MIN_MEMORY_BYTES = 4 * 1024 * 1024
-
-# swarmkit `api/defaults/service.go`.
-DEFAULT_STOP_GRACE_PERIOD = 10 * SECOND
-DEFAULT_RESTART_DELAY = 5 * SECOND
-DEFAULT_UPDATE_CONFIG: Doc = {
-    "Parallelism": 1,
-    "FailureAction": "pause",
-    "Monitor": 5 * SECOND,
-    "MaxFailureRatio": 0,
-    "Order": "stop-first",
-}
 
 IngressPort = tuple[int, str]  # (published port, protocol), as held by the routing mesh
 
@@ -119,61 +112,6 @@ def go_field_names(value: object, free_form: bool = False) -> object:
         if name not in out or name == key:
             out[name] = go_field_names(item, free_form=name in FREE_FORM_FIELDS)
     return out
-
-
-# ---- image references ---------------------------------------------------------------------------------
-
-# The reference grammar of distribution/reference: [domain/]path[:tag][@digest], path components lowercase.
-_DOMAIN = r"(?:(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])(?:\.(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*" \
-    r"[a-zA-Z0-9]))*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
-_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-IMAGE_REFERENCE = re.compile(
-    rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*(?::[\w][\w.-]{{0,127}})?"
-    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?"
-)
-
-
-def check_image_reference(image: str, path: str) -> None:
-    """swarm refuses an image that is not a valid reference (`ContainerSpec: "X" is not a valid repository/tag`)."""
-    if len(image) > 255 or not IMAGE_REFERENCE.fullmatch(image):
-        raise InvalidArgument(
-            f'{path}.Image: "{image}" is not a valid repository/tag: use a lowercase name with an optional '
-            'tag or digest, e.g. "busybox", "busybox:1.36" or "registry.example.com:5000/team/app:v2"'
-        )
-
-
-# ---- placement constraints ------------------------------------------------------------------------------
-
-CONSTRAINT_KEYS = ("node.id", "node.hostname", "node.role", "node.platform.os", "node.platform.arch")
-CONSTRAINT_LABEL_PREFIXES = ("node.labels.", "engine.labels.")
-
-
-class Constraint(NamedTuple):
-    """One placement constraint: `key op value`, op being "==" or "!="."""
-
-    key: str
-    operator: str
-    value: str
-
-
-def parse_constraint(text: str) -> Constraint:
-    """Parse `KEY==VALUE` or `KEY!=VALUE`; keys are those swarm's scheduler knows."""
-    for operator in ("==", "!="):
-        key, found, value = text.partition(operator)
-        if found:
-            key, value = key.strip(), value.strip()
-            break
-    else:
-        raise InvalidArgument(f'invalid constraint "{text}": use KEY==VALUE or KEY!=VALUE, e.g. node.role==manager')
-    if not value or "==" in value or "!=" in value:
-        raise InvalidArgument(f'invalid constraint "{text}": use KEY==VALUE or KEY!=VALUE, e.g. node.role==manager')
-    label_key = next((prefix for prefix in CONSTRAINT_LABEL_PREFIXES if key.startswith(prefix)), None)
-    if key not in CONSTRAINT_KEYS and (label_key is None or len(key) == len(label_key)):
-        raise InvalidArgument(
-            f'invalid constraint "{text}": unknown key "{key}"; use one of {", ".join(CONSTRAINT_KEYS)}, '
-            "node.labels.<name> or engine.labels.<name>"
-        )
-    return Constraint(key, operator, value)
 
 
 # ---- validation -----------------------------------------------------------------------------------------
@@ -271,7 +209,10 @@ def _check_container_spec(container: object, path: str) -> None:
     image = container.get("Image")
     if not isinstance(image, str) or not image.strip():
         raise InvalidArgument(f'{path}.Image must name the image to run, e.g. "nginx:1.25" (got {shown(image)})')
-    check_image_reference(image, path)
+    try:
+        ImageReference.parse(image)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{path}.Image: {exc.message}") from None
     optional_str_map(container, "Labels", path)
     optional_str_list(container, "Command", path, '["nginx", "-g", "daemon off;"]')
     optional_str_list(container, "Args", path, '["-g", "daemon off;"]')

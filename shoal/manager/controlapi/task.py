@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shoal.manager.controlapi import PRIVATE
+from shoal.spec import PRIVATE
 from shoal.types import Doc, task_node, task_slot
 
 # The keys of Docker's `swarm.Task`; anything else on a stored task is shoal's own bookkeeping.

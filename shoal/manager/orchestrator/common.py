@@ -23,6 +23,7 @@ from shoal import codec
 from shoal.errors import InvalidArgument
 from shoal.ids import new_id
 from shoal.manager.orchestrator import restart
+from shoal.spec import DOWN_SINCE, SPEC_DIGEST
 from shoal.timefmt import from_rfc3339, to_rfc3339
 from shoal.types import (
     Availability,
@@ -45,9 +46,7 @@ ENDED_ON_ITS_OWN = frozenset({TaskState.COMPLETE, TaskState.FAILED, TaskState.RE
 IdFactory = Callable[[], str]
 
 # On a task: the digest of the spec and published ports it was created with (see `is_task_dirty`).
-SPEC_DIGEST = "ShoalSpecDigest"
 # On a node: when (unix time) it was marked down.
-DOWN_SINCE = "ShoalDownSince"
 # How long the tasks of a down node stay wanted beside their replacements. A daemon that crashes and comes back
 # within it keeps its tasks, which never stopped (their replacements are stopped instead); a machine that stays
 # away loses them. Replacements start at once either way, so recovery is as fast.

@@ -19,7 +19,8 @@ from shoal.manager.orchestrator.common import (
     stop_ended,
 )
 from shoal.manager.orchestrator.taskreaper import DEFAULT_HISTORY_LIMIT, gone_for_good, trim_history
-from shoal.manager.scheduler.constraints import Constraint, matches, parse_constraints
+from shoal.manager.scheduler.constraints import matches
+from shoal.spec import Constraint, parse_constraints
 from shoal.types import Availability, Doc, Plan, constraints, node_availability, node_is_ready, task_node
 
 

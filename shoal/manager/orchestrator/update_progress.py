@@ -19,7 +19,8 @@ from dataclasses import dataclass, replace
 
 from shoal.errors import InvalidArgument, ShoalError
 from shoal.manager.orchestrator.common import created_at, node_trouble, service_digest, task_digest
-from shoal.manager.scheduler.constraints import Constraint, matches, parse_constraints
+from shoal.manager.scheduler.constraints import matches
+from shoal.spec import RUNNING_SINCE, Constraint, parse_constraints
 from shoal.timefmt import from_rfc3339
 from shoal.types import (
     Availability,
@@ -41,7 +42,6 @@ from shoal.types import (
 SlotKey = int | str
 
 # Private key in a task's Status: when the manager saw the task reach "running" (hidden from the API).
-RUNNING_SINCE = "ShoalRunningSince"
 
 # Observed states that count as a failure of a new task ("failure or early termination").
 FAILURE_STATES = frozenset({TaskState.FAILED, TaskState.REJECTED, TaskState.COMPLETE})

@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Protocol
 
 from shoal.errors import InvalidArgument
-from shoal.manager.scheduler.constraints import Constraint, matches, parse_constraints
+from shoal.manager.scheduler.constraints import matches
+from shoal.spec import Constraint, parse_constraints
 from shoal.types import Availability, Doc, node_availability, node_is_ready
 from shoal.types import constraints as _constraints_of
 

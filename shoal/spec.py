@@ -1,0 +1,210 @@
+"""The swarm-mode vocabulary, once: spec enums and defaults, shoal's private keys, image references, constraints.
+
+Everything that reads or checks a ServiceSpec word takes it from here: the control API validates with these
+parsers, the scheduler matches with them, the CLI offers these choices and the executors read images with them.
+Two parsers of one word drift apart (the API once refused `node.ip==10.0.0.0/24`, which the scheduler took).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from shoal.errors import InvalidArgument
+from shoal.timefmt import SECOND
+from shoal.types import Availability, Doc, RestartCondition, Role
+
+# ---- service modes and enums of the wire format ---------------------------------------------------------
+
+REPLICATED = "Replicated"
+GLOBAL = "Global"
+REPLICATED_JOB = "ReplicatedJob"
+GLOBAL_JOB = "GlobalJob"
+JOB_MODES = (REPLICATED_JOB, GLOBAL_JOB)
+MODES = (REPLICATED, GLOBAL, *JOB_MODES)
+
+RESTART_CONDITIONS = tuple(condition.value for condition in RestartCondition)
+UPDATE_FAILURE_ACTIONS = ("pause", "continue", "rollback")
+ROLLBACK_FAILURE_ACTIONS = ("pause", "continue")
+UPDATE_ORDERS = ("stop-first", "start-first")
+ENDPOINT_MODES = ("vip", "dnsrr")
+PORT_PROTOCOLS = ("tcp", "udp")  # what the routing mesh forwards (Docker also takes sctp)
+PUBLISH_MODES = ("ingress", "host")
+AVAILABILITIES = tuple(availability.value for availability in Availability)
+ROLES = tuple(role.value for role in Role)
+
+# ---- defaults (swarmkit `api/defaults/service.go`) --------------------------------------------------------
+
+DEFAULT_STOP_GRACE_PERIOD = 10 * SECOND
+DEFAULT_RESTART_DELAY = 5 * SECOND
+DEFAULT_RESTART_POLICY: Doc = {"Condition": "any", "Delay": DEFAULT_RESTART_DELAY, "MaxAttempts": 0}
+DEFAULT_UPDATE_CONFIG: Doc = {
+    "Parallelism": 1,
+    "FailureAction": "pause",
+    "Monitor": 5 * SECOND,
+    "MaxFailureRatio": 0,
+    "Order": "stop-first",
+}
+
+# ---- shoal's own keys on stored documents ----------------------------------------------------------------
+# Every key that starts with PRIVATE is bookkeeping: the API drops it from every view.
+
+PRIVATE = "Shoal"
+BACKEND_PORTS = "ShoalBackendPorts"  # a task's published target ports as its node's mesh reaches them
+DATA_PATH_PORT = "ShoalDataPathPort"  # a node's VXLAN port, in its Description
+MESH_ERRORS = "ShoalMeshErrors"  # a node's routing-mesh failures, in its Status
+SEALED_DATA = "ShoalSealedData"  # a secret's data, sealed with the cluster's data key
+TRUST_BUNDLE = "ShoalTrustBundle"  # the roots nodes trust now (PEM)
+CA_CHAIN = "ShoalCAChain"  # appended to every certificate issued during a CA rotation: the cross-signed new root
+SIGNING_ISSUER = "ShoalSigningIssuer"  # who signs node certificates now (TLSInfo's issuer fields)
+UNLOCK_KEY_ID = "ShoalUnlockKeyID"
+RESTARTING_UNTIL = "ShoalRestartingUntil"  # a node whose daemon restarts keeps its tasks until then
+SPEC_DIGEST = "ShoalSpecDigest"
+DOWN_SINCE = "ShoalDownSince"
+RUNNING_SINCE = "ShoalRunningSince"
+
+
+# ---- image references -----------------------------------------------------------------------------------
+
+# The grammar of distribution/reference: [domain/]path[:tag][@digest], path components lowercase.
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE_REFERENCE = re.compile(
+    rf"(?:(?P<domain>{_DOMAIN})/)?(?P<path>{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)"
+    r"(?::(?P<tag>[\w][\w.-]{0,127}))?"
+    r"(?:@(?P<digest>[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}))?"
+)
+_PATH_COMPONENT_ONLY = re.compile(_PATH_COMPONENT)
+_DEFAULT_DOMAINS = ("docker.io", "index.docker.io")
+
+
+@dataclass(frozen=True)
+class ImageReference:
+    """An image reference split as Docker splits it: "registry:5000/team/app:v2@sha256:…"."""
+
+    domain: str  # "" when the reference names none (Docker Hub)
+    path: str
+    tag: str
+    digest: str
+
+    @classmethod
+    def parse(cls, text: str) -> ImageReference:
+        """Parse a reference, or raise InvalidArgument saying what a valid one looks like."""
+        match = _IMAGE_REFERENCE.fullmatch(text) if len(text) <= 255 else None
+        if match is None:
+            raise InvalidArgument(
+                f'"{text}" is not a valid repository/tag: use a lowercase name with an optional tag or digest, '
+                'e.g. "busybox", "busybox:1.36" or "registry.example.com:5000/team/app:v2"'
+            )
+        domain, path = match["domain"] or "", match["path"]
+        # "team/app" has no domain: a first component is a registry only with a dot, a port, or "localhost".
+        if domain and not ("." in domain or ":" in domain or domain == "localhost" or domain.startswith("[")):
+            if not _PATH_COMPONENT_ONLY.fullmatch(domain):
+                raise InvalidArgument(f'"{text}" is not a valid repository/tag: path components are lowercase')
+            domain, path = "", f"{domain}/{path}"
+        return cls(domain=domain, path=path, tag=match["tag"] or "", digest=match["digest"] or "")
+
+    @property
+    def repository(self) -> str:
+        return f"{self.domain}/{self.path}" if self.domain else self.path
+
+    def pull(self) -> tuple[str, str]:
+        """(repository, tag or digest) to pull: "busybox" → ("busybox", "latest"); a digest wins over a tag."""
+        return self.repository, self.digest or self.tag or "latest"
+
+    @property
+    def program(self) -> str:
+        """The program the image names for the process executor: ".../nginx:1.11@sha256:…" → "nginx"."""
+        return self.path.rsplit("/", 1)[-1]
+
+    def familiar(self) -> str:
+        """As `service ls`/`service ps` show it: Docker Hub's domain and "library/" dropped, the digest dropped
+        when there is a tag; an untagged reference is shown whole."""
+        if not self.tag:
+            return str(self)
+        path = self.path
+        if self.domain in _DEFAULT_DOMAINS or not self.domain:
+            path = path.removeprefix("library/") if self.domain else path
+            return f"{path}:{self.tag}"
+        return f"{self.domain}/{path}:{self.tag}"
+
+    def __str__(self) -> str:
+        text = self.repository + (f":{self.tag}" if self.tag else "")
+        return text + (f"@{self.digest}" if self.digest else "")
+
+
+def familiar_image(image: str) -> str:
+    """`ImageReference.familiar`, for text that may not be a valid reference (shown as it is then)."""
+    try:
+        return ImageReference.parse(image).familiar()
+    except InvalidArgument:
+        return image
+
+
+# ---- placement constraints ------------------------------------------------------------------------------
+
+EQ = "=="
+NE = "!="
+NODE_LABEL_PREFIX = "node.labels."
+ENGINE_LABEL_PREFIX = "engine.labels."
+CONSTRAINT_KEYS = ("node.id", "node.hostname", "node.role", "node.ip", "node.platform.os", "node.platform.arch")
+
+# The character sets swarmkit accepts; values exclude characters of present or future operators (<, >, ~).
+_KEY = re.compile(r"[a-z_][a-z0-9\-_.]+", re.IGNORECASE)
+_VALUE = re.compile(r"[a-z0-9:\-_\s.*()?+\[\]\\^$|/]+", re.IGNORECASE)
+_HOW = "use KEY==VALUE or KEY!=VALUE, e.g. node.role==manager"
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """One placement constraint, `key op value`. The key is lower-cased except for a label's name
+    (label names are case-sensitive); values compare case-insensitively, as swarmkit's do."""
+
+    key: str
+    operator: str
+    value: str
+
+    def __str__(self) -> str:
+        return f"{self.key}{self.operator}{self.value}"
+
+
+def _normalized_key(key: str) -> str | None:
+    lowered = key.lower()
+    if lowered in CONSTRAINT_KEYS:
+        return lowered
+    for prefix in (NODE_LABEL_PREFIX, ENGINE_LABEL_PREFIX):
+        if lowered.startswith(prefix) and len(key) > len(prefix):
+            return prefix + key[len(prefix):]
+    return None
+
+
+def parse_constraint(expr: str) -> Constraint:
+    """Parse `KEY==VALUE` or `KEY!=VALUE`, or raise InvalidArgument saying what is wrong in one line."""
+    for operator in (EQ, NE):
+        if operator in expr:
+            raw_key, raw_value = (part.strip() for part in expr.split(operator, 1))
+            break
+    else:
+        raise InvalidArgument(f'invalid constraint "{expr}": {_HOW}')
+    if not _KEY.fullmatch(raw_key):
+        raise InvalidArgument(f'invalid constraint "{expr}": key "{raw_key}" is invalid; {_HOW}')
+    key = _normalized_key(raw_key)
+    if key is None:
+        known = ", ".join((*CONSTRAINT_KEYS, NODE_LABEL_PREFIX + "NAME", ENGINE_LABEL_PREFIX + "NAME"))
+        raise InvalidArgument(f'invalid constraint "{expr}": unknown key "{raw_key}" (use one of {known})')
+    if not _VALUE.fullmatch(raw_value):
+        raise InvalidArgument(f'invalid constraint "{expr}": value "{raw_value}" is invalid; {_HOW}')
+    if key == "node.ip":
+        try:
+            ipaddress.ip_network(raw_value, strict=False)
+        except ValueError:
+            raise InvalidArgument(
+                f'invalid constraint "{expr}": node.ip takes an address or a network, e.g. node.ip==10.0.0.0/24'
+            ) from None
+    return Constraint(key=key, operator=operator, value=raw_value)
+
+
+def parse_constraints(exprs: list[str]) -> list[Constraint]:
+    return [parse_constraint(e) for e in exprs]
