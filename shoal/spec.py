@@ -208,3 +208,28 @@ def parse_constraint(expr: str) -> Constraint:
 
 def parse_constraints(exprs: list[str]) -> list[Constraint]:
     return [parse_constraint(e) for e in exprs]
+
+
+# ---- placement preferences ------------------------------------------------------------------------------
+
+def parse_spread_descriptor(descriptor: str) -> str:
+    """The label a `spread=` preference spreads over, normalised like a constraint key ("node.labels.zone"),
+    or InvalidArgument: swarmkit spreads over node and engine labels only."""
+    key = _normalized_key(descriptor.strip())
+    if key is None or not key.startswith((NODE_LABEL_PREFIX, ENGINE_LABEL_PREFIX)):
+        raise InvalidArgument(f'invalid placement preference "spread={descriptor}": spread over a label, '
+                              "e.g. spread=node.labels.zone or spread=engine.labels.rack")
+    return key
+
+
+def spread_descriptors(placement: Doc | None) -> list[str]:
+    """The labels of `Placement.Preferences`, outermost first; InvalidArgument for any other preference."""
+    out = []
+    for index, preference in enumerate((placement or {}).get("Preferences") or []):
+        spread = preference.get("Spread") if isinstance(preference, dict) else None
+        descriptor = spread.get("SpreadDescriptor") if isinstance(spread, dict) else None
+        if not isinstance(descriptor, str):
+            raise InvalidArgument(f"Placement.Preferences[{index}] must be "
+                                  '{"Spread": {"SpreadDescriptor": "node.labels.NAME"}}: spread is the only preference')
+        out.append(parse_spread_descriptor(descriptor))
+    return out

@@ -25,6 +25,7 @@ from shoal.spec import (
     ROLLBACK_FAILURE_ACTIONS,
     UPDATE_FAILURE_ACTIONS,
     UPDATE_ORDERS,
+    parse_spread_descriptor,
 )
 from shoal.timefmt import parse_duration
 from shoal.types import Doc
@@ -48,6 +49,8 @@ def add_common_service_flags(parser: argparse.ArgumentParser) -> None:
                         help="Time to wait before force killing a container (ns|us|ms|s|m|h) (default 10s)")
     parser.add_argument("--stop-signal", help="Signal to stop the container")
     parser.add_argument("--replicas", metavar="N", help="Number of tasks")
+    parser.add_argument("--replicas-max-per-node", metavar="N",
+                        help="Maximum number of tasks per node (default 0 = unlimited)")
     parser.add_argument("--restart-condition", metavar="CONDITION",
                         help='Restart when condition is met ("none", "on-failure", "any") (default "any")')
     parser.add_argument("--restart-delay", metavar="DURATION",
@@ -86,6 +89,8 @@ def add_create_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-e", "--env", action="append", metavar="K=V", help="Set environment variables")
     parser.add_argument("-l", "--label", action="append", metavar="K=V", help="Service labels")
     parser.add_argument("--constraint", action="append", metavar="EXPR", help="Placement constraints")
+    parser.add_argument("--placement-pref", action="append", metavar="PREF",
+                        help="Add a placement preference, e.g. spread=node.labels.zone")
     parser.add_argument("--network", action="append", metavar="NETWORK",
                         help="Network attachments (NAME or name=NAME,alias=ALIAS,driver-opt=K=V)")
     parser.add_argument("--secret", action="append", metavar="SECRET",
@@ -107,6 +112,8 @@ def add_update_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env-rm", action="append", metavar="K", help="Remove an environment variable")
     parser.add_argument("--constraint-add", action="append", metavar="EXPR", help="Add or update a placement constraint")
     parser.add_argument("--constraint-rm", action="append", metavar="EXPR", help="Remove a constraint")
+    parser.add_argument("--placement-pref-add", action="append", metavar="PREF", help="Add a placement preference")
+    parser.add_argument("--placement-pref-rm", action="append", metavar="PREF", help="Remove a placement preference")
     parser.add_argument("--publish-add", action="append", metavar="PORT", help="Add or update a published port")
     parser.add_argument("--publish-rm", action="append", metavar="PORT", help="Remove a published port by its target port")
     parser.add_argument("--label-add", action="append", metavar="K=V", help="Add or update a service label")
@@ -352,6 +359,36 @@ def _apply_container_flags(args: argparse.Namespace, container: Doc) -> None:
         container["Healthcheck"] = health
 
 
+def parse_placement_pref(flag: str, value: str) -> Doc:
+    """`spread=node.labels.zone` → a Placement.Preferences entry (spread is the only strategy Docker has)."""
+    strategy, found, argument = value.partition("=")
+    if not found or not argument:
+        raise _bad(flag, value, 'must be of the format "<strategy>=<arg>", e.g. spread=node.labels.zone')
+    if strategy.lower() != "spread":
+        raise _bad(flag, value, f"unsupported placement preference {strategy} (only spread is supported)")
+    try:
+        descriptor = parse_spread_descriptor(argument)
+    except InvalidArgument as exc:
+        raise CliError(exc.message) from None
+    return {"Spread": {"SpreadDescriptor": descriptor}}
+
+
+def _apply_placement_flags(args: argparse.Namespace, placement: Doc, add_flag: str) -> None:
+    """Preferences added and removed (by value, as docker's --placement-pref-rm) and --replicas-max-per-node."""
+    add, remove = _flag(args, add_flag.lstrip("-").replace("-", "_")), _flag(args, "placement_pref_rm")
+    if add or remove:
+        removed = [parse_placement_pref("--placement-pref-rm", value) for value in remove or []]
+        preferences = [p for p in placement.get("Preferences") or [] if p not in removed]
+        preferences += [parse_placement_pref(add_flag, value) for value in add or []]
+        if preferences:
+            placement["Preferences"] = preferences
+        else:
+            placement.pop("Preferences", None)
+    most = _flag(args, "replicas_max_per_node")
+    if most is not None:
+        placement["MaxReplicas"] = uint_flag("--replicas-max-per-node", most)
+
+
 def _shell_words(flag: str, value: str) -> list[str]:
     try:
         return shlex.split(value)
@@ -520,6 +557,7 @@ def build_service_spec(args: argparse.Namespace) -> Doc:
     if restart is not None:
         task["RestartPolicy"] = restart
     task["Placement"] = {"Constraints": list(args.constraint)} if args.constraint else {}
+    _apply_placement_flags(args, task["Placement"], "--placement-pref")
     networks = [parse_network("--network", value) for value in args.network or []]
     if networks:
         task["Networks"] = networks
@@ -616,6 +654,8 @@ def apply_service_update(spec: Doc, args: argparse.Namespace) -> Doc:
         constraints = list(placement.get("Constraints") or []) + list(args.constraint_add or [])
         placement["Constraints"] = sorted(c for c in constraints if c not in removed)
         task["Placement"] = placement
+    task["Placement"] = task.get("Placement") or {}
+    _apply_placement_flags(args, task["Placement"], "--placement-pref-add")
 
     if args.publish_add or args.publish_rm or args.endpoint_mode is not None:
         endpoint = spec.get("EndpointSpec") or {"Mode": "vip"}

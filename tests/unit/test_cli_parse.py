@@ -491,3 +491,37 @@ def test_explicit_hosts_win_over_the_environment(monkeypatch: pytest.MonkeyPatch
     assert resolve_host(None, {"SHOAL_HOST": "unix:///x"}) == ("unix:///x", True)
     monkeypatch.setattr("shoal.cli.common.playground_socket", lambda: "/tmp/pg/manager1/shoal.sock")
     assert resolve_host(None, {}) == ("unix:///tmp/pg/manager1/shoal.sock", False)
+
+
+def test_placement_preferences_and_max_replicas_per_node() -> None:
+    daemon = created()
+    code, _, err = daemon.cli("service", "create", "-d", "--placement-pref", "spread=node.labels.zone",
+                              "--placement-pref", "spread=engine.labels.rack", "--replicas-max-per-node", "2",
+                              "busybox")
+    assert (code, err) == (0, "")
+    placement = daemon.bodies("POST /services/create")[0]["TaskTemplate"]["Placement"]
+    assert placement == {"Preferences": [{"Spread": {"SpreadDescriptor": "node.labels.zone"}},
+                                         {"Spread": {"SpreadDescriptor": "engine.labels.rack"}}],
+                         "MaxReplicas": 2}
+    service = current_service()
+    service["Spec"]["TaskTemplate"]["Placement"] = placement
+    daemon = updatable(service)
+    code, _, err = daemon.cli("service", "update", "-d", "--placement-pref-rm", "spread=node.labels.zone",
+                              "--placement-pref-add", "spread=node.labels.dc", "--replicas-max-per-node", "0", "web")
+    assert (code, err) == (0, "")
+    placement = daemon.bodies(f"POST /services/{SERVICE_ID}/update")[0]["TaskTemplate"]["Placement"]
+    assert placement == {"Preferences": [{"Spread": {"SpreadDescriptor": "engine.labels.rack"}},
+                                         {"Spread": {"SpreadDescriptor": "node.labels.dc"}}], "MaxReplicas": 0}
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--placement-pref", "zone"], 'must be of the format "<strategy>=<arg>"'),
+    (["--placement-pref", "binpack=node.labels.x"], "only spread is supported"),
+    (["--placement-pref", "spread=node.hostname"], "spread over a label"),
+    (["--replicas-max-per-node", "-1"], "--replicas-max-per-node"),
+])
+def test_bad_placement_flags_give_one_line_and_send_nothing(flags: list[str], message: str) -> None:
+    daemon = created()
+    code, out, err = daemon.cli("service", "create", "-d", *flags, "busybox")
+    assert code != 0 and message in err and err.count("\n") == 1
+    assert not daemon.bodies("POST /services/create")

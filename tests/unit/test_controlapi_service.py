@@ -227,6 +227,14 @@ INVALID: list[tuple[str, object, str]] = [
     ("negative max attempts", with_template(RestartPolicy={"MaxAttempts": -2}),
      "TaskTemplate.RestartPolicy.MaxAttempts"),
     ("negative window", with_template(RestartPolicy={"Window": -1}), "TaskTemplate.RestartPolicy.Window"),
+    ("preference not spread", with_template(Placement={"Preferences": [{"Binpack": {}}]}),
+     "TaskTemplate.Placement.Preferences[0] must be"),
+    ("spread over a non-label", with_template(Placement={"Preferences": [
+        {"Spread": {"SpreadDescriptor": "node.hostname"}}]}), 'invalid placement preference "spread=node.hostname"'),
+    ("negative max replicas", with_template(Placement={"MaxReplicas": -1}), "TaskTemplate.Placement.MaxReplicas"),
+    ("platform not an object", with_template(Placement={"Platforms": ["linux"]}), "TaskTemplate.Placement.Platforms"),
+    ("generic resources", with_template(Resources={"Reservations": {"GenericResources": [{"DiscreteResourceSpec": {
+        "Kind": "gpu", "Value": 1}}]}}), "TaskTemplate.Resources.Reservations.GenericResources is not supported"),
     ("single = constraint", with_template(Placement={"Constraints": ["node.role=manager"]}),
      'invalid constraint "node.role=manager": use KEY==VALUE or KEY!=VALUE, e.g. node.role==manager'),
     ("unknown constraint key", with_template(Placement={"Constraints": ["node.colour==red"]}),

@@ -522,3 +522,29 @@ def test_a_node_back_without_its_task_keeps_the_replacement() -> None:
 
     assert [(t["ID"], t["DesiredState"]) for t in plan.update] == [("orig", "shutdown")]
     assert plan.create == []
+
+
+def test_a_node_whose_labels_no_longer_satisfy_the_constraints_loses_its_task() -> None:
+    svc = make_service(1)
+    svc["Spec"]["TaskTemplate"]["Placement"] = {"Constraints": ["node.labels.zone==east"]}
+    east = make_node("n1")
+    east["Spec"]["Labels"] = {"zone": "east"}
+    task = make_task(svc, "a", 1, node="n1")
+    assert reconcile_replicated(svc, [task], nodes_map(east, make_node("n2")), NOW).empty()
+    west = make_node("n1")
+    west["Spec"]["Labels"] = {"zone": "west"}  # relabelled: the constraint enforcer moves the task
+    plan = reconcile_replicated(svc, [task], nodes_map(west, make_node("n2")), NOW)
+    assert updated(plan, "a")["DesiredState"] == "shutdown"
+    assert any("placement constraints" in note for note in plan.notes)
+    assert [t["Slot"] for t in plan.create] == [1]
+
+
+def test_a_demoted_node_loses_a_task_constrained_to_managers() -> None:
+    svc = make_service(1)
+    svc["Spec"]["TaskTemplate"]["Placement"] = {"Constraints": ["node.role==manager"]}
+    manager = make_node("n1")
+    manager["Spec"]["Role"] = "manager"
+    task = make_task(svc, "a", 1, node="n1")
+    assert reconcile_replicated(svc, [task], nodes_map(manager), NOW).empty()
+    plan = reconcile_replicated(svc, [task], nodes_map(make_node("n1")), NOW)
+    assert updated(plan, "a")["DesiredState"] == "shutdown"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -260,3 +261,157 @@ def test_a_global_task_whose_host_port_is_taken_on_its_node_waits() -> None:
     result = schedule([task], [make_node("n1")], {"n1": [running_on(other, "n1", "o1")]}, NOW)
     assert result.assigned == []
     assert result.unassigned[0]["Status"]["Err"] == "no suitable node (host-mode port already in use on 1 node)"
+
+
+# ---- resources, max replicas per node, platforms, preferences -------------------------------------------
+
+GIB = 1024**3
+
+
+def sized_node(nid: str, cpus: int = 2, memory: int = 4 * GIB, labels: dict[str, str] | None = None,
+               arch: str = "x86_64") -> Doc:
+    node = make_node(nid)
+    node["Spec"]["Labels"] = labels or {}
+    node["Description"].update(Resources={"NanoCPUs": cpus * 10**9, "MemoryBytes": memory},
+                               Platform={"OS": "linux", "Architecture": arch})
+    return node
+
+
+def with_placement(service: Doc, **placement: Any) -> Doc:
+    service["Spec"]["TaskTemplate"]["Placement"] = placement
+    return service
+
+
+def reserving(service: Doc, cpus: float = 0, memory: int = 0) -> Doc:
+    service["Spec"]["TaskTemplate"]["Resources"] = {
+        "Reservations": {"NanoCPUs": int(cpus * 10**9), "MemoryBytes": memory}}
+    return service
+
+
+def test_a_reservation_larger_than_any_node_waits_saying_so() -> None:
+    svc = reserving(make_service(), memory=1024 * GIB)
+    nodes = [sized_node(n) for n in ("a", "b", "c")]
+    [task] = schedule(pending(svc, 1), nodes, {}, NOW).unassigned
+    assert task["Status"]["Err"] == "no suitable node (insufficient resources on 3 nodes)"
+
+
+def test_reservations_fill_nodes_and_the_rest_wait() -> None:
+    svc = reserving(make_service(), cpus=1.5)
+    nodes = [sized_node("a"), sized_node("b")]  # 2 CPUs each: one task of 1.5 per node
+    result = schedule(pending(svc, 3), nodes, {}, NOW)
+    assert spread(result.assigned) == {"a": 1, "b": 1}
+    assert [t["Status"]["Err"] for t in result.unassigned] == ["no suitable node (insufficient resources on 2 nodes)"]
+
+
+def test_what_placed_tasks_reserve_counts_against_a_node() -> None:
+    svc = reserving(make_service(), memory=3 * GIB)
+    placed = running_on(svc, "a", "old")
+    result = schedule(pending(svc, 1), [sized_node("a"), sized_node("b")], {"a": [placed]}, NOW)
+    assert spread(result.assigned) == {"b": 1}
+
+
+def test_max_replicas_per_node_in_dockers_words() -> None:
+    svc = with_placement(make_service(), MaxReplicas=2)
+    result = schedule(pending(svc, 5), [sized_node("a"), sized_node("b")], {}, NOW)
+    assert spread(result.assigned) == {"a": 2, "b": 2}
+    assert [t["Status"]["Err"] for t in result.unassigned] == ["no suitable node (max replicas per node limit exceed)"]
+
+
+def test_platforms_filter_nodes_by_os_and_architecture() -> None:
+    svc = with_placement(make_service(), Platforms=[{"OS": "linux", "Architecture": "arm64"}])
+    result = schedule(pending(svc, 2), [sized_node("x86"), sized_node("arm", arch="aarch64")], {}, NOW)
+    assert spread(result.assigned) == {"arm": 2}
+    svc = with_placement(make_service("other"), Platforms=[{"OS": "windows"}])
+    [task] = schedule(pending(svc, 1), [sized_node("x86")], {}, NOW).unassigned
+    assert task["Status"]["Err"] == "no suitable node (unsupported platform on 1 node)"
+
+
+def spread_pref(*labels: str) -> list[Doc]:
+    return [{"Spread": {"SpreadDescriptor": f"node.labels.{label}"}} for label in labels]
+
+
+def test_spread_preference_evens_tasks_over_label_values_before_nodes() -> None:
+    # Zone east has 3 nodes, west 1: plain spread would put 3 of 4 tasks in east; the preference puts 2 and 2.
+    nodes = [sized_node(f"e{i}", labels={"zone": "east"}) for i in range(3)] + [
+        sized_node("w0", labels={"zone": "west"})]
+    svc = with_placement(make_service(), Preferences=spread_pref("zone"))
+    result = schedule(pending(svc, 4), nodes, {}, NOW)
+    by_zone = Counter("west" if t["NodeID"] == "w0" else "east" for t in result.assigned)
+    assert by_zone == {"east": 2, "west": 2}
+    assert len({t["NodeID"] for t in result.assigned if t["NodeID"] != "w0"}) == 2  # spread inside east too
+
+
+def test_nodes_without_the_label_are_a_group_of_their_own() -> None:
+    nodes = [sized_node("e0", labels={"zone": "east"}), sized_node("e1", labels={"zone": "east"}),
+             sized_node("x0"), sized_node("x1")]
+    svc = with_placement(make_service(), Preferences=spread_pref("zone"))
+    result = schedule(pending(svc, 4), nodes, {}, NOW)
+    assert Counter(t["NodeID"][0] for t in result.assigned) == {"e": 2, "x": 2}
+
+
+def test_nested_preferences_spread_level_by_level() -> None:
+    nodes = [sized_node(f"{zone}{rack}{i}", labels={"zone": zone, "rack": rack})
+             for zone in ("a", "b") for rack in ("1", "2") for i in range(2 if zone == "a" else 1)]
+    svc = with_placement(make_service(), Preferences=spread_pref("zone", "rack"))
+    result = schedule(pending(svc, 8), nodes, {}, NOW)
+    assert Counter(t["NodeID"][0] for t in result.assigned) == {"a": 4, "b": 4}
+    assert Counter(t["NodeID"][:2] for t in result.assigned) == {"a1": 2, "a2": 2, "b1": 2, "b2": 2}
+
+
+def test_a_full_branch_sends_the_rest_elsewhere() -> None:
+    nodes = [sized_node("e0", cpus=1, labels={"zone": "east"}), sized_node("w0", cpus=8, labels={"zone": "west"})]
+    svc = reserving(with_placement(make_service(), Preferences=spread_pref("zone")), cpus=1)
+    result = schedule(pending(svc, 4), nodes, {}, NOW)
+    assert spread(result.assigned) == {"e0": 1, "w0": 3}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    node_sizes=st.lists(st.tuples(st.integers(1, 8), st.integers(1, 16), st.sampled_from(["a", "b", "c", ""])),
+                        min_size=1, max_size=8),
+    groups=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 6), st.integers(1, 12), st.integers(0, 3),
+                              st.booleans()), min_size=1, max_size=4),
+)
+def test_no_node_is_ever_over_committed_and_limits_hold(
+        node_sizes: list[tuple[int, int, str]], groups: list[tuple[int, int, int, int, bool]]) -> None:
+    nodes = [sized_node(f"n{i}", cpus=cpus, memory=gib * GIB, labels={"zone": zone} if zone else {})
+             for i, (cpus, gib, zone) in enumerate(node_sizes)]
+    tasks: list[Doc] = []
+    for index, (cpus, gib, count, most, prefer) in enumerate(groups):
+        svc = reserving(make_service(f"s{index}"), cpus=cpus, memory=gib * GIB // 2)
+        placement: Doc = {"MaxReplicas": most}
+        if prefer:
+            placement["Preferences"] = spread_pref("zone")
+        with_placement(svc, **placement)
+        tasks += pending(svc, count, prefix=f"s{index}-")
+    result = schedule(tasks, nodes, {}, NOW)
+    assert len(result.assigned) + len(result.unassigned) == len(tasks)
+    by_id = {n["ID"]: n for n in nodes}
+    used: dict[str, list[int]] = {n["ID"]: [0, 0] for n in nodes}
+    per_service: Counter[tuple[str, str]] = Counter()
+    for task in result.assigned:
+        reserved = task["Spec"]["Resources"]["Reservations"]
+        used[task["NodeID"]][0] += reserved["NanoCPUs"]
+        used[task["NodeID"]][1] += reserved["MemoryBytes"]
+        per_service[(task["ServiceID"], task["NodeID"])] += 1
+        most = task["Spec"]["Placement"]["MaxReplicas"]
+        assert not most or per_service[(task["ServiceID"], task["NodeID"])] <= most
+    for node_id, (cpus, memory) in used.items():
+        offered = by_id[node_id]["Description"]["Resources"]
+        assert cpus <= offered["NanoCPUs"] and memory <= offered["MemoryBytes"]
+    # A task waits only if no node could take it once the others landed.
+    for task in result.unassigned:
+        assert task["Status"]["Err"].startswith("no suitable node (")
+
+
+@settings(max_examples=60, deadline=None)
+@given(zones=st.lists(st.sampled_from(["a", "b", "c", "d"]), min_size=1, max_size=10), count=st.integers(1, 40))
+def test_spread_over_a_label_is_even_within_one(zones: list[str], count: int) -> None:
+    nodes = [sized_node(f"n{i}", labels={"zone": zone}) for i, zone in enumerate(zones)]
+    svc = with_placement(make_service(), Preferences=spread_pref("zone"))
+    result = schedule(pending(svc, count), nodes, {}, NOW)
+    assert len(result.assigned) == count
+    zone_of = {n["ID"]: n["Spec"]["Labels"]["zone"] for n in nodes}
+    per_zone = Counter(zone_of[t["NodeID"]] for t in result.assigned)
+    counts = [per_zone.get(zone, 0) for zone in set(zones)]
+    assert max(counts) - min(counts) <= 1

@@ -43,6 +43,7 @@ from shoal.spec import (
     UPDATE_ORDERS,
     ImageReference,
     parse_constraint,
+    spread_descriptors,
 )
 from shoal.task_files import BadReference, all_references
 from shoal.timefmt import to_rfc3339
@@ -274,8 +275,10 @@ def _check_resources(template: Doc, path: str) -> None:
         if memory and memory < MIN_MEMORY_BYTES:
             raise InvalidArgument(f"{part_path}.MemoryBytes must be at least 4MiB ({MIN_MEMORY_BYTES}) or 0 "
                                   f"(got {memory})")
-        optional_int(values, "Pids", part_path)
-        optional_object_list(values, "GenericResources", part_path)
+        optional_int(values, "Pids", part_path, minimum=0)
+        if optional_object_list(values, "GenericResources", part_path):
+            raise InvalidArgument(f"{part_path}.GenericResources is not supported by shoal: reserve NanoCPUs and "
+                                  "MemoryBytes instead")
 
 
 def _check_restart_policy(template: Doc, path: str) -> None:
@@ -297,8 +300,14 @@ def _check_placement(template: Doc, path: str) -> None:
     for constraint in optional_str_list(placement, "Constraints", placement_path, '["node.role==manager"]') or []:
         parse_constraint(constraint)
     optional_object_list(placement, "Preferences", placement_path)
-    optional_int(placement, "MaxReplicas", placement_path)
-    optional_object_list(placement, "Platforms", placement_path)
+    try:
+        spread_descriptors(placement)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{path}.{exc.message}" if exc.message.startswith("Placement") else exc.message) from None
+    optional_int(placement, "MaxReplicas", placement_path, minimum=0)
+    for index, platform in enumerate(optional_object_list(placement, "Platforms", placement_path) or []):
+        optional_str(platform, "OS", f"{placement_path}.Platforms[{index}]")
+        optional_str(platform, "Architecture", f"{placement_path}.Platforms[{index}]")
 
 
 def _check_network_attachments(doc: Doc, path: str) -> None:

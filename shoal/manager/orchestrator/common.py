@@ -14,6 +14,7 @@ Two conventions the reconcilers rely on:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import threading
@@ -23,7 +24,8 @@ from shoal import codec
 from shoal.errors import InvalidArgument
 from shoal.ids import new_id
 from shoal.manager.orchestrator import restart
-from shoal.spec import DOWN_SINCE, SPEC_DIGEST
+from shoal.manager.scheduler.constraints import matches
+from shoal.spec import DOWN_SINCE, SPEC_DIGEST, Constraint, parse_constraints
 from shoal.timefmt import from_rfc3339, to_rfc3339
 from shoal.types import (
     Availability,
@@ -31,6 +33,7 @@ from shoal.types import (
     NodeState,
     Plan,
     TaskState,
+    constraints,
     desired_state,
     node_availability,
     node_state,
@@ -189,7 +192,8 @@ def never_reached_an_agent(task: Doc) -> bool:
 
 
 def node_trouble(task: Doc, nodes: dict[str, Doc]) -> str | None:
-    """Why a replicated task's node can no longer keep it ("down", "removed", "drained"), or None."""
+    """Why a replicated task's node can no longer keep it ("down", "removed", "drained", or no longer what its
+    constraints ask: labels or role changed, as swarmkit's constraint enforcer moves it), or None."""
     node_id = task_node(task)
     if not node_id:
         return None
@@ -200,7 +204,19 @@ def node_trouble(task: Doc, nodes: dict[str, Doc]) -> str | None:
         return "down"
     if node_availability(node) == Availability.DRAIN:
         return "drained"
+    exprs = tuple(constraints(task.get("Spec") or {}))
+    if exprs and not matches(_parsed(exprs), node):
+        return "no longer satisfies the task's placement constraints"
     return None
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(exprs: tuple[str, ...]) -> list[Constraint]:
+    """Constraints parsed once per distinct list: node_trouble runs for every task a pass looks at."""
+    try:
+        return parse_constraints(list(exprs))
+    except InvalidArgument:
+        return []  # the API refuses these; a stored one that does not parse moves nothing
 
 
 def keeper_order(task: Doc) -> tuple[int, float, str]:

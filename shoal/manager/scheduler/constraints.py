@@ -14,7 +14,7 @@ from shoal.spec import ENGINE_LABEL_PREFIX, EQ, NODE_LABEL_PREFIX, Constraint
 from shoal.types import Doc, node_hostname
 
 
-def _attribute(key: str, node: Doc) -> str:
+def node_attribute(key: str, node: Doc) -> str:
     spec = node.get("Spec") or {}
     description = node.get("Description") or {}
     if key == "node.id":
@@ -49,7 +49,7 @@ def satisfied(constraint: Constraint, node: Doc) -> bool:
     if constraint.key == "node.ip":
         equal = _ip_matches(constraint.value, node)
     else:
-        equal = _attribute(constraint.key, node).casefold() == constraint.value.casefold()
+        equal = node_attribute(constraint.key, node).casefold() == constraint.value.casefold()
     return equal if constraint.operator == EQ else not equal
 
 

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from shoal.errors import InvalidArgument
 from shoal.manager.scheduler.constraints import matches
+from shoal.manager.scheduler.resources import Resources, capacity, reservation
 from shoal.spec import Constraint, parse_constraints
 from shoal.types import Availability, Doc, node_availability, node_is_ready
 from shoal.types import constraints as _constraints_of
@@ -91,16 +92,111 @@ class InvalidConstraintFilter:
         return self.message
 
 
+# Docker's platform names for what `uname -m` says.
+_ARCHITECTURE_ALIASES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386", "i386": "386"}
+
+
+def _architecture(name: str) -> str:
+    lowered = name.lower()
+    return _ARCHITECTURE_ALIASES.get(lowered, lowered)
+
+
+class PlatformFilter:
+    """The node's OS and architecture are one of the task's `Placement.Platforms` (swarmkit's PlatformFilter)."""
+
+    name = "platform"
+    explanation_group = "platform"
+
+    def __init__(self, platforms: list[Doc]) -> None:
+        self.platforms = [(str(p.get("OS") or "").lower(), _architecture(str(p.get("Architecture") or "")))
+                          for p in platforms]
+
+    def check(self, node: Doc) -> bool:
+        platform = (node.get("Description") or {}).get("Platform") or {}
+        node_os = str(platform.get("OS") or "").lower()
+        node_arch = _architecture(str(platform.get("Architecture") or ""))
+        return any((not os_name or os_name == node_os) and (not arch or arch == node_arch)
+                   for os_name, arch in self.platforms)
+
+    def explain(self, count: int) -> str:
+        return f"unsupported platform on {_nodes(count)}"
+
+
+class LoadView(Protocol):
+    """What a node runs as one scheduling decision sees it, placements of the decision included."""
+
+    def service_count(self, service_id: str, node_id: str) -> int: ...
+
+    def reserved(self, node_id: str) -> Resources: ...
+
+
+class ResourceFilter:
+    """The node has the task's reservations left after what its live tasks reserve (swarmkit's)."""
+
+    name = "resources"
+    explanation_group = "resources"
+
+    def __init__(self, wanted: Resources, load: LoadView) -> None:
+        self.wanted = wanted
+        self.load = load
+
+    def check(self, node: Doc) -> bool:
+        return self.wanted.fits_in(capacity(node) - self.load.reserved(node["ID"]))
+
+    def explain(self, count: int) -> str:
+        return f"insufficient resources on {_nodes(count)}"
+
+
+class MaxReplicasFilter:
+    """The node runs fewer than `Placement.MaxReplicas` tasks of the service (swarmkit's, with its words)."""
+
+    name = "max-replicas"
+    explanation_group = "max-replicas"
+
+    def __init__(self, service_id: str, most: int, load: LoadView) -> None:
+        self.service_id = service_id
+        self.most = most
+        self.load = load
+
+    def check(self, node: Doc) -> bool:
+        return self.load.service_count(self.service_id, node["ID"]) < self.most
+
+    def explain(self, count: int) -> str:
+        return "max replicas per node limit exceed"
+
+
 READY = ReadyFilter()
 AVAILABLE = AvailabilityFilter()
 
 
 def filters_for(task_spec: Doc) -> list[Filter]:
-    """The filters a task with this TaskSpec must pass, cheapest and most common refusals first."""
+    """The filters that read only the node, cheapest and most common refusals first."""
+    filters: list[Filter] = [READY, AVAILABLE]
+    platforms = (task_spec.get("Placement") or {}).get("Platforms")
+    if platforms:
+        filters.append(PlatformFilter(platforms))
     exprs = _constraints_of(task_spec)
-    if not exprs:
-        return [READY, AVAILABLE]
-    try:
-        return [READY, AVAILABLE, ConstraintFilter(parse_constraints(exprs))]
-    except InvalidArgument as exc:
-        return [READY, AVAILABLE, InvalidConstraintFilter(exc.message)]
+    if exprs:
+        try:
+            filters.append(ConstraintFilter(parse_constraints(exprs)))
+        except InvalidArgument as exc:
+            filters.append(InvalidConstraintFilter(exc.message))
+    return filters
+
+
+def max_replicas(task_spec: Doc) -> int:
+    """`Placement.MaxReplicas`, 0 meaning no limit."""
+    return int((task_spec.get("Placement") or {}).get("MaxReplicas") or 0)
+
+
+def load_filters(task: Doc, load: LoadView, *, per_service: bool = True) -> list[Filter]:
+    """The filters that also read what the nodes run, which changes as a decision places tasks."""
+    spec = task.get("Spec") or {}
+    filters: list[Filter] = []
+    wanted = reservation(spec)
+    if wanted:
+        filters.append(ResourceFilter(wanted, load))
+    most = max_replicas(spec)
+    if most and per_service:
+        filters.append(MaxReplicasFilter(str(task["ServiceID"]), most, load))
+    return filters

@@ -1,22 +1,29 @@
 """The scheduler's decision: which node each pending task goes to, or why none can take it.
 
 Pure: pending tasks, nodes and the tasks already on each node in; task copies out. Nodes pass a filter
-pipeline (ready, available, constraints); the survivors are ranked by spread: fewest live tasks of the same
-service, then fewest live tasks overall, then node ID. Tasks of one service with the same placement
-constraints (all the spec the filters read) are placed as a group from one heap, whose counts move as each
-task lands, so 6 tasks on 3 equal nodes go 2/2/2. Filtering is done once per distinct set of constraints.
+pipeline (ready, available, platform, constraints); the survivors are ranked by spread: fewest live tasks of
+the same service, then fewest live tasks overall, then node ID. Tasks of one service with the same placement
+(all the spec the filters read) are placed as a group from one heap, whose counts move as each task lands, so
+6 tasks on 3 equal nodes go 2/2/2. Filtering by node is done once per distinct set of constraints.
+
+Reservations and `MaxReplicas` also read what the nodes run, which moves as the group lands: such a group
+is placed through a `SpreadTree`, which also spreads over the labels of `Placement.Preferences` first (as
+swarmkit's tree does): at each level the label value with the fewest tasks of the service takes the next one.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shoal.manager.scheduler.filters import Filter, filters_for
+from shoal.manager.scheduler.constraints import node_attribute
+from shoal.manager.scheduler.filters import Filter, filters_for, load_filters
+from shoal.manager.scheduler.resources import NONE, Resources, reservation
 from shoal.mesh.table import published_ports
+from shoal.spec import spread_descriptors
 from shoal.timefmt import to_rfc3339
 from shoal.types import Doc, Plan, TaskState, constraints, desired_state, task_is_live, task_node, task_state
 
@@ -90,6 +97,7 @@ class NodeLoad:
         self.total: Counter[str] = Counter()
         self.by_service: dict[str, Counter[str]] = defaultdict(Counter)
         self.host_ports: dict[str, Counter[HostPort]] = defaultdict(Counter)
+        self.reserved: dict[str, Resources] = {}  # what the live tasks on each node reserve
 
     @classmethod
     def of(cls, tasks_by_node: Mapping[str, list[Doc]]) -> NodeLoad:
@@ -119,6 +127,14 @@ class NodeLoad:
         _bump(self.by_service[task["ServiceID"]], node_id, delta)
         for port in host_ports(task):
             _bump(self.host_ports[node_id], port, delta)
+        wanted = reservation(task.get("Spec") or {})
+        if wanted:
+            held = self.reserved.get(node_id, NONE)
+            left = held + wanted if delta > 0 else held - wanted
+            if left:
+                self.reserved[node_id] = left
+            else:
+                self.reserved.pop(node_id, None)
 
 
 def _bump(counter: Counter[Any], key: Any, delta: int) -> None:
@@ -135,6 +151,7 @@ class _Load:
         self.delta_total: dict[str, int] = defaultdict(int)
         self.delta_service: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.delta_ports: dict[str, dict[HostPort, int]] = defaultdict(lambda: defaultdict(int))
+        self.delta_reserved: dict[str, Resources] = {}
 
     def total(self, node_id: str) -> int:
         return self.base.total.get(node_id, 0) + self.delta_total.get(node_id, 0)
@@ -149,6 +166,9 @@ class _Load:
         candidates = set(self.base.by_service.get(service_id, ())) | set(self.delta_service.get(service_id, ()))
         return {node_id for node_id in candidates if self.service_count(service_id, node_id) > 0}
 
+    def reserved(self, node_id: str) -> Resources:
+        return self.base.reserved.get(node_id, NONE) + self.delta_reserved.get(node_id, NONE)
+
     def host_ports(self, node_id: str) -> set[HostPort]:
         return set(self.base.host_ports.get(node_id, ())) | set(self.delta_ports.get(node_id, ()))
 
@@ -157,6 +177,9 @@ class _Load:
         self.delta_service[task["ServiceID"]][node_id] += 1
         for port in host_ports(task):
             self.delta_ports[node_id][port] += 1
+        wanted = reservation(task.get("Spec") or {})
+        if wanted:
+            self.delta_reserved[node_id] = self.delta_reserved.get(node_id, NONE) + wanted
 
 
 class _Candidates:
@@ -206,16 +229,17 @@ def schedule(
 
     load = _Load(placed if isinstance(placed, NodeLoad) else NodeLoad.of(placed))
 
-    groups: dict[tuple[str, tuple[str, ...]], list[Doc]] = defaultdict(list)
+    groups: dict[tuple[str, str], list[Doc]] = defaultdict(list)
     for task in waiting:
         node_id = task_node(task)
         if not node_id:
-            groups[(task["ServiceID"], tuple(sorted(constraints(task.get("Spec") or {}))))].append(task)
+            groups[(task["ServiceID"], placement_key(task))].append(task)
             continue
         node = node_by_id.get(node_id)
         if node is None:
             continue
-        pipeline = Pipeline(filters_for(task.get("Spec") or {}))
+        # A global task goes to its own node: MaxReplicas means nothing there, reservations do.
+        pipeline = Pipeline(filters_for(task.get("Spec") or {}) + load_filters(task, load, per_service=False))
         if not pipeline.check(node):
             _refuse(result, task, pipeline.error(), stamp)
         elif host_ports(task) & load.host_ports(node_id):
@@ -224,34 +248,64 @@ def schedule(
             result.assigned.append(_assigned(task, node_id, PREASSIGNED_MESSAGE, stamp))
             load.add(node_id, task)
 
-    candidates: dict[tuple[str, ...], _Candidates] = {}
-    for (service_id, constraint_key), group in groups.items():
-        if constraint_key not in candidates:
-            pipeline = Pipeline(filters_for(group[0].get("Spec") or {}))
+    candidates: dict[str, _Candidates] = {}
+    for (service_id, _), group in groups.items():
+        spec = group[0].get("Spec") or {}
+        node_key = node_filter_key(spec)
+        if node_key not in candidates:
+            pipeline = Pipeline(filters_for(spec))
             passing = [n["ID"] for n in nodes if pipeline.check(n)]
-            candidates[constraint_key] = _Candidates(passing, pipeline.error(), load)
-        fit = candidates[constraint_key]
+            candidates[node_key] = _Candidates(passing, pipeline.error(), load)
+        fit = candidates[node_key]
         if not fit.node_ids:
             for task in group:
                 _refuse(result, task, fit.error, stamp)
             continue
         if host_ports(group[0]):
-            _place_on_free_host_ports(result, group, fit, load, stamp)
+            _place_on_free_host_ports(result, group, fit, load, stamp, node_by_id)
+        elif load_filters(group[0], load) or spread_descriptors(spec.get("Placement")):
+            _place_through_tree(result, group, service_id, fit, load, stamp, node_by_id)
         else:
             _spread(result, group, service_id, fit, load, stamp)
     return result
 
 
+def node_filter_key(task_spec: Doc) -> str:
+    """What the node-only filters read of a TaskSpec: tasks alike here pass the same nodes."""
+    placement = task_spec.get("Placement") or {}
+    return repr((sorted(constraints(task_spec)), placement.get("Platforms") or []))
+
+
+def placement_key(task: Doc) -> str:
+    """Everything placement reads of a task: tasks alike here are placed as one group."""
+    spec = task.get("Spec") or {}
+    placement = spec.get("Placement") or {}
+    return repr((node_filter_key(spec), placement.get("MaxReplicas") or 0, placement.get("Preferences") or [],
+                 reservation(spec), sorted(host_ports(task))))
+
+
+def _why_not(task: Doc, nodes: Mapping[str, Doc], load: _Load) -> str:
+    """Status.Err for a task no node takes now, counting each node under the first filter it fails."""
+    pipeline = Pipeline(filters_for(task.get("Spec") or {}) + load_filters(task, load))
+    for node in nodes.values():
+        pipeline.check(node)
+    return pipeline.error()
+
+
 def _place_on_free_host_ports(result: SchedulingResult, group: list[Doc], fit: _Candidates, load: _Load,
-                              stamp: str) -> None:
+                              stamp: str, node_by_id: Mapping[str, Doc]) -> None:
     """Tasks that bind host ports: at most one per node, on nodes where those ports are free, least loaded
     first; the rest wait, saying why (as swarmkit's host-port filter does)."""
     wanted = host_ports(group[0])
+    others = load_filters(group[0], load)
     free = sorted((load.total(nid), nid) for nid in fit.node_ids if not wanted & load.host_ports(nid))
     busy = len(fit.node_ids) - len(free)
     for task in group:
+        while free and not all(f.check(node_by_id[free[0][1]]) for f in others):
+            free.pop(0)  # no room left for this group there: reservations and counts only grow
         if not free:
-            _refuse(result, task, host_port_error(busy), stamp)
+            error = host_port_error(busy) if busy else _why_not(task, node_by_id, load)
+            _refuse(result, task, error, stamp)
             continue
         _, node_id = free.pop(0)
         result.assigned.append(_assigned(task, node_id, ASSIGNED_MESSAGE, stamp))
@@ -285,6 +339,101 @@ def _spread(
         load.add(node_id, task)
         heapq.heappush(hosting, (load.service_count(service_id, node_id), load.total(node_id), node_id))
     fit.push_back(drawn, load)
+
+
+def _place_through_tree(result: SchedulingResult, group: list[Doc], service_id: str, fit: _Candidates,
+                        load: _Load, stamp: str, node_by_id: Mapping[str, Doc]) -> None:
+    """Place a group whose nodes fill up as it lands (reservations, MaxReplicas) or that spreads over labels."""
+    spec = group[0].get("Spec") or {}
+    others = load_filters(group[0], load)
+    tree = SpreadTree(spread_descriptors(spec.get("Placement")), [node_by_id[nid] for nid in sorted(fit.node_ids)],
+                      service_id, load)
+    for index, task in enumerate(group):
+        node_id = tree.pick(lambda nid: all(f.check(node_by_id[nid]) for f in others))
+        if node_id is None:
+            error = _why_not(task, node_by_id, load)
+            for waiting in group[index:]:
+                _refuse(result, waiting, error, stamp)
+            return
+        result.assigned.append(_assigned(task, node_id, ASSIGNED_MESSAGE, stamp))
+        load.add(node_id, task)
+        tree.placed(node_id)
+
+
+class SpreadTree:
+    """Nodes grouped by the values of the spread labels, level by level (swarmkit's preference tree).
+
+    Each inner branch counts the service's tasks under it; a task descends to the branch with the fewest
+    (ties by label value, so the choice is deterministic), and at a leaf takes the node with the fewest tasks
+    of the service, then fewest overall. A node that refuses the group (no room left) leaves the tree for
+    good, and a branch with no node left is passed over. A node without a label is in the "" branch.
+    """
+
+    def __init__(self, labels: list[str], nodes: list[Doc], service_id: str, load: _Load) -> None:
+        self.depth = len(labels)
+        self.service_id = service_id
+        self.load = load
+        self.path_of: dict[str, tuple[str, ...]] = {}
+        self.count: dict[tuple[str, ...], int] = defaultdict(int)
+        self.children: dict[tuple[str, ...], set[str]] = defaultdict(set)
+        self.leaves: dict[tuple[str, ...], list[tuple[int, int, str]]] = defaultdict(list)
+        self.exhausted: set[tuple[str, ...]] = set()
+        for node in nodes:
+            node_id = node["ID"]
+            path = tuple(node_attribute(label, node) for label in labels)
+            self.path_of[node_id] = path
+            for level in range(self.depth):
+                self.children[path[:level]].add(path[level])
+            tasks = load.service_count(service_id, node_id)
+            for level in range(self.depth + 1):
+                self.count[path[:level]] += tasks
+            self.leaves[path].append(self._key(node_id))
+        for leaf in self.leaves.values():
+            heapq.heapify(leaf)
+        if not nodes:
+            self.exhausted.add(())
+
+    def _key(self, node_id: str) -> tuple[int, int, str]:
+        return (self.load.service_count(self.service_id, node_id), self.load.total(node_id), node_id)
+
+    def pick(self, fits: Callable[[str], bool]) -> str | None:
+        """The node for the next task, among those `fits` accepts, or None when none is left."""
+        while () not in self.exhausted:
+            prefix: tuple[str, ...] = ()
+            for _ in range(self.depth):
+                options = [value for value in self.children[prefix] if (*prefix, value) not in self.exhausted]
+                prefix = (*prefix, min(options, key=lambda value: (self.count[(*prefix, value)], value)))
+            node_id = self._best_in(self.leaves[prefix], fits)
+            if node_id is not None:
+                return node_id
+            self._exhaust(prefix)
+        return None
+
+    def _best_in(self, leaf: list[tuple[int, int, str]], fits: Callable[[str], bool]) -> str | None:
+        while leaf:
+            key = leaf[0]
+            current = self._key(key[2])
+            if current != key:
+                heapq.heapreplace(leaf, current)  # the entry went stale as tasks landed
+            elif not fits(key[2]):
+                heapq.heappop(leaf)
+            else:
+                return key[2]
+        return None
+
+    def _exhaust(self, prefix: tuple[str, ...]) -> None:
+        self.exhausted.add(prefix)
+        while prefix:
+            parent = prefix[:-1]
+            if any((*parent, value) not in self.exhausted for value in self.children[parent]):
+                return
+            self.exhausted.add(parent)
+            prefix = parent
+
+    def placed(self, node_id: str) -> None:
+        path = self.path_of[node_id]
+        for level in range(self.depth + 1):
+            self.count[path[:level]] += 1
 
 
 def _assigned(task: Doc, node_id: str, message: str, stamp: str) -> Doc:
