@@ -75,6 +75,7 @@ def register(commands: Any) -> None:
 
     update = sub.add_parser("update", help="Update a service")
     add_update_flags(update)
+    update.add_argument("--rollback", action="store_true", help="Rollback to previous specification")
     update.set_defaults(handler=run_update)
 
     rollback = sub.add_parser("rollback", help="Revert changes to a service's configuration")
@@ -107,6 +108,9 @@ def run_create(ctx: CliContext, args: argparse.Namespace) -> int:
 
 
 def run_update(ctx: CliContext, args: argparse.Namespace) -> int:
+    if args.rollback:
+        _refuse_flags_beside_rollback(args)
+        return run_rollback(ctx, args)
     client = ctx.client()
     service = client.get(f"/services/{args.service}")
     if args.network_rm:
@@ -120,6 +124,19 @@ def run_update(ctx: CliContext, args: argparse.Namespace) -> int:
     if not args.detach:
         wait_for_service(ctx, args.service, args.quiet, fail_on_rollback=True)
     return 0
+
+
+def _refuse_flags_beside_rollback(args: argparse.Namespace) -> None:
+    """`update --rollback` is `service rollback`: any flag that would change the spec too is an error (docker)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_update_flags(parser)
+    defaults = vars(parser.parse_args([args.service]))
+    changed = sorted(name for name, default in defaults.items()
+                     if name not in ("service", "detach", "quiet") and getattr(args, name, default) != default)
+    if changed:
+        flags = ", ".join("--" + name.replace("_", "-") for name in changed)
+        raise CliError(f"other flags may not be combined with --rollback ({flags}): run the update and the "
+                       "rollback as two commands")
 
 
 def _network_id(client: Any, ref: str) -> str:

@@ -525,3 +525,15 @@ def test_bad_placement_flags_give_one_line_and_send_nothing(flags: list[str], me
     code, out, err = daemon.cli("service", "create", "-d", *flags, "busybox")
     assert code != 0 and message in err and err.count("\n") == 1
     assert not daemon.bodies("POST /services/create")
+
+
+def test_update_rollback_is_service_rollback_and_takes_no_other_flag() -> None:
+    daemon = updatable()
+    code, out, err = daemon.cli("service", "update", "-d", "--rollback", "web")
+    assert (code, out, err) == (0, "web\n", "")
+    [request] = [r for r in daemon.requests if r.method == "POST"]
+    assert dict(request.url.params) == {"rollback": "previous", "version": "25"}
+    daemon = updatable()
+    code, _, err = daemon.cli("service", "update", "-d", "--rollback", "--image", "nginx:2", "web")
+    assert code != 0 and "other flags may not be combined with --rollback (--image)" in err
+    assert not [r for r in daemon.requests if r.method == "POST"]

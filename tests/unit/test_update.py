@@ -687,3 +687,15 @@ def test_publishing_another_port_makes_tasks_dirty() -> None:
     service = {**service, "Endpoint": {"Ports": [{"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 9090,
                                                   "PublishMode": "ingress"}]}}
     assert is_task_dirty(service, task)
+
+
+def test_the_delay_is_between_batches_only_not_after_the_last() -> None:
+    # Docker's --update-delay: the update completes Monitor after its last batch runs, not Delay after.
+    svc = make_service(2, update={"Parallelism": 1, "Delay": 60 * SECOND, "Monitor": 1 * SECOND},
+                       status=updating(NOW - 100))
+    tasks = []
+    for slot in (1, 2):
+        tasks.append(stopped_old(svc, slot))
+        tasks.append(make_task(svc, f"new{slot}", slot, image=NEW_IMAGE, created=NOW - 50, changed=NOW - 2))
+    result = plan_update(svc, tasks, NODES, NOW)
+    assert result.service is not None and result.service["UpdateStatus"]["State"] == "completed"
