@@ -324,8 +324,10 @@ async def service_list(request: web.Request) -> web.StreamResponse:
 
 async def service_create(request: web.Request) -> web.StreamResponse:
     control = daemon_of(request).require_control()
-    service_id = await control.create_service(await json_body(request))
-    return reply({"ID": service_id, "Warnings": None}, 201)
+    created = await control.create_service(await json_body(request), dry_run=query_bool(request, "dryRun"))
+    if isinstance(created, dict):  # shoal's own `?dryRun=1`: the plan, nothing created
+        return reply({"DryRun": created})
+    return reply({"ID": created, "Warnings": None}, 201)
 
 
 async def service_inspect(request: web.Request) -> web.StreamResponse:
@@ -336,8 +338,10 @@ async def service_inspect(request: web.Request) -> web.StreamResponse:
 async def service_update(request: web.Request) -> web.StreamResponse:
     control = daemon_of(request).require_control()
     rollback = request.query.get("rollback") == "previous"
-    await control.update_service(request.match_info["id"], query_version(request, "service"), await json_body(request),
-                                 rollback)
+    plan = await control.update_service(request.match_info["id"], query_version(request, "service"),
+                                        await json_body(request), rollback, dry_run=query_bool(request, "dryRun"))
+    if plan is not None:  # shoal's own `?dryRun=1`: the plan, nothing changed
+        return reply({"DryRun": plan, "Warnings": None})
     return reply({"Warnings": None})
 
 

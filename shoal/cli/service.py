@@ -14,6 +14,7 @@ from shoal.cli.format import (
     bytes_size,
     go_float,
     human_duration,
+    render_table,
     service_table,
     truncate_id,
 )
@@ -31,6 +32,8 @@ def register(commands: Any) -> None:
 
     create = sub.add_parser("create", help="Create a new service")
     add_create_flags(create)
+    create.add_argument("--dry-run", action="store_true",
+                        help="Print where each task would go, or why it could not be placed; create nothing")
     create.set_defaults(handler=run_create)
 
     ls = sub.add_parser("ls", aliases=["list"], help="List services")
@@ -76,6 +79,8 @@ def register(commands: Any) -> None:
     update = sub.add_parser("update", help="Update a service")
     add_update_flags(update)
     update.add_argument("--rollback", action="store_true", help="Rollback to previous specification")
+    update.add_argument("--dry-run", action="store_true",
+                        help="Print which tasks the update would replace, batch by batch, and where; change nothing")
     update.set_defaults(handler=run_update)
 
     rollback = sub.add_parser("rollback", help="Revert changes to a service's configuration")
@@ -98,6 +103,10 @@ def wait_for_service(ctx: CliContext, service_ref: str, quiet: bool, fail_on_rol
 
 def run_create(ctx: CliContext, args: argparse.Namespace) -> int:
     spec = build_service_spec(args)  # validates every flag before anything is sent
+    if args.dry_run:
+        plan = ctx.client().post("/services/create", params={"dryRun": "1"}, json=spec) or {}
+        ctx.print(dry_run_text(plan.get("DryRun") or {}, "create"))
+        return 0
     response = ctx.client().post("/services/create", json=spec) or {}
     ctx.print_warnings(response)
     service_id = str(response.get("ID") or "")
@@ -117,6 +126,11 @@ def run_update(ctx: CliContext, args: argparse.Namespace) -> int:
         # The spec names networks by ID: look the names up, as the docker CLI does.
         args.network_rm = [*args.network_rm, *(_network_id(client, ref) for ref in args.network_rm)]
     spec = apply_service_update(service["Spec"], args)
+    if args.dry_run:
+        plan = client.post(f"/services/{service['ID']}/update",
+                           params={"version": service["Version"]["Index"], "dryRun": "1"}, json=spec) or {}
+        ctx.print(dry_run_text(plan.get("DryRun") or {}, "update"))
+        return 0
     response = client.post(f"/services/{service['ID']}/update",
                            params={"version": service["Version"]["Index"]}, json=spec)
     ctx.print_warnings(response)
@@ -126,6 +140,33 @@ def run_update(ctx: CliContext, args: argparse.Namespace) -> int:
     return 0
 
 
+def dry_run_text(plan: Doc, action: str) -> str:
+    """A dry run's batches as a table: each task started (where, replacing what) or stopped, or why it waits."""
+    name = str(plan.get("Name") or "")
+    rows = []
+    for number, batch in enumerate(plan.get("Batches") or [], 1):
+        for entry in batch.get("Tasks") or []:
+            replaces = ""
+            if entry.get("Replaces"):
+                replaces = truncate_id(str(entry["Replaces"])) + (f" on {entry['ReplacesNode']}"
+                                                                 if entry.get("ReplacesNode") else "")
+            node = str(entry.get("Node") or entry.get("NodeID") or "")
+            rows.append((str(number), "start", f"{name}.{entry.get('Slot') or ''}".rstrip("."), node or "-",
+                         replaces, str(entry.get("Error") or "")))
+        for entry in batch.get("Stops") or []:
+            rows.append((str(number), "stop", f"{name}.{entry.get('Slot') or ''}".rstrip("."),
+                         str(entry.get("Node") or entry.get("NodeID") or ""), truncate_id(str(entry["TaskID"])), ""))
+    batches = len(plan.get("Batches") or [])
+    lines = [f"Dry run: nothing was changed. The {action} of service {name} would make "
+             f"{batches} batch{'es' if batches != 1 else ''}" + (":" if rows else ".")]
+    if rows:
+        lines.append(render_table(("BATCH", "ACTION", "TASK", "NODE", "REPLACES", "ERROR"), rows).rstrip("\n"))
+    if plan.get("Truncated"):
+        lines.append("... and more: the plan was cut short (too many batches to work out)")
+    lines += [str(note) for note in plan.get("Notes") or []]
+    return "\n".join(lines)
+
+
 def _refuse_flags_beside_rollback(args: argparse.Namespace) -> None:
     """`update --rollback` is `service rollback`: any flag that would change the spec too is an error (docker)."""
     parser = argparse.ArgumentParser(add_help=False)
@@ -133,6 +174,8 @@ def _refuse_flags_beside_rollback(args: argparse.Namespace) -> None:
     defaults = vars(parser.parse_args([args.service]))
     changed = sorted(name for name, default in defaults.items()
                      if name not in ("service", "detach", "quiet") and getattr(args, name, default) != default)
+    if args.dry_run:
+        changed.append("dry_run")
     if changed:
         flags = ", ".join("--" + name.replace("_", "-") for name in changed)
         raise CliError(f"other flags may not be combined with --rollback ({flags}): run the update and the "

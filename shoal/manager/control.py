@@ -42,8 +42,10 @@ from shoal.manager.controlapi.swarm import (
     validate_swarm_spec_update,
 )
 from shoal.manager.controlapi.task import task_view
+from shoal.manager.dry_run import simulate
 from shoal.manager.keys import encode_ca, open_secret, seal_secret
 from shoal.manager.manager import Manager
+from shoal.manager.scheduler.pipeline import NodeLoad
 from shoal.manager.store.base import CA_KEY, Batch
 from shoal.manager.store.etcd import EtcdStore
 from shoal.spec import RESTARTING_UNTIL, SEALED_DATA
@@ -62,6 +64,7 @@ from shoal.types import (
     TaskState,
     desired_state,
     is_global,
+    node_hostname,
     node_state,
     task_state,
     version_of,
@@ -251,7 +254,8 @@ class ControlAPI:
         spec = secret_api.resolve_references(spec, self.cache.docs[SECRETS], self.cache.docs[CONFIGS])
         return network_api.resolve_attachments(spec, self.cache.docs[NETWORKS])
 
-    async def create_service(self, body: object) -> str:
+    async def create_service(self, body: object, dry_run: bool = False) -> str | Doc:
+        """The new service's ID; with `dry_run`, what creating it would do (nothing is written)."""
         spec = self._with_references(validate_service_spec(body))
         if not spec.get("Name"):
             spec["Name"] = generated_name(set(self.cache.service_by_name))
@@ -261,17 +265,47 @@ class ControlAPI:
         service_id = new_id()
         used = ingress_ports_in_use(self.cache.services().values())
         service = new_service(spec, service_id, self.clock.now(), used)
+        if dry_run:
+            return await self._dry_run(service)
         await self._commit(Batch().create(SERVICES, service, unique_name=spec["Name"]))
         return service_id
 
-    async def update_service(self, ref: str, version: int, body: object, rollback: bool) -> None:
+    async def update_service(self, ref: str, version: int, body: object, rollback: bool,
+                             dry_run: bool = False) -> Doc | None:
+        """Update the service; with `dry_run`, say what the update would do instead (nothing is written)."""
         service = self.find_service(ref)
         if version != version_of(service):
             raise SequenceConflict()
         spec = self._with_references(validate_service_spec(body)) if not rollback else service["Spec"]
         used = ingress_ports_in_use(self.cache.services().values(), except_service_id=service["ID"])
         new = updated_service(service, spec, self.clock.now(), used, rollback=rollback)
+        if dry_run:
+            return await self._dry_run(new)
         await self._commit(Batch().update(SERVICES, new))
+        return None
+
+    async def _dry_run(self, service: Doc) -> Doc:
+        """The planners' batches for `service` over a snapshot of the cluster, worked out off the event loop."""
+        own = list(self.cache.tasks_of_service(service["ID"]))
+        every = list(self.cache.tasks().values())
+        nodes = dict(self.cache.nodes())
+        cluster = self.cache.cluster()
+        limit = ((cluster or {}).get("Spec") or {}).get("Orchestration", {}).get("TaskHistoryRetentionLimit")
+
+        def work() -> Doc:
+            placed = NodeLoad()
+            for task in every:
+                placed.add(task)
+            run = simulate(service, own, nodes, placed, self.clock.now(), 5 if limit is None else int(limit))
+            view = run.view()
+            for batch in view["Batches"]:
+                for entry in batch["Tasks"] + batch["Stops"]:
+                    entry["Node"] = node_hostname(nodes.get(entry["NodeID"]) or {})
+                    if entry.get("ReplacesNodeID"):
+                        entry["ReplacesNode"] = node_hostname(nodes.get(entry["ReplacesNodeID"]) or {})
+            return {"ID": service["ID"], "Name": service["Spec"]["Name"], **view}
+
+        return await asyncio.to_thread(work)
 
     async def remove_service(self, ref: str) -> None:
         service = self.find_service(ref)

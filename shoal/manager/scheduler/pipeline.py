@@ -107,6 +107,16 @@ class NodeLoad:
                 load.add(task)
         return load
 
+    def copy(self) -> NodeLoad:
+        out = NodeLoad()
+        out.total = self.total.copy()
+        for service_id, counts in self.by_service.items():
+            out.by_service[service_id] = counts.copy()
+        for node_id, ports in self.host_ports.items():
+            out.host_ports[node_id] = ports.copy()
+        out.reserved = dict(self.reserved)
+        return out
+
     @staticmethod
     def counts(task: Doc) -> bool:
         """Whether a task occupies its node: live and placed there (a global task waiting on its node for
