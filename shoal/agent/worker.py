@@ -83,6 +83,23 @@ def status_doc(now: float, state: TaskState, message: str, err: str = "", pid: i
             "ContainerStatus": {"ContainerID": "", "PID": pid, "ExitCode": exit_code}}
 
 
+def with_cause(err: str, cause: str) -> str:
+    """A task's error with what the executor knows of why it ended (swarmkit's "task: non-zero exit (137): …")."""
+    return f"{err}: {cause}" if cause else err
+
+
+def exit_cause(controller: Controller) -> str:
+    """The controller's optional `exit_cause()` (see executor.base), "" when it has none or it fails."""
+    method = getattr(controller, "exit_cause", None)
+    if method is None:
+        return ""
+    try:
+        return str(method() or "")
+    except Exception:
+        log.exception("reading why a task ended failed")
+        return ""
+
+
 def _container_spec(task: Doc) -> Doc:
     return ((task.get("Spec") or {}).get("ContainerSpec")) or {}
 
@@ -487,16 +504,18 @@ class Worker:
         except ExitStatusUnknown:
             code = None
         run.record.handle = None
+        cause = exit_cause(controller)
         if run.stop_requested.is_set():
             self._report(run, TaskState.SHUTDOWN, "shutdown", exit_code=code or 0)
         elif unhealthy:
             self._report(run, TaskState.FAILED, "unhealthy", err=unhealthy_error(code), exit_code=code or 0)
         elif code is None:
-            self._report(run, TaskState.FAILED, "finished", err=EXIT_UNKNOWN_AFTER_RESTART)
+            self._report(run, TaskState.FAILED, "finished", err=with_cause(EXIT_UNKNOWN_AFTER_RESTART, cause))
         elif code == 0:
             self._report(run, TaskState.COMPLETE, "finished")
         else:
-            self._report(run, TaskState.FAILED, "finished", err=f"task: non-zero exit ({code})", exit_code=code)
+            self._report(run, TaskState.FAILED, "finished", err=with_cause(f"task: non-zero exit ({code})", cause),
+                         exit_code=code)
 
     # ---- published ports ----------------------------------------------------------------------------------
 

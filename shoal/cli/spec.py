@@ -11,6 +11,7 @@ import copy
 import os
 import re
 import shlex
+from fractions import Fraction
 from typing import Any
 
 from shoal.cli.common import CliError
@@ -29,6 +30,11 @@ from shoal.spec import (
 )
 from shoal.timefmt import parse_duration
 from shoal.types import Doc
+
+# What go-units' RAMInBytes reads (docker's --memory and --limit-memory): a number, a space, a unit, "i", "b".
+_RAM_SIZE = re.compile(r"(\d+(?:\.\d+)*) ?([kKmMgGtTpP])?[iI]?[bB]?")
+# What Go's big.Rat reads for --limit-cpu: "0.5", "-1", "3/4", "1e-3" (Fraction alone would also take " 1_0 ").
+_RATIONAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?(?:/\d+)?")
 
 
 def _bad(flag: str, value: str, why: str) -> CliError:
@@ -80,6 +86,11 @@ def add_common_service_flags(parser: argparse.ArgumentParser) -> None:
                         help="Start period for the container to initialize before counting retries")
     parser.add_argument("--no-healthcheck", action="store_true", help="Disable any container-specified HEALTHCHECK")
     parser.add_argument("--endpoint-mode", metavar="MODE", help='Endpoint mode (vip or dnsrr) (default "vip")')
+    parser.add_argument("--limit-cpu", metavar="DECIMAL", help="Limit CPUs")
+    parser.add_argument("--limit-memory", metavar="BYTES", help="Limit Memory")
+    parser.add_argument("--limit-pids", metavar="N", help="Limit maximum number of processes (default 0 = unlimited)")
+    parser.add_argument("--reserve-cpu", metavar="DECIMAL", help="Reserve CPUs")
+    parser.add_argument("--reserve-memory", metavar="BYTES", help="Reserve Memory")
 
 
 def add_create_flags(parser: argparse.ArgumentParser) -> None:
@@ -153,6 +164,37 @@ def float_flag(flag: str, value: str) -> float:
     if not 0 <= number <= 1:
         raise _bad(flag, value, "must be between 0 and 1")
     return number
+
+
+def cpus_flag(flag: str, value: str) -> int:
+    """docker's opts.NanoCPUs: a rational number of CPUs ("0.5", "1.25", "3/4", "1e-3") → NanoCPUs."""
+    text = value.strip()
+    try:
+        cpus = Fraction(text) if _RATIONAL.fullmatch(text) else None
+    except (ValueError, ZeroDivisionError):
+        cpus = None
+    if cpus is None:
+        raise _bad(flag, value, f"failed to parse {value} as a rational number")
+    nano = cpus * 1_000_000_000
+    if nano.denominator != 1:
+        raise _bad(flag, value, "value is too precise (the unit is a billionth of a CPU)")
+    if nano < 0:
+        raise _bad(flag, value, "must not be negative")
+    return int(nano)
+
+
+def memory_flag(flag: str, value: str) -> int:
+    """docker's opts.MemBytes (go-units RAMInBytes): "512m", "1g", "1.5GiB", "64 MB", "100" (bytes); the units
+    b, k, m, g, t, p in any case, each 1024 times the one before, with an optional "i" and "b" after."""
+    match = _RAM_SIZE.fullmatch(value)
+    if match is None:
+        raise _bad(flag, value, f"invalid size: '{value}'")
+    try:
+        number = float(match.group(1))
+    except ValueError:
+        raise _bad(flag, value, f"invalid size: '{value}'") from None
+    unit = (match.group(2) or "").lower()
+    return int(number * 1024 ** " kmgtp".index(unit or " "))
 
 
 def choice_flag(flag: str, value: str, choices: tuple[str, ...]) -> str:
@@ -389,6 +431,38 @@ def _apply_placement_flags(args: argparse.Namespace, placement: Doc, add_flag: s
         placement["MaxReplicas"] = uint_flag("--replicas-max-per-node", most)
 
 
+# (flag attribute, part of Resources, key, parser): the five resource flags, as docker's resourceOptions.
+_RESOURCE_FLAGS = (
+    ("limit_cpu", "Limits", "NanoCPUs", cpus_flag),
+    ("limit_memory", "Limits", "MemoryBytes", memory_flag),
+    ("limit_pids", "Limits", "Pids", uint_flag),
+    ("reserve_cpu", "Reservations", "NanoCPUs", cpus_flag),
+    ("reserve_memory", "Reservations", "MemoryBytes", memory_flag),
+)
+
+
+def apply_resources(args: argparse.Namespace, current: Doc | None) -> Doc:
+    """TaskTemplate.Resources with the given --limit-* / --reserve-* flags applied; the others keep their value
+    (0 clears a value: docker omits zero fields)."""
+    resources = copy.deepcopy(current) if current else {}
+    for name, part, key, parse in _RESOURCE_FLAGS:
+        value = _flag(args, name)
+        if value is None:
+            continue
+        number = parse(f"--{name.replace('_', '-')}", value)
+        values = resources.get(part) or {}
+        if number:
+            values[key] = number
+        else:
+            values.pop(key, None)
+        resources[part] = values
+    return resources
+
+
+def _resource_flags_given(args: argparse.Namespace) -> bool:
+    return any(_flag(args, name) is not None for name, *_ in _RESOURCE_FLAGS)
+
+
 def _shell_words(flag: str, value: str) -> list[str]:
     try:
         return shlex.split(value)
@@ -552,7 +626,7 @@ def build_service_spec(args: argparse.Namespace) -> Doc:
     _apply_container_flags(args, container)
 
     task: Doc = {"ContainerSpec": _ordered(container, _CONTAINER_ORDER),
-                 "Resources": {"Limits": {}, "Reservations": {}}}
+                 "Resources": apply_resources(args, {"Limits": {}, "Reservations": {}})}
     restart = apply_restart_policy(args, None)
     if restart is not None:
         task["RestartPolicy"] = restart
@@ -683,6 +757,8 @@ def apply_service_update(spec: Doc, args: argparse.Namespace) -> Doc:
     if args.label_add:
         spec["Labels"] = (spec.get("Labels") or {}) | labels_map(args.label_add, "--label-add")
 
+    if _resource_flags_given(args):
+        task["Resources"] = apply_resources(args, task.get("Resources"))
     restart = apply_restart_policy(args, task.get("RestartPolicy"))
     if restart is not None:
         task["RestartPolicy"] = restart

@@ -218,6 +218,25 @@ def test_a_missing_image_is_a_rejected_task_with_a_clear_error(swarm: DockerSwar
     assert not swarm.containers("ghost", all_states=True)
 
 
+def test_limits_are_the_containers_and_an_oom_kill_is_the_tasks_error(swarm: DockerSwarm) -> None:
+    cluster = swarm.cluster
+    cluster.ok("service", "create", "-d", "--name", "capped", "--stop-grace-period", STOP_GRACE, "--limit-cpu", "0.5",
+               "--limit-memory", "64m", "--limit-pids", "50", "--reserve-memory", "16m", IMAGE_1, *SLEEP)
+    cluster.ok("service", "create", "-d", "--name", "hog", "--limit-memory", "32m", "--restart-condition", "none",
+               IMAGE_1, "dd", "if=/dev/zero", "of=/dev/null", "bs=200M", "count=1")
+    (container,) = swarm.wait_containers("capped", IMAGE_1, 1)
+    host_config = container.attrs["HostConfig"]
+    assert (host_config["NanoCpus"], host_config["Memory"], host_config["PidsLimit"]) == (500_000_000, 64 << 20, 50)
+    assert host_config["MemoryReservation"] == 0  # a reservation is the scheduler's, as in swarm mode
+
+    def failed_row() -> str | None:
+        out = cluster.ok("service", "ps", "--no-trunc", "hog")
+        return next((line for line in out.splitlines() if "Failed" in line), None)
+
+    row = wait_for("the hog task to fail", failed_row, timeout=CONVERGE_SECONDS)
+    assert "task: non-zero exit (137): out of memory: OOM killed at its memory limit of 32MiB" in row, row
+
+
 def test_service_rm_leaves_no_container(swarm: DockerSwarm) -> None:
     cluster = swarm.cluster
     create(swarm, "web", 6)

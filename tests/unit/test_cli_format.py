@@ -282,3 +282,19 @@ def test_node_inspect_pretty_matches_docker_trace() -> None:
         "Engine Version:\t\t26.1.0\n"
         "TLS Info:\n TrustRoot:\nx\n Issuer Subject:\teA==\n Issuer Public Key:\teA=="
     )
+
+
+def test_service_inspect_pretty_shows_limits_and_reservations() -> None:
+    doc = {
+        "ID": "s1",
+        "Spec": {
+            "Name": "web",
+            "TaskTemplate": {"ContainerSpec": {"Image": "nginx"},
+                             "Resources": {"Limits": {"NanoCPUs": 500_000_000, "MemoryBytes": 64 << 20, "Pids": 100},
+                                           "Reservations": {"NanoCPUs": 250_000_000, "MemoryBytes": 3 << 29}}},
+            "Mode": {"Replicated": {"Replicas": 1}},
+            "EndpointSpec": {"Mode": "vip"},
+        },
+    }
+    assert ("Resources:\n Reservations:\n  CPU:\t\t0.25\n  Memory:\t1.5GiB\n Limits:\n  CPU:\t\t0.5\n"
+            "  Memory:\t64MiB\n  PIDs:\t\t100\n") in service_pretty(doc, NOW)

@@ -14,7 +14,7 @@ import pytest
 from shoal.api.client import Client
 from shoal.cli.common import CliContext
 from shoal.cli.main import run
-from shoal.cli.spec import parse_publish
+from shoal.cli.spec import cpus_flag, memory_flag, parse_publish
 
 SERVICE_ID = "794c177dfbae4f6784a4fa4f8"
 Route = Callable[[httpx.Request], Any]
@@ -158,6 +158,15 @@ def test_no_healthcheck() -> None:
     (["--secret", "source=db,owner=me"], "invalid field key 'owner'"),
     (["--secret", "source=db,uid=root"], "uid must be a numeric id"),
     (["--config", "src=a,target=/x", "--config", "src=b,target=/x"], "duplicate config target for b not allowed"),
+    (["--limit-memory", "12x"], 'invalid argument "12x" for "--limit-memory" flag: invalid size: \'12x\''),
+    (["--reserve-memory", "-1g"], 'invalid argument "-1g" for "--reserve-memory" flag: invalid size'),
+    (["--limit-memory", "1.2.3m"], 'invalid argument "1.2.3m" for "--limit-memory" flag: invalid size'),
+    (["--limit-cpu", "half"], 'invalid argument "half" for "--limit-cpu" flag: failed to parse half as a rational'),
+    (["--limit-cpu", "1/0"], 'invalid argument "1/0" for "--limit-cpu" flag: failed to parse'),
+    (["--reserve-cpu", "0.0000000001"], 'invalid argument "0.0000000001" for "--reserve-cpu" flag: value is too '
+                                        "precise"),
+    (["--limit-cpu", "-1"], 'invalid argument "-1" for "--limit-cpu" flag: must not be negative'),
+    (["--limit-pids", "many"], 'invalid argument "many" for "--limit-pids" flag: must be a non-negative integer'),
 ])
 def test_bad_create_input_is_one_error_and_nothing_is_sent(argv: list[str], message: str) -> None:
     daemon = created()
@@ -166,6 +175,70 @@ def test_bad_create_input_is_one_error_and_nothing_is_sent(argv: list[str], mess
     assert message in err
     assert err.count("\n") == 1
     assert daemon.requests == []
+
+
+def test_create_with_resource_flags_sends_dockers_resources() -> None:
+    daemon = created()
+    code, _, err = daemon.cli("service", "create", "-d", "--limit-cpu", "0.5", "--limit-memory", "64m",
+                              "--limit-pids", "100", "--reserve-cpu", "1/4", "--reserve-memory", "1.5GiB", "nginx")
+    assert (code, err) == (0, "")
+    assert daemon.bodies("POST /services/create")[0]["TaskTemplate"]["Resources"] == {
+        "Limits": {"NanoCPUs": 500_000_000, "MemoryBytes": 64 << 20, "Pids": 100},
+        "Reservations": {"NanoCPUs": 250_000_000, "MemoryBytes": 3 << 29},
+    }
+
+
+@pytest.mark.parametrize(("value", "size"), [
+    ("512", 512), ("512b", 512), ("1k", 1024), ("1K", 1024), ("2kb", 2048), ("2KiB", 2048), ("512m", 512 << 20),
+    ("64 MB", 64 << 20), ("1g", 1 << 30), ("1.5GiB", 3 << 29), ("1t", 1 << 40), ("1p", 1 << 50), ("0", 0),
+    ("1.5", 1),
+])
+def test_memory_sizes_are_read_as_docker_reads_them(value: str, size: int) -> None:
+    assert memory_flag("--limit-memory", value) == size
+
+
+@pytest.mark.parametrize(("value", "nano"), [
+    ("0.5", 500_000_000), ("2", 2_000_000_000), ("1.25", 1_250_000_000), ("3/4", 750_000_000),
+    ("1e-3", 1_000_000), (".5", 500_000_000), ("0", 0), ("0.000000001", 1),
+])
+def test_cpus_are_read_as_docker_reads_them(value: str, nano: int) -> None:
+    assert cpus_flag("--limit-cpu", value) == nano
+
+
+def test_update_changes_only_the_resource_flags_given() -> None:
+    resources = {"Limits": {"NanoCPUs": 1_000_000_000, "MemoryBytes": 64 << 20},
+                 "Reservations": {"MemoryBytes": 32 << 20}}
+    task = current_service()["Spec"]["TaskTemplate"] | {"Resources": resources}
+    daemon = updatable(current_service(TaskTemplate=task))
+    code, _, err = daemon.cli("service", "update", "-d", "--limit-memory", "128m", "--limit-pids", "50",
+                              "--reserve-cpu", "0.25", "web")
+    assert (code, err) == (0, "")
+    assert daemon.bodies(f"POST /services/{SERVICE_ID}/update")[0]["TaskTemplate"]["Resources"] == {
+        "Limits": {"NanoCPUs": 1_000_000_000, "MemoryBytes": 128 << 20, "Pids": 50},
+        "Reservations": {"MemoryBytes": 32 << 20, "NanoCPUs": 250_000_000},
+    }
+
+
+def test_update_with_zero_clears_a_limit_and_without_resources_adds_them() -> None:
+    daemon = updatable()
+    code, _, _ = daemon.cli("service", "update", "-d", "--limit-cpu", "0", "--limit-memory", "1g", "web")
+    assert code == 0
+    assert daemon.bodies(f"POST /services/{SERVICE_ID}/update")[0]["TaskTemplate"]["Resources"] == {
+        "Limits": {"MemoryBytes": 1 << 30}}
+    resources = {"Limits": {"NanoCPUs": 1_000_000_000, "MemoryBytes": 64 << 20}, "Reservations": {}}
+    daemon = updatable(current_service(TaskTemplate=current_service()["Spec"]["TaskTemplate"]
+                                       | {"Resources": resources}))
+    daemon.cli("service", "update", "-d", "--limit-cpu", "0", "web")
+    assert daemon.bodies(f"POST /services/{SERVICE_ID}/update")[0]["TaskTemplate"]["Resources"] == {
+        "Limits": {"MemoryBytes": 64 << 20}, "Reservations": {}}
+
+
+def test_bad_update_resource_flag_is_one_error_and_nothing_is_sent() -> None:
+    daemon = updatable()
+    code, _, err = daemon.cli("service", "update", "-d", "--reserve-memory", "lots", "web")
+    assert code == 1
+    assert err == 'invalid argument "lots" for "--reserve-memory" flag: invalid size: \'lots\'\n'
+    assert [r.method for r in daemon.requests] == ["GET"]
 
 
 def test_create_with_secrets_and_configs_sends_dockers_references() -> None:

@@ -32,6 +32,7 @@ from shoal.agent.executor.docker import (
     DockerController,
     DockerExecutor,
     bound_ports,
+    container_exit_cause,
     container_name,
     create_arguments,
     docker_healthcheck,
@@ -138,6 +139,34 @@ def test_image_pull_reference_names_a_tag_or_digest() -> None:
     assert ImageReference.parse(f"nginx:1.25@{digest}").pull() == ("nginx", digest)
 
 
+def with_resources(task: Doc, limits: Doc, reservations: Doc | None = None) -> Doc:
+    task["Spec"]["Resources"] = {"Limits": limits, "Reservations": reservations or {}}
+    return task
+
+
+def test_limits_become_the_containers_limits_and_reservations_stay_the_schedulers() -> None:
+    task = with_resources(make_task(["true"]), {"NanoCPUs": 500_000_000, "MemoryBytes": 64 << 20, "Pids": 100},
+                          {"NanoCPUs": 250_000_000, "MemoryBytes": 32 << 20})
+    arguments = host_config_arguments(task)
+    assert {key: arguments[key] for key in ("nano_cpus", "mem_limit", "pids_limit")} == {
+        "nano_cpus": 500_000_000, "mem_limit": 64 << 20, "pids_limit": 100}
+    assert "mem_reservation" not in arguments and "cpu_shares" not in arguments  # as swarm mode's executor
+    # Zero or missing: the engine's defaults (no limit).
+    for limits in ({}, {"NanoCPUs": 0, "MemoryBytes": 0, "Pids": 0}):
+        arguments = host_config_arguments(with_resources(make_task(["true"]), limits))
+        assert not {"nano_cpus", "mem_limit", "pids_limit"} & set(arguments)
+    assert not {"nano_cpus", "mem_limit", "pids_limit"} & set(host_config_arguments(make_task(["true"])))
+
+
+def test_an_oom_killed_container_says_so_with_its_limit() -> None:
+    task = with_resources(make_task(["true"]), {"MemoryBytes": 64 << 20})
+    assert container_exit_cause(task, {"ExitCode": 137, "OOMKilled": True}) == (
+        "out of memory: OOM killed at its memory limit of 64MiB")
+    assert container_exit_cause(make_task(["true"]), {"ExitCode": 137, "OOMKilled": True}) == (
+        "out of memory: OOM killed")
+    assert container_exit_cause(task, {"ExitCode": 137, "OOMKilled": False}) == ""
+
+
 def test_log_lines_carry_dockers_timestamp() -> None:
     stamp, line = parse_log_line(b"2024-05-07T21:09:36.500000000Z hello world\n")
     assert line == b"hello world\n" and stamp == pytest.approx(1715116176.5)
@@ -235,6 +264,19 @@ async def test_task_runs_as_a_container_with_swarms_name_labels_and_settings(exe
 async def test_exit_code_comes_from_docker(executor: DockerExecutor, run_label: str) -> None:
     controller = await started(executor, make_task(["sh", "-c", "exit 3"], run_label))
     assert await controller.wait() == 3
+
+
+async def test_limits_reach_the_container_and_an_oom_kill_is_told(executor: DockerExecutor, run_label: str) -> None:
+    limits = {"NanoCPUs": 500_000_000, "MemoryBytes": 32 << 20, "Pids": 50}
+    task = with_resources(make_task(["dd", "if=/dev/zero", "of=/dev/null", "bs=200M", "count=1"], run_label), limits)
+    controller = await started(executor, task)
+    host_config = executor.api.inspect_container(controller.container_id)["HostConfig"]
+    assert (host_config["NanoCpus"], host_config["Memory"], host_config["PidsLimit"]) == (500_000_000, 32 << 20, 50)
+    assert await controller.wait() == 137
+    assert controller.exit_cause() == "out of memory: OOM killed at its memory limit of 32MiB"
+    # Without the limit the same command gets its 200 MB and ends well.
+    free = await started(executor, make_task(["dd", "if=/dev/zero", "of=/dev/null", "bs=200M", "count=1"], run_label))
+    assert await free.wait() == 0 and free.exit_cause() == ""
 
 
 async def test_stop_sends_the_stop_signal_first(executor: DockerExecutor, run_label: str) -> None:

@@ -10,11 +10,20 @@ import shutil
 import signal
 import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from shoal.agent.executor.base import ExitStatusUnknown, TaskRejected
+from shoal.agent.executor.cgroups import (
+    CgroupError,
+    Layout,
+    Limits,
+    plan_task_group,
+    read_layout,
+    remove_groups,
+)
 from shoal.agent.executor.process import (
     ProcessController,
     ProcessExecutor,
@@ -426,3 +435,152 @@ async def test_a_task_without_published_ports_gets_no_port_variables(executor: P
     controller = await started(executor, make_task(["sh", "-c", 'echo "[${PORT-unset}]"']))
     assert await asyncio.wait_for(controller.wait(), DEADLINE) == 0
     assert controller.handle()["Ports"] == {}
+
+
+# ---- resource limits (cgroups) -------------------------------------------------------------------------------
+
+# Reads 200 MB from /dev/zero into one buffer (every page touched), then exits 0: far past a 32 MiB limit.
+ALLOCATE_200MB = ["/bin/busybox", "dd", "if=/dev/zero", "of=/dev/null", "bs=200M", "count=1"]
+
+
+@pytest.fixture
+def node_id() -> Iterator[str]:
+    """The node of this test's limited tasks; whatever groups it still has at the end are removed."""
+    node = new_id()
+    yield node
+    layout = read_layout()
+    for mount in {*layout.v1.values(), *([layout.unified] if layout.unified else [])}:
+        folder = Path(mount, "shoal", node)
+        if folder.is_dir():
+            remove_groups([str(group) for group in folder.iterdir() if group.is_dir()])
+
+
+def limited(command: list[str], limits: dict, node: str, **container_spec: object) -> dict:
+    task = make_task(command)
+    task["Spec"]["ContainerSpec"].update(container_spec)
+    task["NodeID"] = node
+    task["Spec"]["Resources"] = {"Limits": limits, "Reservations": {}}
+    return task
+
+
+def require_cgroups(limits: dict) -> None:
+    """Skip unless this host lets the agent enforce these limits (root, controllers mounted)."""
+    try:
+        plan_task_group(Limits.of_task({"Spec": {"Resources": {"Limits": limits}}}), read_layout(), "n", "t")
+    except CgroupError as exc:
+        pytest.skip(str(exc))
+    if os.geteuid() != 0:
+        pytest.skip("making cgroups needs root")
+
+
+def task_cgroups(pid: int) -> dict[str, str]:
+    """controllers → the process's group path, from /proc/<pid>/cgroup."""
+    groups = {}
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        for name in controllers.split(",") if controllers else [""]:
+            groups[name] = path
+    return groups
+
+
+async def test_a_task_past_its_memory_limit_is_oom_killed_and_says_so(executor: ProcessExecutor, node_id: str) -> None:
+    require_cgroups({"MemoryBytes": 32 << 20})
+    controller = await started(executor, limited(ALLOCATE_200MB, {"MemoryBytes": 32 << 20}, node_id))
+    assert controller.cgroup is not None
+    assert await asyncio.wait_for(controller.wait(), DEADLINE) == 128 + signal.SIGKILL
+    assert controller.exit_cause() == "out of memory: OOM killed at its memory limit of 32MiB"
+    assert not any(Path(group).exists() for group in controller.cgroup.groups), "removed when the task ended"
+
+
+async def test_the_same_task_without_a_limit_is_not_killed(executor: ProcessExecutor) -> None:
+    controller = await started(executor, make_task(ALLOCATE_200MB))
+    assert controller.cgroup is None
+    assert await asyncio.wait_for(controller.wait(), DEADLINE) == 0
+    assert controller.exit_cause() == ""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+async def test_limits_are_set_in_the_groups_the_process_runs_in_from_its_start(executor: ProcessExecutor,
+                                                                              marker: str, node_id: str) -> None:
+    limits = {"NanoCPUs": 500_000_000, "MemoryBytes": 64 << 20, "Pids": 20}
+    require_cgroups(limits)
+    # It reads its own groups as its first act, as `nobody`: it never ran outside them.
+    task = limited(["sh", "-c", "cat /proc/self/cgroup; id -u; sleep 300; true", marker], limits, node_id,
+                   User="nobody")
+    controller = await started(executor, task)
+    assert controller.cgroup is not None
+    stdout = executor.state_dir / "logs" / task["ID"] / "stdout.log"
+    await wait_until(lambda: stdout.read_text().endswith("\n65534\n"))
+    first = stdout.read_text()
+    node_task = f"/shoal/{task['NodeID']}/{task['ID']}"
+    groups = task_cgroups(controller.pid())
+    if controller.cgroup.version == 1:
+        assert {groups["cpu"], groups["memory"], groups["pids"]} == {node_task}
+        assert first.count(node_task) >= 3
+        files = {"cpu.cfs_quota_us": "50000", "cpu.cfs_period_us": "100000",
+                 "memory.limit_in_bytes": str(64 << 20), "pids.max": "20"}
+    else:
+        assert groups[""] == node_task and node_task in first
+        files = {"cpu.max": "50000 100000", "memory.max": str(64 << 20), "pids.max": "20"}
+    found = {}
+    for group in controller.cgroup.groups:
+        for name in files:
+            if Path(group, name).exists():
+                found[name] = Path(group, name).read_text().strip()
+    assert found == files
+    # A health check runs in the task's groups too, as an exec in a container does.
+    probed = await controller.probe(["cat", "/proc/self/cgroup"], 5.0)
+    assert probed.exit_code == 0 and node_task in probed.output
+    await controller.shutdown(1.0, "SIGTERM")
+    await asyncio.wait_for(controller.wait(), DEADLINE)
+    assert not any(Path(group).exists() for group in controller.cgroup.groups)
+    await controller.remove()
+
+
+async def test_an_adopted_task_keeps_its_groups_and_its_oom_kill_is_still_told(executor: ProcessExecutor, node_id: str) -> None:
+    require_cgroups({"MemoryBytes": 32 << 20})
+    # It allocates a second after its start: by then another agent process has adopted it.
+    task = limited(["sh", "-c", 'sleep 1; exec "$@"', "x", *ALLOCATE_200MB], {"MemoryBytes": 32 << 20},
+                   node_id)
+    original = await started(executor, task)
+    adopted = ProcessExecutor(executor.state_dir).recover(task, original.handle())
+    assert adopted.cgroup is not None and adopted.cgroup.groups == original.cgroup.groups  # type: ignore[union-attr]
+    with pytest.raises(ExitStatusUnknown):
+        await asyncio.wait_for(adopted.wait(), DEADLINE)
+    assert adopted.exit_cause() == "out of memory: OOM killed at its memory limit of 32MiB"
+    assert not any(Path(group).exists() for group in adopted.cgroup.groups)
+    await asyncio.wait_for(original.wait(), DEADLINE)  # reap our own child
+
+
+async def test_removing_a_lost_task_kills_what_is_left_in_its_groups(executor: ProcessExecutor, marker: str, node_id: str) -> None:
+    require_cgroups({"Pids": 50})
+    task = limited(["sh", "-c", "sleep 300; true", marker], {"Pids": 50}, node_id)
+    original = await started(executor, task)
+    assert original.cgroup is not None
+    # An agent that lost the task's record has only the task: its groups are found by name.
+    await executor.controller(task).remove()
+    await wait_until(lambda: not original.running())
+    assert not any(Path(group).exists() for group in original.cgroup.groups)
+    await asyncio.wait_for(original.wait(), DEADLINE)
+
+
+async def test_a_node_without_the_controllers_rejects_a_task_with_limits(tmp_path: Path) -> None:
+    executor = ProcessExecutor(tmp_path / "state", cgroup_layout=Layout(v1={"cpu": "/sys/fs/cgroup/cpu"}))
+    with pytest.raises(TaskRejected, match=r"no cgroup controller memory \(for Limits.MemoryBytes\)"):
+        await executor.controller(limited(["true"], {"NanoCPUs": 10**9, "MemoryBytes": 64 << 20}, "n1")).prepare()
+    # A task without limits (reservations are the scheduler's) needs no group.
+    task = make_task(["true"])
+    task["Spec"]["Resources"] = {"Limits": {}, "Reservations": {"MemoryBytes": 64 << 20}}
+    controller = await started(executor, task)
+    assert await asyncio.wait_for(controller.wait(), DEADLINE) == 0
+
+
+async def test_groups_that_cannot_be_made_reject_the_task_before_it_runs(tmp_path: Path, marker: str) -> None:
+    # As when the agent is not root, or the hierarchy is read-only: the kernel refuses, the task never runs.
+    layout = Layout(v1={"memory": str(tmp_path / "no-such-mount")})
+    executor = ProcessExecutor(tmp_path / "state", cgroup_layout=layout)
+    controller = executor.controller(limited(["sh", "-c", "sleep 300; true", marker], {"MemoryBytes": 64 << 20}, "n1"))
+    await controller.prepare()
+    with pytest.raises(TaskRejected, match=r"cannot create cgroup .*/no-such-mount/shoal: No such file or directory"):
+        await controller.start()
+    assert controller.pid() == 0 and pids_with(marker) == []

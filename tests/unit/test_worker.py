@@ -123,6 +123,20 @@ async def test_non_zero_exit_fails_with_the_exit_code(node: Node) -> None:
     assert failed["ContainerStatus"]["ExitCode"] == 3
 
 
+async def test_an_oom_kill_is_the_cause_in_the_tasks_error(node: Node) -> None:
+    reports = Reports()
+    worker = await node.start_worker(reports)
+    task = make_task(["/bin/busybox", "dd", "if=/dev/zero", "of=/dev/null", "bs=200M", "count=1"])
+    task["Spec"]["Resources"] = {"Limits": {"MemoryBytes": 32 << 20}}
+    await worker.assign([task], full=False)
+    await wait_until(lambda: {"failed", "rejected"} & set(reports.states(task["ID"])))
+    ended = reports.last(task["ID"])
+    if ended["State"] == "rejected":
+        pytest.skip(f"this host cannot enforce memory limits: {ended['Err']}")
+    assert ended["Err"] == "task: non-zero exit (137): out of memory: OOM killed at its memory limit of 32MiB"
+    assert ended["ContainerStatus"]["ExitCode"] == 137
+
+
 async def test_missing_program_is_rejected(node: Node) -> None:
     reports = Reports()
     worker = await node.start_worker(reports)

@@ -42,6 +42,22 @@ def backend_port(port: Doc, node_port: int, probe_host: str, probe_port: int) ->
             "ProbeHost": probe_host, "ProbePort": probe_port}
 
 
+def binary_size(size: int) -> str:
+    """64 MiB → "64MiB", 1.5 GiB → "1.5GiB" (docker's units.BytesSize, four significant digits)."""
+    units = ("B", "KiB", "MiB", "GiB", "TiB")
+    value, index = float(size), 0
+    while value >= 1024 and index < len(units) - 1:
+        value, index = value / 1024, index + 1
+    return f"{value:.4g}{units[index]}"
+
+
+def out_of_memory(memory_limit: int) -> str:
+    """The cause added to a task's error when the kernel killed one of its processes for lack of memory."""
+    if memory_limit > 0:
+        return f"out of memory: OOM killed at its memory limit of {binary_size(memory_limit)}"
+    return "out of memory: OOM killed"
+
+
 def cancelling() -> bool:
     """Whether the current task is being cancelled (in a `finally`: the agent stops, the task does not end)."""
     task = asyncio.current_task()
@@ -99,6 +115,10 @@ class Controller(Protocol):
     # Optional, for tasks with published ports: `async def backend_ports(self) -> list[Doc]` returns one
     # `backend_port(...)` per published port once the task runs. The worker reports them when they accept
     # connections, and the routing mesh then sends traffic there.
+
+    # Optional: `def exit_cause(self) -> str`, read once `wait` has returned (or raised ExitStatusUnknown): why
+    # the task ended when the executor knows more than its exit code ("out of memory: …"), else "". The worker
+    # adds it to the task's error, as swarmkit's exitError adds its cause.
 
 
 class Executor(Protocol):

@@ -23,6 +23,8 @@ The container is made the way Docker swarm mode's own executor makes it (moby `d
   Docker's "No such image: …".
 - `prepare` creates the container (a task held at `ready` has its container created, not started), `start`
   starts it, `shutdown` sends the stop signal and kills after the grace period, `remove` deletes the container.
+- Resources: `Limits` {NanoCPUs, MemoryBytes, Pids} become the container's limits (reservations are the
+  scheduler's); a container the kernel killed for memory (`State.OOMKilled`) says so in the task's error.
 - The exit code comes from Docker, also for a container adopted after an agent restart.
 
 The SDK is synchronous. Short calls run in the default thread pool; the long ones (waiting for a container to
@@ -57,6 +59,7 @@ from shoal.agent.executor.base import (
     TaskRejected,
     backend_port,
     cancelling,
+    out_of_memory,
 )
 from shoal.agent.health import HealthStatus, health_check_of
 from shoal.agent.task_files import PlacedFile, TaskFiles, files_off_loop
@@ -263,7 +266,29 @@ def host_config_arguments(task: Doc, files: Sequence[PlacedFile] = (), bridge: s
     if networks:
         arguments["dns"] = [networks[0].gateway]  # the node's DNS server, in the network's namespace
         arguments["network_mode"] = bridge if has_way_out(task) else "none"
+    arguments.update(resource_arguments(task))
     return arguments
+
+
+def resource_arguments(task: Doc) -> dict[str, Any]:
+    """`create_host_config` arguments for `TaskTemplate.Resources.Limits`, as swarm mode's executor sets them:
+    NanoCPUs, MemoryBytes (the engine then allows as much swap again) and Pids, each only when above 0.
+    Reservations are left to the scheduler, as Docker leaves them (no mem_reservation)."""
+    limits = (((task.get("Spec") or {}).get("Resources")) or {}).get("Limits") or {}
+    arguments: dict[str, Any] = {}
+    for key, name in (("NanoCPUs", "nano_cpus"), ("MemoryBytes", "mem_limit"), ("Pids", "pids_limit")):
+        value = int(limits.get(key) or 0)
+        if value > 0:
+            arguments[name] = value
+    return arguments
+
+
+def container_exit_cause(task: Doc, state: Doc) -> str:
+    """Why the container ended, beyond its exit code, from its inspected `State`: the kernel's OOM kill."""
+    if not state.get("OOMKilled"):
+        return ""
+    limits = (((task.get("Spec") or {}).get("Resources")) or {}).get("Limits") or {}
+    return out_of_memory(int(limits.get("MemoryBytes") or 0))
 
 
 def has_way_out(task: Doc) -> bool:
@@ -715,6 +740,7 @@ class DockerController(Controller):
         self._adopted = False  # taken over after an agent restart: its networks are attached again
         # The end time of the last Docker health result handed to the worker's monitor.
         self._health_seen_until = 0.0
+        self._exit_cause = ""  # why the container ended, beyond its exit code (see exit_cause)
 
     @property
     def container_id(self) -> str:
@@ -783,7 +809,12 @@ class DockerController(Controller):
             with contextlib.suppress(ExecutorError):  # a container that cannot be attached is killed
                 await self._attach_networks()
         try:
-            return await _exit_code(self._api, self._container_id, timeout=None)
+            code = await _exit_code(self._api, self._container_id, timeout=None)
+            if code != 0:
+                with contextlib.suppress(docker.errors.APIError, ExecutorError):
+                    state = (await _in_thread(self._api.inspect_container, self._container_id))["State"]
+                    self._exit_cause = container_exit_cause(self._task, state)
+            return code
         finally:
             if not cancelling():
                 if self._executor.overlay is not None:
@@ -867,6 +898,10 @@ class DockerController(Controller):
             return []
         inspected = await _in_thread(self._api.inspect_container, self._container_id)
         return bound_ports(self._task, inspected)
+
+    def exit_cause(self) -> str:
+        """"out of memory: …" when the kernel killed the container's process at its memory limit."""
+        return self._exit_cause
 
     def handle(self) -> Doc:
         return {"Executor": EXECUTOR_NAME, "ContainerID": self._container_id}

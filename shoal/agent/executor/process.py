@@ -26,6 +26,11 @@ Conventions (a process has no image, so the task document is read this way):
   namespace (`shoal.overlay.forward`). It has no way out but its networks and published ports — as far as
   its privileges go: a process task running as root can leave any namespace (the process executor isolates
   nothing from a root task; give tasks a `User`, or use the docker executor).
+- Resources: a task with `Resources.Limits` (CPU, memory, pids) runs in control groups of its own that enforce
+  them (`shoal.agent.executor.cgroups`: cgroup v2, or v1), joined before its program starts and removed when it
+  ends; a node that cannot enforce them rejects the task, naming what it lacks. An OOM kill in the group is
+  the task's error ("task: non-zero exit (137): out of memory: …"). Reservations are the scheduler's: nothing
+  is enforced for them here.
 - Exit code: from waiting on the child; a signal death is reported as 128 + signal number (Docker's convention).
   A process adopted after an agent restart is not our child: we watch its pid (checking its start time in
   /proc/<pid>/stat, so a reused pid is never taken for it), and its exit status is unknown.
@@ -65,6 +70,19 @@ from shoal.agent.executor.base import (
     ProbeResult,
     TaskRejected,
     backend_port,
+    out_of_memory,
+)
+from shoal.agent.executor.cgroups import (
+    CgroupError,
+    Layout,
+    Limits,
+    TaskGroup,
+    create_groups,
+    group_oom_kills,
+    join_argv,
+    plan_task_group,
+    read_layout,
+    remove_groups,
 )
 from shoal.agent.task_files import TaskFiles
 from shoal.errors import InvalidArgument
@@ -153,13 +171,18 @@ def task_environment(task: Doc, base: dict[str, str], ports: dict[int, int] | No
     return env
 
 
+def run_as_argv(argv: list[str], run_as: RunAs | None) -> list[str]:
+    """argv run as `run_as` by setpriv, for a wrapper that must itself run as the agent (it execs argv)."""
+    if run_as is None:
+        return list(argv)
+    groups = f"--groups={','.join(str(g) for g in run_as.extra_groups)}" if run_as.extra_groups else "--clear-groups"
+    return [_tool("setpriv"), f"--reuid={run_as.uid}", f"--regid={run_as.gid}", groups, "--", *argv]
+
+
 def namespace_argv(namespace: str, resolv_conf: Path, argv: list[str], run_as: RunAs | None) -> list[str]:
     """argv run in the task's network namespace, with `resolv_conf` as its /etc/resolv.conf (in a mount namespace
     of its own) and as `run_as`: each step execs the next, so the task's process keeps the first one's pid."""
-    tail = list(argv)
-    if run_as is not None:
-        groups = f"--groups={','.join(str(g) for g in run_as.extra_groups)}" if run_as.extra_groups else "--clear-groups"
-        tail = [_tool("setpriv"), f"--reuid={run_as.uid}", f"--regid={run_as.gid}", groups, "--", *tail]
+    tail = run_as_argv(argv, run_as)
     script = (f'{shlex.quote(_tool("mount"))} --bind "$0" /etc/resolv.conf 2>/dev/null || echo "shoal: no '
               '/etc/resolv.conf to replace: service names resolve only through the node\'s DNS server" >&2; '
               'exec "$@"')
@@ -295,7 +318,8 @@ def signal_group(pgid: int, sig: int) -> None:
 class ProcessExecutor:
     """Runs tasks as host processes; files live under `state_dir` (logs/, scratch/)."""
 
-    def __init__(self, state_dir: Path, task_files: TaskFiles | None = None) -> None:
+    def __init__(self, state_dir: Path, task_files: TaskFiles | None = None,
+                 cgroup_layout: Layout | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.task_files = task_files  # where tasks' secrets and configs come from (None: refused)
         self._ports_in_use: dict[int, str] = {}  # node port -> task id, for tasks with published ports
@@ -303,6 +327,14 @@ class ProcessExecutor:
         # The node's overlay, set by the daemon; without it, why tasks cannot go on swarm networks here.
         self.overlay: OverlayDataPath | None = None
         self.overlay_problem = "the node has no overlay"
+        # The host's cgroup mounts (None: read when a task first has limits).
+        self._cgroup_layout: Layout | None = cgroup_layout
+
+    async def cgroup_layout(self) -> Layout:
+        """Where the host's cgroup hierarchies are (read once: mounts do not move under a running agent)."""
+        if self._cgroup_layout is None:
+            self._cgroup_layout = await self.off_loop(read_layout)
+        return self._cgroup_layout
 
     async def off_loop(self, work: Callable[[], T]) -> T:
         """Run blocking work (fork/exec, file system) on the executor's own threads. Cancelled meanwhile, it
@@ -370,6 +402,8 @@ class ProcessExecutor:
         controller.adopt(pid, start_ticks)
         controller.adopted = True
         controller.ports = {int(target): int(port) for target, port in (handle.get("Ports") or {}).items()}
+        if handle.get("Cgroup"):
+            controller.cgroup = TaskGroup.from_doc(handle["Cgroup"])
         for port in controller.ports.values():
             self._ports_in_use[port] = str(task["ID"])
         return controller
@@ -412,6 +446,9 @@ class ProcessController(Controller):
         self._namespace: TaskNamespace | None = None
         self._forwarder: PortForwarder | None = None
         self.adopted = False  # taken over after an agent restart: its networks and forwarders are set up again
+        self._limits = Limits.of_task(task)
+        self.cgroup: TaskGroup | None = None  # the groups enforcing the task's limits (None: it has none)
+        self._exit_cause = ""
 
     # -- steps --
 
@@ -422,6 +459,8 @@ class ProcessController(Controller):
             if any(str(port.get("Protocol") or "tcp") != "tcp" for port in published_ports(self._task)):
                 raise TaskRejected("a process task on swarm networks can publish TCP ports only")
         self._argv = task_argv(self._spec)
+        if self._limits and self.cgroup is None:
+            self.cgroup = await self._plan_cgroup()
         if not self.ports:
             for port in published_ports(self._task):
                 target = int(port["TargetPort"])
@@ -456,9 +495,14 @@ class ProcessController(Controller):
             assert self._namespace is not None
             argv = namespace_argv(self._namespace.path, self._executor.resolv_conf(self._task_id), argv, run_as)
             run_as = None  # the wrapper changes user once it has entered the namespaces
+        cgroup = self.cgroup
+        if cgroup is not None:
+            # Joining a group takes the agent's rights: the wrapper joins, then changes user, then execs.
+            argv = join_argv(cgroup.procs_files(), run_as_argv(argv, run_as))
+            run_as = None
         _reap_finished()
         try:
-            await self._executor.off_loop(lambda: self._spawn(argv, run_as))
+            await self._executor.off_loop(lambda: self._spawn_in_groups(argv, run_as, cgroup))
         except BaseException:
             await self._leave_networks()
             raise
@@ -497,6 +541,39 @@ class ProcessController(Controller):
             resolv = self._executor.resolv_conf(self._task_id)
             await self._executor.off_loop(lambda: resolv.unlink(missing_ok=True))
 
+    async def _plan_cgroup(self) -> TaskGroup:
+        layout = await self._executor.cgroup_layout()
+        try:
+            return plan_task_group(self._limits, layout, str(self._task.get("NodeID") or ""), self._task_id)
+        except CgroupError as exc:
+            raise TaskRejected(str(exc)) from None
+
+    def _spawn_in_groups(self, argv: list[str], run_as: RunAs | None, cgroup: TaskGroup | None) -> None:
+        """Make the task's groups (if it has limits), then start it; groups of a start that failed go again."""
+        if cgroup is not None:
+            try:
+                create_groups(cgroup)
+            except CgroupError as exc:
+                raise TaskRejected(str(exc)) from None
+        try:
+            self._spawn(argv, run_as)
+        except BaseException:
+            if cgroup is not None:
+                remove_groups(cgroup.groups, wait_seconds=0)
+            raise
+
+    def _end_cgroup(self, cgroup: TaskGroup) -> None:
+        """The task has ended: note an OOM kill in its groups, then kill what is left there and remove them."""
+        if group_oom_kills(cgroup.oom_file) > 0:
+            self._exit_cause = out_of_memory(cgroup.memory_bytes)
+        left = remove_groups(cgroup.groups)
+        if left:
+            log.warning("task %s: cgroups %s could not be removed", self._task_id, ", ".join(left))
+
+    def exit_cause(self) -> str:
+        """"out of memory: …" when the kernel killed a process of the task at its memory limit."""
+        return self._exit_cause
+
     def _spawn(self, argv: list[str], run_as: RunAs | None) -> None:
         log_dir = self._executor.log_dir(self._task_id)
         try:
@@ -533,6 +610,10 @@ class ProcessController(Controller):
         await self._executor.off_loop(self._remove_task_files)  # the task ended: its secrets go
         # The main process has ended (a zombie still holds its pid, so the group id cannot be reused yet).
         signal_group(self._pid, signal.SIGKILL)
+        cgroup = self.cgroup
+        if cgroup is not None:
+            # Also what left the process group; and an OOM kill is read before the groups go.
+            await self._executor.off_loop(lambda: self._end_cgroup(cgroup))
         if self._popen is None:
             # Adopted within the agent process that started it, it is still our child: reap it, so it does not
             # linger as a zombie. Its status is still unknown to this controller, as after a real restart.
@@ -578,6 +659,13 @@ class ProcessController(Controller):
         await self._executor.off_loop(lambda: _remove_folders(folders))
         await self._executor.off_loop(self._remove_task_files)
         self._executor.release_ports(self._task_id)
+        if self._limits:
+            # Also for a task this agent lost track of (its groups are named after its node and id).
+            try:
+                cgroup = self.cgroup or await self._plan_cgroup()
+            except TaskRejected:
+                return  # no groups could ever have been made for it here
+            await self._executor.off_loop(lambda: remove_groups(cgroup.groups))
 
     async def probe(self, command: Sequence[str], timeout_seconds: float) -> ProbeResult:
         try:
@@ -586,6 +674,9 @@ class ProcessController(Controller):
             run_as, argv = self._run_as, list(command)
             if self._namespace is not None:  # the check sees what the task sees
                 argv = namespace_argv(self._namespace.path, self._executor.resolv_conf(self._task_id), argv, run_as)
+                run_as = None
+            if self.cgroup is not None:  # and counts against the task's limits, as an exec in a container
+                argv = join_argv(self.cgroup.procs_files(), run_as_argv(argv, run_as))
                 run_as = None
             with tempfile.TemporaryFile() as output:
                 # A file, not a pipe: a check that leaves a background child holding it open cannot hang us.
@@ -606,8 +697,11 @@ class ProcessController(Controller):
         return ProbeResult(exit_code=exit_code, output=printed)
 
     def handle(self) -> Doc:
-        return {"Executor": EXECUTOR_NAME, "PID": self._pid, "StartTime": self._start_ticks, "BootID": boot_id(),
-                "Ports": {str(target): port for target, port in self.ports.items()}}
+        handle: Doc = {"Executor": EXECUTOR_NAME, "PID": self._pid, "StartTime": self._start_ticks,
+                       "BootID": boot_id(), "Ports": {str(target): port for target, port in self.ports.items()}}
+        if self.cgroup is not None:
+            handle["Cgroup"] = self.cgroup.to_doc()
+        return handle
 
     def pid(self) -> int:
         return self._pid
