@@ -47,6 +47,16 @@ DEFAULT_UPDATE_CONFIG: Doc = {
     "Order": "stop-first",
 }
 
+def effective_update_config(spec: Doc, rollback: bool = False) -> Doc:
+    """The spec's UpdateConfig (or RollbackConfig) with swarmkit's defaults for anything not sent."""
+    sent = spec.get("RollbackConfig" if rollback else "UpdateConfig") or {}
+    config = dict(sent)
+    for key, default in DEFAULT_UPDATE_CONFIG.items():
+        if config.get(key) in (None, ""):
+            config[key] = default
+    return config
+
+
 # ---- shoal's own keys on stored documents ----------------------------------------------------------------
 # Every key that starts with PRIVATE is bookkeeping: the API drops it from every view.
 

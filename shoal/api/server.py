@@ -345,6 +345,12 @@ async def service_update(request: web.Request) -> web.StreamResponse:
     return reply({"Warnings": None})
 
 
+async def service_rebalance(request: web.Request) -> web.StreamResponse:
+    """shoal's own: move tasks back to an even spread (`shoal service rebalance`)."""
+    control = daemon_of(request).require_control()
+    return reply(await control.rebalance_service(request.match_info["id"], query_version(request, "service")))
+
+
 def object_routes(kind: str) -> list[tuple[str, str, Handler]]:
     """`/secrets…` or `/configs…`: the same five routes over either kind."""
     noun = "secret" if kind == SECRETS else "config"
@@ -565,7 +571,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/nodes/{id}/update", node_update),
     ("GET", "/services", service_list), ("POST", "/services/create", service_create),
     ("GET", "/services/{id}", service_inspect), ("DELETE", "/services/{id}", service_delete),
-    ("POST", "/services/{id}/update", service_update), ("GET", "/services/{id}/logs", logs),
+    ("POST", "/services/{id}/update", service_update), ("POST", "/services/{id}/rebalance", service_rebalance), ("GET", "/services/{id}/logs", logs),
     ("GET", "/tasks", task_list), ("GET", "/tasks/{id}", task_inspect), ("GET", "/tasks/{id}/logs", logs),
     ("GET", "/distribution/{name:.+}/json", distribution),
     *object_routes(SECRETS), *object_routes(CONFIGS),

@@ -17,6 +17,7 @@ from shoal.cli.common import (
     self_node_id,
 )
 from shoal.cli.format import bytes_size, capitalize, go_time, node_table, task_table
+from shoal.cli.rebalance import rebalance_all
 from shoal.spec import AVAILABILITIES, ROLES
 from shoal.types import Doc
 
@@ -42,6 +43,8 @@ def register(commands: Any) -> None:
     update.add_argument("--role", choices=ROLES, help='Role of the node ("worker", "manager")')
     update.add_argument("--label-add", action="append", metavar="K=V", help="Add or update a node label")
     update.add_argument("--label-rm", action="append", metavar="K", help="Remove a node label if exists")
+    update.add_argument("--rebalance", action="store_true",
+                        help="Then move tasks of replicated services back to an even spread (shoal only)")
     update.add_argument("node", metavar="NODE")
     update.set_defaults(handler=run_update)
 
@@ -177,6 +180,8 @@ def run_update(ctx: CliContext, args: argparse.Namespace) -> int:
         return True
 
     _update_nodes(ctx, [args.node], change, ctx.print)
+    if args.rebalance:
+        rebalance_all(ctx, ctx.client())
     return 0
 
 

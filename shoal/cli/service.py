@@ -20,6 +20,7 @@ from shoal.cli.format import (
 )
 from shoal.cli.node import print_tasks
 from shoal.cli.progress import ProgressFailed, wait_on_service
+from shoal.cli.rebalance import run_rebalance
 from shoal.cli.spec import add_create_flags, add_update_flags, apply_service_update, build_service_spec
 from shoal.timefmt import format_duration, from_rfc3339
 from shoal.types import Doc
@@ -89,6 +90,13 @@ def register(commands: Any) -> None:
     rollback.add_argument("-q", "--quiet", action="store_true", help="Suppress progress output")
     rollback.add_argument("service", metavar="SERVICE")
     rollback.set_defaults(handler=run_rollback)
+
+    rebalance = sub.add_parser("rebalance", help="Move tasks back to an even spread over the nodes (shoal only)")
+    rebalance.add_argument("-d", "--detach", action="store_true",
+                           help="Exit once the moves are decided instead of waiting for them")
+    rebalance.add_argument("-q", "--quiet", action="store_true", help="Suppress progress output")
+    rebalance.add_argument("service", metavar="SERVICE")
+    rebalance.set_defaults(handler=run_rebalance)
 
 
 def wait_for_service(ctx: CliContext, service_ref: str, quiet: bool, fail_on_rollback: bool = False) -> None:

@@ -45,6 +45,12 @@ from shoal.manager.controlapi.task import task_view
 from shoal.manager.dry_run import simulate
 from shoal.manager.keys import encode_ca, open_secret, seal_secret
 from shoal.manager.manager import Manager
+from shoal.manager.orchestrator.rebalance import (
+    marked_for_move,
+    rebalance_moves,
+    rebalancing,
+    refuse_rebalance,
+)
 from shoal.manager.scheduler.pipeline import NodeLoad
 from shoal.manager.store.base import CA_KEY, Batch
 from shoal.manager.store.etcd import EtcdStore
@@ -58,6 +64,7 @@ from shoal.types import (
     NODES,
     SECRETS,
     SERVICES,
+    TASKS,
     Doc,
     NodeState,
     Role,
@@ -66,6 +73,8 @@ from shoal.types import (
     is_global,
     node_hostname,
     node_state,
+    task_node,
+    task_slot,
     task_state,
     version_of,
 )
@@ -283,6 +292,23 @@ class ControlAPI:
             return await self._dry_run(new)
         await self._commit(Batch().update(SERVICES, new))
         return None
+
+    async def rebalance_service(self, ref: str, version: int) -> Doc:
+        """Mark the tasks that keep the service from an even spread for the updater to move; say which."""
+        service = self.find_service(ref)
+        if version != version_of(service):
+            raise SequenceConflict()
+        refuse_rebalance(service)
+        nodes = self.cache.nodes()
+        moves = rebalance_moves(service, self.cache.tasks_of_service(service["ID"]), nodes)
+        if moves:
+            batch = Batch().update(SERVICES, rebalancing(service, self.clock.now()))
+            for task in moves:
+                batch.update(TASKS, marked_for_move(task))
+            await self._commit(batch)
+        return {"ID": service["ID"], "Moves": [
+            {"TaskID": t["ID"], "Slot": task_slot(t), "NodeID": task_node(t),
+             "Node": node_hostname(nodes.get(task_node(t)) or {})} for t in moves]}
 
     async def _dry_run(self, service: Doc) -> Doc:
         """The planners' batches for `service` over a snapshot of the cluster, worked out off the event loop."""

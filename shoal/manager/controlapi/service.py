@@ -42,6 +42,7 @@ from shoal.spec import (
     UPDATE_FAILURE_ACTIONS,
     UPDATE_ORDERS,
     ImageReference,
+    effective_update_config,
     parse_constraint,
     spread_descriptors,
 )
@@ -397,16 +398,6 @@ def _normalised_endpoint_spec(endpoint: object) -> Doc:
 
 
 # ---- defaults (GET /services/{id}?insertDefaults=true) ----------------------------------------------------
-
-def effective_update_config(spec: Doc, rollback: bool = False) -> Doc:
-    """The spec's UpdateConfig (or RollbackConfig) with swarmkit's defaults for anything not sent."""
-    sent = spec.get("RollbackConfig" if rollback else "UpdateConfig") or {}
-    config = dict(sent)
-    for key, default in DEFAULT_UPDATE_CONFIG.items():
-        if config.get(key) in (None, ""):
-            config[key] = default
-    return config
-
 
 def insert_defaults(spec: Doc) -> Doc:
     """A copy of a normalised ServiceSpec with swarmkit's defaults filled in (`?insertDefaults=true`)."""

@@ -49,7 +49,7 @@ import heapq
 from dataclasses import dataclass, field
 
 from shoal.errors import ShoalError
-from shoal.manager.controlapi.service import IngressPort, effective_update_config, updated_service
+from shoal.manager.controlapi.service import IngressPort, updated_service
 from shoal.manager.orchestrator import restart
 from shoal.manager.orchestrator.common import (
     IdFactory,
@@ -73,6 +73,7 @@ from shoal.manager.orchestrator.update_progress import (
     running_stamp,
     timestamp,
 )
+from shoal.spec import effective_update_config
 from shoal.timefmt import SECOND, to_rfc3339
 from shoal.types import (
     Doc,
