@@ -23,7 +23,7 @@ from shoal.manager.scheduler.constraints import node_attribute
 from shoal.manager.scheduler.filters import Filter, filters_for, load_filters
 from shoal.manager.scheduler.resources import NONE, Resources, reservation
 from shoal.mesh.table import published_ports
-from shoal.spec import spread_descriptors
+from shoal.spec import SPEC_DIGEST, spread_descriptors
 from shoal.timefmt import to_rfc3339
 from shoal.types import Doc, Plan, TaskState, constraints, desired_state, task_is_live, task_node, task_state
 
@@ -153,6 +153,18 @@ def _bump(counter: Counter[Any], key: Any, delta: int) -> None:
         del counter[key]
 
 
+@dataclass(frozen=True)
+class Profile:
+    """What placement reads of a task that all tasks of its group share."""
+
+    ports: frozenset[HostPort]
+    reservation: Resources
+
+    @classmethod
+    def of(cls, task: Doc) -> Profile:
+        return cls(frozenset(host_ports(task)), reservation(task.get("Spec") or {}))
+
+
 class _Load:
     """A NodeLoad as one scheduling decision sees it: the base plus the placements made so far."""
 
@@ -182,12 +194,14 @@ class _Load:
     def host_ports(self, node_id: str) -> set[HostPort]:
         return set(self.base.host_ports.get(node_id, ())) | set(self.delta_ports.get(node_id, ()))
 
-    def add(self, node_id: str, task: Doc) -> None:
+    def add(self, node_id: str, task: Doc, profile: Profile | None = None) -> None:
+        """Count a placement; `profile` is the task's group's, computed once for the whole group."""
+        profile = profile or Profile.of(task)
         self.delta_total[node_id] += 1
         self.delta_service[task["ServiceID"]][node_id] += 1
-        for port in host_ports(task):
+        for port in profile.ports:
             self.delta_ports[node_id][port] += 1
-        wanted = reservation(task.get("Spec") or {})
+        wanted = profile.reservation
         if wanted:
             self.delta_reserved[node_id] = self.delta_reserved.get(node_id, NONE) + wanted
 
@@ -243,7 +257,8 @@ def schedule(
     for task in waiting:
         node_id = task_node(task)
         if not node_id:
-            groups[(task["ServiceID"], placement_key(task))].append(task)
+            # Tasks stamped with one spec digest have one spec: the key is worked out once per group below.
+            groups[(task["ServiceID"], task.get(SPEC_DIGEST) or placement_key(task))].append(task)
             continue
         node = node_by_id.get(node_id)
         if node is None:
@@ -306,7 +321,8 @@ def _place_on_free_host_ports(result: SchedulingResult, group: list[Doc], fit: _
                               stamp: str, node_by_id: Mapping[str, Doc]) -> None:
     """Tasks that bind host ports: at most one per node, on nodes where those ports are free, least loaded
     first; the rest wait, saying why (as swarmkit's host-port filter does)."""
-    wanted = host_ports(group[0])
+    profile = Profile.of(group[0])
+    wanted = profile.ports
     others = load_filters(group[0], load)
     free = sorted((load.total(nid), nid) for nid in fit.node_ids if not wanted & load.host_ports(nid))
     busy = len(fit.node_ids) - len(free)
@@ -319,7 +335,7 @@ def _place_on_free_host_ports(result: SchedulingResult, group: list[Doc], fit: _
             continue
         _, node_id = free.pop(0)
         result.assigned.append(_assigned(task, node_id, ASSIGNED_MESSAGE, stamp))
-        load.add(node_id, task)
+        load.add(node_id, task, profile)
         busy += 1
 
 
@@ -332,6 +348,7 @@ def _spread(
     shared candidate heap; only the nodes that already run the service are kept in a heap of the group's own,
     so a group costs in proportion to its size and the service's footprint, not to the cluster size.
     """
+    profile = Profile.of(group[0])
     hosting = [(load.service_count(service_id, nid), load.total(nid), nid)
                for nid in load.service_nodes(service_id) if nid in fit.node_ids]
     heapq.heapify(hosting)
@@ -346,7 +363,7 @@ def _spread(
         if node_id is None:
             node_id = heapq.heappop(hosting)[2]
         result.assigned.append(_assigned(task, node_id, ASSIGNED_MESSAGE, stamp))
-        load.add(node_id, task)
+        load.add(node_id, task, profile)
         heapq.heappush(hosting, (load.service_count(service_id, node_id), load.total(node_id), node_id))
     fit.push_back(drawn, load)
 
@@ -355,6 +372,7 @@ def _place_through_tree(result: SchedulingResult, group: list[Doc], service_id: 
                         load: _Load, stamp: str, node_by_id: Mapping[str, Doc]) -> None:
     """Place a group whose nodes fill up as it lands (reservations, MaxReplicas) or that spreads over labels."""
     spec = group[0].get("Spec") or {}
+    profile = Profile.of(group[0])
     others = load_filters(group[0], load)
     tree = SpreadTree(spread_descriptors(spec.get("Placement")), [node_by_id[nid] for nid in sorted(fit.node_ids)],
                       service_id, load)
@@ -366,7 +384,7 @@ def _place_through_tree(result: SchedulingResult, group: list[Doc], service_id: 
                 _refuse(result, waiting, error, stamp)
             return
         result.assigned.append(_assigned(task, node_id, ASSIGNED_MESSAGE, stamp))
-        load.add(node_id, task)
+        load.add(node_id, task, profile)
         tree.placed(node_id)
 
 
