@@ -437,3 +437,13 @@ def test_a_global_job_pass_is_idempotent_and_runs_one_task_per_node(
     for task in plan.create:
         node = nodes[task_node(task)]
         assert node["Status"]["State"] == "ready" and node["Spec"]["Availability"] == "active"
+
+
+def test_a_large_job_starts_its_tasks_over_several_passes(monkeypatch: Any) -> None:
+    monkeypatch.setattr("shoal.manager.orchestrator.jobs.MAX_STARTS_PER_PASS", 4)
+    job = make_job(concurrent=10, total=10)
+    first = replicated(job, [])
+    assert [task_slot(t) for t in first.create] == [0, 1, 2, 3]
+    counter = itertools.count()
+    second = reconcile_replicated_job(job, apply([], first), READY, NOW, new_task_id=lambda: f"x{next(counter)}")
+    assert [task_slot(t) for t in second.create] == [4, 5, 6, 7]

@@ -71,6 +71,9 @@ from shoal.types import (
 )
 
 FAILED_STATES = frozenset({TaskState.FAILED, TaskState.REJECTED})
+# New tasks one pass starts at most: a job of a hundred thousand starts in passes the loop can serve sessions
+# between (each created task copies the spec); the next pass goes on where this one stopped.
+MAX_STARTS_PER_PASS = 1000
 
 
 class SlotState(enum.Enum):
@@ -238,7 +241,8 @@ def reconcile_replicated_job(
     - A completed task is desired "complete" and its slot is done; no task of a done slot runs again.
     - A failed one is replaced in its slot as the restart policy says, or ends its slot (see the module doc).
     - A live task whose node is down, drained or gone is stopped and its slot refilled at once.
-    - Free slots, lowest first, get a new task while fewer than MaxConcurrent slots are busy.
+    - Free slots, lowest first, get a new task while fewer than MaxConcurrent slots are busy (at most
+      MAX_STARTS_PER_PASS of them in one pass).
     - Tasks of other iterations (or of slots beyond TotalCompletions) are stopped, then deleted.
     - Failed history beyond `history_limit` per slot is deleted; completed tasks are kept.
     """
@@ -266,7 +270,7 @@ def reconcile_replicated_job(
     kept = others if others is not None else JobSlots(job_iteration(service))
     busy = sum(state is SlotState.BUSY for state in decided.values())
     busy += kept.counts[SlotState.BUSY] - sum(kept.states.get(s) is SlotState.BUSY for s in scope)
-    room = concurrent - busy
+    room = min(concurrent - busy, MAX_STARTS_PER_PASS)
     if room > 0:
         for slot in _free_slots(total, room, decided, scope, kept):
             task = new_task(service, slot, "", now, draft.new_task_id())
