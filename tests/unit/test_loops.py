@@ -588,3 +588,17 @@ async def test_a_report_of_a_large_jobs_task_reads_its_own_slot_only(harness: Ha
     decision = await orchestrator.run_once()
 
     assert "new task" in decision and read[0] == 1  # its slot's one task, not the job's 104
+
+
+async def test_a_job_too_large_for_one_pass_is_started_over_several(harness: Harness,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("shoal.manager.orchestrator.jobs.MAX_STARTS_PER_PASS", 10)
+    orchestrator = OrchestratorLoop(harness.cache, harness.applier, harness.clock)
+    await harness.add_service(make_job("batch", {"ReplicatedJob": {"MaxConcurrent": 25, "TotalCompletions": 40}}))
+
+    created = []
+    while await orchestrator.run_once():
+        created.append(len(harness.tasks_of("batch")))
+
+    assert created == [10, 20, 25]
+    assert sorted(task_slot(t) for t in harness.tasks_of("batch")) == list(range(25))
