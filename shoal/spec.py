@@ -23,6 +23,8 @@ REPLICATED_JOB = "ReplicatedJob"
 GLOBAL_JOB = "GlobalJob"
 JOB_MODES = (REPLICATED_JOB, GLOBAL_JOB)
 MODES = (REPLICATED, GLOBAL, *JOB_MODES)
+# The CLI's `--mode` words (and `service ls --filter mode=`), one per mode.
+MODE_NAMES = {REPLICATED: "replicated", GLOBAL: "global", REPLICATED_JOB: "replicated-job", GLOBAL_JOB: "global-job"}
 
 RESTART_CONDITIONS = tuple(condition.value for condition in RestartCondition)
 UPDATE_FAILURE_ACTIONS = ("pause", "continue", "rollback")
@@ -46,6 +48,7 @@ DEFAULT_UPDATE_CONFIG: Doc = {
     "MaxFailureRatio": 0,
     "Order": "stop-first",
 }
+DEFAULT_MAX_CONCURRENT = 1  # a replicated job's; its TotalCompletions defaults to its MaxConcurrent
 
 def effective_update_config(spec: Doc, rollback: bool = False) -> Doc:
     """The spec's UpdateConfig (or RollbackConfig) with swarmkit's defaults for anything not sent."""
@@ -73,6 +76,47 @@ RESTARTING_UNTIL = "ShoalRestartingUntil"  # a node whose daemon restarts keeps 
 SPEC_DIGEST = "ShoalSpecDigest"
 DOWN_SINCE = "ShoalDownSince"
 RUNNING_SINCE = "ShoalRunningSince"
+
+
+# ---- jobs (Docker's `JobStatus` / `JobIteration`) ----------------------------------------------------------
+
+JOB_STATUS = "JobStatus"  # on a job's Service: {"JobIteration": {"Index": n}, "LastExecution": time}
+JOB_ITERATION = "JobIteration"  # on a job's task: {"Index": n}, the run of the job it belongs to
+
+
+def service_mode(spec: Doc) -> str:
+    """The mode a ServiceSpec sets (one of MODES); Replicated when it sets none, as Docker defaults."""
+    mode = spec.get("Mode") or {}
+    return next((key for key in MODES if mode.get(key) is not None), REPLICATED)
+
+
+def is_job(service: Doc) -> bool:
+    return service_mode(service.get("Spec") or {}) in JOB_MODES
+
+
+def is_replicated_job(service: Doc) -> bool:
+    return service_mode(service.get("Spec") or {}) == REPLICATED_JOB
+
+
+def is_global_job(service: Doc) -> bool:
+    return service_mode(service.get("Spec") or {}) == GLOBAL_JOB
+
+
+def job_iteration(doc: Doc) -> int:
+    """The run of a job a service is at (its JobStatus), or a task belongs to (its JobIteration); -1 for none."""
+    iteration = (doc.get(JOB_STATUS) or {}).get(JOB_ITERATION) if JOB_STATUS in doc else doc.get(JOB_ITERATION)
+    if not isinstance(iteration, dict):
+        return -1
+    return int(iteration.get("Index") or 0)
+
+
+def job_limits(service: Doc) -> tuple[int, int]:
+    """A replicated job's (MaxConcurrent, TotalCompletions), defaults filled in."""
+    job = (service["Spec"].get("Mode") or {}).get(REPLICATED_JOB) or {}
+    concurrent = job.get("MaxConcurrent")
+    concurrent = DEFAULT_MAX_CONCURRENT if concurrent is None else int(concurrent)
+    total = job.get("TotalCompletions")
+    return concurrent, concurrent if total is None else int(total)
 
 
 # ---- image references -----------------------------------------------------------------------------------

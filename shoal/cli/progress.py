@@ -1,5 +1,9 @@
 """The progress display of `service create|update|scale|rollback`, as docker's ServiceProgress shows it.
 
+A job is followed as docker follows it (`job progress`, `active tasks`, "job complete"), over the tasks of
+its current iteration; unlike docker, the wait also ends, with an error, once a task failed and its restart
+policy gives up on it (the manager marks it desired "complete"): the job cannot complete then.
+
 The decisions are pure: `check_service` and `observe_tasks` take the progress state, what the daemon
 returned and the current (monotonic) time, and return the lines to show and whether the wait is over.
 `wait_on_service` is the thin loop around them that polls every 200 ms and draws the lines.
@@ -12,9 +16,10 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import TextIO, TypeVar
 
 from shoal.api.client import Client, filters_param
+from shoal.spec import GLOBAL, GLOBAL_JOB, MODE_NAMES, REPLICATED, REPLICATED_JOB, job_iteration, job_limits
 from shoal.timefmt import SECOND
 from shoal.types import Doc
 
@@ -22,6 +27,7 @@ POLL_INTERVAL = 0.2
 DEFAULT_MONITOR = 5.0
 MAX_PROGRESS_BARS = 20
 MAX_PROGRESS = 9
+MAX_JOB_PROGRESS = 10
 # docker ranks states to pick the most relevant task per slot; states it does not know are ignored.
 STATE_RANK = {
     "new": 1, "allocated": 2, "pending": 3, "assigned": 4, "accepted": 5, "preparing": 6, "ready": 7,
@@ -29,6 +35,7 @@ STATE_RANK = {
 }
 LONGEST_STATE = max(len(s) for s, rank in STATE_RANK.items() if rank <= STATE_RANK["complete"])
 MAX_ERROR_WIDTH = 75
+K = TypeVar("K", int, str)
 
 
 @dataclass
@@ -61,6 +68,8 @@ class ProgressState:
     monitor: float = DEFAULT_MONITOR
     rollback: bool = False
     final_message: ProgressEvent | None = None
+    job_iteration: int = -1  # a job's iteration, read once as docker does
+    job_nodes: set[str] = field(default_factory=set)  # a global job's nodes when the wait began
 
 
 @dataclass
@@ -79,13 +88,12 @@ def check_service(state: ProgressState, service: Doc, now: float) -> Step:
         state.monitor = monitor_ns / SECOND
     if state.mode is None:
         mode = spec.get("Mode") or {}
-        if mode.get("Replicated") is not None:
-            state.mode = "replicated"
-        elif mode.get("Global") is not None:
-            state.mode = "global"
-        else:
+        state.mode = next((MODE_NAMES[key] for key in (REPLICATED, GLOBAL, REPLICATED_JOB, GLOBAL_JOB)
+                           if mode.get(key) is not None), None)
+        if state.mode is None:
             step.error = "unrecognized service mode"
             return step
+        state.job_iteration = job_iteration(service)
 
     update = service.get("UpdateStatus") or {}
     update_state = update.get("State") or ""
@@ -124,6 +132,8 @@ def observe_tasks(state: ProgressState, service: Doc, tasks: Sequence[Doc], node
     """Second half of a poll: per-slot (or per-node) lines, the overall count and the verify countdown."""
     step = Step()
     active_nodes = {n["ID"] for n in nodes if (n.get("Status") or {}).get("State") != "down"}
+    if state.mode in (MODE_NAMES[REPLICATED_JOB], MODE_NAMES[GLOBAL_JOB]):
+        return _observe_job(state, service, tasks, active_nodes)
     if state.mode == "global":
         converged = _update_global(state, tasks, active_nodes, step.events)
     else:
@@ -282,6 +292,109 @@ def _update_global(state: ProgressState, tasks: Sequence[Doc], active_nodes: set
     return running == node_count
 
 
+# ---- jobs -----------------------------------------------------------------------------------------------
+
+def _observe_job(state: ProgressState, service: Doc, tasks: Sequence[Doc], active_nodes: set[str]) -> Step:
+    """A poll of a job: finished when every task of its iteration completed (docker exits with "job
+    complete", without the verify wait), failed when one failed for good."""
+    step = Step()
+    current = [t for t in tasks if job_iteration(t) == state.job_iteration]
+    if state.mode == MODE_NAMES[REPLICATED_JOB]:
+        done = _update_replicated_job(state, service, current, step.events)
+    else:
+        done = _update_global_job(state, current, tasks, active_nodes, step.events)
+    state.converged = done
+    if done:
+        step.events.append(ProgressEvent("", "job complete"))
+        step.finished = True
+        return step
+    for task in current:
+        if task.get("DesiredState") == "complete" and _state(task) in ("failed", "rejected"):
+            where = (f"task {task_slot_label(task, service)}" if state.mode == MODE_NAMES[REPLICATED_JOB]
+                     else f"the task on node {str(task.get('NodeID') or '')[:12]}")
+            error = str((task.get("Status") or {}).get("Err") or _state(task))
+            step.error = f"job cannot complete: {where} {_state(task)} and its restart policy gives up ({error})"
+            break
+    return step
+
+
+def task_slot_label(task: Doc, service: Doc) -> str:
+    """"3/5": a replicated job's task as its progress line names it (slots count from 0)."""
+    return f"{int(task.get('Slot') or 0) + 1}/{job_limits(service)[1]}"
+
+
+def _lowest_state(tasks: Sequence[Doc], key: Callable[[Doc], K]) -> dict[K, Doc]:
+    """Per slot (or node), the task docker shows: the one in the lowest known state."""
+    best: dict[K, Doc] = {}
+    for task in tasks:
+        if not _rank(task.get("DesiredState")) or not _rank(_state(task)):
+            continue
+        existing = best.get(key(task))
+        if existing is None or _rank(_state(existing)) > _rank(_state(task)):
+            best[key(task)] = task
+    return best
+
+
+def _job_task_event(event_id: str, task: Doc) -> ProgressEvent:
+    error = str((task.get("Status") or {}).get("Err") or "")
+    if error:
+        return ProgressEvent(event_id, _truncate_error(error))
+    return ProgressEvent(event_id, _state(task).ljust(LONGEST_STATE), _rank(_state(task)), MAX_JOB_PROGRESS)
+
+
+def _update_replicated_job(state: ProgressState, service: Doc, tasks: Sequence[Doc],
+                           events: list[ProgressEvent]) -> bool:
+    concurrent, total = job_limits(service)
+    digits, active_digits = len(str(total)), len(str(concurrent))
+
+    def overall(active: int, completed: int) -> None:
+        events.append(ProgressEvent("job progress", f"{completed:>{digits}} out of {total} complete",
+                                    completed, total))
+        wanted = min(total - completed, concurrent)
+        events.append(ProgressEvent("active tasks", f"{active:>{active_digits}} out of "
+                                                    f"{wanted:>{active_digits}} tasks"))
+
+    if not state.initialized:
+        overall(0, 0)
+        if total <= MAX_PROGRESS_BARS:
+            events.extend(ProgressEvent(f"{i}/{total}", " ") for i in range(1, total + 1))
+        state.initialized = True
+    by_slot = _lowest_state(tasks, lambda t: int(t.get("Slot") or 0))
+    active = completed = 0
+    for slot in sorted(by_slot):
+        task = by_slot[slot]
+        if total <= MAX_PROGRESS_BARS:
+            events.append(_job_task_event(task_slot_label(task, service), task))
+        if _rank(_state(task)) < STATE_RANK["complete"]:
+            active += 1
+        completed += _state(task) == "complete"
+    overall(active, completed)
+    return completed == total
+
+
+def _update_global_job(state: ProgressState, current: Sequence[Doc], tasks: Sequence[Doc],
+                       active_nodes: set[str], events: list[ProgressEvent]) -> bool:
+    if not state.initialized:
+        # The job's nodes are those with a task when the wait begins; nodes that join later are not awaited.
+        if not current and (tasks or active_nodes):
+            events.append(ProgressEvent("job progress", "waiting for tasks"))
+            return False
+        state.job_nodes = {str(t.get("NodeID") or "") for t in current}
+        state.initialized = True
+    total = len(state.job_nodes)
+    by_node = _lowest_state([t for t in current if str(t.get("NodeID") or "") in state.job_nodes],
+                            lambda t: str(t.get("NodeID") or ""))
+    completed = 0
+    for node_id in sorted(by_node):
+        task = by_node[node_id]
+        if total <= MAX_PROGRESS_BARS:
+            events.append(_job_task_event(node_id, task))
+        completed += _state(task) == "complete"
+    events.append(ProgressEvent("job progress", f"{completed:>{len(str(total))}} out of {total} complete",
+                                completed, total))
+    return completed == total
+
+
 # ---- drawing --------------------------------------------------------------------------------------------
 
 class LineRenderer:
@@ -380,7 +493,11 @@ def wait_on_service(client: Client, service_ref: str, out: TextIO, *, quiet: boo
             filters = filters_param({"_up-to-date": ["true"], "service": [service["ID"]]})
             tasks = client.get("/tasks", params={"filters": filters}) or []
             nodes = client.get("/nodes") or []
-            show(observe_tasks(state, service, tasks, nodes, monotonic()))
+            step = observe_tasks(state, service, tasks, nodes, monotonic())
+            show(step)
+            if step.finished:  # a job that completed
+                renderer.finish()
+                return
             sleep(POLL_INTERVAL)
     except KeyboardInterrupt:
         if not state.converged:

@@ -387,6 +387,13 @@ def service_pretty(service: Doc, now: float) -> str:
         out.append("\tReplicated")
         if mode["Replicated"].get("Replicas") is not None:
             out.append(f"\n Replicas:\t{mode['Replicated']['Replicas']}")
+    # docker's template prints nothing after "Service Mode:" for a job; shoal names it, in the same layout.
+    elif mode.get("ReplicatedJob") is not None:
+        job = mode["ReplicatedJob"]
+        out.append(f"\tReplicated job\n Max concurrent:\t{job.get('MaxConcurrent', '')}"
+                   f"\n Total completions:\t{job.get('TotalCompletions', '')}")
+    elif mode.get("GlobalJob") is not None:
+        out.append("\tGlobal job")
     update_status = service.get("UpdateStatus") or {}
     if update_status.get("State"):
         out.append(f"\nUpdateStatus:\n State:\t\t{update_status['State']}")

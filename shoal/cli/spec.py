@@ -20,8 +20,14 @@ from shoal.spec import (
     DEFAULT_RESTART_POLICY,
     DEFAULT_UPDATE_CONFIG,
     ENDPOINT_MODES,
+    GLOBAL,
+    GLOBAL_JOB,
+    JOB_MODES,
+    MODE_NAMES,
     PORT_PROTOCOLS,
     PUBLISH_MODES,
+    REPLICATED,
+    REPLICATED_JOB,
     RESTART_CONDITIONS,
     ROLLBACK_FAILURE_ACTIONS,
     UPDATE_FAILURE_ACTIONS,
@@ -57,6 +63,8 @@ def add_common_service_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--replicas", metavar="N", help="Number of tasks")
     parser.add_argument("--replicas-max-per-node", metavar="N",
                         help="Maximum number of tasks per node (default 0 = unlimited)")
+    parser.add_argument("--max-concurrent", metavar="N",
+                        help="Number of job tasks to run concurrently (default equal to --replicas)")
     parser.add_argument("--restart-condition", metavar="CONDITION",
                         help='Restart when condition is met ("none", "on-failure", "any") (default "any")')
     parser.add_argument("--restart-delay", metavar="DURATION",
@@ -95,7 +103,8 @@ def add_common_service_flags(parser: argparse.ArgumentParser) -> None:
 
 def add_create_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="Service name")
-    parser.add_argument("--mode", help='Service mode ("replicated" or "global") (default "replicated")')
+    parser.add_argument("--mode", help='Service mode ("replicated", "global", "replicated-job", "global-job") '
+                                       '(default "replicated")')
     parser.add_argument("-p", "--publish", action="append", metavar="PORT", help="Publish a port as a node port")
     parser.add_argument("-e", "--env", action="append", metavar="K=V", help="Set environment variables")
     parser.add_argument("-l", "--label", action="append", metavar="K=V", help="Service labels")
@@ -591,19 +600,36 @@ def _endpoint_mode(args: argparse.Namespace, endpoint: Doc) -> None:
 
 # ---- create ---------------------------------------------------------------------------------------------
 
+def service_mode_flags(args: argparse.Namespace) -> Doc:
+    """Spec.Mode from --mode, --replicas and --max-concurrent (docker's ToServiceMode)."""
+    by_name = {name: key for key, name in MODE_NAMES.items()}
+    kind = by_name.get(args.mode or MODE_NAMES[REPLICATED])
+    if kind is None:
+        raise CliError(f"Unknown mode: {args.mode}, only {', '.join(MODE_NAMES.values())} supported")
+    replicas = None if args.replicas is None else uint_flag("--replicas", args.replicas)
+    concurrent = None if args.max_concurrent is None else uint_flag("--max-concurrent", args.max_concurrent)
+    if concurrent is not None and kind != REPLICATED_JOB:
+        raise CliError("max-concurrent can only be used with replicated-job mode")
+    if replicas is not None and kind in (GLOBAL, GLOBAL_JOB):
+        raise CliError("replicas can only be used with replicated or replicated-job mode")
+    if kind in (GLOBAL, GLOBAL_JOB):
+        return {kind: {}}
+    if kind == REPLICATED:
+        return {REPLICATED: {} if replicas is None else {"Replicas": replicas}}
+    # --replicas is the number of completions, and how many run at once unless --max-concurrent says.
+    job: Doc = {}
+    if concurrent is not None or replicas is not None:
+        job["MaxConcurrent"] = replicas if concurrent is None else concurrent
+    if replicas is not None:
+        job["TotalCompletions"] = replicas
+    return {REPLICATED_JOB: job}
+
+
 def build_service_spec(args: argparse.Namespace) -> Doc:
     """The ServiceSpec `service create` sends (docker's ToService), validating every flag first."""
-    mode_name = args.mode or "replicated"
-    if mode_name == "global":
-        if args.replicas is not None:
-            raise CliError("replicas can only be used with replicated mode")
-        mode: Doc = {"Global": {}}
-    elif mode_name == "replicated":
-        mode = {"Replicated": {}}
-        if args.replicas is not None:
-            mode["Replicated"]["Replicas"] = uint_flag("--replicas", args.replicas)
-    else:
-        raise CliError(f"Unknown mode: {mode_name}, only replicated and global supported")
+    mode = service_mode_flags(args)
+    if next(iter(mode)) in JOB_MODES and (_update_flags_set(args, "update") or _update_flags_set(args, "rollback")):
+        raise CliError("update and rollback configuration is not supported for jobs")
 
     ports = [port for value in args.publish or [] for port in parse_publish(value)]
     env: list[str] = []
@@ -715,12 +741,19 @@ def apply_service_update(spec: Doc, args: argparse.Namespace) -> Doc:
     if args.replicas is not None:
         replicas = uint_flag("--replicas", args.replicas)
         mode = spec.get("Mode") or {}
-        if mode.get("Replicated") is not None:
-            mode["Replicated"]["Replicas"] = replicas
-        elif mode.get("ReplicatedJob") is not None:
-            mode["ReplicatedJob"]["TotalCompletions"] = replicas
+        if mode.get(REPLICATED) is not None:
+            mode[REPLICATED]["Replicas"] = replicas
+        elif mode.get(REPLICATED_JOB) is not None:
+            mode[REPLICATED_JOB]["TotalCompletions"] = replicas
         else:
             raise CliError("replicas can only be used with replicated or replicated-job mode")
+    if args.max_concurrent is not None:
+        # docker accepts the flag on update and ignores it; shoal applies it.
+        concurrent = uint_flag("--max-concurrent", args.max_concurrent)
+        job = (spec.get("Mode") or {}).get(REPLICATED_JOB)
+        if job is None:
+            raise CliError("max-concurrent can only be used with replicated-job mode")
+        job["MaxConcurrent"] = concurrent
 
     if args.constraint_add or args.constraint_rm:
         placement = task.get("Placement") or {}

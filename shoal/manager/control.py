@@ -54,7 +54,7 @@ from shoal.manager.orchestrator.rebalance import (
 from shoal.manager.scheduler.pipeline import NodeLoad
 from shoal.manager.store.base import CA_KEY, Batch
 from shoal.manager.store.etcd import EtcdStore
-from shoal.spec import RESTARTING_UNTIL, SEALED_DATA
+from shoal.spec import RESTARTING_UNTIL, SEALED_DATA, is_job
 from shoal.timefmt import to_rfc3339
 from shoal.tokens import make_token
 from shoal.types import (
@@ -244,7 +244,8 @@ class ControlAPI:
         return resolve(list(self.cache.services().values()), ref, "service", service_name)
 
     def _status(self, service: Doc) -> Doc:
-        if is_global(service):  # its tasks are one per node: few
+        # A global service's tasks are one per node: few. A job's status counts its current run's tasks.
+        if is_global(service) or is_job(service):
             return service_status(service, self.cache.tasks_of_service(service["ID"]), self.cache.nodes())
         return counted_status(service, self.cache.running_by_node(service["ID"]), self.cache.nodes())
 

@@ -41,7 +41,15 @@ from shoal.manager.orchestrator.replicated import reconcile_replicated
 from shoal.manager.store.base import Batch, Event, Store, object_key
 from shoal.mesh.table import endpoint_table, is_backend, published_ports
 from shoal.protocol import ATTEMPT_HEADER
-from shoal.spec import BACKEND_PORTS, DOWN_SINCE, MESH_ERRORS, RESTARTING_UNTIL, RUNNING_SINCE, SEALED_DATA
+from shoal.spec import (
+    BACKEND_PORTS,
+    DOWN_SINCE,
+    MESH_ERRORS,
+    RESTARTING_UNTIL,
+    RUNNING_SINCE,
+    SEALED_DATA,
+    is_job,
+)
 from shoal.task_files import SECRET, DependencyKey
 from shoal.task_networks import attached_networks
 from shoal.timefmt import from_rfc3339, to_rfc3339
@@ -95,8 +103,8 @@ def agent_should_know(task: Doc) -> bool:
     state = task_state(task)
     if state < TaskState.ASSIGNED:
         return False
-    # Both sides agree it is over: the agent may forget it.
-    return not (state.terminal and desired_state(task) >= TaskState.SHUTDOWN)
+    # Both sides agree it is over (a job's task done for good is desired "complete"): the agent may forget it.
+    return not (state.terminal and desired_state(task) >= TaskState.COMPLETE)
 
 
 # What an agent reports of a task besides its state; a report that changes one of them is news even in the same
@@ -481,7 +489,7 @@ class Dispatcher:
         stops = []
         for service_id, numbers in slots.items():
             service = self.cache.get(SERVICES, service_id)
-            if service is None or is_global(service) or 0 in numbers:
+            if service is None or is_global(service) or is_job(service) or 0 in numbers:
                 continue
             plan = reconcile_replicated(service, self.cache.tasks_in_slots(service_id, numbers), nodes, now,
                                         slots=numbers)

@@ -117,6 +117,29 @@ def test_service_ls_without_status_and_with_max_per_node() -> None:
     assert "0/0 (max 2 per node)" in row
 
 
+def test_service_ls_shows_jobs_as_docker_does() -> None:
+    replicated_job = service("a" * 25, "batch", "busybox", {"ReplicatedJob": {"MaxConcurrent": 2,
+                                                                              "TotalCompletions": 5}}, 0, 2)
+    replicated_job["ServiceStatus"]["CompletedTasks"] = 5
+    global_job = service("b" * 25, "sweep", "busybox", {"GlobalJob": {}}, 1, 2)
+    global_job["ServiceStatus"]["CompletedTasks"] = 1
+    # Jobs leave "max N per node" out (docker's formatter does too).
+    global_job["Spec"]["TaskTemplate"]["Placement"] = {"MaxReplicas": 1}
+    assert service_table([replicated_job, global_job]) == (
+        "ID             NAME      MODE             REPLICAS              IMAGE     PORTS\n"
+        "aaaaaaaaaaaa   batch     replicated job   0/2 (5/5 completed)   busybox   \n"
+        "bbbbbbbbbbbb   sweep     global job       1/2 (1/3 completed)   busybox   \n"
+    )
+
+
+def test_service_ps_shows_a_finished_job_task_as_complete() -> None:
+    tasks = [task("c" * 25, 3, "busybox", "complete", "complete", 2),
+             task("d" * 25, 4, "busybox", "failed", "complete", 2, err="task: non-zero exit (1)")]
+    rows = task_table(tasks, {"svc1": "batch"}, {"n1": "node1"}, NOW).splitlines()[1:]
+    assert rows[0].split()[:7] == ["cccccccccccc", "batch.3", "busybox", "node1", "Complete", "Complete", "2"]
+    assert rows[1].split()[4:6] == ["Complete", "Failed"]
+
+
 def test_service_ports_groups_ranges_and_skips_host_mode() -> None:
     ports = [
         {"Protocol": "tcp", "TargetPort": 81, "PublishedPort": 8081, "PublishMode": "ingress"},
@@ -228,6 +251,16 @@ def test_service_inspect_pretty_matches_docker_trace() -> None:
         " Args:\t\tnginx -g daemon off; \n Init:\t\tfalse\nResources:\nEndpoint Mode:\tvip\nPorts:\n"
         " PublishedPort = 80\n  Protocol = tcp\n  TargetPort = 80\n  PublishMode = ingress \n"
     )
+
+
+def test_service_inspect_pretty_names_a_jobs_mode() -> None:
+    doc: dict[str, Any] = {"ID": "j1", "Spec": {"Name": "batch", "TaskTemplate": {"ContainerSpec": {"Image": "b"}},
+                                                "Mode": {"ReplicatedJob": {"MaxConcurrent": 2, "TotalCompletions": 5}},
+                                                "EndpointSpec": {"Mode": "vip"}}}
+    assert "\nService Mode:\tReplicated job\n Max concurrent:\t2\n Total completions:\t5\nPlacement:" in \
+        service_pretty(doc, NOW)
+    doc["Spec"]["Mode"] = {"GlobalJob": {}}
+    assert "\nService Mode:\tGlobal job\nPlacement:" in service_pretty(doc, NOW)
 
 
 def test_service_inspect_pretty_update_blocks() -> None:

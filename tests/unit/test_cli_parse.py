@@ -88,6 +88,39 @@ def test_create_global_unnamed_with_update_flags() -> None:
     assert body["EndpointSpec"] == {"Mode": "vip"}
 
 
+@pytest.mark.parametrize(("argv", "mode"), [
+    # docker's ToServiceMode: --replicas is TotalCompletions, and MaxConcurrent too unless --max-concurrent.
+    (["--mode", "replicated-job", "--replicas", "5", "--max-concurrent", "2"],
+     {"ReplicatedJob": {"MaxConcurrent": 2, "TotalCompletions": 5}}),
+    (["--mode", "replicated-job", "--replicas", "5"], {"ReplicatedJob": {"MaxConcurrent": 5, "TotalCompletions": 5}}),
+    (["--mode", "replicated-job", "--max-concurrent", "3"], {"ReplicatedJob": {"MaxConcurrent": 3}}),
+    (["--mode", "replicated-job"], {"ReplicatedJob": {}}),  # the server's defaults: 1 and 1
+    (["--mode", "global-job"], {"GlobalJob": {}}),
+])
+def test_create_a_job(argv: list[str], mode: dict) -> None:
+    daemon = created()
+    code, _, err = daemon.cli("service", "create", "-d", *argv, "busybox", "sh", "-c", "sleep 0.5")
+    assert (code, err) == (0, "")
+    body = daemon.bodies("POST /services/create")[0]
+    assert body["Mode"] == mode
+    assert "UpdateConfig" not in body and "RollbackConfig" not in body
+
+
+def test_update_of_a_replicated_job_sets_completions_and_concurrency() -> None:
+    daemon = updatable(current_service(Mode={"ReplicatedJob": {"MaxConcurrent": 1, "TotalCompletions": 1}}))
+    code, _, err = daemon.cli("service", "update", "-d", "--replicas", "8", "--max-concurrent", "4", "web")
+    assert (code, err) == (0, "")
+    assert daemon.bodies(f"POST /services/{SERVICE_ID}/update")[0]["Mode"] == {
+        "ReplicatedJob": {"MaxConcurrent": 4, "TotalCompletions": 8}}
+
+
+def test_update_max_concurrent_of_a_replicated_service_is_refused() -> None:
+    daemon = updatable()
+    code, _, err = daemon.cli("service", "update", "-d", "--max-concurrent", "4", "web")
+    assert (code, err) == (1, "max-concurrent can only be used with replicated-job mode\n")
+    assert [r.method for r in daemon.requests] == ["GET"]
+
+
 def test_create_without_replicas_leaves_them_to_the_server() -> None:
     daemon = created()
     daemon.cli("service", "create", "-d", "nginx")
@@ -139,7 +172,15 @@ def test_no_healthcheck() -> None:
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["--mode", "global", "--replicas", "2"], "replicas can only be used with replicated mode"),
+    (["--mode", "global", "--replicas", "2"], "replicas can only be used with replicated or replicated-job mode"),
+    (["--mode", "global-job", "--replicas", "2"], "replicas can only be used with replicated or replicated-job mode"),
+    (["--max-concurrent", "2"], "max-concurrent can only be used with replicated-job mode"),
+    (["--mode", "global-job", "--max-concurrent", "2"], "max-concurrent can only be used with replicated-job mode"),
+    (["--mode", "replicated-job", "--max-concurrent", "x"], 'invalid argument "x" for "--max-concurrent" flag'),
+    (["--mode", "replicated-job", "--update-delay", "1s"],
+     "update and rollback configuration is not supported for jobs"),
+    (["--mode", "global-job", "--rollback-order", "start-first"],
+     "update and rollback configuration is not supported for jobs"),
     (["--replicas", "-1"], 'invalid argument "-1" for "--replicas" flag'),
     (["--replicas", "two"], 'invalid argument "two" for "--replicas" flag'),
     (["--mode", "batch"], "Unknown mode: batch"),
@@ -415,6 +456,22 @@ def test_scale() -> None:
     code, out, err = daemon.cli("service", "scale", "-d", "web=3")
     assert (code, out, err) == (0, "web scaled to 3\n", "")
     assert daemon.bodies(f"POST /services/{SERVICE_ID}/update")[0]["Mode"] == {"Replicated": {"Replicas": 3}}
+
+
+def test_scale_of_a_replicated_job_sets_its_completions() -> None:
+    daemon = updatable(current_service(Mode={"ReplicatedJob": {"MaxConcurrent": 2, "TotalCompletions": 5}}))
+    code, out, _ = daemon.cli("service", "scale", "-d", "web=9")
+    assert (code, out) == (0, "web scaled to 9\n")
+    assert daemon.bodies(f"POST /services/{SERVICE_ID}/update")[0]["Mode"] == {
+        "ReplicatedJob": {"MaxConcurrent": 2, "TotalCompletions": 9}}
+
+
+@pytest.mark.parametrize("mode", [{"Global": {}}, {"GlobalJob": {}}])
+def test_scale_of_a_global_service_or_job_is_refused_as_docker_refuses_it(mode: dict) -> None:
+    daemon = updatable(current_service(Mode=mode))
+    code, out, err = daemon.cli("service", "scale", "-d", "web=3")
+    assert (code, out, err) == (1, "", "web: scale can only be used with replicated or replicated-job mode\n")
+    assert [r.method for r in daemon.requests] == ["GET"]
 
 
 @pytest.mark.parametrize("arg", ["web=x", "web=-1"])

@@ -154,9 +154,81 @@ def test_completed_update_before_convergence_ends_quietly() -> None:
     assert step.finished and step.events == []
 
 
-def test_job_modes_are_refused() -> None:
-    service = {"ID": "j", "Spec": {"Mode": {"ReplicatedJob": {"TotalCompletions": 1}}}}
+def test_an_unknown_mode_is_refused() -> None:
+    service = {"ID": "j", "Spec": {"Mode": {"CronJob": {}}}}
     assert progress_step(ProgressState("j"), service, [], NODES, now=0.0).error == "unrecognized service mode"
+
+
+# ---- jobs -----------------------------------------------------------------------------------------------
+
+def replicated_job(concurrent: int, total: int, iteration: int = 0) -> dict:
+    return {"ID": "job1", "Spec": {"Name": "batch", "Mode": {"ReplicatedJob": {"MaxConcurrent": concurrent,
+                                                                               "TotalCompletions": total}}},
+            "JobStatus": {"JobIteration": {"Index": iteration}}}
+
+
+def global_job(iteration: int = 0) -> dict:
+    return {"ID": "job1", "Spec": {"Name": "sweep", "Mode": {"GlobalJob": {}}},
+            "JobStatus": {"JobIteration": {"Index": iteration}}}
+
+
+def job_task(slot: int, state: str, iteration: int = 0, node: str = "n1", desired: str = "running",
+             err: str = "") -> dict:
+    return {**task(slot, state, node, desired, err), "JobIteration": {"Index": iteration}}
+
+
+def test_a_replicated_job_shows_its_completions_and_active_tasks_then_ends() -> None:
+    state = ProgressState("batch")
+    job = replicated_job(2, 3)
+    step = progress_step(state, job, [], NODES, now=0.0)
+    # docker's replicatedJobProgressUpdater: the counts (a bar, left out in a pipe), the active line, one line
+    # per completion to come.
+    assert lines(step.events) == ["active tasks: 0 out of 2 tasks", "1/3:  ", "2/3:  ", "3/3:  ",
+                                  "active tasks: 0 out of 2 tasks"]
+    assert [(e.id, e.text, e.current, e.total) for e in step.events if e.is_bar] == [
+        ("job progress", "0 out of 3 complete", 0, 3), ("job progress", "0 out of 3 complete", 0, 3)]
+
+    # An older run's tasks do not count; the lowest state of a slot is shown.
+    tasks = [job_task(0, "complete"), job_task(0, "failed", desired="shutdown"), job_task(1, "running"),
+             job_task(2, "complete", iteration=-5)]
+    step = progress_step(state, job, tasks, NODES, now=0.2)
+    assert lines(step.events) == ["active tasks: 1 out of 2 tasks"]
+    assert [(e.id, e.text.strip()) for e in step.events if e.is_bar] == [
+        ("1/3", "complete"), ("2/3", "running"), ("job progress", "1 out of 3 complete")]
+    assert not step.finished and step.error is None
+
+    done = [job_task(slot, "complete", desired="complete") for slot in range(3)]
+    step = progress_step(state, job, done, NODES, now=0.4)
+    assert lines(step.events)[-2:] == ["active tasks: 0 out of 0 tasks", "job complete"]
+    assert step.finished  # no verify wait for a job
+
+
+def test_a_job_whose_task_failed_for_good_ends_the_wait_with_one_error() -> None:
+    state = ProgressState("batch")
+    job = replicated_job(1, 3)
+    progress_step(state, job, [], NODES, now=0.0)
+    # Failed and to be restarted (history, desired shutdown): the wait goes on.
+    step = progress_step(state, job, [job_task(0, "failed", desired="shutdown", err="task: non-zero exit (1)")],
+                         NODES, now=0.2)
+    assert step.error is None
+    step = progress_step(state, job, [job_task(0, "failed", desired="complete", err="task: non-zero exit (1)")],
+                         NODES, now=0.4)
+    assert step.error == ("job cannot complete: task 1/3 failed and its restart policy gives up "
+                          "(task: non-zero exit (1))")
+
+
+def test_a_global_job_waits_for_its_tasks_then_counts_its_nodes() -> None:
+    state = ProgressState("sweep")
+    step = progress_step(state, global_job(1), [job_task(0, "complete", iteration=0)], NODES, now=0.0)
+    assert lines(step.events) == ["job progress: waiting for tasks"]
+    tasks = [job_task(0, "running", 1, node="n1"), job_task(0, "complete", 1, node="n2")]
+    step = progress_step(state, global_job(1), tasks, NODES, now=0.2)
+    assert [(e.id, e.text.strip()) for e in step.events] == [
+        ("n1", "running"), ("n2", "complete"), ("job progress", "1 out of 2 complete")]
+    # A node that joins later is not waited for (docker's rule).
+    tasks = [job_task(0, "complete", 1, node=n) for n in ("n1", "n2")] + [job_task(0, "running", 1, node="n3")]
+    step = progress_step(state, global_job(1), tasks, NODES, now=0.4)
+    assert step.finished and lines(step.events)[-1] == "job complete"
 
 
 class FakeClient:
@@ -207,6 +279,27 @@ def test_wait_on_service_prints_what_docker_prints_into_a_pipe() -> None:
     tasks_query = [params for path, params in client.requests if path == "/tasks"][0]
     assert tasks_query == {"filters": '{"_up-to-date":{"true":true},"service":{"svc1":true}}'}
     assert client.requests[-1][0] == "/services/web"
+
+
+def test_wait_on_a_job_ends_when_it_completes() -> None:
+    client = FakeClient(replicated_job(1, 2), [[job_task(0, "running")],
+                                               [job_task(0, "complete"), job_task(1, "running")],
+                                               [job_task(0, "complete"), job_task(1, "complete")]])
+    clock = FakeTime()
+    out = io.StringIO()
+    wait_on_service(client, "batch", out, tty=False, monotonic=clock.monotonic, sleep=clock.sleep)  # type: ignore[arg-type]
+    assert out.getvalue().splitlines() == [
+        "active tasks: 0 out of 1 tasks", "1/2:  ", "2/2:  ", "active tasks: 1 out of 1 tasks",
+        "active tasks: 1 out of 1 tasks", "active tasks: 0 out of 0 tasks", "job complete"]
+    assert clock.now == pytest.approx(100.4)
+
+
+def test_wait_on_a_job_that_cannot_complete_raises() -> None:
+    client = FakeClient(replicated_job(1, 1), [[job_task(0, "rejected", desired="complete", err="no such image")]])
+    clock = FakeTime()
+    with pytest.raises(ProgressFailed, match=r"job cannot complete: task 1/1 rejected .*\(no such image\)"):
+        wait_on_service(client, "batch", io.StringIO(), tty=False,  # type: ignore[arg-type]
+                        monotonic=clock.monotonic, sleep=clock.sleep)
 
 
 def test_wait_on_service_raises_when_the_update_pauses() -> None:

@@ -40,8 +40,8 @@ def test_malformed_filters_are_refused(raw: str) -> None:
 # ---- services -----------------------------------------------------------------------------------------
 
 def service(service_id: str, name: str, labels: dict[str, str] | None = None, global_mode: bool = False,
-            image: str = "nginx") -> Doc:
-    mode: Doc = {"Global": {}} if global_mode else {"Replicated": {"Replicas": 1}}
+            image: str = "nginx", mode: Doc | None = None) -> Doc:
+    mode = mode or ({"Global": {}} if global_mode else {"Replicated": {"Replicas": 1}})
     return {"ID": service_id, "Spec": {"Name": name, "Labels": labels or {}, "Mode": mode,
                                        "TaskTemplate": {"ContainerSpec": {"Image": image}}}}
 
@@ -49,7 +49,8 @@ def service(service_id: str, name: str, labels: dict[str, str] | None = None, gl
 WEB = service("abc123" + "0" * 19, "web", {"com.docker.stack.namespace": "app", "tier": "front"})
 WEBAPI = service("abd456" + "0" * 19, "webapi", {"tier": "back"})
 AGENT = service("xyz789" + "0" * 19, "agent", global_mode=True)
-SERVICES = [WEB, WEBAPI, AGENT]
+BATCH = service("job111" + "0" * 19, "batch", mode={"ReplicatedJob": {"TotalCompletions": 3}})
+SERVICES = [WEB, WEBAPI, AGENT, BATCH]
 
 
 def names(filters_json: str) -> list[str]:
@@ -60,7 +61,7 @@ def names(filters_json: str) -> list[str]:
 @pytest.mark.parametrize(
     ("filters_json", "expected"),
     [
-        ("{}", ["web", "webapi", "agent"]),
+        ("{}", ["web", "webapi", "agent", "batch"]),
         ('{"name":{"web":true}}', ["web", "webapi"]),  # name is a prefix
         ('{"name":["webapi","agent"]}', ["webapi", "agent"]),  # values are alternatives
         ('{"id":{"ab":true}}', ["web", "webapi"]),
@@ -70,9 +71,11 @@ def names(filters_json: str) -> list[str]:
         ('{"label":["tier=back"]}', ["webapi"]),
         ('{"label":["tier","com.docker.stack.namespace=app"]}', ["web"]),  # every label must hold
         ('{"mode":["global"]}', ["agent"]),
-        ('{"mode":{"replicated":true}}', ["web", "webapi"]),
+        ('{"mode":{"replicated":true}}', ["web", "webapi"]),  # a replicated job is not "replicated"
+        ('{"mode":["replicated-job"]}', ["batch"]),
+        ('{"mode":["global-job","global"]}', ["agent"]),
         ('{"name":["web"],"mode":["global"]}', []),  # different keys must all hold
-        ('{"runtime":["container"]}', ["web", "webapi", "agent"]),
+        ('{"runtime":["container"]}', ["web", "webapi", "agent", "batch"]),
     ],
 )
 def test_service_filters(filters_json: str, expected: list[str]) -> None:

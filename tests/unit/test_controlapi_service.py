@@ -196,9 +196,22 @@ INVALID: list[tuple[str, object, str]] = [
     ("replicas as text", minimal(Mode={"Replicated": {"Replicas": "three"}}), "Mode.Replicated.Replicas"),
     ("negative replicas", minimal(Mode={"Replicated": {"Replicas": -1}}), "Mode.Replicated.Replicas"),
     ("replicas as bool", minimal(Mode={"Replicated": {"Replicas": True}}), "Mode.Replicated.Replicas"),
-    ("both modes", minimal(Mode={"Replicated": {"Replicas": 1}, "Global": {}}), "not both"),
-    ("replicated job", minimal(Mode={"ReplicatedJob": {"TotalCompletions": 3}}), "job mode services are not"),
-    ("global job", minimal(Mode={"GlobalJob": {}}), "job mode services are not supported by shoal yet"),
+    ("both modes", minimal(Mode={"Replicated": {"Replicas": 1}, "Global": {}}), "not Replicated and Global"),
+    ("two job modes", minimal(Mode={"ReplicatedJob": {}, "GlobalJob": {}}), "not ReplicatedJob and GlobalJob"),
+    ("job and replicated", minimal(Mode={"Replicated": {}, "GlobalJob": {}}), "not Replicated and GlobalJob"),
+    ("negative max concurrent", minimal(Mode={"ReplicatedJob": {"MaxConcurrent": -1}}),
+     "Mode.ReplicatedJob.MaxConcurrent must be a whole number from 0 to 100000"),
+    ("completions as text", minimal(Mode={"ReplicatedJob": {"TotalCompletions": "5"}}),
+     "Mode.ReplicatedJob.TotalCompletions"),
+    ("completions too many", minimal(Mode={"ReplicatedJob": {"TotalCompletions": 100_001}}),
+     "Mode.ReplicatedJob.TotalCompletions"),
+    ("a job nothing may run", minimal(Mode={"ReplicatedJob": {"MaxConcurrent": 0, "TotalCompletions": 3}}),
+     "MaxConcurrent is 0, so none of the job's 3 tasks would ever run"),
+    ("job mode not object", minimal(Mode={"GlobalJob": 1}), "Mode.GlobalJob"),
+    ("job with update config", minimal(Mode={"GlobalJob": {}}, UpdateConfig={"Parallelism": 1}),
+     "UpdateConfig does not apply to jobs (Mode.GlobalJob)"),
+    ("job with rollback config", minimal(Mode={"ReplicatedJob": {}}, RollbackConfig={}),
+     "RollbackConfig does not apply to jobs (Mode.ReplicatedJob)"),
     ("mode not object", minimal(Mode="global"), "Mode"),
     ("bad name", minimal(Name="-web"), "invalid service name"),
     ("name with space", minimal(Name="my web"), "invalid service name"),
@@ -528,3 +541,128 @@ def test_update_does_not_conflict_with_its_own_published_port() -> None:
     spec = changed_image(web, "nginx:1.26")
     updated = updated_service(web, spec, NOW, used_ports=ingress_ports_in_use([web]))  # own port included
     assert updated["Endpoint"]["Ports"][0]["PublishedPort"] == 80
+
+
+# ---- jobs -------------------------------------------------------------------------------------------
+
+# What `docker service create --mode replicated-job --replicas 5 --max-concurrent 2 …` sends (opts.go).
+CLI_CREATE_REPLICATED_JOB = json.loads(
+    '{"Name":"batch","Labels":{},"TaskTemplate":{"ContainerSpec":{"Image":"busybox:latest@' + DIGEST + '",'
+    '"Args":["sh","-c","sleep 0.5"],"Init":false,"DNSConfig":{}},"Resources":{"Limits":{},"Reservations":{}},'
+    '"Placement":{},"ForceUpdate":0},"Mode":{"ReplicatedJob":{"MaxConcurrent":2,"TotalCompletions":5}},'
+    '"EndpointSpec":{"Mode":"vip"}}'
+)
+
+
+@pytest.mark.parametrize(("mode", "normalised"), [
+    ({"ReplicatedJob": {"MaxConcurrent": 2, "TotalCompletions": 5}},
+     {"ReplicatedJob": {"MaxConcurrent": 2, "TotalCompletions": 5}}),
+    # Docker's API defaults: MaxConcurrent 1, TotalCompletions = MaxConcurrent.
+    ({"ReplicatedJob": {}}, {"ReplicatedJob": {"MaxConcurrent": 1, "TotalCompletions": 1}}),
+    ({"ReplicatedJob": {"MaxConcurrent": 3}}, {"ReplicatedJob": {"MaxConcurrent": 3, "TotalCompletions": 3}}),
+    ({"ReplicatedJob": {"TotalCompletions": 7}}, {"ReplicatedJob": {"MaxConcurrent": 1, "TotalCompletions": 7}}),
+    ({"ReplicatedJob": {"MaxConcurrent": 0, "TotalCompletions": 0}},
+     {"ReplicatedJob": {"MaxConcurrent": 0, "TotalCompletions": 0}}),
+    ({"GlobalJob": {}}, {"GlobalJob": {}}),
+    # docker-py writes the mode in lower case; null entries are dropped.
+    ({"replicatedjob": {"maxconcurrent": 2}, "Replicated": None},
+     {"ReplicatedJob": {"MaxConcurrent": 2, "TotalCompletions": 2}}),
+])
+def test_job_modes_are_accepted_with_docker_defaults(mode: Doc, normalised: Doc) -> None:
+    assert validate_service_spec(minimal(Mode=mode))["Mode"] == normalised
+
+
+def test_the_docker_cli_replicated_job_body_is_kept_as_sent() -> None:
+    spec = validate_service_spec(copy.deepcopy(CLI_CREATE_REPLICATED_JOB))
+    assert spec["Mode"] == CLI_CREATE_REPLICATED_JOB["Mode"]
+    assert "UpdateConfig" not in spec and "RollbackConfig" not in spec
+
+
+def make_job(mode: Doc | None = None) -> Doc:
+    spec = validate_service_spec(minimal(Name="batch", Mode=mode or {"ReplicatedJob": {"MaxConcurrent": 2,
+                                                                                       "TotalCompletions": 5}}))
+    return new_service(spec, "j" * 25, NOW, set())
+
+
+def test_a_new_job_starts_at_iteration_zero() -> None:
+    job = make_job()
+    assert job["JobStatus"]["JobIteration"] == {"Index": 0}
+    assert from_rfc3339(job["JobStatus"]["LastExecution"]) == pytest.approx(NOW)
+    assert "JobStatus" not in make_web()
+
+
+def test_every_update_of_a_job_starts_its_next_iteration() -> None:
+    job = make_job()
+    forced = copy.deepcopy(job["Spec"])
+    forced["TaskTemplate"]["ForceUpdate"] = 1
+    once = updated_service(job, forced, NOW + 5, set())
+    assert once["JobStatus"]["JobIteration"] == {"Index": 1}
+    assert from_rfc3339(once["JobStatus"]["LastExecution"]) == pytest.approx(NOW + 5)
+    # Even an update that changes nothing runs the job again, as in swarmkit.
+    again = updated_service(once, copy.deepcopy(once["Spec"]), NOW + 6, set())
+    assert again["JobStatus"]["JobIteration"] == {"Index": 2}
+    rolled = updated_service(again, again["Spec"], NOW + 7, set(), rollback=True)
+    assert rolled["JobStatus"]["JobIteration"] == {"Index": 3}
+    assert rolled["Spec"] == job["Spec"]
+    assert "UpdateStatus" not in rolled  # no updater would ever complete it for a job
+
+
+@pytest.mark.parametrize(("before", "after"), [
+    ({"ReplicatedJob": {}}, {"Replicated": {"Replicas": 1}}),
+    ({"ReplicatedJob": {}}, {"GlobalJob": {}}),
+    ({"GlobalJob": {}}, {"Global": {}}),
+])
+def test_a_job_cannot_change_mode(before: Doc, after: Doc) -> None:
+    job = make_job(before)
+    spec = copy.deepcopy(job["Spec"])
+    spec["Mode"] = after
+    with pytest.raises(InvalidArgument, match="service mode change is not allowed"):
+        updated_service(job, validate_service_spec(spec), NOW, set())
+
+
+def test_a_replicated_service_cannot_become_a_job() -> None:
+    web = make_web()
+    spec = copy.deepcopy(web["Spec"])
+    spec["Mode"] = {"ReplicatedJob": {}}
+    with pytest.raises(InvalidArgument, match="service mode change is not allowed"):
+        updated_service(web, validate_service_spec(spec), NOW, set())
+
+
+def test_insert_defaults_gives_a_job_no_update_config() -> None:
+    job = make_job()
+    filled = insert_defaults(job["Spec"])
+    assert "UpdateConfig" not in filled and "RollbackConfig" not in filled
+    assert filled["TaskTemplate"]["RestartPolicy"]["Condition"] == "any"
+    validate_service_spec(filled)  # a spec read back with defaults is accepted when sent again
+
+
+def job_task(service_id: str, state: str, iteration: int, desired: str = "running", node: str = "n1",
+             slot: int = 0) -> Doc:
+    doc = task(service_id, state, desired, node, slot)
+    doc["ID"] += f"-{iteration}"
+    doc["JobIteration"] = {"Index": iteration}
+    return doc
+
+
+def test_service_status_of_a_replicated_job_counts_its_current_iteration() -> None:
+    job = updated_service(make_job(), make_job()["Spec"], NOW, set())  # iteration 1
+    nodes = {"n1": {"Status": {"State": "ready"}}}
+    tasks = [job_task(job["ID"], "complete", 1, desired="complete", slot=0),
+             job_task(job["ID"], "complete", 1, slot=1),  # not marked by the orchestrator yet
+             job_task(job["ID"], "running", 1, slot=2),
+             job_task(job["ID"], "failed", 1, desired="shutdown", slot=3),
+             job_task(job["ID"], "complete", 0, desired="complete", slot=4),  # an older run
+             job_task(job["ID"], "running", 0, slot=5)]
+    # Docker's `service ls` shows "1/2 (2/5 completed)": Desired is MaxConcurrent.
+    assert service_status(job, tasks, nodes) == {"RunningTasks": 1, "DesiredTasks": 2, "CompletedTasks": 2}
+
+
+def test_service_status_of_a_global_job_desires_what_is_left_to_finish() -> None:
+    job = make_job({"GlobalJob": {}})
+    nodes = {n: {"Status": {"State": "ready"}} for n in ("n1", "n2", "n3", "n4")}
+    tasks = [job_task(job["ID"], "complete", 0, desired="complete", node="n1"),
+             job_task(job["ID"], "running", 0, node="n2"),
+             job_task(job["ID"], "failed", 0, desired="complete", node="n3"),  # given up: never completes
+             job_task(job["ID"], "failed", 0, desired="shutdown", node="n4")]  # replaced: history
+    # `service ls`: "1/2 (1/3 completed)".
+    assert service_status(job, tasks, nodes) == {"RunningTasks": 1, "DesiredTasks": 2, "CompletedTasks": 1}

@@ -153,6 +153,9 @@ def test_a_report_whose_state_is_not_a_string_is_ignored(garbage: object) -> Non
         (TaskState.RUNNING, TaskState.SHUTDOWN, True),  # the agent must hear it has to stop
         (TaskState.FAILED, TaskState.RUNNING, True),  # ended, the manager has not answered yet
         (TaskState.COMPLETE, TaskState.SHUTDOWN, False),  # both sides agree it is over
+        (TaskState.COMPLETE, TaskState.RUNNING, True),  # a job's task: the manager has not answered yet
+        (TaskState.COMPLETE, TaskState.COMPLETE, False),  # a job's task, done for good
+        (TaskState.FAILED, TaskState.COMPLETE, False),  # a job's task its restart policy gave up on
         (TaskState.SHUTDOWN, TaskState.SHUTDOWN, False),
         (TaskState.REJECTED, TaskState.REMOVE, False),
     ],

@@ -11,7 +11,9 @@ import pytest
 from shoal.clock import FakeClock
 from shoal.manager.applier import Applier
 from shoal.manager.cache import Cache
+from shoal.manager.controlapi.service import new_service, updated_service, validate_service_spec
 from shoal.manager.orchestrator import loop as orchestrator_loop
+from shoal.manager.orchestrator.jobs import JobSlots, SlotState
 from shoal.manager.orchestrator.loop import OrchestratorLoop, reconcile_removed_service
 from shoal.manager.orchestrator.update_progress import UpdateProgress
 from shoal.manager.scheduler import loop as scheduler_loop
@@ -480,3 +482,123 @@ async def test_the_scheduler_places_a_tick_at_a_time_and_every_task_gets_its_tur
     scheduler._signal.clear()
     await scheduler.run_once()
     assert not scheduler._signal.is_set()
+
+
+# ---- jobs ---------------------------------------------------------------------------------------------------
+
+
+def make_job(service_id: str, mode: Doc) -> Doc:
+    spec = validate_service_spec({"Name": service_id, "TaskTemplate": {"ContainerSpec": {"Image": "busybox"}},
+                                  "Mode": mode})
+    return new_service(spec, service_id, NOW, set())
+
+
+async def run_round(h: Harness, orchestrator: OrchestratorLoop, scheduler: SchedulerLoop,
+                    outcome: TaskState = TaskState.COMPLETE) -> list[Doc]:
+    """One turn of the swarm: the orchestrator decides, the scheduler places, and every placed task runs and
+    ends as `outcome`. Returns the tasks that ran."""
+    await orchestrator.run_once()
+    await scheduler.run_once()
+    ran = [t for t in h.cache.tasks().values() if task_state(t) == TaskState.ASSIGNED]
+    for task in ran:
+        await h.report(task["ID"], TaskState.RUNNING)
+        await h.report(task["ID"], outcome)
+    return ran
+
+
+async def test_a_replicated_job_runs_max_concurrent_at_a_time_until_its_completions_are_done(
+        harness: Harness) -> None:
+    await harness.add_nodes(make_node("n1"), make_node("n2"))
+    orchestrator, scheduler = loops(harness)
+    await harness.add_service(make_job("batch", {"ReplicatedJob": {"MaxConcurrent": 2, "TotalCompletions": 5}}))
+
+    rounds = [sorted(task_slot(t) for t in await run_round(harness, orchestrator, scheduler)) for _ in range(4)]
+
+    assert rounds == [[0, 1], [2, 3], [4], []]
+    tasks = harness.tasks_of("batch")
+    assert [(task_slot(t), task_state(t), desired_state(t)) for t in tasks] == [
+        (slot, TaskState.COMPLETE, TaskState.COMPLETE) for slot in range(5)]
+    # Every report was decided over its own slot, with the job's counts kept between passes.
+    assert orchestrator.passes["full"] == 0 and orchestrator.passes["update"] == 0
+    kept = orchestrator._job_slots["batch"]
+    fresh = JobSlots.of(harness.cache.get(SERVICES, "batch") or {}, tasks, harness.clock.now())
+    assert kept.states == fresh.states and kept.states == dict.fromkeys(range(5), SlotState.DONE)
+    harness.clock.advance(3600)
+    assert await orchestrator.run_once() == ""
+
+
+async def test_an_update_of_a_job_runs_it_again(harness: Harness) -> None:
+    await harness.add_nodes(make_node("n1"))
+    orchestrator, scheduler = loops(harness)
+    job = make_job("batch", {"ReplicatedJob": {"MaxConcurrent": 3, "TotalCompletions": 3}})
+    await harness.add_service(job)
+    await run_round(harness, orchestrator, scheduler)
+    await orchestrator.run_once()
+    first_run = {t["ID"] for t in harness.tasks_of("batch")}
+
+    current = harness.cache.get(SERVICES, "batch")
+    assert current is not None
+    forced = {**current["Spec"], "TaskTemplate": {**current["Spec"]["TaskTemplate"], "ForceUpdate": 1}}
+    await harness.commit(Batch().update(SERVICES, updated_service(current, forced, NOW + 60, set())))
+    ran = await run_round(harness, orchestrator, scheduler)
+
+    assert sorted(task_slot(t) for t in ran) == [0, 1, 2]
+    assert all(t["JobIteration"] == {"Index": 1} for t in ran)
+    await orchestrator.run_once()
+    # The first run's tasks are gone (swarmkit removes an older iteration's tasks).
+    assert not first_run & {t["ID"] for t in harness.tasks_of("batch")}
+
+
+async def test_a_global_job_runs_once_per_node_and_on_a_node_that_joins(harness: Harness) -> None:
+    await harness.add_nodes(make_node("n1"), make_node("n2"))
+    orchestrator, scheduler = loops(harness)
+    await harness.add_service(make_job("sweep", {"GlobalJob": {}}))
+
+    assert sorted(task_node(t) for t in await run_round(harness, orchestrator, scheduler)) == ["n1", "n2"]
+    assert await run_round(harness, orchestrator, scheduler) == []  # done: not run again on either node
+    await harness.add_nodes(make_node("n3"))
+    assert [task_node(t) for t in await run_round(harness, orchestrator, scheduler)] == ["n3"]
+    await orchestrator.run_once()
+    assert [desired_state(t) for t in harness.tasks_of("sweep")] == [TaskState.COMPLETE] * 3
+
+
+async def test_a_report_of_a_large_jobs_task_reads_its_own_slot_only(harness: Harness,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    await harness.add_nodes(make_node("n1"))
+    orchestrator, scheduler = loops(harness)
+    await harness.add_service(make_job("batch", {"ReplicatedJob": {"MaxConcurrent": 4, "TotalCompletions": 400}}))
+    for _ in range(25):
+        await run_round(harness, orchestrator, scheduler)
+    while await orchestrator.run_once():
+        pass  # as the loop's run() does: until a pass finds nothing more to write
+    await scheduler.run_once()
+    assert len(harness.tasks_of("batch")) == 104
+    read: list[int] = []
+    decide = orchestrator_loop.reconcile_replicated_job
+
+    def counting(service: Doc, tasks: list[Doc], *args: object, **kwargs: object) -> object:
+        read.append(len(tasks))
+        return decide(service, tasks, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(orchestrator_loop, "reconcile_replicated_job", counting)
+    running = [t for t in harness.tasks_of("batch") if task_state(t) == TaskState.ASSIGNED]
+    await harness.report(running[0]["ID"], TaskState.COMPLETE)
+    assert orchestrator.dirty == set() and orchestrator.dirty_slots == {"batch": {task_slot(running[0])}}
+
+    decision = await orchestrator.run_once()
+
+    assert "new task" in decision and read[0] == 1  # its slot's one task, not the job's 104
+
+
+async def test_a_job_too_large_for_one_pass_is_started_over_several(harness: Harness,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("shoal.manager.orchestrator.jobs.MAX_STARTS_PER_PASS", 10)
+    orchestrator = OrchestratorLoop(harness.cache, harness.applier, harness.clock)
+    await harness.add_service(make_job("batch", {"ReplicatedJob": {"MaxConcurrent": 25, "TotalCompletions": 40}}))
+
+    created = []
+    while await orchestrator.run_once():
+        created.append(len(harness.tasks_of("batch")))
+
+    assert created == [10, 20, 25]
+    assert sorted(task_slot(t) for t in harness.tasks_of("batch")) == list(range(25))

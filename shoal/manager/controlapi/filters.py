@@ -16,7 +16,8 @@ from collections.abc import Collection, Mapping
 from shoal.errors import InvalidArgument
 from shoal.manager.controlapi.service import is_up_to_date
 from shoal.manager.controlapi.task import task_name
-from shoal.types import Doc, Role, TaskState, is_global, node_hostname
+from shoal.spec import MODE_NAMES, service_mode
+from shoal.types import Doc, Role, TaskState, node_hostname
 
 Filters = dict[str, list[str]]
 
@@ -89,8 +90,9 @@ def match_service(service: Doc, filters: Mapping[str, list[str]]) -> bool:
     check_filter_keys(filters, SERVICE_FILTERS)
     modes = filters.get("mode", [])
     for mode in modes:
-        if mode not in ("replicated", "global"):
-            raise InvalidArgument(f"invalid filter 'mode={mode}': use mode=replicated or mode=global")
+        if mode not in MODE_NAMES.values():
+            names = ", ".join(f"mode={name}" for name in MODE_NAMES.values())
+            raise InvalidArgument(f"invalid filter 'mode={mode}': use one of {names}")
     spec = service.get("Spec") or {}
     if "id" in filters and not _any_prefix(str(service.get("ID", "")), filters["id"]):
         return False
@@ -98,7 +100,7 @@ def match_service(service: Doc, filters: Mapping[str, list[str]]) -> bool:
         return False
     if "label" in filters and not labels_match(spec.get("Labels"), filters["label"]):
         return False
-    if modes and ("global" if is_global(service) else "replicated") not in modes:
+    if modes and MODE_NAMES[service_mode(spec)] not in modes:
         return False
     return not ("runtime" in filters and not _runtime_matches(spec.get("TaskTemplate") or {}, filters["runtime"]))
 

@@ -28,22 +28,33 @@ from shoal.manager.controlapi import (
     without_private_fields,
 )
 from shoal.spec import (
+    DEFAULT_MAX_CONCURRENT,
     DEFAULT_RESTART_DELAY,
     DEFAULT_STOP_GRACE_PERIOD,
     DEFAULT_UPDATE_CONFIG,
     ENDPOINT_MODES,
     GLOBAL,
+    GLOBAL_JOB,
+    JOB_ITERATION,
     JOB_MODES,
+    JOB_STATUS,
+    MODES,
     PORT_PROTOCOLS,
     PUBLISH_MODES,
     REPLICATED,
+    REPLICATED_JOB,
     RESTART_CONDITIONS,
     ROLLBACK_FAILURE_ACTIONS,
     UPDATE_FAILURE_ACTIONS,
     UPDATE_ORDERS,
     ImageReference,
     effective_update_config,
+    is_job,
+    is_replicated_job,
+    job_iteration,
+    job_limits,
     parse_constraint,
+    service_mode,
     spread_descriptors,
 )
 from shoal.task_files import BadReference, all_references
@@ -148,10 +159,15 @@ def validate_service_spec(spec: object) -> Doc:
     out["Labels"] = optional_str_map(out, "Labels", "") or {}
     out["TaskTemplate"] = _normalised_task_template(out.get("TaskTemplate"))
     out["Mode"] = _normalised_mode(out.get("Mode"))
+    mode = service_mode(out)
     for key, actions in (("UpdateConfig", UPDATE_FAILURE_ACTIONS), ("RollbackConfig", ROLLBACK_FAILURE_ACTIONS)):
         config = optional_object(out, key, "")
         if config is None:
             out.pop(key, None)
+        elif mode in JOB_MODES:
+            # An update of a job runs it again from the start: there is no rollout to configure (swarmkit).
+            raise InvalidArgument(f"{key} does not apply to jobs (Mode.{mode}): an update runs the job again "
+                                  f"from the start; leave {key} out")
         else:
             _check_update_config(config, key, actions)
     out["EndpointSpec"] = _normalised_endpoint_spec(out.get("EndpointSpec"))
@@ -327,26 +343,34 @@ def _normalised_mode(mode: object) -> Doc:
     if not isinstance(mode, dict):
         raise InvalidArgument(f'Mode must be a JSON object such as {{"Replicated": {{"Replicas": 2}}}} '
                               f"or {{\"Global\": {{}}}} (got {shown(mode)})")
-    for job_mode in JOB_MODES:
-        if mode.get(job_mode) is not None:
-            raise InvalidArgument(
-                f"job mode services are not supported by shoal yet (Mode.{job_mode}): use Replicated or Global"
-            )
-    out = {key: value for key, value in mode.items() if not (key in JOB_MODES and value is None)}
-    chosen = [key for key in (REPLICATED, GLOBAL) if out.get(key) is not None]
+    out = {key: value for key, value in mode.items() if not (key in MODES and value is None)}
+    chosen = [key for key in MODES if key in out]
     if len(chosen) > 1:
-        raise InvalidArgument("Mode must set one of Replicated or Global, not both")
-    for key in (REPLICATED, GLOBAL):
-        if out.get(key) is None:
-            out.pop(key, None)
-        else:
-            optional_object(out, key, "Mode")
-    if GLOBAL in out:
+        raise InvalidArgument(f"Mode must set one of {', '.join(MODES[:-1])} or {MODES[-1]}, "
+                              f"not {' and '.join(chosen)}")
+    for key in chosen:
+        optional_object(out, key, "Mode")
+    if GLOBAL in out or GLOBAL_JOB in out:
+        return out
+    if REPLICATED_JOB in out:
+        _normalise_replicated_job(out[REPLICATED_JOB])
         return out
     replicated = out.setdefault(REPLICATED, {})
     count = optional_int(replicated, "Replicas", "Mode.Replicated", maximum=MAX_REPLICAS)
     replicated["Replicas"] = 1 if count is None else count
     return out
+
+
+def _normalise_replicated_job(job: Doc) -> None:
+    """MaxConcurrent defaults to 1 and TotalCompletions to MaxConcurrent (Docker's API defaults)."""
+    path = f"Mode.{REPLICATED_JOB}"
+    concurrent = optional_int(job, "MaxConcurrent", path, maximum=MAX_REPLICAS)
+    total = optional_int(job, "TotalCompletions", path, maximum=MAX_REPLICAS)
+    job["MaxConcurrent"] = DEFAULT_MAX_CONCURRENT if concurrent is None else concurrent
+    job["TotalCompletions"] = job["MaxConcurrent"] if total is None else total
+    if job["MaxConcurrent"] == 0 < job["TotalCompletions"]:
+        raise InvalidArgument(f"{path}.MaxConcurrent is 0, so none of the job's {job['TotalCompletions']} "
+                              "tasks would ever run: give at least 1")
 
 
 def _check_update_config(config: Doc, path: str, failure_actions: tuple[str, ...]) -> None:
@@ -424,17 +448,13 @@ def insert_defaults(spec: Doc) -> Doc:
     template["RestartPolicy"] = policy
     if template.get("Placement") is None:
         template["Placement"] = {}
-    out["UpdateConfig"] = effective_update_config(out)
-    out["RollbackConfig"] = effective_update_config(out, rollback=True)
+    if service_mode(out) not in JOB_MODES:  # a job takes none (a spec read back and sent again must pass)
+        out["UpdateConfig"] = effective_update_config(out)
+        out["RollbackConfig"] = effective_update_config(out, rollback=True)
     return out
 
 
 # ---- the stored Service document ----------------------------------------------------------------------
-
-def mode_kind(spec: Doc) -> str:
-    """The spec's mode, GLOBAL or REPLICATED (a normalised spec has exactly one)."""
-    return GLOBAL if (spec.get("Mode") or {}).get(GLOBAL) is not None else REPLICATED
-
 
 def ingress_ports_in_use(services: Iterable[Doc], except_service_id: str | None = None) -> set[IngressPort]:
     """The (port, protocol) pairs the routing mesh already serves, to pass as `used_ports`."""
@@ -459,7 +479,7 @@ def new_service(spec: Doc, service_id: str, now: float, used_ports: set[IngressP
     `used_ports` are the ingress (port, protocol) pairs of the other services (see `ingress_ports_in_use`).
     """
     timestamp = to_rfc3339(now)
-    return {
+    service = {
         "ID": service_id,
         "Version": {"Index": 0},
         "CreatedAt": timestamp,
@@ -467,6 +487,9 @@ def new_service(spec: Doc, service_id: str, now: float, used_ports: set[IngressP
         "Spec": clone(spec),
         "Endpoint": _endpoint(spec, [], used_ports),
     }
+    if service_mode(spec) in JOB_MODES:
+        service[JOB_STATUS] = {JOB_ITERATION: {"Index": 0}, "LastExecution": timestamp}
+    return service
 
 
 def updated_service(current: Doc, new_spec: Doc, now: float, used_ports: set[IngressPort],
@@ -475,7 +498,8 @@ def updated_service(current: Doc, new_spec: Doc, now: float, used_ports: set[Ing
 
     An update keeps the old spec as PreviousSpec (when it changed) and clears UpdateStatus so the update
     orchestrator starts afresh; a rollback swaps PreviousSpec back in, ignoring `new_spec` as Docker does.
-    Ports already allocated to this service keep their number.
+    Ports already allocated to this service keep their number. Every update of a job, a rollback included,
+    starts its next iteration: the job runs again from the start (swarmkit's JobIteration).
     """
     out = clone(current)
     old_spec = current["Spec"]
@@ -487,8 +511,9 @@ def updated_service(current: Doc, new_spec: Doc, now: float, used_ports: set[Ing
             raise InvalidArgument(f"service {name} does not have a previous spec: there is nothing to roll back to")
         target = clone(previous)
         out["PreviousSpec"] = clone(old_spec)
-        out["UpdateStatus"] = {"State": "rollback_started", "StartedAt": timestamp,
-                               "Message": "manually requested rollback"}
+        if not is_job(current):  # a job has no rollout for an updater to carry to "rollback_completed"
+            out["UpdateStatus"] = {"State": "rollback_started", "StartedAt": timestamp,
+                                   "Message": "manually requested rollback"}
     else:
         target = clone(new_spec)
         if not target.get("Name"):
@@ -496,7 +521,7 @@ def updated_service(current: Doc, new_spec: Doc, now: float, used_ports: set[Ing
         if target["Name"] != name:
             raise InvalidArgument(f'renaming services is not supported: keep the name "{name}" '
                                   "or create a new service")
-        if mode_kind(target) != mode_kind(old_spec):
+        if service_mode(target) != service_mode(old_spec):
             raise InvalidArgument("service mode change is not allowed: remove the service and create it again "
                                   "in the new mode")
         if target != old_spec:
@@ -511,6 +536,8 @@ def updated_service(current: Doc, new_spec: Doc, now: float, used_ports: set[Ing
     if vips:  # the allocator's (shoal.manager.allocator): kept, so a service keeps its addresses
         out["Endpoint"]["VirtualIPs"] = clone(vips)
     out["UpdatedAt"] = timestamp
+    if JOB_STATUS in current:
+        out[JOB_STATUS] = {JOB_ITERATION: {"Index": job_iteration(current) + 1}, "LastExecution": timestamp}
     return out
 
 
@@ -564,6 +591,8 @@ def service_status(service: Doc, tasks: Iterable[Doc], nodes_by_id: Mapping[str,
     Desired is Replicas for a replicated service; for a global one, its tasks wanted running on nodes
     that are not down. Running counts the service's tasks whose observed state is running.
     """
+    if is_job(service):
+        return job_service_status(service, tasks, nodes_by_id)
     service_id = service.get("ID")
     running = desired = 0
     global_mode = is_global(service)
@@ -582,6 +611,33 @@ def service_status(service: Doc, tasks: Iterable[Doc], nodes_by_id: Mapping[str,
     if not global_mode:
         desired = replicas(service)
     return {"RunningTasks": running, "DesiredTasks": desired, "CompletedTasks": 0}
+
+
+def job_service_status(service: Doc, tasks: Iterable[Doc], nodes_by_id: Mapping[str, Doc]) -> Doc:
+    """`ServiceStatus` of a job, over the tasks of its current iteration only (swarmkit's rules).
+
+    CompletedTasks counts the completed ones. Desired is MaxConcurrent for a replicated job; for a global job,
+    the tasks still to finish (wanted running, or given up and wanted no more) that have not completed, so
+    `service ls` shows Desired + Completed as the job's size.
+    """
+    service_id = service.get("ID")
+    iteration = job_iteration(service)
+    running = completed = unfinished = 0
+    for task in tasks:
+        if task.get("ServiceID") != service_id or job_iteration(task) != iteration:
+            continue
+        state, desired = (task.get("Status") or {}).get("State"), task.get("DesiredState")
+        if state == TaskState.COMPLETE.wire:
+            completed += 1
+            continue
+        node = nodes_by_id.get(str(task.get("NodeID") or ""))
+        if (state == TaskState.RUNNING.wire and desired == TaskState.RUNNING.wire and node is not None
+                and node_state(node) != NodeState.DOWN):
+            running += 1
+        if desired in (TaskState.RUNNING.wire, TaskState.COMPLETE.wire):
+            unfinished += 1
+    desired_tasks = job_limits(service)[0] if is_replicated_job(service) else unfinished
+    return {"RunningTasks": running, "DesiredTasks": desired_tasks, "CompletedTasks": completed}
 
 
 def counted_status(service: Doc, running_by_node: Mapping[str, int], nodes_by_id: Mapping[str, Doc]) -> Doc:

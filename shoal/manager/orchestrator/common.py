@@ -25,7 +25,15 @@ from shoal.errors import InvalidArgument
 from shoal.ids import new_id
 from shoal.manager.orchestrator import restart
 from shoal.manager.scheduler.constraints import matches
-from shoal.spec import DOWN_SINCE, SPEC_DIGEST, Constraint, parse_constraints
+from shoal.spec import (
+    DOWN_SINCE,
+    JOB_ITERATION,
+    JOB_STATUS,
+    SPEC_DIGEST,
+    Constraint,
+    job_iteration,
+    parse_constraints,
+)
 from shoal.timefmt import from_rfc3339, to_rfc3339
 from shoal.types import (
     Availability,
@@ -78,6 +86,8 @@ def new_task(service: Doc, slot: int, node_id: str, now: float, task_id: str | N
         # The ports the task publishes (host mode binds them on its node), as swarmkit copies them.
         "Endpoint": codec.loads(codec.dumps(service.get("Endpoint") or {})),
         SPEC_DIGEST: service_digest(service),
+        # A job's task belongs to the job's current run (swarmkit's JobIteration).
+        **({JOB_ITERATION: {"Index": job_iteration(service)}} if JOB_STATUS in service else {}),
     }
 
 
@@ -269,6 +279,11 @@ class PlanDraft:
         if never_reached_an_agent(after):
             after = mark_status(after, TaskState.SHUTDOWN, message, now)
         self._put(before, after)
+
+    def want(self, task: Doc, state: TaskState, now: float) -> None:
+        """Raise the task's desired state to `state` (a job's ended task: "complete", done for good)."""
+        before = self.current(task)
+        self._put(before, set_desired(before, state, now))
 
     def create(self, task: Doc) -> None:
         self._created.append(task)

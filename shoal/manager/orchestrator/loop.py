@@ -5,7 +5,8 @@ plans to the applier. A task change dirties its slot, and a pass over a few slot
 service of a hundred thousand replicas costs nothing extra per task report. A rolling update reads an
 `UpdateProgress` the loop keeps per service, refreshed slot by slot as tasks change, so each of its passes
 costs the slots it acts on; a spec change or a global service is decided over the whole service. A node
-change dirties the slots of the tasks on that node, plus global services.
+change dirties the slots of the tasks on that node, plus global services (and global jobs). A replicated job
+is always decided slot by slot, with the state of its other slots kept in a `JobSlots` (see `jobs.py`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ from shoal.manager.cache import Cache
 from shoal.manager.controlapi.service import IngressPort, ingress_ports_in_use
 from shoal.manager.orchestrator.common import is_task_dirty, never_reached_an_agent, set_desired
 from shoal.manager.orchestrator.global_ import reconcile_global
+from shoal.manager.orchestrator.jobs import (
+    JobSlots,
+    job_slot_state,
+    reconcile_global_job,
+    reconcile_replicated_job,
+)
 from shoal.manager.orchestrator.replicated import reconcile_replicated
 from shoal.manager.orchestrator.update import (
     IN_PROGRESS,
@@ -34,6 +41,7 @@ from shoal.manager.orchestrator.update import (
 )
 from shoal.manager.orchestrator.update_progress import Basis, UpdateProgress
 from shoal.manager.store.base import Batch, Event
+from shoal.spec import is_global_job, is_job, is_replicated_job, job_iteration
 from shoal.timeouts import within
 from shoal.types import (
     NODES,
@@ -88,6 +96,7 @@ class Work:
     # Deciding the whole service for the updater, the slots the reconciler must look at after it (None: all).
     changed: set[int] | None = None
     progress: UpdateProgress | None = None  # a replicated service's update, kept by the loop
+    job_slots: JobSlots | None = None  # a replicated job's other slots, kept by the loop
 
 
 def decide(work: Work, nodes: dict[str, Doc], now: float, history_limit: int) -> tuple[Plan, Doc | None]:
@@ -98,6 +107,11 @@ def decide(work: Work, nodes: dict[str, Doc], now: float, history_limit: int) ->
     service = work.service
     if service is None:
         return reconcile_removed_service(work.tasks, nodes, now), None
+    if is_global_job(service):
+        return reconcile_global_job(service, work.tasks, nodes, now, history_limit), None
+    if is_replicated_job(service):  # no rolling update: an update runs the job again
+        return reconcile_replicated_job(service, work.tasks, nodes, now, history_limit, slots=work.slots,
+                                        others=work.job_slots), None
     if work.slots is not None:
         return reconcile_replicated(service, work.tasks, nodes, now, history_limit, slots=work.slots), None
     if work.progress is not None:
@@ -127,10 +141,12 @@ class OrchestratorLoop:
         self.last_decision = ""
         self.passes = {"full": 0, "slots": 0, "update": 0}  # decisions made, by kind (tests, debug endpoint)
         self._progress: dict[str, UpdateProgress] = {}  # replicated services under update
+        self._job_slots: dict[str, JobSlots] = {}  # replicated jobs
         cache.subscribe(self._on_event, self._on_resync)
 
     def _on_resync(self) -> None:
         self._progress.clear()
+        self._job_slots.clear()
         self.dirty.update(self.cache.services())
         self.dirty.update(self.cache.tasks_by_service)
         self._signal.set()
@@ -141,16 +157,25 @@ class OrchestratorLoop:
         progress = self._progress.get(task["ServiceID"])
         if progress is not None:
             progress.stale.add(slot)
-        if slot > 0:
+        job = self._job_slots.get(task["ServiceID"])
+        if job is not None:
+            job.stale.add(slot)
+        # A replicated job's slots start at 0.
+        if slot > 0 or job is not None or self._is_replicated_job(task["ServiceID"]):
             self.dirty_slots[task["ServiceID"]].add(slot)
         else:
             self.dirty.add(task["ServiceID"])
+
+    def _is_replicated_job(self, service_id: str) -> bool:
+        service = self.cache.get(SERVICES, service_id)
+        return service is not None and is_replicated_job(service)
 
     def _on_event(self, event: Event, prev: Doc | None) -> None:
         if event.kind == SERVICES:
             self.dirty.add(event.obj_id)
             if event.doc is None:
                 self._progress.pop(event.obj_id, None)
+                self._job_slots.pop(event.obj_id, None)
         elif event.kind == TASKS:
             doc = event.doc or prev
             if doc is None:
@@ -170,7 +195,7 @@ class OrchestratorLoop:
             # The slots with a task on the node: work in proportion to the node's tasks, not the cluster's.
             for task in self.cache.tasks_on_node(event.obj_id):
                 self._mark_task(task)
-            self.dirty.update(s["ID"] for s in self.cache.services().values() if is_global(s))
+            self.dirty.update(s["ID"] for s in self.cache.services().values() if is_global(s) or is_global_job(s))
         else:
             return
         self._signal.set()
@@ -209,6 +234,10 @@ class OrchestratorLoop:
                      else self.cache.tasks_in_slots(service_id, slots))
             yield Work(service_id, None, tasks, slots, set())
             return
+        if is_job(service):
+            async for work in self._job_pieces(service, slots):
+                yield work
+            return
         whole = is_global(service) or update_state(service) in UPDATE_ACTIVE or any(
             task_is_live(t) and is_task_dirty(service, t)
             for t in (self.cache.tasks_of_service(service_id) if slots is None
@@ -240,6 +269,45 @@ class OrchestratorLoop:
         for start in range(0, len(numbers), SLOTS_PER_PIECE):
             piece = set(numbers[start:start + SLOTS_PER_PIECE])
             yield Work(service_id, service, self.cache.tasks_in_slots(service_id, piece), piece, set())
+
+    async def _job_pieces(self, service: Doc, slots: set[int] | None) -> AsyncIterator[Work]:
+        """A global job is decided whole (its tasks are one per node). A replicated job is decided over the
+        given slots, or every slot holding a task, SLOTS_PER_PIECE at a time, with its JobSlots for the rest;
+        a piece of no slot still starts tasks in free slots."""
+        service_id = service["ID"]
+        if is_global_job(service):
+            yield Work(service_id, service, self.cache.tasks_of_service(service_id), None, set())
+            return
+        numbers = sorted(self.cache.tasks_by_slot.get(service_id, {}) if slots is None else slots)
+        for start in range(0, max(1, len(numbers)), SLOTS_PER_PIECE):
+            current = await self._current_job_slots(service_id)
+            if current is None:
+                return
+            service, job = current
+            piece = set(numbers[start:start + SLOTS_PER_PIECE])
+            yield Work(service_id, service, self.cache.tasks_in_slots(service_id, piece), piece, set(),
+                       job_slots=job)
+
+    async def _current_job_slots(self, service_id: str) -> tuple[Doc, JobSlots] | None:
+        """The replicated job and its JobSlots, with every slot that changed since the last pass read again
+        (all of them when the job's iteration changed), SLOTS_PER_PIECE slots between two turns of the loop."""
+        while True:
+            service = self.cache.get(SERVICES, service_id)
+            if service is None or not is_replicated_job(service):
+                self._job_slots.pop(service_id, None)
+                return None
+            job = self._job_slots.get(service_id)
+            if job is None or job.iteration != job_iteration(service):
+                job = self._job_slots[service_id] = JobSlots(job_iteration(service))
+                job.stale.update(self.cache.tasks_by_slot.get(service_id, {}))
+            by_slot = self.cache.tasks_by_slot.get(service_id, {})
+            now = self.clock.now()
+            for _ in range(min(SLOTS_PER_PIECE, len(job.stale))):
+                slot = job.stale.pop()
+                job.put(slot, job_slot_state(service, slot, (by_slot.get(slot) or {}).values(), now))
+            if not job.stale:
+                return service, job
+            await asyncio.sleep(0)
 
     async def _current_progress(self, service_id: str) -> tuple[Doc, UpdateProgress] | None:
         """The service and its update progress, refreshed over every slot that changed since the last pass.

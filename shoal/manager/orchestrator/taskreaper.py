@@ -7,7 +7,7 @@ Replaced tasks stay in the store as history (`service ps` shows them as `\\_` ro
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Hashable
 
 from shoal.manager.orchestrator.common import age_order, never_reached_an_agent
 from shoal.types import Doc, TaskState, desired_state, task_is_live, task_node, task_slot, task_state
@@ -25,7 +25,9 @@ def history_group(task: Doc) -> tuple[int, str]:
 def finished_for_good(task: Doc, existing_nodes: Collection[str] | None) -> bool:
     """Finished for good: not wanted any more, and no agent can still be running it."""
     if desired_state(task) < TaskState.SHUTDOWN:
-        return False  # still wanted, or ended and waiting for its restart decision
+        # Still wanted, or ended and waiting for its restart decision, or a job's task that is done for good
+        # (desired "complete"): those count the job's completions, and are kept as swarmkit keeps them.
+        return False
     if task_state(task).terminal or never_reached_an_agent(task):
         return True
     return existing_nodes is not None and task_node(task) not in existing_nodes
@@ -36,19 +38,21 @@ def trim_history(
     history_limit: int,
     existing_nodes: Collection[str] | None = None,
     away: Collection[str] = (),
+    group_of: Callable[[Doc], Hashable] = history_group,
 ) -> list[Doc]:
     """The tasks to delete so each slot keeps at most `history_limit` tasks, the live one included.
 
     A negative limit keeps everything. A task the agent may still be running (observed state not terminal) is
     kept unless its node is not in `existing_nodes` (None: assume every node still exists). When a slot has no
     live task, its newest task is kept whatever the limit: it holds the slot's restart state. Live tasks whose
-    IDs are in `away` (kept on a node that is down) do not hold their slot for this.
+    IDs are in `away` (kept on a node that is down) do not hold their slot for this. `group_of` says which
+    slot a task is in (a replicated job's slots start at 0).
     """
     if history_limit < 0:
         return []
-    groups: dict[tuple[int, str], list[Doc]] = defaultdict(list)
+    groups: dict[Hashable, list[Doc]] = defaultdict(list)
     for task in tasks_of_service:
-        groups[history_group(task)].append(task)
+        groups[group_of(task)].append(task)
 
     doomed: list[Doc] = []
     for group in groups.values():
