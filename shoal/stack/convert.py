@@ -356,10 +356,14 @@ class Converter:
             task["Placement"]["MaxReplicas"] = int(placement["max_replicas_per_node"])
         task["Networks"] = _networks(service, short_name, networks, where)
 
-        if deploy.get("mode") == "global":
+        kind = deploy.get("mode") or "replicated"
+        if kind in ("global", "global-job"):
             if "replicas" in deploy:
-                raise StackError(f"{where}.deploy: replicas can only be used with replicated mode")
-            mode: Doc = {"Global": {}}
+                raise StackError(f"{where}.deploy: replicas can only be used with replicated or replicated-job mode")
+            mode: Doc = {"Global": {}} if kind == "global" else {"GlobalJob": {}}
+        elif kind == "replicated-job":  # as docker's: replicas is both the completions and the concurrency
+            count = int(deploy.get("replicas", 1))
+            mode = {"ReplicatedJob": {"MaxConcurrent": count, "TotalCompletions": count}}
         else:
             mode = {"Replicated": {"Replicas": int(deploy.get("replicas", 1))}}
         spec: Doc = {"Name": scoped(self.stack, short_name),

@@ -46,7 +46,7 @@ UPDATE_CONFIG: Schema = {"type": "object", "properties": {
 }, "additionalProperties": False, "patternProperties": EXTENSIONS}
 
 DEPLOY: Schema = {"type": "object", "properties": {
-    "mode": {"enum": ["replicated", "global"]},
+    "mode": {"enum": ["replicated", "global", "replicated-job", "global-job"]},
     "replicas": {"type": "integer", "minimum": 0},
     "endpoint_mode": {"enum": list(ENDPOINT_MODES)},
     "labels": LIST_OR_DICT,

@@ -322,3 +322,14 @@ def test_a_file_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
     path.write_bytes(b"services:\n  web: {image: \xff}\n")
     with pytest.raises(StackError, match="must be UTF-8"):
         objects_of(path)
+
+
+def test_job_modes_convert_as_docker_converts_them(tmp_path: Path) -> None:
+    path = write(tmp_path, "compose.yml", "services:\n"
+                 "  migrate: {image: b, deploy: {mode: replicated-job, replicas: 3}}\n"
+                 "  warm: {image: b, deploy: {mode: global-job}}\n")
+    services = objects_of(path).services
+    assert services["app_migrate"]["Mode"] == {"ReplicatedJob": {"MaxConcurrent": 3, "TotalCompletions": 3}}
+    assert services["app_warm"]["Mode"] == {"GlobalJob": {}}
+    for spec in services.values():
+        validate_service_spec(spec)
