@@ -171,6 +171,27 @@ def test_a_mount_the_engine_would_not_make_as_asked_rejects_the_task(mount: Doc,
     assert str(caught.value).startswith(f"TaskTemplate.ContainerSpec.{field} is not supported by the docker executor")
 
 
+@pytest.mark.parametrize(("field", "value"), [("Sysctls", {"net.core.somaxconn": "1024"}),
+                                              ("Privileges", {"NoNewPrivileges": True}),
+                                              ("DNSConfig", {"Nameservers": ["1.1.1.1"]})])
+def test_a_field_no_executor_acts_on_rejects_the_task(field: str, value: object) -> None:
+    """The API refuses these; a task of a spec stored before it did is rejected rather than run without them."""
+    with pytest.raises(TaskRejected) as caught:
+        create_arguments(make_task(["true"], **{field: value}))
+    assert str(caught.value).startswith(f"TaskTemplate.ContainerSpec.{field}")
+    assert "is not supported by the docker executor: remove it" in str(caught.value)
+
+
+def test_zero_values_and_fields_only_docker_acts_on_are_taken() -> None:
+    task = make_task(["true"], Init=True, Hostname="box", TTY=True, OpenStdin=True, ReadOnly=True, Groups=["video"],
+                     DNSConfig={}, Privileges={"CredentialSpec": None, "SELinuxContext": None,
+                                               "NoNewPrivileges": False}, Isolation="default", Sysctls={})
+    arguments = create_arguments(task)
+    assert (arguments["hostname"], arguments["tty"], arguments["stdin_open"]) == ("box", True, True)
+    host = host_config_arguments(task)
+    assert (host["init"], host["read_only"], host["group_add"]) == (True, True, ["video"])
+
+
 def test_image_pull_reference_names_a_tag_or_digest() -> None:
     digest = "sha256:" + "ab" * 32
     assert ImageReference.parse("busybox").pull() == ("busybox", "latest")

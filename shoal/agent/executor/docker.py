@@ -6,7 +6,8 @@ The container is made the way Docker swarm mode's own executor makes it (moby `d
   `com.docker.swarm.{service.id, service.name, task.id, task.name, node.id}` over `ContainerSpec.Labels`.
 - `ContainerSpec.Command` replaces the image's entrypoint and `Args` its command; with no Command, `Args` alone
   replace the command. Env, Dir, User, Hostname, TTY, OpenStdin, ReadOnly, Init, Groups, StopSignal and
-  StopGracePeriod are passed through; Mounts of type bind, volume and tmpfs too, with their options.
+  StopGracePeriod are passed through; Mounts of type bind, volume and tmpfs too, with their options. A field no
+  executor acts on (`shoal.spec.CONTAINER_SPEC_SUPPORT`; the API refuses them) rejects the task.
 - Health: `ContainerSpec.Healthcheck` becomes the container's own health check, so Docker runs it and keeps the
   container's health status (`docker ps` shows it). `probe` does not run anything itself: it hands the worker's
   health monitor Docker's results one at a time (see `DockerController.probe`).
@@ -60,6 +61,7 @@ from shoal.agent.executor.base import (
     backend_port,
     cancelling,
     out_of_memory,
+    refuse_unsupported_fields,
 )
 from shoal.agent.health import HealthStatus, health_check_of
 from shoal.agent.task_files import PlacedFile, TaskFiles, files_off_loop
@@ -69,6 +71,7 @@ from shoal.overlay.linux import OverlayDataPath
 from shoal.overlay.plan import OverlayError, OverlayNetwork
 from shoal.spec import (
     DEFAULT_MOUNT_TYPE,
+    DOCKER_EXECUTOR,
     MOUNT_OPTIONS,
     MOUNT_TYPES,
     ImageReference,
@@ -82,7 +85,7 @@ from shoal.types import Doc, task_slot
 
 log = logging.getLogger(__name__)
 
-EXECUTOR_NAME = "docker"
+EXECUTOR_NAME = DOCKER_EXECUTOR
 LABEL_SERVICE_ID = "com.docker.swarm.service.id"
 LABEL_SERVICE_NAME = "com.docker.swarm.service.name"
 LABEL_TASK_ID = "com.docker.swarm.task.id"
@@ -226,6 +229,7 @@ def docker_mounts(spec: Doc) -> list[docker.types.Mount]:
 def create_arguments(task: Doc) -> dict[str, Any]:
     """The arguments of the SDK's `APIClient.create_container` for a task, without `host_config`, which needs
     the client (see `host_config_arguments`)."""
+    refuse_unsupported_fields(task, EXECUTOR_NAME)
     spec = _container_spec(task)
     image = str(spec.get("Image") or "")
     if not image:
