@@ -60,6 +60,115 @@ def effective_update_config(spec: Doc, rollback: bool = False) -> Doc:
     return config
 
 
+# ---- which executor acts on which field ------------------------------------------------------------------
+# Nothing is accepted and ignored: the control API refuses a field no executor acts on, and an executor rejects
+# a task that sets a field it cannot honour (the API cannot know where a task will land). A field counts as set
+# unless it holds its zero value: null, false, 0, "", [], {}, or an object of zero values (the docker CLI and
+# stack deploy send `"Init": false`, `"DNSConfig": {}` and an all-null `Privileges` on every create and update).
+# The sim executor simulates every field.
+
+CONTAINER_RUNTIME = "container"  # TaskTemplate.Runtime: shoal runs containers (or processes) only
+DOCKER_EXECUTOR = "docker"
+PROCESS_EXECUTOR = "process"
+_BOTH = frozenset({DOCKER_EXECUTOR, PROCESS_EXECUTOR})
+_DOCKER_ONLY = frozenset({DOCKER_EXECUTOR})
+_NONE: frozenset[str] = frozenset()
+_ON_DOCKER = ", or run the service on nodes with the docker executor"
+
+
+@dataclass(frozen=True)
+class FieldSupport:
+    """The executors that act on a ContainerSpec field, and what to do instead where none does."""
+
+    executors: frozenset[str]
+    instead: str = "remove it"  # said by the API (no executor), or by the executors that cannot act on it
+    defaults: tuple[str, ...] = ()  # values that mean the same as the zero value
+
+
+# Every field of Docker's ContainerSpec (`api/types/swarm/container.go`). ContainerSpec.Labels become the
+# container's labels with the docker executor; a process has nothing to carry them, and they stay on the task
+# (`docker inspect TASK`) with either executor, so they are never a reason to reject a task.
+CONTAINER_SPEC_SUPPORT: dict[str, FieldSupport] = {
+    "Image": FieldSupport(_BOTH),
+    "Labels": FieldSupport(_BOTH),
+    "Command": FieldSupport(_BOTH),
+    "Args": FieldSupport(_BOTH),
+    "Env": FieldSupport(_BOTH),
+    "Dir": FieldSupport(_BOTH),
+    "User": FieldSupport(_BOTH),
+    "StopSignal": FieldSupport(_BOTH),
+    "StopGracePeriod": FieldSupport(_BOTH),
+    "Healthcheck": FieldSupport(_BOTH),
+    "Secrets": FieldSupport(_BOTH),
+    "Configs": FieldSupport(_BOTH),
+    "Hostname": FieldSupport(_DOCKER_ONLY, f"remove it (a process has its node's hostname){_ON_DOCKER}"),
+    "Groups": FieldSupport(_DOCKER_ONLY, f"remove it (a process has its User's groups){_ON_DOCKER}"),
+    "TTY": FieldSupport(_DOCKER_ONLY, f"remove it (a process writes to log files){_ON_DOCKER}"),
+    "OpenStdin": FieldSupport(_DOCKER_ONLY, f"remove it (a process reads /dev/null){_ON_DOCKER}"),
+    "ReadOnly": FieldSupport(_DOCKER_ONLY, f"remove it{_ON_DOCKER}"),
+    "Mounts": FieldSupport(_DOCKER_ONLY, f"remove it (a process sees its node's files){_ON_DOCKER}"),
+    "Init": FieldSupport(_DOCKER_ONLY, f"remove it (what a process leaves running is killed when it ends)"
+                                       f"{_ON_DOCKER}"),
+    "Privileges": FieldSupport(_NONE, "remove it (shoal sets no security options: containers get the engine's "
+                                      "defaults)"),
+    "Hosts": FieldSupport(_NONE, "remove it, and reach other services by name on a shared network"),
+    "DNSConfig": FieldSupport(_NONE, "remove it (tasks on swarm networks use the node's DNS server, others the "
+                                     "node's resolver)"),
+    "Isolation": FieldSupport(_NONE, 'remove it or give "default" (Linux has no other isolation)', ("default",)),
+    "Sysctls": FieldSupport(_NONE),
+    "CapabilityAdd": FieldSupport(_NONE, "remove it (containers get the engine's default capabilities)"),
+    "CapabilityDrop": FieldSupport(_NONE, "remove it (containers get the engine's default capabilities)"),
+    "Ulimits": FieldSupport(_NONE, "remove it (Resources.Limits.Pids limits the number of processes)"),
+    "OomScoreAdj": FieldSupport(_NONE),
+}
+
+
+def is_unset(value: object) -> bool:
+    """Whether a JSON value is its Go zero value: null, false, 0, "", [], {} or an object of zero values."""
+    if isinstance(value, dict):
+        return all(is_unset(item) for item in value.values())
+    return value is None or value is False or value == 0 or value in ("", [])
+
+
+def _set_path(key: str, value: object) -> str:
+    """The dotted path to what is set in a field: an object's first set member ("Privileges.SELinuxContext")."""
+    if isinstance(value, dict):
+        for member, item in value.items():
+            if not is_unset(item):
+                return f"{key}.{member}"
+    return key
+
+
+def unsupported_container_fields(container: Doc, executor: str | None) -> list[tuple[str, str]]:
+    """The fields a ContainerSpec sets that `executor` does not act on (None: that no executor acts on), each as
+    (its path within the ContainerSpec, what to do instead), in the table's order."""
+    out = []
+    for key, support in CONTAINER_SPEC_SUPPORT.items():
+        value = container.get(key)
+        if is_unset(value) or value in support.defaults:
+            continue
+        acted_on = bool(support.executors) if executor is None else executor in support.executors
+        if acted_on:
+            continue
+        out.append((_set_path(key, value), support.instead))
+    return out
+
+
+# Mount types shoal mounts (the docker executor; the process executor mounts nothing), and the block of options
+# Docker's Mount has for each type, passed to the engine as swarm mode's executor passes them. A mount without a
+# Type is a bind mount, as in swarmkit (whose enum starts with BIND); npipe (Windows) and cluster (CSI volumes)
+# are refused.
+MOUNT_TYPES = ("bind", "volume", "tmpfs")
+DEFAULT_MOUNT_TYPE = "bind"
+MOUNT_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "bind": ("BindOptions", ("Propagation", "NonRecursive", "CreateMountpoint", "ReadOnlyNonRecursive",
+                             "ReadOnlyForceRecursive")),
+    "volume": ("VolumeOptions", ("NoCopy", "Labels", "DriverConfig", "Subpath")),
+    "tmpfs": ("TmpfsOptions", ("SizeBytes", "Mode", "Options")),
+    "cluster": ("ClusterOptions", ()),
+}
+
+
 # ---- shoal's own keys on stored documents ----------------------------------------------------------------
 # Every key that starts with PRIVATE is bookkeeping: the API drops it from every view.
 

@@ -6,6 +6,7 @@ import copy
 import json
 from typing import Any
 
+import docker.types
 import pytest
 
 from shoal.errors import Conflict, InvalidArgument
@@ -20,7 +21,7 @@ from shoal.manager.controlapi.service import (
     updated_service,
     validate_service_spec,
 )
-from shoal.spec import Constraint, parse_constraint
+from shoal.spec import CONTAINER_SPEC_SUPPORT, Constraint, parse_constraint
 from shoal.timefmt import SECOND, from_rfc3339
 from shoal.types import Doc
 
@@ -261,6 +262,58 @@ INVALID: list[tuple[str, object, str]] = [
     ("tiny memory", with_template(Resources={"Reservations": {"MemoryBytes": 1024}}),
      "TaskTemplate.Resources.Reservations.MemoryBytes"),
     ("network without target", with_template(Networks=[{"Aliases": ["x"]}]), "TaskTemplate.Networks[0].Target"),
+    # Fields no executor acts on: refused by name, with what to do instead.
+    ("credential spec", with_container(Privileges={"CredentialSpec": {"File": "spec.json"}}),
+     "TaskTemplate.ContainerSpec.Privileges.CredentialSpec is not supported by shoal: remove it"),
+    ("selinux", with_container(Privileges={"SELinuxContext": {"Disable": False, "Type": "svirt_t"}}),
+     "TaskTemplate.ContainerSpec.Privileges.SELinuxContext is not supported by shoal"),
+    ("seccomp", with_container(Privileges={"Seccomp": {"Mode": "unconfined"}}),
+     "TaskTemplate.ContainerSpec.Privileges.Seccomp is not supported by shoal"),
+    ("apparmor", with_container(Privileges={"AppArmor": {"Mode": "disabled"}}),
+     "TaskTemplate.ContainerSpec.Privileges.AppArmor is not supported by shoal"),
+    ("no new privileges", with_container(Privileges={"CredentialSpec": None, "NoNewPrivileges": True}),
+     "TaskTemplate.ContainerSpec.Privileges.NoNewPrivileges is not supported by shoal"),
+    ("privileges not object", with_container(Privileges=True), "TaskTemplate.ContainerSpec.Privileges must be"),
+    ("extra hosts", with_container(Hosts=["10.0.0.1 db"]), "TaskTemplate.ContainerSpec.Hosts is not supported"),
+    ("dns servers", with_container(DNSConfig={"Nameservers": ["8.8.8.8"]}),
+     "TaskTemplate.ContainerSpec.DNSConfig.Nameservers is not supported by shoal"),
+    ("dns search", with_container(DNSConfig={"Nameservers": [], "Search": ["corp"]}),
+     "TaskTemplate.ContainerSpec.DNSConfig.Search is not supported by shoal"),
+    ("hyperv isolation", with_container(Isolation="hyperv"),
+     'TaskTemplate.ContainerSpec.Isolation is not supported by shoal: remove it or give "default"'),
+    ("sysctls", with_container(Sysctls={"net.core.somaxconn": "1024"}), "TaskTemplate.ContainerSpec.Sysctls"),
+    ("capability add", with_container(CapabilityAdd=["CAP_NET_ADMIN"]),
+     "TaskTemplate.ContainerSpec.CapabilityAdd is not supported by shoal"),
+    ("capability drop", with_container(CapabilityDrop=["CAP_NET_RAW"]),
+     "TaskTemplate.ContainerSpec.CapabilityDrop is not supported by shoal"),
+    ("ulimits", with_container(Ulimits=[{"Name": "nofile", "Soft": 1024, "Hard": 2048}]),
+     "TaskTemplate.ContainerSpec.Ulimits is not supported by shoal: remove it (Resources.Limits.Pids"),
+    ("oom score", with_container(OomScoreAdj=500), "TaskTemplate.ContainerSpec.OomScoreAdj is not supported"),
+    ("log driver", with_template(LogDriver={"Name": "syslog"}), "TaskTemplate.LogDriver is not supported by shoal"),
+    ("log options", with_template(LogDriver={"Options": {"max-size": "1m"}}), "TaskTemplate.LogDriver is not"),
+    ("plugin runtime name", with_template(Runtime="plugin"), 'TaskTemplate.Runtime "plugin" is not supported'),
+    ("network driver options", with_template(Networks=[{"Target": "back", "DriverOpts": {"k": "v"}}]),
+     "TaskTemplate.Networks[0].DriverOpts is not supported by shoal: remove it"),
+    ("top-level network driver options", minimal(Networks=[{"Target": "back", "DriverOpts": {"k": "v"}}]),
+     "Networks[0].DriverOpts is not supported by shoal"),
+    ("named pipe mount", with_container(Mounts=[{"Type": "npipe", "Source": r"\\.\pipe\x", "Target": "/p"}]),
+     'TaskTemplate.ContainerSpec.Mounts[0].Type "npipe" is not supported by shoal: use "bind", "volume" or "tmpfs"'),
+    ("cluster volume mount", with_container(Mounts=[{"Type": "cluster", "Source": "vol", "Target": "/v"}]),
+     'TaskTemplate.ContainerSpec.Mounts[0].Type "cluster" is not supported by shoal'),
+    ("unknown mount type", with_container(Mounts=[{"Type": "overlay", "Target": "/v"}]),
+     'Mounts[0].Type "overlay" is not supported by shoal'),
+    ("volume options on a bind mount", with_container(Mounts=[{"Type": "bind", "Source": "/srv", "Target": "/s",
+                                                               "VolumeOptions": {"NoCopy": True}}]),
+     'TaskTemplate.ContainerSpec.Mounts[0].VolumeOptions is for volume mounts, not bind: remove it or set Type'),
+    ("cluster options", with_container(Mounts=[{"Type": "volume", "Target": "/v", "ClusterOptions": {"x": 1}}]),
+     "Mounts[0].ClusterOptions is for cluster mounts, not volume"),
+    ("a mount without type is a bind", with_container(Mounts=[{"Target": "/t", "TmpfsOptions": {"SizeBytes": 1}}]),
+     "Mounts[0].TmpfsOptions is for tmpfs mounts, not bind"),
+    ("unknown mount option", with_container(Mounts=[{"Type": "bind", "Source": "/s", "Target": "/s",
+                                                     "BindOptions": {"Bogus": True}}]),
+     "TaskTemplate.ContainerSpec.Mounts[0].BindOptions.Bogus is not supported by shoal: remove it"),
+    ("mount read-only not bool", with_container(Mounts=[{"Target": "/s", "ReadOnly": "yes"}]),
+     "TaskTemplate.ContainerSpec.Mounts[0].ReadOnly must be true or false"),
     ("negative parallelism", minimal(UpdateConfig={"Parallelism": -1}), "UpdateConfig.Parallelism"),
     ("bad failure action", minimal(UpdateConfig={"FailureAction": "retry"}), "UpdateConfig.FailureAction"),
     ("rollback cannot roll back", minimal(RollbackConfig={"FailureAction": "rollback"}),
@@ -315,6 +368,107 @@ def test_several_auto_published_ports_do_not_clash() -> None:
 
 def test_host_ports_may_use_dnsrr() -> None:
     validate_service_spec(with_ports({"TargetPort": 80, "PublishedPort": 80, "PublishMode": "host"}, mode="dnsrr"))
+
+
+# ---- fields shoal does not act on: refused, unless they hold their zero value ---------------------------
+
+# A value that sets each ContainerSpec field no executor acts on.
+UNSUPPORTED_VALUES: dict[str, object] = {
+    "Privileges": {"NoNewPrivileges": True},
+    "Hosts": ["10.0.0.1 db"],
+    "DNSConfig": {"Options": ["ndots:2"]},
+    "Isolation": "process",
+    "Sysctls": {"net.ipv4.ip_forward": "1"},
+    "CapabilityAdd": ["CAP_SYS_ADMIN"],
+    "CapabilityDrop": ["ALL"],
+    "Ulimits": [{"Name": "nproc", "Soft": 10, "Hard": 10}],
+    "OomScoreAdj": -100,
+}
+
+
+def test_every_field_no_executor_acts_on_has_a_refusal_case() -> None:
+    assert set(UNSUPPORTED_VALUES) == {key for key, support in CONTAINER_SPEC_SUPPORT.items()
+                                       if not support.executors}
+
+
+@pytest.mark.parametrize(("field", "value"), UNSUPPORTED_VALUES.items(), ids=list(UNSUPPORTED_VALUES))
+def test_a_field_no_executor_acts_on_is_refused_with_one_line_naming_it(field: str, value: object) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        validate_service_spec(with_container(**{field: value}))
+    message = caught.value.message
+    assert message.startswith(f"TaskTemplate.ContainerSpec.{field}")
+    assert "is not supported by shoal: remove it" in message and "\n" not in message
+
+
+def test_zero_values_of_refused_fields_are_accepted() -> None:
+    """What clients send when a flag is not given: null, false, 0, "", [], {} and objects of those."""
+    zeros = {"Privileges": {"CredentialSpec": None, "SELinuxContext": {"Disable": False, "User": ""},
+                            "Seccomp": {"Mode": "", "Profile": None}, "AppArmor": None, "NoNewPrivileges": False},
+             "Hosts": [], "DNSConfig": {"Nameservers": None, "Search": [], "Options": None}, "Isolation": "default",
+             "Sysctls": {}, "CapabilityAdd": None, "CapabilityDrop": [], "Ulimits": [], "OomScoreAdj": 0}
+    body = with_container(**zeros)
+    body["TaskTemplate"].update(LogDriver={"Name": "", "Options": {}}, Runtime="container",
+                                Networks=[{"Target": "back", "DriverOpts": {}}])
+    body["TaskTemplate"]["ContainerSpec"]["Mounts"] = [
+        {"Type": "bind", "Source": "/srv", "Target": "/srv", "VolumeOptions": {"NoCopy": False, "Labels": {}}}]
+    spec = validate_service_spec(body)
+    assert spec["TaskTemplate"]["ContainerSpec"]["Privileges"] == zeros["Privileges"]  # kept as sent
+    assert validate_service_spec(with_container(Isolation=""))
+
+
+def test_fields_only_the_docker_executor_acts_on_are_accepted() -> None:
+    """The API cannot know where a task lands: a process-executor node rejects such tasks itself."""
+    body = with_container(Hostname="web-1", Groups=["video"], TTY=True, OpenStdin=True, ReadOnly=True, Init=True,
+                          Mounts=[{"Type": "volume", "Source": "data", "Target": "/data",
+                                   "VolumeOptions": {"NoCopy": True, "Labels": {"team": "a"},
+                                                     "DriverConfig": {"Name": "local", "Options": {"o": "bind"}}}},
+                                  {"Type": "bind", "Source": "/srv", "Target": "/srv",
+                                   "BindOptions": {"Propagation": "rslave", "NonRecursive": True}},
+                                  {"Type": "tmpfs", "Target": "/tmp", "TmpfsOptions": {"SizeBytes": 1 << 20,
+                                                                                       "Mode": 0o1777}},
+                                  {"Source": "/var/log", "Target": "/logs", "ReadOnly": True}])
+    assert validate_service_spec(body)["TaskTemplate"]["ContainerSpec"]["Mounts"][3] == {
+        "Source": "/var/log", "Target": "/logs", "ReadOnly": True}
+
+
+def _docker_py_body() -> Doc:
+    """A service body as docker-py's types build it when callers pass the empty defaults they often do."""
+    container = docker.types.ContainerSpec(
+        "busybox", ["sleep", "1d"], init=False, privileges=docker.types.Privileges(),
+        dns_config=docker.types.DNSConfig(), mounts=["data:/data:ro", "/srv:/srv"], hosts={}, cap_add=[],
+        sysctls={}, tty=False, read_only=False, open_stdin=False, groups=[])
+    template = docker.types.TaskTemplate(container, resources=docker.types.Resources(),
+                                         restart_policy=docker.types.RestartPolicy(), force_update=0)
+    return {"Name": "pyweb", "Labels": {}, "TaskTemplate": dict(template),
+            "Mode": dict(docker.types.ServiceMode("replicated", 2)),
+            "EndpointSpec": dict(docker.types.EndpointSpec(ports={8080: 80}))}
+
+
+def _stack_body_with_volumes() -> Doc:
+    """A `docker stack deploy` body for a service with a named volume, a bind mount and a tmpfs, as docker/cli's
+    compose converter (`cli/compose/convert/volume.go`) builds them: a named volume always carries VolumeOptions
+    with the stack's label."""
+    body = copy.deepcopy(STACK_CREATE_WORKER)
+    body["TaskTemplate"]["ContainerSpec"]["Mounts"] = [
+        {"Type": "volume", "Source": "app_data", "Target": "/data", "VolumeOptions": {
+            "Labels": {"com.docker.stack.namespace": "app"}}},
+        {"Type": "bind", "Source": "/srv", "Target": "/srv", "Consistency": ""},
+        {"Type": "tmpfs", "Target": "/run/cache", "TmpfsOptions": {"SizeBytes": 1 << 20}}]
+    return body
+
+
+RECORDED_BODIES = {"cli create": CLI_CREATE_WEB, "cli create global": CLI_CREATE_GLOBAL,
+                   "cli update flags": CLI_CREATE_UPDATE_FLAGS, "stack web": STACK_CREATE_WEB,
+                   "stack worker": STACK_CREATE_WORKER, "docker-py create": DOCKER_PY_CREATE}
+
+
+@pytest.mark.parametrize("body", [*RECORDED_BODIES.values(), _docker_py_body(), _stack_body_with_volumes()],
+                         ids=[*RECORDED_BODIES, "docker-py types", "stack with volumes"])
+def test_what_the_docker_cli_stack_deploy_and_docker_py_send_is_accepted(body: Doc) -> None:
+    spec = validate_service_spec(copy.deepcopy(body))
+    # `service update` and `rollback` send back what they read, with or without the defaults inserted.
+    validate_service_spec(copy.deepcopy(spec))
+    validate_service_spec(insert_defaults(spec))
 
 
 # ---- defaults -------------------------------------------------------------------------------------------

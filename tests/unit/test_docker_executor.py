@@ -132,6 +132,66 @@ def test_healthcheck_keeps_nanoseconds_and_none_is_passed_on() -> None:
     assert docker_healthcheck({}) is None
 
 
+def test_healthcheck_start_interval_reaches_docker() -> None:
+    check = docker_healthcheck({"Healthcheck": {"Test": ["CMD", "true"], "StartPeriod": 30 * SECOND,
+                                                "StartInterval": SECOND}})
+    assert check is not None and check["StartInterval"] == SECOND
+    plain = docker_healthcheck({"Healthcheck": {"Test": ["CMD", "true"]}})
+    assert plain is not None and "StartInterval" not in plain
+
+
+def test_mounts_keep_their_type_and_options_as_swarm_mode_passes_them() -> None:
+    volume = {"Type": "volume", "Source": "app_data", "Target": "/data", "ReadOnly": True, "VolumeOptions": {
+        "NoCopy": True, "Labels": {"com.docker.stack.namespace": "app"}, "DriverConfig": {"Name": "local"},
+        "Subpath": ""}}
+    bind = {"Type": "bind", "Source": "/srv", "Target": "/srv", "Consistency": "cached",
+            "BindOptions": {"Propagation": "rslave", "NonRecursive": True}}
+    tmpfs = {"Type": "tmpfs", "Target": "/cache", "TmpfsOptions": {"SizeBytes": 1 << 20, "Mode": 0o1777}}
+    untyped = {"Source": "/var/log", "Target": "/logs", "VolumeOptions": {"NoCopy": False}}  # zero options
+    mounts = host_config_arguments(make_task(["true"], Mounts=[volume, bind, tmpfs, untyped]))["mounts"]
+    assert [dict(mount) for mount in mounts] == [
+        {"Target": "/data", "Source": "app_data", "Type": "volume", "ReadOnly": True, "VolumeOptions": {
+            "NoCopy": True, "Labels": {"com.docker.stack.namespace": "app"}, "DriverConfig": {"Name": "local"}}},
+        {"Target": "/srv", "Source": "/srv", "Type": "bind", "ReadOnly": False, "Consistency": "cached",
+         "BindOptions": {"Propagation": "rslave", "NonRecursive": True}},
+        {"Target": "/cache", "Source": None, "Type": "tmpfs", "ReadOnly": False,
+         "TmpfsOptions": {"SizeBytes": 1 << 20, "Mode": 0o1777}},
+        {"Target": "/logs", "Source": "/var/log", "Type": "bind", "ReadOnly": False},  # no Type: bind, as in swarm
+    ]
+
+
+@pytest.mark.parametrize(("mount", "field"), [
+    ({"Type": "npipe", "Source": "p", "Target": "/p"}, "Mounts[0].Type 'npipe'"),
+    ({"Type": "bind", "Source": "/s", "Target": "/s", "TmpfsOptions": {"SizeBytes": 1}}, "Mounts[0].TmpfsOptions"),
+    ({"Type": "bind", "Source": "/s", "Target": "/s", "BindOptions": {"Bogus": 1}}, "Mounts[0].BindOptions.Bogus"),
+])
+def test_a_mount_the_engine_would_not_make_as_asked_rejects_the_task(mount: Doc, field: str) -> None:
+    with pytest.raises(TaskRejected) as caught:
+        host_config_arguments(make_task(["true"], Mounts=[mount]))
+    assert str(caught.value).startswith(f"TaskTemplate.ContainerSpec.{field} is not supported by the docker executor")
+
+
+@pytest.mark.parametrize(("field", "value"), [("Sysctls", {"net.core.somaxconn": "1024"}),
+                                              ("Privileges", {"NoNewPrivileges": True}),
+                                              ("DNSConfig", {"Nameservers": ["1.1.1.1"]})])
+def test_a_field_no_executor_acts_on_rejects_the_task(field: str, value: object) -> None:
+    """The API refuses these; a task of a spec stored before it did is rejected rather than run without them."""
+    with pytest.raises(TaskRejected) as caught:
+        create_arguments(make_task(["true"], **{field: value}))
+    assert str(caught.value).startswith(f"TaskTemplate.ContainerSpec.{field}")
+    assert "is not supported by the docker executor: remove it" in str(caught.value)
+
+
+def test_zero_values_and_fields_only_docker_acts_on_are_taken() -> None:
+    task = make_task(["true"], Init=True, Hostname="box", TTY=True, OpenStdin=True, ReadOnly=True, Groups=["video"],
+                     DNSConfig={}, Privileges={"CredentialSpec": None, "SELinuxContext": None,
+                                               "NoNewPrivileges": False}, Isolation="default", Sysctls={})
+    arguments = create_arguments(task)
+    assert (arguments["hostname"], arguments["tty"], arguments["stdin_open"]) == ("box", True, True)
+    host = host_config_arguments(task)
+    assert (host["init"], host["read_only"], host["group_add"]) == (True, True, ["video"])
+
+
 def test_image_pull_reference_names_a_tag_or_digest() -> None:
     digest = "sha256:" + "ab" * 32
     assert ImageReference.parse("busybox").pull() == ("busybox", "latest")
@@ -259,6 +319,27 @@ async def test_task_runs_as_a_container_with_swarms_name_labels_and_settings(exe
     assert controller.handle() == {"Executor": "docker", "ContainerID": controller.container_id}
     await controller.remove()
     assert containers_of(executor, task) == []
+
+
+async def test_mount_options_reach_the_engine(executor: DockerExecutor, run_label: str) -> None:
+    """A named volume is made with the labels stack deploy gives it; a tmpfs gets its size."""
+    volume = f"shoal-test-{run_label}"
+    task = make_task(["-c", "touch /data/x && df -k /scratch | tail -1"], run_label, Command=["sh"], Mounts=[
+        {"Type": "volume", "Source": volume, "Target": "/data",
+         "VolumeOptions": {"NoCopy": False, "Labels": {RUN_LABEL: run_label}}},
+        {"Type": "tmpfs", "Target": "/scratch", "TmpfsOptions": {"SizeBytes": 2 << 20}}])
+    try:
+        controller = await started(executor, task)
+        assert await controller.wait() == 0
+        output = await collect(executor.logs(task["ID"], None, False, never, time.time))
+        assert [line.split()[1] for _, _, line in output] == [b"2048"]  # 1K-blocks of the tmpfs
+        assert executor.api.inspect_volume(volume)["Labels"] == {RUN_LABEL: run_label}
+        await controller.remove()
+    finally:
+        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+            for container in executor.api.containers(all=True, filters={"label": f"{RUN_LABEL}={run_label}"}):
+                executor.api.remove_container(container["Id"], force=True)
+            executor.api.remove_volume(volume, force=True)
 
 
 async def test_exit_code_comes_from_docker(executor: DockerExecutor, run_label: str) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from shoal.agent.executor.base import ExitStatusUnknown, TaskRejected
+from shoal.agent.executor.base import ExitStatusUnknown, TaskRejected, refuse_unsupported_fields
 from shoal.agent.executor.cgroups import (
     CgroupError,
     Layout,
@@ -36,6 +36,7 @@ from shoal.agent.executor.process import (
 )
 from shoal.agent.task_files import SHM, TaskFiles
 from shoal.ids import new_id
+from shoal.spec import CONTAINER_SPEC_SUPPORT, PROCESS_EXECUTOR
 from shoal.timefmt import MILLISECOND
 from tests.unit.agent_fixtures import group_members, pids_with
 from tests.unit.waiting import wait_until
@@ -170,6 +171,61 @@ async def test_a_task_with_secrets_is_refused_where_they_cannot_be_placed(execut
     task = make_task(["true"], Secrets=[{"SecretID": "s1", "SecretName": "db"}])
     with pytest.raises(TaskRejected, match="secrets"):
         await executor.controller(task).prepare()
+
+
+# A value that sets each ContainerSpec field a process cannot have.
+NOT_FOR_PROCESSES: dict[str, object] = {
+    "Hostname": "web-1",
+    "Groups": ["video"],
+    "TTY": True,
+    "OpenStdin": True,
+    "ReadOnly": True,
+    "Mounts": [{"Type": "bind", "Source": "/srv", "Target": "/srv"}],
+    "Init": True,
+    # No executor acts on these (the API refuses them): a task of an older stored spec is rejected too.
+    "Privileges": {"NoNewPrivileges": True},
+    "Hosts": ["10.0.0.1 db"],
+    "DNSConfig": {"Search": ["corp"]},
+    "Isolation": "hyperv",
+    "Sysctls": {"net.ipv4.ip_forward": "1"},
+    "CapabilityAdd": ["CAP_NET_ADMIN"],
+    "CapabilityDrop": ["CAP_NET_RAW"],
+    "Ulimits": [{"Name": "nofile", "Soft": 10, "Hard": 10}],
+    "OomScoreAdj": 100,
+}
+
+
+def test_the_support_table_says_what_a_process_can_have() -> None:
+    """`shoal.spec.CONTAINER_SPEC_SUPPORT` is the one table; this is the process executor's reading of it."""
+    unsupported = {key for key, support in CONTAINER_SPEC_SUPPORT.items() if PROCESS_EXECUTOR not in support.executors}
+    assert unsupported == set(NOT_FOR_PROCESSES)
+    assert set(CONTAINER_SPEC_SUPPORT) - unsupported == {
+        "Image", "Labels", "Command", "Args", "Env", "Dir", "User", "StopSignal", "StopGracePeriod", "Healthcheck",
+        "Secrets", "Configs"}
+
+
+@pytest.mark.parametrize(("field", "value"), NOT_FOR_PROCESSES.items(), ids=list(NOT_FOR_PROCESSES))
+async def test_a_field_a_process_cannot_have_rejects_the_task_naming_it(executor: ProcessExecutor, field: str,
+                                                                        value: object) -> None:
+    task = make_task(["true"], **{field: value})
+    with pytest.raises(TaskRejected) as caught:
+        refuse_unsupported_fields(task, PROCESS_EXECUTOR)
+    message = str(caught.value)
+    assert message.startswith(f"TaskTemplate.ContainerSpec.{field}")
+    assert "is not supported by the process executor: remove it" in message and "\n" not in message
+    controller = executor.controller(task)
+    with pytest.raises(TaskRejected, match="not supported by the process executor"):
+        await controller.prepare()
+    assert not executor.scratch_dir(task["ID"]).exists()  # rejected before anything was made for it
+
+
+async def test_zero_values_the_clients_always_send_are_fine(executor: ProcessExecutor) -> None:
+    """The docker CLI sends `"Init": false, "DNSConfig": {}`; stack deploy a null Privileges and labels."""
+    task = make_task(["true"], Init=False, DNSConfig={}, Labels={"com.docker.stack.namespace": "app"},
+                     Privileges={"CredentialSpec": None, "SELinuxContext": None, "NoNewPrivileges": False},
+                     Hostname="", Groups=[], TTY=False, Mounts=[], Isolation="default", OomScoreAdj=0)
+    controller = await started(executor, task)
+    assert await asyncio.wait_for(controller.wait(), DEADLINE) == 0
 
 
 async def test_given_working_directory_is_used_and_must_exist(executor: ProcessExecutor, tmp_path: Path) -> None:

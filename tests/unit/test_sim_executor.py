@@ -41,6 +41,18 @@ def test_a_command_the_simulation_cannot_follow_is_rejected(argv: list[str]) -> 
         planned_exit(argv)
 
 
+async def test_a_simulated_task_takes_any_field_of_the_spec() -> None:
+    """It simulates the task, whatever the spec asks of a container (a benchmark may mimic a docker service)."""
+    executor = SimExecutor(start_delay=0.001, rng=random.Random(1))
+    task = make_task("true")
+    task["Spec"]["ContainerSpec"].update(Hostname="web-1", TTY=True, Init=True, Sysctls={"a.b": "1"},
+                                         Mounts=[{"Type": "bind", "Source": "/srv", "Target": "/srv"}])
+    controller = executor.controller(task)
+    await controller.prepare()
+    await controller.start()
+    assert await controller.wait() == 0
+
+
 async def test_a_task_runs_until_stopped_and_then_ends_as_on_sigterm() -> None:
     executor = SimExecutor(start_delay=0.001, rng=random.Random(1))
     task = make_task("nginx")

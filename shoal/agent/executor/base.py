@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from shoal.spec import unsupported_container_fields
 from shoal.types import Doc
 
 # One line of task output: (stream "stdout" | "stderr", unix timestamp, the line's bytes with its newline).
@@ -74,6 +75,15 @@ class TaskRejected(ExecutorError):
 
 class ExitStatusUnknown(ExecutorError):
     """The task's process went away and its exit status cannot be known (e.g. adopted after a restart)."""
+
+
+def refuse_unsupported_fields(task: Doc, executor: str) -> None:
+    """TaskRejected naming the first ContainerSpec field the task sets that `executor` does not act on
+    (`shoal.spec.CONTAINER_SPEC_SUPPORT`): a task never runs without part of its spec."""
+    container = ((task.get("Spec") or {}).get("ContainerSpec")) or {}
+    for field, instead in unsupported_container_fields(container, executor):
+        raise TaskRejected(f"TaskTemplate.ContainerSpec.{field} is not supported by the {executor} executor: "
+                           f"{instead}")
 
 
 class Controller(Protocol):

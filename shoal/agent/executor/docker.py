@@ -6,7 +6,8 @@ The container is made the way Docker swarm mode's own executor makes it (moby `d
   `com.docker.swarm.{service.id, service.name, task.id, task.name, node.id}` over `ContainerSpec.Labels`.
 - `ContainerSpec.Command` replaces the image's entrypoint and `Args` its command; with no Command, `Args` alone
   replace the command. Env, Dir, User, Hostname, TTY, OpenStdin, ReadOnly, Init, Groups, StopSignal and
-  StopGracePeriod are passed through; Mounts of type bind, volume and tmpfs too.
+  StopGracePeriod are passed through; Mounts of type bind, volume and tmpfs too, with their options. A field no
+  executor acts on (`shoal.spec.CONTAINER_SPEC_SUPPORT`; the API refuses them) rejects the task.
 - Health: `ContainerSpec.Healthcheck` becomes the container's own health check, so Docker runs it and keeps the
   container's health status (`docker ps` shows it). `probe` does not run anything itself: it hands the worker's
   health monitor Docker's results one at a time (see `DockerController.probe`).
@@ -60,6 +61,7 @@ from shoal.agent.executor.base import (
     backend_port,
     cancelling,
     out_of_memory,
+    refuse_unsupported_fields,
 )
 from shoal.agent.health import HealthStatus, health_check_of
 from shoal.agent.task_files import PlacedFile, TaskFiles, files_off_loop
@@ -67,7 +69,14 @@ from shoal.errors import InvalidArgument, Unavailable
 from shoal.mesh.table import published_ports
 from shoal.overlay.linux import OverlayDataPath
 from shoal.overlay.plan import OverlayError, OverlayNetwork
-from shoal.spec import ImageReference
+from shoal.spec import (
+    DEFAULT_MOUNT_TYPE,
+    DOCKER_EXECUTOR,
+    MOUNT_OPTIONS,
+    MOUNT_TYPES,
+    ImageReference,
+    is_unset,
+)
 from shoal.task_files import mounts_files
 from shoal.task_networks import task_networks
 from shoal.timefmt import SECOND, from_rfc3339
@@ -76,7 +85,7 @@ from shoal.types import Doc, task_slot
 
 log = logging.getLogger(__name__)
 
-EXECUTOR_NAME = "docker"
+EXECUTOR_NAME = DOCKER_EXECUTOR
 LABEL_SERVICE_ID = "com.docker.swarm.service.id"
 LABEL_SERVICE_NAME = "com.docker.swarm.service.name"
 LABEL_TASK_ID = "com.docker.swarm.task.id"
@@ -185,29 +194,42 @@ def docker_healthcheck(spec: Doc) -> docker.types.Healthcheck | None:
             fields[name] = int(config[key])
     if config.get("Retries"):
         fields["retries"] = int(config["Retries"])
-    return docker.types.Healthcheck(**fields)
+    check = docker.types.Healthcheck(**fields)
+    if config.get("StartInterval"):
+        check["StartInterval"] = int(config["StartInterval"])  # the SDK has no argument for it (API 1.44)
+    return check
 
 
 def docker_mounts(spec: Doc) -> list[docker.types.Mount]:
-    """ContainerSpec.Mounts of type bind, volume and tmpfs (other types are refused)."""
+    """ContainerSpec.Mounts of type bind, volume and tmpfs (a mount without a Type is a bind mount, as in swarm
+    mode), each with its type's options (BindOptions, VolumeOptions, TmpfsOptions) passed on as given; another
+    type, or options the engine would not apply, reject the task."""
     mounts = []
-    for mount in spec.get("Mounts") or []:
-        kind = str(mount.get("Type") or "volume")
-        if kind not in ("bind", "volume", "tmpfs"):
-            raise TaskRejected(f"mount type {kind!r} is not supported by the docker executor")
-        tmpfs = mount.get("TmpfsOptions") or {}
-        mounts.append(docker.types.Mount(
-            target=str(mount.get("Target") or ""), source=mount.get("Source") or None, type=kind,
-            read_only=bool(mount.get("ReadOnly")),
-            tmpfs_size=tmpfs.get("SizeBytes") if kind == "tmpfs" else None,
-            tmpfs_mode=tmpfs.get("Mode") if kind == "tmpfs" else None,
-        ))
+    for index, mount in enumerate(spec.get("Mounts") or []):
+        where = f"TaskTemplate.ContainerSpec.Mounts[{index}]"
+        kind = str(mount.get("Type") or DEFAULT_MOUNT_TYPE)
+        if kind not in MOUNT_TYPES:
+            raise TaskRejected(f"{where}.Type {kind!r} is not supported by the docker executor")
+        made = docker.types.Mount(target=str(mount.get("Target") or ""), source=mount.get("Source") or None,
+                                  type=kind, read_only=bool(mount.get("ReadOnly")),
+                                  consistency=mount.get("Consistency") or None)
+        for block_type, (block, known) in MOUNT_OPTIONS.items():
+            options = mount.get(block) or {}
+            if is_unset(options):
+                continue
+            unknown = [key for key, value in options.items() if key not in known and not is_unset(value)]
+            if block_type != kind or unknown:
+                what = f"{block}.{unknown[0]}" if block_type == kind else block
+                raise TaskRejected(f"{where}.{what} is not supported by the docker executor for a {kind} mount")
+            made[block] = {key: value for key, value in options.items() if not is_unset(value)}
+        mounts.append(made)
     return mounts
 
 
 def create_arguments(task: Doc) -> dict[str, Any]:
     """The arguments of the SDK's `APIClient.create_container` for a task, without `host_config`, which needs
     the client (see `host_config_arguments`)."""
+    refuse_unsupported_fields(task, EXECUTOR_NAME)
     spec = _container_spec(task)
     image = str(spec.get("Image") or "")
     if not image:

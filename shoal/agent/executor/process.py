@@ -31,6 +31,9 @@ Conventions (a process has no image, so the task document is read this way):
   ends; a node that cannot enforce them rejects the task, naming what it lacks. An OOM kill in the group is
   the task's error ("task: non-zero exit (137): out of memory: …"). Reservations are the scheduler's: nothing
   is enforced for them here.
+- What a process cannot have — Hostname, Groups, TTY, OpenStdin, ReadOnly, Mounts, Init — rejects the task,
+  naming the field (`shoal.spec.CONTAINER_SPEC_SUPPORT`), rather than run it without: such a service needs nodes
+  with the docker executor. Zero values (`"Init": false`, which the docker CLI always sends) are fine.
 - Exit code: from waiting on the child; a signal death is reported as 128 + signal number (Docker's convention).
   A process adopted after an agent restart is not our child: we watch its pid (checking its start time in
   /proc/<pid>/stat, so a reused pid is never taken for it), and its exit status is unknown.
@@ -71,6 +74,7 @@ from shoal.agent.executor.base import (
     TaskRejected,
     backend_port,
     out_of_memory,
+    refuse_unsupported_fields,
 )
 from shoal.agent.executor.cgroups import (
     CgroupError,
@@ -90,7 +94,7 @@ from shoal.mesh.table import published_ports
 from shoal.overlay.forward import PortForwarder
 from shoal.overlay.linux import OverlayDataPath, TaskNamespace
 from shoal.overlay.plan import OverlayError, OverlayNetwork
-from shoal.spec import ImageReference
+from shoal.spec import PROCESS_EXECUTOR, ImageReference
 from shoal.task_files import CONFIG, SECRET, BadReference, mounts_files, task_references
 from shoal.task_networks import task_networks
 from shoal.timeouts import within
@@ -99,7 +103,7 @@ from shoal.types import Doc, task_slot
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-EXECUTOR_NAME = "process"
+EXECUTOR_NAME = PROCESS_EXECUTOR
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_STOP_SIGNAL = "SIGTERM"
 # After SIGKILL a process normally ends at once; one stuck in the kernel (D state) may not.
@@ -453,6 +457,7 @@ class ProcessController(Controller):
     # -- steps --
 
     async def prepare(self) -> None:
+        refuse_unsupported_fields(self._task, EXECUTOR_NAME)
         if self._networks:
             if self._executor.overlay is None:
                 raise TaskRejected(f"this node cannot put processes on swarm networks: {self._executor.overlay_problem}")

@@ -28,7 +28,9 @@ from shoal.manager.controlapi import (
     without_private_fields,
 )
 from shoal.spec import (
+    CONTAINER_RUNTIME,
     DEFAULT_MAX_CONCURRENT,
+    DEFAULT_MOUNT_TYPE,
     DEFAULT_RESTART_DELAY,
     DEFAULT_STOP_GRACE_PERIOD,
     DEFAULT_UPDATE_CONFIG,
@@ -39,6 +41,8 @@ from shoal.spec import (
     JOB_MODES,
     JOB_STATUS,
     MODES,
+    MOUNT_OPTIONS,
+    MOUNT_TYPES,
     PORT_PROTOCOLS,
     PUBLISH_MODES,
     REPLICATED,
@@ -51,11 +55,13 @@ from shoal.spec import (
     effective_update_config,
     is_job,
     is_replicated_job,
+    is_unset,
     job_iteration,
     job_limits,
     parse_constraint,
     service_mode,
     spread_descriptors,
+    unsupported_container_fields,
 )
 from shoal.task_files import BadReference, all_references
 from shoal.timefmt import to_rfc3339
@@ -142,7 +148,10 @@ def validate_service_spec(spec: object) -> Doc:
     Normalising fills what Docker would report back anyway: Mode (Replicated with 1 replica), Replicas,
     Labels {}, EndpointSpec.Mode "vip", each port's Protocol/PublishMode/PublishedPort, and "" in the
     update configs' FailureAction/Order (Docker stores those as enums whose zero value is the default).
-    Fields shoal does not know are kept as sent; the image is kept as sent, digest included.
+    A field of Docker's spec that shoal does not act on is refused by name unless it holds its zero value, which
+    the clients send on every call (`shoal.spec.CONTAINER_SPEC_SUPPORT`: fields only some executors act on are
+    accepted here and rejected by the executors that cannot). Fields shoal does not know are kept as sent; the
+    image is kept as sent, digest included.
     A missing Name stays "": the caller gives the service a generated name.
     """
     if not isinstance(spec, dict):
@@ -210,12 +219,18 @@ def _normalised_task_template(template: object) -> Doc:
     _check_restart_policy(template, path)
     _check_placement(template, path)
     optional_int(template, "ForceUpdate", path)
-    optional_str(template, "Runtime", path)
+    runtime = optional_str(template, "Runtime", path)
+    if runtime and runtime != CONTAINER_RUNTIME:
+        raise InvalidArgument(f'{path}.Runtime {shown(runtime)} is not supported by shoal: leave it out or give '
+                              f'"{CONTAINER_RUNTIME}"')
     _check_network_attachments(template, path)
     log_driver = optional_object(template, "LogDriver", path)
     if log_driver is not None:
         optional_str(log_driver, "Name", field_path(path, "LogDriver"))
         optional_str_map(log_driver, "Options", field_path(path, "LogDriver"))
+        if not is_unset(log_driver):
+            raise InvalidArgument(f"{path}.LogDriver is not supported by shoal: remove it (each task's output is "
+                                  "kept on its node, and `service logs` reads it there)")
     return template
 
 
@@ -256,16 +271,7 @@ def _check_container_spec(container: object, path: str) -> None:
     if dns is not None:
         for key in ("Nameservers", "Search", "Options"):
             optional_str_list(dns, key, field_path(path, "DNSConfig"))
-    mounts = optional_object_list(container, "Mounts", path) or []
-    targets: set[str] = set()
-    for index, mount in enumerate(mounts):
-        mount_path = f"{path}.Mounts[{index}]"
-        target = optional_str(mount, "Target", mount_path)
-        if not target:
-            raise InvalidArgument(f'{mount_path}.Target must be the path inside the task, e.g. "/data"')
-        if target in targets:
-            raise InvalidArgument(f'{mount_path}.Target "{target}" is mounted twice: use each mount point once')
-        targets.add(target)
+    _check_mounts(container, path)
     health = optional_object(container, "Healthcheck", path)
     if health is not None:
         health_path = field_path(path, "Healthcheck")
@@ -273,6 +279,36 @@ def _check_container_spec(container: object, path: str) -> None:
         for key in ("Interval", "Timeout", "StartPeriod", "StartInterval"):
             optional_duration(health, key, health_path)
         optional_int(health, "Retries", health_path)
+    for field, instead in unsupported_container_fields(container, executor=None):
+        raise InvalidArgument(f"{path}.{field} is not supported by shoal: {instead}")
+
+
+def _check_mounts(container: Doc, path: str) -> None:
+    """Each mount: a target used once, a type shoal mounts, and only the options of that type."""
+    targets: set[str] = set()
+    for index, mount in enumerate(optional_object_list(container, "Mounts", path) or []):
+        mount_path = f"{path}.Mounts[{index}]"
+        target = optional_str(mount, "Target", mount_path)
+        if not target:
+            raise InvalidArgument(f'{mount_path}.Target must be the path inside the task, e.g. "/data"')
+        if target in targets:
+            raise InvalidArgument(f'{mount_path}.Target "{target}" is mounted twice: use each mount point once')
+        targets.add(target)
+        optional_str(mount, "Source", mount_path)
+        optional_bool(mount, "ReadOnly", mount_path)
+        optional_str(mount, "Consistency", mount_path)
+        kind = optional_str(mount, "Type", mount_path) or DEFAULT_MOUNT_TYPE
+        if kind not in MOUNT_TYPES:
+            types = ", ".join(f'"{name}"' for name in MOUNT_TYPES[:-1]) + f' or "{MOUNT_TYPES[-1]}"'
+            raise InvalidArgument(f"{mount_path}.Type {shown(kind)} is not supported by shoal: use {types}")
+        for other, (block, _) in MOUNT_OPTIONS.items():
+            if other != kind and not is_unset(mount.get(block)):
+                raise InvalidArgument(f'{mount_path}.{block} is for {other} mounts, not {kind}: remove it or '
+                                      f'set Type "{other}"')
+        block, known = MOUNT_OPTIONS[kind]
+        for key, value in (optional_object(mount, block, mount_path) or {}).items():
+            if key not in known and not is_unset(value):
+                raise InvalidArgument(f"{mount_path}.{block}.{key} is not supported by shoal: remove it")
 
 
 def _check_resources(template: Doc, path: str) -> None:
@@ -334,7 +370,8 @@ def _check_network_attachments(doc: Doc, path: str) -> None:
             raise InvalidArgument(f"{network_path}.Target must name the network to attach (got "
                                   f"{shown(network.get('Target'))})")
         optional_str_list(network, "Aliases", network_path)
-        optional_str_map(network, "DriverOpts", network_path)
+        if optional_str_map(network, "DriverOpts", network_path):
+            raise InvalidArgument(f"{network_path}.DriverOpts is not supported by shoal: remove it")
 
 
 def _normalised_mode(mode: object) -> Doc:
