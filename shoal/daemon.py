@@ -878,6 +878,7 @@ class Daemon:
                 "Sessions": len(manager.dispatcher.sessions) if manager.dispatcher else 0,
                 "NodesMarkedDown": manager.dispatcher.nodes_marked_down if manager.dispatcher else 0,
                 "Tasks": len(manager.cache.tasks()),
+                "Events": manager.events.stats(),
             }
         agent = self.agent
         if agent is not None:

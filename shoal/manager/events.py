@@ -362,6 +362,10 @@ class EventJournal:
     def unsubscribe(self, subscription: Subscription) -> None:
         self.subscriptions.discard(subscription)
 
+    def stats(self) -> Doc:
+        """For `GET /shoal/debug`: streaming clients now, events kept, clients dropped for falling behind."""
+        return {"Subscribers": len(self.subscriptions), "Kept": len(self.kept), "DroppedClients": self.dropped_clients}
+
 
 __all__ = [
     "EVENT_FILTERS", "EVENT_TYPES", "ClusterEvent", "EventJournal", "Subscription", "buffered_events",
