@@ -72,12 +72,23 @@ async def stream_events(request: web.Request, journal: EventJournal, engine: Eng
         await response.prepare(request)
         if engine is not None:
             follower = asyncio.create_task(_follow_engine(engine, request, subscription))
-        with contextlib.suppress(ConnectionResetError, aiohttp.ClientConnectionResetError, TimeoutError):
+        try:
             if buffered:
                 await within(response.write(b"".join(event.line for event in buffered)), WRITE_TIMEOUT)
-            await _stream_live(request, response, subscription, None if only_past else until, only_past, now,
-                               follower)
-            await response.write_eof()
+            complete = await _stream_live(request, response, subscription, None if only_past else until,
+                                          only_past, now, follower)
+            if complete:
+                await within(response.write_eof(), WRITE_TIMEOUT)
+                return response
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            return response  # the client went away
+        except TimeoutError:
+            pass
+        # A client that takes no bytes, or fell behind: cut its connection, so it sees the stream broke (and
+        # nothing waits on its full buffers).
+        log.warning("events: the client at %s fell behind; its stream is cut", request.remote)
+        if request.transport is not None:
+            request.transport.abort()
         return response
     finally:
         journal.unsubscribe(subscription)
@@ -89,28 +100,27 @@ async def stream_events(request: web.Request, journal: EventJournal, engine: Eng
 
 async def _stream_live(request: web.Request, response: web.StreamResponse, subscription: Subscription,
                        until: int | None, only_past: bool, now: Callable[[], float],
-                       follower: asyncio.Task[None] | None) -> None:
-    """Write what arrives until `until`, the client leaves or falls too far behind, or (`only_past`) the
-    engine's part of the replay is done too."""
+                       follower: asyncio.Task[None] | None) -> bool:
+    """Write what arrives until `until` or the client leaves (True: the stream is complete), or it falls
+    too far behind (False). With `only_past`, until the engine's part of the replay is done too."""
     while True:
         if only_past and (follower is None or follower.done()):
             lines = await subscription.next_lines(0)
             if lines:
                 await within(response.write(b"".join(lines)), WRITE_TIMEOUT)
-            return
+            return not subscription.dropped
         wait = IDLE_CHECK
         if until is not None:
             wait = min(wait, max(0.0, until / SECOND - now()))
         lines = await subscription.next_lines(wait)
         if subscription.dropped:
-            log.warning("events: a client at %s fell behind; its stream ends", request.remote)
-            return
+            return False
         if lines:
             await within(response.write(b"".join(lines)), WRITE_TIMEOUT)
         if until is not None and now() * SECOND >= until:
-            return
+            return True
         if request.transport is None or request.transport.is_closing():
-            return
+            return True
 
 
 async def _follow_engine(engine: EngineProxy, request: web.Request, subscription: Subscription) -> None:

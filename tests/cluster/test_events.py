@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -54,7 +54,7 @@ class EventStream:
         for line in self.proc.stdout:
             self.lines.put(line)
 
-    def until(self, what: str, done: Any, timeout: float = 30.0) -> list[Event]:
+    def until(self, what: str, done: Callable[[Event], bool], timeout: float = 30.0) -> list[Event]:
         """Collect events until `done(event)` holds for one; fail after `timeout` seconds."""
         deadline = time.monotonic() + timeout
         while True:
@@ -115,8 +115,10 @@ def test_events_arrive_in_order_filtered_and_replayed(swarm: Cluster) -> None:
         cluster.ok("service", "scale", "-d", "evweb=3")
         cluster.ok("node", "update", "--availability", "drain", "worker1")
         cluster.ok("service", "rm", "evweb")
-        removed = (lambda e: e["Type"] == "service" and e["Action"] == "remove"
-                   and e["Actor"]["ID"] == service_id)
+
+        def removed(event: Event) -> bool:
+            return event["Type"] == "service" and event["Action"] == "remove" and event["Actor"]["ID"] == service_id
+
         events = everything.until("the service's remove event", removed)
         only_services = services_only.until("the service's remove event (filtered stream)", removed)
     finally:

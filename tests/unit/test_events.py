@@ -569,3 +569,30 @@ def test_remote_managers_carry_their_node_ids_where_known() -> None:
         {"NodeID": "m1", "Addr": "10.0.0.1:2377"}, {"NodeID": "m2", "Addr": "10.0.0.2:2377"},
         {"NodeID": "", "Addr": "10.0.0.9:2377"}]
     assert remote_managers(["10.0.0.1:2377"], {}) == [{"NodeID": "", "Addr": "10.0.0.1:2377"}]
+
+
+async def test_a_client_that_stops_reading_is_cut_off_and_nothing_waits_on_it(
+        monkeypatch: pytest.MonkeyPatch, no_engine: None) -> None:
+    from shoal.api import events as events_api
+    from shoal.clock import SystemClock
+
+    monkeypatch.setattr(events_api, "WRITE_TIMEOUT", 0.5)
+    journal = EventJournal(SystemClock(), client_queue=4)
+    app = make_app(EventsDaemon(journal), remote=False)  # type: ignore[arg-type]
+    async with TestClient(TestServer(app)) as test_client:
+        reader, writer = await asyncio.open_connection(test_client.host, test_client.port)
+        writer.write(b"GET /events HTTP/1.1\r\nHost: shoal\r\n\r\n")
+        await writer.drain()
+        await wait_until(lambda: journal.subscriptions)
+        big = "x" * (1 << 20)  # a few of these fill the socket buffers of a client that reads nothing
+        for index in range(64):
+            journal.publish_change(SECRETS, None, {"ID": f"x{index}", "Spec": {"Name": big}})
+            await asyncio.sleep(0)
+        assert journal.dropped_clients == 1 and not journal.subscriptions
+        # The server cut the connection: reading on finds its end (or a reset) rather than waiting forever.
+        async def to_the_end() -> None:
+            with contextlib.suppress(ConnectionResetError):
+                while await reader.read(1 << 20):
+                    pass
+        await asyncio.wait_for(to_the_end(), 10)
+        writer.close()
