@@ -86,7 +86,7 @@ async def stream_events(request: web.Request, journal: EventJournal, engine: Eng
             pass
         # A client that takes no bytes, or fell behind: cut its connection, so it sees the stream broke (and
         # nothing waits on its full buffers).
-        log.warning("events: the client at %s fell behind; its stream is cut", request.remote)
+        log.warning("events: the client at %s fell behind or stopped reading; its stream is cut", request.remote)
         if request.transport is not None:
             request.transport.abort()
         return response

@@ -12,7 +12,8 @@ Differences from Docker, on purpose:
 - an update that changes nothing a client can read (only shoal's private bookkeeping) is no event;
 - an event's time is when this manager saw the change committed (Docker reads the object's UpdatedAt, which
   not every shoal write sets), strictly increasing per manager, so `since=<last timeNano + 1>` resumes a stream;
-- a slow client whose queue fills is dropped (its stream ends) rather than sent a stream with holes;
+- a client whose queue fills is dropped (its connection is cut) rather than sent a stream with holes (Docker
+  skips, for a subscriber, an event it does not take within 100 ms);
 - a node's `leader` and `reachability` changes are not reported (shoal computes them when read, not in the store);
 - an unknown filter key is refused rather than ignored.
 """
@@ -21,9 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from shoal import codec
@@ -35,8 +35,6 @@ from shoal.manager.store.base import Event
 from shoal.spec import REPLICATED, service_mode
 from shoal.timefmt import SECOND
 from shoal.types import CONFIGS, NETWORKS, NODES, SECRETS, SERVICES, Doc
-
-log = logging.getLogger(__name__)
 
 # Store kinds that make events, and Docker's name for each (`Type`).
 EVENT_TYPES: Mapping[str, str] = {SERVICES: "service", NODES: "node", SECRETS: "secret", CONFIGS: "config",
@@ -248,7 +246,7 @@ def _labels_match(wanted: list[str] | None, attributes: Mapping[str, str]) -> bo
     return True
 
 
-def buffered_events(events: list[ClusterEvent] | deque[ClusterEvent], since: int | None, until: int | None,
+def buffered_events(events: Sequence[ClusterEvent], since: int | None, until: int | None,
                     filters: Filters) -> list[ClusterEvent]:
     """The kept events a new stream starts with: none unless `since` or `until` is given (as Docker), else
     those from `since` to `until` (both included) that pass the filters, oldest first."""
@@ -346,10 +344,9 @@ class EventJournal:
         self.kept.append(event)
         for subscription in list(self.subscriptions):
             subscription.offer(event)
-            if subscription.dropped:
+            if subscription.dropped:  # its handler cuts the connection and says so
                 self.subscriptions.discard(subscription)
                 self.dropped_clients += 1
-                log.warning("events: dropped a client that fell %d events behind", self.client_queue)
 
     def subscribe(self, filters: Filters, since: int | None, until: int | None) -> tuple[list[ClusterEvent],
                                                                                           Subscription]:
