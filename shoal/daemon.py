@@ -75,12 +75,14 @@ from shoal.manager.autolock import (
 )
 from shoal.manager.ca import RootCA
 from shoal.manager.control import ControlAPI
+from shoal.manager.controlapi.node import MANAGER_ADDR_FIELD
 from shoal.manager.controlapi.swarm import (
     min_cert_expiry_from_environment,
     node_cert_expiry_seconds,
     validate_swarm_spec,
 )
 from shoal.manager.dispatcher import RESTART_GRACE
+from shoal.manager.events import EventJournal
 from shoal.manager.join import new_node
 from shoal.manager.keys import key_from_wire, new_manager_key
 from shoal.manager.manager import HEARTBEAT_LAG_WINDOW, Bootstrap, Manager, TLSFiles
@@ -586,6 +588,12 @@ class Daemon:
 
     # ---- membership -------------------------------------------------------------------------------------
 
+    def event_journal(self) -> EventJournal:
+        """The swarm's events as this manager sees them (`GET /events`); refused as any manager route is."""
+        self.require_control()
+        assert self.manager is not None
+        return self.manager.events
+
     def require_control(self) -> ControlAPI:
         if self.locked:
             raise SwarmLocked()
@@ -870,6 +878,7 @@ class Daemon:
                 "Sessions": len(manager.dispatcher.sessions) if manager.dispatcher else 0,
                 "NodesMarkedDown": manager.dispatcher.nodes_marked_down if manager.dispatcher else 0,
                 "Tasks": len(manager.cache.tasks()),
+                "Events": manager.events.stats(),
             }
         agent = self.agent
         if agent is not None:
@@ -893,20 +902,40 @@ class Daemon:
             return {"NodeID": self.record.node_id if self.record else "", "NodeAddr": "",
                     "LocalNodeState": "locked" if self.locked else "inactive", "ControlAvailable": False,
                     "Error": self.error, "RemoteManagers": None}
+        nodes = self.control.cache.nodes() if self.control is not None else {}
         info: Doc = {
             "NodeID": self.record.node_id, "NodeAddr": self.record.advertise_addr, "LocalNodeState": "active",
             "ControlAvailable": self.control is not None, "Error": self.error,
-            "RemoteManagers": [{"NodeID": "", "Addr": a} for a in
-                               (self.agent.managers if self.agent else self.record.managers)],
+            "RemoteManagers": remote_managers(self.agent.managers if self.agent else self.record.managers, nodes),
         }
         if self.control is not None:
-            nodes = self.control.cache.nodes()
             info["Nodes"] = len(nodes)
             info["Managers"] = sum(1 for n in nodes.values() if n["Spec"].get("Role") == "manager")
             with contextlib.suppress(ShoalError):
                 info["Cluster"] = self.control.get_swarm()
                 info["Cluster"].pop("JoinTokens", None)
+            if info["Managers"] == 2:
+                info["Warnings"] = [TWO_MANAGERS_WARNING]
         return info
+
+
+# Docker's words (moby `daemon/cluster/swarm.go` Info).
+TWO_MANAGERS_WARNING = (
+    "WARNING: Running Swarm in a two-manager configuration. This configuration provides\n"
+    "         no fault tolerance, and poses a high risk to lose control over the cluster.\n"
+    "         Refer to https://docs.docker.com/engine/swarm/admin_guide/ to configure the\n"
+    "         Swarm for fault-tolerance.")
+
+
+def remote_managers(addrs: list[str], nodes: dict[str, Doc]) -> list[Doc]:
+    """`Swarm.RemoteManagers`: the managers this node knows, by address, with their node IDs where this node
+    holds the node list (a manager); a worker knows only their addresses."""
+    by_addr = {}
+    for node in nodes.values():
+        if node["Spec"].get("Role") == Role.MANAGER.value:
+            addr = node.get(MANAGER_ADDR_FIELD) or f"{(node.get('Status') or {}).get('Addr', '')}:{DEFAULT_PORT}"
+            by_addr[addr] = node["ID"]
+    return [{"NodeID": by_addr.get(addr, ""), "Addr": addr} for addr in addrs]
 
 
 def setup_logging(level: str) -> None:

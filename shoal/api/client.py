@@ -185,6 +185,21 @@ class Client:
         except (httpx.ConnectError, httpx.ConnectTimeout, FileNotFoundError, ConnectionRefusedError) as exc:
             raise DaemonUnreachable(self.host) from exc
 
+    def stream_lines(self, path: str, params: Mapping[str, Any] | None = None) -> Iterator[str]:
+        """Follow a stream of lines (`/events`: one JSON object each) until the daemon ends it."""
+        try:
+            with self._http.stream("GET", path, params=_clean_params(params),
+                                   timeout=httpx.Timeout(None, connect=5.0)) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    _raise_for_status(response)
+                for line in response.iter_lines():
+                    if line.strip():
+                        yield line
+        except (httpx.ConnectError, httpx.ConnectTimeout, FileNotFoundError, ConnectionRefusedError,
+                httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            raise DaemonUnreachable(self.host) from exc
+
 
 def _clean_params(params: Mapping[str, Any] | None) -> dict[str, str] | None:
     if params is None:

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import os
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -124,6 +125,21 @@ class EngineProxy:
         except aiohttp.ClientError as exc:
             raise NotImplementedByShoal(f"GET {path} is not served by shoal: the Docker Engine at "
                                         f"{self.socket_path} did not answer ({exc})") from None
+
+    async def lines(self, path: str) -> AsyncIterator[bytes]:
+        """A streamed answer of the engine, line by line (its `/events`), until it ends; `path` as the client
+        sent it, version lowered to the engine's. Raises NotImplementedByShoal when the engine does not answer."""
+        url = "http://docker" + engine_path(path, await self.engine_version())
+        try:
+            async with self._client().get(URL(url, encoded=True)) as response:
+                if response.status >= 400:
+                    reason = (await response.text()).strip()
+                    raise NotImplementedByShoal(
+                        f"the Docker Engine at {self.socket_path} refused {split_version(path)[1]}: {reason}")
+                async for line in response.content:
+                    yield line
+        except aiohttp.ClientError as exc:
+            raise NotImplementedByShoal(f"the Docker Engine at {self.socket_path} did not answer ({exc})") from None
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
         if is_swarm_path(request.path):

@@ -20,6 +20,8 @@ import aiohttp
 from aiohttp import web
 
 from shoal import __version__, codec
+from shoal.api.events import stream_events
+from shoal.api.info import engine_info, merged_info
 from shoal.api.proxy import EngineProxy, distribution_inspect
 from shoal.certs import client_ssl_context, identity_from_peercert
 from shoal.errors import InvalidArgument, NotAManager, NotFound, ShoalError, TooLarge
@@ -208,14 +210,17 @@ async def version(request: web.Request) -> web.StreamResponse:
 
 async def info(request: web.Request) -> web.StreamResponse:
     daemon = daemon_of(request)
-    return reply({
+    own = {
         "ID": daemon.record.node_id if daemon.record else "", "Name": daemon.hostname,
         "ServerVersion": __version__, "OSType": "linux", "Architecture": platform.machine(),
         "OperatingSystem": "shoal", "KernelVersion": platform.release(), "NCPU": _ncpu(), "MemTotal": _mem_total(),
         "Containers": 0, "ContainersRunning": 0, "ContainersPaused": 0, "ContainersStopped": 0, "Images": 0,
         "Driver": "", "DockerRootDir": str(daemon.state_dir), "Swarm": daemon.swarm_info(),
         "Labels": [], "ExperimentalBuild": False, "Debug": False, "LiveRestoreEnabled": True,
-    })
+    }
+    if not _has_engine(daemon):
+        return reply(merged_info(own, None))
+    return reply(merged_info(own, *await engine_info(request.app[ENGINE_PROXY])))
 
 
 def go_arch() -> str:
@@ -469,6 +474,20 @@ async def _write_log_frames(response: web.StreamResponse, items: AsyncIterator[D
         await response.write(frame(stream, (prefix + line + "\n").encode()))
 
 
+# ---- events -------------------------------------------------------------------------------------------
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """A manager streams the swarm's events (and its engine's, with the docker executor). A node that is no
+    manager shows its engine's own events, as a Docker worker does; without an engine it says to ask a manager."""
+    daemon = daemon_of(request)
+    proxy = request.app[ENGINE_PROXY]
+    if daemon.control is None and proxy.present():
+        return await engine(request)
+    journal = daemon.event_journal()
+    local = proxy if _has_engine(daemon) and proxy.present() else None
+    return await stream_events(request, journal, local, daemon.clock.now, MAX_API_VERSION)
+
+
 # ---- the node's Docker Engine: image digests, and everything outside swarm mode ---------------------------
 
 async def distribution(request: web.Request) -> web.StreamResponse:
@@ -563,7 +582,7 @@ async def session(request: web.Request) -> web.StreamResponse:
 
 ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/_ping", ping), ("HEAD", "/_ping", ping),
-    ("GET", "/version", version), ("GET", "/info", info), ("GET", DEBUG_PATH, debug),
+    ("GET", "/version", version), ("GET", "/info", info), ("GET", DEBUG_PATH, debug), ("GET", "/events", events),
     ("GET", "/swarm", swarm_inspect), ("POST", "/swarm/init", swarm_init), ("POST", "/swarm/join", swarm_join),
     ("POST", "/swarm/leave", swarm_leave), ("POST", "/swarm/update", swarm_update),
     ("GET", "/swarm/unlockkey", swarm_unlockkey), ("POST", "/swarm/unlock", swarm_unlock),

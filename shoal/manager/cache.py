@@ -20,6 +20,8 @@ from shoal.types import CLUSTERS, KINDS, NODES, SERVICES, TASKS, Doc, task_slot,
 log = logging.getLogger(__name__)
 
 Listener = Callable[[Event, Doc | None], None]
+Docs = dict[str, dict[str, Doc]]
+ReloadListener = Callable[[Docs, Docs], None]  # (documents before a reload, documents after)
 YIELD_EVERY = 100  # events applied before other work on the loop gets a turn
 CATCH_UP_WARNING = 5.0  # seconds between warnings while a loop waits for its own write to come back
 
@@ -37,6 +39,8 @@ class Cache:
         self.ready = asyncio.Event()
         self._listeners: list[Listener] = []
         self._resync_listeners: list[Callable[[], None]] = []
+        self._reload_listeners: list[ReloadListener] = []
+        self._loaded = False
         self._revision_changed = asyncio.Condition()
 
     # ---- reading ----------------------------------------------------------------------------------------
@@ -72,10 +76,15 @@ class Cache:
 
     # ---- subscribing ------------------------------------------------------------------------------------
 
-    def subscribe(self, listener: Listener, on_resync: Callable[[], None] | None = None) -> None:
+    def subscribe(self, listener: Listener, on_resync: Callable[[], None] | None = None,
+                  on_reload: ReloadListener | None = None) -> None:
+        """`listener` hears every change; `on_resync` every load from a snapshot; `on_reload` every load but the
+        first, with the documents before and after it (what changed while the watch was down)."""
         self._listeners.append(listener)
         if on_resync is not None:
             self._resync_listeners.append(on_resync)
+        if on_reload is not None:
+            self._reload_listeners.append(on_reload)
 
     async def caught_up(self, revision: int, who: str) -> None:
         """Wait, however long it takes, until the cache has `revision` (a loop's own write): deciding again from
@@ -101,6 +110,7 @@ class Cache:
     # ---- feeding ----------------------------------------------------------------------------------------
 
     def load(self, snapshot: Snapshot) -> None:
+        previous = self.docs
         self.docs = {kind: dict(snapshot.docs.get(kind, {})) for kind in KINDS}
         self.tasks_by_service = defaultdict(dict)
         self.tasks_by_node = defaultdict(dict)
@@ -114,6 +124,13 @@ class Cache:
         self.revision = snapshot.revision
         for listener in self._resync_listeners:
             listener()
+        if self._loaded:
+            for on_reload in self._reload_listeners:
+                try:
+                    on_reload(previous, self.docs)
+                except Exception:
+                    log.exception("cache reload listener failed")
+        self._loaded = True
 
     def apply(self, event: Event, advance: bool = True) -> None:
         """Apply one committed change. With `advance`, the cache then counts its revision as seen; a batch

@@ -29,6 +29,7 @@ from shoal.manager.controlapi import network as network_api
 from shoal.manager.controlapi.swarm import node_cert_expiry_seconds
 from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.etcd_member import EtcdMember, MemberConfig, client_url
+from shoal.manager.events import EventJournal
 from shoal.manager.keys import (
     decode_ca,
     encode_ca,
@@ -117,6 +118,8 @@ class Manager:
         self.client: EtcdClient | None = None
         self.store: EtcdStore | None = None
         self.cache = Cache()
+        self.events = EventJournal(clock)  # what `GET /events` streams, from this manager's cache
+        self.cache.subscribe(self.events.on_change, on_reload=self.events.reload)
         self.loops = Supervisor("manager")
         self.leader_loops = Supervisor("leader")
         self.election: LeaderElection | None = None
