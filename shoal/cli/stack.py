@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from shoal.api.client import ApiError, filters_param
-from shoal.cli.common import CliContext, CliError
-from shoal.cli.format import render_table, service_table
+from shoal.cli.common import CliContext, CliError, add_list_format_flag
+from shoal.cli.format import SERVICE_LIST, STACK_LIST, service_rows, stack_rows
+from shoal.cli.formatter import render_list
 from shoal.cli.node import print_tasks
 from shoal.cli.service import wait_for_service
 from shoal.errors import ShoalError
@@ -51,16 +52,19 @@ def register(commands: Any) -> None:
     deploy.set_defaults(handler=run_deploy)
 
     ls = sub.add_parser("ls", aliases=["list"], help="List stacks")
+    add_list_format_flag(ls)
     ls.set_defaults(handler=run_ls)
 
     services = sub.add_parser("services", help="List the services in the stack")
     services.add_argument("-q", "--quiet", action="store_true", help="Only display IDs")
+    add_list_format_flag(services)
     services.add_argument("stack", metavar="STACK")
     services.set_defaults(handler=run_services)
 
     ps = sub.add_parser("ps", help="List the tasks in the stack")
     ps.add_argument("--no-trunc", action="store_true", help="Do not truncate output")
     ps.add_argument("-q", "--quiet", action="store_true", help="Only display task IDs")
+    add_list_format_flag(ps)
     ps.add_argument("stack", metavar="STACK")
     ps.set_defaults(handler=run_ps)
 
@@ -261,8 +265,7 @@ def _resolved(spec: Doc, networks: dict[str, str], secrets: dict[str, str], conf
 def run_ls(ctx: CliContext, args: argparse.Namespace) -> int:
     services = ctx.client().get("/services", params={"filters": filters_param({"label": [NAMESPACE_LABEL]})}) or []
     counts = Counter(str(s["Spec"]["Labels"][NAMESPACE_LABEL]) for s in services)
-    rows = [[name, str(counts[name])] for name in sorted(counts)]
-    ctx.out.write(render_table(["NAME", "SERVICES"], rows))
+    ctx.out.write(render_list(args.format, STACK_LIST, stack_rows(dict(counts))))
     return 0
 
 
@@ -273,15 +276,15 @@ def _stack_services(ctx: CliContext, stack: str, status: bool = False) -> list[D
 
 
 def run_services(ctx: CliContext, args: argparse.Namespace) -> int:
-    services = _stack_services(ctx, args.stack, status=not args.quiet)
+    services = _stack_services(ctx, args.stack, status=not args.quiet or bool(args.format))
     if not services:
         ctx.warn(f"Nothing found in stack: {args.stack}")
         return 0
-    if args.quiet:
+    if args.quiet and not args.format:
         for service in services:
             ctx.print(str(service["ID"]))
         return 0
-    ctx.out.write(service_table(services))
+    ctx.out.write(render_list(args.format, SERVICE_LIST, service_rows(services), args.quiet))
     return 0
 
 
@@ -289,7 +292,7 @@ def run_ps(ctx: CliContext, args: argparse.Namespace) -> int:
     tasks = ctx.client().get("/tasks", params=_label_filter(args.stack)) or []
     if not tasks:
         raise CliError(f"nothing found in stack: {args.stack}")
-    print_tasks(ctx, tasks, quiet=args.quiet, no_trunc=args.no_trunc)
+    print_tasks(ctx, tasks, quiet=args.quiet, no_trunc=args.no_trunc, source=args.format)
     return 0
 
 
