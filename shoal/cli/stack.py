@@ -41,8 +41,9 @@ def register(commands: Any) -> None:
     deploy.add_argument("-c", "--compose-file", action="append", metavar="FILE",
                         help="Path to a Compose file, or \"-\" to read from stdin (may be repeated)")
     deploy.add_argument("--prune", action="store_true", help="Prune services that are no longer referenced")
-    deploy.add_argument("-d", "--detach", default="true", nargs="?", const="true",
-                        help="Exit immediately instead of waiting for the stack services to converge")
+    deploy.add_argument("-d", "--detach", action="store_true", default=True,
+                        help="Exit immediately instead of waiting for the stack services to converge (default "
+                             "true; --detach=false waits)")
     deploy.add_argument("-q", "--quiet", action="store_true", help="Suppress progress output")
     deploy.add_argument("--resolve-image", default="always", choices=("always", "changed", "never"),
                         help="Query the registry to resolve image digest (shoal uses images as given)")
@@ -84,14 +85,6 @@ def check_stack_name(name: str) -> str:
     return name
 
 
-def _detach(value: str) -> bool:
-    if value.lower() in ("true", "1"):
-        return True
-    if value.lower() in ("false", "0"):
-        return False
-    raise CliError(f'invalid argument "{value}" for "-d, --detach" flag: use true or false')
-
-
 # ---- deploy ---------------------------------------------------------------------------------------------
 
 def read_stack(args: argparse.Namespace) -> StackObjects:
@@ -109,7 +102,6 @@ def read_stack(args: argparse.Namespace) -> StackObjects:
 
 def run_deploy(ctx: CliContext, args: argparse.Namespace) -> int:
     stack = check_stack_name(args.stack)
-    detach = _detach(args.detach)
     objects = read_stack(args)
     if objects.ignored:
         ctx.warn(f"Ignoring unsupported options: {', '.join(objects.ignored)}")
@@ -122,7 +114,7 @@ def run_deploy(ctx: CliContext, args: argparse.Namespace) -> int:
             raise
         raise CliError(f"{exc} (stack {stack} is deployed in part: {'; '.join(done.steps)}; deploy again once "
                        "this is fixed)") from None
-    if detach:
+    if args.detach:
         return 0
     for service_id in changed:
         wait_for_service(ctx, service_id, args.quiet)
