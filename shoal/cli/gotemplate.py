@@ -457,8 +457,7 @@ class _Nil(_Node):
 
 @dataclass
 class _Literal(_Node):
-    value: Any
-    kind: str  # bool number string
+    value: Any  # a bool, number (a character is its code point) or string
 
 
 @dataclass
@@ -661,7 +660,7 @@ class _Parser:
     def command(self, context: str, closing: str) -> _Command:
         args: list[_Node] = []
         while True:
-            token = self.peek_non_space() if args else self.peek_non_space()
+            token = self.peek_non_space()
             if token.kind in ("pipe", closing, "eof") or (token.kind == "right" and closing == ")"):
                 break
             if args and self.peek().kind != "space":
@@ -686,7 +685,7 @@ class _Parser:
         if isinstance(node, _Variable):
             return _Variable(node.pos, text, node.name, node.names + names)
         if isinstance(node, _Literal | _Nil | _Dot):
-            self.error(f"unexpected . after term {node.text!r}")
+            self.error(f'unexpected . after term "{node.text}"')
         return _Chain(node.pos, text, node, names)
 
     def term(self, context: str) -> _Node:
@@ -706,15 +705,13 @@ class _Parser:
         if token.kind == "field":
             return _Field(token.pos, token.text, [token.value])
         if token.kind in ("bool", "number", "string", "char"):
-            kind = "number" if token.kind == "char" else token.kind
-            return _Literal(token.pos, token.text, token.value, kind)
+            return _Literal(token.pos, token.text, token.value)
         if token.kind == "(":
             pipe = self.pipeline("parenthesized pipeline", ")")
             end = self.tokens[self.i - 1]
             pipe.pos, pipe.text = token.pos, self.src[token.pos:end.pos + 1]
             return pipe
-        self.error(f"unexpected {self.describe(token)} in {context if token.kind != ')' else 'operand'}",
-                   token)
+        self.error(f"unexpected {self.describe(token)} in {context}", token)
 
     @staticmethod
     def describe(token: _Token) -> str:
