@@ -272,10 +272,7 @@ def run_services(ctx: CliContext, args: argparse.Namespace) -> int:
     if not services:
         ctx.warn(f"Nothing found in stack: {args.stack}")
         return 0
-    if args.quiet and not args.format:
-        for service in services:
-            ctx.print(str(service["ID"]))
-        return 0
+    # -q prints the IDs short, as `service ls -q` and docker's `stack services -q` do.
     ctx.out.write(render_list(args.format, SERVICE_LIST, service_rows(services), args.quiet))
     return 0
 

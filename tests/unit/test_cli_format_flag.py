@@ -267,6 +267,7 @@ def test_table_formats_print_dockers_column_names_aligned() -> None:
 def test_quiet_gives_ids_unless_a_template_is_given() -> None:
     daemon = swarm(services=SERVICES)
     assert cli(daemon, "service", "ls", "-q") == (0, "0zmvwuiu3vue\nfm6uf97exkul\n", "")
+    assert cli(daemon, "stack", "services", "-q", "app") == (0, "0zmvwuiu3vue\nfm6uf97exkul\n", "")
     assert cli(daemon, "service", "ls", "-q", "--format", "table") == (0, "0zmvwuiu3vue\nfm6uf97exkul\n", "")
     assert cli(daemon, "service", "ls", "-q", "--format", "{{.Name}}") == (0, "redis\nweb\n", "")
 
