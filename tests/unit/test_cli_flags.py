@@ -109,3 +109,15 @@ def test_parse_bool_reads_what_go_reads(text: str, value: bool) -> None:
 def test_parse_bool_refuses_the_rest(text: str) -> None:
     with pytest.raises(ValueError, match="invalid syntax"):
         parse_bool(text)
+
+
+@pytest.mark.parametrize(("argv", "autolock"), [
+    (["--autolock=false"], False), (["--autolock"], True), (["--autolock=1", "--task-history-limit", "3"], True),
+    (["--task-history-limit", "3"], "unchanged"),
+])
+def test_swarm_update_autolock_is_a_bool_flag(argv: list[str], autolock: Any) -> None:
+    swarm = {"Version": {"Index": 7}, "Spec": {"EncryptionConfig": {"AutoLockManagers": "unchanged"}}}
+    daemon = FakeDaemon({"GET /swarm": swarm, "POST /swarm/update": {}, "GET /swarm/unlockkey": {"UnlockKey": "K"}})
+    code, out, err = daemon.cli("swarm", "update", *argv)
+    assert (code, err) == (0, "") and out.startswith("Swarm updated.\n")
+    assert daemon.bodies("POST /swarm/update")[0]["EncryptionConfig"]["AutoLockManagers"] == autolock
