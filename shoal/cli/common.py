@@ -134,9 +134,10 @@ def remove_objects(ctx: CliContext, refs: list[str], path: str) -> int:
 
 
 def inspect_objects(ctx: CliContext, refs: list[str], fetch: Callable[[str], Doc],
-                    pretty: Callable[[Doc], str] | None) -> int:
-    """docker's inspect of several objects: the JSON (or `--pretty` text) of those found, then one error line
-    for each reference that was not (with --pretty the first miss is the error)."""
+                    pretty: Callable[[Doc], str] | None, template: str = "") -> int:
+    """docker's inspect of several objects: the JSON (or `--pretty` text, or `--format` template's lines) of
+    those found, then one error line for each reference that was not (with --pretty the first miss is the
+    error)."""
     found: list[Doc] = []
     errors: list[str] = []
     for ref in refs:
@@ -149,10 +150,36 @@ def inspect_objects(ctx: CliContext, refs: list[str], fetch: Callable[[str], Doc
     if pretty is not None:
         ctx.out.write("\n\n".join(pretty(obj) for obj in found) + "\n")
     else:
-        print_json(ctx, found)
+        errors += print_inspected(ctx, found, template)
     if errors:
         raise CliError("\n".join(errors))
     return 0
+
+
+def print_inspected(ctx: CliContext, found: list[Doc], template: str) -> list[str]:
+    """The objects as indented JSON, or through `--format`'s template; the errors of the template."""
+    if not template:
+        print_json(ctx, found)
+        return []
+    from shoal.cli.formatter import render_inspect
+
+    inspected = render_inspect(template, found)
+    ctx.out.write(inspected.text)
+    return inspected.errors
+
+
+FORMAT_HELP = ("Format output using a custom template: 'table' (default), 'table TEMPLATE' (with column headers), "
+               "'json', or a Go template such as '{{.ID}}: {{.Name}}'")
+INSPECT_FORMAT_HELP = "Format output using a custom template: 'json', or a Go template such as '{{.Spec.Name}}'"
+
+
+def add_list_format_flag(parser: Any) -> None:
+    """A list command's `--format` (no shorthand: -f is --filter)."""
+    parser.add_argument("--format", metavar="FORMAT", help=FORMAT_HELP)
+
+
+def add_inspect_format_flag(parser: Any) -> None:
+    parser.add_argument("-f", "--format", metavar="FORMAT", help=INSPECT_FORMAT_HELP)
 
 
 def self_node_id(ctx: CliContext) -> str:

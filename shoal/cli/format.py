@@ -1,5 +1,7 @@
 """How the CLI prints things, the way the docker CLI does: tab-aligned tables, "5 seconds ago",
-"7.451GiB", natural name order, truncated IDs, and the rows of `node ls`, `service ls` and `service ps`.
+"7.451GiB", natural name order, truncated IDs, and the rows of the list commands (`node ls`, `service ls`,
+`service ps`, `secret ls`, `network ls`, `stack ls`): each object as docker's formatter context shows it to a
+`--format` template, which the default tables print too (shoal.cli.formatter).
 
 Everything here is pure: data in, strings out (the current time is an argument).
 """
@@ -7,19 +9,24 @@ Everything here is pure: data in, strings out (the current time is an argument).
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from shoal.cli.formatter import (
+    ListFormat,
+    Row,
+    go_time_string,
+    label_method,
+    labels_text,
+    render_list,
+    tabwrite,
+)
 from shoal.spec import familiar_image
 from shoal.timefmt import from_rfc3339
 from shoal.types import Doc
 
 SHORT_ID = 12
 MAX_ERROR_WIDTH = 30
-# docker's tables go through text/tabwriter with minwidth 10 and padding 3.
-TABLE_MIN_WIDTH = 10
-TABLE_PADDING = 3
 
 
 # ---- generic text ---------------------------------------------------------------------------------------
@@ -27,15 +34,7 @@ TABLE_PADDING = 3
 def render_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     """Columns padded like Go's tabwriter(minwidth=10, padding=3); the last column is not padded."""
     lines = [list(header), *[list(row) for row in rows]]
-    columns = len(header)
-    widths = [
-        max(TABLE_MIN_WIDTH, max(len(line[i]) for line in lines) + TABLE_PADDING) for i in range(columns - 1)
-    ]
-    out = []
-    for line in lines:
-        cells = [cell.ljust(widths[i]) for i, cell in enumerate(line[:-1])]
-        out.append("".join(cells) + line[-1])
-    return "\n".join(out) + "\n"
+    return tabwrite("".join("\t".join(line) + "\n" for line in lines))
 
 
 def capitalize(text: str) -> str:
@@ -109,27 +108,9 @@ def bytes_size(size: float) -> str:
     return f"{size:.4g}{_BINARY_UNITS[unit]}"
 
 
-def go_float(value: float) -> str:
-    """A float as Go's %v prints it (0 -> "0", 0.5 -> "0.5")."""
-    if float(value).is_integer():
-        return str(int(value))
-    return f"{value:g}"
-
-
 def go_time(timestamp: str) -> str:
     """An RFC 3339 timestamp as docker's PrettyPrint(time.Time) shows it: "2026-11-27 14:09:33.914683 +0000 utc"."""
-    m = re.fullmatch(r"(\d{4}-\d\d-\d\d)T(\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", timestamp or "")
-    if not m:
-        return capitalize(timestamp or "")
-    date, clock, fraction, zone = m.groups()
-    fraction = (fraction or "")[:9].rstrip("0")
-    text = f"{date} {clock}" + (f".{fraction}" if fraction else "")
-    if zone == "Z":
-        text += " +0000 UTC"
-    else:
-        offset = zone.replace(":", "")
-        text += f" {offset} {offset}"
-    return capitalize(text)
+    return capitalize(go_time_string(timestamp or ""))
 
 
 def natural_less(left: str, right: str) -> bool:
@@ -177,7 +158,15 @@ natural_key = functools.cmp_to_key(_natural_cmp)
 
 # ---- nodes ----------------------------------------------------------------------------------------------
 
-NODE_HEADER = ("ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS", "ENGINE VERSION")
+NODE_LIST = ListFormat(
+    table="table {{.ID}} {{if .Self}}*{{else}} {{ end }}\t{{.Hostname}}\t{{.Status}}\t{{.Availability}}"
+          "\t{{.ManagerStatus}}\t{{.EngineVersion}}",
+    headers={"ID": "ID", "Self": "", "Hostname": "HOSTNAME", "Status": "STATUS", "Availability": "AVAILABILITY",
+             "ManagerStatus": "MANAGER STATUS", "EngineVersion": "ENGINE VERSION", "TLSStatus": "TLS STATUS"},
+    raw="node_id: {{.ID}}\\nhostname: {{.Hostname}}\\nstatus: {{.Status}}\\navailability: {{.Availability}}"
+        "\\nmanager_status: {{.ManagerStatus}}\\n",
+    raw_quiet="node_id: {{.ID}}",
+)
 
 
 def manager_status(node: Doc) -> str:
@@ -187,20 +176,36 @@ def manager_status(node: Doc) -> str:
     return "Leader" if status.get("Leader") else capitalize(str(status.get("Reachability") or ""))
 
 
+def tls_status(node: Doc, cluster_tls: Doc | None) -> str:
+    """Whether the node's certificate comes from the swarm's current root: "Ready", "Needs Rotation", or
+    "Unknown" when either side is not known."""
+    node_tls = (node.get("Description") or {}).get("TLSInfo") or {}
+    if not cluster_tls or not any(cluster_tls.values()) or not any(node_tls.values()):
+        return "Unknown"
+    keys = ("TrustRoot", "CertIssuerSubject", "CertIssuerPublicKey")
+    if all((node_tls.get(k) or "") == (cluster_tls.get(k) or "") for k in keys):
+        return "Ready"
+    return "Needs Rotation"
+
+
+def node_rows(nodes: Sequence[Doc], self_id: str, cluster_tls: Doc | None = None) -> list[Row]:
+    """`node ls`, sorted naturally by hostname."""
+    ordered = sorted(nodes, key=lambda n: natural_key(_hostname(n)))
+    return [Row("*node.nodeContext", {
+        "ID": node["ID"],
+        "Self": node["ID"] == self_id,
+        "Hostname": _hostname(node),
+        "Status": capitalize(str((node.get("Status") or {}).get("State") or "")),
+        "Availability": capitalize(str((node.get("Spec") or {}).get("Availability") or "")),
+        "ManagerStatus": manager_status(node),
+        "EngineVersion": str(((node.get("Description") or {}).get("Engine") or {}).get("EngineVersion") or ""),
+        "TLSStatus": tls_status(node, cluster_tls),
+    }) for node in ordered]
+
+
 def node_table(nodes: Sequence[Doc], self_id: str) -> str:
     """`node ls`: full IDs with " *" on this node, sorted naturally by hostname."""
-    ordered = sorted(nodes, key=lambda n: natural_key(_hostname(n)))
-    rows = []
-    for node in ordered:
-        rows.append((
-            node["ID"] + (" *" if node["ID"] == self_id else "  "),
-            _hostname(node),
-            capitalize(str((node.get("Status") or {}).get("State") or "")),
-            capitalize(str((node.get("Spec") or {}).get("Availability") or "")),
-            manager_status(node),
-            str(((node.get("Description") or {}).get("Engine") or {}).get("EngineVersion") or ""),
-        ))
-    return render_table(NODE_HEADER, rows)
+    return render_list(None, NODE_LIST, node_rows(nodes, self_id))
 
 
 def _hostname(node: Doc) -> str:
@@ -214,7 +219,14 @@ def node_display_name(node: Doc) -> str:
 
 # ---- services -------------------------------------------------------------------------------------------
 
-SERVICE_HEADER = ("ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS")
+SERVICE_LIST = ListFormat(
+    table="table {{.ID}}\t{{.Name}}\t{{.Mode}}\t{{.Replicas}}\t{{.Image}}\t{{.Ports}}",
+    headers={"ID": "ID", "Name": "NAME", "Mode": "MODE", "Replicas": "REPLICAS", "Image": "IMAGE",
+             "Ports": "PORTS"},
+    raw="id: {{.ID}}\\nname: {{.Name}}\\nmode: {{.Mode}}\\nreplicas: {{.Replicas}}\\nimage: {{.Image}}"
+        "\\nports: {{.Ports}}\\n",
+    raw_quiet="id: {{.ID}}",
+)
 
 
 def service_mode(service: Doc) -> str:
@@ -285,19 +297,30 @@ def _port_range_text(r: dict[str, Any]) -> str:
     return f"*:{published}->{target}/{r['protocol']}"
 
 
-def service_table(services: Sequence[Doc]) -> str:
+def service_rows(services: Sequence[Doc]) -> list[Row]:
+    """`service ls` and `stack services`, sorted naturally by name."""
     ordered = sorted(services, key=lambda s: natural_key(str(s["Spec"].get("Name") or "")))
-    rows = [
-        (truncate_id(s["ID"]), str(s["Spec"].get("Name") or ""), service_mode(s), service_replicas(s),
-         service_image(s), service_ports(s))
-        for s in ordered
-    ]
-    return render_table(SERVICE_HEADER, rows)
+    return [Row("*service.serviceContext", {
+        "ID": truncate_id(s["ID"]), "Name": str(s["Spec"].get("Name") or ""), "Mode": service_mode(s),
+        "Replicas": service_replicas(s), "Image": service_image(s), "Ports": service_ports(s),
+    }) for s in ordered]
+
+
+def service_table(services: Sequence[Doc]) -> str:
+    return render_list(None, SERVICE_LIST, service_rows(services))
 
 
 # ---- tasks ----------------------------------------------------------------------------------------------
 
-TASK_HEADER = ("ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR", "PORTS")
+TASK_LIST = ListFormat(
+    table="table {{.ID}}\t{{.Name}}\t{{.Image}}\t{{.Node}}\t{{.DesiredState}}\t{{.CurrentState}}\t{{.Error}}"
+          "\t{{.Ports}}",
+    headers={"ID": "ID", "Name": "NAME", "Image": "IMAGE", "Node": "NODE", "DesiredState": "DESIRED STATE",
+             "CurrentState": "CURRENT STATE", "Error": "ERROR", "Ports": "PORTS"},
+    raw="id: {{.ID}}\\nname: {{.Name}}\\nimage: {{.Image}}\\nnode: {{.Node}}\\ndesired_state: {{.DesiredState}}"
+        "\\ncurrent_state: {{.CurrentState}}\\nerror: {{.Error}}\\nports: {{.Ports}}\\n",
+    raw_quiet="id: {{.ID}}",
+)
 
 
 def task_name(task: Doc, service_name: str) -> str:
@@ -324,24 +347,26 @@ def sort_tasks(tasks: Sequence[Doc], service_names: dict[str, str]) -> list[tupl
     return named
 
 
-def task_table(tasks: Sequence[Doc], service_names: dict[str, str], node_names: dict[str, str],
-               now: float, no_trunc: bool = False) -> str:
-    """`service ps` / `node ps`: history rows (same name as the row above) are prefixed " \\_ "."""
+def task_rows(tasks: Sequence[Doc], service_names: dict[str, str], node_names: dict[str, str], now: float,
+              no_trunc: bool = False, indent: bool = True) -> list[Row]:
+    """`service ps`, `node ps`, `stack ps`: sorted by name; in a table (`indent`) a task of the same slot as the
+    row above, an older one, is named " \\_ web.1"."""
     rows = []
     previous = ""
     for name, task in sort_tasks(tasks, service_names):
-        shown_name = f" \\_ {name}" if name == previous else name
+        shown_name = f" \\_ {name}" if name == previous and indent else name
         previous = name
         rows.append(_task_row(task, shown_name, node_names, now, no_trunc))
-    return render_table(TASK_HEADER, rows)
+    return rows
 
 
-def task_ids(tasks: Sequence[Doc], service_names: dict[str, str], no_trunc: bool = False) -> str:
-    ids = [t["ID"] if no_trunc else truncate_id(t["ID"]) for _, t in sort_tasks(tasks, service_names)]
-    return "".join(f"{i}\n" for i in ids)
+def task_table(tasks: Sequence[Doc], service_names: dict[str, str], node_names: dict[str, str],
+               now: float, no_trunc: bool = False) -> str:
+    """`service ps` / `node ps`: history rows (same name as the row above) are prefixed " \\_ "."""
+    return render_list(None, TASK_LIST, task_rows(tasks, service_names, node_names, now, no_trunc))
 
 
-def _task_row(task: Doc, name: str, node_names: dict[str, str], now: float, no_trunc: bool) -> tuple[str, ...]:
+def _task_row(task: Doc, name: str, node_names: dict[str, str], now: float, no_trunc: bool) -> Row:
     status = task.get("Status") or {}
     spec = (task.get("Spec") or {}).get("ContainerSpec") or {}
     image = str(spec.get("Image") or "")
@@ -353,13 +378,82 @@ def _task_row(task: Doc, name: str, node_names: dict[str, str], now: float, no_t
     since = time_ago(status.get("Timestamp"), now)
     ports = ((status.get("PortStatus") or {}).get("Ports")) or []
     node_id = str(task.get("NodeID") or "")
-    return (
-        task["ID"] if no_trunc else truncate_id(task["ID"]),
-        name,
-        image,
-        node_names.get(node_id, node_id),
-        capitalize(str(task.get("DesiredState") or "")),
-        f"{state} {since}" if since else state,
-        f'"{error}"' if error else "",
-        ",".join(f"*:{p.get('PublishedPort')}->{p.get('TargetPort')}/{p.get('Protocol')}" for p in ports),
-    )
+    return Row("*task.taskContext", {
+        "ID": task["ID"] if no_trunc else truncate_id(task["ID"]),
+        "Name": name,
+        "Image": image,
+        "Node": node_names.get(node_id, node_id),
+        "DesiredState": capitalize(str(task.get("DesiredState") or "")),
+        "CurrentState": f"{state} {since}" if since else state,
+        "Error": f'"{error}"' if error else "",
+        "Ports": ",".join(f"*:{p.get('PublishedPort')}->{p.get('TargetPort')}/{p.get('Protocol')}" for p in ports),
+    })
+
+
+# ---- secrets and configs, networks, stacks --------------------------------------------------------------
+
+SECRET_LIST = ListFormat(
+    table="table {{.ID}}\t{{.Name}}\t{{.Driver}}\t{{.CreatedAt}}\t{{.UpdatedAt}}",
+    headers={"ID": "ID", "Name": "NAME", "Driver": "DRIVER", "CreatedAt": "CREATED", "UpdatedAt": "UPDATED",
+             "Labels": "LABELS"},
+)
+CONFIG_LIST = ListFormat(
+    table="table {{.ID}}\t{{.Name}}\t{{.CreatedAt}}\t{{.UpdatedAt}}",
+    headers={"ID": "ID", "Name": "NAME", "CreatedAt": "CREATED", "UpdatedAt": "UPDATED", "Labels": "LABELS"},
+)
+
+
+def secret_rows(objects: Sequence[Doc], noun: str, now: float) -> list[Row]:
+    """`secret ls` or `config ls` (`noun`), sorted by name; only secrets have a driver."""
+    rows = []
+    for obj in sorted(objects, key=lambda o: str(o["Spec"]["Name"])):
+        spec = obj["Spec"]
+        fields = {"ID": str(obj["ID"]), "Name": str(spec["Name"])}
+        if noun == "secret":
+            fields["Driver"] = str((spec.get("Driver") or {}).get("Name") or "")
+        fields |= {"CreatedAt": time_ago(obj.get("CreatedAt"), now), "UpdatedAt": time_ago(obj.get("UpdatedAt"), now),
+                   "Labels": labels_text(spec.get("Labels"))}
+        rows.append(Row(f"*{noun}.{noun}Context", fields, {"Label": label_method(spec.get("Labels"))}))
+    return rows
+
+
+NETWORK_LIST = ListFormat(
+    table="table {{.ID}}\t{{.Name}}\t{{.Driver}}\t{{.Scope}}",
+    headers={"ID": "NETWORK ID", "Name": "NAME", "Driver": "DRIVER", "Scope": "SCOPE", "IPv4": "IPV4",
+             "IPv6": "IPV6", "Internal": "INTERNAL", "Labels": "LABELS", "CreatedAt": "CREATED AT"},
+    raw="network_id: {{.ID}}\\nname: {{.Name}}\\ndriver: {{.Driver}}\\nscope: {{.Scope}}\\n",
+    raw_quiet="network_id: {{.ID}}",
+)
+
+
+def network_rows(networks: Sequence[Doc], no_trunc: bool = False) -> list[Row]:
+    """`network ls`, sorted by name."""
+    rows = []
+    for network in sorted(networks, key=lambda n: str(n["Name"])):
+        labels = network.get("Labels")
+        rows.append(Row("*network.networkContext", {
+            "ID": str(network["Id"]) if no_trunc else truncate_id(str(network["Id"])),
+            "Name": str(network["Name"]),
+            "Driver": str(network.get("Driver") or ""),
+            "Scope": str(network.get("Scope") or ""),
+            # A swarm network without the field (an API before 1.47's) has IPv4 all the same.
+            "IPv4": _go_bool(network.get("EnableIPv4", True)),
+            "IPv6": _go_bool(network.get("EnableIPv6")),
+            "Internal": _go_bool(network.get("Internal")),
+            "Labels": labels_text(labels),
+            "CreatedAt": go_time_string(str(network.get("Created") or "")),
+        }, {"Label": label_method(labels)}))
+    return rows
+
+
+def _go_bool(value: Any) -> str:
+    return "true" if value else "false"
+
+
+STACK_LIST = ListFormat(table="table {{.Name}}\t{{.Services}}", headers={"Name": "NAME", "Services": "SERVICES"})
+
+
+def stack_rows(service_counts: dict[str, int]) -> list[Row]:
+    """`stack ls`: each stack and how many services it has, by name."""
+    return [Row("*stack.stackContext", {"Name": name, "Services": str(count)})
+            for name, count in sorted(service_counts.items())]

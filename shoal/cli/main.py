@@ -14,6 +14,7 @@ import shoal
 from shoal.api.client import ApiError, DaemonUnreachable
 from shoal.cli import daemon, events, network, node, playground, secret, service, stack, swarm
 from shoal.cli.common import CliContext, CliError, resolve_host, resolve_tls
+from shoal.cli.flags import FlagError, normalise_args
 from shoal.cli.format import bytes_size
 from shoal.errors import ShoalError
 
@@ -38,32 +39,17 @@ class ShoalArgumentParser(argparse.ArgumentParser):
         raise UsageError(message, self.prog)
 
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
-        if args is not None:
-            args = self._attach_dash_values(list(args))
-        return super().parse_known_args(args, namespace)
-
-    def _attach_dash_values(self, args: list[str]) -> list[str]:
-        """`--restart-delay -5s` means the value "-5s" (as docker's flag parser reads it), not a new option:
-        rewrite such pairs as `--restart-delay=-5s`. Stops where a subcommand or a free COMMAND begins."""
-        takes_value = {opt for action in self._actions if action.option_strings and action.nargs is None
-                       for opt in action.option_strings}
-        stops_at_positional = any(isinstance(a, argparse._SubParsersAction) or a.nargs == argparse.REMAINDER
-                                  for a in self._actions)
-        out: list[str] = []
-        i = 0
-        while i < len(args):
-            token = args[i]
-            if token == "--" or (stops_at_positional and not token.startswith("-")):
-                out.extend(args[i:])
-                break
-            if token in takes_value and i + 1 < len(args):
-                value = args[i + 1]
-                out += [f"{token}={value}"] if value.startswith("-") and value != "-" else [token, value]
-                i += 2
-                continue
-            out.append(token)
-            i += 1
-        return out
+        if args is None:
+            return super().parse_known_args(args, namespace)
+        # Read as docker's flag parser reads them: `--detach=false`, `--restart-delay -5s` (shoal.cli.flags).
+        try:
+            args, bool_flags = normalise_args(self._actions, list(args))
+        except FlagError as exc:
+            self.error(exc.message)
+        namespace, extra = super().parse_known_args(args, namespace)
+        for dest, value in bool_flags:
+            setattr(namespace, dest, value)
+        return namespace, extra
 
 
 def build_parser() -> ShoalArgumentParser:

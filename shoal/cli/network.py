@@ -6,8 +6,17 @@ import argparse
 from typing import Any
 
 from shoal.api.client import filters_param
-from shoal.cli.common import CliContext, CliError, inspect_objects, parse_filters, remove_objects
-from shoal.cli.format import render_table
+from shoal.cli.common import (
+    CliContext,
+    CliError,
+    add_inspect_format_flag,
+    add_list_format_flag,
+    inspect_objects,
+    parse_filters,
+    remove_objects,
+)
+from shoal.cli.format import NETWORK_LIST, network_rows
+from shoal.cli.formatter import render_list
 from shoal.cli.spec import labels_map
 from shoal.types import Doc
 
@@ -32,9 +41,11 @@ def register(commands: Any) -> None:
     ls.add_argument("-q", "--quiet", action="store_true", help="Only display network IDs")
     ls.add_argument("--no-trunc", action="store_true", help="Do not truncate the output")
     ls.add_argument("-f", "--filter", action="append", help="Provide filter values (e.g. 'driver=overlay')")
+    add_list_format_flag(ls)
     ls.set_defaults(handler=run_ls)
 
     inspect = sub.add_parser("inspect", help="Display detailed information on one or more networks")
+    add_inspect_format_flag(inspect)
     inspect.add_argument("refs", nargs="+", metavar="NETWORK")
     inspect.set_defaults(handler=run_inspect)
 
@@ -68,21 +79,13 @@ def run_ls(ctx: CliContext, args: argparse.Namespace) -> int:
     filters = parse_filters(args.filter)
     params = {"filters": filters_param(filters)} if filters else None
     networks: list[Doc] = ctx.client().get("/networks", params=params) or []
-    networks.sort(key=lambda n: str(n["Name"]))
-    ids = [str(n["Id"]) if args.no_trunc else str(n["Id"])[:12] for n in networks]
-    if args.quiet:
-        for network_id in ids:
-            ctx.print(network_id)
-        return 0
-    rows = [[network_id, str(n["Name"]), str(n["Driver"]), str(n["Scope"])]
-            for network_id, n in zip(ids, networks, strict=True)]
-    ctx.out.write(render_table(["NETWORK ID", "NAME", "DRIVER", "SCOPE"], rows))
+    ctx.out.write(render_list(args.format, NETWORK_LIST, network_rows(networks, args.no_trunc), args.quiet))
     return 0
 
 
 def run_inspect(ctx: CliContext, args: argparse.Namespace) -> int:
     client = ctx.client()
-    return inspect_objects(ctx, args.refs, lambda ref: client.get(f"/networks/{ref}"), None)
+    return inspect_objects(ctx, args.refs, lambda ref: client.get(f"/networks/{ref}"), None, args.format or "")
 
 
 def run_rm(ctx: CliContext, args: argparse.Namespace) -> int:

@@ -10,13 +10,16 @@ from shoal.api.client import ApiError, filters_param
 from shoal.cli.common import (
     CliContext,
     CliError,
+    add_inspect_format_flag,
+    add_list_format_flag,
     inspect_objects,
     node_name_resolver,
     node_reference,
     parse_filters,
     self_node_id,
 )
-from shoal.cli.format import bytes_size, capitalize, go_time, node_table, task_table
+from shoal.cli.format import NODE_LIST, TASK_LIST, bytes_size, capitalize, go_time, node_rows, task_rows
+from shoal.cli.formatter import QUIET_FORMAT, TABLE, inspect_mode, list_template, render_list
 from shoal.cli.rebalance import rebalance_all
 from shoal.spec import AVAILABILITIES, ROLES
 from shoal.types import Doc
@@ -29,11 +32,13 @@ def register(commands: Any) -> None:
 
     ls = sub.add_parser("ls", aliases=["list"], help="List nodes in the swarm")
     ls.add_argument("-q", "--quiet", action="store_true", help="Only display IDs")
+    add_list_format_flag(ls)
     ls.add_argument("-f", "--filter", action="append", metavar="K=V", help="Filter output based on conditions")
     ls.set_defaults(handler=run_ls)
 
     inspect = sub.add_parser("inspect", help="Display detailed information on one or more nodes")
     inspect.add_argument("--pretty", action="store_true", help="Print the information in a human friendly format")
+    add_inspect_format_flag(inspect)
     inspect.add_argument("nodes", nargs="+", metavar="NODE", help='Node ID, name, or "self"')
     inspect.set_defaults(handler=run_inspect)
 
@@ -65,6 +70,7 @@ def register(commands: Any) -> None:
     ps.add_argument("--no-trunc", action="store_true", help="Do not truncate output")
     ps.add_argument("-q", "--quiet", action="store_true", help="Only display task IDs")
     ps.add_argument("-f", "--filter", action="append", metavar="K=V", help="Filter output based on conditions")
+    add_list_format_flag(ps)
     ps.add_argument("nodes", nargs="*", metavar="NODE")
     ps.set_defaults(handler=run_ps)
 
@@ -74,21 +80,19 @@ def run_ls(ctx: CliContext, args: argparse.Namespace) -> int:
     filters = parse_filters(args.filter)
     params = {"filters": filters_param(filters)} if filters else None
     nodes: list[Doc] = client.get("/nodes", params=params) or []
-    if args.quiet:
-        for node in nodes:
-            ctx.print(node["ID"])
-        return 0
-    self_id = ""
-    if nodes:
-        self_id = str(((client.get("/info") or {}).get("Swarm") or {}).get("NodeID") or "")
-    ctx.out.write(node_table(nodes, self_id))
+    swarm: Doc = {}
+    if nodes and (not args.quiet or args.format):
+        swarm = (client.get("/info") or {}).get("Swarm") or {}
+    rows = node_rows(nodes, str(swarm.get("NodeID") or ""), (swarm.get("Cluster") or {}).get("TLSInfo"))
+    ctx.out.write(render_list(args.format, NODE_LIST, rows, args.quiet))
     return 0
 
 
 def run_inspect(ctx: CliContext, args: argparse.Namespace) -> int:
     client = ctx.client()
+    pretty, template = inspect_mode(args.pretty, args.format)
     return inspect_objects(ctx, args.nodes, lambda ref: client.get(f"/nodes/{node_reference(ctx, ref)}"),
-                           node_pretty if args.pretty else None)
+                           node_pretty if pretty else None, template)
 
 
 def node_pretty(node: Doc) -> str:
@@ -238,16 +242,15 @@ def run_ps(ctx: CliContext, args: argparse.Namespace) -> int:
             continue
         query = dict(filters) | {"node": [node["ID"]]}
         tasks += client.get("/tasks", params={"filters": filters_param(query)}) or []
-    print_tasks(ctx, tasks, quiet=args.quiet, no_trunc=args.no_trunc)
+    print_tasks(ctx, tasks, quiet=args.quiet, no_trunc=args.no_trunc, source=args.format)
     if errors:
         raise CliError("\n".join(errors))
     return 0
 
 
-def print_tasks(ctx: CliContext, tasks: list[Doc], quiet: bool, no_trunc: bool) -> None:
-    """The task table of `service ps` and `node ps` (service and node names looked up once each)."""
-    from shoal.cli.format import task_ids
-
+def print_tasks(ctx: CliContext, tasks: list[Doc], quiet: bool, no_trunc: bool, source: str | None = None) -> None:
+    """The tasks of `service ps`, `node ps` and `stack ps` as a table or as `--format source` says (service and
+    node names looked up once each)."""
     client = ctx.client()
     service_names: dict[str, str] = {}
     for service_id in dict.fromkeys(t.get("ServiceID", "") for t in tasks):
@@ -255,12 +258,13 @@ def print_tasks(ctx: CliContext, tasks: list[Doc], quiet: bool, no_trunc: bool) 
             service_names[service_id] = str(client.get(f"/services/{service_id}")["Spec"].get("Name") or service_id)
         except ApiError:
             service_names[service_id] = service_id
-    if quiet:
-        ctx.out.write(task_ids(tasks, service_names, no_trunc))
-        return
-    resolve = node_name_resolver(ctx)
-    node_names = {node_id: resolve(node_id) for node_id in dict.fromkeys(t.get("NodeID", "") for t in tasks)}
-    ctx.out.write(task_table(tasks, service_names, node_names, ctx.now(), no_trunc))
+    template = list_template(source, TASK_LIST, quiet)
+    node_names: dict[str, str] = {}
+    if template != QUIET_FORMAT:
+        resolve = node_name_resolver(ctx)
+        node_names = {node_id: resolve(node_id) for node_id in dict.fromkeys(t.get("NodeID", "") for t in tasks)}
+    rows = task_rows(tasks, service_names, node_names, ctx.now(), no_trunc, indent=template.startswith(TABLE))
+    ctx.out.write(render_list(template, TASK_LIST, rows))
 
 
 __all__ = ["register", "node_pretty", "print_tasks", "self_node_id"]

@@ -5,13 +5,21 @@ from __future__ import annotations
 import argparse
 import base64
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from shoal.api.client import filters_param
-from shoal.cli.common import CliContext, CliError, inspect_objects, parse_filters, remove_objects
-from shoal.cli.format import go_time, render_table, time_ago
+from shoal.cli.common import (
+    CliContext,
+    CliError,
+    add_inspect_format_flag,
+    add_list_format_flag,
+    inspect_objects,
+    parse_filters,
+    remove_objects,
+)
+from shoal.cli.format import CONFIG_LIST, SECRET_LIST, go_time, secret_rows
+from shoal.cli.formatter import inspect_mode, render_list
 from shoal.cli.spec import labels_map
 from shoal.types import Doc
 
@@ -33,10 +41,12 @@ def register(commands: Any) -> None:
         ls = sub.add_parser("ls", aliases=["list"], help=f"List {noun}s")
         ls.add_argument("-q", "--quiet", action="store_true", help="Only display IDs")
         ls.add_argument("-f", "--filter", action="append", help="Filter output based on conditions provided")
+        add_list_format_flag(ls)
         ls.set_defaults(handler=run_ls, kind=kind, noun=noun)
 
         inspect = sub.add_parser("inspect", help=f"Display detailed information on one or more {noun}s")
         inspect.add_argument("--pretty", action="store_true", help="Print the information in a human friendly format")
+        add_inspect_format_flag(inspect)
         inspect.add_argument("refs", nargs="+", metavar=noun.upper())
         inspect.set_defaults(handler=run_inspect, kind=kind, noun=noun)
 
@@ -63,24 +73,16 @@ def run_ls(ctx: CliContext, args: argparse.Namespace) -> int:
     filters = parse_filters(args.filter)
     params = {"filters": filters_param(filters)} if filters else None
     objects: list[Doc] = ctx.client().get(f"/{args.kind}", params=params) or []
-    objects.sort(key=lambda obj: str(obj["Spec"]["Name"]))
-    if args.quiet:
-        for obj in objects:
-            ctx.print(str(obj["ID"]))
-        return 0
-    now = time.time()
-    header = ["ID", "NAME", *(["DRIVER"] if args.noun == "secret" else []), "CREATED", "UPDATED"]
-    rows = [[str(obj["ID"]), str(obj["Spec"]["Name"]),
-             *([str((obj["Spec"].get("Driver") or {}).get("Name") or "")] if args.noun == "secret" else []),
-             time_ago(obj.get("CreatedAt"), now), time_ago(obj.get("UpdatedAt"), now)] for obj in objects]
-    ctx.out.write(render_table(header, rows))
+    kind = SECRET_LIST if args.noun == "secret" else CONFIG_LIST
+    ctx.out.write(render_list(args.format, kind, secret_rows(objects, args.noun, ctx.now()), args.quiet))
     return 0
 
 
 def run_inspect(ctx: CliContext, args: argparse.Namespace) -> int:
     client = ctx.client()
+    show_pretty, template = inspect_mode(args.pretty, args.format)
     return inspect_objects(ctx, args.refs, lambda ref: client.get(f"/{args.kind}/{ref}"),
-                           (lambda obj: pretty(obj, args.noun)) if args.pretty else None)
+                           (lambda obj: pretty(obj, args.noun)) if show_pretty else None, template)
 
 
 def pretty(obj: Doc, noun: str) -> str:

@@ -9,15 +9,26 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from shoal.api.client import STDERR, ApiError, filters_param
-from shoal.cli.common import CliContext, CliError, node_name_resolver, parse_filters, print_json, self_node_id
+from shoal.cli.common import (
+    CliContext,
+    CliError,
+    add_inspect_format_flag,
+    add_list_format_flag,
+    node_name_resolver,
+    parse_filters,
+    print_inspected,
+    self_node_id,
+)
 from shoal.cli.format import (
+    SERVICE_LIST,
     bytes_size,
-    go_float,
     human_duration,
     render_table,
-    service_table,
+    service_rows,
     truncate_id,
 )
+from shoal.cli.formatter import inspect_mode, render_list
+from shoal.cli.gotemplate import go_float
 from shoal.cli.node import print_tasks
 from shoal.cli.progress import ProgressFailed, wait_on_service
 from shoal.cli.rebalance import run_rebalance
@@ -40,17 +51,20 @@ def register(commands: Any) -> None:
     ls = sub.add_parser("ls", aliases=["list"], help="List services")
     ls.add_argument("-q", "--quiet", action="store_true", help="Only display IDs")
     ls.add_argument("-f", "--filter", action="append", metavar="K=V", help="Filter output based on conditions")
+    add_list_format_flag(ls)
     ls.set_defaults(handler=run_ls)
 
     ps = sub.add_parser("ps", help="List the tasks of one or more services")
     ps.add_argument("--no-trunc", action="store_true", help="Do not truncate output")
     ps.add_argument("-q", "--quiet", action="store_true", help="Only display task IDs")
     ps.add_argument("-f", "--filter", action="append", metavar="K=V", help="Filter output based on conditions")
+    add_list_format_flag(ps)
     ps.add_argument("services", nargs="+", metavar="SERVICE")
     ps.set_defaults(handler=run_ps)
 
     inspect = sub.add_parser("inspect", help="Display detailed information on one or more services")
     inspect.add_argument("--pretty", action="store_true", help="Print the information in a human friendly format")
+    add_inspect_format_flag(inspect)
     inspect.add_argument("services", nargs="+", metavar="SERVICE")
     inspect.set_defaults(handler=run_inspect)
 
@@ -264,14 +278,10 @@ def run_ls(ctx: CliContext, args: argparse.Namespace) -> int:
     params: dict[str, str] = {}
     if filters:
         params["filters"] = filters_param(filters)
-    if not args.quiet:
+    if not args.quiet or args.format:
         params["status"] = "true"
     services: list[Doc] = ctx.client().get("/services", params=params or None) or []
-    if args.quiet:
-        for service in services:
-            ctx.print(truncate_id(service["ID"]))
-        return 0
-    ctx.out.write(service_table(services))
+    ctx.out.write(render_list(args.format, SERVICE_LIST, service_rows(services), args.quiet))
     return 0
 
 
@@ -306,7 +316,7 @@ def run_ps(ctx: CliContext, args: argparse.Namespace) -> int:
         filters["node"] = [self_node_id(ctx) if n == "self" else n for n in filters["node"]]
     filters["service"] = ids
     tasks = ctx.client().get("/tasks", params={"filters": filters_param(filters)}) or []
-    print_tasks(ctx, tasks, quiet=args.quiet, no_trunc=args.no_trunc)
+    print_tasks(ctx, tasks, quiet=args.quiet, no_trunc=args.no_trunc, source=args.format)
     if not_found:
         raise CliError("\n".join(not_found))
     return 0
@@ -331,6 +341,7 @@ def run_rm(ctx: CliContext, args: argparse.Namespace) -> int:
 
 def run_inspect(ctx: CliContext, args: argparse.Namespace) -> int:
     client = ctx.client()
+    pretty, template = inspect_mode(args.pretty, args.format)
     found: list[Doc] = []
     errors: list[str] = []
     for ref in args.services:
@@ -340,11 +351,11 @@ def run_inspect(ctx: CliContext, args: argparse.Namespace) -> int:
             if not exc.not_found:
                 raise
             errors.append(f"no such service: {ref}")
-    if args.pretty:
+    if pretty:
         for service in found:
             ctx.out.write(service_pretty(service, ctx.now()) + "\n")
     else:
-        print_json(ctx, found)
+        errors += print_inspected(ctx, found, template)
     if errors:
         raise CliError("\n".join(errors))
     return 0

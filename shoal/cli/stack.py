@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from shoal.api.client import ApiError, filters_param
-from shoal.cli.common import CliContext, CliError
-from shoal.cli.format import render_table, service_table
+from shoal.cli.common import CliContext, CliError, add_list_format_flag
+from shoal.cli.format import SERVICE_LIST, STACK_LIST, service_rows, stack_rows
+from shoal.cli.formatter import render_list
 from shoal.cli.node import print_tasks
 from shoal.cli.service import wait_for_service
 from shoal.errors import ShoalError
@@ -40,8 +41,9 @@ def register(commands: Any) -> None:
     deploy.add_argument("-c", "--compose-file", action="append", metavar="FILE",
                         help="Path to a Compose file, or \"-\" to read from stdin (may be repeated)")
     deploy.add_argument("--prune", action="store_true", help="Prune services that are no longer referenced")
-    deploy.add_argument("-d", "--detach", default="true", nargs="?", const="true",
-                        help="Exit immediately instead of waiting for the stack services to converge")
+    deploy.add_argument("-d", "--detach", action="store_true", default=True,
+                        help="Exit immediately instead of waiting for the stack services to converge (default "
+                             "true; --detach=false waits)")
     deploy.add_argument("-q", "--quiet", action="store_true", help="Suppress progress output")
     deploy.add_argument("--resolve-image", default="always", choices=("always", "changed", "never"),
                         help="Query the registry to resolve image digest (shoal uses images as given)")
@@ -51,16 +53,19 @@ def register(commands: Any) -> None:
     deploy.set_defaults(handler=run_deploy)
 
     ls = sub.add_parser("ls", aliases=["list"], help="List stacks")
+    add_list_format_flag(ls)
     ls.set_defaults(handler=run_ls)
 
     services = sub.add_parser("services", help="List the services in the stack")
     services.add_argument("-q", "--quiet", action="store_true", help="Only display IDs")
+    add_list_format_flag(services)
     services.add_argument("stack", metavar="STACK")
     services.set_defaults(handler=run_services)
 
     ps = sub.add_parser("ps", help="List the tasks in the stack")
     ps.add_argument("--no-trunc", action="store_true", help="Do not truncate output")
     ps.add_argument("-q", "--quiet", action="store_true", help="Only display task IDs")
+    add_list_format_flag(ps)
     ps.add_argument("stack", metavar="STACK")
     ps.set_defaults(handler=run_ps)
 
@@ -80,14 +85,6 @@ def check_stack_name(name: str) -> str:
     return name
 
 
-def _detach(value: str) -> bool:
-    if value.lower() in ("true", "1"):
-        return True
-    if value.lower() in ("false", "0"):
-        return False
-    raise CliError(f'invalid argument "{value}" for "-d, --detach" flag: use true or false')
-
-
 # ---- deploy ---------------------------------------------------------------------------------------------
 
 def read_stack(args: argparse.Namespace) -> StackObjects:
@@ -105,7 +102,6 @@ def read_stack(args: argparse.Namespace) -> StackObjects:
 
 def run_deploy(ctx: CliContext, args: argparse.Namespace) -> int:
     stack = check_stack_name(args.stack)
-    detach = _detach(args.detach)
     objects = read_stack(args)
     if objects.ignored:
         ctx.warn(f"Ignoring unsupported options: {', '.join(objects.ignored)}")
@@ -118,7 +114,7 @@ def run_deploy(ctx: CliContext, args: argparse.Namespace) -> int:
             raise
         raise CliError(f"{exc} (stack {stack} is deployed in part: {'; '.join(done.steps)}; deploy again once "
                        "this is fixed)") from None
-    if detach:
+    if args.detach:
         return 0
     for service_id in changed:
         wait_for_service(ctx, service_id, args.quiet)
@@ -261,8 +257,7 @@ def _resolved(spec: Doc, networks: dict[str, str], secrets: dict[str, str], conf
 def run_ls(ctx: CliContext, args: argparse.Namespace) -> int:
     services = ctx.client().get("/services", params={"filters": filters_param({"label": [NAMESPACE_LABEL]})}) or []
     counts = Counter(str(s["Spec"]["Labels"][NAMESPACE_LABEL]) for s in services)
-    rows = [[name, str(counts[name])] for name in sorted(counts)]
-    ctx.out.write(render_table(["NAME", "SERVICES"], rows))
+    ctx.out.write(render_list(args.format, STACK_LIST, stack_rows(dict(counts))))
     return 0
 
 
@@ -273,15 +268,12 @@ def _stack_services(ctx: CliContext, stack: str, status: bool = False) -> list[D
 
 
 def run_services(ctx: CliContext, args: argparse.Namespace) -> int:
-    services = _stack_services(ctx, args.stack, status=not args.quiet)
+    services = _stack_services(ctx, args.stack, status=not args.quiet or bool(args.format))
     if not services:
         ctx.warn(f"Nothing found in stack: {args.stack}")
         return 0
-    if args.quiet:
-        for service in services:
-            ctx.print(str(service["ID"]))
-        return 0
-    ctx.out.write(service_table(services))
+    # -q prints the IDs short, as `service ls -q` and docker's `stack services -q` do.
+    ctx.out.write(render_list(args.format, SERVICE_LIST, service_rows(services), args.quiet))
     return 0
 
 
@@ -289,7 +281,7 @@ def run_ps(ctx: CliContext, args: argparse.Namespace) -> int:
     tasks = ctx.client().get("/tasks", params=_label_filter(args.stack)) or []
     if not tasks:
         raise CliError(f"nothing found in stack: {args.stack}")
-    print_tasks(ctx, tasks, quiet=args.quiet, no_trunc=args.no_trunc)
+    print_tasks(ctx, tasks, quiet=args.quiet, no_trunc=args.no_trunc, source=args.format)
     return 0
 
 

@@ -57,8 +57,9 @@ def register(commands: Any) -> None:
     update.add_argument("--task-history-limit", metavar="N", help="Task history retention limit")
     update.add_argument("--cert-expiry", metavar="DURATION",
                         help="Validity period for node certificates (ns|us|ms|s|m|h)")
-    update.add_argument("--autolock", metavar="BOOL", type=bool_flag,
-                        help="Change manager autolocking setting (true|false)")
+    # A bool flag, as docker's: `--autolock`, `--autolock=false`; None when not given.
+    update.add_argument("--autolock", action="store_true", default=None,
+                        help="Change manager autolocking setting (--autolock=true|false)")
     update.set_defaults(handler=run_update)
 
     inspect = sub.add_parser("inspect", help="Display the swarm's details")
@@ -78,14 +79,6 @@ def register(commands: Any) -> None:
     unlock_key.add_argument("-q", "--quiet", action="store_true", help="Only display the key")
     unlock_key.add_argument("--rotate", action="store_true", help="Rotate the unlock key")
     unlock_key.set_defaults(handler=run_unlock_key)
-
-
-def bool_flag(value: str) -> bool:
-    if value.lower() in ("true", "1", "yes"):
-        return True
-    if value.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f'invalid boolean value "{value}": use true or false')
 
 
 def default_listen_addr(advertise: str | None) -> str:
@@ -225,7 +218,7 @@ def run_leave(ctx: CliContext, args: argparse.Namespace) -> int:
 def run_update(ctx: CliContext, args: argparse.Namespace) -> int:
     if args.task_history_limit is None and args.autolock is None and args.cert_expiry is None:
         raise CliError("nothing to update: use --task-history-limit N, --cert-expiry DURATION or "
-                       "--autolock true|false")
+                       "--autolock=true|false")
     client = ctx.client()
     swarm = client.get("/swarm")
     spec = swarm["Spec"]
