@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -334,7 +335,8 @@ class MetricsServer:
             await web.TCPSite(runner, self.host, self.port, reuse_address=True).start()
         except OSError as exc:
             await runner.cleanup()
-            raise Unavailable(f"cannot serve metrics on {self.host}:{self.port}: {exc.strerror or exc}; "
+            why = os.strerror(exc.errno) if exc.errno else str(exc)  # uvloop's own text repeats the address
+            raise Unavailable(f"cannot serve metrics on {self.host}:{self.port}: {why}; "
                               "choose another --metrics-addr") from None
         self._runner = runner
         bound = runner.addresses
