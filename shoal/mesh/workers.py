@@ -7,8 +7,10 @@ program holds is still reported; a helper is told only the ports the agent could
 
 A helper reads the ports to serve, as one JSON line per change, on its stdin, and exits when stdin closes:
 it never outlives the agent that started it, even one killed with SIGKILL. A helper that dies is started
-again and given the current ports. On its stdout it reports what its proxies counted (`shoal.mesh.stats`),
-about once a second while the counts change, so the node's metrics cover every process.
+again and given the current ports. On a pipe of its own (its stdout and stderr stay the daemon's, so the
+daemon's log has its lines and whoever looks for the daemon's processes by their output finds it) it reports
+what its proxies counted (`shoal.mesh.stats`), about once a second while the counts change, so the node's
+metrics cover every process.
 """
 
 from __future__ import annotations
@@ -164,11 +166,19 @@ class ProxyWorkers:
     async def _keep(self, index: int) -> None:
         """Run helper `index`, starting it again whenever it exits, until cancelled."""
         while True:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "shoal.mesh.workers", self.listen_host, str(self.drain_seconds),
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, start_new_session=True)
+            read_fd, write_fd = os.pipe()
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "shoal.mesh.workers", self.listen_host, str(self.drain_seconds),
+                    str(write_fd), stdin=asyncio.subprocess.PIPE, pass_fds=(write_fd,), start_new_session=True)
+            except BaseException:
+                os.close(read_fd)
+                raise
+            finally:
+                os.close(write_fd)
             self._processes[index] = process
-            reader = asyncio.create_task(self._read_stats(index, process), name=f"mesh-worker-stats:{index}")
+            reader = asyncio.create_task(self._read_stats(index, process.pid, read_fd),
+                                         name=f"mesh-worker-stats:{index}")
             try:
                 await self._tell(process)
                 code = await process.wait()
@@ -188,14 +198,24 @@ class ProxyWorkers:
                 self.totals.retire(index)
                 self._processes[index] = None
 
-    async def _read_stats(self, index: int, process: asyncio.subprocess.Process) -> None:
-        """Keep helper `index`'s last report of its counts, until its stdout ends."""
-        assert process.stdout is not None
-        while line := await process.stdout.readline():
-            try:
-                self.totals.report(index, port_stats.from_wire(line.decode()))
-            except (ValueError, TypeError, UnicodeDecodeError):
-                log.warning("routing mesh: worker process %d sent figures that do not parse", process.pid)
+    async def _read_stats(self, index: int, pid: int, read_fd: int) -> None:
+        """Keep helper `index`'s last report of its counts, until its pipe ends."""
+        pipe = os.fdopen(read_fd, "rb", buffering=0)
+        stream = asyncio.StreamReader(limit=16 * 1024 * 1024)
+        try:
+            transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(stream), pipe)
+        except BaseException:
+            pipe.close()
+            raise
+        try:
+            while line := await stream.readline():
+                try:
+                    self.totals.report(index, port_stats.from_wire(line.decode()))
+                except (ValueError, TypeError, UnicodeDecodeError):
+                    log.warning("routing mesh: worker process %d sent figures that do not parse", pid)
+        finally:
+            transport.close()
 
 
 async def report_stats(proxies: ProxySet, out: asyncio.WriteTransport, interval: float = STATS_INTERVAL) -> None:
@@ -210,18 +230,17 @@ async def report_stats(proxies: ProxySet, out: asyncio.WriteTransport, interval:
             last = line
 
 
-async def serve(listen_host: str, drain_seconds: float) -> None:
-    """A helper process: serve each plan read from stdin until stdin closes."""
+async def serve(listen_host: str, drain_seconds: float, report_fd: int | None = None) -> None:
+    """A helper process: serve each plan read from stdin until stdin closes; report its counts on
+    `report_fd` (a pipe to the agent) if given."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=64 * 1024 * 1024)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     proxies = ProxySet(listen_host, shared=True, drain_seconds=drain_seconds)
     reporter: asyncio.Task[None] | None = None
-    try:
-        out, _ = await loop.connect_write_pipe(asyncio.Protocol, sys.stdout)
+    if report_fd is not None:
+        out, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(report_fd, "wb", buffering=0))
         reporter = asyncio.create_task(report_stats(proxies, out), name="mesh-worker-report")
-    except ValueError:  # stdout is not a pipe (started by hand): nobody to report to
-        pass
     try:
         while line := await reader.readline():
             failed = await proxies.apply(plan_from_wire(line.decode()))
@@ -242,7 +261,7 @@ def main() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     except ImportError:
         pass
-    asyncio.run(serve(sys.argv[1], float(sys.argv[2])))
+    asyncio.run(serve(sys.argv[1], float(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else None))
 
 
 if __name__ == "__main__":

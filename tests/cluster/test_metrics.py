@@ -112,7 +112,10 @@ def test_prometheus_scrapes_the_playground(swarm: Cluster, tmp_path: Path) -> No
 
     def query(expression: str) -> list[dict[str, object]] | None:
         assert server.poll() is None, f"prometheus exited:\n{log.read_text()[-3000:]}"
-        answer = httpx.get(f"http://{listen}/api/v1/query", params={"query": expression}, timeout=5).json()
+        response = httpx.get(f"http://{listen}/api/v1/query", params={"query": expression}, timeout=5)
+        if response.status_code != 200:  # still starting ("Service Unavailable" until its storage is open)
+            return None
+        answer = response.json()
         return answer["data"]["result"] if answer.get("status") == "success" else None
 
     def one_value(expression: str) -> float | None:
