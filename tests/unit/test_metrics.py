@@ -27,6 +27,7 @@ from shoal.ids import new_id
 from shoal.loopmonitor import LoopMonitor
 from shoal.manager.figures import cluster_figures
 from shoal.manager.leader import LeaderElection
+from shoal.manager.orchestrator.loop import OrchestratorLoop
 from shoal.manager.scheduler.filters import (
     READY,
     AvailabilityFilter,
@@ -56,7 +57,7 @@ from shoal.metrics import (
     MeshCollector,
     MetricsServer,
 )
-from shoal.types import NODES, TASKS, Doc, TaskState
+from shoal.types import NODES, SERVICES, TASKS, Doc, TaskState, desired_state, task_state
 from tests.unit.agent_fixtures import Reports
 from tests.unit.manager_fixtures import Harness, make_node, make_service, make_task, running_harness
 from tests.unit.waiting import wait_until
@@ -269,6 +270,46 @@ async def test_placements_are_counted_with_how_long_the_task_waited(harness: Har
     assert value(text, "shoal_scheduler_placements_total") == 2
     assert value(text, "shoal_scheduler_placement_latency_seconds_count") == 2
     assert value(text, "shoal_scheduler_placement_latency_seconds_sum") == pytest.approx(6.0)
+
+
+async def test_a_rolling_updates_progress_is_served_while_it_runs(harness: Harness) -> None:
+    h = harness
+    await h.add_nodes(make_node("n1"))
+    orchestrator, scheduler = OrchestratorLoop(h.cache, h.applier, h.clock), SchedulerLoop(h.cache, h.applier, h.clock)
+    await h.add_service(make_service("web", "web", replicas=4))
+
+    async def agent_and_loops() -> None:
+        await orchestrator.run_once()
+        await scheduler.run_once()
+        for task in h.tasks_of("web"):  # the agent: stops what it is told to stop, starts the rest
+            if desired_state(task) >= TaskState.SHUTDOWN and not task_state(task).terminal:
+                await h.report(task["ID"], TaskState.SHUTDOWN)
+            elif task_state(task) == TaskState.ASSIGNED and desired_state(task) == TaskState.RUNNING:
+                await h.report(task["ID"], TaskState.RUNNING)
+
+    await agent_and_loops()
+    assert orchestrator.update_progress() == {}
+    service = await h.store.get(SERVICES, "web")
+    assert service is not None
+    service["PreviousSpec"] = service["Spec"]
+    service["Spec"] = {**service["Spec"], "TaskTemplate": {"ContainerSpec": {"Image": "busybox:2"}},
+                      "UpdateConfig": {"Parallelism": 1, "Monitor": 0}}
+    await h.commit(Batch().update(SERVICES, service))
+
+    seen: list[tuple[int, int]] = []
+    for _ in range(40):
+        await agent_and_loops()
+        if progress := orchestrator.update_progress():
+            seen.append(progress["web"])
+        current = h.cache.get(SERVICES, "web")
+        assert current is not None
+        if current["UpdateStatus"]["State"] == "completed":
+            break
+    assert current["UpdateStatus"]["State"] == "completed"
+    assert orchestrator.update_progress() == {}  # a finished update is no longer served
+    updated = [u for u, _ in seen]
+    assert updated == sorted(updated) and all(u + o <= 4 for u, o in seen)
+    assert seen[0][1] >= 3 and seen[-1][0] >= 3  # from mostly outdated to mostly updated
 
 
 @pytest.mark.parametrize("error, reason", [
