@@ -44,6 +44,7 @@ from shoal.manager.scheduler.pipeline import (
     host_port_error,
     waiting_reason,
 )
+from shoal.manager.scheduler.resources import NONE, Resources
 from shoal.manager.store.base import Batch
 from shoal.mesh.stats import PortStats, PortTotals, from_wire, to_wire
 from shoal.mesh.table import Backend
@@ -312,13 +313,23 @@ async def test_a_rolling_updates_progress_is_served_while_it_runs(harness: Harne
     assert seen[0][1] >= 3 and seen[-1][0] >= 3  # from mostly outdated to mostly updated
 
 
+class NoLoad:
+    """Nodes that run nothing (the filters' LoadView), to have the filters explain themselves."""
+
+    def service_count(self, service_id: str, node_id: str) -> int:
+        return 0
+
+    def reserved(self, node_id: str) -> Resources:
+        return NONE
+
+
 @pytest.mark.parametrize("error, reason", [
     (READY.explain(3), "unavailable"),
     (AvailabilityFilter().explain(1), "unavailable"),
     (ConstraintFilter([]).explain(2), "constraints"),
     (PlatformFilter([]).explain(2), "platform"),
-    (ResourceFilter.explain(None, 2), "resources"),  # type: ignore[arg-type]
-    (MaxReplicasFilter("s", 1, None).explain(2), "max_replicas"),  # type: ignore[arg-type]
+    (ResourceFilter(NONE, NoLoad()).explain(2), "resources"),
+    (MaxReplicasFilter("s", 1, NoLoad()).explain(2), "max_replicas"),
     (host_port_error(2), "host_port"),
     ("no free address on network back: no free address left in 10.0.1.0/24", "network_addresses"),
 ])
