@@ -46,3 +46,5 @@ class DaemonConfig:
     dns_port: int = 53
     # The UDP port this node takes overlay (VXLAN) traffic on, on its advertise address (shoal.overlay).
     data_path_port: int = DEFAULT_DATA_PATH_PORT
+    # Where Prometheus metrics are served (plain HTTP, `shoal.metrics`): (IP, port), or None for nowhere.
+    metrics_addr: tuple[str, int] | None = None

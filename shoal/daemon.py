@@ -89,6 +89,8 @@ from shoal.manager.manager import HEARTBEAT_LAG_WINDOW, Bootstrap, Manager, TLSF
 from shoal.manager.store.base import Batch
 from shoal.manager.store_access import StoreCredentials, create_store_ca
 from shoal.mesh.mesh import RoutingMesh
+from shoal.mesh.stats import PortKey, PortStats
+from shoal.metrics import ClusterCollector, ClusterFigures, DaemonMetrics, MeshCollector, MetricsServer
 from shoal.overlay.linux import OverlayDataPath, overlay_problem
 from shoal.spec import AVAILABILITIES, DATA_PATH_PORT
 from shoal.supervise import Supervisor
@@ -201,7 +203,11 @@ class Daemon:
         self._membership = asyncio.Lock()
         self.stopped = asyncio.Event()
         self.error = ""
-        self.monitor = LoopMonitor()
+        self.metrics = DaemonMetrics()
+        self.metrics.add(ClusterCollector(self._cluster_figures))
+        self.metrics.add(MeshCollector(self._mesh_ports))
+        self._metrics_server: MetricsServer | None = None
+        self.monitor = LoopMonitor(on_lag=self.metrics.node.observe_loop_lag)
         self.gc_pauses = GCPauses()
         self.loops = Supervisor("daemon")
         # A manager's TLS key and the managers' key, held in memory files while it runs (autolock.py).
@@ -313,6 +319,9 @@ class Daemon:
         for private in (self.state_dir, self.state_dir / "agent"):
             private.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.chmod(private, 0o700)
+        if self.config.metrics_addr is not None:
+            self._metrics_server = MetricsServer(self.metrics.registry, *self.config.metrics_addr)
+            await self._metrics_server.start()  # Unavailable, saying why, when the address cannot be had
         self.loops.start("loop-monitor", self.monitor.run)
         self.loops.start("gc-pauses", self.gc_pauses.run)
         self.loops.start("autolock", self._follow_autolock)
@@ -349,6 +358,9 @@ class Daemon:
             self._api_runner = None
         with contextlib.suppress(FileNotFoundError):
             self.config.socket.unlink()
+        if self._metrics_server is not None:
+            await self._metrics_server.stop()
+            self._metrics_server = None
         await self.loops.stop()
         self.stopped.set()
 
@@ -373,7 +385,8 @@ class Daemon:
         record = self.record
         assert record is not None
         self.manager = Manager(record.node_id, record.advertise_addr, record.manager_addr, self.state_dir,
-                               self.tls, self.clock, self.config.external_etcd, monitor=self.monitor)
+                               self.tls, self.clock, self.config.external_etcd, monitor=self.monitor,
+                               metrics=self.metrics.manager())
         await self.manager.start(record.cluster_id, initial_cluster, initial_state, force_new_cluster)
         if bootstrap is not None:
             await self.manager.bootstrap(bootstrap)
@@ -400,7 +413,7 @@ class Daemon:
                      self.describe, self._remember_managers, self.change_role, self.record.port, mesh=mesh,
                      liveness=monitor.alive, loop_lag=lambda: monitor.recent_max(HEARTBEAT_LAG_WINDOW),
                      on_manager_gone=self._manager_gone, on_trust=self._on_trust, discovery=discovery,
-                     overlay=self.overlay)
+                     overlay=self.overlay, metrics=self.metrics.node)
 
     def _make_overlay(self, discovery: NodeDiscovery | None) -> OverlayDataPath | None:
         """The node's overlay, for an executor that puts tasks on swarm networks (docker, process)."""
@@ -855,7 +868,15 @@ class Daemon:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
 
-    # ---- what /info and the debug endpoint report --------------------------------------------------------
+    # ---- what /info, the debug endpoint and the metrics report -------------------------------------------
+
+    def _cluster_figures(self) -> ClusterFigures | None:
+        manager = self.manager
+        return manager.figures() if manager is not None else None
+
+    def _mesh_ports(self) -> dict[PortKey, PortStats]:
+        agent = self.agent
+        return agent.mesh.port_stats() if agent is not None and agent.mesh is not None else {}
 
     def debug_info(self) -> Doc:
         """Figures for operators and benchmarks (`GET /shoal/debug`): loop lag, leadership, store writes."""

@@ -17,6 +17,7 @@ import threading
 import time
 import traceback
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,10 @@ def _idle(frame: types.FrameType) -> bool:
 
 
 class LoopMonitor:
-    def __init__(self, interval: float = INTERVAL, stall_threshold: float = STALL_THRESHOLD) -> None:
+    def __init__(self, interval: float = INTERVAL, stall_threshold: float = STALL_THRESHOLD,
+                 on_lag: Callable[[float], None] | None = None) -> None:
         self.interval = interval
+        self.on_lag = on_lag  # hears every sample (the daemon's metrics)
         self.stall_threshold = stall_threshold
         self.last_tick = time.monotonic()
         self.samples: collections.deque[tuple[float, float]] = collections.deque()  # (monotonic, lag)
@@ -78,6 +81,8 @@ class LoopMonitor:
         self.stalled_total += max(0.0, lag - SLACK)
         self.last_tick = now
         self.samples.append((now, lag))
+        if self.on_lag is not None:
+            self.on_lag(lag)
         while self.samples and self.samples[0][0] < now - WINDOW:
             self.samples.popleft()
         if lag >= self.stall_threshold:

@@ -24,6 +24,7 @@ from shoal.errors import ShoalError, Unavailable
 
 FIRST_ADDRESS = 2  # 127.0.0.2: leave 127.0.0.1 to whatever else runs here
 START_TIMEOUT = 60.0
+METRICS_PORT = 9323  # `up --metrics`: each node serves Prometheus metrics on its own address (Docker's port)
 
 
 @dataclass
@@ -36,6 +37,11 @@ class PlaygroundNode:
     state_dir: str
     alive: bool = True
     data_path_port: int = 0  # its overlay's UDP port (nodes sharing a host each need one); kept for restarts
+    metrics_addr: str = ""  # "ip:port" of its Prometheus metrics (`up --metrics`), else ""
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.metrics_addr}/metrics" if self.metrics_addr else ""
 
 
 def _state_file(base: Path) -> Path:
@@ -146,9 +152,10 @@ def wait_for_socket(sock: Path, proc: subprocess.Popen[bytes] | None, timeout: f
 
 def up(managers: int = 1, workers: int = 2, progress: Callable[[str], None] = print,
        base: Path = PLAYGROUND_DIR, subnet: str = "127.0.0", executor: str = "process",
-       routing_mesh: str = "auto", sim_nodes: int = 0) -> list[PlaygroundNode]:
+       routing_mesh: str = "auto", sim_nodes: int = 0, metrics: bool = False) -> list[PlaygroundNode]:
     """Start the daemons, init the swarm on the first manager and join the others, then `sim_nodes` hollow
-    nodes (shoal.sim) in one more process; returns the nodes (the hollow process as one entry)."""
+    nodes (shoal.sim) in one more process; returns the nodes (the hollow process as one entry). With
+    `metrics`, every daemon serves Prometheus metrics on its own address, port METRICS_PORT."""
     if managers < 1:
         raise ShoalError("a playground needs at least one manager: use --managers 1 or more")
     if workers < 0 or managers + workers > 200:
@@ -163,7 +170,8 @@ def up(managers: int = 1, workers: int = 2, progress: Callable[[str], None] = pr
     base.mkdir(parents=True, exist_ok=True)
     try:
         nodes = _start(managers, workers, progress, base, subnet, ["--executor", executor,
-                                                                   "--routing-mesh", routing_mesh])
+                                                                   "--routing-mesh", routing_mesh],
+                       metrics_port=METRICS_PORT if metrics else None)
         if sim_nodes:
             nodes.append(start_hollow(nodes, sim_nodes, base, progress))
         return nodes
@@ -174,7 +182,7 @@ def up(managers: int = 1, workers: int = 2, progress: Callable[[str], None] = pr
 
 
 def _start(managers: int, workers: int, progress: Callable[[str], None], base: Path,
-           subnet: str, daemon_args: list[str]) -> list[PlaygroundNode]:
+           subnet: str, daemon_args: list[str], metrics_port: int | None = None) -> list[PlaygroundNode]:
     plan = [(f"manager{i + 1}", "manager") for i in range(managers)]
     plan += [(f"worker{i + 1}", "worker") for i in range(workers)]
     nodes: list[PlaygroundNode] = []
@@ -182,11 +190,17 @@ def _start(managers: int, workers: int, progress: Callable[[str], None], base: P
         address = f"{subnet}.{FIRST_ADDRESS + index}"
         if role == "manager" and not all(_port_free(address, p) for p in (DEFAULT_PORT, 2379, 2380)):
             raise Unavailable(f"ports 2377/2379/2380 on {address} are in use: is another cluster running?")
+        metrics_addr = ""
+        if metrics_port is not None:
+            if not _port_free(address, metrics_port):
+                raise Unavailable(f"port {metrics_port} on {address} is in use: the playground's metrics need it")
+            metrics_addr = f"{address}:{metrics_port}"
         data_path_port = free_udp_port()
-        proc, state_dir, sock = start_daemon(name, base, [*daemon_args, "--publish-addr", address,
-                                                          "--data-path-port", str(data_path_port)])
+        proc, state_dir, sock = start_daemon(name, base, [
+            *daemon_args, "--publish-addr", address, "--data-path-port", str(data_path_port),
+            *(["--metrics-addr", metrics_addr] if metrics_addr else [])])
         nodes.append(PlaygroundNode(name, role, address, proc.pid, str(sock), str(state_dir),
-                                    data_path_port=data_path_port))
+                                    data_path_port=data_path_port, metrics_addr=metrics_addr))
         _state_file(base).write_text(json.dumps([asdict(n) for n in nodes], indent=2))
         wait_for_socket(sock, proc)
         with api(str(sock), timeout=90) as client:

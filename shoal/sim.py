@@ -36,6 +36,7 @@ from shoal.errors import ShoalError
 from shoal.gcpauses import GCPauses
 from shoal.loopmonitor import LoopMonitor
 from shoal.manager.manager import HEARTBEAT_LAG_WINDOW
+from shoal.metrics import NodeMetrics
 from shoal.supervise import Supervisor
 from shoal.types import Doc
 
@@ -68,6 +69,8 @@ class HollowNodes:
         self.advertise_addr = advertise_addr
         self.executor = SimExecutor(start_delay=start_delay)
         self.monitor = LoopMonitor()
+        # One set for the process: a thousand hollow nodes with a set each would cost seconds and megabytes.
+        self.metrics = NodeMetrics()
         self.loops = Supervisor("hollow")
         self.agents: list[Agent] = []
 
@@ -103,7 +106,7 @@ class HollowNodes:
         monitor = self.monitor
         return Agent(identity.node_id, identity.managers, context, folder / "agent", self.executor, SystemClock(),
                      lambda: description, remember, liveness=monitor.alive,
-                     loop_lag=lambda: monitor.recent_max(HEARTBEAT_LAG_WINDOW))
+                     loop_lag=lambda: monitor.recent_max(HEARTBEAT_LAG_WINDOW), metrics=self.metrics)
 
     async def start(self, progress: bool = True) -> None:
         self.loops.start("loop-monitor", self.monitor.run)

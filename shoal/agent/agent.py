@@ -32,6 +32,7 @@ from shoal.discovery.names import NameEntry
 from shoal.discovery.node import NodeDiscovery
 from shoal.mesh.mesh import RoutingMesh
 from shoal.mesh.table import Listener
+from shoal.metrics import NodeMetrics
 from shoal.overlay.linux import OverlayDataPath
 from shoal.protocol import ATTEMPT_HEADER, SESSION_PATH
 from shoal.supervise import Supervisor
@@ -62,7 +63,8 @@ class Agent:
                  liveness: Callable[[], float] | None = None, loop_lag: Callable[[], float] | None = None,
                  on_manager_gone: Callable[[str], Coroutine[Any, Any, None]] | None = None,
                  on_trust: Callable[[str, bool], Coroutine[Any, Any, None]] | None = None,
-                 discovery: NodeDiscovery | None = None, overlay: OverlayDataPath | None = None) -> None:
+                 discovery: NodeDiscovery | None = None, overlay: OverlayDataPath | None = None,
+                 metrics: NodeMetrics | None = None) -> None:
         self.node_id = node_id
         self.managers = list(managers)
         self.ssl_context = ssl_context
@@ -75,7 +77,7 @@ class Agent:
         self.listen_port = listen_port
         self._pending_key: bytes | None = None
         self._role_change: asyncio.Task[None] | None = None
-        self.worker = Worker(state_dir, executor, self._report, clock)
+        self.worker = Worker(state_dir, executor, self._report, clock, metrics=metrics)
         self.loops = Supervisor("agent")
         self.connected = asyncio.Event()
         self.current_manager: str | None = None

@@ -36,6 +36,7 @@ from shoal.agent.executor.base import (
     ExitStatusUnknown,
     LogLine,
     TaskRejected,
+    is_out_of_memory,
 )
 from shoal.agent.health import (
     HealthCheck,
@@ -50,6 +51,15 @@ from shoal.clock import Clock
 from shoal.errors import InvalidArgument, NotFound
 from shoal.mesh.table import published_ports
 from shoal.mesh.userspace import accepts_connections
+from shoal.metrics import (
+    FAILED_AGENT_ERROR,
+    FAILED_EXIT_UNKNOWN,
+    FAILED_NON_ZERO_EXIT,
+    FAILED_OOM,
+    FAILED_REJECTED,
+    FAILED_UNHEALTHY,
+    NodeMetrics,
+)
 from shoal.spec import BACKEND_PORTS, DEFAULT_STOP_GRACE_PERIOD
 from shoal.timefmt import SECOND, from_rfc3339, to_rfc3339
 from shoal.timeouts import within
@@ -156,8 +166,10 @@ class _TaskRun:
 class Worker:
     """Runs assigned tasks through an Executor, reports their status and serves their logs."""
 
-    def __init__(self, state_dir: Path, executor: Executor, report: Reporter, clock: Clock) -> None:
+    def __init__(self, state_dir: Path, executor: Executor, report: Reporter, clock: Clock,
+                 metrics: NodeMetrics | None = None) -> None:
         self.state_dir = Path(state_dir)
+        self._metrics = metrics or NodeMetrics()
         self._executor = executor
         self._report_cb = report
         self._clock = clock
@@ -379,7 +391,7 @@ class Worker:
             raise
         except Exception as exc:
             log.exception("task %s: runner crashed", run.task_id)
-            self._report(run, TaskState.FAILED, "agent error", err=f"agent error: {exc}")
+            self._report(run, TaskState.FAILED, "agent error", err=f"agent error: {exc}", failure=FAILED_AGENT_ERROR)
 
     @staticmethod
     async def _held_until_wanted(run: _TaskRun) -> bool:
@@ -402,7 +414,8 @@ class Worker:
                 return False
             controller = run.controller = self._executor.controller(run.record.task)
             self._advance(run, TaskState.PREPARING, "preparing")
-            if not await self._retrying(run, controller.prepare) or run.stop_requested.is_set():
+            prepared = await self._retrying(run, self._timed("prepare", controller.prepare))
+            if not prepared or run.stop_requested.is_set():
                 self._report(run, TaskState.SHUTDOWN, "shutdown")
                 return False
             if not run.may_start.is_set():
@@ -412,7 +425,7 @@ class Worker:
                     return False
             self._advance(run, TaskState.STARTING, "starting")
             try:
-                if not await self._retrying(run, controller.start):
+                if not await self._retrying(run, self._timed("start", controller.start)):
                     self._report(run, TaskState.SHUTDOWN, "shutdown")
                     return False
             except asyncio.CancelledError:
@@ -424,8 +437,9 @@ class Worker:
                 raise
             # A stop asked for during start is handled by _watch, which stops the process it finds running.
         except TaskRejected as exc:
-            self._report(run, TaskState.REJECTED, "rejected", err=f"starting task: {exc}")
+            self._report(run, TaskState.REJECTED, "rejected", err=f"starting task: {exc}", failure=FAILED_REJECTED)
             return False
+        self._metrics.task_started()
         run.record.handle = controller.handle()
         # The handle reaches the disk before anything else happens, so a restarted agent adopts the process.
         self._db.put(run.record)
@@ -488,8 +502,9 @@ class Worker:
                 await asyncio.wait({exited}, timeout=DRAIN_SECONDS)
             if not exited.done():
                 spec = _container_spec(run.record.task)
-                await controller.shutdown(stop_grace_seconds(run.record.task),
-                                          str(spec.get("StopSignal") or DEFAULT_STOP_SIGNAL))
+                with self._metrics.executor_call("shutdown"):
+                    await controller.shutdown(stop_grace_seconds(run.record.task),
+                                              str(spec.get("StopSignal") or DEFAULT_STOP_SIGNAL))
                 await asyncio.wait({exited})
         finally:
             if run.port_check is not None:
@@ -508,14 +523,16 @@ class Worker:
         if run.stop_requested.is_set():
             self._report(run, TaskState.SHUTDOWN, "shutdown", exit_code=code or 0)
         elif unhealthy:
-            self._report(run, TaskState.FAILED, "unhealthy", err=unhealthy_error(code), exit_code=code or 0)
+            self._report(run, TaskState.FAILED, "unhealthy", err=unhealthy_error(code), exit_code=code or 0,
+                         failure=FAILED_UNHEALTHY)
         elif code is None:
-            self._report(run, TaskState.FAILED, "finished", err=with_cause(EXIT_UNKNOWN_AFTER_RESTART, cause))
+            self._report(run, TaskState.FAILED, "finished", err=with_cause(EXIT_UNKNOWN_AFTER_RESTART, cause),
+                         failure=FAILED_EXIT_UNKNOWN)
         elif code == 0:
             self._report(run, TaskState.COMPLETE, "finished")
         else:
             self._report(run, TaskState.FAILED, "finished", err=with_cause(f"task: non-zero exit ({code})", cause),
-                         exit_code=code)
+                         exit_code=code, failure=FAILED_OOM if is_out_of_memory(cause) else FAILED_NON_ZERO_EXIT)
 
     # ---- published ports ----------------------------------------------------------------------------------
 
@@ -633,20 +650,23 @@ class Worker:
         if run.record.stopping:
             self._report(run, TaskState.SHUTDOWN, "shutdown")
         else:
-            self._report(run, TaskState.FAILED, "exit status unknown", err=err)
+            self._report(run, TaskState.FAILED, "exit status unknown", err=err, failure=FAILED_EXIT_UNKNOWN)
 
     def _advance(self, run: _TaskRun, state: TaskState, message: str) -> None:
         """Report a lifecycle step unless the task is already past it (a runner resumed after a restart)."""
         if run.record.status is None or state > run.state:
             self._report(run, state, message)
 
-    def _report(self, run: _TaskRun, state: TaskState, message: str, err: str = "", exit_code: int = 0) -> None:
+    def _report(self, run: _TaskRun, state: TaskState, message: str, err: str = "", exit_code: int = 0,
+                failure: str = "") -> None:
         """Record the new state on disk, then report it; a backward move (or leaving a terminal state) is
-        dropped."""
+        dropped. `failure` says why, in the metrics' words, for a failed or rejected task."""
         current = run.state if run.record.status is not None else None
         if current is not None and (state < current or (current.terminal and state != current)):
             log.warning("task %s: not moving from %s back to %s", run.task_id, current.wire, state.wire)
             return
+        if failure and current != state:
+            self._metrics.task_failed(failure)
         pid = run.controller.pid() if run.controller and state <= TaskState.RUNNING else 0
         announced = (run.record.status or {}).get(BACKEND_PORTS)
         run.record.status = status_doc(self._clock.now(), state, message, err=err, pid=pid, exit_code=exit_code)
@@ -663,10 +683,19 @@ class Worker:
         except Exception:
             log.exception("task %s: reporting status %s failed", task_id, status.get("State"))
 
+    def _timed(self, call: str, step: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """A controller step that records how long the executor takes for it."""
+        async def timed() -> None:
+            with self._metrics.executor_call(call):
+                await step()
+
+        return timed
+
     async def _remove_files(self, run: _TaskRun) -> None:
         try:
             controller = run.controller or self._executor.controller(run.record.task)
-            await controller.remove()
+            with self._metrics.executor_call("remove"):
+                await controller.remove()
         except ExecutorError as exc:
             log.warning("task %s: could not remove its files: %s", run.task_id, exc)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,9 @@ def register(commands: Any) -> None:
     daemon.add_argument("--data-path-port", type=int, default=DEFAULT_DATA_PATH_PORT, metavar="PORT",
                         help="UDP port of the node's overlay (VXLAN) traffic, on its advertise address "
                              f"(default {DEFAULT_DATA_PATH_PORT}, Docker's; nodes sharing a host need one each)")
+    daemon.add_argument("--metrics-addr", metavar="IP:PORT",
+                        help="Serve Prometheus metrics at http://IP:PORT/metrics: plain HTTP, no authentication, "
+                             "so give a loopback or management address (default: not served)")
     daemon.add_argument("--etcd-endpoints", metavar="URL,URL", help="Use an external etcd cluster")
     daemon.add_argument("--etcd-cacert", metavar="FILE", help="CA certificate of the external etcd")
     daemon.add_argument("--etcd-cert", metavar="FILE", help="Client certificate for the external etcd")
@@ -57,6 +61,7 @@ def daemon_config(args: argparse.Namespace) -> config.DaemonConfig:
         raise CliError(f"--dns-port must be a port number, or 0 for none (got {args.dns_port})")
     if not 1 <= args.data_path_port <= 65535:
         raise CliError(f"--data-path-port must be a port number (got {args.data_path_port})")
+    metrics_addr = metrics_address(args.metrics_addr) if args.metrics_addr is not None else None
     return config.DaemonConfig(
         state_dir=Path(args.state_dir) if args.state_dir else config.DEFAULT_STATE_DIR,
         socket=Path(args.socket) if args.socket else config.DEFAULT_SOCKET,
@@ -67,9 +72,28 @@ def daemon_config(args: argparse.Namespace) -> config.DaemonConfig:
         mesh_workers=args.mesh_workers,
         dns_port=args.dns_port,
         data_path_port=args.data_path_port,
+        metrics_addr=metrics_addr,
         external_etcd=external,
         log_level=args.log_level,
     )
+
+
+def metrics_address(text: str) -> tuple[str, int]:
+    """`--metrics-addr`: "IP:PORT", or "[IPv6]:PORT"."""
+    host, sep, port = text.strip().rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
+        host = host[1:-1]
+    try:
+        if not sep or (":" in host and not bracketed):
+            raise ValueError
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise CliError(f"invalid --metrics-addr {text!r}: give an IP address and a port, e.g. 127.0.0.1:9323 "
+                       "(an IPv6 address in brackets: [::1]:9323)") from None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise CliError(f"invalid --metrics-addr {text!r}: the port must be a number from 1 to 65535")
+    return host, int(port)
 
 
 def run_daemon(ctx: CliContext, args: argparse.Namespace) -> int:

@@ -30,6 +30,8 @@ def register(commands: Any) -> None:
                     help="The routing mesh's data path (default auto: nftables where usable, else userspace)")
     up.add_argument("--subnet", type=_loopback_prefix, default="127.0.0", metavar="127.X.Y",
                     help="Loopback block for the nodes' addresses (default 127.0.0: nodes on .2, .3, …)")
+    up.add_argument("--metrics", action="store_true",
+                    help="Every node serves Prometheus metrics on its own address, port 9323")
     up.set_defaults(handler=run_up)
 
     ls = sub.add_parser("ls", aliases=["list"], help="List the playground's nodes")
@@ -73,16 +75,30 @@ def playground_table(nodes: Sequence[Any], with_state: bool = False) -> str:
 
 
 def node_json(node: Any) -> dict[str, Any]:
-    return {"name": node.name, "role": node.role, "address": node.address, "pid": node.pid,
-            "socket": str(node.socket), "state_dir": str(node.state_dir)}
+    out = {"name": node.name, "role": node.role, "address": node.address, "pid": node.pid,
+           "socket": str(node.socket), "state_dir": str(node.state_dir)}
+    if getattr(node, "metrics_url", ""):
+        out["metrics"] = node.metrics_url
+    return out
+
+
+def print_metrics(ctx: CliContext, nodes: Sequence[Any]) -> None:
+    urls = [(node.name, node.metrics_url) for node in nodes if getattr(node, "metrics_url", "")]
+    if urls:
+        ctx.print()
+        ctx.print("Prometheus metrics (plain HTTP, no authentication):")
+        for name, url in urls:
+            ctx.print(f"    {name}: {url}")
 
 
 def run_up(ctx: CliContext, args: argparse.Namespace) -> int:
     from shoal import playground
 
     nodes = playground.up(managers=args.managers, workers=args.workers, progress=ctx.print, subnet=args.subnet,
-                          executor=args.executor, routing_mesh=args.routing_mesh, sim_nodes=args.sim_nodes)
+                          executor=args.executor, routing_mesh=args.routing_mesh, sim_nodes=args.sim_nodes,
+                          metrics=args.metrics)
     ctx.out.write(playground_table(nodes))
+    print_metrics(ctx, nodes)
     managers = [n for n in nodes if n.role == "manager"]
     if managers:
         ctx.print()
@@ -99,6 +115,7 @@ def run_ls(ctx: CliContext, args: argparse.Namespace) -> int:
         ctx.print(json.dumps([node_json(n) for n in nodes], indent=4))
     else:
         ctx.out.write(playground_table(nodes, with_state=True))
+        print_metrics(ctx, nodes)
     return 0
 
 

@@ -40,6 +40,7 @@ from shoal.manager.keys import open_secret
 from shoal.manager.orchestrator.replicated import reconcile_replicated
 from shoal.manager.store.base import Batch, Event, Store, object_key
 from shoal.mesh.table import endpoint_table, is_backend, published_ports
+from shoal.metrics import ManagerMetrics
 from shoal.protocol import ATTEMPT_HEADER
 from shoal.spec import (
     BACKEND_PORTS,
@@ -210,8 +211,10 @@ class Dispatcher:
                  heartbeat_period: Callable[[], float], managers: Callable[[], list[str]],
                  issue_certificate: CertificateIssuer, liveness: Callable[[], float] | None = None,
                  loop_lag: Callable[[], float] | None = None,
-                 data_key: Callable[[], Awaitable[bytes]] | None = None) -> None:
+                 data_key: Callable[[], Awaitable[bytes]] | None = None,
+                 metrics: ManagerMetrics | None = None) -> None:
         self.cache = cache
+        self.metrics = metrics or ManagerMetrics()
         self.store = store
         self.applier = applier
         self.clock = clock
@@ -381,6 +384,7 @@ class Dispatcher:
             kind = data.get("type")
             self.last_heartbeat[session.node_id] = self._alive()
             if kind == "heartbeat":
+                self.metrics.heartbeats.inc()
                 self.node_lag[session.node_id] = _seconds(data.get("lag"))
                 # Answered, so the agent knows this manager still hears it (and how busy it is, and how often
                 # to beat: the period grows with the swarm). Not from here: an agent slow to read (busy with a
@@ -856,14 +860,16 @@ class Dispatcher:
                      "back since this manager became the leader" if node_id in self._reconnected else
                      f"not back since this manager became the leader; last session opened "
                      f"{self._alive() - self._last_session_opened:.1f}s ago")
-            await self.set_node_down(node_id, "heartbeat failure")
+            if await self.set_node_down(node_id, "heartbeat failure"):
+                self.metrics.heartbeat_misses.inc()
             expired.append(node_id)
         return expired
 
-    async def set_node_down(self, node_id: str, message: str) -> None:
+    async def set_node_down(self, node_id: str, message: str) -> bool:
+        """Mark the node down in the store and end its session; whether this write did it."""
         node = self.cache.get(NODES, node_id)
         if node is None:
-            return
+            return False
         new = dict(node)
         new["Status"] = {**(node.get("Status") or {}), "State": NodeState.DOWN.value, "Message": message}
         new[DOWN_SINCE] = self.clock.now()
@@ -877,6 +883,7 @@ class Dispatcher:
         session = self.sessions.pop(node_id, None)
         if session is not None:
             session.drop()
+        return bool(result.written)
 
     async def disconnect(self, node_id: str, message: str) -> None:
         """End a node's session with a reason (e.g. it was removed from the swarm)."""

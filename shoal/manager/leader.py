@@ -22,6 +22,7 @@ import aetcd
 
 from shoal.manager import lease_keeper
 from shoal.manager.store.base import LEADER_KEY
+from shoal.metrics import ManagerMetrics
 from shoal.timeouts import within
 
 log = logging.getLogger(__name__)
@@ -136,8 +137,11 @@ class KeeperProcess:
 
 
 class LeaderElection:
-    def __init__(self, client: aetcd.Client, node_id: str, keeper: KeeperProcess, ttl: int = LEASE_TTL) -> None:
+    def __init__(self, client: aetcd.Client, node_id: str, keeper: KeeperProcess, ttl: int = LEASE_TTL,
+                 metrics: ManagerMetrics | None = None) -> None:
         self.client = client
+        self.metrics = metrics or ManagerMetrics()
+        self.last_leader: str | None = None  # the last leader seen, kept while there is none
         self.node_id = node_id
         self.ttl = ttl
         self.is_leader = False
@@ -227,6 +231,10 @@ class LeaderElection:
             await watch.cancel()
 
     def _set(self, is_leader: bool, leader_id: str | None) -> None:
+        if leader_id is not None and leader_id != self.last_leader:
+            if self.last_leader is not None:  # the first leader this manager sees is no change
+                self.metrics.leader_changes.inc()
+            self.last_leader = leader_id
         if (self.is_leader, self.leader_id) != (is_leader, leader_id):
             self.is_leader = is_leader
             self.leader_id = leader_id

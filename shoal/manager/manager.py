@@ -30,6 +30,7 @@ from shoal.manager.controlapi.swarm import node_cert_expiry_seconds
 from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.etcd_member import EtcdMember, MemberConfig, client_url
 from shoal.manager.events import EventJournal
+from shoal.manager.figures import cluster_figures
 from shoal.manager.keys import (
     decode_ca,
     encode_ca,
@@ -51,6 +52,7 @@ from shoal.manager.store.etcd import (
     make_client,
 )
 from shoal.manager.store_access import STORE_CA_KEY, StoreAccess
+from shoal.metrics import ClusterFigures, ManagerMetrics
 from shoal.supervise import Supervisor
 from shoal.timefmt import SECOND, to_rfc3339
 from shoal.timeouts import within
@@ -105,8 +107,9 @@ class Bootstrap:
 class Manager:
     def __init__(self, node_id: str, advertise_ip: str, manager_addr: str, state_dir: Path, tls: TLSFiles,
                  clock: Clock, external_etcd: EtcdEndpoints | None = None,
-                 monitor: LoopMonitor | None = None) -> None:
+                 monitor: LoopMonitor | None = None, metrics: ManagerMetrics | None = None) -> None:
         self.node_id = node_id
+        self.metrics = metrics or ManagerMetrics()
         self.advertise_ip = advertise_ip
         self.manager_addr = manager_addr
         self.state_dir = state_dir
@@ -158,24 +161,26 @@ class Manager:
             await self.member.start()
             self.client = make_client([client_url(self.advertise_ip)], self.tls.store_ca.read_bytes(),
                                       self.tls.store_cert.read_bytes(), self.tls.key.read_bytes())
-        self.store = EtcdStore(self.client, EXTERNAL_MAX_OPS_PER_TXN if self.external_etcd else MAX_OPS_PER_TXN)
+        self.store = EtcdStore(self.client, EXTERNAL_MAX_OPS_PER_TXN if self.external_etcd else MAX_OPS_PER_TXN,
+                               metrics=self.metrics)
         self.access = StoreAccess(self.store, self.store_ca, self.tls.store_crl)
         await self._wait_for_store()
         client = self.client
         monitor = self.monitor
         self.keeper = self._lease_keeper(lambda: monitor.progressing(MAX_LOOP_STALL))
         await self.keeper.start()
-        self.election = LeaderElection(client, self.node_id, self.keeper)
+        self.election = LeaderElection(client, self.node_id, self.keeper, metrics=self.metrics)
         leader_applier = self.leader_applier = Applier(self.store, fence=lambda: self.node_id)
         self.api_applier = Applier(self.store, fence=lambda: None)
         self.dispatcher = Dispatcher(self.cache, self.store, leader_applier, self.clock,
                                      heartbeat_period=self.heartbeat_period, managers=self.manager_addrs,
                                      issue_certificate=self.issue_certificate, liveness=monitor.alive,
                                      loop_lag=lambda: monitor.recent_max(HEARTBEAT_LAG_WINDOW),
-                                     data_key=self.data_key)
+                                     data_key=self.data_key, metrics=self.metrics)
         self.orchestrator = OrchestratorLoop(self.cache, leader_applier, self.clock)
         self.allocator = AllocatorLoop(self.cache, leader_applier)
-        self.scheduler = SchedulerLoop(self.cache, leader_applier, self.clock, self.allocator.addresses)
+        self.scheduler = SchedulerLoop(self.cache, leader_applier, self.clock, self.allocator.addresses,
+                                       metrics=self.metrics)
         store = self.store
         self.loops.start("cache", lambda: self.cache.run(store))
         if self.member is not None:
@@ -277,6 +282,15 @@ class Manager:
     @property
     def leader_id(self) -> str | None:
         return self.election.leader_id if self.election is not None else None
+
+    def figures(self) -> ClusterFigures | None:
+        """The swarm's state for the metrics; None until this manager's loops and cache are up."""
+        if self.dispatcher is None or not self.cache.ready.is_set():
+            return None
+        leading = self.is_leader
+        return cluster_figures(self.cache, is_leader=leading, pending=self.scheduler.pending_by_reason(),
+                               update_progress=self.orchestrator.update_progress() if leading else {},
+                               sessions=len(self.dispatcher.sessions))
 
     def leader_addr(self) -> str | None:
         leader = self.leader_id

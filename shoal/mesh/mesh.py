@@ -24,6 +24,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from shoal.errors import InvalidArgument
+from shoal.mesh import stats as port_stats
 from shoal.mesh.kernel import (
     KernelDataPath,
     KernelPathError,
@@ -31,6 +32,7 @@ from shoal.mesh.kernel import (
     forwarding_problem,
     kernel_available,
 )
+from shoal.mesh.stats import PortKey, PortStats
 from shoal.mesh.table import HOST, Listener, Serving
 from shoal.mesh.workers import ProxySet, ProxyWorkers, default_workers
 
@@ -133,6 +135,12 @@ class RoutingMesh:
                     await self._kernel.clear()
                 except KernelPathError as exc:
                     log.warning("routing mesh: could not remove the kernel rules: %s", exc)
+
+    def port_stats(self) -> dict[PortKey, PortStats]:
+        """What the userspace proxies of every process counted, per published port (the kernel path's
+        forwarding is the kernel's and is not counted)."""
+        helpers = self.helpers.totals.total() if self.helpers is not None else {}
+        return port_stats.merged(self.local.stats(), helpers)
 
     def current_errors(self) -> list[str]:
         errors = [self.port_errors[key] for key in sorted(self.port_errors)]

@@ -30,6 +30,7 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
+from shoal.mesh.stats import PortStats
 from shoal.mesh.table import Backend
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,7 @@ class _TcpConnection:
         self.client = transport
         _set_nodelay(transport)
         self.proxy._connections.add(self)
+        self.proxy.stats.connections += 1
         self.connect_task = asyncio.get_running_loop().create_task(self.proxy._connect(self))
 
     def client_data(self, data: bytes) -> None:
@@ -265,6 +267,7 @@ class _TcpConnection:
 class _ClientSide(asyncio.Protocol):
     def __init__(self, proxy: TcpProxy) -> None:
         self.connection = _TcpConnection(proxy)
+        self.stats = proxy.stats
 
     def connection_made(self, base: asyncio.BaseTransport) -> None:
         # uvloop's transports are not subclasses of asyncio.Transport, but have its methods.
@@ -278,6 +281,7 @@ class _ClientSide(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             # The hot path: straight to the backend once it is connected.
+            self.stats.bytes_in += len(data)
             backend = self.connection.backend_transport
             if backend is not None:
                 backend.write(data)
@@ -315,11 +319,13 @@ class _ClientSide(asyncio.Protocol):
 class _BackendSide(asyncio.Protocol):
     def __init__(self, connection: _TcpConnection) -> None:
         self.connection = connection
+        self.stats = connection.proxy.stats
         self.attached = False  # set once the connect loop hands this connection the relay
         self.lost_early = False  # the backend hung up before the connect loop got to attach it
 
     def data_received(self, data: bytes) -> None:
         try:
+            self.stats.bytes_out += len(data)
             client = self.connection.client  # the hot path
             if client is not None:
                 client.write(data)
@@ -360,8 +366,9 @@ class TcpProxy:
     """Listens on host:port and relays every connection to one of the backends."""
 
     def __init__(self, host: str, port: int, name: str, connect_deadline: float = 3.0,
-                 shared: bool = False, first_pick: int | None = None) -> None:
+                 shared: bool = False, first_pick: int | None = None, stats: PortStats | None = None) -> None:
         self.host = host
+        self.stats = stats if stats is not None else PortStats()  # kept by the caller across restarts
         self.shared = shared  # SO_REUSEPORT: worker processes listen on the same port, the kernel spreads
         self.port = port  # the bound port once started (useful when 0 asked for an ephemeral one)
         self.name = name
@@ -406,6 +413,10 @@ class TcpProxy:
         """task_id -> client connections open now (including ones still connecting to it)."""
         return dict(self._balancer.open)
 
+    def open_count(self) -> int:
+        """Client connections open now, connected to a task or not yet."""
+        return len(self._connections)
+
     @property
     def served(self) -> dict[str, int]:
         """task_id -> connections ever forwarded to it."""
@@ -439,6 +450,7 @@ class TcpProxy:
         if not connection.closed:
             log.warning("mesh %s: no backend accepted a connection within %.1fs; closing the client",
                         self.name, self.connect_deadline)
+            self.stats.dropped += 1
             connection.close()
 
     async def _try_backend(self, connection: _TcpConnection, backend: Backend, timeout: float) -> bool:
@@ -456,11 +468,13 @@ class TcpProxy:
             raise
         except (OSError, TimeoutError) as error:
             self._balancer.release(backend)
+            self.stats.failed_connects += 1
             log.debug("mesh %s: backend %s at %s:%s failed: %r", self.name, backend.task_id, backend.host,
                       backend.port, error)
             return False
         except Exception:
             self._balancer.release(backend)
+            self.stats.failed_connects += 1
             log.exception("mesh %s: connecting to backend %s failed", self.name, backend.task_id)
             return False
         assert transport is not None
@@ -544,6 +558,7 @@ class _UdpSession(asyncio.DatagramProtocol):
         # The backend's port is closed (ICMP): end the session so the client's next datagram picks again.
         log.debug("mesh %s: UDP session of %s: %r", self.proxy.name, self.client_address, exc)
         if isinstance(exc, ConnectionRefusedError):
+            self.proxy.stats.failed_connects += 1
             self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -584,8 +599,9 @@ class UdpProxy:
 
     def __init__(self, host: str, port: int, name: str, connect_deadline: float = 3.0,
                  idle_timeout: float = UDP_IDLE_TIMEOUT, shared: bool = False,
-                 first_pick: int | None = None) -> None:
+                 first_pick: int | None = None, stats: PortStats | None = None) -> None:
         self.host = host
+        self.stats = stats if stats is not None else PortStats()  # kept by the caller across restarts
         self.shared = shared  # SO_REUSEPORT: a client's datagrams hash to one worker process, always the same
         self.port = port  # the bound port once started
         self.name = name
@@ -633,6 +649,10 @@ class UdpProxy:
         """task_id -> open sessions now."""
         return dict(self._balancer.open)
 
+    def open_count(self) -> int:
+        """Sessions open now, with a task or still waiting for one."""
+        return len(self._sessions)
+
     @property
     def served(self) -> dict[str, int]:
         """task_id -> sessions ever opened to it."""
@@ -645,11 +665,14 @@ class UdpProxy:
                 return
             session = _UdpSession(self, client_address)
             self._sessions[client_address] = session
+            self.stats.connections += 1
             session.open_task = asyncio.get_running_loop().create_task(self._open_session(session))
+        self.stats.bytes_in += len(data)
         session.send(data)
 
     def _reply(self, data: bytes, client_address: Any) -> None:
         if self._listener is not None and not self._listener.is_closing():
+            self.stats.bytes_out += len(data)
             self._listener.sendto(data, client_address)
 
     async def _open_session(self, session: _UdpSession) -> None:
@@ -670,6 +693,7 @@ class UdpProxy:
                 raise
             except Exception as error:
                 log.debug("mesh %s: UDP backend %s failed: %r", self.name, backend.task_id, error)
+                self.stats.failed_connects += 1
                 failed.add(backend)
                 continue
             if session.closed:
@@ -682,4 +706,5 @@ class UdpProxy:
         if not session.closed:
             log.warning("mesh %s: no UDP backend for %s within %.1fs", self.name, session.client_address,
                         self.connect_deadline)
+            self.stats.dropped += 1
             session.close()

@@ -86,3 +86,40 @@ async def test_a_helper_serves_beside_the_agent_comes_back_and_goes(backend: Bac
     assert helpers.pids() == []
     with pytest.raises(OSError):
         await ask(port)
+
+
+async def test_a_helpers_counts_reach_the_agent_and_outlive_the_helper(backend: Backend) -> None:
+    port = free_port()
+    helpers = ProxyWorkers(1, LOCAL, drain_seconds=0)
+    helpers.start()
+    try:
+        await wait_until(lambda: len(helpers.pids()) == 1)
+        await helpers.send([Serving("tcp", port, (backend,))])  # only the helper listens: it takes them all
+
+        async def answered() -> bool:
+            try:
+                return await ask(port) == b"hello from the task\n"
+            except OSError:
+                return False
+
+        async with asyncio.timeout(20):
+            while not await answered():
+                await asyncio.sleep(0.05)
+        for _ in range(3):
+            assert await ask(port) == b"hello from the task\n"
+
+        def connections() -> int:
+            stats = helpers.totals.total().get((port, "tcp"))
+            return stats.connections if stats is not None else 0
+
+        await wait_until(lambda: connections() >= 4)
+        counted = helpers.totals.total()[(port, "tcp")]
+        assert counted.bytes_out >= 4 * len(b"hello from the task\n")
+        first, last_report = helpers.pids()[0], helpers.totals.latest[0]
+        os.kill(first, signal.SIGKILL)
+        await wait_until(lambda: helpers.pids() not in ([], [first]))
+        # The new helper's first report, counted from 0.
+        await wait_until(lambda: helpers.totals.latest.get(0) not in (None, last_report))
+        assert connections() >= 4  # what the dead one counted stays
+    finally:
+        await helpers.stop()

@@ -52,11 +52,19 @@ def binary_size(size: int) -> str:
     return f"{value:.4g}{units[index]}"
 
 
+OUT_OF_MEMORY = "out of memory: OOM killed"
+
+
 def out_of_memory(memory_limit: int) -> str:
     """The cause added to a task's error when the kernel killed one of its processes for lack of memory."""
     if memory_limit > 0:
-        return f"out of memory: OOM killed at its memory limit of {binary_size(memory_limit)}"
-    return "out of memory: OOM killed"
+        return f"{OUT_OF_MEMORY} at its memory limit of {binary_size(memory_limit)}"
+    return OUT_OF_MEMORY
+
+
+def is_out_of_memory(cause: str) -> bool:
+    """Whether an exit cause (`Controller.exit_cause`) says the task was killed for lack of memory."""
+    return cause.startswith(OUT_OF_MEMORY)
 
 
 def cancelling() -> bool:

@@ -144,6 +144,13 @@ class OrchestratorLoop:
         self._job_slots: dict[str, JobSlots] = {}  # replicated jobs
         cache.subscribe(self._on_event, self._on_resync)
 
+    def update_progress(self) -> dict[str, tuple[int, int]]:
+        """Per replicated service this leader updates: (slots running the new spec, slots still on an older
+        one), as of the updater's last pass."""
+        return {service_id: (p.new_running, len(p.outdated)) for service_id, p in self._progress.items()
+                if (service := self.cache.get(SERVICES, service_id)) is not None
+                and update_state(service) in UPDATE_ACTIVE}  # a finished update's progress may linger a while
+
     def _on_resync(self) -> None:
         self._progress.clear()
         self._job_slots.clear()

@@ -10,14 +10,17 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections import Counter
 
 from shoal.clock import Clock
+from shoal.errors import InvalidArgument
 from shoal.manager.allocator import AddressesExhausted, NetworkAddresses
 from shoal.manager.applier import Applier
 from shoal.manager.cache import Cache
-from shoal.manager.scheduler.pipeline import NodeLoad, refused, schedule
-from shoal.manager.store.base import Event
-from shoal.timefmt import to_rfc3339
+from shoal.manager.scheduler.pipeline import WAITING_REASONS, NodeLoad, refused, schedule, waiting_reason
+from shoal.manager.store.base import Event, object_key
+from shoal.metrics import ManagerMetrics
+from shoal.timefmt import from_rfc3339, to_rfc3339
 from shoal.types import NODES, TASKS, Doc, Plan, TaskState, desired_state, task_node, task_state
 
 log = logging.getLogger(__name__)
@@ -32,8 +35,9 @@ def needs_scheduling(task: Doc) -> bool:
 
 class SchedulerLoop:
     def __init__(self, cache: Cache, applier: Applier, clock: Clock,
-                 addresses: NetworkAddresses | None = None) -> None:
+                 addresses: NetworkAddresses | None = None, metrics: ManagerMetrics | None = None) -> None:
         self.cache = cache
+        self.metrics = metrics or ManagerMetrics()
         self.addresses = addresses or NetworkAddresses()  # tasks get their network addresses when placed
         self.applier = applier
         self.clock = clock
@@ -42,12 +46,16 @@ class SchedulerLoop:
         self.pending: dict[str, None] = {}
         self._tried = 0  # tasks tried since the last change that could let one fit
         self.load = NodeLoad()  # what the nodes run, kept current from the cache's events
+        # Tasks waiting for a node by why (`waiting_reason`), kept from events, for the metrics: a scrape must
+        # not read a hundred thousand pending tasks.
+        self.waiting: Counter[str] = Counter()
         self._signal = asyncio.Event()
         self.last_decision = ""
         cache.subscribe(self._on_event, self._on_resync)
 
     def _on_resync(self) -> None:
         self.pending = {tid: None for tid, t in self.cache.tasks().items() if needs_scheduling(t)}
+        self.waiting = Counter(waiting_reason(self.cache.tasks()[tid]) for tid in self.pending)
         self._tried = 0
         self.load = NodeLoad()
         for task in self.cache.tasks().values():
@@ -56,6 +64,10 @@ class SchedulerLoop:
 
     def _on_event(self, event: Event, prev: Doc | None) -> None:
         if event.kind == TASKS:
+            if prev is not None and needs_scheduling(prev):
+                self.waiting[waiting_reason(prev)] -= 1
+            if event.doc is not None and needs_scheduling(event.doc):
+                self.waiting[waiting_reason(event.doc)] += 1
             if prev is not None:
                 self.load.remove(prev)
             if event.doc is not None:
@@ -108,10 +120,25 @@ class SchedulerLoop:
         if plan.empty():
             return ""
         applied = await self.applier.apply(plan)
+        failed = set(applied.failed_keys)
+        self.metrics.placed(self._waited(t) for t in assigned if object_key(TASKS, t["ID"]) not in failed)
         await self.cache.caught_up(applied.revision, "scheduler")
         self.last_decision = f"{len(assigned)} assigned, {len(result.unassigned)} unplaceable -> {applied}"
         log.info("scheduler: %s", self.last_decision)
         return self.last_decision
+
+    def pending_by_reason(self) -> dict[str, int]:
+        """Tasks waiting for a node by why; every reason, 0 for those none waits for."""
+        counts = {reason: 0 for reason in WAITING_REASONS}
+        counts.update((reason, n) for reason, n in self.waiting.items() if n > 0)
+        return counts
+
+    def _waited(self, task: Doc) -> float | None:
+        """Seconds from the task's creation to now (its placement); None when it has no creation time."""
+        try:
+            return self.clock.now() - from_rfc3339(str(task.get("CreatedAt") or ""))
+        except InvalidArgument:
+            return None
 
     async def run(self) -> None:
         await self.cache.ready.wait()

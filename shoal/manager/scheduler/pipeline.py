@@ -486,3 +486,30 @@ def refused(task: Doc, error: str, stamp: str) -> Doc | None:
     waiting["Status"] = {**status, "Timestamp": stamp, "Err": error}
     waiting["UpdatedAt"] = stamp
     return waiting
+
+
+# Why a pending task waits, in a word (`shoal_tasks_pending{reason}`): the first refusal its Status.Err names,
+# which is the most common one. Each phrase is part of the text its filter (or check) writes there.
+WAITING_PHRASES = (
+    ("unavailable", "not available for new tasks"),
+    ("constraints", "unsatisfied constraint"),
+    ("platform", "unsupported platform"),
+    ("resources", "insufficient resources"),
+    ("max_replicas", "max replicas per node"),
+    ("host_port", "host-mode port already in use"),
+    ("network_addresses", "no free address"),
+)
+NOT_TRIED = "not_tried"  # no decision yet: new, or waiting for its turn
+NO_NODES = "no_nodes"  # the swarm has no node at all
+OTHER = "other"
+WAITING_REASONS = (NOT_TRIED, NO_NODES, *(reason for reason, _ in WAITING_PHRASES), OTHER)
+
+
+def waiting_reason(task: Doc) -> str:
+    error = str((task.get("Status") or {}).get("Err") or "")
+    if not error:
+        return NOT_TRIED
+    if error == NO_SUITABLE_NODE:
+        return NO_NODES
+    found = [(at, reason) for reason, phrase in WAITING_PHRASES if (at := error.find(phrase)) >= 0]
+    return min(found)[1] if found else OTHER

@@ -28,6 +28,7 @@ from shoal.manager.store.base import (
     failed_checks,
     split_key,
 )
+from shoal.metrics import ManagerMetrics
 from shoal.types import KINDS, Doc
 
 log = logging.getLogger(__name__)
@@ -132,10 +133,12 @@ class StoreStats:
 
 
 class EtcdStore:
-    def __init__(self, client: aetcd.Client, max_ops: int = MAX_OPS_PER_TXN) -> None:
+    def __init__(self, client: aetcd.Client, max_ops: int = MAX_OPS_PER_TXN,
+                 metrics: ManagerMetrics | None = None) -> None:
         self.client = client
         self.max_ops = max_ops
         self.stats = StoreStats()
+        self.metrics = metrics or ManagerMetrics()
 
     async def close(self) -> None:
         await self.client.close()
@@ -143,46 +146,51 @@ class EtcdStore:
     # ---- reads ------------------------------------------------------------------------------------------
 
     async def get(self, kind: str, obj_id: str) -> Doc | None:
-        try:
-            kv = await self.client.get(f"{PREFIX}{kind}/{obj_id}".encode())
-        except Exception as exc:
-            raise _wrap_errors(exc) from exc
+        with self.metrics.store_request("get"):
+            try:
+                kv = await self.client.get(f"{PREFIX}{kind}/{obj_id}".encode())
+            except Exception as exc:
+                raise _wrap_errors(exc) from exc
         return None if kv is None else decode(kv.value, kv.mod_revision)
 
     async def list_kind(self, kind: str) -> list[Doc]:
-        try:
-            result = await self.client.get_prefix(f"{PREFIX}{kind}/".encode())
-        except Exception as exc:
-            raise _wrap_errors(exc) from exc
+        with self.metrics.store_request("list"):
+            try:
+                result = await self.client.get_prefix(f"{PREFIX}{kind}/".encode())
+            except Exception as exc:
+                raise _wrap_errors(exc) from exc
         return [decode(kv.value, kv.mod_revision) for kv in result]
 
     async def get_raw(self, key: str) -> bytes | None:
-        try:
-            kv = await self.client.get(key.encode())
-        except Exception as exc:
-            raise _wrap_errors(exc) from exc
+        with self.metrics.store_request("get"):
+            try:
+                kv = await self.client.get(key.encode())
+            except Exception as exc:
+                raise _wrap_errors(exc) from exc
         return None if kv is None else bytes(kv.value)
 
     async def put_raw_if_absent(self, key: str, value: bytes) -> bytes:
         """Write `key` unless it exists; returns what it holds then (ours, or what another writer put first)."""
-        try:
-            await self.client.connect()
-            response = await self.client.kvstub.Txn(rpc.TxnRequest(
-                compare=[_created(key.encode(), rpc.Compare.EQUAL)], success=[_put(key.encode(), value)],
-                failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key.encode()))]),
-                timeout=self.client.request_timeout)
-        except Exception as exc:
-            raise _wrap_errors(exc) from exc
+        with self.metrics.store_request("commit"):
+            try:
+                await self.client.connect()
+                response = await self.client.kvstub.Txn(rpc.TxnRequest(
+                    compare=[_created(key.encode(), rpc.Compare.EQUAL)], success=[_put(key.encode(), value)],
+                    failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key.encode()))]),
+                    timeout=self.client.request_timeout)
+            except Exception as exc:
+                raise _wrap_errors(exc) from exc
         if response.succeeded:
             return value
         return bytes(response.responses[0].response_range.kvs[0].value)
 
     async def list_raw(self, prefix: str) -> dict[str, bytes]:
         """Every key under `prefix` with its value (keys that are not objects: the store CA's records)."""
-        try:
-            result = await self.client.get_prefix(prefix.encode())
-        except Exception as exc:
-            raise _wrap_errors(exc) from exc
+        with self.metrics.store_request("list"):
+            try:
+                result = await self.client.get_prefix(prefix.encode())
+            except Exception as exc:
+                raise _wrap_errors(exc) from exc
         return {kv.key.decode(): bytes(kv.value) for kv in result}
 
     async def follow_raw(self, key: str) -> AsyncIterator[bytes | None]:
@@ -212,10 +220,11 @@ class EtcdStore:
 
     async def snapshot(self) -> Snapshot:
         """Every object at one revision (a single range read is consistent)."""
-        try:
-            result = await self.client.get_prefix(PREFIX.encode())
-        except Exception as exc:
-            raise _wrap_errors(exc) from exc
+        with self.metrics.store_request("snapshot"):
+            try:
+                result = await self.client.get_prefix(PREFIX.encode())
+            except Exception as exc:
+                raise _wrap_errors(exc) from exc
         # Decoding a hundred thousand documents takes seconds: not on the event loop.
         docs = await asyncio.to_thread(_decode_all, list(result))
         return Snapshot(docs, int(result.header.revision))
@@ -300,6 +309,10 @@ class EtcdStore:
     async def commit(self, batch: Batch, fence: str | None = None) -> int:
         if not batch.ops:
             return 0
+        with self.metrics.store_request("commit"):
+            return await self._commit(batch, fence)
+
+    async def _commit(self, batch: Batch, fence: str | None) -> int:
         if len(batch.ops) > self.max_ops:
             raise ValueError(f"batch of {len(batch.ops)} operations is larger than {self.max_ops}")
         request, size = self._request(batch.ops, fence)
