@@ -92,7 +92,10 @@ def simulate(service: Doc, tasks: list[Doc], nodes: Mapping[str, Doc], placed: N
     else:
         result.truncated = True
     if refused:
-        result.notes.append(f"{len(refused)} task(s) could not be placed: the update waits for them")
+        count = len(refused)
+        result.notes.append(f"{count} task{'s' if count != 1 else ''} could not be placed: "
+                            f"{'they wait' if count != 1 else 'it waits'} for a node that can take "
+                            f"{'them' if count != 1 else 'it'}, and a rolling update waits with them")
     return result
 
 
