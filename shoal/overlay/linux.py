@@ -358,6 +358,14 @@ class OverlayDataPath:
         return local
 
     async def _apply_vxlan_filter(self) -> None:
+        if not self._networks:
+            # No VXLAN device listens on the port: nothing to guard, and a node that never joins a network
+            # leaves no table behind. The last network gone, its table goes too.
+            if self._filter_applied:
+                with contextlib.suppress(OverlayError):
+                    await run("nft", "delete", "table", "ip", vxlan_table(self.port))
+                self._filter_applied = ""
+            return
         sources = {local.network.vni: {peer.address for peer in local.peers.values()}
                    for local in self._networks.values()}
         script = render_vxlan_filter(vxlan_table(self.port), self.port, sources)

@@ -394,3 +394,16 @@ async def test_the_vxlan_filter_follows_the_peers(kernel: FakeKernel) -> None:
     assert "@th,96,24 4097 ip saddr != { 127.0.0.3 } counter drop" in filters[-1]
     await overlay._sync()  # nothing changed: nothing written
     assert len([text for program, text in kernel.batches if program == "nft -f -"]) == len(filters)
+
+
+async def test_a_node_without_networks_writes_no_filter_and_the_last_network_takes_it_away(
+        kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    overlay = OverlayDataPath("node-a-0000000000000", "127.0.0.2", 4790)
+    await overlay._sync()  # a node that never joins a network (a bare daemon) leaves no table behind
+    assert not [c for c in kernel.commands if c[0] == "nft"] and not kernel.batches
+    await overlay.attach(task("t1", (BACK, "10.0.1.5/24")), await overlay.make_task_namespace("t1"), 0)
+    assert [program for program, _ in kernel.batches].count("nft -f -") == 1
+    monkeypatch.setattr(overlay_linux, "NETWORK_LINGER_SECONDS", 0.0)
+    await overlay.release("t1")
+    await overlay._sync()
+    assert ("nft", "delete", "table", "ip", "shoal_vx_4790") in kernel.commands
