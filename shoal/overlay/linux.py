@@ -148,9 +148,14 @@ class LocalNetwork:
     peers: dict[str, Peer] = field(default_factory=dict)  # as last applied
     close_dns: Callable[[], None] | None = None
 
+    def stop_dns(self) -> None:
+        if self.close_dns is not None:
+            self.close_dns()
+            self.close_dns = None
+
 
 class OverlayDataPath:
-    """This node's overlays. `update` takes each name table; `attach` and `detach` follow local tasks."""
+    """This node's overlays. `update` takes each name table; `attach` and `release` follow local tasks."""
 
     def __init__(self, node_id: str, address: str, port: int, start_dns: DNSStarter | None = None) -> None:
         self.node_id = node_id
@@ -206,14 +211,11 @@ class OverlayDataPath:
 
     async def release(self, task_id: str) -> None:
         """The task has ended: its namespace's name goes (and with a process task's, its interfaces)."""
-        self.detach(task_id)
+        if self._tasks.pop(task_id, None) is not None:
+            self._changed.set()
         name = task_namespace_name(self.node_id, task_id)
         if os.path.exists(f"{NETNS_DIR}/{name}"):
             await run("ip", "netns", "del", name)
-
-    def detach(self, task_id: str) -> None:
-        if self._tasks.pop(task_id, None) is not None:
-            self._changed.set()
 
     # ---- the loop --------------------------------------------------------------------------------------------
 
@@ -231,9 +233,7 @@ class OverlayDataPath:
         `remove` (the node leaves the swarm and its tasks are gone)."""
         async with self._lock:
             for local in self._networks.values():
-                if local.close_dns is not None:
-                    local.close_dns()
-                    local.close_dns = None
+                local.stop_dns()
             if remove:
                 for name in node_namespaces(self.node_id):
                     with contextlib.suppress(OverlayError):
@@ -298,9 +298,8 @@ class OverlayDataPath:
             if now - since < NETWORK_LINGER_SECONDS:
                 continue
             local = next((n for n in self._networks.values() if n.namespace == name), None)
-            if local is not None and local.close_dns is not None:
-                local.close_dns()
-                local.close_dns = None
+            if local is not None:
+                local.stop_dns()
             # The bridge and the VXLAN device go with a network's namespace; a task's interface with its own.
             await run("ip", "netns", "del", name)
             del self._unclaimed_since[name]
