@@ -297,3 +297,18 @@ def test_shoal_dashboard_says_in_one_line_what_is_wrong(tmp_path: Path) -> None:
     assert code == 1 and out == "" and err.startswith("Cannot connect to the shoal daemon") and err.count("\n") == 1
     code, _, err = cli("dashboard", "--port", "http")
     assert code == 2 and "invalid port 'http'" in err
+
+
+async def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
+    runner = web.AppRunner(FakeDaemon().app())
+    await runner.setup()
+    await web.UnixSite(runner, str(tmp_path / "shoal.sock")).start()
+    taken = loopback_socket(0)
+    try:
+        port = taken.getsockname()[1]
+        code, out, err = await asyncio.to_thread(cli, "-H", f"unix://{tmp_path}/shoal.sock", "dashboard",
+                                                 "--no-browser", "--port", str(port))
+        assert (code, out) == (1, "") and err == f"cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    finally:
+        taken.close()
+        await runner.cleanup()
