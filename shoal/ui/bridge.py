@@ -173,13 +173,13 @@ async def forward(request: web.Request) -> web.StreamResponse:
         answer = await upstream.send(outgoing, stream=True)
     except httpx.HTTPError as exc:
         return refuse(502, f"Cannot connect to the shoal daemon at {request.app[DAEMON]}: {exc or type(exc).__name__}")
+    response = web.StreamResponse(status=answer.status_code, reason=answer.reason_phrase)
+    for name in RESPONSE_HEADERS:
+        if name in answer.headers:
+            response.headers[name] = answer.headers[name]
+    response.headers.update(SECURITY_HEADERS)
+    response.headers.setdefault("Cache-Control", "no-store")
     try:
-        response = web.StreamResponse(status=answer.status_code, reason=answer.reason_phrase)
-        for name in RESPONSE_HEADERS:
-            if name in answer.headers:
-                response.headers[name] = answer.headers[name]
-        response.headers.update(SECURITY_HEADERS)
-        response.headers.setdefault("Cache-Control", "no-store")
         await response.prepare(request)
         try:
             async for chunk in answer.aiter_raw():
@@ -192,7 +192,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
         await response.write_eof()
         return response
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-        return web.Response(status=499)  # the browser went away
+        return response  # the browser went away: nobody to answer
     finally:
         await answer.aclose()
 
