@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what shoal needs on Debian 12 when it is missing: etcd (server and etcdctl), docker.io, busybox-static,
-# iproute2, nftables, prometheus (apt),
+# iproute2, nftables, prometheus, chromium (apt),
 # then a virtual environment in .venv with shoal and its Python dependencies (PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,8 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || need+=(nftables)
 # prometheus: the metrics cluster test scrapes a playground with the real server.
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+# chromium: the dashboard's browser test drives it with playwright (which never downloads a browser here).
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]} (apt-get)"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo

@@ -103,6 +103,32 @@ def encode_stdcopy(stream_id: int, payload: bytes) -> bytes:
     return STDCOPY_HEADER.pack(stream_id, len(payload)) + payload
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and how to reach a daemon: its socket, or its https URL with this client's TLS context."""
+
+    base_url: str
+    socket: str | None = None
+    verify: ssl.SSLContext | bool = True
+
+    @classmethod
+    def of(cls, host: str, tls: TlsFiles | None) -> Endpoint:
+        if host.startswith("unix://"):
+            return cls("http://shoal", socket=host[len("unix://"):])
+        if host.startswith("tcp://"):
+            if tls is None:
+                raise ValueError(f"{host}: tcp connections need TLS certificates "
+                                 "(--tlscacert/--tlscert/--tlskey or SHOAL_CERT_PATH)")
+            return cls("https://" + host[len("tcp://"):], verify=tls.ssl_context())
+        raise ValueError(f"invalid host {host!r}: use unix:///path/to/socket or tcp://host:port")
+
+    def async_client(self, timeout: httpx.Timeout = DEFAULT_TIMEOUT) -> httpx.AsyncClient:
+        """An asyncio client of the same daemon, over the same socket or with the same certificates (for
+        `shoal dashboard`'s bridge)."""
+        transport = httpx.AsyncHTTPTransport(uds=self.socket) if self.socket is not None else None
+        return httpx.AsyncClient(base_url=self.base_url, transport=transport, verify=self.verify, timeout=timeout)
+
+
 class Client:
     """The daemon's HTTP API. Paths are unversioned (`/services`); the daemon also accepts `/v1.NN/...`."""
 
@@ -114,15 +140,10 @@ class Client:
     @classmethod
     def for_host(cls, host: str, tls: TlsFiles | None = None) -> Client:
         """A client for `unix:///path` or `tcp://host:port` (the latter always with mutual TLS)."""
-        if host.startswith("unix://"):
-            path = host[len("unix://"):]
-            return cls("http://shoal", host=host, transport=httpx.HTTPTransport(uds=path))
-        if host.startswith("tcp://"):
-            if tls is None:
-                raise ValueError(f"{host}: tcp connections need TLS certificates "
-                                 "(--tlscacert/--tlscert/--tlskey or SHOAL_CERT_PATH)")
-            return cls("https://" + host[len("tcp://"):], host=host, verify=tls.ssl_context())
-        raise ValueError(f"invalid host {host!r}: use unix:///path/to/socket or tcp://host:port")
+        endpoint = Endpoint.of(host, tls)
+        if endpoint.socket is not None:
+            return cls(endpoint.base_url, host=host, transport=httpx.HTTPTransport(uds=endpoint.socket))
+        return cls(endpoint.base_url, host=host, verify=endpoint.verify)
 
     def close(self) -> None:
         self._http.close()

@@ -4,7 +4,8 @@
 `filters` is Docker's JSON. With neither time the stream starts now; with `since` it first replays the kept
 events from then on; with `until` in the past it replays and ends, in the future it ends then. When the node
 runs its tasks on a Docker Engine, the engine's own events (containers, images, …; scope "local") join the
-stream as they would on a Docker manager, unless the filters leave them out.
+stream as they would on a Docker manager, unless the filters leave them out. `filters={"type":["task"]}` adds
+shoal's task events (`shoal.manager.events`), live only.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from aiohttp import web
 from shoal.api.proxy import EngineProxy
 from shoal.errors import InvalidArgument, ShoalError
 from shoal.manager.controlapi.filters import Filters
-from shoal.manager.events import EVENT_TYPES, EventJournal, Subscription, parse_event_filters
+from shoal.manager.events import EVENT_TYPES, TASK_TYPE, EventJournal, Subscription, parse_event_filters
 from shoal.timefmt import SECOND, parse_timestamp_ns
 from shoal.timeouts import within
 
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 
 IDLE_CHECK = 1.0  # seconds between checks that a quiet stream's client is still there
 WRITE_TIMEOUT = 30.0  # a client that takes no bytes for this long is dropped
-SWARM_TYPES = frozenset(EVENT_TYPES.values())
+SWARM_TYPES = frozenset({*EVENT_TYPES.values(), TASK_TYPE})
 
 
 def query_time(request: web.Request, name: str) -> int | None:

@@ -30,6 +30,7 @@ from shoal.manager.join import handle_join
 from shoal.protocol import CA_PATH, DEBUG_PATH, JOIN_PATH, SESSION_PATH
 from shoal.timefmt import to_rfc3339
 from shoal.types import CONFIGS, SECRETS, Doc
+from shoal.ui import assets as ui_assets
 
 if TYPE_CHECKING:
     from shoal.daemon import Daemon
@@ -610,6 +611,10 @@ def make_app(daemon: Daemon, remote: bool) -> web.Application:
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
         app.router.add_route(method, "/v{api_version:[0-9.]+}" + path, handler)
+    # The dashboard's page (shoal's own, unversioned): on the socket for local root, on the swarm port for
+    # manager certificates, as every API route.
+    app.router.add_get("/ui", ui_assets.serve)
+    app.router.add_get("/ui/{name:[^/]*}", ui_assets.serve)
     if remote:
         app.router.add_get(CA_PATH, ca_cert)
         app.router.add_post(JOIN_PATH, join)

@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 
 import shoal
 from shoal.api.client import ApiError, DaemonUnreachable
-from shoal.cli import daemon, events, network, node, playground, secret, service, stack, swarm
+from shoal.cli import daemon, dashboard, events, network, node, playground, secret, service, stack, swarm
 from shoal.cli.common import CliContext, CliError, resolve_host, resolve_tls
 from shoal.cli.flags import FlagError, normalise_args
 from shoal.cli.format import bytes_size
@@ -72,6 +72,7 @@ def build_parser() -> ShoalArgumentParser:
     daemon.register(commands)
     playground.register(commands)
     events.register(commands)
+    dashboard.register(commands)
     version = commands.add_parser("version", help="Show the shoal version information")
     version.set_defaults(handler=run_version)
     info = commands.add_parser("info", help="Display system-wide information")

@@ -16,6 +16,13 @@ Differences from Docker, on purpose:
   skips, for a subscriber, an event it does not take within 100 ms);
 - a node's `leader` and `reachability` changes are not reported (shoal computes them when read, not in the store);
 - an unknown filter key is refused rather than ignored.
+
+Beyond Docker, task events (type "task"), for a viewer that shows tasks moving (the dashboard): only a client
+whose `type` filter names "task" gets them, so a Docker client never sees one. They are derived from the
+changes of a task a viewer sees (created, observed or desired state, node, scheduling error, removed), not
+from its other writes (the agent's timestamps); nothing is derived while no client asks for them, and they
+are never kept for `since` (a viewer reads the tasks when it connects): a hundred thousand task changes
+never push the swarm's own events out of the buffer.
 """
 
 from __future__ import annotations
@@ -34,12 +41,15 @@ from shoal.manager.controlapi.filters import Filters, parse_filters
 from shoal.manager.store.base import Event
 from shoal.spec import REPLICATED, service_mode
 from shoal.timefmt import SECOND
-from shoal.types import CONFIGS, NETWORKS, NODES, SECRETS, SERVICES, Doc
+from shoal.types import CONFIGS, NETWORKS, NODES, SECRETS, SERVICES, TASKS, Doc
 
 # Store kinds that make events, and Docker's name for each (`Type`).
 EVENT_TYPES: Mapping[str, str] = {SERVICES: "service", NODES: "node", SECRETS: "secret", CONFIGS: "config",
                                   NETWORKS: "network"}
 SCOPE = "swarm"
+TASK_TYPE = "task"  # shoal's own: only for a client whose filters ask for it
+# The fields of a task whose change is a task event, with the attribute each is shown as.
+TASK_FIELDS = (("state", "state"), ("desired", "desiredstate"), ("node", "node.id"), ("err", "err"))
 BUFFER_EVENTS = 10_000  # kept for `since`; Docker keeps 256
 CLIENT_QUEUE = 1_000  # events waiting for one streaming client; past it the client is dropped
 
@@ -130,6 +140,61 @@ def node_changes(before: Doc, after: Doc) -> dict[str, str]:
     return changes
 
 
+def derive_task_event(before: Doc | None, after: Doc | None, time_nano: int) -> ClusterEvent | None:
+    """The task event for a task going from `before` to `after` (None: absent), or None when nothing a viewer
+    follows changed. Its attributes say where the task is now (name, service, slot, node, states, image,
+    scheduling error); an update also names what it was (`state.old`, `node.id.old`, …)."""
+    if after is None:
+        if before is None:
+            return None
+        return ClusterEvent(TASK_TYPE, "remove", str(before.get("ID", "")), task_attributes(before), time_nano)
+    attributes = task_attributes(after)
+    if before is None:
+        return ClusterEvent(TASK_TYPE, "create", str(after.get("ID", "")), attributes, time_nano)
+    old, new = _task_fields(before), _task_fields(after)
+    if old == new:
+        return None
+    for (_, name), old_value, new_value in zip(TASK_FIELDS, old, new, strict=True):
+        if old_value != new_value and name != "err":
+            attributes[f"{name}.old"] = old_value
+    return ClusterEvent(TASK_TYPE, "update", str(after.get("ID", "")), attributes, time_nano)
+
+
+def task_attributes(task: Doc) -> dict[str, str]:
+    """What a viewer shows of a task, as event attributes (strings, as all of Docker's)."""
+    service_name = str((task.get("ServiceAnnotations") or {}).get("Name") or "")
+    slot = int(task.get("Slot") or 0)
+    node_id = str(task.get("NodeID") or "")
+    state, desired, _, err = _task_fields(task)
+    attributes = {
+        # Docker's task name: `web.2`, or `agent.<node id>` for a global service's task.
+        "name": f"{service_name}.{slot if slot else node_id}",
+        "service.id": str(task.get("ServiceID") or ""), "service.name": service_name, "slot": str(slot),
+        "node.id": node_id, "state": state, "desiredstate": desired,
+        "image": str(((task.get("Spec") or {}).get("ContainerSpec") or {}).get("Image") or ""),
+    }
+    if err:
+        attributes["err"] = err
+    return attributes
+
+
+def _task_fields(task: Doc) -> tuple[str, str, str, str]:
+    status = task.get("Status") or {}
+    return (str(status.get("State") or ""), str(task.get("DesiredState") or ""), str(task.get("NodeID") or ""),
+            str(status.get("Err") or ""))
+
+
+def reload_task_events(previous: Mapping[str, Doc], current: Mapping[str, Doc],
+                       time_nano: int) -> list[ClusterEvent]:
+    """The task events a manager missed while its watch was down (its tasks before and after the reload):
+    creates and updates, then removes."""
+    events = [event for task_id, after in current.items()
+              if (event := derive_task_event(previous.get(task_id), after, time_nano)) is not None]
+    events += [event for task_id, before in previous.items()
+               if task_id not in current and (event := derive_task_event(before, None, time_nano)) is not None]
+    return events
+
+
 def reload_events(previous: Docs, current: Docs, time_nano: int) -> list[ClusterEvent]:
     """The events a manager missed while its watch was down, from its cache before and after it reloaded from
     a fresh snapshot: creates and updates in the order they were written, then removes. One time for all (the
@@ -201,6 +266,11 @@ def _state(node: Doc) -> str:
 
 # ---- filtering: Docker's event filters ---------------------------------------------------------------------
 
+def wants_task_events(filters: Filters) -> bool:
+    """Task events go only to a client that names them in its `type` filter (a Docker client never does)."""
+    return TASK_TYPE in (filters.get("type") or ())
+
+
 def parse_event_filters(raw: str | None) -> Filters:
     """The `filters` query parameter of `GET /events`, either encoding; an unknown key is refused."""
     filters = parse_filters(raw)
@@ -223,7 +293,10 @@ def event_matches(filters: Filters, event: ClusterEvent) -> bool:
     for key in OBJECT_FILTERS:
         values = filters.get(key)
         if values and not any(event.actor_id.startswith(v) or name.startswith(v) for v in values):
-            return False
+            # A task event also matches its service or node by ID (`service=web` matches `web.1` by name).
+            owner = event.attributes.get(f"{key}.id", "") if event.type == TASK_TYPE else ""
+            if not owner or not any(owner.startswith(v) for v in values):
+                return False
     images = filters.get("image")
     if images and event.actor_id not in images and event.attributes.get("image", "") not in images:
         return False
@@ -318,6 +391,7 @@ class EventJournal:
         self.kept: deque[ClusterEvent] = deque(maxlen=keep)
         self.client_queue = client_queue
         self.subscriptions: set[Subscription] = set()
+        self.task_subscriptions: set[Subscription] = set()  # those that asked for task events too
         self.dropped_clients = 0
         self._last_nano = 0
 
@@ -329,6 +403,10 @@ class EventJournal:
         """A committed change the cache applied (a cache listener: called for every kind, tasks return at once)."""
         if change.kind in EVENT_TYPES:
             self.publish_change(change.kind, before, change.doc)
+        elif change.kind == TASKS and self.task_subscriptions:
+            event = derive_task_event(before, change.doc, self._now_nano())
+            if event is not None:
+                self.publish(event)
 
     def publish_change(self, kind: str, before: Doc | None, after: Doc | None) -> None:
         event = derive_event(kind, before, after, self._now_nano())
@@ -339,13 +417,21 @@ class EventJournal:
         """The cache reloaded from a fresh snapshot: publish what changed meanwhile."""
         for event in reload_events(previous, current, self._now_nano()):
             self.publish(event)
+        if self.task_subscriptions:
+            for event in reload_task_events(previous.get(TASKS) or {}, current.get(TASKS) or {},
+                                            self._now_nano()):
+                self.publish(event)
 
     def publish(self, event: ClusterEvent) -> None:
-        self.kept.append(event)
-        for subscription in list(self.subscriptions):
+        if event.type == TASK_TYPE:
+            receivers = self.task_subscriptions  # never kept: see the module's docstring
+        else:
+            self.kept.append(event)
+            receivers = self.subscriptions
+        for subscription in list(receivers):
             subscription.offer(event)
             if subscription.dropped:  # its handler cuts the connection and says so
-                self.subscriptions.discard(subscription)
+                self.unsubscribe(subscription)
                 self.dropped_clients += 1
 
     def subscribe(self, filters: Filters, since: int | None, until: int | None) -> tuple[list[ClusterEvent],
@@ -354,17 +440,22 @@ class EventJournal:
         event falls between the two."""
         subscription = Subscription(filters, self.client_queue)
         self.subscriptions.add(subscription)
+        if wants_task_events(filters):
+            self.task_subscriptions.add(subscription)
         return buffered_events(self.kept, since, until, filters), subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
         self.subscriptions.discard(subscription)
+        self.task_subscriptions.discard(subscription)
 
     def stats(self) -> Doc:
         """For `GET /shoal/debug`: streaming clients now, events kept, clients dropped for falling behind."""
-        return {"Subscribers": len(self.subscriptions), "Kept": len(self.kept), "DroppedClients": self.dropped_clients}
+        return {"Subscribers": len(self.subscriptions), "TaskSubscribers": len(self.task_subscriptions),
+                "Kept": len(self.kept), "DroppedClients": self.dropped_clients}
 
 
 __all__ = [
-    "EVENT_FILTERS", "EVENT_TYPES", "ClusterEvent", "EventJournal", "Subscription", "buffered_events",
-    "derive_event", "event_matches", "node_changes", "parse_event_filters", "reload_events", "service_changes",
+    "EVENT_FILTERS", "EVENT_TYPES", "TASK_TYPE", "ClusterEvent", "EventJournal", "Subscription", "buffered_events",
+    "derive_event", "derive_task_event", "event_matches", "node_changes", "parse_event_filters", "reload_events",
+    "reload_task_events", "service_changes", "task_attributes", "wants_task_events",
 ]

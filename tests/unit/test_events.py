@@ -236,7 +236,7 @@ async def test_a_client_that_falls_behind_is_dropped_and_the_rest_go_on() -> Non
     journal.publish_change(SECRETS, None, {"ID": "x3", "Spec": {"Name": "s3"}})
     assert slow.dropped and not slow.pending and slow not in journal.subscriptions
     assert not fast.dropped and len(fast.pending) == 1
-    assert journal.stats() == {"Subscribers": 1, "Kept": 4, "DroppedClients": 1}
+    assert journal.stats() == {"Subscribers": 1, "TaskSubscribers": 0, "Kept": 4, "DroppedClients": 1}
 
 
 async def test_the_cache_feeds_the_journal_and_a_reload_fills_the_gap() -> None:
