@@ -482,8 +482,8 @@ async def events(request: web.Request) -> web.StreamResponse:
     manager shows its engine's own events, as a Docker worker does; without an engine it says to ask a manager."""
     daemon = daemon_of(request)
     proxy = request.app[ENGINE_PROXY]
-    if daemon.control is None and proxy.present():
-        return await engine(request)
+    if daemon.control is None and _has_engine(daemon) and proxy.present():
+        return await engine(request)  # a process-executor node's host engine runs nothing of the swarm's
     journal = daemon.event_journal()
     local = proxy if _has_engine(daemon) and proxy.present() else None
     return await stream_events(request, journal, local, daemon.clock.now, MAX_API_VERSION)

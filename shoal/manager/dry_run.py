@@ -51,11 +51,13 @@ def simulate(service: Doc, tasks: list[Doc], nodes: Mapping[str, Doc], placed: N
     """The batches the planners would make for `service` (already updated, not yet stored), given its tasks
     and `placed`: what every node runs, this service's tasks included. Nothing passed in is changed."""
     result = DryRun()
+    had_tasks = bool(tasks)
     by_id = {t["ID"]: t for t in tasks}
     node_map = dict(nodes)
     node_list = list(node_map.values())
     load = placed.copy()
     refused: dict[str, str] = {}  # task ID -> why no node takes it
+    replaced_ids: set[str] = set()  # old tasks a batch already named as replaced
     clock, work = now, 0
     for _ in range(PASS_LIMIT):
         work += len(by_id) + 1
@@ -73,7 +75,7 @@ def simulate(service: Doc, tasks: list[Doc], nodes: Mapping[str, Doc], placed: N
             if changed is None:
                 break
             continue
-        batch = _write(plan, by_id, load)
+        batch = _write(plan, by_id, load, replaced_ids)
         waiting = [t for t in by_id.values() if task_state(t) == TaskState.PENDING
                    and desired_state(t) <= TaskState.RUNNING and t["ID"] not in refused]
         decision = schedule(waiting, node_list, load, clock)
@@ -92,10 +94,12 @@ def simulate(service: Doc, tasks: list[Doc], nodes: Mapping[str, Doc], placed: N
     else:
         result.truncated = True
     if refused:
-        count = len(refused)
-        result.notes.append(f"{count} task{'s' if count != 1 else ''} could not be placed: "
-                            f"{'they wait' if count != 1 else 'it waits'} for a node that can take "
-                            f"{'them' if count != 1 else 'it'}, and a rolling update waits with them")
+        many = len(refused) != 1
+        note = (f"{len(refused)} task{'s' if many else ''} could not be placed: {'they wait' if many else 'it waits'}"
+                f" for a node that can take {'them' if many else 'it'}")
+        if had_tasks:
+            note += ", and a rolling update waits with " + ("them" if many else "it")
+        result.notes.append(note)
     return result
 
 
@@ -107,14 +111,18 @@ def _put(by_id: dict[str, Doc], load: NodeLoad, task: Doc) -> None:
     load.add(task)
 
 
-def _write(plan: Plan, by_id: dict[str, Doc], load: NodeLoad) -> Batch:
-    """Write the plan over the simulated tasks; the batch it makes: tasks created, and slots stopped."""
+def _write(plan: Plan, by_id: dict[str, Doc], load: NodeLoad, replaced_ids: set[str]) -> Batch:
+    """Write the plan over the simulated tasks; the batch it makes: tasks created (with the task each
+    replaces), and tasks stopped with no replacement. A start-first slot's old task is stopped a pass after its
+    replacement started: it was reported then (`replaced_ids`), not again."""
     batch = Batch()
+    live = {_slot_key(t): t for t in by_id.values() if desired_state(t) <= TaskState.RUNNING
+            and not task_state(t).terminal}
     stopping = {}
     for doc in plan.update:
         before = by_id.get(doc["ID"])
         if before is not None and desired_state(before) <= TaskState.RUNNING < desired_state(doc):
-            stopping[task_slot(doc) or task_node(doc)] = doc
+            stopping[_slot_key(doc)] = doc
         _put(by_id, load, doc)
     for doc in plan.delete:
         gone = by_id.pop(doc["ID"], None)
@@ -122,13 +130,21 @@ def _write(plan: Plan, by_id: dict[str, Doc], load: NodeLoad) -> Batch:
             load.remove(gone)
     for doc in plan.create:
         _put(by_id, load, doc)
-        replaced = stopping.pop(task_slot(doc) or task_node(doc), None)
+        replaced = stopping.pop(_slot_key(doc), None) or live.get(_slot_key(doc))
+        if replaced is not None:
+            replaced_ids.add(replaced["ID"])
         batch.started.append({"ID": doc["ID"], "Slot": task_slot(doc),
                               "Replaces": replaced["ID"] if replaced else "",
                               "ReplacesNodeID": task_node(replaced) if replaced else ""})
     for doc in stopping.values():
-        batch.stopped.append({"Slot": task_slot(doc), "TaskID": doc["ID"], "NodeID": task_node(doc)})
+        if doc["ID"] not in replaced_ids:
+            batch.stopped.append({"Slot": task_slot(doc), "TaskID": doc["ID"], "NodeID": task_node(doc)})
     return batch
+
+
+def _slot_key(task: Doc) -> int | str:
+    """A replicated task's slot; a global task's node."""
+    return task_slot(task) or task_node(task)
 
 
 def _agents_act(by_id: dict[str, Doc], load: NodeLoad, now: float) -> None:

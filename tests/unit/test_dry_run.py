@@ -85,3 +85,17 @@ def test_an_unchanged_service_makes_no_batch() -> None:
     service = new_service(spec(), "s1", NOW, set())
     tasks = running_tasks(service)
     assert simulate(service, tasks, NODES, NodeLoad.of({t["NodeID"]: [t] for t in tasks}), NOW).batches == []
+
+
+def test_a_start_first_update_names_the_replaced_task_once_per_batch() -> None:
+    base = spec()
+    base["UpdateConfig"]["Order"] = "start-first"
+    service = new_service(base, "s1", NOW, set())
+    tasks = running_tasks(service)
+    changed = spec(image="busybox:2")
+    changed["UpdateConfig"]["Order"] = "start-first"
+    updated = updated_service(service, changed, NOW, set())
+    run = simulate(updated, tasks, NODES, NodeLoad.of({t["NodeID"]: [t] for t in tasks}), NOW)
+    assert [[(e["Slot"], e["Replaces"]) for e in b.started] for b in run.batches] == [
+        [(1, "t1")], [(2, "t2")], [(3, "t3")]]
+    assert all(not b.stopped for b in run.batches), "the old task's stop is part of its batch, not one of its own"

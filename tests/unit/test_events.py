@@ -528,6 +528,15 @@ async def test_a_node_that_is_no_manager_shows_its_engines_events(engine: FakeEn
         assert [json.loads(line)["Type"] for line in body.splitlines()] == ["container"]
 
 
+async def test_a_process_executor_worker_does_not_pass_on_its_hosts_engine_events(engine: FakeEngine) -> None:
+    # The host's engine runs nothing of this node's (another swarm's containers, maybe): not this node's events.
+    app = make_app(EventsDaemon(None, executor="process"), remote=False)  # type: ignore[arg-type]
+    async with TestClient(TestServer(app)) as test_client:
+        response = await test_client.get("/events", params={"until": "1"})
+        assert response.status == 503 and "Worker nodes can't be used" in (await response.json())["message"]
+        assert not [path for path in engine.seen if "events" in path]
+
+
 async def test_info_shows_the_engines_figures_with_shoals_identity_and_swarm(engine: FakeEngine) -> None:
     app = make_app(InfoDaemon(EventJournal(FakeClock()), executor="docker"), remote=False)  # type: ignore[arg-type]
     async with TestClient(TestServer(app)) as test_client:

@@ -59,7 +59,9 @@ def optional_int(doc: Doc, key: str, path: str, minimum: int | None = 0, maximum
     if _is_int(value) and (INT64_MIN if minimum is None else minimum) <= value <= (
             INT64_MAX if maximum is None else maximum):
         return int(value)
-    if _is_int(value) and maximum is None:
+    if _is_int(value) and minimum is not None and value < minimum and maximum is None:
+        wanted = f"a whole number >= {minimum}"  # it fits in 64 bits: the sign is what is wrong
+    elif _is_int(value) and maximum is None:
         wanted = "a whole number that fits in 64 bits"
     elif minimum is not None and maximum is not None:
         wanted = f"a whole number from {minimum} to {maximum}"
