@@ -223,6 +223,36 @@ ULIMIT_NAMES = ("core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", 
                 "rtprio", "rttime", "sigpending", "stack")
 UNLIMITED = -1  # a ulimit's Soft or Hard
 
+# Capabilities as the docker CLI writes them into a spec ("net_admin" → "CAP_NET_ADMIN"); ALL stands for all.
+ALL_CAPABILITIES = "ALL"
+
+
+def normalise_capability(name: str) -> str:
+    """docker's NormalizeCapability: upper case with the CAP_ prefix; ALL, and the CLI's RESET, as they are."""
+    name = name.strip().upper()
+    if name in (ALL_CAPABILITIES, "RESET") or name.startswith("CAP_"):
+        return name
+    return f"CAP_{name}"
+
+
+def capability_list(names: set[str]) -> list[str]:
+    """A set of capabilities as a spec lists them: sorted, or ALL alone."""
+    return [ALL_CAPABILITIES] if ALL_CAPABILITIES in names else sorted(names)
+
+
+def effective_capability_lists(add: list[str], drop: list[str]) -> tuple[list[str], list[str]]:
+    """CapabilityAdd and CapabilityDrop from the capabilities to add and drop, as `docker service create` and
+    `docker stack deploy` make them (EffectiveCapAddCapDrop): normalised, sorted, ALL standing for all, and a
+    capability both added and dropped only added."""
+    added = {normalise_capability(name) for name in add}
+    dropped = {normalise_capability(name) for name in drop}
+    if ALL_CAPABILITIES in added:
+        added = {ALL_CAPABILITIES}
+    if ALL_CAPABILITIES in dropped:
+        dropped = {ALL_CAPABILITIES}
+    return sorted(added), sorted(dropped - added)
+
+
 # ContainerSpec.Hosts entries are /etc/hosts lines, "IP name [alias...]"; the engine puts this word in place of
 # the address of the node's gateway (Docker's `--host name:host-gateway`).
 HOST_GATEWAY = "host-gateway"

@@ -19,7 +19,16 @@ from typing import Any
 
 from shoal.cli.common import CliError
 from shoal.cli.flags import parse_bool
-from shoal.spec import HOST_GATEWAY, MOUNT_PROPAGATIONS, MOUNT_TYPES, ULIMIT_NAMES, UNLIMITED
+from shoal.spec import (
+    HOST_GATEWAY,
+    MOUNT_PROPAGATIONS,
+    MOUNT_TYPES,
+    ULIMIT_NAMES,
+    UNLIMITED,
+    capability_list,
+    effective_capability_lists,
+    normalise_capability,
+)
 from shoal.types import Doc
 
 _RAM_SIZE = re.compile(r"(\d+(?:\.\d+)*) ?([kKmMgGtTpP])?[iI]?[bB]?")
@@ -27,8 +36,8 @@ _RAM_SIZE = re.compile(r"(\d+(?:\.\d+)*) ?([kKmMgGtTpP])?[iI]?[bB]?")
 _DOMAIN = re.compile(r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9\-]*[a-zA-Z0-9])"
                      r"(?:\.(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9\-]*[a-zA-Z0-9]))*\.?\s*")
 _INT = re.compile(r"[+-]?\d+")
-ALL_CAPABILITIES = "ALL"
-RESET_CAPABILITIES = "RESET"  # `service update --cap-add RESET`: forget the capabilities added so far
+# `service update --cap-add RESET`: forget the capabilities added so far (`normalise_capability` keeps it).
+RESET_CAPABILITIES = "RESET"
 OOM_SCORE_RANGE = (-1000, 1000)
 
 
@@ -321,29 +330,12 @@ def update_dns_config(current: Doc | None, args: Any) -> Doc:
 
 # ---- --cap-add / --cap-drop ---------------------------------------------------------------------------------
 
-def normalise_capability(name: str) -> str:
-    """docker's NormalizeCapability: "net_admin" → "CAP_NET_ADMIN"; ALL and RESET stay."""
-    name = name.strip().upper()
-    if name in (ALL_CAPABILITIES, RESET_CAPABILITIES) or name.startswith("CAP_"):
-        return name
-    return f"CAP_{name}"
-
-
-def _capability_list(capabilities: set[str]) -> list[str]:
-    return [ALL_CAPABILITIES] if ALL_CAPABILITIES in capabilities else sorted(capabilities)
-
-
 def effective_capabilities(add: list[str] | None, drop: list[str] | None) -> tuple[list[str], list[str]]:
-    """docker's EffectiveCapAddCapDrop for `service create`: normalised, sorted, ALL standing for all, and a
-    capability both added and dropped only added."""
-    added = {normalise_capability(name) for name in add or []}
-    dropped = {normalise_capability(name) for name in drop or []}
-    if ALL_CAPABILITIES in added:
-        added = {ALL_CAPABILITIES}
-    if ALL_CAPABILITIES in dropped:
-        dropped = {ALL_CAPABILITIES}
-    dropped = {name for name in dropped if name not in added and name != RESET_CAPABILITIES}
-    return sorted(added - {RESET_CAPABILITIES}), sorted(dropped)
+    """`service create`'s --cap-add and --cap-drop (docker's EffectiveCapAddCapDrop), where RESET means nothing."""
+    def kept(names: list[str] | None) -> list[str]:
+        return [name for name in names or [] if normalise_capability(name) != RESET_CAPABILITIES]
+
+    return effective_capability_lists(kept(add), kept(drop))
 
 
 def update_capabilities(container: Doc, add: list[str] | None, drop: list[str] | None) -> None:
@@ -369,7 +361,7 @@ def update_capabilities(container: Doc, add: list[str] | None, drop: list[str] |
             current_add.add(name)
     for key, names in (("CapabilityAdd", current_add), ("CapabilityDrop", current_drop)):
         if names:
-            container[key] = _capability_list(names)
+            container[key] = capability_list(names)
         else:
             container.pop(key, None)
 
