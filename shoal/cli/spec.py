@@ -155,7 +155,8 @@ def add_create_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dns", action="append", metavar="IP", help="Set custom DNS servers")
     parser.add_argument("--dns-option", action="append", metavar="OPTION", help="Set DNS options")
     parser.add_argument("--dns-search", action="append", metavar="DOMAIN", help="Set custom DNS search domains")
-    parser.add_argument("--host", action="append", metavar="HOST:IP",
+    # Not `host`: that is the CLI's own -H/--host, the daemon to talk to.
+    parser.add_argument("--host", action="append", dest="extra_host", metavar="HOST:IP",
                         help="Set one or more custom host-to-IP mappings (host:ip)")
     parser.add_argument("--sysctl", action="append", metavar="K=V", help="Sysctl options")
     parser.add_argument("--ulimit", action="append", metavar="NAME=SOFT[:HARD]", help="Ulimit options")
@@ -479,7 +480,7 @@ def _apply_create_container_flags(args: argparse.Namespace, container: Doc) -> N
     container["DNSConfig"] = dns_config([parse_dns_server("--dns", value) for value in args.dns or []],
                                         [parse_dns_search("--dns-search", value) for value in args.dns_search or []],
                                         list(args.dns_option or []))
-    hosts = [parse_host("--host", value) for value in args.host or []]
+    hosts = [parse_host("--host", value) for value in args.extra_host or []]
     if hosts:
         container["Hosts"] = hosts
     sysctls = dict(parse_key_value("--sysctl", value, "net.core.somaxconn=1024") for value in args.sysctl or [])

@@ -279,6 +279,14 @@ def test_create_with_container_flags_sends_the_body_docker_28_sends() -> None:
         '"EndpointSpec": {"Mode": "vip"}}')
 
 
+def test_the_host_flag_of_service_create_leaves_the_daemon_address_alone() -> None:
+    """`--host db:10.0.0.1` is an extra host; the daemon is still the one -H or $SHOAL_HOST names."""
+    from shoal.cli.main import build_parser
+    args = build_parser().parse_args(["-H", "unix:///run/x.sock", "service", "create", "--host", "db:10.0.0.1",
+                                      "busybox"])
+    assert (args.host, args.extra_host) == ("unix:///run/x.sock", ["db:10.0.0.1"])
+
+
 @pytest.mark.parametrize(("mount", "sent"), [
     ("target=/cache", {"Type": "volume", "Target": "/cache"}),  # an anonymous volume
     ("type=volume,target=/x,volume-nocopy", {"Type": "volume", "Target": "/x",
