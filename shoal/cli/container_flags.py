@@ -206,6 +206,8 @@ def _checked_mount(mount: Doc, bind: Doc | None, volume: Doc | None, tmpfs: Doc 
     if propagation and propagation not in MOUNT_PROPAGATIONS:
         raise ValueError(f"invalid bind-propagation: {propagation} (use one of {', '.join(MOUNT_PROPAGATIONS)})")
     # Zero values left out, as Go's encoder leaves out the fields of Docker's types that say omitempty.
+    if not mount.get("ReadOnly"):
+        mount.pop("ReadOnly", None)
     if kind == "bind" and bind:
         mount["BindOptions"] = {key: bind[key] for key in _BIND_ORDER if bind.get(key)}
     if volume is not None:

@@ -295,7 +295,7 @@ def test_the_host_flag_of_service_create_leaves_the_daemon_address_alone() -> No
                                                            "ReadOnly": True, "BindOptions": {"NonRecursive": True}}),
     ("type=bind,src=/s,dst=/x,bind-recursive=enabled,consistency=CACHED",
      {"Type": "bind", "Source": "/s", "Target": "/x", "Consistency": "cached"}),
-    ("Type=TMPFS,destination=/t", {"Type": "tmpfs", "Target": "/t"}),
+    ("Type=TMPFS,destination=/t,readonly=false", {"Type": "tmpfs", "Target": "/t"}),
     ('"type=bind","src=/a,b",target=/x', {"Type": "bind", "Source": "/a,b", "Target": "/x"}),  # csv quoting
 ])
 def test_mounts_are_read_as_docker_reads_them(mount: str, sent: dict) -> None:
