@@ -78,16 +78,18 @@ _ON_DOCKER = ", or run the service on nodes with the docker executor"
 
 @dataclass(frozen=True)
 class FieldSupport:
-    """The executors that act on a ContainerSpec field, and what to do instead where none does."""
+    """The executors that act on a field, and what to do instead where none does."""
 
     executors: frozenset[str]
     instead: str = "remove it"  # said by the API (no executor), or by the executors that cannot act on it
-    defaults: tuple[str, ...] = ()  # values that mean the same as the zero value
+    defaults: tuple[str, ...] = ()  # values (or an object's member values) that mean the same as the zero value
 
 
-# Every field of Docker's ContainerSpec (`api/types/swarm/container.go`). ContainerSpec.Labels become the
-# container's labels with the docker executor; a process has nothing to carry them, and they stay on the task
-# (`docker inspect TASK`) with either executor, so they are never a reason to reject a task.
+# Every field of Docker's ContainerSpec (`api/types/swarm/container.go`); Privileges by member, as its members
+# differ. ContainerSpec.Labels become the container's labels with the docker executor; a process has nothing to
+# carry them, and they stay on the task (`docker inspect TASK`) with either executor, so they are never a
+# reason to reject a task. The docker executor passes each field to the engine as swarm mode's executor does
+# (moby `daemon/cluster/executor/container/container.go`).
 CONTAINER_SPEC_SUPPORT: dict[str, FieldSupport] = {
     "Image": FieldSupport(_BOTH),
     "Labels": FieldSupport(_BOTH),
@@ -109,17 +111,31 @@ CONTAINER_SPEC_SUPPORT: dict[str, FieldSupport] = {
     "Mounts": FieldSupport(_DOCKER_ONLY, f"remove it (a process sees its node's files){_ON_DOCKER}"),
     "Init": FieldSupport(_DOCKER_ONLY, f"remove it (what a process leaves running is killed when it ends)"
                                        f"{_ON_DOCKER}"),
-    "Privileges": FieldSupport(_NONE, "remove it (shoal sets no security options: containers get the engine's "
-                                      "defaults)"),
-    "Hosts": FieldSupport(_NONE, "remove it, and reach other services by name on a shared network"),
-    "DNSConfig": FieldSupport(_NONE, "remove it (tasks on swarm networks use the node's DNS server, others the "
-                                     "node's resolver)"),
+    "Hosts": FieldSupport(_DOCKER_ONLY, f"remove it (a process reads its node's /etc/hosts){_ON_DOCKER}"),
+    "DNSConfig": FieldSupport(_DOCKER_ONLY, f"remove it (a process uses its node's resolver){_ON_DOCKER}"),
+    "Sysctls": FieldSupport(_DOCKER_ONLY, f"remove it (a process shares its node's kernel settings){_ON_DOCKER}"),
+    "CapabilityAdd": FieldSupport(_DOCKER_ONLY, f"remove it (a process has its User's capabilities){_ON_DOCKER}"),
+    "CapabilityDrop": FieldSupport(_DOCKER_ONLY, f"remove it (a process has its User's capabilities){_ON_DOCKER}"),
+    "Ulimits": FieldSupport(_DOCKER_ONLY, f"remove it (Resources.Limits.Pids limits the number of processes)"
+                                          f"{_ON_DOCKER}"),
+    "OomScoreAdj": FieldSupport(_DOCKER_ONLY, f"remove it{_ON_DOCKER}"),
+    "Privileges.NoNewPrivileges": FieldSupport(_DOCKER_ONLY, f"remove it{_ON_DOCKER}"),
+    "Privileges.Seccomp": FieldSupport(_DOCKER_ONLY, f"remove it (a process has its agent's seccomp filter)"
+                                                     f"{_ON_DOCKER}", ("default",)),
+    "Privileges.AppArmor": FieldSupport(_DOCKER_ONLY, f"remove it (a process has its agent's AppArmor profile)"
+                                                      f"{_ON_DOCKER}", ("default",)),
+    "Privileges.CredentialSpec": FieldSupport(_NONE, "remove it (credential specs are for Windows containers)"),
+    # The engine sets SELinux labels only where SELinux is on, and says nothing where it is not: a label shoal
+    # passed on would be silently ignored on most nodes.
+    "Privileges.SELinuxContext": FieldSupport(_NONE, "remove it (containers get the engine's SELinux labels)"),
     "Isolation": FieldSupport(_NONE, 'remove it or give "default" (Linux has no other isolation)', ("default",)),
-    "Sysctls": FieldSupport(_NONE),
-    "CapabilityAdd": FieldSupport(_NONE, "remove it (containers get the engine's default capabilities)"),
-    "CapabilityDrop": FieldSupport(_NONE, "remove it (containers get the engine's default capabilities)"),
-    "Ulimits": FieldSupport(_NONE, "remove it (Resources.Limits.Pids limits the number of processes)"),
-    "OomScoreAdj": FieldSupport(_NONE),
+}
+
+# The TaskTemplate's own fields that only some executors act on (the API checks the rest itself: Runtime,
+# Networks[].DriverOpts, PluginSpec).
+TASK_SPEC_SUPPORT: dict[str, FieldSupport] = {
+    "LogDriver": FieldSupport(_DOCKER_ONLY, "remove it (a process's output is kept in files on its node, which "
+                                            f"`service logs` reads){_ON_DOCKER}"),
 }
 
 
@@ -130,8 +146,16 @@ def is_unset(value: object) -> bool:
     return value is None or value is False or value == 0 or value in ("", [])
 
 
+def _is_default(value: object, defaults: tuple[str, ...]) -> bool:
+    """Unset, one of `defaults`, or an object whose members are each unset or one of `defaults`
+    ({"Mode": "default"} sets no seccomp profile)."""
+    if isinstance(value, dict):
+        return all(_is_default(item, defaults) for item in value.values())
+    return is_unset(value) or (isinstance(value, str) and value in defaults)
+
+
 def _set_path(key: str, value: object) -> str:
-    """The dotted path to what is set in a field: an object's first set member ("Privileges.SELinuxContext")."""
+    """The dotted path to what is set in a field: an object's first set member ("Privileges.SELinuxContext.User")."""
     if isinstance(value, dict):
         for member, item in value.items():
             if not is_unset(item):
@@ -139,19 +163,39 @@ def _set_path(key: str, value: object) -> str:
     return key
 
 
+def _field_value(doc: Doc, path: str) -> object:
+    """The value at a dotted path ("Privileges.Seccomp"), None where a step is missing or not an object."""
+    value: object = doc
+    for step in path.split("."):
+        value = value.get(step) if isinstance(value, dict) else None
+    return value
+
+
+def _unsupported(doc: Doc, table: dict[str, FieldSupport], executor: str | None) -> list[tuple[str, str]]:
+    out = []
+    for key, support in table.items():
+        value = _field_value(doc, key)
+        if _is_default(value, support.defaults):
+            continue
+        acted_on = bool(support.executors) if executor is None else executor in support.executors
+        if not acted_on:
+            out.append((_set_path(key, value), support.instead))
+    return out
+
+
 def unsupported_container_fields(container: Doc, executor: str | None) -> list[tuple[str, str]]:
     """The fields a ContainerSpec sets that `executor` does not act on (None: that no executor acts on), each as
     (its path within the ContainerSpec, what to do instead), in the table's order."""
-    out = []
-    for key, support in CONTAINER_SPEC_SUPPORT.items():
-        value = container.get(key)
-        if is_unset(value) or value in support.defaults:
-            continue
-        acted_on = bool(support.executors) if executor is None else executor in support.executors
-        if acted_on:
-            continue
-        out.append((_set_path(key, value), support.instead))
-    return out
+    return _unsupported(container, CONTAINER_SPEC_SUPPORT, executor)
+
+
+def unsupported_task_fields(template: Doc, executor: str | None) -> list[tuple[str, str]]:
+    """`unsupported_container_fields` for a whole TaskTemplate: paths within it ("ContainerSpec.Sysctls",
+    "LogDriver")."""
+    container = template.get("ContainerSpec")
+    fields = unsupported_container_fields(container, executor) if isinstance(container, dict) else []
+    return [(f"ContainerSpec.{path}", instead) for path, instead in fields] + _unsupported(
+        template, TASK_SPEC_SUPPORT, executor)
 
 
 # Mount types shoal mounts (the docker executor; the process executor mounts nothing), and the block of options
@@ -167,6 +211,51 @@ MOUNT_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "tmpfs": ("TmpfsOptions", ("SizeBytes", "Mode", "Options")),
     "cluster": ("ClusterOptions", ()),
 }
+
+MOUNT_PROPAGATIONS = ("rprivate", "private", "rshared", "shared", "rslave", "slave")
+
+# Privileges.Seccomp.Mode and Privileges.AppArmor.Mode ("default", like "", sets nothing).
+SECCOMP_MODES = ("default", "unconfined", "custom")
+APPARMOR_MODES = ("default", "disabled")
+
+# The resources a ulimit may name (go-units' ulimitNameMapping, which the docker CLI and the engine read).
+ULIMIT_NAMES = ("core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile", "nproc", "rss",
+                "rtprio", "rttime", "sigpending", "stack")
+UNLIMITED = -1  # a ulimit's Soft or Hard
+
+# Capabilities as the docker CLI writes them into a spec ("net_admin" → "CAP_NET_ADMIN"); ALL stands for all.
+ALL_CAPABILITIES = "ALL"
+
+
+def normalise_capability(name: str) -> str:
+    """docker's NormalizeCapability: upper case with the CAP_ prefix; ALL, and the CLI's RESET, as they are."""
+    name = name.strip().upper()
+    if name in (ALL_CAPABILITIES, "RESET") or name.startswith("CAP_"):
+        return name
+    return f"CAP_{name}"
+
+
+def capability_list(names: set[str]) -> list[str]:
+    """A set of capabilities as a spec lists them: sorted, or ALL alone."""
+    return [ALL_CAPABILITIES] if ALL_CAPABILITIES in names else sorted(names)
+
+
+def effective_capability_lists(add: list[str], drop: list[str]) -> tuple[list[str], list[str]]:
+    """CapabilityAdd and CapabilityDrop from the capabilities to add and drop, as `docker service create` and
+    `docker stack deploy` make them (EffectiveCapAddCapDrop): normalised, sorted, ALL standing for all, and a
+    capability both added and dropped only added."""
+    added = {normalise_capability(name) for name in add}
+    dropped = {normalise_capability(name) for name in drop}
+    if ALL_CAPABILITIES in added:
+        added = {ALL_CAPABILITIES}
+    if ALL_CAPABILITIES in dropped:
+        dropped = {ALL_CAPABILITIES}
+    return sorted(added), sorted(dropped - added)
+
+
+# ContainerSpec.Hosts entries are /etc/hosts lines, "IP name [alias...]"; the engine puts this word in place of
+# the address of the node's gateway (Docker's `--host name:host-gateway`).
+HOST_GATEWAY = "host-gateway"
 
 
 # ---- shoal's own keys on stored documents ----------------------------------------------------------------

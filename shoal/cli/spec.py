@@ -15,6 +15,25 @@ from fractions import Fraction
 from typing import Any
 
 from shoal.cli.common import CliError
+from shoal.cli.container_flags import (
+    dns_config,
+    effective_capabilities,
+    log_driver,
+    oom_score_adj,
+    parse_dns_search,
+    parse_dns_server,
+    parse_host,
+    parse_key_value,
+    parse_mount,
+    ram_in_bytes,
+    ulimits,
+    update_capabilities,
+    update_dns_config,
+    update_hosts,
+    update_mounts,
+    updated_groups,
+    updated_sysctls,
+)
 from shoal.errors import InvalidArgument
 from shoal.spec import (
     DEFAULT_RESTART_POLICY,
@@ -37,8 +56,6 @@ from shoal.spec import (
 from shoal.timefmt import parse_duration
 from shoal.types import Doc
 
-# What go-units' RAMInBytes reads (docker's --memory and --limit-memory): a number, a space, a unit, "i", "b".
-_RAM_SIZE = re.compile(r"(\d+(?:\.\d+)*) ?([kKmMgGtTpP])?[iI]?[bB]?")
 # What Go's big.Rat reads for --limit-cpu: "0.5", "-1", "3/4", "1e-3" (Fraction alone would also take " 1_0 ").
 _RATIONAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?(?:/\d+)?")
 
@@ -99,6 +116,18 @@ def add_common_service_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit-pids", metavar="N", help="Limit maximum number of processes (default 0 = unlimited)")
     parser.add_argument("--reserve-cpu", metavar="DECIMAL", help="Reserve CPUs")
     parser.add_argument("--reserve-memory", metavar="BYTES", help="Reserve Memory")
+    parser.add_argument("--hostname", help="Container hostname")
+    parser.add_argument("--cap-add", action="append", metavar="CAPABILITY", help="Add Linux capabilities")
+    parser.add_argument("--cap-drop", action="append", metavar="CAPABILITY", help="Drop Linux capabilities")
+    parser.add_argument("--log-driver", metavar="DRIVER", help="Logging driver for service")
+    parser.add_argument("--log-opt", action="append", metavar="K=V", help="Logging driver options")
+    # Bools that `service update` sets only when given (`--tty=false` clears), hence no False default.
+    parser.add_argument("-t", "--tty", action="store_true", default=None, help="Allocate a pseudo-TTY")
+    parser.add_argument("--read-only", action="store_true", default=None,
+                        help="Mount the container's root filesystem as read only")
+    parser.add_argument("--init", action="store_true", default=None,
+                        help="Use an init inside each service container to forward signals and reap processes")
+    parser.add_argument("--oom-score-adj", metavar="N", help="Tune host's OOM preferences (-1000 to 1000)")
 
 
 def add_create_flags(parser: argparse.ArgumentParser) -> None:
@@ -119,6 +148,18 @@ def add_create_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", action="append", metavar="CONFIG",
                         help="Specify configurations to expose to the service (NAME or source=NAME,target=PATH,"
                              "mode=0444)")
+    parser.add_argument("--mount", action="append", metavar="MOUNT",
+                        help="Attach a filesystem mount to the service (type=bind|volume|tmpfs,source=,target=,…)")
+    parser.add_argument("--group", action="append", metavar="GROUP",
+                        help="Set one or more supplementary user groups for the container")
+    parser.add_argument("--dns", action="append", metavar="IP", help="Set custom DNS servers")
+    parser.add_argument("--dns-option", action="append", metavar="OPTION", help="Set DNS options")
+    parser.add_argument("--dns-search", action="append", metavar="DOMAIN", help="Set custom DNS search domains")
+    # Not `host`: that is the CLI's own -H/--host, the daemon to talk to.
+    parser.add_argument("--host", action="append", dest="extra_host", metavar="HOST:IP",
+                        help="Set one or more custom host-to-IP mappings (host:ip)")
+    parser.add_argument("--sysctl", action="append", metavar="K=V", help="Sysctl options")
+    parser.add_argument("--ulimit", action="append", metavar="NAME=SOFT[:HARD]", help="Ulimit options")
     add_common_service_flags(parser)
     parser.add_argument("image", metavar="IMAGE")
     command = parser.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
@@ -145,6 +186,15 @@ def add_update_flags(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{kind}-add", action="append", metavar=kind.upper(),
                             help=f"Add or update a {kind} on a service")
         parser.add_argument(f"--{kind}-rm", action="append", metavar="NAME", help=f"Remove a {kind}")
+    for name, add_metavar, rm_metavar, what in (
+            ("mount", "MOUNT", "TARGET", "a mount (removed by its target path)"),
+            ("group", "GROUP", "GROUP", "a supplementary user group"),
+            ("dns", "IP", "IP", "a custom DNS server"), ("dns-option", "OPTION", "OPTION", "a DNS option"),
+            ("dns-search", "DOMAIN", "DOMAIN", "a custom DNS search domain"),
+            ("host", "HOST:IP", "HOST[:IP]", 'a custom host-to-IP mapping ("host:ip")'),
+            ("sysctl", "K=V", "K", "a Sysctl option"), ("ulimit", "NAME=SOFT[:HARD]", "NAME", "a ulimit option")):
+        parser.add_argument(f"--{name}-add", action="append", metavar=add_metavar, help=f"Add or update {what}")
+        parser.add_argument(f"--{name}-rm", action="append", metavar=rm_metavar, help=f"Remove {what}")
     add_common_service_flags(parser)
     parser.add_argument("service", metavar="SERVICE")
 
@@ -193,17 +243,11 @@ def cpus_flag(flag: str, value: str) -> int:
 
 
 def memory_flag(flag: str, value: str) -> int:
-    """docker's opts.MemBytes (go-units RAMInBytes): "512m", "1g", "1.5GiB", "64 MB", "100" (bytes); the units
-    b, k, m, g, t, p in any case, each 1024 times the one before, with an optional "i" and "b" after."""
-    match = _RAM_SIZE.fullmatch(value)
-    if match is None:
+    """docker's opts.MemBytes (go-units RAMInBytes, `ram_in_bytes`)."""
+    size = ram_in_bytes(value)
+    if size is None:
         raise _bad(flag, value, f"invalid size: '{value}'")
-    try:
-        number = float(match.group(1))
-    except ValueError:
-        raise _bad(flag, value, f"invalid size: '{value}'") from None
-    unit = (match.group(2) or "").lower()
-    return int(number * 1024 ** " kmgtp".index(unit or " "))
+    return size
 
 
 def choice_flag(flag: str, value: str, choices: tuple[str, ...]) -> str:
@@ -395,8 +439,24 @@ def apply_healthcheck(args: argparse.Namespace, current: Doc | None) -> Doc | No
 
 
 def _apply_container_flags(args: argparse.Namespace, container: Doc) -> None:
+    """The flags `service create` and `service update` both take, each set as given (an empty or false value
+    clears a field: docker omits zero values)."""
     if args.entrypoint is not None:
         container["Command"] = _shell_words("--entrypoint", args.entrypoint)
+    for name, key in (("hostname", "Hostname"), ("tty", "TTY"), ("read_only", "ReadOnly")):
+        value = _flag(args, name)
+        if value:
+            container[key] = value
+        elif value is not None:
+            container.pop(key, None)
+    if args.init is not None:
+        container["Init"] = bool(args.init)
+    if args.oom_score_adj is not None:
+        score = oom_score_adj("--oom-score-adj", args.oom_score_adj)
+        if score:
+            container["OomScoreAdj"] = score
+        else:
+            container.pop("OomScoreAdj", None)
     if args.workdir is not None:
         container["Dir"] = args.workdir
     if args.user is not None:
@@ -408,6 +468,64 @@ def _apply_container_flags(args: argparse.Namespace, container: Doc) -> None:
     health = apply_healthcheck(args, container.get("Healthcheck"))
     if health is not None:
         container["Healthcheck"] = health
+
+
+def _apply_create_container_flags(args: argparse.Namespace, container: Doc) -> None:
+    """The container flags only `service create` takes (update has their -add / -rm forms)."""
+    mounts = [parse_mount("--mount", value) for value in args.mount or []]
+    if mounts:
+        container["Mounts"] = mounts
+    if args.group:
+        container["Groups"] = list(args.group)
+    container["DNSConfig"] = dns_config([parse_dns_server("--dns", value) for value in args.dns or []],
+                                        [parse_dns_search("--dns-search", value) for value in args.dns_search or []],
+                                        list(args.dns_option or []))
+    hosts = [parse_host("--host", value) for value in args.extra_host or []]
+    if hosts:
+        container["Hosts"] = hosts
+    sysctls = dict(parse_key_value("--sysctl", value, "net.core.somaxconn=1024") for value in args.sysctl or [])
+    if sysctls:
+        container["Sysctls"] = sysctls
+    cap_add, cap_drop = effective_capabilities(args.cap_add, args.cap_drop)
+    if cap_add:
+        container["CapabilityAdd"] = cap_add
+    if cap_drop:
+        container["CapabilityDrop"] = cap_drop
+    limits = ulimits("--ulimit", args.ulimit)
+    if limits:
+        container["Ulimits"] = limits
+
+
+def _set_or_drop(container: Doc, key: str, value: Any) -> None:
+    """docker omits an empty list or map: a field updated to nothing leaves the spec."""
+    if value:
+        container[key] = value
+    else:
+        container.pop(key, None)
+
+
+def _apply_update_container_flags(args: argparse.Namespace, container: Doc) -> None:
+    """The -add / -rm forms of the container flags, and --cap-add / --cap-drop, applied as docker's
+    updateService applies them (each only when one of its flags is given)."""
+    if args.mount_add or args.mount_rm:
+        _set_or_drop(container, "Mounts", update_mounts(list(container.get("Mounts") or []), args.mount_add,
+                                                        args.mount_rm))
+    if args.group_add or args.group_rm:
+        _set_or_drop(container, "Groups", updated_groups(list(container.get("Groups") or []), args.group_add,
+                                                         args.group_rm))
+    if any(_flag(args, f"{name}_{change}") for name in ("dns", "dns_option", "dns_search") for change in ("add", "rm")):
+        container["DNSConfig"] = update_dns_config(container.get("DNSConfig"), args)
+    if args.host_add or args.host_rm:
+        _set_or_drop(container, "Hosts", update_hosts(list(container.get("Hosts") or []), args.host_add,
+                                                       args.host_rm))
+    if args.sysctl_add or args.sysctl_rm:
+        _set_or_drop(container, "Sysctls", updated_sysctls(container.get("Sysctls"), args.sysctl_add,
+                                                           args.sysctl_rm))
+    if args.ulimit_add or args.ulimit_rm:
+        _set_or_drop(container, "Ulimits", ulimits("--ulimit-add", args.ulimit_add, container.get("Ulimits"),
+                                                   args.ulimit_rm))
+    if args.cap_add or args.cap_drop:
+        update_capabilities(container, args.cap_add, args.cap_drop)
 
 
 def parse_placement_pref(flag: str, value: str) -> Doc:
@@ -481,7 +599,8 @@ def _shell_words(flag: str, value: str) -> list[str]:
 
 _CONTAINER_ORDER = ("Image", "Labels", "Command", "Args", "Hostname", "Env", "Dir", "User", "Groups",
                     "Privileges", "Init", "StopSignal", "TTY", "OpenStdin", "ReadOnly", "Mounts",
-                    "StopGracePeriod", "Healthcheck", "Hosts", "DNSConfig", "Secrets", "Configs")
+                    "StopGracePeriod", "Healthcheck", "Hosts", "DNSConfig", "Secrets", "Configs", "Isolation",
+                    "Sysctls", "CapabilityAdd", "CapabilityDrop", "Ulimits", "OomScoreAdj")
 
 
 def _ordered(doc: Doc, order: tuple[str, ...]) -> Doc:
@@ -644,12 +763,12 @@ def build_service_spec(args: argparse.Namespace) -> Doc:
     if env:
         container["Env"] = env
     container["Init"] = False
-    container["DNSConfig"] = {}
     for kind in ("secret", "config"):
         refs = file_refs(kind, f"--{kind}", getattr(args, kind))
         if refs:
             container[_FILE_REF_KEYS[kind][0]] = refs
     _apply_container_flags(args, container)
+    _apply_create_container_flags(args, container)
 
     task: Doc = {"ContainerSpec": _ordered(container, _CONTAINER_ORDER),
                  "Resources": apply_resources(args, {"Limits": {}, "Reservations": {}})}
@@ -661,6 +780,9 @@ def build_service_spec(args: argparse.Namespace) -> Doc:
     networks = [parse_network("--network", value) for value in args.network or []]
     if networks:
         task["Networks"] = networks
+    driver = log_driver(args.log_driver, args.log_opt, None)
+    if driver is not None:
+        task["LogDriver"] = driver
     task["ForceUpdate"] = 0
 
     spec: Doc = {}
@@ -732,6 +854,11 @@ def apply_service_update(spec: Doc, args: argparse.Namespace) -> Doc:
                 env.append(entry)
         container["Env"] = env
     _apply_container_flags(args, container)
+    _apply_update_container_flags(args, container)
+    if args.log_driver is not None or args.log_opt:
+        driver = log_driver(args.log_driver, args.log_opt, task.get("LogDriver"))
+        if driver is not None:
+            task["LogDriver"] = driver
     for kind in ("secret", "config"):
         add, remove = getattr(args, f"{kind}_add"), getattr(args, f"{kind}_rm")
         if add or remove:

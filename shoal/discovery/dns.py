@@ -4,7 +4,8 @@ It answers A questions for the names of the services on the networks the asking 
 container is known by its address on a network; a question from this machine, such as a host process of the
 process executor, sees every network of the node's tasks), with TTL 0 so that a task that went away is not
 remembered by a client. For a swarm name, other types (AAAA, …) get an empty answer, as Docker's embedded DNS
-gives; names outside the swarm are forwarded to the nameservers of the node's /etc/resolv.conf, and a SERVFAIL
+gives; names outside the swarm are forwarded to the nameservers of the asking task's `DNSConfig`, or to those of
+the node's /etc/resolv.conf when it names none (Docker's embedded DNS server does the same), and a SERVFAIL
 answers when none of them does. Messages are parsed and built with dnspython.
 
 It is no open resolver: a question from an address that is neither this machine's nor one of its tasks' is
@@ -57,9 +58,11 @@ class DNSServer(asyncio.DatagramProtocol):
     def __init__(self, table: Callable[[], NameTable], upstreams: list[tuple[str, int]],
                  networks_of: Callable[[str], set[str] | None] = lambda _client: None,
                  allowed: Callable[[str], bool] = lambda _client: True,
-                 may_forward: Callable[[str], bool] = lambda _client: True) -> None:
+                 may_forward: Callable[[str], bool] = lambda _client: True,
+                 upstreams_of: Callable[[str], list[tuple[str, int]]] = lambda _client: []) -> None:
         self.table = table
         self.upstreams = upstreams
+        self.upstreams_of = upstreams_of  # a task's own nameservers (its DNSConfig), [] for the node's
         self.networks_of = networks_of
         self.allowed = allowed  # whether a client that is not one of the node's tasks may ask
         self.may_forward = may_forward  # whether a client may learn names outside the swarm (not on --internal)
@@ -146,7 +149,7 @@ class DNSServer(asyncio.DatagramProtocol):
             await self._forward_now(query, addr)
 
     async def _forward_now(self, query: dns.message.Message, addr: tuple[str, int]) -> None:
-        for host, port in self.upstreams:
+        for host, port in self.upstreams_of(addr[0]) or self.upstreams:
             try:
                 response = await dns.asyncquery.udp(query, host, timeout=FORWARD_TIMEOUT, port=port,
                                                     ignore_unexpected=True)

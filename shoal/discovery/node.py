@@ -37,6 +37,8 @@ class NodeDiscovery:
         self._closed_tasks: set[str] = set()  # tasks on internal networks only: nothing is forwarded for them
         self._networks_by_ip: dict[str, set[str]] = {}
         self._closed_ips: set[str] = set()  # addresses of tasks on internal networks only
+        self._task_nameservers: dict[str, list[tuple[str, int]]] = {}  # task ID -> its DNSConfig.Nameservers
+        self._nameservers_by_ip: dict[str, list[tuple[str, int]]] = {}
         if upstreams is None:
             upstreams = [(ip, DNS_PORT) for ip in upstream_resolvers(exclude={host})]
         self.upstreams = upstreams
@@ -57,7 +59,7 @@ class NodeDiscovery:
 
     def _server(self, allowed: Callable[[str], bool]) -> DNSServer:
         return DNSServer(lambda: self.table, self.upstreams, self.networks_of, allowed,
-                         lambda client: client not in self._closed_ips)
+                         lambda client: client not in self._closed_ips, self.nameservers_of)
 
     async def serve_in(self, namespace: str, host: str) -> Callable[[], None] | None:
         """Also answer on `host`:53 inside a network namespace (a path); returns what stops it."""
@@ -88,8 +90,11 @@ class NodeDiscovery:
         if full:
             self._task_addresses = {}
             self._closed_tasks = set()
+            self._task_nameservers = {}
         for task in tasks:
             task_id = str(task["ID"])
+            dns_config = (((task.get("Spec") or {}).get("ContainerSpec") or {}).get("DNSConfig")) or {}
+            self._task_nameservers[task_id] = [(str(ip), DNS_PORT) for ip in dns_config.get("Nameservers") or []]
             self._task_addresses[task_id] = [(str(ipaddress.ip_interface(address).ip), network_id)
                                              for network_id, address in task_addresses(task)]
             networks = [network for network, _ in task_networks(task)]
@@ -100,16 +105,25 @@ class NodeDiscovery:
         for task_id in removed:
             self._task_addresses.pop(task_id, None)
             self._closed_tasks.discard(task_id)
+            self._task_nameservers.pop(task_id, None)
         by_ip: dict[str, set[str]] = {}
-        for addresses in self._task_addresses.values():
+        nameservers: dict[str, list[tuple[str, int]]] = {}
+        for task_id, addresses in self._task_addresses.items():
             for ip, network_id in addresses:
                 by_ip.setdefault(ip, set()).add(network_id)
+                if self._task_nameservers.get(task_id):
+                    nameservers[ip] = self._task_nameservers[task_id]
         self._networks_by_ip = by_ip
+        self._nameservers_by_ip = nameservers
         self._closed_ips = {ip for task_id in self._closed_tasks for ip, _ in self._task_addresses.get(task_id, [])}
 
     def networks_of(self, client: str) -> set[str] | None:
         """The networks of the task asking (known by its address on them); None for any other client."""
         return self._networks_by_ip.get(client)
+
+    def nameservers_of(self, client: str) -> list[tuple[str, int]]:
+        """The nameservers the task asking gave in its DNSConfig ([] for the node's own)."""
+        return self._nameservers_by_ip.get(client, [])
 
     def is_local(self, client: str) -> bool:
         """A client on this machine (a host process asks from a loopback address or the node's own)."""

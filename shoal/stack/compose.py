@@ -7,8 +7,8 @@ set and has no default is an error (docker compose warns and uses ""; a blank im
 by mistake is worse than a refusal). Schema errors name the file, the line and the field.
 
 Files merge in order, as `docker stack deploy -c a.yml -c b.yml` does: mappings merge key by key, a later
-scalar or list replaces an earlier one, except a service's `ports`, `secrets` and `configs`, which are joined
-(an entry of the later file replacing the earlier one with the same target), and `environment` and `labels`,
+scalar or list replaces an earlier one, except a service's `ports`, `secrets`, `configs` and `volumes`, which are
+joined (an entry of the later file replacing the earlier one with the same target), and `environment` and `labels`,
 which merge as mappings whichever form each file uses.
 """
 
@@ -31,7 +31,7 @@ from shoal.stack.schema import COMPOSE
 _NAME = re.compile(r"[_a-zA-Z][_a-zA-Z0-9]*")
 _BRACED = re.compile(r"([_a-zA-Z][_a-zA-Z0-9]*)(:?[-?])?")
 
-JOINED_LISTS = ("ports", "secrets", "configs")
+JOINED_LISTS = ("ports", "secrets", "configs", "volumes")
 MAPPING_LISTS = ("environment", "labels")
 
 
@@ -139,7 +139,16 @@ _CASTS: dict[tuple[str, ...], Callable[[str], Any]] = {
     ("services", "*", "ports", "*", "target"): _to_int,
     ("services", "*", "ports", "*", "published"): _to_int,
     ("services", "*", "tty"): _to_bool,
+    ("services", "*", "stdin_open"): _to_bool,
     ("services", "*", "read_only"): _to_bool,
+    ("services", "*", "init"): _to_bool,
+    ("services", "*", "oom_score_adj"): _to_int,
+    ("services", "*", "ulimits", "*"): _to_int,
+    ("services", "*", "ulimits", "*", "soft"): _to_int,
+    ("services", "*", "ulimits", "*", "hard"): _to_int,
+    ("services", "*", "volumes", "*", "read_only"): _to_bool,
+    ("services", "*", "volumes", "*", "volume", "nocopy"): _to_bool,
+    ("volumes", "*", "external"): _to_bool,
     ("networks", "*", "internal"): _to_bool,
     ("networks", "*", "attachable"): _to_bool,
     ("networks", "*", "enable_ipv6"): _to_bool,
@@ -310,7 +319,12 @@ def as_mapping(value: Any) -> dict[str, Any]:
 
 def _ref_key(entry: Any, key: str) -> str:
     """What makes two entries of a joined list the same: a port's published port, target and protocol (in either
-    syntax); a secret's or config's source."""
+    syntax); a volume's target (in either syntax); a secret's or config's source."""
+    if key == "volumes":
+        if isinstance(entry, dict):
+            return str(entry.get("target"))
+        parts = str(entry).split(":")
+        return parts[1] if len(parts) > 1 else parts[0]
     if key == "ports":
         if isinstance(entry, dict):
             return f"{entry.get('published') or ''}:{entry.get('target')}/{entry.get('protocol') or 'tcp'}"

@@ -5,11 +5,19 @@ Objects are named `<stack>_<key>` unless the file gives a `name` (or marks them 
 exist and are used by name), and carry the label `com.docker.stack.namespace=<stack>`; services carry
 `com.docker.stack.image` too. A service that names no network joins `<stack>_default`, created for it. Each
 service is reachable on its networks by its short name (an alias) as well as by `<stack>_<service>`.
+
+A service's `volumes` become mounts (docker/cli `convert/volume.go`): a named volume is the top-level volume
+`<stack>_<key>` (its `name` if it gives one), made by the engine on first use with the stack's label and the
+volume's driver and options; a path is a bind mount (relative to the compose file's folder); `tmpfs` a tmpfs.
+The container settings (`cap_add`, `sysctls`, `ulimits`, `dns`, `extra_hosts`, `logging`, `init`, …) convert as
+in `convert/service.go`; the docker executor acts on them, and a node with the process executor rejects such
+tasks.
 """
 
 from __future__ import annotations
 
 import base64
+import os
 import re
 import shlex
 from collections.abc import Callable, Mapping
@@ -18,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.errors import InvalidArgument
+from shoal.spec import MOUNT_PROPAGATIONS, MOUNT_TYPES, effective_capability_lists
 from shoal.stack import IMAGE_LABEL, NAMESPACE_LABEL, StackError
 from shoal.stack.compose import as_mapping
 from shoal.stack.schema import IGNORED_SERVICE_KEYS
@@ -196,6 +205,29 @@ def _file_refs(kind: str, refs: list[Any], declared: Mapping[str, str], where: s
     return out
 
 
+def parse_volume(text: str, where: str) -> Doc:
+    """The short syntax "[SOURCE:]TARGET[:MODE]" in the long one (docker/cli's ParseVolume, Linux paths): a
+    source that is a path makes a bind mount, any other a named volume; MODE is a comma list of ro, rw, nocopy
+    and a bind propagation (other words are ignored, as docker ignores them)."""
+    if not text:
+        raise StackError(f"{where}: invalid empty volume spec")
+    parts = text.split(":")
+    if len(parts) > 3 or any(not part for part in parts):
+        why = "too many colons" if len(parts) > 3 else "empty section between colons"
+        raise StackError(f"{where}: invalid spec: {text}: {why}")
+    volume: Doc = {"target": parts[-1]} if len(parts) == 1 else {"source": parts[0], "target": parts[1]}
+    for option in (parts[2].split(",") if len(parts) == 3 else []):
+        if option in ("ro", "rw"):
+            volume["read_only"] = option == "ro"
+        elif option == "nocopy":
+            volume["volume"] = {"nocopy": True}
+        elif option in MOUNT_PROPAGATIONS:
+            volume["bind"] = {"propagation": option}
+    source = str(volume.get("source") or "")
+    volume["type"] = "bind" if source[:1] in (".", "/", "~") else "volume"
+    return volume
+
+
 def _networks(service: Doc, short_name: str, declared: Mapping[str, str], where: str) -> list[Doc]:
     wanted = service.get("networks")
     if not wanted:  # none named (or an empty list): the stack's default network, as docker's CLI does
@@ -232,8 +264,6 @@ class Converter:
             ignored.update(key for key in service if key in IGNORED_SERVICE_KEYS)
             name = scoped(self.stack, short_name)
             self.out.services[name] = self._service(short_name, service, networks, secrets, configs)
-        if self.document.get("volumes"):
-            ignored.add("volumes")
         self.out.ignored = sorted(ignored)
         return self.out
 
@@ -332,6 +362,7 @@ class Converter:
             container["Secrets"] = _file_refs("secret", service["secrets"], secrets, f"{where}.secrets")
         if service.get("configs"):
             container["Configs"] = _file_refs("config", service["configs"], configs, f"{where}.configs")
+        self._container_settings(service, container, where)
 
         task: Doc = {"ContainerSpec": container,
                      "Resources": _resources(deploy.get("resources") or {}, f"{where}.deploy.resources")}
@@ -355,6 +386,12 @@ class Converter:
         if placement.get("max_replicas_per_node"):
             task["Placement"]["MaxReplicas"] = int(placement["max_replicas_per_node"])
         task["Networks"] = _networks(service, short_name, networks, where)
+        if service.get("logging") is not None:
+            logging = service["logging"]
+            driver: Doc = {"Name": str(logging.get("driver") or "")}
+            if logging.get("options"):
+                driver["Options"] = {str(k): "" if v is None else _scalar(v) for k, v in logging["options"].items()}
+            task["LogDriver"] = driver
 
         kind = deploy.get("mode") or "replicated"
         if kind in ("global", "global-job"):
@@ -378,6 +415,129 @@ class Converter:
             endpoint["Ports"] = ports(service["ports"], f"{where}.ports")
         spec["EndpointSpec"] = endpoint
         return spec
+
+
+    def _container_settings(self, service: Doc, container: Doc, where: str) -> None:
+        """What docker/cli's convert.Service sets beyond the command and files: mounts, DNS, hosts, kernel
+        settings, capabilities, limits, init (each only when the file gives it)."""
+        if service.get("stdin_open"):
+            container["OpenStdin"] = True
+        if service.get("init") is not None:
+            container["Init"] = bool(service["init"])
+        if service.get("isolation"):
+            container["Isolation"] = str(service["isolation"])
+        if service.get("volumes"):
+            container["Mounts"] = [self._mount(entry, f"{where}.volumes[{index}]")
+                                   for index, entry in enumerate(service["volumes"])]
+        hosts = service.get("extra_hosts") or []
+        pairs = list(hosts.items()) if isinstance(hosts, dict) else [_host_pair(str(entry), where) for entry in hosts]
+        if pairs:
+            container["Hosts"] = [f"{address} {name}" for name, address in pairs]  # /etc/hosts lines, as swarm's
+        dns: Doc = {}
+        for key, name in (("dns", "Nameservers"), ("dns_search", "Search")):
+            values = service.get(key)
+            if values is not None:
+                dns[name] = [str(value) for value in (values if isinstance(values, list) else [values])]
+        if dns:
+            container["DNSConfig"] = dns
+        if service.get("sysctls"):
+            container["Sysctls"] = {k: v or "" for k, v in _mapping(service["sysctls"]).items()}
+        add, drop = effective_capability_lists(list(service.get("cap_add") or []), list(service.get("cap_drop") or []))
+        if add:
+            container["CapabilityAdd"] = add
+        if drop:
+            container["CapabilityDrop"] = drop
+        if service.get("ulimits"):
+            container["Ulimits"] = [_ulimit(name, value) for name, value in sorted(service["ulimits"].items())]
+        if service.get("oom_score_adj"):
+            container["OomScoreAdj"] = int(service["oom_score_adj"])
+
+    def _mount(self, entry: Any, where: str) -> Doc:
+        """One `volumes` entry as a Mount (docker/cli's convertVolumeToMount), keys in Docker's order."""
+        mount = self._mount_fields(entry, where)
+        order = ("Type", "Source", "Target", "ReadOnly", "Consistency", "BindOptions", "VolumeOptions", "TmpfsOptions")
+        return {key: mount[key] for key in order if key in mount}
+
+    def _mount_fields(self, entry: Any, where: str) -> Doc:
+        volume = parse_volume(entry, where) if isinstance(entry, str) else dict(entry)
+        kind, source = str(volume["type"]), str(volume.get("source") or "")
+        if kind not in MOUNT_TYPES:
+            raise StackError(f"{where}: mount type {kind!r} is not supported by shoal: use bind, volume or tmpfs")
+        for other in ("bind", "volume", "tmpfs"):
+            if other != kind and volume.get(other) is not None:
+                raise StackError(f"{where}: {other} options are incompatible with type {kind}")
+        mount: Doc = {"Type": kind, "Target": str(volume.get("target") or "")}
+        if not mount["Target"]:
+            raise StackError(f"{where}: give the path inside the container as 'target'")
+        if volume.get("read_only"):
+            mount["ReadOnly"] = True
+        if volume.get("consistency"):
+            mount["Consistency"] = str(volume["consistency"])
+        if kind == "tmpfs":
+            if source:
+                raise StackError(f"{where}: invalid tmpfs source, source must be empty")
+            size = (volume.get("tmpfs") or {}).get("size")
+            if size is not None:
+                mount["TmpfsOptions"] = {"SizeBytes": memory_bytes(size, f"{where}.tmpfs.size")}
+            return mount
+        if kind == "bind":
+            if not source:
+                raise StackError(f"{where}: invalid bind source, source cannot be empty")
+            mount["Source"] = self._host_path(source)
+            if (volume.get("bind") or {}).get("propagation"):
+                mount["BindOptions"] = {"Propagation": str(volume["bind"]["propagation"])}
+            return mount
+        if not source:
+            return mount  # an anonymous volume
+        declared = self.document.get("volumes") or {}
+        if source not in declared:
+            raise StackError(f"{where}: undefined volume {source!r}: declare it under the top-level 'volumes'")
+        top = declared[source] or {}
+        external = top.get("external")
+        if external:  # used by its own name, as external networks are
+            mount["Source"] = str((external.get("name") if isinstance(external, dict) else None)
+                                  or top.get("name") or source)
+        else:
+            mount["Source"] = str(top.get("name") or scoped(self.stack, source))
+        options: Doc = {}
+        nocopy = bool((volume.get("volume") or {}).get("nocopy"))
+        if nocopy:
+            options["NoCopy"] = True
+        if (volume.get("volume") or {}).get("subpath"):
+            options["Subpath"] = str(volume["volume"]["subpath"])
+        if not external:
+            options["Labels"] = _labels(top.get("labels"), self.stack)
+            if top.get("driver") or top.get("driver_opts"):
+                driver: Doc = {"Name": str(top.get("driver") or "")}
+                if top.get("driver_opts"):
+                    driver["Options"] = {str(k): _scalar(v) for k, v in top["driver_opts"].items()}
+                options["DriverConfig"] = driver
+        mount["VolumeOptions"] = options
+        return mount
+
+    def _host_path(self, source: str) -> str:
+        """A bind mount's source on the nodes: "~" is $HOME, a relative path is relative to the compose file's
+        folder (joined, not resolved: docker does not follow links either)."""
+        if source.startswith("~") and "HOME" in self.environ:
+            source = self.environ["HOME"] + source[1:]
+        return os.path.abspath(os.path.join(self.base_dir, source))
+
+
+def _host_pair(entry: str, where: str) -> tuple[str, str]:
+    """An `extra_hosts` entry, "name:address" or "name=address", as (name, address)."""
+    name, has_equals, address = entry.partition("=")
+    if not has_equals:
+        name, _, address = entry.partition(":")
+    if not name or not address:
+        raise StackError(f'{where}.extra_hosts: {entry!r} is not "NAME:ADDRESS", e.g. "db:10.0.0.5"')
+    return name, address
+
+
+def _ulimit(name: str, value: Any) -> Doc:
+    """A `ulimits` entry: a number is both limits, else {soft, hard}."""
+    if isinstance(value, dict):
+        return {"Name": name, "Hard": int(value["hard"]), "Soft": int(value["soft"])}
+    return {"Name": name, "Hard": int(value), "Soft": int(value)}
 
 
 def convert(stack: str, document: Doc, base_dir: Path, environ: Mapping[str, str],

@@ -89,13 +89,30 @@ SERVICE_NETWORKS: Schema = {"oneOf": [
     }, "additionalProperties": False, "patternProperties": EXTENSIONS}]}},
 ]}
 
+# A service's `volumes` entry in the long syntax (the short one, "SOURCE:TARGET[:MODE]", is a string).
+SERVICE_VOLUME: Schema = {"type": "object", "properties": {
+    "type": {"enum": ["bind", "volume", "tmpfs", "npipe", "cluster", "image"]}, "source": STRING, "target": STRING,
+    "read_only": {"type": "boolean"}, "consistency": STRING,
+    "bind": {"type": "object", "properties": {"propagation": STRING}, "additionalProperties": False,
+             "patternProperties": EXTENSIONS},
+    "volume": {"type": "object", "properties": {"nocopy": {"type": "boolean"}, "subpath": STRING},
+               "additionalProperties": False, "patternProperties": EXTENSIONS},
+    "tmpfs": {"type": "object", "properties": {"size": {"type": ["integer", "string"]}},
+              "additionalProperties": False, "patternProperties": EXTENSIONS},
+}, "required": ["type"], "additionalProperties": False, "patternProperties": EXTENSIONS}
+
+ULIMITS: Schema = {"type": "object", "additionalProperties": {"oneOf": [
+    {"type": "integer"},
+    {"type": "object", "properties": {"soft": {"type": "integer"}, "hard": {"type": "integer"}},
+     "required": ["soft", "hard"], "additionalProperties": False, "patternProperties": EXTENSIONS},
+]}}
+
 # Keys of a service that swarm mode does not use: accepted and reported (docker's "Ignoring unsupported options").
 IGNORED_SERVICE_KEYS = frozenset({
     "build", "cgroup_parent", "container_name", "depends_on", "devices", "external_links", "links",
     "network_mode", "restart", "security_opt", "userns_mode", "privileged", "pid", "ipc", "shm_size",
     "expose", "volumes_from", "profiles", "pull_policy", "mem_limit", "cpus", "cpu_shares", "platform",
-    "extends", "cap_add", "cap_drop", "ulimits", "sysctls", "logging", "volumes", "tmpfs", "dns",
-    "dns_search", "extra_hosts", "domainname", "mac_address", "stdin_open", "isolation", "init", "env_file",
+    "extends", "tmpfs", "domainname", "mac_address", "env_file",
 })
 
 SERVICE: Schema = {"type": "object", "properties": {
@@ -116,7 +133,23 @@ SERVICE: Schema = {"type": "object", "properties": {
     "stop_grace_period": DURATION,
     "stop_signal": STRING,
     "tty": {"type": "boolean"},
+    "stdin_open": {"type": "boolean"},
     "read_only": {"type": "boolean"},
+    "init": {"type": "boolean"},
+    "isolation": STRING,
+    "volumes": {"type": "array", "items": {"oneOf": [STRING, SERVICE_VOLUME]}},
+    "cap_add": STRINGS,
+    "cap_drop": STRINGS,
+    "sysctls": LIST_OR_DICT,
+    "ulimits": ULIMITS,
+    "oom_score_adj": {"type": "integer", "minimum": -1000, "maximum": 1000},
+    "dns": STRING_OR_LIST,
+    "dns_search": STRING_OR_LIST,
+    "extra_hosts": {"oneOf": [STRINGS, {"type": "object", "additionalProperties": STRING}]},
+    "logging": {"type": "object", "properties": {
+        "driver": STRING,
+        "options": {"type": "object", "additionalProperties": {"type": ["string", "number", "null"]}},
+    }, "additionalProperties": False, "patternProperties": EXTENSIONS},
     **{key: {} for key in IGNORED_SERVICE_KEYS},
 }, "additionalProperties": False, "patternProperties": EXTENSIONS}  # `image` may come from a later file
 
@@ -131,6 +164,12 @@ NETWORK: Schema = {"type": ["object", "null"], "properties": {
         }, "additionalProperties": False}},
     }, "additionalProperties": False},
     "enable_ipv6": {"type": "boolean"},
+}, "additionalProperties": False, "patternProperties": EXTENSIONS}
+
+VOLUME: Schema = {"type": ["object", "null"], "properties": {
+    "name": STRING, "driver": STRING, "driver_opts": {"type": "object"},
+    "external": {"oneOf": [{"type": "boolean"}, {"type": "object", "properties": {"name": STRING}}]},
+    "labels": LIST_OR_DICT,
 }, "additionalProperties": False, "patternProperties": EXTENSIONS}
 
 FILE_OBJECT: Schema = {"type": "object", "properties": {
@@ -149,7 +188,7 @@ COMPOSE: Schema = {
         "networks": {"type": "object", "additionalProperties": NETWORK},
         "secrets": {"type": "object", "additionalProperties": FILE_OBJECT},
         "configs": {"type": "object", "additionalProperties": FILE_OBJECT},
-        "volumes": {"type": "object"},
+        "volumes": {"type": "object", "additionalProperties": VOLUME},
     },
     "additionalProperties": False,
     "patternProperties": EXTENSIONS,

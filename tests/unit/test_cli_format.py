@@ -253,6 +253,24 @@ def test_service_inspect_pretty_matches_docker_trace() -> None:
     )
 
 
+def test_service_inspect_pretty_shows_container_settings_as_docker_does() -> None:
+    """Output of docker CLI 28.2.2's `service inspect --pretty` for the same service (less its final newline)."""
+    doc = {"ID": "svc1", "Version": {"Index": 5}, "Spec": {
+        "Name": "web", "Labels": {},
+        "TaskTemplate": {"ContainerSpec": {
+            "Image": "busybox", "Init": False, "DNSConfig": {}, "Hosts": ["10.0.0.1 db", "10.0.0.2 cache"],
+            "CapabilityAdd": ["CAP_NET_ADMIN"], "Sysctls": {"a.b": "1"},
+            "Ulimits": [{"Name": "nofile", "Soft": 10, "Hard": 20}],
+            "Mounts": [{"Type": "volume", "Source": "data", "Target": "/data"}]},
+            "ForceUpdate": 0, "LogDriver": {"Name": "json-file", "Options": {"max-size": "1m", "k": ""}}},
+        "Mode": {"Replicated": {"Replicas": 1}}, "EndpointSpec": {"Mode": "vip"}}}
+    assert service_pretty(doc, NOW) == (
+        "\nID:\t\tsvc1\nName:\t\tweb\nService Mode:\tReplicated\n Replicas:\t1\nPlacement:\nContainerSpec:\n"
+        " Image:\t\tbusybox\n Init:\t\tfalse\nCapabilities:\n Add: CAP_NET_ADMIN\nSysCtls:\n a.b: 1\nUlimits:\n"
+        " nofile: 10:20\nMounts:\n Target:\t/data\n  Source:\tdata\n  ReadOnly:\tfalse\n  Type:\t\tvolume\n"
+        "Log Driver:\n Name:\t\tjson-file\n LogOpts:\n  k\n  max-size:       1m\n\nEndpoint Mode:\tvip\n")
+
+
 def test_service_inspect_pretty_names_a_jobs_mode() -> None:
     doc: dict[str, Any] = {"ID": "j1", "Spec": {"Name": "batch", "TaskTemplate": {"ContainerSpec": {"Image": "b"}},
                                                 "Mode": {"ReplicatedJob": {"MaxConcurrent": 2, "TotalCompletions": 5}},

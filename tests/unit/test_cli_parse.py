@@ -208,6 +208,36 @@ def test_no_healthcheck() -> None:
                                         "precise"),
     (["--limit-cpu", "-1"], 'invalid argument "-1" for "--limit-cpu" flag: must not be negative'),
     (["--limit-pids", "many"], 'invalid argument "many" for "--limit-pids" flag: must be a non-negative integer'),
+    # The container flags, worded as docker CLI 28 words them.
+    (["--mount", "foo"], 'invalid argument "foo" for "--mount" flag: invalid field \'foo\' must be a key=value pair'),
+    (["--mount", "type=volume"], 'invalid argument "type=volume" for "--mount" flag: target is required'),
+    (["--mount", "type=bind,target=/x,volume-label=a=b"],
+     "for \"--mount\" flag: cannot mix 'volume-*' options with mount type 'bind'"),
+    (["--mount", "type=tmpfs,target=/x,tmpfs-size=zz"], "flag: invalid value for tmpfs-size: zz"),
+    (["--mount", "type=tmpfs,target=/x,tmpfs-mode=99"], "flag: invalid value for tmpfs-mode: 99"),
+    (["--mount", "type=bind,target=/x,readonly=maybe"], "flag: invalid value for readonly: maybe"),
+    (["--mount", "type=bind,target=/x,bogus=1"], "flag: unexpected key 'bogus' in 'bogus=1'"),
+    (["--mount", "target=/x,bind-recursive=foo"],
+     'flag: invalid value for bind-recursive: foo (must be "enabled", "disabled", "writable", or "readonly")'),
+    (["--mount", "type=bind,target=/x,bind-recursive=readonly,ro"],
+     "flag: option 'bind-recursive=readonly' requires 'bind-propagation=rprivate' to be specified in conjunction"),
+    (["--mount", "type=npipe,target=/x"],
+     "flag: mount type 'npipe' is not supported by shoal: use 'bind', 'volume' or 'tmpfs'"),
+    (["--mount", "type=bind,src=/s,target=/x,bind-propagation=sideways"], "flag: invalid bind-propagation: sideways"),
+    (["--dns", "1.2.3"], 'invalid argument "1.2.3" for "--dns" flag: IP address is not correctly formatted: 1.2.3'),
+    (["--dns-search", "a..b"], 'invalid argument "a..b" for "--dns-search" flag: a..b is not a valid domain'),
+    (["--host", "foo"], 'invalid argument "foo" for "--host" flag: bad format for add-host: "foo"'),
+    (["--host", "foo:1.2.3"], 'invalid argument "foo:1.2.3" for "--host" flag: invalid IP address in add-host: '
+                              '"1.2.3"'),
+    (["--ulimit", "nofile"], 'invalid argument "nofile" for "--ulimit" flag: invalid ulimit argument: nofile'),
+    (["--ulimit", "bogus=1:2"], "flag: invalid ulimit type: bogus"),
+    (["--ulimit", "nofile=5:2"], "flag: ulimit soft limit must be less than or equal to hard limit: 5 > 2"),
+    (["--ulimit", "nofile=a:b"], 'flag: strconv.ParseInt: parsing "b": invalid syntax'),
+    (["--oom-score-adj", "x"], 'invalid argument "x" for "--oom-score-adj" flag: strconv.ParseInt: parsing "x"'),
+    (["--oom-score-adj", "2000"], 'invalid argument "2000" for "--oom-score-adj" flag: must be from -1000 to 1000'),
+    (["--sysctl", "net.core.somaxconn"], 'for "--sysctl" flag: use KEY=VALUE, e.g. net.core.somaxconn=1024'),
+    (["--log-driver", "json-file", "--log-opt", "max-size"], 'for "--log-opt" flag: use KEY=VALUE'),
+    (["--log-opt", "max-size=1m"], "--log-opt needs --log-driver: give the driver too"),
 ])
 def test_bad_create_input_is_one_error_and_nothing_is_sent(argv: list[str], message: str) -> None:
     daemon = created()
@@ -216,6 +246,71 @@ def test_bad_create_input_is_one_error_and_nothing_is_sent(argv: list[str], mess
     assert message in err
     assert err.count("\n") == 1
     assert daemon.requests == []
+
+
+def test_create_with_container_flags_sends_the_body_docker_28_sends() -> None:
+    """The body recorded from docker CLI 28.2.2 for the same command line (tests/unit/test_controlapi_service.py,
+    CLI_CREATE_CONTAINER_FLAGS), key order included."""
+    daemon = created()
+    code, _, err = daemon.cli(
+        "service", "create", "-d", "--name", "web",
+        "--mount", "type=volume,source=data,target=/data,volume-label=a=b,volume-driver=local,volume-opt=o=bind",
+        "--mount", "type=bind,src=/srv,dst=/srv,readonly,bind-propagation=rslave",
+        "--mount", "type=tmpfs,target=/t,tmpfs-size=1m,tmpfs-mode=1777", "--cap-add", "NET_ADMIN",
+        "--cap-drop", "mknod", "--dns", "1.1.1.1", "--dns-search", "corp", "--dns-option", "ndots:2",
+        "--host", "db:10.0.0.1", "--host", "gw:host-gateway", "--sysctl", "net.core.somaxconn=1024",
+        "--ulimit", "nofile=10:20", "--ulimit", "nproc=5", "--init", "-t", "--read-only", "--group", "video",
+        "--log-driver", "json-file", "--log-opt", "max-size=1m", "--oom-score-adj", "100", "--hostname", "box",
+        "busybox:latest", "sleep", "1")
+    assert (code, err) == (0, "")
+    sent = daemon.bodies("POST /services/create")[0]
+    assert json.dumps(sent) == (
+        '{"Name": "web", "Labels": {}, "TaskTemplate": {"ContainerSpec": {"Image": "busybox:latest", "Args": '
+        '["sleep", "1"], "Hostname": "box", "Groups": ["video"], "Init": true, "TTY": true, "ReadOnly": true, '
+        '"Mounts": [{"Type": "volume", "Source": "data", "Target": "/data", "VolumeOptions": {"Labels": {"a": "b"}, '
+        '"DriverConfig": {"Name": "local", "Options": {"o": "bind"}}}}, {"Type": "bind", "Source": "/srv", '
+        '"Target": "/srv", "ReadOnly": true, "BindOptions": {"Propagation": "rslave"}}, {"Type": "tmpfs", "Target": '
+        '"/t", "TmpfsOptions": {"SizeBytes": 1048576, "Mode": 1023}}], "Hosts": ["10.0.0.1 db", "host-gateway gw"], '
+        '"DNSConfig": {"Nameservers": ["1.1.1.1"], "Search": ["corp"], "Options": ["ndots:2"]}, "Sysctls": '
+        '{"net.core.somaxconn": "1024"}, "CapabilityAdd": ["CAP_NET_ADMIN"], "CapabilityDrop": ["CAP_MKNOD"], '
+        '"Ulimits": [{"Name": "nofile", "Hard": 20, "Soft": 10}, {"Name": "nproc", "Hard": 5, "Soft": 5}], '
+        '"OomScoreAdj": 100}, "Resources": {"Limits": {}, "Reservations": {}}, "Placement": {}, "LogDriver": '
+        '{"Name": "json-file", "Options": {"max-size": "1m"}}, "ForceUpdate": 0}, "Mode": {"Replicated": {}}, '
+        '"EndpointSpec": {"Mode": "vip"}}')
+
+
+def test_the_host_flag_of_service_create_leaves_the_daemon_address_alone() -> None:
+    """`--host db:10.0.0.1` is an extra host; the daemon is still the one -H or $SHOAL_HOST names."""
+    from shoal.cli.main import build_parser
+    args = build_parser().parse_args(["-H", "unix:///run/x.sock", "service", "create", "--host", "db:10.0.0.1",
+                                      "busybox"])
+    assert (args.host, args.extra_host) == ("unix:///run/x.sock", ["db:10.0.0.1"])
+
+
+@pytest.mark.parametrize(("mount", "sent"), [
+    ("target=/cache", {"Type": "volume", "Target": "/cache"}),  # an anonymous volume
+    ("type=volume,target=/x,volume-nocopy", {"Type": "volume", "Target": "/x",
+                                             "VolumeOptions": {"NoCopy": True, "DriverConfig": {}}}),
+    ("type=bind,src=/s,target=/x,ro=1,bind-nonrecursive", {"Type": "bind", "Source": "/s", "Target": "/x",
+                                                           "ReadOnly": True, "BindOptions": {"NonRecursive": True}}),
+    ("type=bind,src=/s,dst=/x,bind-recursive=enabled,consistency=CACHED",
+     {"Type": "bind", "Source": "/s", "Target": "/x", "Consistency": "cached"}),
+    ("Type=TMPFS,destination=/t,readonly=false", {"Type": "tmpfs", "Target": "/t"}),
+    ('"type=bind","src=/a,b",target=/x', {"Type": "bind", "Source": "/a,b", "Target": "/x"}),  # csv quoting
+])
+def test_mounts_are_read_as_docker_reads_them(mount: str, sent: dict) -> None:
+    daemon = created()
+    code, _, err = daemon.cli("service", "create", "-d", "--mount", mount, "busybox")
+    assert (code, err) == (0, "")
+    assert daemon.bodies("POST /services/create")[0]["TaskTemplate"]["ContainerSpec"]["Mounts"] == [sent]
+
+
+def test_capabilities_are_normalised_and_all_wins_as_in_docker() -> None:
+    daemon = created()
+    daemon.cli("service", "create", "-d", "--cap-add", "net_admin", "--cap-add", "CAP_SYS_TIME", "--cap-drop", "all",
+               "--cap-drop", "sys_time", "busybox")
+    container = daemon.bodies("POST /services/create")[0]["TaskTemplate"]["ContainerSpec"]
+    assert (container["CapabilityAdd"], container["CapabilityDrop"]) == (["CAP_NET_ADMIN", "CAP_SYS_TIME"], ["ALL"])
 
 
 def test_create_with_resource_flags_sends_dockers_resources() -> None:
@@ -426,6 +521,74 @@ def test_update_modifies_the_current_spec() -> None:
     assert spec["UpdateConfig"] == {"Parallelism": 2, "Delay": 0, "FailureAction": "pause",
                                     "Monitor": 2_000_000_000, "MaxFailureRatio": 0, "Order": "stop-first"}
     assert spec["TaskTemplate"]["RestartPolicy"] == {"Condition": "any", "Delay": 1_000_000_000, "MaxAttempts": 0}
+
+
+def container_service() -> dict:
+    return current_service(TaskTemplate={"ContainerSpec": {
+        "Image": "busybox", "Init": False, "DNSConfig": {"Nameservers": ["9.9.9.9"], "Options": ["ndots:2"]},
+        "Hosts": ["10.0.0.1 db db.local", "10.0.0.2 cache"], "CapabilityAdd": ["CAP_NET_ADMIN"],
+        "Sysctls": {"a.b": "1"}, "Ulimits": [{"Name": "nofile", "Soft": 10, "Hard": 20}], "Groups": ["video"],
+        "Mounts": [{"Type": "volume", "Source": "data", "Target": "/data"}], "TTY": True},
+        "LogDriver": {"Name": "json-file", "Options": {"max-size": "1m"}}, "ForceUpdate": 0})
+
+
+@pytest.mark.parametrize(("argv", "changed"), [
+    (["--mount-add", "type=bind,src=/a,dst=/x", "--mount-rm", "/data"],
+     {"Mounts": [{"Type": "bind", "Source": "/a", "Target": "/x"}]}),
+    (["--mount-add", "type=volume,src=new,dst=/data", "--mount-add", "type=tmpfs,dst=/t"],
+     {"Mounts": [{"Type": "tmpfs", "Target": "/t"}, {"Type": "volume", "Source": "new", "Target": "/data"}]}),
+    (["--mount-rm", "/data"], {"Mounts": None}),
+    (["--group-add", "b", "--group-add", "a", "--group-rm", "video"], {"Groups": ["a", "b"]}),
+    (["--dns-add", "1.1.1.1", "--dns-rm", "9.9.9.9", "--dns-search-add", "corp", "--dns-option-rm", "ndots:2"],
+     {"DNSConfig": {"Nameservers": ["1.1.1.1"], "Search": ["corp"]}}),
+    (["--host-add", "x:1.2.3.4", "--host-rm", "db"], {"Hosts": ["10.0.0.1 db.local", "10.0.0.2 cache", "1.2.3.4 x"]}),
+    (["--host-rm", "cache:10.0.0.2", "--host-rm", "db:10.9.9.9"], {"Hosts": ["10.0.0.1 db db.local"]}),
+    (["--sysctl-add", "c.d=2", "--sysctl-rm", "a.b"], {"Sysctls": {"c.d": "2"}}),
+    (["--ulimit-add", "nproc=3", "--ulimit-add", "nofile=1:2"],
+     {"Ulimits": [{"Name": "nofile", "Hard": 2, "Soft": 1}, {"Name": "nproc", "Hard": 3, "Soft": 3}]}),
+    (["--ulimit-rm", "nofile"], {"Ulimits": None}),
+    # Dropping an added capability takes it off the added ones rather than listing it twice (docker).
+    (["--cap-add", "sys_time", "--cap-drop", "net_admin"], {"CapabilityAdd": ["CAP_SYS_TIME"]}),
+    (["--cap-drop", "all"], {"CapabilityDrop": ["ALL"]}),
+    (["--cap-add", "RESET", "--cap-add", "mknod"], {"CapabilityAdd": ["CAP_MKNOD"]}),
+    (["--init", "--read-only", "--hostname", "h", "--oom-score-adj", "-5"],
+     {"Init": True, "ReadOnly": True, "Hostname": "h", "OomScoreAdj": -5}),
+    (["--tty=false", "--init=false", "--oom-score-adj", "0"], {"TTY": None}),
+])
+def test_update_container_flags_add_and_remove_as_docker_does(argv: list[str], changed: dict) -> None:
+    daemon = updatable(container_service())
+    code, _, err = daemon.cli("service", "update", "-d", *argv, "web")
+    assert (code, err) == (0, "")
+    expected = container_service()["Spec"]["TaskTemplate"]["ContainerSpec"]
+    for key, value in changed.items():
+        if value is None:
+            expected.pop(key)
+        else:
+            expected[key] = value
+    assert daemon.bodies(f"POST /services/{SERVICE_ID}/update")[0]["TaskTemplate"]["ContainerSpec"] == expected
+
+
+def test_update_log_driver_replaces_the_driver_and_its_options() -> None:
+    daemon = updatable(container_service())
+    daemon.cli("service", "update", "-d", "--log-driver", "syslog", "--log-opt", "tag=web", "web")
+    daemon.cli("service", "update", "-d", "--log-driver", "local", "web")
+    sent = daemon.bodies(f"POST /services/{SERVICE_ID}/update")
+    assert [body["TaskTemplate"]["LogDriver"] for body in sent] == [{"Name": "syslog", "Options": {"tag": "web"}},
+                                                                    {"Name": "local"}]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--mount-add", "type=bind,dst=/x", "--mount-add", "type=volume,dst=/x"], "duplicate mount target"),
+    (["--dns-add", "one.one"], 'invalid argument "one.one" for "--dns-add" flag: IP address is not correctly'),
+    (["--host-add", "db"], 'invalid argument "db" for "--host-add" flag: bad format for add-host: "db"'),
+    (["--ulimit-add", "nofile=2:1"], 'for "--ulimit-add" flag: ulimit soft limit must be less than or equal'),
+    (["--log-opt", "tag=x"], "--log-opt needs --log-driver"),
+])
+def test_bad_update_container_flag_is_one_error_and_nothing_is_sent(argv: list[str], message: str) -> None:
+    daemon = updatable(container_service())
+    code, _, err = daemon.cli("service", "update", "-d", *argv, "web")
+    assert code == 1 and message in err and err.count("\n") == 1
+    assert [r.method for r in daemon.requests] == ["GET"]
 
 
 def test_update_without_flags_resends_the_spec_unchanged() -> None:

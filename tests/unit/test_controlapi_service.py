@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 from typing import Any
@@ -49,6 +50,26 @@ CLI_CREATE_UPDATE_FLAGS = json.loads(
     '[{"Architecture":"amd64","OS":"linux"},{"Architecture":"arm64","OS":"linux"}]},"ForceUpdate":0},'
     '"Mode":{"Replicated":{}},"UpdateConfig":{"Parallelism":2,"Delay":10000000000,"FailureAction":"continue",'
     '"Monitor":5000000000,"MaxFailureRatio":0,"Order":"stop-first"},"EndpointSpec":{"Mode":"vip"}}'
+)
+# `docker service create -d --name web --mount type=volume,source=data,target=/data,volume-label=a=b,
+# volume-driver=local,volume-opt=o=bind --mount type=bind,src=/srv,dst=/srv,readonly,bind-propagation=rslave
+# --mount type=tmpfs,target=/t,tmpfs-size=1m,tmpfs-mode=1777 --cap-add NET_ADMIN --cap-drop mknod --dns 1.1.1.1
+# --dns-search corp --dns-option ndots:2 --host db:10.0.0.1 --host gw:host-gateway --sysctl
+# net.core.somaxconn=1024 --ulimit nofile=10:20 --ulimit nproc=5 --init -t --read-only --group video
+# --log-driver json-file --log-opt max-size=1m --oom-score-adj 100 --hostname box busybox sleep 1`, recorded
+# from docker CLI 28.2.2 (its registry look-up failed, so the image has no digest).
+CLI_CREATE_CONTAINER_FLAGS = json.loads(
+    '{"Name":"web","Labels":{},"TaskTemplate":{"ContainerSpec":{"Image":"busybox:latest","Args":["sleep","1"],'
+    '"Hostname":"box","Groups":["video"],"Init":true,"TTY":true,"ReadOnly":true,"Mounts":[{"Type":"volume",'
+    '"Source":"data","Target":"/data","VolumeOptions":{"Labels":{"a":"b"},"DriverConfig":{"Name":"local",'
+    '"Options":{"o":"bind"}}}},{"Type":"bind","Source":"/srv","Target":"/srv","ReadOnly":true,"BindOptions":'
+    '{"Propagation":"rslave"}},{"Type":"tmpfs","Target":"/t","TmpfsOptions":{"SizeBytes":1048576,"Mode":1023}}],'
+    '"Hosts":["10.0.0.1 db","host-gateway gw"],"DNSConfig":{"Nameservers":["1.1.1.1"],"Search":["corp"],'
+    '"Options":["ndots:2"]},"Sysctls":{"net.core.somaxconn":"1024"},"CapabilityAdd":["CAP_NET_ADMIN"],'
+    '"CapabilityDrop":["CAP_MKNOD"],"Ulimits":[{"Name":"nofile","Hard":20,"Soft":10},{"Name":"nproc","Hard":5,'
+    '"Soft":5}],"OomScoreAdj":100},"Resources":{"Limits":{},"Reservations":{}},"Placement":{},"LogDriver":'
+    '{"Name":"json-file","Options":{"max-size":"1m"}},"ForceUpdate":0},"Mode":{"Replicated":{}},"EndpointSpec":'
+    '{"Mode":"vip"}}'
 )
 STACK_CREATE_WEB = json.loads(
     '{"Name":"app_web","Labels":{"com.docker.stack.image":"nginx:1.25","com.docker.stack.namespace":"app"},'
@@ -229,7 +250,13 @@ INVALID: list[tuple[str, object, str]] = [
     ("command not list", with_container(Command="sleep"), "TaskTemplate.ContainerSpec.Command"),
     ("tty not bool", with_container(TTY="yes"), "TaskTemplate.ContainerSpec.TTY"),
     ("negative stop grace", with_container(StopGracePeriod=-1), "TaskTemplate.ContainerSpec.StopGracePeriod"),
-    ("duplicate mount", with_container(Mounts=[{"Target": "/d"}, {"Target": "/d"}]), "Mounts[1].Target"),
+    ("duplicate mount", with_container(Mounts=[{"Source": "/d", "Target": "/d"}, {"Source": "/e", "Target": "/d"}]),
+     "Mounts[1].Target"),
+    ("bind mount without source", with_container(Mounts=[{"Type": "bind", "Target": "/d"}]),
+     "TaskTemplate.ContainerSpec.Mounts[0].Source must be the path on the node for a bind mount"),
+    ("bad bind propagation", with_container(Mounts=[{"Source": "/s", "Target": "/s",
+                                                     "BindOptions": {"Propagation": "sideways"}}]),
+     "TaskTemplate.ContainerSpec.Mounts[0].BindOptions.Propagation must be one of"),
     ("negative health interval", with_container(Healthcheck={"Interval": -5}),
      "TaskTemplate.ContainerSpec.Healthcheck.Interval"),
     ("negative health retries", with_container(Healthcheck={"Retries": -1}),
@@ -264,33 +291,47 @@ INVALID: list[tuple[str, object, str]] = [
     ("network without target", with_template(Networks=[{"Aliases": ["x"]}]), "TaskTemplate.Networks[0].Target"),
     # Fields no executor acts on: refused by name, with what to do instead.
     ("credential spec", with_container(Privileges={"CredentialSpec": {"File": "spec.json"}}),
-     "TaskTemplate.ContainerSpec.Privileges.CredentialSpec is not supported by shoal: remove it"),
+     "TaskTemplate.ContainerSpec.Privileges.CredentialSpec.File is not supported by shoal: remove it (credential "
+     "specs are for Windows containers)"),
     ("selinux", with_container(Privileges={"SELinuxContext": {"Disable": False, "Type": "svirt_t"}}),
-     "TaskTemplate.ContainerSpec.Privileges.SELinuxContext is not supported by shoal"),
-    ("seccomp", with_container(Privileges={"Seccomp": {"Mode": "unconfined"}}),
-     "TaskTemplate.ContainerSpec.Privileges.Seccomp is not supported by shoal"),
-    ("apparmor", with_container(Privileges={"AppArmor": {"Mode": "disabled"}}),
-     "TaskTemplate.ContainerSpec.Privileges.AppArmor is not supported by shoal"),
-    ("no new privileges", with_container(Privileges={"CredentialSpec": None, "NoNewPrivileges": True}),
-     "TaskTemplate.ContainerSpec.Privileges.NoNewPrivileges is not supported by shoal"),
-    ("privileges not object", with_container(Privileges=True), "TaskTemplate.ContainerSpec.Privileges must be"),
-    ("extra hosts", with_container(Hosts=["10.0.0.1 db"]), "TaskTemplate.ContainerSpec.Hosts is not supported"),
-    ("dns servers", with_container(DNSConfig={"Nameservers": ["8.8.8.8"]}),
-     "TaskTemplate.ContainerSpec.DNSConfig.Nameservers is not supported by shoal"),
-    ("dns search", with_container(DNSConfig={"Nameservers": [], "Search": ["corp"]}),
-     "TaskTemplate.ContainerSpec.DNSConfig.Search is not supported by shoal"),
+     "TaskTemplate.ContainerSpec.Privileges.SELinuxContext.Type is not supported by shoal"),
     ("hyperv isolation", with_container(Isolation="hyperv"),
      'TaskTemplate.ContainerSpec.Isolation is not supported by shoal: remove it or give "default"'),
-    ("sysctls", with_container(Sysctls={"net.core.somaxconn": "1024"}), "TaskTemplate.ContainerSpec.Sysctls"),
-    ("capability add", with_container(CapabilityAdd=["CAP_NET_ADMIN"]),
-     "TaskTemplate.ContainerSpec.CapabilityAdd is not supported by shoal"),
-    ("capability drop", with_container(CapabilityDrop=["CAP_NET_RAW"]),
-     "TaskTemplate.ContainerSpec.CapabilityDrop is not supported by shoal"),
-    ("ulimits", with_container(Ulimits=[{"Name": "nofile", "Soft": 1024, "Hard": 2048}]),
-     "TaskTemplate.ContainerSpec.Ulimits is not supported by shoal: remove it (Resources.Limits.Pids"),
-    ("oom score", with_container(OomScoreAdj=500), "TaskTemplate.ContainerSpec.OomScoreAdj is not supported"),
-    ("log driver", with_template(LogDriver={"Name": "syslog"}), "TaskTemplate.LogDriver is not supported by shoal"),
-    ("log options", with_template(LogDriver={"Options": {"max-size": "1m"}}), "TaskTemplate.LogDriver is not"),
+    # Fields the docker executor acts on, with values it cannot pass on.
+    ("privileges not object", with_container(Privileges=True), "TaskTemplate.ContainerSpec.Privileges must be"),
+    ("unknown seccomp mode", with_container(Privileges={"Seccomp": {"Mode": "strict"}}),
+     "TaskTemplate.ContainerSpec.Privileges.Seccomp.Mode must be one of"),
+    ("custom seccomp without profile", with_container(Privileges={"Seccomp": {"Mode": "custom"}}),
+     "TaskTemplate.ContainerSpec.Privileges.Seccomp.Profile must be a seccomp profile"),
+    ("seccomp profile not base64 json", with_container(Privileges={"Seccomp": {"Mode": "custom", "Profile": "{}"}}),
+     "Privileges.Seccomp.Profile must be a seccomp profile (its JSON, base64-encoded)"),
+    ("seccomp profile without custom", with_container(Privileges={"Seccomp": {"Profile": "e30="}}),
+     'Privileges.Seccomp.Profile is used with Mode "custom" only'),
+    ("unknown apparmor mode", with_container(Privileges={"AppArmor": {"Mode": "enforce"}}),
+     "TaskTemplate.ContainerSpec.Privileges.AppArmor.Mode must be one of"),
+    ("host without name", with_container(Hosts=["10.0.0.1"]),
+     'TaskTemplate.ContainerSpec.Hosts[0] must be "IP_ADDRESS NAME [ALIAS...]"'),
+    ("host in docker's run syntax", with_container(Hosts=["db:10.0.0.1"]), "TaskTemplate.ContainerSpec.Hosts[0]"),
+    ("host with a bad address", with_container(Hosts=["10.0.0 db"]), "TaskTemplate.ContainerSpec.Hosts[0]"),
+    ("dns server not an address", with_container(DNSConfig={"Nameservers": ["dns.example"]}),
+     "TaskTemplate.ContainerSpec.DNSConfig.Nameservers[0] must be an IP address"),
+    ("dns search with a line break", with_container(DNSConfig={"Search": ["corp\nnameserver 6.6.6.6"]}),
+     "TaskTemplate.ContainerSpec.DNSConfig.Search[0] must be one word"),
+    ("capability not a name", with_container(CapabilityAdd=["NET ADMIN"]),
+     "TaskTemplate.ContainerSpec.CapabilityAdd: \"NET ADMIN\" is not a capability"),
+    ("sysctl value not text", with_container(Sysctls={"net.core.somaxconn": 1024}),
+     "TaskTemplate.ContainerSpec.Sysctls must be an object of string values"),
+    ("unknown ulimit", with_container(Ulimits=[{"Name": "files", "Soft": 1, "Hard": 1}]),
+     "TaskTemplate.ContainerSpec.Ulimits[0].Name must be one of"),
+    ("ulimit soft above hard", with_container(Ulimits=[{"Name": "nofile", "Soft": 2048, "Hard": 1024}]),
+     "TaskTemplate.ContainerSpec.Ulimits[0]: the soft limit must be at most the hard limit"),
+    ("ulimit given twice", with_container(Ulimits=[{"Name": "nproc", "Soft": 1, "Hard": 1},
+                                                   {"Name": "nproc", "Soft": 2, "Hard": 2}]),
+     'TaskTemplate.ContainerSpec.Ulimits[1].Name "nproc" is given twice'),
+    ("oom score out of range", with_container(OomScoreAdj=1001),
+     "TaskTemplate.ContainerSpec.OomScoreAdj must be a whole number from -1000 to 1000"),
+    ("log options not text", with_template(LogDriver={"Name": "json-file", "Options": {"max-file": 3}}),
+     "TaskTemplate.LogDriver.Options must be an object of string values"),
     ("plugin runtime name", with_template(Runtime="plugin"), 'TaskTemplate.Runtime "plugin" is not supported'),
     ("network driver options", with_template(Networks=[{"Target": "back", "DriverOpts": {"k": "v"}}]),
      "TaskTemplate.Networks[0].DriverOpts is not supported by shoal: remove it"),
@@ -372,17 +413,11 @@ def test_host_ports_may_use_dnsrr() -> None:
 
 # ---- fields shoal does not act on: refused, unless they hold their zero value ---------------------------
 
-# A value that sets each ContainerSpec field no executor acts on.
+# A value that sets each ContainerSpec field no executor acts on (Privileges by member, as in the table).
 UNSUPPORTED_VALUES: dict[str, object] = {
-    "Privileges": {"NoNewPrivileges": True},
-    "Hosts": ["10.0.0.1 db"],
-    "DNSConfig": {"Options": ["ndots:2"]},
+    "Privileges.CredentialSpec": {"Registry": "spec"},
+    "Privileges.SELinuxContext": {"Level": "s0:c100,c200"},
     "Isolation": "process",
-    "Sysctls": {"net.ipv4.ip_forward": "1"},
-    "CapabilityAdd": ["CAP_SYS_ADMIN"],
-    "CapabilityDrop": ["ALL"],
-    "Ulimits": [{"Name": "nproc", "Soft": 10, "Hard": 10}],
-    "OomScoreAdj": -100,
 }
 
 
@@ -391,19 +426,68 @@ def test_every_field_no_executor_acts_on_has_a_refusal_case() -> None:
                                        if not support.executors}
 
 
+def _container_with(field: str, value: object) -> Doc:
+    parent, _, member = field.partition(".")
+    return with_container(**{parent: {member: value} if member else value})
+
+
 @pytest.mark.parametrize(("field", "value"), UNSUPPORTED_VALUES.items(), ids=list(UNSUPPORTED_VALUES))
 def test_a_field_no_executor_acts_on_is_refused_with_one_line_naming_it(field: str, value: object) -> None:
     with pytest.raises(InvalidArgument) as caught:
-        validate_service_spec(with_container(**{field: value}))
+        validate_service_spec(_container_with(field, value))
     message = caught.value.message
     assert message.startswith(f"TaskTemplate.ContainerSpec.{field}")
     assert "is not supported by shoal: remove it" in message and "\n" not in message
 
 
+# A value that sets each field only the docker executor acts on, as the docker CLI, docker-py or stack deploy
+# send them: the API takes them (the process executor rejects such tasks on its nodes).
+DOCKER_ONLY_VALUES: dict[str, object] = {
+    "Hostname": "web-1",
+    "Groups": ["video"],
+    "TTY": True,
+    "OpenStdin": True,
+    "ReadOnly": True,
+    "Mounts": [{"Type": "volume", "Source": "data", "Target": "/data"}],
+    "Init": True,
+    "Hosts": ["10.0.0.1 db db.local", "host-gateway gw", "fd00::1 v6"],
+    "DNSConfig": {"Nameservers": ["10.0.0.2", "fd00::53"], "Search": ["corp.example", "."], "Options": ["ndots:2"]},
+    "Sysctls": {"net.core.somaxconn": "1024"},
+    "CapabilityAdd": ["CAP_NET_ADMIN", "sys_time"],
+    "CapabilityDrop": ["ALL"],
+    "Ulimits": [{"Name": "nofile", "Hard": 2048, "Soft": 1024}, {"Name": "core", "Hard": -1, "Soft": -1},
+                {"Name": "stack", "Hard": -1, "Soft": 8192}],
+    "OomScoreAdj": -500,
+    "Privileges.NoNewPrivileges": True,
+    "Privileges.Seccomp": {"Mode": "custom", "Profile": base64.b64encode(b'{"defaultAction": "SCMP_ACT_ALLOW"}')
+                                                                .decode()},
+    "Privileges.AppArmor": {"Mode": "disabled"},
+}
+
+
+def test_every_field_only_the_docker_executor_acts_on_has_an_acceptance_case() -> None:
+    assert set(DOCKER_ONLY_VALUES) == {key for key, support in CONTAINER_SPEC_SUPPORT.items()
+                                       if support.executors == {"docker"}}
+
+
+@pytest.mark.parametrize(("field", "value"), DOCKER_ONLY_VALUES.items(), ids=list(DOCKER_ONLY_VALUES))
+def test_a_field_only_the_docker_executor_acts_on_is_accepted_as_sent(field: str, value: object) -> None:
+    spec = validate_service_spec(_container_with(field, value))
+    assert spec["TaskTemplate"]["ContainerSpec"] == _container_with(field, value)["TaskTemplate"]["ContainerSpec"]
+
+
+@pytest.mark.parametrize("driver", [{"Name": "json-file", "Options": {"max-size": "1m", "max-file": "3"}},
+                                    {"Name": "syslog"}, {"Name": "", "Options": {"max-size": "1m"}}],
+                         ids=["json-file with options", "syslog", "the engine's default with options"])
+def test_a_log_driver_is_accepted_for_the_docker_executor(driver: Doc) -> None:
+    assert validate_service_spec(with_template(LogDriver=driver))["TaskTemplate"]["LogDriver"] == driver
+
+
 def test_zero_values_of_refused_fields_are_accepted() -> None:
     """What clients send when a flag is not given: null, false, 0, "", [], {} and objects of those."""
     zeros = {"Privileges": {"CredentialSpec": None, "SELinuxContext": {"Disable": False, "User": ""},
-                            "Seccomp": {"Mode": "", "Profile": None}, "AppArmor": None, "NoNewPrivileges": False},
+                            "Seccomp": {"Mode": "default", "Profile": None}, "AppArmor": {"Mode": ""},
+                            "NoNewPrivileges": False},
              "Hosts": [], "DNSConfig": {"Nameservers": None, "Search": [], "Options": None}, "Isolation": "default",
              "Sysctls": {}, "CapabilityAdd": None, "CapabilityDrop": [], "Ulimits": [], "OomScoreAdj": 0}
     body = with_container(**zeros)
@@ -416,7 +500,7 @@ def test_zero_values_of_refused_fields_are_accepted() -> None:
     assert validate_service_spec(with_container(Isolation=""))
 
 
-def test_fields_only_the_docker_executor_acts_on_are_accepted() -> None:
+def test_mounts_of_each_type_the_docker_executor_makes_are_accepted() -> None:
     """The API cannot know where a task lands: a process-executor node rejects such tasks itself."""
     body = with_container(Hostname="web-1", Groups=["video"], TTY=True, OpenStdin=True, ReadOnly=True, Init=True,
                           Mounts=[{"Type": "volume", "Source": "data", "Target": "/data",
@@ -458,7 +542,8 @@ def _stack_body_with_volumes() -> Doc:
 
 
 RECORDED_BODIES = {"cli create": CLI_CREATE_WEB, "cli create global": CLI_CREATE_GLOBAL,
-                   "cli update flags": CLI_CREATE_UPDATE_FLAGS, "stack web": STACK_CREATE_WEB,
+                   "cli update flags": CLI_CREATE_UPDATE_FLAGS, "cli container flags": CLI_CREATE_CONTAINER_FLAGS,
+                   "stack web": STACK_CREATE_WEB,
                    "stack worker": STACK_CREATE_WORKER, "docker-py create": DOCKER_PY_CREATE}
 
 

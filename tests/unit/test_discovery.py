@@ -141,6 +141,23 @@ async def test_a_task_asks_about_its_own_networks_only(servers: tuple[DNSServer,
     assert refused.answer == [] and refused.rcode() == dns.rcode.SERVFAIL
 
 
+async def test_a_task_with_nameservers_of_its_own_has_other_names_forwarded_there() -> None:
+    """Docker's embedded DNS forwards to the container's DNSConfig.Nameservers; other clients keep the node's."""
+    own = DNSServer(lambda: NameTable([NameEntry("net", "corp.example", (), "192.0.2.9", ())]), [])
+    _, own_port = await own.start("127.0.0.1", 0)
+    server = DNSServer(lambda: table(), [("127.0.0.1", 9)],  # the node's upstream: nothing listens there
+                       networks_of=lambda client: {"front"} if client == "127.0.0.9" else None,
+                       upstreams_of=lambda client: [("127.0.0.1", own_port)] if client == "127.0.0.9" else [])
+    _, port = await server.start("127.0.0.1", 0)
+    try:
+        assert addresses(await ask(port, "corp.example", source="127.0.0.9")) == ["192.0.2.9"]
+        assert addresses(await ask(port, "web", source="127.0.0.9")) == ["10.0.2.2"]  # swarm names stay ours
+        assert (await ask(port, "corp.example")).rcode() == dns.rcode.SERVFAIL
+    finally:
+        server.close()
+        own.close()
+
+
 async def test_without_any_upstream_answering_the_client_gets_servfail_not_silence() -> None:
     server = DNSServer(lambda: NameTable(), [("127.0.0.1", 9)])  # nothing listens on port 9
     _, port = await server.start("127.0.0.1", 0)
@@ -159,6 +176,12 @@ def test_a_node_knows_which_networks_a_question_comes_from_by_its_tasks_addresse
     assert node.networks_of("192.0.2.1") is None  # a host process: every network of the node
     node.track([], removed=["t2"])
     assert node.networks_of("10.0.1.10") is None
+    with_dns = task("t3", "s-web", {"front": "10.0.2.6/24"})
+    with_dns["Spec"] = {"ContainerSpec": {"Image": "busybox", "DNSConfig": {"Nameservers": ["192.0.2.53"]}}}
+    node.track([with_dns])
+    assert node.nameservers_of("10.0.2.6") == [("192.0.2.53", 53)] and node.nameservers_of("10.0.2.5") == []
+    node.track([], removed=["t3"])
+    assert node.nameservers_of("10.0.2.6") == []
     node.update(name_entries(SERVICES, TASKS, NODES))
     assert node.table.resolve("api") == ["10.0.1.2"]
     assert node.debug()["Names"] == 4

@@ -35,10 +35,14 @@ from shoal.agent.executor.docker import (
     container_exit_cause,
     container_name,
     create_arguments,
+    dns_arguments,
     docker_healthcheck,
+    extra_hosts,
     host_config_arguments,
+    log_driver,
     parse_log_line,
     port_bindings,
+    security_options,
 )
 from shoal.agent.health import ERR_UNHEALTHY, HealthMonitor, HealthStatus, health_check_of
 from shoal.agent.task_files import SHM, TaskFiles
@@ -171,9 +175,9 @@ def test_a_mount_the_engine_would_not_make_as_asked_rejects_the_task(mount: Doc,
     assert str(caught.value).startswith(f"TaskTemplate.ContainerSpec.{field} is not supported by the docker executor")
 
 
-@pytest.mark.parametrize(("field", "value"), [("Sysctls", {"net.core.somaxconn": "1024"}),
-                                              ("Privileges", {"NoNewPrivileges": True}),
-                                              ("DNSConfig", {"Nameservers": ["1.1.1.1"]})])
+@pytest.mark.parametrize(("field", "value"), [("Privileges", {"CredentialSpec": {"File": "spec.json"}}),
+                                              ("Privileges", {"SELinuxContext": {"Type": "svirt_t"}}),
+                                              ("Isolation", "hyperv")])
 def test_a_field_no_executor_acts_on_rejects_the_task(field: str, value: object) -> None:
     """The API refuses these; a task of a spec stored before it did is rejected rather than run without them."""
     with pytest.raises(TaskRejected) as caught:
@@ -182,14 +186,78 @@ def test_a_field_no_executor_acts_on_rejects_the_task(field: str, value: object)
     assert "is not supported by the docker executor: remove it" in str(caught.value)
 
 
+def test_capabilities_sysctls_ulimits_and_oom_score_reach_the_host_config_as_sent() -> None:
+    task = make_task(["true"], CapabilityAdd=["CAP_NET_ADMIN", "SYS_TIME"], CapabilityDrop=["ALL"],
+                     Sysctls={"net.core.somaxconn": "1024"}, OomScoreAdj=-500,
+                     Ulimits=[{"Name": "nofile", "Hard": 2048, "Soft": 1024}, {"Name": "core", "Hard": -1, "Soft": -1}])
+    host = host_config_arguments(task)
+    assert (host["cap_add"], host["cap_drop"]) == (["CAP_NET_ADMIN", "SYS_TIME"], ["ALL"])
+    assert host["sysctls"] == {"net.core.somaxconn": "1024"} and host["oom_score_adj"] == -500
+    assert [dict(limit) for limit in host["ulimits"]] == [{"Name": "nofile", "Soft": 1024, "Hard": 2048},
+                                                          {"Name": "core", "Soft": -1, "Hard": -1}]
+
+
+def test_hosts_become_extra_hosts_one_per_name() -> None:
+    """Swarm mode's executor keeps a line's first name only; shoal gives the aliases their entries too."""
+    task = make_task(["true"], Hosts=["10.0.0.1 db db.local", "host-gateway gw", "fd00::1  v6"])
+    assert extra_hosts(task["Spec"]["ContainerSpec"]) == ["db:10.0.0.1", "db.local:10.0.0.1", "gw:host-gateway",
+                                                          "v6:fd00::1"]
+    assert host_config_arguments(task)["extra_hosts"] == extra_hosts(task["Spec"]["ContainerSpec"])
+    assert "extra_hosts" not in host_config_arguments(make_task(["true"], Hosts=[]))
+
+
+def test_dns_config_is_the_containers_resolver_settings() -> None:
+    task = make_task(["true"], DNSConfig={"Nameservers": ["10.0.0.2"], "Search": ["corp.example"],
+                                          "Options": ["ndots:2", "timeout:1"]})
+    assert dns_arguments(task) == {"dns": ["10.0.0.2"], "dns_search": ["corp.example"],
+                                   "dns_opt": ["ndots:2", "timeout:1"]}
+    assert dns_arguments(make_task(["true"], DNSConfig={})) == {}
+
+
+def test_a_task_on_swarm_networks_asks_its_nodes_dns_server_which_forwards_to_its_nameservers() -> None:
+    """Docker's embedded DNS: the container's resolver answers swarm names and forwards the rest to the task's
+    Nameservers (`shoal.discovery`); search domains and options stay the container's."""
+    task = make_task(["true"], DNSConfig={"Nameservers": ["10.0.0.2"], "Search": ["corp.example"]})
+    task["NetworksAttachments"] = [{"Network": {"ID": "net1", "VXLANID": 4097, "Spec": {
+        "Name": "front", "IPAM": {"Config": [{"Subnet": "10.0.9.0/24", "Gateway": "10.0.9.1"}]}}},
+        "Addresses": ["10.0.9.5/24"]}]
+    assert dns_arguments(task) == {"dns": ["10.0.9.1"], "dns_search": ["corp.example"]}
+
+
+@pytest.mark.parametrize(("privileges", "options"), [
+    ({"NoNewPrivileges": True}, ["no-new-privileges=true"]),
+    ({"Seccomp": {"Mode": "unconfined"}, "AppArmor": {"Mode": "disabled"}},
+     ["seccomp=unconfined", "apparmor=unconfined"]),
+    ({"Seccomp": {"Mode": "custom", "Profile": base64.b64encode(b'{"defaultAction":"SCMP_ACT_ALLOW"}').decode()}},
+     ['seccomp={"defaultAction":"SCMP_ACT_ALLOW"}']),
+    ({"Seccomp": {"Mode": "default"}, "AppArmor": {"Mode": "default"}, "NoNewPrivileges": False}, []),
+], ids=["no new privileges", "unconfined", "custom seccomp profile", "defaults"])
+def test_privileges_become_security_options_as_swarm_words_them(privileges: Doc, options: list[str]) -> None:
+    task = make_task(["true"], Privileges=privileges)
+    assert security_options(task["Spec"]["ContainerSpec"]) == options
+    assert host_config_arguments(task).get("security_opt", []) == options
+
+
+def test_the_log_driver_is_the_containers_log_config() -> None:
+    task = make_task(["true"])
+    assert log_driver(task) is None and "log_config" not in host_config_arguments(task)
+    task["Spec"]["LogDriver"] = {"Name": "json-file", "Options": {"max-size": "1m", "max-file": "2"}}
+    assert dict(host_config_arguments(task)["log_config"]) == {
+        "Type": "json-file", "Config": {"max-size": "1m", "max-file": "2"}}
+    task["Spec"]["LogDriver"] = {"Name": "", "Options": {}}  # what some clients send for "not set"
+    assert log_driver(task) is None
+
+
 def test_zero_values_and_fields_only_docker_acts_on_are_taken() -> None:
     task = make_task(["true"], Init=True, Hostname="box", TTY=True, OpenStdin=True, ReadOnly=True, Groups=["video"],
                      DNSConfig={}, Privileges={"CredentialSpec": None, "SELinuxContext": None,
-                                               "NoNewPrivileges": False}, Isolation="default", Sysctls={})
+                                               "NoNewPrivileges": False}, Isolation="default", Sysctls={},
+                     CapabilityAdd=[], Ulimits=[], OomScoreAdj=0, Hosts=[])
     arguments = create_arguments(task)
     assert (arguments["hostname"], arguments["tty"], arguments["stdin_open"]) == ("box", True, True)
     host = host_config_arguments(task)
     assert (host["init"], host["read_only"], host["group_add"]) == (True, True, ["video"])
+    assert set(host) == {"init", "read_only", "group_add"}  # nothing for the zero values
 
 
 def test_image_pull_reference_names_a_tag_or_digest() -> None:
@@ -340,6 +408,35 @@ async def test_mount_options_reach_the_engine(executor: DockerExecutor, run_labe
             for container in executor.api.containers(all=True, filters={"label": f"{RUN_LABEL}={run_label}"}):
                 executor.api.remove_container(container["Id"], force=True)
             executor.api.remove_volume(volume, force=True)
+
+
+async def test_container_settings_reach_the_engine_and_hold_inside(executor: DockerExecutor, run_label: str) -> None:
+    """Capabilities, sysctls, ulimits, DNS, extra hosts, init, a read-only root, no new privileges, the OOM score
+    and a log driver with an option: in the container's HostConfig, and in effect inside it."""
+    script = ("cat /proc/sys/net/core/somaxconn; ulimit -n; grep -c '^10.0.0.7' /etc/hosts; "
+              "grep -E '^(nameserver|search|options)' /etc/resolv.conf | sort | tr '\\n' ' '; echo; "
+              "cat /proc/1/comm; touch /x 2>/dev/null || echo read-only")
+    task = make_task(["-c", script], run_label, Command=["sh"], CapabilityAdd=["CAP_NET_ADMIN"],
+                     CapabilityDrop=["CAP_MKNOD"], Sysctls={"net.core.somaxconn": "512"}, ReadOnly=True, Init=True,
+                     Ulimits=[{"Name": "nofile", "Soft": 321, "Hard": 654}], Hosts=["10.0.0.7 db db.local"],
+                     DNSConfig={"Nameservers": ["192.0.2.53"], "Search": ["corp.example"], "Options": ["ndots:3"]},
+                     Privileges={"NoNewPrivileges": True}, OomScoreAdj=100)
+    task["Spec"]["LogDriver"] = {"Name": "json-file", "Options": {"max-size": "1m"}}
+    controller = await started(executor, task)
+    assert await controller.wait() == 0
+    host = executor.api.inspect_container(controller.container_id)["HostConfig"]
+    assert (host["CapAdd"], host["CapDrop"], host["Sysctls"]) == (
+        ["CAP_NET_ADMIN"], ["CAP_MKNOD"], {"net.core.somaxconn": "512"})
+    assert host["Ulimits"] == [{"Name": "nofile", "Soft": 321, "Hard": 654}]
+    assert (host["Dns"], host["DnsSearch"], host["DnsOptions"]) == (["192.0.2.53"], ["corp.example"], ["ndots:3"])
+    assert sorted(host["ExtraHosts"]) == ["db.local:10.0.0.7", "db:10.0.0.7"]
+    assert (host["Init"], host["ReadonlyRootfs"], host["OomScoreAdj"]) == (True, True, 100)
+    assert host["SecurityOpt"] == ["no-new-privileges=true"]
+    assert host["LogConfig"] == {"Type": "json-file", "Config": {"max-size": "1m"}}
+    output = await collect(executor.logs(task["ID"], None, False, never, time.time))
+    assert [line.decode().strip() for _, _, line in output] == [
+        "512", "321", "2", "nameserver 192.0.2.53 options ndots:3 search corp.example", "docker-init", "read-only"]
+    await controller.remove()
 
 
 async def test_exit_code_comes_from_docker(executor: DockerExecutor, run_label: str) -> None:

@@ -36,8 +36,9 @@ from shoal.agent.executor.process import (
 )
 from shoal.agent.task_files import SHM, TaskFiles
 from shoal.ids import new_id
-from shoal.spec import CONTAINER_SPEC_SUPPORT, PROCESS_EXECUTOR
+from shoal.spec import CONTAINER_SPEC_SUPPORT, PROCESS_EXECUTOR, TASK_SPEC_SUPPORT
 from shoal.timefmt import MILLISECOND
+from shoal.types import Doc
 from tests.unit.agent_fixtures import group_members, pids_with
 from tests.unit.waiting import wait_until
 
@@ -173,7 +174,7 @@ async def test_a_task_with_secrets_is_refused_where_they_cannot_be_placed(execut
         await executor.controller(task).prepare()
 
 
-# A value that sets each ContainerSpec field a process cannot have.
+# A value that sets each ContainerSpec field a process cannot have (Privileges by member, as in the table).
 NOT_FOR_PROCESSES: dict[str, object] = {
     "Hostname": "web-1",
     "Groups": ["video"],
@@ -182,17 +183,26 @@ NOT_FOR_PROCESSES: dict[str, object] = {
     "ReadOnly": True,
     "Mounts": [{"Type": "bind", "Source": "/srv", "Target": "/srv"}],
     "Init": True,
-    # No executor acts on these (the API refuses them): a task of an older stored spec is rejected too.
-    "Privileges": {"NoNewPrivileges": True},
     "Hosts": ["10.0.0.1 db"],
     "DNSConfig": {"Search": ["corp"]},
-    "Isolation": "hyperv",
     "Sysctls": {"net.ipv4.ip_forward": "1"},
     "CapabilityAdd": ["CAP_NET_ADMIN"],
     "CapabilityDrop": ["CAP_NET_RAW"],
     "Ulimits": [{"Name": "nofile", "Soft": 10, "Hard": 10}],
     "OomScoreAdj": 100,
+    "Privileges.NoNewPrivileges": True,
+    "Privileges.Seccomp": {"Mode": "unconfined"},
+    "Privileges.AppArmor": {"Mode": "disabled"},
+    # No executor acts on these (the API refuses them): a task of an older stored spec is rejected too.
+    "Privileges.CredentialSpec": {"File": "spec.json"},
+    "Privileges.SELinuxContext": {"Type": "svirt_t"},
+    "Isolation": "hyperv",
 }
+
+
+def _task_with(field: str, value: object) -> Doc:
+    parent, _, member = field.partition(".")
+    return make_task(["true"], **{parent: {member: value} if member else value})
 
 
 def test_the_support_table_says_what_a_process_can_have() -> None:
@@ -202,12 +212,14 @@ def test_the_support_table_says_what_a_process_can_have() -> None:
     assert set(CONTAINER_SPEC_SUPPORT) - unsupported == {
         "Image", "Labels", "Command", "Args", "Env", "Dir", "User", "StopSignal", "StopGracePeriod", "Healthcheck",
         "Secrets", "Configs"}
+    assert {key for key, support in TASK_SPEC_SUPPORT.items() if PROCESS_EXECUTOR not in support.executors} == {
+        "LogDriver"}
 
 
 @pytest.mark.parametrize(("field", "value"), NOT_FOR_PROCESSES.items(), ids=list(NOT_FOR_PROCESSES))
 async def test_a_field_a_process_cannot_have_rejects_the_task_naming_it(executor: ProcessExecutor, field: str,
                                                                         value: object) -> None:
-    task = make_task(["true"], **{field: value})
+    task = _task_with(field, value)
     with pytest.raises(TaskRejected) as caught:
         refuse_unsupported_fields(task, PROCESS_EXECUTOR)
     message = str(caught.value)
@@ -219,11 +231,26 @@ async def test_a_field_a_process_cannot_have_rejects_the_task_naming_it(executor
     assert not executor.scratch_dir(task["ID"]).exists()  # rejected before anything was made for it
 
 
+async def test_a_log_driver_rejects_the_task(executor: ProcessExecutor) -> None:
+    """A process's output goes to files on its node, whatever driver the spec names."""
+    task = make_task(["true"])
+    task["Spec"]["LogDriver"] = {"Name": "json-file", "Options": {"max-size": "1m"}}
+    with pytest.raises(TaskRejected) as caught:
+        await executor.controller(task).prepare()
+    assert str(caught.value).startswith("TaskTemplate.LogDriver.Name is not supported by the process executor: "
+                                        "remove it (a process's output is kept in files on its node")
+    task["Spec"]["LogDriver"] = {"Name": "", "Options": {}}  # not set
+    refuse_unsupported_fields(task, PROCESS_EXECUTOR)
+
+
 async def test_zero_values_the_clients_always_send_are_fine(executor: ProcessExecutor) -> None:
     """The docker CLI sends `"Init": false, "DNSConfig": {}`; stack deploy a null Privileges and labels."""
     task = make_task(["true"], Init=False, DNSConfig={}, Labels={"com.docker.stack.namespace": "app"},
-                     Privileges={"CredentialSpec": None, "SELinuxContext": None, "NoNewPrivileges": False},
-                     Hostname="", Groups=[], TTY=False, Mounts=[], Isolation="default", OomScoreAdj=0)
+                     Privileges={"CredentialSpec": None, "SELinuxContext": None, "NoNewPrivileges": False,
+                                 "Seccomp": {"Mode": "default"}, "AppArmor": {"Mode": "default"}},
+                     Hostname="", Groups=[], TTY=False, Mounts=[], Isolation="default", OomScoreAdj=0, Hosts=[],
+                     Sysctls={}, CapabilityAdd=None, Ulimits=[])
+    task["Spec"]["LogDriver"] = None
     controller = await started(executor, task)
     assert await asyncio.wait_for(controller.wait(), DEADLINE) == 0
 

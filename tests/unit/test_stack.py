@@ -333,3 +333,117 @@ def test_job_modes_convert_as_docker_converts_them(tmp_path: Path) -> None:
     assert services["app_warm"]["Mode"] == {"GlobalJob": {}}
     for spec in services.values():
         validate_service_spec(spec)
+
+
+# ---- volumes and container settings (docker/cli `convert/volume.go`, `convert/service.go`) ------------------
+
+SETTINGS = """
+services:
+  web:
+    image: busybox:latest
+    volumes:
+      - data:/data:ro,nocopy
+      - ./site:/site
+      - /var/log:/logs:ro,rslave
+      - /cache
+      - ext:/ext
+      - type: tmpfs
+        target: /tmp
+        tmpfs: {size: 1m}
+      - type: volume
+        source: named
+        target: /named
+        volume: {nocopy: true}
+    logging:
+      driver: json-file
+      options: {max-size: 1m, max-file: 3}
+    cap_add: [net_admin, SYS_TIME]
+    cap_drop: [all]
+    sysctls: {net.core.somaxconn: 1024}
+    ulimits:
+      nproc: 65535
+      nofile: {soft: 20000, hard: 40000}
+    dns: 1.1.1.1
+    dns_search: [corp.example]
+    extra_hosts: ["db:10.0.0.1", "gw:host-gateway"]
+    init: true
+    stdin_open: true
+    oom_score_adj: 100
+volumes:
+  data:
+    driver: local
+    driver_opts: {type: tmpfs, device: tmpfs}
+    labels: {team: a}
+  ext:
+    external: true
+  named:
+    name: shared-name
+"""
+
+
+def test_volumes_become_the_mounts_docker_stack_deploy_sends(tmp_path: Path) -> None:
+    """As recorded from docker CLI 28.2.2's `stack deploy` of the same file."""
+    objects = objects_of(write(tmp_path, "compose.yml", SETTINGS))
+    assert objects.ignored == []
+    mounts = objects.services["app_web"]["TaskTemplate"]["ContainerSpec"]["Mounts"]
+    assert mounts == [
+        {"Type": "volume", "Source": "app_data", "Target": "/data", "ReadOnly": True, "VolumeOptions": {
+            "NoCopy": True, "Labels": {"team": "a", NAMESPACE_LABEL: "app"},
+            "DriverConfig": {"Name": "local", "Options": {"type": "tmpfs", "device": "tmpfs"}}}},
+        {"Type": "bind", "Source": str(tmp_path / "site"), "Target": "/site"},
+        {"Type": "bind", "Source": "/var/log", "Target": "/logs", "ReadOnly": True,
+         "BindOptions": {"Propagation": "rslave"}},
+        {"Type": "volume", "Target": "/cache"},  # anonymous
+        {"Type": "volume", "Source": "ext", "Target": "/ext", "VolumeOptions": {}},  # external: no labels
+        {"Type": "tmpfs", "Target": "/tmp", "TmpfsOptions": {"SizeBytes": 1 << 20}},
+        {"Type": "volume", "Source": "shared-name", "Target": "/named",
+         "VolumeOptions": {"NoCopy": True, "Labels": {NAMESPACE_LABEL: "app"}}},
+    ]
+    assert list(mounts[0]) == ["Type", "Source", "Target", "ReadOnly", "VolumeOptions"]
+
+
+def test_container_settings_and_logging_convert_as_docker_converts_them(tmp_path: Path) -> None:
+    spec = objects_of(write(tmp_path, "compose.yml", SETTINGS)).services["app_web"]
+    container = spec["TaskTemplate"]["ContainerSpec"]
+    assert spec["TaskTemplate"]["LogDriver"] == {"Name": "json-file", "Options": {"max-size": "1m", "max-file": "3"}}
+    assert (container["CapabilityAdd"], container["CapabilityDrop"]) == (["CAP_NET_ADMIN", "CAP_SYS_TIME"], ["ALL"])
+    assert container["Sysctls"] == {"net.core.somaxconn": "1024"}
+    assert container["Ulimits"] == [{"Name": "nofile", "Hard": 40000, "Soft": 20000},
+                                    {"Name": "nproc", "Hard": 65535, "Soft": 65535}]
+    assert container["DNSConfig"] == {"Nameservers": ["1.1.1.1"], "Search": ["corp.example"]}
+    assert container["Hosts"] == ["10.0.0.1 db", "host-gateway gw"]
+    assert (container["Init"], container["OpenStdin"], container["OomScoreAdj"]) == (True, True, 100)
+    validate_service_spec(spec)
+
+
+def test_a_later_file_replaces_a_volume_at_the_same_target(tmp_path: Path) -> None:
+    first = write(tmp_path, "a.yml", "services:\n  web: {image: b, volumes: ['/srv:/data', '/logs:/logs']}\n")
+    second = write(tmp_path, "b.yml", "services:\n  web:\n    image: b\n    volumes:\n"
+                                      "      - {type: tmpfs, target: /data}\n")
+    objects = convert("app", load([first, second], {}), tmp_path, {})
+    mounts = objects.services["app_web"]["TaskTemplate"]["ContainerSpec"]["Mounts"]
+    assert mounts == [{"Type": "tmpfs", "Target": "/data"}, {"Type": "bind", "Source": "/logs", "Target": "/logs"}]
+
+
+@pytest.mark.parametrize(("volumes", "message"), [
+    ("['missing:/data']", "services.web.volumes[0]: undefined volume 'missing': declare it under the top-level"),
+    ("[{type: npipe, source: p, target: /p}]", "mount type 'npipe' is not supported by shoal"),
+    ("[{type: tmpfs, source: x, target: /t}]", "invalid tmpfs source, source must be empty"),
+    ("[{type: bind, target: /t}]", "invalid bind source, source cannot be empty"),
+    ("[{type: bind, source: /s, target: /t, volume: {nocopy: true}}]", "volume options are incompatible with type bind"),
+    ("['/a:/b:/c:ro']", "invalid spec: /a:/b:/c:ro: too many colons"),
+    ("[{type: volume, target: /x, size: 1}]", "additional property size is not allowed"),
+])
+def test_bad_volumes_are_refused_with_one_line(tmp_path: Path, volumes: str, message: str) -> None:
+    path = write(tmp_path, "compose.yml", f"services:\n  web: {{image: b, volumes: {volumes}}}\n")
+    with pytest.raises(StackError, match=re.escape(message)) as caught:
+        objects_of(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_extra_hosts_as_a_mapping_and_a_bad_entry(tmp_path: Path) -> None:
+    path = write(tmp_path, "compose.yml", "services:\n  web: {image: b, extra_hosts: {db: 10.0.0.1}}\n")
+    assert objects_of(path).services["app_web"]["TaskTemplate"]["ContainerSpec"]["Hosts"] == ["10.0.0.1 db"]
+    path = write(tmp_path, "compose.yml", "services:\n  web: {image: b, extra_hosts: [db]}\n")
+    with pytest.raises(StackError, match="'db' is not \"NAME:ADDRESS\""):
+        objects_of(path)

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from shoal.spec import unsupported_container_fields
+from shoal.spec import unsupported_task_fields
 from shoal.types import Doc
 
 # One line of task output: (stream "stdout" | "stderr", unix timestamp, the line's bytes with its newline).
@@ -86,12 +86,10 @@ class ExitStatusUnknown(ExecutorError):
 
 
 def refuse_unsupported_fields(task: Doc, executor: str) -> None:
-    """TaskRejected naming the first ContainerSpec field the task sets that `executor` does not act on
-    (`shoal.spec.CONTAINER_SPEC_SUPPORT`): a task never runs without part of its spec."""
-    container = ((task.get("Spec") or {}).get("ContainerSpec")) or {}
-    for field, instead in unsupported_container_fields(container, executor):
-        raise TaskRejected(f"TaskTemplate.ContainerSpec.{field} is not supported by the {executor} executor: "
-                           f"{instead}")
+    """TaskRejected naming the first field of the task's spec that `executor` does not act on
+    (`shoal.spec.CONTAINER_SPEC_SUPPORT`, `TASK_SPEC_SUPPORT`): a task never runs without part of its spec."""
+    for field, instead in unsupported_task_fields(task.get("Spec") or {}, executor):
+        raise TaskRejected(f"TaskTemplate.{field} is not supported by the {executor} executor: {instead}")
 
 
 class Controller(Protocol):

@@ -5,9 +5,12 @@ The container is made the way Docker swarm mode's own executor makes it (moby `d
 - Name `<service>.<slot>.<task id>` (a global task: `<service>.<node id>.<task id>`); labels
   `com.docker.swarm.{service.id, service.name, task.id, task.name, node.id}` over `ContainerSpec.Labels`.
 - `ContainerSpec.Command` replaces the image's entrypoint and `Args` its command; with no Command, `Args` alone
-  replace the command. Env, Dir, User, Hostname, TTY, OpenStdin, ReadOnly, Init, Groups, StopSignal and
-  StopGracePeriod are passed through; Mounts of type bind, volume and tmpfs too, with their options. A field no
-  executor acts on (`shoal.spec.CONTAINER_SPEC_SUPPORT`; the API refuses them) rejects the task.
+  replace the command. Env, Dir, User, Hostname, TTY, OpenStdin, ReadOnly, Init, Groups, StopSignal,
+  StopGracePeriod, Sysctls, CapabilityAdd/Drop, Ulimits and OomScoreAdj are passed through; Mounts of type bind,
+  volume and tmpfs too, with their options. Hosts ("IP name [alias...]") become the engine's extra hosts, one
+  per name; DNSConfig its DNS settings (see `dns_arguments` for tasks on swarm networks); Privileges' Seccomp,
+  AppArmor and NoNewPrivileges its security options; `TaskTemplate.LogDriver` the container's log driver. A
+  field no executor acts on (`shoal.spec.CONTAINER_SPEC_SUPPORT`; the API refuses them) rejects the task.
 - Health: `ContainerSpec.Healthcheck` becomes the container's own health check, so Docker runs it and keeps the
   container's health status (`docker ps` shows it). `probe` does not run anything itself: it hands the worker's
   health monitor Docker's results one at a time (see `DockerController.probe`).
@@ -35,6 +38,8 @@ exit, following its logs) each get a thread of their own, so thirty running task
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import fcntl
 import logging
@@ -284,12 +289,89 @@ def host_config_arguments(task: Doc, files: Sequence[PlacedFile] = (), bridge: s
         arguments["init"] = bool(spec["Init"])
     if spec.get("Groups"):
         arguments["group_add"] = [str(group) for group in spec["Groups"]]
-    networks = [OverlayNetwork.of(network) for network, _ in task_networks(task)]
-    if networks:
-        arguments["dns"] = [networks[0].gateway]  # the node's DNS server, in the network's namespace
+    for key, name in (("CapabilityAdd", "cap_add"), ("CapabilityDrop", "cap_drop")):
+        if spec.get(key):
+            arguments[name] = [str(capability) for capability in spec[key]]
+    if spec.get("Sysctls"):
+        arguments["sysctls"] = {str(key): str(value) for key, value in spec["Sysctls"].items()}
+    if spec.get("Ulimits"):
+        arguments["ulimits"] = [docker.types.Ulimit(name=str(limit.get("Name") or ""), soft=int(limit.get("Soft") or 0),
+                                                    hard=int(limit.get("Hard") or 0)) for limit in spec["Ulimits"]]
+    if spec.get("OomScoreAdj"):
+        arguments["oom_score_adj"] = int(spec["OomScoreAdj"])
+    hosts = extra_hosts(spec)
+    if hosts:
+        arguments["extra_hosts"] = hosts
+    options = security_options(spec)
+    if options:
+        arguments["security_opt"] = options
+    log_config = log_driver(task)
+    if log_config is not None:
+        arguments["log_config"] = log_config
+    if task_networks(task):
         arguments["network_mode"] = bridge if has_way_out(task) else "none"
+    arguments.update(dns_arguments(task))
     arguments.update(resource_arguments(task))
     return arguments
+
+
+def extra_hosts(spec: Doc) -> list[str]:
+    """ContainerSpec.Hosts, lines of /etc/hosts ("10.0.0.1 db db.local"), as the engine's extra hosts
+    ("db:10.0.0.1"), one per name. Swarm mode's executor keeps the first name only and drops the aliases; shoal
+    gives them too rather than ignore part of the spec."""
+    out = []
+    for entry in spec.get("Hosts") or []:
+        address, *names = str(entry).split() or [""]
+        out += [f"{name}:{address}" for name in names]
+    return out
+
+
+def dns_arguments(task: Doc) -> dict[str, Any]:
+    """`create_host_config` arguments for ContainerSpec.DNSConfig. A task on swarm networks asks the node's DNS
+    server (on its first network's gateway), which answers swarm names and forwards other questions to the
+    task's Nameservers, as Docker's embedded DNS server does (to the node's own resolvers when it has none);
+    any other container has its Nameservers in its resolv.conf. Search domains and options are the container's
+    either way."""
+    config = _container_spec(task).get("DNSConfig") or {}
+    arguments: dict[str, Any] = {}
+    networks = [OverlayNetwork.of(network) for network, _ in task_networks(task)]
+    nameservers = [networks[0].gateway] if networks else [str(ip) for ip in config.get("Nameservers") or []]
+    for name, values in (("dns", nameservers), ("dns_search", config.get("Search")), ("dns_opt", config.get("Options"))):
+        if values:
+            arguments[name] = [str(value) for value in values]
+    return arguments
+
+
+def security_options(spec: Doc) -> list[str]:
+    """ContainerSpec.Privileges as the engine's security options, worded as swarm mode's executor words them;
+    "default" modes set nothing. A custom seccomp profile is the JSON text itself (base64 on the wire)."""
+    privileges = spec.get("Privileges") or {}
+    out = []
+    seccomp = privileges.get("Seccomp") or {}
+    if seccomp.get("Mode") == "unconfined":
+        out.append("seccomp=unconfined")
+    elif seccomp.get("Mode") == "custom":
+        try:
+            profile = base64.b64decode(str(seccomp.get("Profile") or ""), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            raise TaskRejected("TaskTemplate.ContainerSpec.Privileges.Seccomp.Profile is not base64-encoded "
+                               "JSON text") from None
+        out.append(f"seccomp={profile}")
+    if (privileges.get("AppArmor") or {}).get("Mode") == "disabled":
+        out.append("apparmor=unconfined")
+    if privileges.get("NoNewPrivileges"):
+        out.append("no-new-privileges=true")
+    return out
+
+
+def log_driver(task: Doc) -> docker.types.LogConfig | None:
+    """`TaskTemplate.LogDriver` as the container's log configuration; None when not set (the engine's default
+    driver). A Name of "" with Options is the engine's default driver with those options, as in swarm mode."""
+    driver = (task.get("Spec") or {}).get("LogDriver") or {}
+    if is_unset(driver):
+        return None
+    options = {str(key): str(value) for key, value in (driver.get("Options") or {}).items()}
+    return docker.types.LogConfig(type=str(driver.get("Name") or ""), config=options)
 
 
 def resource_arguments(task: Doc) -> dict[str, Any]:

@@ -31,7 +31,8 @@ Conventions (a process has no image, so the task document is read this way):
   ends; a node that cannot enforce them rejects the task, naming what it lacks. An OOM kill in the group is
   the task's error ("task: non-zero exit (137): out of memory: …"). Reservations are the scheduler's: nothing
   is enforced for them here.
-- What a process cannot have — Hostname, Groups, TTY, OpenStdin, ReadOnly, Mounts, Init — rejects the task,
+- What a process cannot have — Hostname, Groups, TTY, OpenStdin, ReadOnly, Mounts, Init, Hosts, DNSConfig,
+  Sysctls, CapabilityAdd/Drop, Ulimits, OomScoreAdj, Privileges, `TaskTemplate.LogDriver` — rejects the task,
   naming the field (`shoal.spec.CONTAINER_SPEC_SUPPORT`), rather than run it without: such a service needs nodes
   with the docker executor. Zero values (`"Init": false`, which the docker CLI always sends) are fine.
 - Exit code: from waiting on the child; a signal death is reported as 128 + signal number (Docker's convention).

@@ -8,6 +8,10 @@ Behaviour follows swarmkit's `manager/controlapi/service.go` and `api/defaults/s
 
 from __future__ import annotations
 
+import base64
+import binascii
+import ipaddress
+import json
 import re
 from collections.abc import Iterable, Mapping
 
@@ -28,6 +32,7 @@ from shoal.manager.controlapi import (
     without_private_fields,
 )
 from shoal.spec import (
+    APPARMOR_MODES,
     CONTAINER_RUNTIME,
     DEFAULT_MAX_CONCURRENT,
     DEFAULT_MOUNT_TYPE,
@@ -37,11 +42,13 @@ from shoal.spec import (
     ENDPOINT_MODES,
     GLOBAL,
     GLOBAL_JOB,
+    HOST_GATEWAY,
     JOB_ITERATION,
     JOB_MODES,
     JOB_STATUS,
     MODES,
     MOUNT_OPTIONS,
+    MOUNT_PROPAGATIONS,
     MOUNT_TYPES,
     PORT_PROTOCOLS,
     PUBLISH_MODES,
@@ -49,6 +56,9 @@ from shoal.spec import (
     REPLICATED_JOB,
     RESTART_CONDITIONS,
     ROLLBACK_FAILURE_ACTIONS,
+    SECCOMP_MODES,
+    ULIMIT_NAMES,
+    UNLIMITED,
     UPDATE_FAILURE_ACTIONS,
     UPDATE_ORDERS,
     ImageReference,
@@ -61,7 +71,7 @@ from shoal.spec import (
     parse_constraint,
     service_mode,
     spread_descriptors,
-    unsupported_container_fields,
+    unsupported_task_fields,
 )
 from shoal.task_files import BadReference, all_references
 from shoal.timefmt import to_rfc3339
@@ -79,6 +89,9 @@ DYNAMIC_PORT_LAST = 32767
 # swarmkit's minimums for resource values that are set at all.
 MIN_NANO_CPUS = 1_000_000
 MIN_MEMORY_BYTES = 4 * 1024 * 1024
+
+# A Linux capability as the engine takes it: "CAP_NET_ADMIN", "net_admin", or "ALL".
+CAPABILITY_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 IngressPort = tuple[int, str]  # (published port, protocol), as held by the routing mesh
 
@@ -226,11 +239,12 @@ def _normalised_task_template(template: object) -> Doc:
     _check_network_attachments(template, path)
     log_driver = optional_object(template, "LogDriver", path)
     if log_driver is not None:
+        # Docker leaves the driver's name and options to the engine, which refuses a driver it does not have
+        # when the task's container is created.
         optional_str(log_driver, "Name", field_path(path, "LogDriver"))
         optional_str_map(log_driver, "Options", field_path(path, "LogDriver"))
-        if not is_unset(log_driver):
-            raise InvalidArgument(f"{path}.LogDriver is not supported by shoal: remove it (each task's output is "
-                                  "kept on its node, and `service logs` reads it there)")
+    for field, instead in unsupported_task_fields(template, executor=None):
+        raise InvalidArgument(f"{path}.{field} is not supported by shoal: {instead}")
     return template
 
 
@@ -251,26 +265,28 @@ def _check_container_spec(container: object, path: str) -> None:
     optional_str_list(container, "Args", path, '["-g", "daemon off;"]')
     optional_str_list(container, "Env", path, '["KEY=value"]')
     optional_str_list(container, "Groups", path)
-    optional_str_list(container, "Hosts", path, '["10.0.0.1 db"]')
-    optional_str_list(container, "CapabilityAdd", path, '["CAP_NET_ADMIN"]')
-    optional_str_list(container, "CapabilityDrop", path, '["CAP_NET_RAW"]')
+    _check_hosts(container, path)
+    for key in ("CapabilityAdd", "CapabilityDrop"):
+        for capability in optional_str_list(container, key, path, '["CAP_NET_ADMIN"]') or []:
+            if not CAPABILITY_PATTERN.fullmatch(capability):
+                raise InvalidArgument(f'{path}.{key}: {shown(capability)} is not a capability: give its name, e.g. '
+                                      '"CAP_NET_ADMIN" or "NET_ADMIN", or "ALL"')
     for key in ("Hostname", "Dir", "User", "StopSignal", "Isolation"):
         optional_str(container, key, path)
     for key in ("TTY", "OpenStdin", "ReadOnly", "Init"):
         optional_bool(container, key, path)
     optional_duration(container, "StopGracePeriod", path)
     optional_int(container, "OomScoreAdj", path, minimum=-1000, maximum=1000)
-    optional_str_map(container, "Sysctls", path)
-    optional_object(container, "Privileges", path)
+    for key in optional_str_map(container, "Sysctls", path) or {}:
+        if not key or any(char.isspace() for char in key):
+            raise InvalidArgument(f'{path}.Sysctls: {shown(key)} is not a sysctl name, e.g. "net.core.somaxconn"')
+    _check_privileges(container, path)
     try:
         all_references(container, path)
     except BadReference as exc:
         raise InvalidArgument(str(exc)) from None
-    optional_object_list(container, "Ulimits", path)
-    dns = optional_object(container, "DNSConfig", path)
-    if dns is not None:
-        for key in ("Nameservers", "Search", "Options"):
-            optional_str_list(dns, key, field_path(path, "DNSConfig"))
+    _check_ulimits(container, path)
+    _check_dns_config(container, path)
     _check_mounts(container, path)
     health = optional_object(container, "Healthcheck", path)
     if health is not None:
@@ -279,8 +295,90 @@ def _check_container_spec(container: object, path: str) -> None:
         for key in ("Interval", "Timeout", "StartPeriod", "StartInterval"):
             optional_duration(health, key, health_path)
         optional_int(health, "Retries", health_path)
-    for field, instead in unsupported_container_fields(container, executor=None):
-        raise InvalidArgument(f"{path}.{field} is not supported by shoal: {instead}")
+
+
+def _check_hosts(container: Doc, path: str) -> None:
+    """Each entry a line of /etc/hosts: an address (or "host-gateway") and at least one name."""
+    for index, entry in enumerate(optional_str_list(container, "Hosts", path, '["10.0.0.1 db"]') or []):
+        words = entry.split()
+        if len(words) < 2 or (not _is_address(words[0]) and words[0] != HOST_GATEWAY):
+            raise InvalidArgument(f'{path}.Hosts[{index}] must be "IP_ADDRESS NAME [ALIAS...]", e.g. '
+                                  f'"10.0.0.1 db" (got {shown(entry)})')
+        if any(":" in name for name in words[1:]):
+            raise InvalidArgument(f"{path}.Hosts[{index}]: a host name has no \":\" (got {shown(entry)})")
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_dns_config(container: Doc, path: str) -> None:
+    """Addresses for Nameservers (Docker decodes them as such); words without blanks for the search domains and
+    options, which become lines of the container's resolv.conf."""
+    dns = optional_object(container, "DNSConfig", path)
+    if dns is None:
+        return
+    dns_path = field_path(path, "DNSConfig")
+    for index, nameserver in enumerate(optional_str_list(dns, "Nameservers", dns_path, '["10.0.0.2"]') or []):
+        if not _is_address(nameserver):
+            raise InvalidArgument(f"{dns_path}.Nameservers[{index}] must be an IP address (got {shown(nameserver)})")
+    for key, example in (("Search", '["example.com"]'), ("Options", '["ndots:2"]')):
+        for index, word in enumerate(optional_str_list(dns, key, dns_path, example) or []):
+            if not word or any(char.isspace() for char in word):
+                raise InvalidArgument(f"{dns_path}.{key}[{index}] must be one word, without blanks "
+                                      f"(got {shown(word)})")
+
+
+def _check_ulimits(container: Doc, path: str) -> None:
+    """Each ulimit names a resource once, with soft <= hard (-1 is unlimited), as the engine requires."""
+    names: set[str] = set()
+    for index, limit in enumerate(optional_object_list(container, "Ulimits", path) or []):
+        limit_path = f"{path}.Ulimits[{index}]"
+        name = optional_str(limit, "Name", limit_path, ULIMIT_NAMES)
+        if not name:
+            raise InvalidArgument(f"{limit_path}.Name must name the resource, one of {', '.join(ULIMIT_NAMES)}")
+        if name in names:
+            raise InvalidArgument(f'{limit_path}.Name "{name}" is given twice: give each ulimit once')
+        names.add(name)
+        soft = optional_int(limit, "Soft", limit_path, minimum=UNLIMITED) or 0
+        hard = optional_int(limit, "Hard", limit_path, minimum=UNLIMITED) or 0
+        if hard != UNLIMITED and (soft == UNLIMITED or soft > hard):
+            raise InvalidArgument(f"{limit_path}: the soft limit must be at most the hard limit (soft {soft}, "
+                                  f"hard {hard}; -1 is unlimited)")
+
+
+def _check_privileges(container: Doc, path: str) -> None:
+    """Seccomp and AppArmor modes as Docker names them, and a custom seccomp profile with its mode; what no
+    executor acts on (CredentialSpec, SELinuxContext) is refused by the support table."""
+    privileges = optional_object(container, "Privileges", path)
+    if privileges is None:
+        return
+    privileges_path = field_path(path, "Privileges")
+    for key in ("CredentialSpec", "SELinuxContext"):
+        optional_object(privileges, key, privileges_path)
+    optional_bool(privileges, "NoNewPrivileges", privileges_path)
+    apparmor = optional_object(privileges, "AppArmor", privileges_path)
+    if apparmor is not None:
+        optional_str(apparmor, "Mode", field_path(privileges_path, "AppArmor"), APPARMOR_MODES)
+    seccomp = optional_object(privileges, "Seccomp", privileges_path)
+    if seccomp is None:
+        return
+    seccomp_path = field_path(privileges_path, "Seccomp")
+    mode = optional_str(seccomp, "Mode", seccomp_path, SECCOMP_MODES)
+    profile = optional_str(seccomp, "Profile", seccomp_path)
+    if mode == "custom":
+        try:
+            json.loads(base64.b64decode(profile or "", validate=True))
+        except (binascii.Error, ValueError):
+            raise InvalidArgument(f'{seccomp_path}.Profile must be a seccomp profile (its JSON, base64-encoded) with '
+                                  'Mode "custom"') from None
+    elif profile:
+        raise InvalidArgument(f'{seccomp_path}.Profile is used with Mode "custom" only: set the Mode or remove '
+                              "the Profile")
 
 
 def _check_mounts(container: Doc, path: str) -> None:
@@ -294,7 +392,7 @@ def _check_mounts(container: Doc, path: str) -> None:
         if target in targets:
             raise InvalidArgument(f'{mount_path}.Target "{target}" is mounted twice: use each mount point once')
         targets.add(target)
-        optional_str(mount, "Source", mount_path)
+        source = optional_str(mount, "Source", mount_path)
         optional_bool(mount, "ReadOnly", mount_path)
         optional_str(mount, "Consistency", mount_path)
         kind = optional_str(mount, "Type", mount_path) or DEFAULT_MOUNT_TYPE
@@ -305,10 +403,15 @@ def _check_mounts(container: Doc, path: str) -> None:
             if other != kind and not is_unset(mount.get(block)):
                 raise InvalidArgument(f'{mount_path}.{block} is for {other} mounts, not {kind}: remove it or '
                                       f'set Type "{other}"')
+        if kind == "bind" and not source:
+            raise InvalidArgument(f'{mount_path}.Source must be the path on the node for a bind mount, e.g. "/srv"')
         block, known = MOUNT_OPTIONS[kind]
-        for key, value in (optional_object(mount, block, mount_path) or {}).items():
+        options = optional_object(mount, block, mount_path) or {}
+        for key, value in options.items():
             if key not in known and not is_unset(value):
                 raise InvalidArgument(f"{mount_path}.{block}.{key} is not supported by shoal: remove it")
+        if kind == "bind":
+            optional_str(options, "Propagation", f"{mount_path}.{block}", MOUNT_PROPAGATIONS)
 
 
 def _check_resources(template: Doc, path: str) -> None:
