@@ -482,8 +482,10 @@ async def events(request: web.Request) -> web.StreamResponse:
     manager shows its engine's own events, as a Docker worker does; without an engine it says to ask a manager."""
     daemon = daemon_of(request)
     proxy = request.app[ENGINE_PROXY]
-    if daemon.control is None and _has_engine(daemon) and proxy.present():
-        return await engine(request)  # a process-executor node's host engine runs nothing of the swarm's
+    # Outside a swarm the socket fronts the engine; in one, a process-executor node's host engine runs nothing
+    # of the swarm's (maybe another swarm's containers): its events are not this node's.
+    if daemon.control is None and proxy.present() and (daemon.record is None or _has_engine(daemon)):
+        return await engine(request)
     journal = daemon.event_journal()
     local = proxy if _has_engine(daemon) and proxy.present() else None
     return await stream_events(request, journal, local, daemon.clock.now, MAX_API_VERSION)

@@ -184,8 +184,8 @@ def run_update(ctx: CliContext, args: argparse.Namespace) -> int:
         return True
 
     _update_nodes(ctx, [args.node], change, ctx.print)
-    if args.rebalance:
-        rebalance_all(ctx, ctx.client())
+    if args.rebalance and rebalance_all(ctx, ctx.client()):
+        return 1
     return 0
 
 

@@ -72,12 +72,16 @@ def run_rebalance(ctx: CliContext, args: Any) -> int:
     return 0
 
 
-def rebalance_all(ctx: CliContext, client: Client) -> None:
-    """Every replicated service that can be rebalanced (`node update --rebalance`); the others are named."""
+def rebalance_all(ctx: CliContext, client: Client) -> int:
+    """Every replicated service that can be rebalanced (`node update --rebalance`); the others are named on
+    stderr. Returns how many were refused."""
+    refused = 0
     for service in client.get("/services"):
         if (service["Spec"].get("Mode") or {}).get("Replicated") is None:
             continue
         try:
             rebalance(ctx, client, service["ID"])
         except ApiError as exc:
-            ctx.print(f"{service['Spec']['Name']}: not rebalanced: {exc}")
+            ctx.warn(f"{service['Spec']['Name']}: not rebalanced: {exc}")
+            refused += 1
+    return refused

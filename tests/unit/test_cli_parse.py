@@ -830,3 +830,21 @@ def test_update_rollback_is_service_rollback_and_takes_no_other_flag() -> None:
     code, _, err = daemon.cli("service", "update", "-d", "--rollback", "--image", "nginx:2", "web")
     assert code != 0 and "other flags may not be combined with --rollback (--image)" in err
     assert not [r for r in daemon.requests if r.method == "POST"]
+
+
+def test_node_update_rebalance_moves_what_it_can_and_fails_naming_what_it_could_not() -> None:
+    node = {"ID": "efa69d1e1c5a42cca919206a1", "Version": {"Index": 13},
+            "Spec": {"Labels": {}, "Role": "worker", "Availability": "drain"}}
+    even = {"ID": "s1", "Version": {"Index": 3}, "Spec": {"Name": "even", "Mode": {"Replicated": {"Replicas": 2}}}}
+    busy = {"ID": "s2", "Version": {"Index": 4}, "Spec": {"Name": "busy", "Mode": {"Replicated": {"Replicas": 2}}}}
+    daemon = FakeDaemon({
+        "GET /nodes/node1": node, f"POST /nodes/{node['ID']}/update": httpx.Response(200),
+        "GET /services": [even, busy], "GET /services/s1": even, "GET /services/s2": busy,
+        "POST /services/s1/rebalance": {"ID": "s1", "Moves": [{"TaskID": "t" * 25, "Slot": 2, "NodeID": "n1",
+                                                                "Node": "worker1"}]},
+        "POST /services/s2/rebalance": httpx.Response(400, json={"message": "service busy is being updated"}),
+    })
+    code, out, err = daemon.cli("node", "update", "--availability", "active", "--rebalance", "node1")
+    assert code == 1
+    assert "even: moving 1 task: even.2 (tttttttttttt) from worker1" in out
+    assert err == "busy: not rebalanced: Error response from daemon: service busy is being updated\n"

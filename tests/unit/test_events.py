@@ -530,7 +530,9 @@ async def test_a_node_that_is_no_manager_shows_its_engines_events(engine: FakeEn
 
 async def test_a_process_executor_worker_does_not_pass_on_its_hosts_engine_events(engine: FakeEngine) -> None:
     # The host's engine runs nothing of this node's (another swarm's containers, maybe): not this node's events.
-    app = make_app(EventsDaemon(None, executor="process"), remote=False)  # type: ignore[arg-type]
+    worker = EventsDaemon(None, executor="process")
+    worker.record = object()  # type: ignore[assignment]  # a node of a swarm
+    app = make_app(worker, remote=False)  # type: ignore[arg-type]
     async with TestClient(TestServer(app)) as test_client:
         response = await test_client.get("/events", params={"until": "1"})
         assert response.status == 503 and "Worker nodes can't be used" in (await response.json())["message"]
