@@ -9,6 +9,8 @@ from typing import Any
 
 from shoal.api.client import filters_param
 from shoal.cli.common import CliContext, CliError, parse_filters
+from shoal.cli.formatter import parse_template, template_text
+from shoal.cli.gotemplate import TemplateError
 from shoal.errors import InvalidArgument
 from shoal.timefmt import SECOND, format_event_time, parse_timestamp_ns
 from shoal.types import Doc
@@ -23,7 +25,8 @@ def register(commands: Any) -> None:
     parser.add_argument("--until", help="Stream events until this timestamp")
     parser.add_argument("-f", "--filter", action="append",
                         help="Filter output based on conditions provided (type=service, event=update, node=…)")
-    parser.add_argument("--format", help='"json": print each event as one line of JSON')
+    parser.add_argument("--format", help='Format the output using a Go template, or "json" for one line of JSON '
+                        "per event")
     parser.set_defaults(handler=run_events)
 
 
@@ -52,11 +55,16 @@ def event_line(event: Doc, tz: datetime.tzinfo | None = None) -> str:
     return line
 
 
+def go_fields(event: Doc) -> Doc:
+    """An event as docker's templates see it: the Go struct's field names (`{{.Scope}}`, `{{.TimeNano}}`)."""
+    return {"Type": event.get("Type", ""), "Action": event.get("Action", ""), "Actor": event.get("Actor") or {},
+            "Scope": event.get("scope", ""), "Time": event.get("time", 0), "TimeNano": event.get("timeNano", 0),
+            "Status": event.get("status", ""), "ID": event.get("id", ""), "From": event.get("from", "")}
+
+
 def run_events(ctx: CliContext, args: argparse.Namespace) -> int:
     as_json = args.format in JSON_FORMATS
-    if args.format and not as_json:
-        raise CliError(f"unsupported --format {args.format!r}: shoal events prints json (--format json) or "
-                       "docker's line format (no --format)")
+    template = parse_template(template_text(args.format)) if args.format and not as_json else None
     params: dict[str, str] = {}
     now = ctx.now()
     if args.since:
@@ -70,6 +78,12 @@ def run_events(ctx: CliContext, args: argparse.Namespace) -> int:
             event = json.loads(line)
         except ValueError:
             raise CliError(f"the daemon sent something that is not an event: {line[:80]!r}") from None
-        ctx.print(line if as_json else event_line(event))
+        if template is not None:
+            try:
+                ctx.print(template.execute(go_fields(event)))
+            except TemplateError as exc:
+                raise CliError(f"template: {exc.message}") from None
+        else:
+            ctx.print(line if as_json else event_line(event))
         ctx.out.flush()
     return 0

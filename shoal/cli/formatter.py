@@ -157,7 +157,7 @@ def list_template(source: str | None, kind: ListFormat, quiet: bool) -> str:
     return source
 
 
-def _template_text(source: str) -> str:
+def template_text(source: str) -> str:
     """docker's Format.templateString: no "table" prefix, spaces trimmed, `\\t` and `\\n` as typed become
     a tab and a newline."""
     if source == JSON:
@@ -177,7 +177,7 @@ def render_list(source: str | None, kind: ListFormat, rows: Sequence[Row], quiet
     """The output of a list command for `--format source`: one line per row, after a header and aligned
     for a table format."""
     chosen = list_template(source, kind, quiet)
-    template = parse_template(_template_text(chosen))
+    template = parse_template(template_text(chosen))
     body = []
     for row in rows:
         try:

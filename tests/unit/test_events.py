@@ -337,8 +337,10 @@ def test_shoal_events_sends_dockers_query_and_prints_each_event() -> None:
     assert code == 0 and [json.loads(line) for line in out.splitlines()] == [json.loads(x) for x in lines]
     code, _, err = cli("events", "--since", "last tuesday")
     assert code == 1 and err.startswith("invalid value for --since: invalid timestamp") and len(seen) == 2
-    code, _, err = cli("events", "--format", "{{.Type}}")
-    assert code == 1 and "unsupported --format" in err
+    code, out, err = cli("events", "--format", "{{.Type}} {{.Action}} {{.Actor.Attributes.name}} {{.Scope}}")
+    assert (code, err) == (0, "") and out.splitlines() == ["service create web swarm", "node update w1 swarm"]
+    code, _, err = cli("events", "--format", "{{.Type")
+    assert code == 1 and err.startswith("template parsing error:")
 
 
 # ---- GET /events over HTTP ---------------------------------------------------------------------------------
