@@ -258,6 +258,19 @@ def effective_capability_lists(add: list[str], drop: list[str]) -> tuple[list[st
 HOST_GATEWAY = "host-gateway"
 
 
+# ---- platforms ------------------------------------------------------------------------------------------
+
+# Go's names for machine architectures, which Docker reports and placement platforms use (`linux/amd64`).
+GO_ARCHITECTURES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386", "i386": "386",
+                    "ppc64le": "ppc64le", "s390x": "s390x"}
+
+
+def go_architecture(name: str) -> str:
+    """`uname -m`'s name (or Go's own) as Go names it: "x86_64" → "amd64"."""
+    lowered = name.lower()
+    return GO_ARCHITECTURES.get(lowered, lowered)
+
+
 # ---- shoal's own keys on stored documents ----------------------------------------------------------------
 # Every key that starts with PRIVATE is bookkeeping: the API drops it from every view.
 

@@ -28,6 +28,7 @@ from shoal.errors import InvalidArgument, NotAManager, NotFound, ShoalError, Too
 from shoal.manager.controlapi import INT64_MAX
 from shoal.manager.join import handle_join
 from shoal.protocol import CA_PATH, DEBUG_PATH, JOIN_PATH, SESSION_PATH
+from shoal.spec import go_architecture
 from shoal.timefmt import to_rfc3339
 from shoal.types import CONFIGS, SECRETS, Doc
 from shoal.ui import assets as ui_assets
@@ -44,10 +45,6 @@ MAX_JSON_BODY = 1024 * 1024
 MIN_API_VERSION = "1.24"
 DAEMON = web.AppKey("daemon", object)
 ENGINE_PROXY = web.AppKey("engine_proxy", EngineProxy)
-
-# Go's names for the machine architectures, which Docker reports (`docker version` shows linux/amd64).
-GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386", "ppc64le": "ppc64le",
-           "s390x": "s390x"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -225,8 +222,7 @@ async def info(request: web.Request) -> web.StreamResponse:
 
 
 def go_arch() -> str:
-    machine = platform.machine()
-    return GO_ARCH.get(machine, machine)
+    return go_architecture(platform.machine())
 
 
 def _mem_total() -> int:

@@ -17,6 +17,7 @@ from shoal.cli.common import CliContext, CliError, resolve_host, resolve_tls
 from shoal.cli.flags import FlagError, normalise_args
 from shoal.cli.format import bytes_size
 from shoal.errors import ShoalError
+from shoal.spec import go_architecture
 
 API_VERSION = "1.47"
 
@@ -95,7 +96,7 @@ def run_version(ctx: CliContext, args: argparse.Namespace) -> int:
     ctx.print(f" Version:           {shoal.__version__}")
     ctx.print(f" API version:       {API_VERSION}")
     ctx.print(f" Python version:    {platform.python_version()}")
-    ctx.print(f" OS/Arch:           {sys.platform}/{platform.machine()}")
+    ctx.print(f" OS/Arch:           {sys.platform}/{go_architecture(platform.machine())}")
     ctx.out.flush()
     server = ctx.client().get("/version") or {}
     ctx.print()

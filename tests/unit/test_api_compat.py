@@ -16,10 +16,10 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from shoal.api import proxy as proxy_module
 from shoal.api.proxy import engine_path, is_swarm_path, repo_digest, repository_of
-from shoal.api.server import GO_ARCH, make_app
+from shoal.api.server import make_app
 from shoal.errors import InvalidArgument
 from shoal.manager.controlapi.service import go_field_names, validate_service_spec
-from shoal.spec import ImageReference
+from shoal.spec import ImageReference, go_architecture
 
 
 class FakeDaemon:
@@ -113,7 +113,7 @@ async def test_ping_and_version_negotiation(client: TestClient[web.Request, web.
     assert head.status == 200 and head.headers["Api-Version"] == "1.47" and head.headers["Swarm"] == "inactive"
     version = await (await client.get("/version")).json()  # docker-py's unversioned negotiation
     assert version["ApiVersion"] == "1.47" and version["MinAPIVersion"] == "1.24"
-    assert version["Arch"] == GO_ARCH.get(platform.machine(), platform.machine())  # "amd64", not "x86_64"
+    assert version["Arch"] == go_architecture(platform.machine())  # "amd64", not "x86_64"
     assert (await client.get("/v1.41/version")).status == 200
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import platform
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,7 @@ from shoal.api.client import Client
 from shoal.cli.common import CliContext
 from shoal.cli.main import run
 from shoal.cli.spec import cpus_flag, memory_flag, parse_publish
+from shoal.spec import go_architecture
 
 SERVICE_ID = "794c177dfbae4f6784a4fa4f8"
 Route = Callable[[httpx.Request], Any]
@@ -848,3 +850,11 @@ def test_node_update_rebalance_moves_what_it_can_and_fails_naming_what_it_could_
     assert code == 1
     assert "even: moving 1 task: even.2 (tttttttttttt) from worker1" in out
     assert err == "busy: not rebalanced: Error response from daemon: service busy is being updated\n"
+
+
+def test_version_names_the_architecture_as_go_does_on_both_sides() -> None:
+    daemon = FakeDaemon({"GET /version": {"Version": "0.1.0", "ApiVersion": "1.47", "Os": "linux", "Arch": "amd64"}})
+    code, out, _ = daemon.cli("version")
+    client_arch = next(line for line in out.splitlines() if "OS/Arch" in line).split("/")[-1]
+    assert code == 0 and client_arch == go_architecture(platform.machine())
+    assert go_architecture("x86_64") == "amd64" and go_architecture("aarch64") == "arm64"

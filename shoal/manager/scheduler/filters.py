@@ -12,7 +12,7 @@ from typing import Protocol
 from shoal.errors import InvalidArgument
 from shoal.manager.scheduler.constraints import matches
 from shoal.manager.scheduler.resources import Resources, capacity, reservation
-from shoal.spec import Constraint, parse_constraints
+from shoal.spec import Constraint, go_architecture, parse_constraints
 from shoal.types import Availability, Doc, node_availability, node_is_ready
 from shoal.types import constraints as _constraints_of
 
@@ -92,15 +92,6 @@ class InvalidConstraintFilter:
         return self.message
 
 
-# Docker's platform names for what `uname -m` says.
-_ARCHITECTURE_ALIASES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386", "i386": "386"}
-
-
-def _architecture(name: str) -> str:
-    lowered = name.lower()
-    return _ARCHITECTURE_ALIASES.get(lowered, lowered)
-
-
 class PlatformFilter:
     """The node's OS and architecture are one of the task's `Placement.Platforms` (swarmkit's PlatformFilter)."""
 
@@ -108,13 +99,13 @@ class PlatformFilter:
     explanation_group = "platform"
 
     def __init__(self, platforms: list[Doc]) -> None:
-        self.platforms = [(str(p.get("OS") or "").lower(), _architecture(str(p.get("Architecture") or "")))
+        self.platforms = [(str(p.get("OS") or "").lower(), go_architecture(str(p.get("Architecture") or "")))
                           for p in platforms]
 
     def check(self, node: Doc) -> bool:
         platform = (node.get("Description") or {}).get("Platform") or {}
         node_os = str(platform.get("OS") or "").lower()
-        node_arch = _architecture(str(platform.get("Architecture") or ""))
+        node_arch = go_architecture(str(platform.get("Architecture") or ""))
         return any((not os_name or os_name == node_os) and (not arch or arch == node_arch)
                    for os_name, arch in self.platforms)
 
