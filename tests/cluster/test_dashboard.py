@@ -117,6 +117,17 @@ def test_the_dashboard_follows_the_swarm_and_acts_on_it(cluster: Cluster, browse
             "no suitable node", timeout=DEADLINE * 1000)
         expect(page.locator('.service[data-name="picky"] .replicas')).to_have_text("0/1")
 
+        # A job shows its completions as `service ls` does; a global service has no Scale box to offer.
+        cluster.ok("service", "create", "-d", "--name", "once", "--mode", "replicated-job", "--replicas", "2",
+                   "busybox", "true")
+        expect(page.locator('.service[data-name="once"] .replicas')).to_have_text(
+            re.compile(r"\(2/2 completed\)$"), timeout=DEADLINE * 1000)
+        cluster.ok("service", "create", "-d", "--name", "everywhere", "--mode", "global", "busybox", "sleep", "600")
+        expect(page.locator('.service[data-name="everywhere"] .replicas')).to_have_text(
+            re.compile(r"^\d+/3$"), timeout=DEADLINE * 1000)
+        expect(page.locator('.service[data-name="everywhere"] .scale-form')).to_be_hidden()
+        expect(page.locator('.service[data-name="web"] .scale-form')).to_be_visible()
+
         # A phone's width: the page itself never scrolls sideways; the node columns scroll in their box.
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         assert page.evaluate("(() => { const c = document.getElementById('nodes'); "

@@ -116,7 +116,8 @@ def _desired_states(values: list[str]) -> set[str]:
             states.add(TaskState.parse(value).wire)
         except ValueError:
             raise InvalidArgument(
-                f"invalid filter 'desired-state={value}': use running, shutdown or accepted"
+                f"invalid filter 'desired-state={value}': use a task state, e.g. running, shutdown, accepted or "
+                "complete"
             ) from None
     return states
 

@@ -366,7 +366,9 @@
     const image = ((service.Spec.TaskTemplate || {}).ContainerSpec || {}).Image || "";
     let running = 0;
     let current = 0;
+    let completed = 0; // a job's tasks that ran to completion
     for (const task of state.tasks.values()) {
+      if (task.serviceId === service.ID && task.state === "complete") completed += 1;
       if (task.serviceId !== service.ID || task.state !== "running" || task.desired !== "running") continue;
       const node = state.nodes.get(task.nodeId);
       if (!node || nodeState(node) !== "ready") continue;
@@ -376,7 +378,7 @@
     const status = service.ServiceStatus || {};
     let desired = status.DesiredTasks;
     if (desired === undefined) desired = (((service.Spec.Mode || {}).Replicated) || {}).Replicas || 0;
-    return { running, desired, current, image };
+    return { running, desired, current, image, completed };
   }
 
   // ---- drawing ------------------------------------------------------------------------------------------
@@ -540,13 +542,21 @@
   }
 
   function fillServiceRow(row, service) {
-    const { running, desired, current, image } = counts(service);
+    const { running, desired, current, image, completed } = counts(service);
     const mode = modeOf(service);
     row.dataset.name = service.Spec.Name;
     row.querySelector(".name").textContent = service.Spec.Name;
     const replicas = row.querySelector(".replicas");
-    replicas.textContent = `${running}/${desired}`;
-    replicas.classList.toggle("short", running < desired);
+    if (mode === "replicated job" || mode === "global job") {
+      // As `service ls` shows a job: running of the wanted concurrency, then completions of the total.
+      const total = mode === "replicated job"
+        ? (service.Spec.Mode.ReplicatedJob.TotalCompletions ?? 1) : desired + completed;
+      replicas.textContent = `${running}/${desired} (${completed}/${total} completed)`;
+      replicas.classList.toggle("short", completed < total && running < desired);
+    } else {
+      replicas.textContent = `${running}/${desired}`;
+      replicas.classList.toggle("short", running < desired);
+    }
     row.querySelector(".mode").textContent = mode;
     row.querySelector(".image").textContent = image;
     const update = row.querySelector(".update");
