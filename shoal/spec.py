@@ -408,6 +408,15 @@ def familiar_image(image: str) -> str:
         return image
 
 
+def is_ip_address(text: str) -> bool:
+    """Whether `text` is an IPv4 or IPv6 address (a host line's, a nameserver's)."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 # ---- placement constraints ------------------------------------------------------------------------------
 
 EQ = "=="

@@ -27,6 +27,7 @@ from shoal.spec import (
     UNLIMITED,
     capability_list,
     effective_capability_lists,
+    is_ip_address,
     normalise_capability,
 )
 from shoal.types import Doc
@@ -242,14 +243,6 @@ def update_mounts(current: list[Doc], add: list[str] | None, remove: list[str] |
 
 # ---- --host, --dns, --dns-search ----------------------------------------------------------------------------
 
-def _is_address(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
 def parse_host(flag: str, value: str) -> str:
     """docker's ValidateExtraHost, "name:IP" (or "name=IP", the address maybe in brackets, or "host-gateway"),
     as the swarm spec's /etc/hosts line "IP name"."""
@@ -263,7 +256,7 @@ def parse_host(flag: str, value: str) -> str:
     if address != HOST_GATEWAY:
         if len(address) > 2 and address[0] == "[" and address[-1] == "]":
             address = address[1:-1]
-        if not _is_address(address.strip()):
+        if not is_ip_address(address.strip()):
             raise bad(flag, value, f'invalid IP address in add-host: "{address}"')
     return f"{address} {name}"
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -63,6 +62,7 @@ from shoal.spec import (
     UPDATE_ORDERS,
     ImageReference,
     effective_update_config,
+    is_ip_address,
     is_job,
     is_replicated_job,
     is_unset,
@@ -301,19 +301,11 @@ def _check_hosts(container: Doc, path: str) -> None:
     """Each entry a line of /etc/hosts: an address (or "host-gateway") and at least one name."""
     for index, entry in enumerate(optional_str_list(container, "Hosts", path, '["10.0.0.1 db"]') or []):
         words = entry.split()
-        if len(words) < 2 or (not _is_address(words[0]) and words[0] != HOST_GATEWAY):
+        if len(words) < 2 or (not is_ip_address(words[0]) and words[0] != HOST_GATEWAY):
             raise InvalidArgument(f'{path}.Hosts[{index}] must be "IP_ADDRESS NAME [ALIAS...]", e.g. '
                                   f'"10.0.0.1 db" (got {shown(entry)})')
         if any(":" in name for name in words[1:]):
             raise InvalidArgument(f"{path}.Hosts[{index}]: a host name has no \":\" (got {shown(entry)})")
-
-
-def _is_address(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _check_dns_config(container: Doc, path: str) -> None:
@@ -324,7 +316,7 @@ def _check_dns_config(container: Doc, path: str) -> None:
         return
     dns_path = field_path(path, "DNSConfig")
     for index, nameserver in enumerate(optional_str_list(dns, "Nameservers", dns_path, '["10.0.0.2"]') or []):
-        if not _is_address(nameserver):
+        if not is_ip_address(nameserver):
             raise InvalidArgument(f"{dns_path}.Nameservers[{index}] must be an IP address (got {shown(nameserver)})")
     for key, example in (("Search", '["example.com"]'), ("Options", '["ndots:2"]')):
         for index, word in enumerate(optional_str_list(dns, key, dns_path, example) or []):
