@@ -7,6 +7,7 @@ mutual TLS. Errors come back as `ApiError` (the daemon answered with a non-2xx s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import ssl
 import struct
@@ -192,34 +193,40 @@ class Client:
 
     def stream(self, path: str, params: Mapping[str, Any] | None = None) -> Iterator[tuple[int, bytes]]:
         """Follow a log stream: (stream id, payload) per frame; a raw (TTY) stream yields (STDOUT, bytes)."""
-        try:
-            with self._http.stream("GET", path, params=_clean_params(params),
-                                   timeout=httpx.Timeout(None, connect=5.0)) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    _raise_for_status(response)
-                if response.headers.get("content-type", "").startswith(RAW_STREAM):
-                    for chunk in response.iter_raw():
-                        yield STDOUT, chunk
-                    return
-                yield from iter_stdcopy(response.iter_raw())
-        except (httpx.ConnectError, httpx.ConnectTimeout, FileNotFoundError, ConnectionRefusedError) as exc:
-            raise DaemonUnreachable(self.host) from exc
+        with self._streaming(path, params, _UNREACHABLE) as response:
+            if response.headers.get("content-type", "").startswith(RAW_STREAM):
+                for chunk in response.iter_raw():
+                    yield STDOUT, chunk
+                return
+            yield from iter_stdcopy(response.iter_raw())
 
     def stream_lines(self, path: str, params: Mapping[str, Any] | None = None) -> Iterator[str]:
-        """Follow a stream of lines (`/events`: one JSON object each) until the daemon ends it."""
+        """Follow a stream of lines (`/events`: one JSON object each) until the daemon ends it; a daemon that goes
+        away mid-stream is unreachable too."""
+        with self._streaming(path, params, (*_UNREACHABLE, httpx.RemoteProtocolError, httpx.ReadError)) as response:
+            for line in response.iter_lines():
+                if line.strip():
+                    yield line
+
+    @contextlib.contextmanager
+    def _streaming(self, path: str, params: Mapping[str, Any] | None,
+                   unreachable: tuple[type[BaseException], ...]) -> Iterator[httpx.Response]:
+        """A GET whose answer is read as it comes (no read timeout): an error status raised as ApiError, the
+        `unreachable` errors as DaemonUnreachable."""
         try:
             with self._http.stream("GET", path, params=_clean_params(params),
                                    timeout=httpx.Timeout(None, connect=5.0)) as response:
                 if response.status_code >= 400:
                     response.read()
                     _raise_for_status(response)
-                for line in response.iter_lines():
-                    if line.strip():
-                        yield line
-        except (httpx.ConnectError, httpx.ConnectTimeout, FileNotFoundError, ConnectionRefusedError,
-                httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                yield response
+        except unreachable as exc:
             raise DaemonUnreachable(self.host) from exc
+
+
+# What says the daemon cannot be reached (its socket missing, nothing listening, no answer to connect).
+_UNREACHABLE: tuple[type[BaseException], ...] = (httpx.ConnectError, httpx.ConnectTimeout, FileNotFoundError,
+                                                 ConnectionRefusedError)
 
 
 def _clean_params(params: Mapping[str, Any] | None) -> dict[str, str] | None:
