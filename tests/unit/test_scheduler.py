@@ -415,3 +415,13 @@ def test_spread_over_a_label_is_even_within_one(zones: list[str], count: int) ->
     per_zone = Counter(zone_of[t["NodeID"]] for t in result.assigned)
     counts = [per_zone.get(zone, 0) for zone in set(zones)]
     assert max(counts) - min(counts) <= 1
+
+
+def test_a_stored_preference_the_api_would_refuse_makes_the_task_wait_and_the_tick_goes_on() -> None:
+    # Older shoals stored any Preferences: such a service waits with the reason; the others are still placed.
+    odd = with_placement(make_service("odd"), Preferences=[{"Spread": {"SpreadDescriptor": "node.hostname"}}])
+    result = schedule(pending(odd, 1, prefix="o") + pending(make_service("fine"), 1, prefix="f"),
+                      [sized_node("a")], {}, NOW)
+    assert [t["ServiceID"] for t in result.assigned] == ["fine"]
+    [waiting] = result.unassigned
+    assert waiting["Status"]["Err"].startswith('no suitable node (invalid placement preference "spread=node.hostname"')

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from shoal.errors import InvalidArgument
 from shoal.manager.scheduler.constraints import node_attribute
 from shoal.manager.scheduler.filters import Filter, filters_for, load_filters
 from shoal.manager.scheduler.resources import NONE, Resources, reservation
@@ -286,10 +287,16 @@ def schedule(
             for task in group:
                 _refuse(result, task, fit.error, stamp)
             continue
+        try:
+            labels = spread_descriptors(spec.get("Placement"))
+        except InvalidArgument as exc:  # stored before the API checked preferences: wait, saying why
+            for task in group:
+                _refuse(result, task, f"{NO_SUITABLE_NODE} ({exc.message})", stamp)
+            continue
         if host_ports(group[0]):
             _place_on_free_host_ports(result, group, fit, load, stamp, node_by_id)
-        elif load_filters(group[0], load) or spread_descriptors(spec.get("Placement")):
-            _place_through_tree(result, group, service_id, fit, load, stamp, node_by_id)
+        elif labels or load_filters(group[0], load):
+            _place_through_tree(result, group, service_id, labels, fit, load, stamp, node_by_id)
         else:
             _spread(result, group, service_id, fit, load, stamp)
     return result
@@ -368,14 +375,12 @@ def _spread(
     fit.push_back(drawn, load)
 
 
-def _place_through_tree(result: SchedulingResult, group: list[Doc], service_id: str, fit: _Candidates,
-                        load: _Load, stamp: str, node_by_id: Mapping[str, Doc]) -> None:
-    """Place a group whose nodes fill up as it lands (reservations, MaxReplicas) or that spreads over labels."""
-    spec = group[0].get("Spec") or {}
+def _place_through_tree(result: SchedulingResult, group: list[Doc], service_id: str, labels: list[str],
+                        fit: _Candidates, load: _Load, stamp: str, node_by_id: Mapping[str, Doc]) -> None:
+    """Place a group whose nodes fill up as it lands (reservations, MaxReplicas) or that spreads over `labels`."""
     profile = Profile.of(group[0])
     others = load_filters(group[0], load)
-    tree = SpreadTree(spread_descriptors(spec.get("Placement")), [node_by_id[nid] for nid in sorted(fit.node_ids)],
-                      service_id, load)
+    tree = SpreadTree(labels, [node_by_id[nid] for nid in sorted(fit.node_ids)], service_id, load)
     for index, task in enumerate(group):
         node_id = tree.pick(lambda nid: all(f.check(node_by_id[nid]) for f in others))
         if node_id is None:
