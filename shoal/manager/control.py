@@ -51,6 +51,7 @@ from shoal.manager.orchestrator.rebalance import (
     rebalancing,
     refuse_rebalance,
 )
+from shoal.manager.orchestrator.taskreaper import history_limit
 from shoal.manager.scheduler.pipeline import NodeLoad
 from shoal.manager.store.base import CA_KEY, Batch
 from shoal.manager.store.etcd import EtcdStore
@@ -316,14 +317,13 @@ class ControlAPI:
         own = list(self.cache.tasks_of_service(service["ID"]))
         every = list(self.cache.tasks().values())
         nodes = dict(self.cache.nodes())
-        cluster = self.cache.cluster()
-        limit = ((cluster or {}).get("Spec") or {}).get("Orchestration", {}).get("TaskHistoryRetentionLimit")
+        limit = history_limit(self.cache.cluster())
 
         def work() -> Doc:
             placed = NodeLoad()
             for task in every:
                 placed.add(task)
-            run = simulate(service, own, nodes, placed, self.clock.now(), 5 if limit is None else int(limit))
+            run = simulate(service, own, nodes, placed, self.clock.now(), limit)
             view = run.view()
             for batch in view["Batches"]:
                 for entry in batch["Tasks"] + batch["Stops"]:

@@ -31,6 +31,7 @@ from shoal.manager.orchestrator.jobs import (
     reconcile_replicated_job,
 )
 from shoal.manager.orchestrator.replicated import reconcile_replicated
+from shoal.manager.orchestrator.taskreaper import history_limit
 from shoal.manager.orchestrator.update import (
     IN_PROGRESS,
     PAUSED,
@@ -221,13 +222,6 @@ class OrchestratorLoop:
         service = self.cache.get(SERVICES, str(after.get("ServiceID") or ""))
         return service is None or update_state(service) in UPDATE_ACTIVE
 
-    def _history_limit(self) -> int:
-        cluster = self.cache.cluster()
-        if cluster is None:
-            return 5
-        limit = cluster["Spec"].get("Orchestration", {}).get("TaskHistoryRetentionLimit")
-        return 5 if limit is None else int(limit)
-
     async def _pieces(self, service_id: str, slots: set[int] | None) -> AsyncIterator[Work]:
         """The decisions a service (or some of its slots) needs, in pieces of at most SLOTS_PER_PIECE slots,
         each with its documents from the cache. A replicated service under update is decided from its kept
@@ -369,7 +363,7 @@ class OrchestratorLoop:
         service_writes = 0
         decided: set[str] = set()
         written = ApplyResult()
-        limit = self._history_limit()
+        limit = history_limit(self.cache.cluster())
         for service_id, slots in dirty:
             async for work in self._pieces(service_id, slots):
                 decided.add(service_id)

@@ -16,6 +16,12 @@ from shoal.types import Doc, TaskState, desired_state, task_is_live, task_node, 
 DEFAULT_HISTORY_LIMIT = 5
 
 
+def history_limit(cluster: Doc | None) -> int:
+    """The swarm's TaskHistoryRetentionLimit (`swarm update --task-history-limit`), Docker's default if unset."""
+    limit = (((cluster or {}).get("Spec") or {}).get("Orchestration") or {}).get("TaskHistoryRetentionLimit")
+    return DEFAULT_HISTORY_LIMIT if limit is None else int(limit)
+
+
 def history_group(task: Doc) -> tuple[int, str]:
     """The slot a task belongs to; global tasks (slot 0) are grouped by node instead."""
     slot = task_slot(task)
