@@ -367,17 +367,24 @@
     let running = 0;
     let current = 0;
     let completed = 0; // a job's tasks that ran to completion
+    let wanted = 0; // a global service's tasks wanted running on nodes that are not down (its desired count)
     for (const task of state.tasks.values()) {
-      if (task.serviceId === service.ID && task.state === "complete") completed += 1;
-      if (task.serviceId !== service.ID || task.state !== "running" || task.desired !== "running") continue;
+      if (task.serviceId !== service.ID) continue;
+      if (task.state === "complete") completed += 1;
       const node = state.nodes.get(task.nodeId);
+      if (task.desired === "running" && node && nodeState(node) !== "down") wanted += 1;
+      if (task.state !== "running" || task.desired !== "running") continue;
       if (!node || nodeState(node) !== "ready") continue;
       running += 1;
       if (task.image === image) current += 1;
     }
+    // Desired follows the tasks as they come (the service's status was read once, maybe before its tasks).
+    const mode = service.Spec.Mode || {};
     const status = service.ServiceStatus || {};
-    let desired = status.DesiredTasks;
-    if (desired === undefined) desired = (((service.Spec.Mode || {}).Replicated) || {}).Replicas || 0;
+    let desired;
+    if (mode.Global) desired = wanted;
+    else if (mode.Replicated) desired = mode.Replicated.Replicas ?? 1;
+    else desired = status.DesiredTasks ?? 0;
     return { running, desired, current, image, completed };
   }
 
